@@ -1,0 +1,59 @@
+//! `classhook events`: the latest stored events, read straight from the data directory.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::clock::format_ms;
+use crate::config::Config;
+use crate::event::EventStatus;
+use crate::store::{EventFilter, Store};
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events of this source.
+    #[arg(long)]
+    source: Option<String>,
+    /// Only events of this type, e.g. CLASS_CREATED.
+    #[arg(long = "type")]
+    event_type: Option<String>,
+    /// Only events with this status: ok, unknown_type or quarantined.
+    #[arg(long, value_parser = parse_status)]
+    status: Option<EventStatus>,
+    /// How many events to show.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+}
+
+fn parse_status(text: &str) -> Result<EventStatus, String> {
+    EventStatus::parse(text)
+        .ok_or_else(|| format!("{text:?} is not ok, unknown_type or quarantined"))
+}
+
+pub fn run(config: Config, args: &EventsArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open_read_only(&config.server.data_dir)
+        .with_context(|| format!("no events yet in {}", config.server.data_dir.display()))?;
+    let events = store.list_events(&EventFilter {
+        source: args.source.clone(),
+        event_type: args.event_type.clone(),
+        status: args.status,
+        limit: args.limit,
+    })?;
+    println!(
+        "{:<24}  {:<16}  {:<26}  {:<12}  {:>4}  id",
+        "received", "source", "type", "status", "seen"
+    );
+    for e in events {
+        let id = e.event_id.unwrap_or_else(|| e.dedupe_key.clone());
+        println!(
+            "{:<24}  {:<16}  {:<26}  {:<12}  {:>4}  {id}",
+            format_ms(e.received_at_ms),
+            e.source,
+            e.event_type,
+            e.status.as_str(),
+            e.times_seen,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,69 @@
+//! The command line: argument parsing here, one file per subcommand. Subcommands call
+//! the library and print; they hold no rules of their own.
+
+mod events;
+mod send;
+mod serve;
+mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, DEFAULT_CONFIG_FILE};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "classhook",
+    version,
+    about = "A webhook gateway for DreamClass and Loopwise"
+)]
+pub struct Cli {
+    /// The configuration file (TOML). Every value can be overridden by CLASSHOOK_* variables.
+    #[arg(long, global = true, env = "CLASSHOOK_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve,
+    /// Send a correctly signed sample event to a source (or any URL).
+    Send(send::SendArgs),
+    /// Check a captured request's signature against a secret.
+    Verify(verify::VerifyArgs),
+    /// List the latest stored events.
+    Events(events::EventsArgs),
+    /// Serve the benchmark's ceiling: the same HTTP stack answering `{}` without work.
+    #[command(hide = true)]
+    NullServer {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+}
+
+impl Cli {
+    /// Loads the configuration named by `--config`, or `classhook.toml`.
+    pub fn load_config(&self) -> anyhow::Result<Config> {
+        let file = self
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
+        Ok(Config::load(&file)?)
+    }
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Serve => serve::run(cli.load_config()?).await,
+        Command::Send(args) => send::run(&cli, args).await,
+        Command::Verify(args) => verify::run(&cli, args),
+        Command::Events(args) => events::run(cli.load_config()?, args),
+        Command::NullServer { listen } => serve::run_null(*listen).await,
+    }
+}

@@ -1,0 +1,122 @@
+//! One typed [`Config`] from a TOML file, with `CLASSHOOK_*` environment overrides.
+//!
+//! Loading happens in three steps, each in its own place:
+//! 1. the file is parsed into a TOML table ([`load`]),
+//! 2. environment overrides are written into that table ([`env`]),
+//! 3. the table is deserialized into [`RawConfig`] and resolved into a [`Config`]
+//!    whose secrets are decoded and whose rules are checked ([`resolve`]).
+//!
+//! Every error names the file, the key and what is wrong.
+
+mod env;
+mod raw;
+mod resolve;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use raw::{RawConfig, SecretEncoding};
+pub use resolve::{BasicAuth, Source};
+
+use crate::provider::ProviderKind;
+use crate::secret::Secret;
+
+/// Default config file name used by every subcommand.
+pub const DEFAULT_CONFIG_FILE: &str = "classhook.toml";
+
+/// The resolved, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub server: ServerConfig,
+    pub sources: Vec<Source>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: std::net::SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_body_bytes: usize,
+    /// How long a client may take to send its headers, and then its body.
+    pub read_timeout: Duration,
+    /// How long a request waits for its event to be committed before answering 503.
+    pub append_timeout: Duration,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+/// A configuration problem: which file, which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {key}: {message}", file.display())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `file`, applies the process environment's `CLASSHOOK_*` overrides and
+    /// validates the result.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ConfigError::new(file, "(file)", format!("cannot read: {e}")))?;
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Config::from_toml_str(file, &text, &vars, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses configuration text. `vars` are the overrides to apply and `lookup`
+    /// resolves `*_env` indirections; both are parameters so tests need not touch
+    /// the process environment.
+    pub fn from_toml_str(
+        file: &Path,
+        text: &str,
+        vars: &[(String, String)],
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let key = e
+                .span()
+                .map(|span| format!("line {}", line_of(text, span.start)))
+                .unwrap_or_else(|| "(syntax)".into());
+            ConfigError::new(file, key, e.message().to_string())
+        })?;
+        env::apply_overrides(file, &mut table, vars)?;
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::new(file, key, e.into_inner().to_string())
+            })?;
+        resolve::resolve(file, raw, lookup)
+    }
+
+    pub fn source(&self, name: &str) -> Option<&Source> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The HMAC key bytes a secret gives under an encoding (`None` without a secret).
+/// Errors name the problem, never the secret.
+pub fn signing_key(
+    provider: ProviderKind,
+    secret: Option<&Secret>,
+    encoding: SecretEncoding,
+) -> Result<Option<crate::secret::KeyBytes>, String> {
+    resolve::build_key(provider, secret, encoding)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,105 @@
+//! The configuration file's shape, exactly as written (before secrets are resolved).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::provider::ProviderKind;
+use crate::secret::Secret;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default, rename = "source")]
+    pub sources: Vec<RawSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    #[serde(deserialize_with = "number_or_numeric_string")]
+    pub max_body_bytes: u64,
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub append_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./classhook-data"),
+            max_body_bytes: 1024 * 1024,
+            read_timeout: Duration::from_secs(10),
+            append_timeout: Duration::from_secs(8),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub name: String,
+    pub provider: ProviderKind,
+    pub secret: Option<Secret>,
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub secret_encoding: SecretEncoding,
+    pub basic_auth: Option<RawBasicAuth>,
+    pub tenants: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasicAuth {
+    pub username: String,
+    pub password: Option<Secret>,
+    pub password_env: Option<String>,
+}
+
+/// How a configured DreamClass secret becomes HMAC key bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretEncoding {
+    /// The secret's UTF-8 bytes are the key.
+    #[default]
+    Utf8,
+    /// The secret is base64 text that decodes to the key bytes.
+    Base64,
+}
+
+impl SecretEncoding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretEncoding::Utf8 => "utf8",
+            SecretEncoding::Base64 => "base64",
+        }
+    }
+}
+
+/// Environment overrides arrive as strings; numeric keys accept both forms.
+fn number_or_numeric_string<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Number(u64),
+        Text(String),
+    }
+    match Either::deserialize(d)? {
+        Either::Number(n) => Ok(n),
+        Either::Text(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("expected a whole number, got {s:?}"))),
+    }
+}

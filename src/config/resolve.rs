@@ -1,0 +1,204 @@
+//! Turns the file's [`RawConfig`] into a checked [`Config`]: secrets are read from the
+//! environment where asked, decoded into key bytes, and every cross-field rule holds.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use base64::Engine;
+
+use super::raw::{RawBasicAuth, RawConfig, RawSource, SecretEncoding};
+use super::{Config, ConfigError, ServerConfig};
+use crate::provider::ProviderKind;
+use crate::secret::{KeyBytes, Secret};
+
+/// A sending account: `POST /hooks/{name}`.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub provider: ProviderKind,
+    /// The secret as configured (`verify --source` tries it under both encodings).
+    pub secret: Option<Secret>,
+    /// `None`: the source accepts unsigned requests.
+    pub signing_key: Option<KeyBytes>,
+    pub secret_encoding: SecretEncoding,
+    pub basic_auth: Option<BasicAuth>,
+    /// DreamClass only: the tenants this source accepts (`None`: any).
+    pub tenants: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: Secret,
+}
+
+pub(super) fn resolve(
+    file: &Path,
+    raw: RawConfig,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let s = raw.server;
+    if s.max_body_bytes == 0 {
+        return Err(ConfigError::new(
+            file,
+            "server.max_body_bytes",
+            "must be greater than 0",
+        ));
+    }
+    let server = ServerConfig {
+        listen: s.listen,
+        data_dir: s.data_dir,
+        max_body_bytes: usize::try_from(s.max_body_bytes).unwrap_or(usize::MAX),
+        read_timeout: s.read_timeout,
+        append_timeout: s.append_timeout,
+        shutdown_grace: s.shutdown_grace,
+    };
+    let mut seen = HashSet::new();
+    let mut sources = Vec::with_capacity(raw.sources.len());
+    for (index, raw_source) in raw.sources.into_iter().enumerate() {
+        let key = |field: &str| format!("source[{index}].{field}");
+        if !seen.insert(raw_source.name.clone()) {
+            return Err(ConfigError::new(
+                file,
+                key("name"),
+                format!("duplicate source name {:?}", raw_source.name),
+            ));
+        }
+        sources.push(
+            resolve_source(raw_source, lookup)
+                .map_err(|(field, message)| ConfigError::new(file, key(field), message))?,
+        );
+    }
+    Ok(Config {
+        file: file.to_path_buf(),
+        server,
+        sources,
+    })
+}
+
+type FieldError = (&'static str, String);
+
+fn resolve_source(
+    raw: RawSource,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Source, FieldError> {
+    if raw.name.is_empty()
+        || !raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err((
+            "name",
+            format!(
+                "{:?} must be non-empty and use only letters, digits, '-', '_' and '.' (it is a URL path segment)",
+                raw.name
+            ),
+        ));
+    }
+    let secret = match (raw.secret, raw.secret_env) {
+        (Some(_), Some(_)) => {
+            return Err(("secret", "set either secret or secret_env, not both".into()));
+        }
+        (Some(secret), None) => Some(secret),
+        (None, Some(var)) => Some(Secret::new(lookup(&var).ok_or((
+            "secret_env",
+            format!("environment variable {var} is not set"),
+        ))?)),
+        (None, None) => None,
+    };
+    if secret.as_ref().is_some_and(|s| s.expose().is_empty()) {
+        return Err((
+            "secret",
+            "is empty; remove it to accept unsigned requests".into(),
+        ));
+    }
+    let signing_key = build_key(raw.provider, secret.as_ref(), raw.secret_encoding)
+        .map_err(|m| ("secret_encoding", m))?;
+    if raw.provider != ProviderKind::DreamClass && raw.tenants.is_some() {
+        return Err((
+            "tenants",
+            format!(
+                "only DreamClass events carry a tenant; remove it for provider {}",
+                raw.provider
+            ),
+        ));
+    }
+    if raw.tenants.as_ref().is_some_and(Vec::is_empty) {
+        return Err((
+            "tenants",
+            "is empty, which would refuse every event; remove it to accept any tenant".into(),
+        ));
+    }
+    let basic_auth = raw
+        .basic_auth
+        .map(|auth| resolve_basic_auth(auth, lookup))
+        .transpose()?;
+    Ok(Source {
+        name: raw.name,
+        provider: raw.provider,
+        secret,
+        signing_key,
+        secret_encoding: raw.secret_encoding,
+        basic_auth,
+        tenants: raw.tenants,
+    })
+}
+
+fn resolve_basic_auth(
+    raw: RawBasicAuth,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<BasicAuth, FieldError> {
+    let password = match (raw.password, raw.password_env) {
+        (Some(_), Some(_)) => {
+            return Err((
+                "basic_auth.password",
+                "set either password or password_env, not both".into(),
+            ));
+        }
+        (Some(password), None) => password,
+        (None, Some(var)) => Secret::new(lookup(&var).ok_or((
+            "basic_auth.password_env",
+            format!("environment variable {var} is not set"),
+        ))?),
+        (None, None) => {
+            return Err((
+                "basic_auth.password",
+                "missing: set password or password_env".into(),
+            ));
+        }
+    };
+    if raw.username.contains(':') {
+        return Err((
+            "basic_auth.username",
+            "must not contain ':' (Basic Auth separates username and password with it)".into(),
+        ));
+    }
+    Ok(BasicAuth {
+        username: raw.username,
+        password,
+    })
+}
+
+/// The HMAC key bytes for a secret under an encoding. Errors never include the secret.
+pub(super) fn build_key(
+    provider: ProviderKind,
+    secret: Option<&Secret>,
+    encoding: SecretEncoding,
+) -> Result<Option<KeyBytes>, String> {
+    if encoding == SecretEncoding::Base64 && provider != ProviderKind::DreamClass {
+        return Err(format!(
+            "base64 applies to DreamClass only; provider {provider} uses the secret's UTF-8 bytes"
+        ));
+    }
+    let Some(secret) = secret else {
+        return Ok(None);
+    };
+    let bytes = match encoding {
+        SecretEncoding::Utf8 => secret.expose().as_bytes().to_vec(),
+        SecretEncoding::Base64 => base64::engine::general_purpose::STANDARD
+            .decode(secret.expose().trim())
+            .map_err(|_| "secret is not valid base64 (standard alphabet, padded)".to_string())?,
+    };
+    Ok(Some(KeyBytes::new(bytes)))
+}

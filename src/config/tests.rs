@@ -1,0 +1,196 @@
+use std::path::Path;
+
+use super::*;
+
+fn parse(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let lookup = |name: &str| match name {
+        "SCHOOL_SECRET" => Some("from-env".to_string()),
+        _ => None,
+    };
+    Config::from_toml_str(Path::new("test.toml"), text, &vars, &lookup)
+}
+
+const TWO_SOURCES: &str = r#"
+[server]
+listen = "127.0.0.1:9000"
+
+[[source]]
+name = "school"
+provider = "dreamclass"
+secret = "c2VjcmV0"
+secret_encoding = "base64"
+tenants = ["my-school"]
+
+[[source]]
+name = "courses"
+provider = "loopwise"
+"#;
+
+#[test]
+fn defaults_apply_when_the_file_is_silent() {
+    let config = parse("", &[]).unwrap();
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.server.data_dir, Path::new("./classhook-data"));
+    assert_eq!(config.server.max_body_bytes, 1024 * 1024);
+    assert!(config.sources.is_empty());
+}
+
+#[test]
+fn sources_resolve_their_keys() {
+    let config = parse(TWO_SOURCES, &[]).unwrap();
+    let school = config.source("school").unwrap();
+    assert_eq!(school.signing_key.as_ref().unwrap().expose(), b"secret");
+    assert_eq!(
+        school.tenants.as_deref(),
+        Some(&["my-school".to_string()][..])
+    );
+    assert!(config.source("courses").unwrap().signing_key.is_none());
+}
+
+#[test]
+fn the_example_config_loads() {
+    let text = include_str!("../../classhook.example.toml");
+    let config = parse(text, &[]).unwrap();
+    assert_eq!(config.sources.len(), 2);
+}
+
+#[test]
+fn environment_overrides_server_and_source_keys() {
+    let config = parse(
+        TWO_SOURCES,
+        &[
+            ("CLASSHOOK_SERVER_LISTEN", "0.0.0.0:7000"),
+            ("CLASSHOOK_SERVER_MAX_BODY_BYTES", "2048"),
+            ("CLASSHOOK_SOURCE_COURSES_SECRET", "s3cret"),
+            ("CLASSHOOK_SOURCE_SCHOOL_TENANTS", "a, b"),
+            ("CLASSHOOK_SOURCE_SCHOOL_SECRET_ENCODING", "utf8"),
+            ("CLASSHOOK_SOURCE_SCHOOL_BASIC_AUTH_USERNAME", "dc"),
+            ("CLASSHOOK_SOURCE_SCHOOL_BASIC_AUTH_PASSWORD", "pw"),
+            ("UNRELATED", "x"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.server.listen.to_string(), "0.0.0.0:7000");
+    assert_eq!(config.server.max_body_bytes, 2048);
+    let courses = config.source("courses").unwrap();
+    assert_eq!(courses.signing_key.as_ref().unwrap().expose(), b"s3cret");
+    let school = config.source("school").unwrap();
+    assert_eq!(school.tenants.as_ref().unwrap(), &["a", "b"]);
+    assert_eq!(school.signing_key.as_ref().unwrap().expose(), b"c2VjcmV0");
+    assert_eq!(school.basic_auth.as_ref().unwrap().password.expose(), "pw");
+}
+
+#[test]
+fn secret_env_reads_the_named_variable() {
+    let text = r#"
+[[source]]
+name = "s"
+provider = "dreamclass"
+secret_env = "SCHOOL_SECRET"
+"#;
+    let config = parse(text, &[]).unwrap();
+    assert_eq!(
+        config.sources[0].signing_key.as_ref().unwrap().expose(),
+        b"from-env"
+    );
+}
+
+fn error_of(text: &str, vars: &[(&str, &str)]) -> String {
+    parse(text, vars).unwrap_err().to_string()
+}
+
+#[test]
+fn errors_name_file_key_and_problem() {
+    let bad_provider = error_of("[[source]]\nname = \"s\"\nprovider = \"moodle\"\n", &[]);
+    assert!(
+        bad_provider.starts_with("test.toml: source[0].provider:"),
+        "{bad_provider}"
+    );
+    assert!(bad_provider.contains("dreamclass"), "{bad_provider}");
+
+    let unknown_key = error_of("[server]\nlisten_on = \"x\"\n", &[]);
+    assert!(unknown_key.contains("listen_on"), "{unknown_key}");
+
+    let bad_listen = error_of("[server]\nlisten = \"nowhere\"\n", &[]);
+    assert!(
+        bad_listen.starts_with("test.toml: server.listen:"),
+        "{bad_listen}"
+    );
+
+    let missing_env = error_of(
+        "[[source]]\nname = \"s\"\nprovider = \"loopwise\"\nsecret_env = \"NOPE\"\n",
+        &[],
+    );
+    assert!(
+        missing_env.contains("source[0].secret_env") && missing_env.contains("NOPE"),
+        "{missing_env}"
+    );
+
+    let syntax = error_of("[server\n", &[]);
+    assert!(syntax.starts_with("test.toml: line 1"), "{syntax}");
+
+    let bad_override = error_of("", &[("CLASSHOOK_SERVER_LISTN", "x")]);
+    assert!(
+        bad_override.contains("CLASSHOOK_SERVER_LISTN"),
+        "{bad_override}"
+    );
+
+    let bad_number = error_of("", &[("CLASSHOOK_SERVER_MAX_BODY_BYTES", "lots")]);
+    assert!(bad_number.contains("server.max_body_bytes"), "{bad_number}");
+}
+
+#[test]
+fn rules_across_fields_are_enforced() {
+    let base64_loopwise = error_of(
+        "[[source]]\nname = \"s\"\nprovider = \"loopwise\"\nsecret = \"x\"\nsecret_encoding = \"base64\"\n",
+        &[],
+    );
+    assert!(
+        base64_loopwise.contains("DreamClass only"),
+        "{base64_loopwise}"
+    );
+
+    let bad_base64 = error_of(
+        "[[source]]\nname = \"s\"\nprovider = \"dreamclass\"\nsecret = \"not base64!!\"\nsecret_encoding = \"base64\"\n",
+        &[],
+    );
+    assert!(bad_base64.contains("not valid base64"), "{bad_base64}");
+    assert!(
+        !bad_base64.contains("not base64!!"),
+        "the secret leaked: {bad_base64}"
+    );
+
+    let duplicate = error_of(
+        "[[source]]\nname = \"s\"\nprovider = \"loopwise\"\n[[source]]\nname = \"s\"\nprovider = \"loopwise\"\n",
+        &[],
+    );
+    assert!(duplicate.contains("source[1].name"), "{duplicate}");
+
+    let tenants_on_loopwise = error_of(
+        "[[source]]\nname = \"s\"\nprovider = \"loopwise\"\ntenants = [\"a\"]\n",
+        &[],
+    );
+    assert!(
+        tenants_on_loopwise.contains("source[0].tenants"),
+        "{tenants_on_loopwise}"
+    );
+
+    let bad_name = error_of("[[source]]\nname = \"a/b\"\nprovider = \"loopwise\"\n", &[]);
+    assert!(bad_name.contains("source[0].name"), "{bad_name}");
+}
+
+#[test]
+fn secrets_do_not_show_in_debug_output() {
+    let config = parse(
+        TWO_SOURCES,
+        &[("CLASSHOOK_SOURCE_COURSES_SECRET", "s3cret-value")],
+    )
+    .unwrap();
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("s3cret-value"), "{debug}");
+    assert!(!debug.contains("c2VjcmV0"), "{debug}");
+}

@@ -1,0 +1,298 @@
+//! `POST /hooks/{source}`: the checks, in a fixed order, and the one status each
+//! failure maps to. 200 `{}` is answered only after the event is committed.
+//!
+//! | check                                   | answer |
+//! |-----------------------------------------|--------|
+//! | body larger than `max_body_bytes`       | 413    |
+//! | body not received within `read_timeout` | 408    |
+//! | no such source                          | 404    |
+//! | Basic Auth configured, missing or wrong | 401 + `WWW-Authenticate: Basic` |
+//! | not JSON, or envelope unusable          | 400    |
+//! | signature missing or wrong              | 401    |
+//! | tenant not allowed                      | 403    |
+//! | storage cannot commit                   | 503 + `Retry-After` |
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use crate::clock::Clock;
+use crate::config::{BasicAuth, Source};
+use crate::crypto;
+use crate::event::NewEvent;
+use crate::http::ApiError;
+use crate::provider::{Envelope, EnvelopeError, SignatureError};
+use crate::store::{AppendOutcome, NewRejection, REJECTION_BODY_PREFIX, Store, StoreError};
+
+/// Headers never stored with an event: they carry credentials.
+const UNSTORED_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
+
+/// What ingest needs, shared by every request.
+pub struct Ingest {
+    pub sources: HashMap<String, Arc<Source>>,
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    pub max_body_bytes: usize,
+    pub read_timeout: Duration,
+}
+
+/// Why a request was refused. Each variant maps to exactly one status.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("body was not received within {0:?}")]
+    ReadTimeout(Duration),
+    #[error("could not read the body: {0}")]
+    ReadFailed(String),
+    #[error("no source named {0:?} is configured")]
+    UnknownSource(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    #[error("tenant {0:?} is not allowed for this source")]
+    TenantNotAllowed(String),
+    #[error("the event could not be stored ({0}); retry later")]
+    Storage(#[from] StoreError),
+}
+
+impl IngestError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::ReadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            IngestError::ReadFailed(_) => StatusCode::BAD_REQUEST,
+            IngestError::UnknownSource(_) => StatusCode::NOT_FOUND,
+            IngestError::Unauthorized(_) | IngestError::Signature(_) => StatusCode::UNAUTHORIZED,
+            IngestError::Envelope(_) => StatusCode::BAD_REQUEST,
+            IngestError::TenantNotAllowed(_) => StatusCode::FORBIDDEN,
+            IngestError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The machine-readable code, also the rejection log's reason.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IngestError::TooLarge { .. } => "payload_too_large",
+            IngestError::ReadTimeout(_) => "request_timeout",
+            IngestError::ReadFailed(_) => "body_unreadable",
+            IngestError::UnknownSource(_) => "unknown_source",
+            IngestError::Unauthorized(_) => "unauthorized",
+            IngestError::Envelope(EnvelopeError::NotJson(_)) => "invalid_json",
+            IngestError::Envelope(EnvelopeError::Unusable(_)) => "invalid_envelope",
+            IngestError::Signature(SignatureError::Missing(_)) => "signature_missing",
+            IngestError::Signature(SignatureError::Invalid(_)) => "signature_invalid",
+            IngestError::TenantNotAllowed(_) => "tenant_not_allowed",
+            IngestError::Storage(_) => "storage_unavailable",
+        }
+    }
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        let error = ApiError::new(self.status(), self.code(), self.to_string());
+        let error = match self {
+            IngestError::Unauthorized(_) => error.with_header(
+                header::WWW_AUTHENTICATE,
+                "Basic realm=\"classhook\", charset=\"UTF-8\"",
+            ),
+            IngestError::Storage(_) => error.with_header(header::RETRY_AFTER, "5"),
+            // The unread rest of the body makes the connection unusable.
+            IngestError::TooLarge { .. } | IngestError::ReadTimeout(_) => {
+                error.with_header(header::CONNECTION, "close")
+            }
+            _ => error,
+        };
+        error.into_response()
+    }
+}
+
+/// The route handler.
+pub async fn receive(
+    State(ingest): State<Arc<Ingest>>,
+    Path(source): Path<String>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let received_at_ms = ingest.clock.now_ms();
+    let body = match ingest.read_body(&headers, body).await {
+        Ok(body) => body,
+        Err(error) => return ingest.refuse(error, &source, remote, &[], received_at_ms),
+    };
+    match ingest
+        .accept(&source, &headers, body.clone(), received_at_ms)
+        .await
+    {
+        Ok(outcome) => {
+            tracing::debug!(
+                source,
+                seq = outcome.seq(),
+                outcome = outcome.as_str(),
+                "event accepted"
+            );
+            (StatusCode::OK, Json(serde_json::json!({}))).into_response()
+        }
+        Err(error) => ingest.refuse(error, &source, remote, &body, received_at_ms),
+    }
+}
+
+impl Ingest {
+    /// Authenticates, describes and stores one event whose body has been read.
+    async fn accept(
+        &self,
+        source_name: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+        received_at_ms: i64,
+    ) -> Result<AppendOutcome, IngestError> {
+        let source = self
+            .sources
+            .get(source_name)
+            .ok_or_else(|| IngestError::UnknownSource(source_name.chars().take(100).collect()))?;
+        if let Some(expected) = &source.basic_auth {
+            check_basic_auth(headers, expected)?;
+        }
+        let envelope = Envelope::parse(source.provider, &body)?;
+        if let Some(key) = &source.signing_key {
+            envelope.verify(key, headers, &body)?;
+        }
+        if let (Some(allowed), Some(tenant)) = (&source.tenants, envelope.tenant())
+            && !allowed.iter().any(|t| t == tenant)
+        {
+            return Err(IngestError::TenantNotAllowed(
+                tenant.chars().take(100).collect(),
+            ));
+        }
+        let body_sha256 = crypto::sha256(&body);
+        let described = envelope.describe(&body_sha256);
+        let event = NewEvent {
+            source: source.name.clone(),
+            provider: source.provider,
+            tenant: described.tenant,
+            event_type: described.event_type,
+            event_id: described.event_id,
+            dedupe_key: described.dedupe_key,
+            entity: described.entity,
+            version_ms: described.version_ms.unwrap_or(received_at_ms),
+            body,
+            body_sha256,
+            headers: stored_headers(headers),
+            received_at_ms,
+            status: described.status,
+            status_reason: described.status_reason,
+        };
+        Ok(self.store.append(event).await?)
+    }
+
+    /// Logs the refusal, keeps it in the rejection log, and answers it.
+    fn refuse(
+        &self,
+        error: IngestError,
+        source: &str,
+        remote: SocketAddr,
+        body: &[u8],
+        at_ms: i64,
+    ) -> Response {
+        tracing::info!(source, %remote, code = error.code(), %error, "request refused");
+        // When storage is down, the log cannot be written either.
+        if !matches!(error, IngestError::Storage(_)) {
+            self.store.record_rejection(NewRejection {
+                at_ms,
+                source: Some(source.chars().take(200).collect()),
+                reason: error.code().to_string(),
+                status: error.status().as_u16(),
+                message: error.to_string(),
+                body: body[..body.len().min(REJECTION_BODY_PREFIX)].to_vec(),
+                body_len: body.len(),
+                remote_addr: Some(remote.to_string()),
+            });
+        }
+        error.into_response()
+    }
+
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, IngestError> {
+        let limit = self.max_body_bytes;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            return Err(IngestError::TooLarge { limit });
+        }
+        let collect = Limited::new(body, limit).collect();
+        match tokio::time::timeout(self.read_timeout, collect).await {
+            Err(_) => Err(IngestError::ReadTimeout(self.read_timeout)),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(error)) if error.is::<LengthLimitError>() => {
+                Err(IngestError::TooLarge { limit })
+            }
+            Ok(Err(error)) => Err(IngestError::ReadFailed(error.to_string())),
+        }
+    }
+}
+
+fn check_basic_auth(headers: &HeaderMap, expected: &BasicAuth) -> Result<(), IngestError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(IngestError::Unauthorized(
+            "Basic Auth credentials are required",
+        ))?;
+    let credentials = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            let (scheme, encoded) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("basic")
+                .then_some(encoded.trim())
+        })
+        .and_then(|encoded| {
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()
+        })
+        .ok_or(IngestError::Unauthorized(
+            "the Authorization header is not Basic credentials",
+        ))?;
+    let (username, password) = match credentials.iter().position(|&b| b == b':') {
+        Some(i) => (&credentials[..i], &credentials[i + 1..]),
+        None => (&credentials[..], &[][..]),
+    };
+    // Both comparisons always run, so timing does not tell which one failed.
+    let user_ok = crypto::secrets_equal(username, expected.username.as_bytes());
+    let password_ok = crypto::secrets_equal(password, expected.password.expose().as_bytes());
+    if user_ok & password_ok {
+        Ok(())
+    } else {
+        Err(IngestError::Unauthorized(
+            "Basic Auth credentials are wrong",
+        ))
+    }
+}
+
+fn stored_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| !UNSTORED_HEADERS.contains(&name.as_str()))
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,18 @@
+//! classhook: a webhook gateway for DreamClass and Loopwise.
+//!
+//! The path of an event: [`ingest`] checks a request in a fixed order, [`provider`]
+//! parses and authenticates the platform's envelope and describes the event,
+//! [`store`] commits it durably (group commit) before the 200 is sent. See
+//! ARCHITECTURE.md for the whole picture.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod event;
+pub mod http;
+pub mod ingest;
+pub mod provider;
+pub mod secret;
+pub mod server;
+pub mod store;

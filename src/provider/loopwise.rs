@@ -1,0 +1,184 @@
+//! Loopwise (formerly Teachify): `{type, data}` and nothing else. The signature is the
+//! hex HMAC-SHA256 of the raw body in `Loopwise-Webhook-Signature` (older
+//! deployments: `Teachify-Webhook-Signature`). With no event id, a retry is
+//! recognised by the SHA-256 of the body.
+
+use chrono::DateTime;
+use http::HeaderMap;
+use serde_json::{Map, Value};
+
+use super::dreamclass::json_kind;
+use super::schema::{self, Verdict};
+use super::{Described, EnvelopeError, SignatureError, data_id};
+use crate::crypto;
+use crate::event::{EntityRef, EventStatus};
+
+pub const SIGNATURE_HEADER: &str = "loopwise-webhook-signature";
+pub const LEGACY_SIGNATURE_HEADER: &str = "teachify-webhook-signature";
+
+/// Every documented event type.
+pub const KNOWN_TYPES: &[&str] = &[
+    "course.created",
+    "course.updated",
+    "course.student_enroll",
+    "payment.paid",
+    "payment.refund",
+    "user.created",
+];
+
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub event_type: String,
+    pub data: Map<String, Value>,
+}
+
+impl Envelope {
+    pub(super) fn from_object(mut map: Map<String, Value>) -> Result<Envelope, EnvelopeError> {
+        let event_type = match map.remove("type") {
+            Some(Value::String(s)) => s,
+            Some(other) => {
+                return Err(EnvelopeError::Unusable(format!(
+                    "`type` must be a string, got {}",
+                    json_kind(&other)
+                )));
+            }
+            None => {
+                return Err(EnvelopeError::Unusable(
+                    "Loopwise envelope field `type` is missing".into(),
+                ));
+            }
+        };
+        let data = match map.remove("data") {
+            Some(Value::Object(data)) => data,
+            Some(other) => {
+                return Err(EnvelopeError::Unusable(format!(
+                    "`data` must be an object, got {}",
+                    json_kind(&other)
+                )));
+            }
+            None => {
+                return Err(EnvelopeError::Unusable(
+                    "Loopwise envelope field `data` is missing".into(),
+                ));
+            }
+        };
+        Ok(Envelope { event_type, data })
+    }
+
+    pub(super) fn describe(&self, body_sha256: &[u8; 32]) -> Described {
+        let (kind, op) = entity_kind_and_op(&self.event_type);
+        let known = KNOWN_TYPES.contains(&self.event_type.as_str());
+        let (status, status_reason) = if !known {
+            (
+                EventStatus::UnknownType,
+                Some(format!(
+                    "Loopwise type {:?} is not documented",
+                    self.event_type
+                )),
+            )
+        } else {
+            match schema::check_loopwise(&self.event_type, &self.data) {
+                Verdict::Valid | Verdict::NoSchema => (EventStatus::Ok, None),
+                Verdict::Mismatch(reason) => (EventStatus::Quarantined, Some(reason)),
+            }
+        };
+        Described {
+            tenant: None,
+            event_type: self.event_type.clone(),
+            event_id: None,
+            dedupe_key: format!("sha256:{}", hex::encode(body_sha256)),
+            entity: EntityRef {
+                kind,
+                id: data_id(&self.data),
+                op,
+            },
+            version_ms: version_ms(&self.data),
+            status,
+            status_reason,
+        }
+    }
+}
+
+/// `course.student_enroll` → (`enrollment`, `created`); `payment.paid` → (`payment`, `paid`).
+fn entity_kind_and_op(event_type: &str) -> (String, String) {
+    if event_type == "course.student_enroll" {
+        return ("enrollment".into(), "created".into());
+    }
+    match event_type.split_once('.') {
+        Some((kind, op)) if !kind.is_empty() && !op.is_empty() => (kind.into(), op.into()),
+        _ => (event_type.into(), "other".into()),
+    }
+}
+
+/// `data.updated_at`, else `data.created_at`, as epoch milliseconds.
+fn version_ms(data: &Map<String, Value>) -> Option<i64> {
+    ["updated_at", "created_at"].iter().find_map(|field| {
+        let text = data.get(*field)?.as_str()?;
+        DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.timestamp_millis())
+    })
+}
+
+pub(super) fn verify(key: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<(), SignatureError> {
+    let header = headers
+        .get(SIGNATURE_HEADER)
+        .or_else(|| headers.get(LEGACY_SIGNATURE_HEADER))
+        .ok_or(SignatureError::Missing(
+            "header Loopwise-Webhook-Signature (or Teachify-Webhook-Signature) is missing",
+        ))?;
+    let given = header
+        .to_str()
+        .ok()
+        .and_then(|text| hex::decode(text.trim()).ok())
+        .ok_or(SignatureError::Invalid("the signature header is not hex"))?;
+    if crypto::hmac_sha256_matches(key, body, &given) {
+        Ok(())
+    } else {
+        Err(SignatureError::Invalid(
+            "the signature is not the HMAC-SHA256 of the body under this source's secret",
+        ))
+    }
+}
+
+/// Computes the signature header value Loopwise would send for `body`.
+pub fn sign(key: &[u8], body: &[u8]) -> String {
+    hex::encode(crypto::hmac_sha256(key, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_types_to_entities() {
+        assert_eq!(
+            entity_kind_and_op("course.updated"),
+            ("course".into(), "updated".into())
+        );
+        assert_eq!(
+            entity_kind_and_op("course.student_enroll"),
+            ("enrollment".into(), "created".into())
+        );
+        assert_eq!(
+            entity_kind_and_op("payment.refund"),
+            ("payment".into(), "refund".into())
+        );
+        assert_eq!(entity_kind_and_op("ping"), ("ping".into(), "other".into()));
+    }
+
+    #[test]
+    fn version_prefers_updated_at_and_understands_offsets() {
+        let data: Map<String, Value> = serde_json::from_str(
+            r#"{"created_at":"2023-12-04T10:45:44Z","updated_at":"2023-12-04T18:45:45+08:00"}"#,
+        )
+        .unwrap();
+        assert_eq!(version_ms(&data), Some(1_701_686_745_000));
+        let data: Map<String, Value> =
+            serde_json::from_str(r#"{"created_at":"2023-12-04T10:45:44Z"}"#).unwrap();
+        assert_eq!(version_ms(&data), Some(1_701_686_744_000));
+        let data: Map<String, Value> =
+            serde_json::from_str(r#"{"updated_at":"yesterday"}"#).unwrap();
+        assert_eq!(version_ms(&data), None);
+    }
+}

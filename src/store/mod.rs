@@ -1,0 +1,139 @@
+//! The only code that knows SQL. [`Store`] keeps events, duplicates and rejections;
+//! today it is the embedded SQLite backend ([`sqlite::SqliteStore`]).
+//!
+//! Invariants every backend keeps:
+//! - `append` returns only after the event is committed durably (a 200 means on disk);
+//! - one stored event per (source, dedupe key): the first delivery wins, a later copy
+//!   only counts (`times_seen`), and a different body under the same key is a
+//!   conflict kept in the rejection log, never a replacement;
+//! - the rejection log is bounded.
+
+mod sqlite;
+
+use crate::event::EventStatus;
+use crate::provider::ProviderKind;
+
+pub use sqlite::{SqliteStore as Store, StoreOptions};
+
+/// What `append` did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// First time seen: stored under this sequence number.
+    Stored { seq: i64 },
+    /// A retry of the event stored as `seq`, with the same body: counted.
+    Duplicate { seq: i64 },
+    /// Same dedupe key as `seq` but a different body: counted, body kept as rejection.
+    Conflict { seq: i64 },
+}
+
+impl AppendOutcome {
+    pub fn seq(self) -> i64 {
+        match self {
+            AppendOutcome::Stored { seq }
+            | AppendOutcome::Duplicate { seq }
+            | AppendOutcome::Conflict { seq } => seq,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppendOutcome::Stored { .. } => "stored",
+            AppendOutcome::Duplicate { .. } => "duplicate",
+            AppendOutcome::Conflict { .. } => "conflict",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot prepare the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// A batch could not be committed (disk full, database locked too long, …).
+    #[error("could not commit: {0}")]
+    Commit(String),
+    #[error("the store did not commit within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("the store's writer has stopped")]
+    WriterGone,
+    #[error("the database schema is version {found}, newer than this classhook knows ({known})")]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("a stored row is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// One request refused by ingest, for the rejection log. Never holds a secret or the
+/// `Authorization` header.
+#[derive(Debug, Clone)]
+pub struct NewRejection {
+    pub at_ms: i64,
+    pub source: Option<String>,
+    /// The machine-readable error code the client received.
+    pub reason: String,
+    pub status: u16,
+    pub message: String,
+    /// The first bytes of the body (all of it for an id conflict).
+    pub body: Vec<u8>,
+    pub body_len: usize,
+    pub remote_addr: Option<String>,
+}
+
+/// How many bytes of a rejected body the log keeps.
+pub const REJECTION_BODY_PREFIX: usize = 2048;
+
+/// A stored rejection.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub id: i64,
+    pub at_ms: i64,
+    pub source: Option<String>,
+    pub reason: String,
+    pub status: u16,
+    pub message: String,
+    pub body: Vec<u8>,
+    pub body_len: usize,
+    pub remote_addr: Option<String>,
+}
+
+/// A stored event as listed (without body and headers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventSummary {
+    pub seq: i64,
+    pub source: String,
+    pub provider: ProviderKind,
+    pub tenant: Option<String>,
+    pub event_type: String,
+    pub event_id: Option<String>,
+    pub dedupe_key: String,
+    pub entity_kind: String,
+    pub entity_id: Option<String>,
+    pub entity_op: String,
+    pub version_ms: i64,
+    pub received_at_ms: i64,
+    pub status: EventStatus,
+    pub status_reason: Option<String>,
+    pub times_seen: i64,
+    pub last_seen_at_ms: i64,
+    pub conflicts: i64,
+}
+
+/// A stored event in full.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub summary: EventSummary,
+    pub body: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Which events to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub source: Option<String>,
+    pub event_type: Option<String>,
+    pub status: Option<EventStatus>,
+    pub limit: usize,
+}

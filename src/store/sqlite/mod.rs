@@ -1,0 +1,202 @@
+//! The embedded backend: one SQLite file in WAL mode with `synchronous=FULL`, one
+//! writer thread doing group commits ([`writer`]), and read-only work on separate
+//! connections so readers never block the writer.
+
+mod migrations;
+mod read;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{AppendOutcome, NewRejection, StoreError};
+use crate::event::NewEvent;
+use writer::WriteOp;
+
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "classhook.db";
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How long a write waits on a lock held by another process before failing.
+    pub busy_timeout: Duration,
+    /// How long `append` waits for its commit before reporting a timeout.
+    pub append_timeout: Duration,
+    /// The most operations committed in one transaction.
+    pub max_batch: usize,
+    /// How many writes may wait for the writer before callers wait to enqueue.
+    pub queue_capacity: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            busy_timeout: Duration::from_secs(5),
+            append_timeout: Duration::from_secs(8),
+            max_batch: 1024,
+            queue_capacity: 16 * 1024,
+        }
+    }
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    options: StoreOptions,
+    /// `None` for a read-only handle (the CLI's `events`).
+    queue: Option<mpsc::Sender<WriteOp>>,
+    readers: Mutex<Vec<Connection>>,
+    dropped_rejections: AtomicU64,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir`, runs migrations and starts
+    /// the writer thread.
+    pub fn open(data_dir: &Path, options: StoreOptions) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(DATABASE_FILE);
+        let mut conn = Connection::open(&path)?;
+        configure_writer(&conn, &options)?;
+        migrations::run(&mut conn)?;
+        let (sender, receiver) = mpsc::channel(options.queue_capacity);
+        let max_batch = options.max_batch;
+        std::thread::Builder::new()
+            .name("classhook-writer".into())
+            .spawn(move || writer::run(conn, receiver, max_batch))
+            .map_err(|source| StoreError::DataDir {
+                path: data_dir.to_path_buf(),
+                source,
+            })?;
+        Ok(SqliteStore::with_queue(path, options, Some(sender)))
+    }
+
+    /// Opens an existing store for reading only (no writer, no migrations).
+    pub fn open_read_only(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        let path = data_dir.join(DATABASE_FILE);
+        if !path.exists() {
+            return Err(StoreError::DataDir {
+                path: path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no database here yet"),
+            });
+        }
+        let store = SqliteStore::with_queue(path, StoreOptions::default(), None);
+        drop(store.reader()?);
+        Ok(store)
+    }
+
+    fn with_queue(
+        path: PathBuf,
+        options: StoreOptions,
+        queue: Option<mpsc::Sender<WriteOp>>,
+    ) -> Self {
+        SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                options,
+                queue,
+                readers: Mutex::new(Vec::new()),
+                dropped_rejections: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Stores `event` durably, or recognises it as a retry. Returns after the commit.
+    pub async fn append(&self, event: NewEvent) -> Result<AppendOutcome, StoreError> {
+        let queue = self.inner.queue.as_ref().ok_or(StoreError::WriterGone)?;
+        let (reply, answer) = oneshot::channel();
+        let timeout = self.inner.options.append_timeout;
+        let wait = async {
+            queue
+                .send(WriteOp::Append(Box::new(event), reply))
+                .await
+                .map_err(|_| StoreError::WriterGone)?;
+            answer.await.map_err(|_| StoreError::WriterGone)?
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| StoreError::Timeout(timeout))?
+    }
+
+    /// Adds to the rejection log without waiting. Under a flood the log drops entries
+    /// (counted) rather than slowing ingest down.
+    pub fn record_rejection(&self, rejection: NewRejection) {
+        let queued = self
+            .inner
+            .queue
+            .as_ref()
+            .is_some_and(|q| q.try_send(WriteOp::Reject(Box::new(rejection))).is_ok());
+        if !queued {
+            self.inner
+                .dropped_rejections
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Rejections not logged because the writer was saturated.
+    pub fn dropped_rejections(&self) -> u64 {
+        self.inner.dropped_rejections.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` on a pooled read connection.
+    pub(crate) fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.reader()?;
+        let result = f(&conn);
+        self.inner
+            .readers
+            .lock()
+            .expect("reader pool lock is never poisoned")
+            .push(conn);
+        result
+    }
+
+    fn reader(&self) -> Result<Connection, StoreError> {
+        if let Some(conn) = self
+            .inner
+            .readers
+            .lock()
+            .expect("reader pool lock is never poisoned")
+            .pop()
+        {
+            return Ok(conn);
+        }
+        let conn = Connection::open_with_flags(
+            &self.inner.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(self.inner.options.busy_timeout)?;
+        Ok(conn)
+    }
+}
+
+fn configure_writer(conn: &Connection, options: &StoreOptions) -> Result<(), StoreError> {
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Commit(format!(
+            "the database refused WAL mode (journal_mode is {mode})"
+        )));
+    }
+    // FULL: with NORMAL a committed WAL transaction can vanish on power loss.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(options.busy_timeout)?;
+    Ok(())
+}

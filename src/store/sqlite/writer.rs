@@ -1,0 +1,178 @@
+//! The single writer: one thread owns the only write connection, drains the queue,
+//! commits everything it drained in one transaction (group commit) and only then
+//! answers each caller. Durability costs one fsync per batch, not per request.
+
+use rusqlite::{Connection, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::event::NewEvent;
+use crate::store::{AppendOutcome, NewRejection, StoreError};
+
+/// How many rejections the log keeps; older ones are pruned.
+pub const REJECTION_LOG_CAPACITY: i64 = 10_000;
+
+/// What the writer receives.
+pub enum WriteOp {
+    Append(
+        Box<NewEvent>,
+        oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    ),
+    Reject(Box<NewRejection>),
+}
+
+/// Runs until every sender is dropped.
+pub fn run(mut conn: Connection, mut queue: mpsc::Receiver<WriteOp>, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Some(op) = queue.blocking_recv() {
+        batch.push(op);
+        while batch.len() < max_batch {
+            match queue.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, &mut batch);
+    }
+}
+
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
+    match write_batch(conn, batch) {
+        Ok(outcomes) => {
+            for (op, outcome) in batch.drain(..).zip(outcomes) {
+                if let (WriteOp::Append(_, reply), Some(outcome)) = (op, outcome) {
+                    // The caller may have given up (timeout); the event is stored anyway.
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+        }
+        Err(error) => {
+            let message = error.to_string();
+            tracing::error!(error = %message, events = batch.len(), "store commit failed");
+            for op in batch.drain(..) {
+                if let WriteOp::Append(_, reply) = op {
+                    let _ = reply.send(Err(StoreError::Commit(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Writes the whole batch in one transaction; `None` for ops that need no answer.
+fn write_batch(
+    conn: &mut Connection,
+    batch: &[WriteOp],
+) -> rusqlite::Result<Vec<Option<AppendOutcome>>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut rejected = false;
+    for op in batch {
+        match op {
+            WriteOp::Append(event, _) => {
+                let outcome = append_one(&tx, event)?;
+                rejected |= matches!(outcome, AppendOutcome::Conflict { .. });
+                outcomes.push(Some(outcome));
+            }
+            WriteOp::Reject(rejection) => {
+                insert_rejection(&tx, rejection)?;
+                rejected = true;
+                outcomes.push(None);
+            }
+        }
+    }
+    if rejected {
+        tx.execute(
+            "DELETE FROM rejections WHERE id <= (SELECT max(id) FROM rejections) - ?1",
+            [REJECTION_LOG_CAPACITY],
+        )?;
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+fn append_one(tx: &rusqlite::Transaction<'_>, event: &NewEvent) -> rusqlite::Result<AppendOutcome> {
+    let headers = serde_json::to_string(&event.headers).expect("string pairs always serialize");
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO events (source, provider, dedupe_key, event_id, tenant, event_type,
+                 entity_kind, entity_id, entity_op, version_ms, received_at_ms, status,
+                 status_reason, body_sha256, body, headers, last_seen_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?11)
+             ON CONFLICT (source, dedupe_key) DO NOTHING",
+        )?
+        .execute(params![
+            event.source,
+            event.provider.as_str(),
+            event.dedupe_key,
+            event.event_id,
+            event.tenant,
+            event.event_type,
+            event.entity.kind,
+            event.entity.id,
+            event.entity.op,
+            event.version_ms,
+            event.received_at_ms,
+            event.status.as_str(),
+            event.status_reason,
+            &event.body_sha256[..],
+            &event.body[..],
+            headers,
+        ])?;
+    if inserted == 1 {
+        return Ok(AppendOutcome::Stored {
+            seq: tx.last_insert_rowid(),
+        });
+    }
+    let (seq, stored_hash): (i64, Vec<u8>) = tx
+        .prepare_cached(
+            "SELECT seq, body_sha256 FROM events WHERE source = ?1 AND dedupe_key = ?2",
+        )?
+        .query_row(params![event.source, event.dedupe_key], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+    if stored_hash == event.body_sha256 {
+        tx.prepare_cached(
+            "UPDATE events SET times_seen = times_seen + 1, last_seen_at_ms = ?2 WHERE seq = ?1",
+        )?
+        .execute(params![seq, event.received_at_ms])?;
+        return Ok(AppendOutcome::Duplicate { seq });
+    }
+    tx.prepare_cached(
+        "UPDATE events SET conflicts = conflicts + 1, last_seen_at_ms = ?2 WHERE seq = ?1",
+    )?
+    .execute(params![seq, event.received_at_ms])?;
+    insert_rejection(
+        tx,
+        &NewRejection {
+            at_ms: event.received_at_ms,
+            source: Some(event.source.clone()),
+            reason: "id_conflict".into(),
+            status: 200,
+            message: format!(
+                "event {} was already stored (seq {seq}) with a different body; the first body is kept",
+                event.event_id.as_deref().unwrap_or(&event.dedupe_key)
+            ),
+            body: event.body.to_vec(),
+            body_len: event.body.len(),
+            remote_addr: None,
+        },
+    )?;
+    Ok(AppendOutcome::Conflict { seq })
+}
+
+fn insert_rejection(tx: &rusqlite::Transaction<'_>, r: &NewRejection) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO rejections (at_ms, source, reason, status, message, body, body_len, remote_addr)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        r.at_ms,
+        r.source,
+        r.reason,
+        r.status,
+        r.message,
+        r.body,
+        r.body_len as i64,
+        r.remote_addr,
+    ])?;
+    Ok(())
+}
