@@ -1,0 +1,265 @@
+//! The command line, run as a user would: serve, send, events, verify, config errors.
+
+mod common;
+
+use common::process::{run, serve, write_config};
+
+const SOURCES: &str = r#"
+[[source]]
+name = "school"
+provider = "dreamclass"
+secret = "school-secret"
+
+[[source]]
+name = "school-b64"
+provider = "dreamclass"
+secret = "a2V5LWJ5dGVzLWZvci10ZXN0cw=="
+secret_encoding = "base64"
+
+[[source]]
+name = "courses"
+provider = "loopwise"
+secret = "courses-key"
+basic_auth = { username = "lw", password = "pw" }
+"#;
+
+#[tokio::test]
+async fn send_stores_an_event_that_events_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), SOURCES);
+    let mut served = serve(&config).await;
+    // The config says port 0; `send` must reach the real port, so point it there.
+    let live = write_config(dir.path(), SOURCES).with_file_name("live.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("127.0.0.1:0", &served.addr.to_string());
+    std::fs::write(&live, text).unwrap();
+    let live = live.to_str().unwrap();
+
+    for (source, event_type) in [
+        ("school", "CLASS_CREATED"),
+        ("school-b64", "STUDENT_PERIOD_UPDATED"),
+        ("courses", "course.student_enroll"),
+        ("courses", "payment.paid"),
+    ] {
+        let (code, out, err) = run(
+            &[
+                "send", "--config", live, "--source", source, "--event", event_type,
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(code, 0, "{source} {event_type}: {out} {err}");
+        assert!(out.starts_with("200"), "{out}");
+    }
+    let (code, out, _) = run(&["events", "--config", live], None).await;
+    assert_eq!(code, 0);
+    for expected in [
+        "CLASS_CREATED",
+        "STUDENT_PERIOD_UPDATED",
+        "course.student_enroll",
+        "payment.paid",
+    ] {
+        assert!(out.contains(expected), "{expected} missing from:\n{out}");
+    }
+    let (_, out, _) = run(
+        &[
+            "events", "--config", live, "--source", "courses", "--limit", "1",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains("payment.paid"), "{out}");
+
+    // A wrong secret is refused and `send` says so with its exit code.
+    let url = format!("http://{}/hooks/school", served.addr);
+    let (code, out, _) = run(
+        &[
+            "send",
+            "--url",
+            &url,
+            "--provider",
+            "dreamclass",
+            "--secret",
+            "wrong",
+            "--event",
+            "CLASS_CREATED",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(
+        out.starts_with("401") && out.contains("signature_invalid"),
+        "{out}"
+    );
+    served.child.start_kill().unwrap();
+}
+
+/// Splits `send --print` output into headers and body.
+fn split_printed(out: &str) -> (Vec<String>, String) {
+    let (head, body) = out.split_once("\n\n").unwrap();
+    let headers = head.lines().skip(1).map(str::to_string).collect();
+    (headers, body.trim_end().to_string())
+}
+
+#[tokio::test]
+async fn verify_tells_which_dreamclass_key_encoding_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "a2V5LWJ5dGVzLWZvci10ZXN0cw==";
+    for (encoding, expected) in [
+        ("utf8", "secret_encoding = \"utf8\""),
+        ("base64", "secret_encoding = \"base64\""),
+    ] {
+        let (code, out, err) = run(
+            &[
+                "send",
+                "--print",
+                "--url",
+                "http://127.0.0.1:1/hooks/x",
+                "--provider",
+                "dreamclass",
+                "--secret",
+                secret,
+                "--secret-encoding",
+                encoding,
+                "--event",
+                "ATTENDANCE_CREATED",
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+        let (_, body) = split_printed(&out);
+        let file = dir.path().join(format!("{encoding}.json"));
+        std::fs::write(&file, &body).unwrap();
+
+        let (code, out, _) = run(
+            &[
+                "verify",
+                "--provider",
+                "dreamclass",
+                "--secret",
+                secret,
+                "--body",
+                file.to_str().unwrap(),
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains("HOLDS") && out.contains(expected),
+            "{encoding}: {out}"
+        );
+
+        // Read from standard input too; a wrong secret does not hold.
+        let (code, out, _) = run(
+            &["verify", "--provider", "dreamclass", "--secret", "other"],
+            Some(body.as_bytes()),
+        )
+        .await;
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("does not hold"), "{out}");
+    }
+}
+
+#[tokio::test]
+async fn verify_checks_loopwise_headers_and_reads_secrets_from_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), SOURCES);
+    let config = config.to_str().unwrap();
+    let (code, out, _) = run(
+        &[
+            "send",
+            "--print",
+            "--config",
+            config,
+            "--source",
+            "courses",
+            "--event",
+            "course.created",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0);
+    let (headers, body) = split_printed(&out);
+    assert!(
+        headers
+            .iter()
+            .any(|h| h.starts_with("authorization: Basic")),
+        "{headers:?}"
+    );
+    let signature = headers
+        .iter()
+        .find(|h| h.starts_with("loopwise-webhook-signature"))
+        .unwrap()
+        .clone();
+    let file = dir.path().join("body.json");
+    std::fs::write(&file, &body).unwrap();
+    let file = file.to_str().unwrap();
+
+    let (code, out, _) = run(
+        &[
+            "verify", "--config", config, "--source", "courses", "--body", file, "--header",
+            &signature,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let (code, _, _) = run(
+        &[
+            "verify", "--config", config, "--source", "courses", "--body", file,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 1, "no signature header: does not hold");
+    let teachify = signature.replace("loopwise-webhook-signature", "Teachify-Webhook-Signature");
+    let (code, _, _) = run(
+        &[
+            "verify",
+            "--provider",
+            "loopwise",
+            "--secret",
+            "courses-key",
+            "--body",
+            file,
+            "--header",
+            &teachify,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0);
+}
+
+#[tokio::test]
+async fn a_bad_config_stops_start_up_with_file_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[[source]]\nname = \"s\"\nprovider = \"dreamclass\"\nsecret_env = \"CLASSHOOK_TEST_UNSET_VAR\"\n").unwrap();
+    let (code, _, err) = run(&["serve", "--config", file.to_str().unwrap()], None).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("bad.toml")
+            && err.contains("source[0].secret_env")
+            && err.contains("CLASSHOOK_TEST_UNSET_VAR"),
+        "{err}"
+    );
+
+    let (code, _, err) = run(
+        &[
+            "serve",
+            "--config",
+            dir.path().join("missing.toml").to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("missing.toml"), "{err}");
+}
