@@ -176,7 +176,8 @@ async fn wrong_secret_and_a_signature_over_another_id_fail() {
 #[tokio::test]
 async fn unusable_envelopes_are_400_with_a_reason() {
     let gw = Gateway::start().await;
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Mutation)> = vec![
         (
             "`id` must be a UUID",
             Box::new(|v| v["id"] = json!("not-a-uuid")),
