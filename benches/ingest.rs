@@ -1,1 +1,244 @@
-fn main() {}
+//! Ingest benchmark: `cargo bench --bench ingest`.
+//!
+//! Starts the release gateway with a fresh data directory and drives it over loopback
+//! with 32 keep-alive connections of distinct, correctly signed DreamClass events.
+//! In the same run it drives the same load against the ceiling: the same binary and
+//! HTTP stack with a handler that only reads the body and answers `{}`. Reports
+//! events/s, p50/p99 latency and the gateway's peak RSS, and the ratio to the ceiling.
+//!
+//! Knobs (environment): BENCH_SECONDS (default 10), BENCH_CONNECTIONS (default 32).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use classhook::provider::ProviderKind;
+use classhook::provider::sample;
+use classhook::secret::KeyBytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const SECRET: &str = "bench-secret";
+
+struct Report {
+    accepted: usize,
+    failed: usize,
+    seconds: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl Report {
+    fn rate(&self) -> f64 {
+        self.accepted as f64 / self.seconds
+    }
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    let seconds = env_or("BENCH_SECONDS", 10);
+    let connections = env_or("BENCH_CONNECTIONS", 32) as usize;
+    let binary = env!("CARGO_BIN_EXE_classhook");
+
+    eprintln!("preparing signed events …");
+    let bodies = Arc::new(signed_bodies(60_000 * seconds as usize));
+
+    let (mut ceiling, ceiling_addr) =
+        spawn(binary, &["null-server", "--listen", "127.0.0.1:0"]).await;
+    let ceiling_report = drive(ceiling_addr, &bodies, connections, seconds).await;
+    let _ = ceiling.kill().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[[source]]\nname = \"bench\"\nprovider = \"dreamclass\"\nsecret = \"{SECRET}\"\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let (mut gateway, gateway_addr) =
+        spawn(binary, &["serve", "--config", config.to_str().unwrap()]).await;
+    let gateway_report = drive(gateway_addr, &bodies, connections, seconds).await;
+    let rss_mib = peak_rss_mib(gateway.id().unwrap());
+    let _ = gateway.kill().await;
+    let stored = stored_events(&dir.path().join("data"));
+
+    println!();
+    println!("| run | events/s | p50 ms | p99 ms | failed |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, r) in [
+        ("ceiling (empty handler)", &ceiling_report),
+        ("classhook (durable ingest)", &gateway_report),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {} |",
+            r.rate(),
+            r.p50_ms,
+            r.p99_ms,
+            r.failed
+        );
+    }
+    println!();
+    println!(
+        "ratio to ceiling: {:.2}x",
+        gateway_report.rate() / ceiling_report.rate()
+    );
+    println!("gateway peak RSS: {rss_mib:.1} MiB");
+    println!(
+        "events in the store after the run: {stored} (answered 200: {})",
+        gateway_report.accepted
+    );
+    println!(
+        "load: {connections} keep-alive connections, {seconds} s per run, one-thread load generator"
+    );
+}
+
+fn signed_bodies(count: usize) -> Vec<Bytes> {
+    let key = KeyBytes::new(SECRET.as_bytes().to_vec());
+    (0..count as u64)
+        .map(|n| {
+            let data = sample::sample_data(ProviderKind::DreamClass, "ATTENDANCE_UPDATED", n);
+            let request = sample::build_request(
+                ProviderKind::DreamClass,
+                Some(&key),
+                "ATTENDANCE_UPDATED",
+                data,
+                "bench-school",
+            );
+            Bytes::from(request.body)
+        })
+        .collect()
+}
+
+async fn spawn(binary: &str, args: &[&str]) -> (Child, SocketAddr) {
+    let mut child = Command::new(binary)
+        .args(args)
+        .env("CLASSHOOK_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the server starts within 30 s")
+            .unwrap()
+            .expect("the server printed its address");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining the server's log; pass on anything that is not routine.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if !line.contains(" INFO ") {
+                eprintln!("server: {line}");
+            }
+        }
+    });
+    (child, addr)
+}
+
+/// Sends bodies over `connections` keep-alive connections for `seconds`.
+async fn drive(
+    addr: SocketAddr,
+    bodies: &Arc<Vec<Bytes>>,
+    connections: usize,
+    seconds: u64,
+) -> Report {
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (bodies, next) = (bodies.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            let (mut latencies, mut accepted, mut failed) = (Vec::new(), 0usize, 0usize);
+            while Instant::now() < deadline {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(n) else { break };
+                let request = hyper::Request::post(format!("http://{addr}/hooks/bench"))
+                    .header("content-type", "application/json")
+                    .header("host", addr.to_string())
+                    .body(Full::new(body.clone()))
+                    .unwrap();
+                let sent = Instant::now();
+                let response = sender.send_request(request).await.unwrap();
+                let ok = response.status() == 200;
+                response.into_body().collect().await.unwrap();
+                latencies.push(sent.elapsed().as_micros() as u32);
+                if ok { accepted += 1 } else { failed += 1 }
+            }
+            (latencies, accepted, failed)
+        }));
+    }
+    let (mut latencies, mut accepted, mut failed) = (Vec::new(), 0, 0);
+    for task in tasks {
+        let (l, a, f) = task.await.unwrap();
+        latencies.extend(l);
+        accepted += a;
+        failed += f;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    Report {
+        accepted,
+        failed,
+        seconds: elapsed,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+    }
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn stored_events(data_dir: &Path) -> i64 {
+    classhook::store::Store::open_read_only(data_dir)
+        .and_then(|s| s.count_events())
+        .unwrap_or(-1)
+}

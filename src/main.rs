@@ -10,6 +10,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("CLASSHOOK_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("the async runtime starts");
     match runtime.block_on(classhook::cli::run(cli)) {
