@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use crate::mirror::MirrorData;
 use crate::provider::ProviderKind;
 
 /// What classhook made of an authentic event's shape.
@@ -68,4 +69,6 @@ pub struct NewEvent {
     pub status: EventStatus,
     /// Why the event is quarantined (or which type is unknown).
     pub status_reason: Option<String>,
+    /// What the event writes into the mirror; `None` if it must not touch it.
+    pub mirror: Option<MirrorData>,
 }

@@ -194,6 +194,7 @@ impl Ingest {
             received_at_ms,
             status: described.status,
             status_reason: described.status_reason,
+            mirror: described.mirror,
         };
         Ok(self.store.append(event).await?)
     }

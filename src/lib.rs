@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod event;
 pub mod http;
 pub mod ingest;
+pub mod mirror;
 pub mod provider;
 pub mod secret;
 pub mod server;

@@ -39,6 +39,7 @@ pub fn run(config: Config, args: &EventsArgs) -> anyhow::Result<ExitCode> {
         event_type: args.event_type.clone(),
         status: args.status,
         limit: args.limit,
+        ..EventFilter::default()
     })?;
     println!(
         "{:<24}  {:<16}  {:<26}  {:<12}  {:>4}  id",

@@ -7,9 +7,10 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Map, Value};
 
 use super::schema::{self, Verdict};
-use super::{Described, EnvelopeError, SignatureError, data_id};
+use super::{Described, EnvelopeError, ProviderKind, SignatureError, data_id};
 use crate::crypto;
 use crate::event::{EntityRef, EventStatus};
+use crate::mirror;
 
 /// Families documented with a full `data` schema.
 const TYPED_FAMILIES: &[&str] = &["CLASS", "STUDENT_PERIOD", "ATTENDANCE"];
@@ -126,6 +127,7 @@ impl Envelope {
                 Verdict::Mismatch(reason) => (EventStatus::Quarantined, Some(reason)),
             }
         };
+        let mirror = mirror::prepare(ProviderKind::DreamClass, &entity, status, &self.data);
         Described {
             tenant: Some(self.tenant.clone()),
             event_type: self.event_type.clone(),
@@ -135,6 +137,7 @@ impl Envelope {
             version_ms: Some(self.timestamp_ms),
             status,
             status_reason,
+            mirror,
         }
     }
 }

@@ -9,9 +9,10 @@ use serde_json::{Map, Value};
 
 use super::dreamclass::json_kind;
 use super::schema::{self, Verdict};
-use super::{Described, EnvelopeError, SignatureError, data_id};
+use super::{Described, EnvelopeError, ProviderKind, SignatureError, data_id};
 use crate::crypto;
 use crate::event::{EntityRef, EventStatus};
+use crate::mirror;
 
 pub const SIGNATURE_HEADER: &str = "loopwise-webhook-signature";
 pub const LEGACY_SIGNATURE_HEADER: &str = "teachify-webhook-signature";
@@ -82,19 +83,22 @@ impl Envelope {
                 Verdict::Mismatch(reason) => (EventStatus::Quarantined, Some(reason)),
             }
         };
+        let entity = EntityRef {
+            kind,
+            id: data_id(&self.data),
+            op,
+        };
+        let mirror = mirror::prepare(ProviderKind::Loopwise, &entity, status, &self.data);
         Described {
             tenant: None,
             event_type: self.event_type.clone(),
             event_id: None,
             dedupe_key: format!("sha256:{}", hex::encode(body_sha256)),
-            entity: EntityRef {
-                kind,
-                id: data_id(&self.data),
-                op,
-            },
+            entity,
             version_ms: version_ms(&self.data),
             status,
             status_reason,
+            mirror,
         }
     }
 }

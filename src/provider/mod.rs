@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::event::{EntityRef, EventStatus};
+use crate::mirror::MirrorData;
 use crate::secret::KeyBytes;
 
 /// The platforms classhook understands.
@@ -98,6 +99,7 @@ pub struct Described {
     pub version_ms: Option<i64>,
     pub status: EventStatus,
     pub status_reason: Option<String>,
+    pub mirror: Option<MirrorData>,
 }
 
 impl Envelope {

@@ -13,7 +13,7 @@ mod sqlite;
 use crate::event::EventStatus;
 use crate::provider::ProviderKind;
 
-pub use sqlite::{SqliteStore as Store, StoreOptions};
+pub use sqlite::{CommitObserver, KindCount, RebuildReport, SqliteStore as Store, StoreOptions};
 
 /// What `append` did with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +119,8 @@ pub struct EventSummary {
     pub times_seen: i64,
     pub last_seen_at_ms: i64,
     pub conflicts: i64,
+    /// What the event did to the mirror: applied, tombstoned, stale, blocked.
+    pub mirror_effect: Option<String>,
 }
 
 /// A stored event in full.
@@ -133,7 +135,66 @@ pub struct StoredEvent {
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
     pub source: Option<String>,
+    pub tenant: Option<String>,
     pub event_type: Option<String>,
     pub status: Option<EventStatus>,
+    /// Received at or after (epoch ms).
+    pub since_ms: Option<i64>,
+    /// Received before (epoch ms).
+    pub until_ms: Option<i64>,
+    /// Only events with a smaller sequence number (the pagination cursor).
+    pub before_seq: Option<i64>,
     pub limit: usize,
+}
+
+/// Which rejections to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RejectionFilter {
+    pub source: Option<String>,
+    pub reason: Option<String>,
+    pub before_id: Option<i64>,
+    pub limit: usize,
+}
+
+/// Which mirrored entities of one kind to list, in the order they first appeared.
+#[derive(Debug, Clone, Default)]
+pub struct EntityFilter {
+    pub kind: String,
+    pub source: Option<String>,
+    pub tenant: Option<String>,
+    pub include_deleted: bool,
+    /// Typed kinds only: (column, value) pairs that must match.
+    pub fields: Vec<(&'static str, crate::mirror::FieldValue)>,
+    /// Only entities after this position (the pagination cursor).
+    pub after: Option<i64>,
+    pub limit: usize,
+}
+
+/// One mirrored entity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entity {
+    /// Position in its table, for pagination.
+    pub position: i64,
+    pub kind: String,
+    pub source: String,
+    /// `None` for platforms without tenants.
+    pub tenant: Option<String>,
+    pub id: String,
+    pub deleted: bool,
+    pub version_ms: i64,
+    /// The event whose data (or tombstone) the entity holds.
+    pub event_seq: i64,
+    /// The entity as the platform names its fields (`null` for a bare tombstone).
+    pub data: serde_json::Value,
+}
+
+/// Events counted by source, type and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsRow {
+    pub source: String,
+    pub event_type: String,
+    pub status: EventStatus,
+    pub events: i64,
+    /// Deliveries including retries (sum of `times_seen`).
+    pub deliveries: i64,
 }

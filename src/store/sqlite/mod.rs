@@ -2,7 +2,10 @@
 //! writer thread doing group commits ([`writer`]), and read-only work on separate
 //! connections so readers never block the writer.
 
+mod entities;
+mod maintenance;
 mod migrations;
+mod mirror;
 mod read;
 mod writer;
 
@@ -16,6 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{AppendOutcome, NewRejection, StoreError};
 use crate::event::NewEvent;
+pub use entities::KindCount;
+pub use maintenance::RebuildReport;
+pub use writer::CommitObserver;
 use writer::WriteOp;
 
 /// WAL pages between automatic checkpoints (4 KiB each).
@@ -24,7 +30,7 @@ const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "classhook.db";
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreOptions {
     /// How long a write waits on a lock held by another process before failing.
     pub busy_timeout: Duration,
@@ -34,6 +40,8 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// How many writes may wait for the writer before callers wait to enqueue.
     pub queue_capacity: usize,
+    /// Told about every batch the writer commits.
+    pub observer: Option<Arc<dyn CommitObserver>>,
 }
 
 impl Default for StoreOptions {
@@ -43,6 +51,7 @@ impl Default for StoreOptions {
             append_timeout: Duration::from_secs(8),
             max_batch: 1024,
             queue_capacity: 16 * 1024,
+            observer: None,
         }
     }
 }
@@ -76,9 +85,10 @@ impl SqliteStore {
         migrations::run(&mut conn)?;
         let (sender, receiver) = mpsc::channel(options.queue_capacity);
         let max_batch = options.max_batch;
+        let observer = options.observer.clone();
         std::thread::Builder::new()
             .name("classhook-writer".into())
-            .spawn(move || writer::run(conn, receiver, max_batch))
+            .spawn(move || writer::run(conn, receiver, max_batch, observer))
             .map_err(|source| StoreError::DataDir {
                 path: data_dir.to_path_buf(),
                 source,
@@ -133,6 +143,35 @@ impl SqliteStore {
             answer.await.map_err(|_| StoreError::WriterGone)?
         };
         tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| StoreError::Timeout(timeout))?
+    }
+
+    /// Runs `work` on the write connection, between batches, and returns its result.
+    pub(crate) async fn run_job<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let queue = self.inner.queue.as_ref().ok_or(StoreError::WriterGone)?;
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(move |conn: &mut Connection| {
+            let _ = reply.send(work(conn));
+        });
+        queue
+            .send(WriteOp::Job(job))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Whether the store can take a write now: the writer is alive and the database
+    /// lock can be taken within `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
+        let probe = self.run_job(|conn| {
+            conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")?;
+            Ok(())
+        });
+        tokio::time::timeout(timeout, probe)
             .await
             .map_err(|_| StoreError::Timeout(timeout))?
     }

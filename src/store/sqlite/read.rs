@@ -6,39 +6,97 @@ use rusqlite::{OptionalExtension, Row, params, params_from_iter};
 use super::SqliteStore;
 use crate::event::EventStatus;
 use crate::provider::ProviderKind;
-use crate::store::{EventFilter, EventSummary, Rejection, StoreError, StoredEvent};
+use crate::store::{
+    EventFilter, EventSummary, Rejection, RejectionFilter, StatsRow, StoreError, StoredEvent,
+};
 
 const SUMMARY_COLUMNS: &str = "seq, source, provider, tenant, event_type, event_id, dedupe_key,
     entity_kind, entity_id, entity_op, version_ms, received_at_ms, status, status_reason,
-    times_seen, last_seen_at_ms, conflicts";
+    times_seen, last_seen_at_ms, conflicts, mirror_effect";
 
-impl SqliteStore {
-    /// The latest events matching `filter`, newest first.
-    pub fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError> {
-        let mut clauses = Vec::new();
-        let mut args: Vec<SqlValue> = Vec::new();
-        if let Some(source) = &filter.source {
-            clauses.push("source = ?");
-            args.push(source.clone().into());
+/// Builds `WHERE a = ? AND b = ?` with its arguments.
+#[derive(Default)]
+pub(super) struct Conditions {
+    clauses: Vec<String>,
+    pub(super) args: Vec<SqlValue>,
+}
+
+impl Conditions {
+    pub(super) fn add(&mut self, clause: impl Into<String>, value: impl Into<SqlValue>) {
+        self.clauses.push(clause.into());
+        self.args.push(value.into());
+    }
+
+    pub(super) fn add_opt<T: Into<SqlValue> + Clone>(&mut self, clause: &str, value: Option<&T>) {
+        if let Some(value) = value {
+            self.add(clause, value.clone());
         }
-        if let Some(event_type) = &filter.event_type {
-            clauses.push("event_type = ?");
-            args.push(event_type.clone().into());
-        }
-        if let Some(status) = filter.status {
-            clauses.push("status = ?");
-            args.push(status.as_str().to_string().into());
-        }
-        let where_sql = if clauses.is_empty() {
+    }
+
+    pub(super) fn push_raw(&mut self, clause: &str) {
+        self.clauses.push(clause.to_string());
+    }
+
+    pub(super) fn sql(&self) -> String {
+        if self.clauses.is_empty() {
             String::new()
         } else {
-            format!("WHERE {}", clauses.join(" AND "))
-        };
-        args.push((filter.limit.max(1) as i64).into());
-        let sql =
-            format!("SELECT {SUMMARY_COLUMNS} FROM events {where_sql} ORDER BY seq DESC LIMIT ?");
+            format!("WHERE {}", self.clauses.join(" AND "))
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Events matching `filter`, newest first.
+    pub fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError> {
+        let mut c = Conditions::default();
+        c.add_opt("source = ?", filter.source.as_ref());
+        c.add_opt("tenant = ?", filter.tenant.as_ref());
+        c.add_opt("event_type = ?", filter.event_type.as_ref());
+        if let Some(status) = filter.status {
+            c.add("status = ?", status.as_str().to_string());
+        }
+        c.add_opt("received_at_ms >= ?", filter.since_ms.as_ref());
+        c.add_opt("received_at_ms < ?", filter.until_ms.as_ref());
+        c.add_opt("seq < ?", filter.before_seq.as_ref());
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS} FROM events {} ORDER BY seq DESC LIMIT {}",
+            c.sql(),
+            filter.limit.max(1)
+        );
+        self.query_summaries(&sql, c.args)
+    }
+
+    /// Every event about one entity, in version order (then receive order).
+    pub fn entity_history(
+        &self,
+        kind: &str,
+        id: &str,
+        source: &str,
+        tenant: Option<&str>,
+    ) -> Result<Vec<EventSummary>, StoreError> {
+        let mut c = Conditions::default();
+        c.add("entity_kind = ?", kind.to_string());
+        c.add("entity_id = ?", id.to_string());
+        c.add("source = ?", source.to_string());
+        match tenant {
+            Some(tenant) => c.add("tenant = ?", tenant.to_string()),
+            None => c.push_raw("tenant IS NULL"),
+        }
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS} FROM events {} ORDER BY version_ms, seq",
+            c.sql()
+        );
+        self.query_summaries(&sql, c.args)
+    }
+
+    fn query_summaries(
+        &self,
+        sql: &str,
+        args: Vec<SqlValue>,
+    ) -> Result<Vec<EventSummary>, StoreError> {
         self.with_reader(|conn| {
-            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut stmt = conn.prepare_cached(sql)?;
             let rows = stmt.query_map(params_from_iter(args), |row| Ok(summary_from_row(row)))?;
             let mut events = Vec::new();
             for row in rows {
@@ -75,8 +133,8 @@ impl SqliteStore {
             let found = conn
                 .prepare_cached(&sql)?
                 .query_row(args, |row| {
-                    let body: Vec<u8> = row.get(17)?;
-                    let headers: String = row.get(18)?;
+                    let body: Vec<u8> = row.get(18)?;
+                    let headers: String = row.get(19)?;
                     Ok((summary_from_row(row), body, headers))
                 })
                 .optional()?;
@@ -99,14 +157,63 @@ impl SqliteStore {
         )
     }
 
+    /// Events counted per source, type and status, received in `[since, until)`.
+    pub fn stats(
+        &self,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+    ) -> Result<Vec<StatsRow>, StoreError> {
+        let mut c = Conditions::default();
+        c.add_opt("received_at_ms >= ?", since_ms.as_ref());
+        c.add_opt("received_at_ms < ?", until_ms.as_ref());
+        let sql = format!(
+            "SELECT source, event_type, status, count(*), sum(times_seen) FROM events {}
+             GROUP BY source, event_type, status ORDER BY source, event_type, status",
+            c.sql()
+        );
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params_from_iter(c.args), |row| {
+                let status: String = row.get(2)?;
+                Ok((row.get(0)?, row.get(1)?, status, row.get(3)?, row.get(4)?))
+            })?;
+            let mut stats = Vec::new();
+            for row in rows {
+                let (source, event_type, status, events, deliveries) = row?;
+                stats.push(StatsRow {
+                    source,
+                    event_type,
+                    status: parse_status(&status)?,
+                    events,
+                    deliveries,
+                });
+            }
+            Ok(stats)
+        })
+    }
+
     /// The latest rejections, newest first.
     pub fn list_rejections(&self, limit: usize) -> Result<Vec<Rejection>, StoreError> {
+        self.find_rejections(&RejectionFilter {
+            limit,
+            ..RejectionFilter::default()
+        })
+    }
+
+    pub fn find_rejections(&self, filter: &RejectionFilter) -> Result<Vec<Rejection>, StoreError> {
+        let mut c = Conditions::default();
+        c.add_opt("source = ?", filter.source.as_ref());
+        c.add_opt("reason = ?", filter.reason.as_ref());
+        c.add_opt("id < ?", filter.before_id.as_ref());
+        let sql = format!(
+            "SELECT id, at_ms, source, reason, status, message, body, body_len, remote_addr
+             FROM rejections {} ORDER BY id DESC LIMIT {}",
+            c.sql(),
+            filter.limit.max(1)
+        );
         self.with_reader(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, at_ms, source, reason, status, message, body, body_len, remote_addr
-                 FROM rejections ORDER BY id DESC LIMIT ?1",
-            )?;
-            let rows = stmt.query_map([limit as i64], |row| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params_from_iter(c.args), |row| {
                 Ok(Rejection {
                     id: row.get(0)?,
                     at_ms: row.get(1)?,
@@ -122,6 +229,11 @@ impl SqliteStore {
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
+}
+
+fn parse_status(status: &str) -> Result<EventStatus, StoreError> {
+    EventStatus::parse(status)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))
 }
 
 fn summary_from_row(row: &Row<'_>) -> Result<EventSummary, StoreError> {
@@ -141,11 +253,11 @@ fn summary_from_row(row: &Row<'_>) -> Result<EventSummary, StoreError> {
         entity_op: row.get(9)?,
         version_ms: row.get(10)?,
         received_at_ms: row.get(11)?,
-        status: EventStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))?,
+        status: parse_status(&status)?,
         status_reason: row.get(13)?,
         times_seen: row.get(14)?,
         last_seen_at_ms: row.get(15)?,
         conflicts: row.get(16)?,
+        mirror_effect: row.get(17)?,
     })
 }

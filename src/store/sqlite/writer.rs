@@ -2,10 +2,15 @@
 //! commits everything it drained in one transaction (group commit) and only then
 //! answers each caller. Durability costs one fsync per batch, not per request.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::mirror;
 use crate::event::NewEvent;
+use crate::mirror::Effect;
 use crate::store::{AppendOutcome, NewRejection, StoreError};
 
 /// How many rejections the log keeps; older ones are pruned.
@@ -18,24 +23,53 @@ pub enum WriteOp {
         oneshot::Sender<Result<AppendOutcome, StoreError>>,
     ),
     Reject(Box<NewRejection>),
+    /// Exclusive work on the write connection (mirror rebuild, retention, readiness
+    /// probe), run between batches in its own transaction.
+    Job(Box<dyn FnOnce(&mut Connection) + Send>),
+}
+
+/// Told about every committed (or failed) batch, e.g. by the metrics.
+pub trait CommitObserver: Send + Sync {
+    fn batch_committed(&self, operations: usize, duration: Duration, ok: bool);
 }
 
 /// Runs until every sender is dropped.
-pub fn run(mut conn: Connection, mut queue: mpsc::Receiver<WriteOp>, max_batch: usize) {
+pub fn run(
+    mut conn: Connection,
+    mut queue: mpsc::Receiver<WriteOp>,
+    max_batch: usize,
+    observer: Option<Arc<dyn CommitObserver>>,
+) {
     let mut batch = Vec::with_capacity(max_batch);
-    while let Some(op) = queue.blocking_recv() {
-        batch.push(op);
-        while batch.len() < max_batch {
-            match queue.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+    while let Some(first) = queue.blocking_recv() {
+        let mut job = None;
+        let mut next = Some(first);
+        while let Some(op) = next.take() {
+            if let WriteOp::Job(work) = op {
+                job = Some(work);
+                break;
+            }
+            batch.push(op);
+            if batch.len() < max_batch {
+                next = queue.try_recv().ok();
             }
         }
-        commit_batch(&mut conn, &mut batch);
+        if !batch.is_empty() {
+            let started = Instant::now();
+            let operations = batch.len();
+            let ok = commit_batch(&mut conn, &mut batch);
+            if let Some(observer) = &observer {
+                observer.batch_committed(operations, started.elapsed(), ok);
+            }
+        }
+        if let Some(work) = job {
+            work(&mut conn);
+        }
     }
 }
 
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
+/// Commits the batch and answers its callers; returns whether it committed.
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) -> bool {
     match write_batch(conn, batch) {
         Ok(outcomes) => {
             for (op, outcome) in batch.drain(..).zip(outcomes) {
@@ -44,6 +78,7 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
                     let _ = reply.send(Ok(outcome));
                 }
             }
+            true
         }
         Err(error) => {
             let message = error.to_string();
@@ -53,6 +88,7 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
                     let _ = reply.send(Err(StoreError::Commit(message.clone())));
                 }
             }
+            false
         }
     }
 }
@@ -77,6 +113,7 @@ fn write_batch(
                 rejected = true;
                 outcomes.push(None);
             }
+            WriteOp::Job(_) => unreachable!("jobs never enter a batch"),
         }
     }
     if rejected {
@@ -118,9 +155,22 @@ fn append_one(tx: &rusqlite::Transaction<'_>, event: &NewEvent) -> rusqlite::Res
             headers,
         ])?;
     if inserted == 1 {
-        return Ok(AppendOutcome::Stored {
-            seq: tx.last_insert_rowid(),
-        });
+        let seq = tx.last_insert_rowid();
+        if let Some(data) = &event.mirror {
+            let effect = mirror::apply(
+                tx,
+                &event.source,
+                event.tenant.as_deref(),
+                &event.entity,
+                event.version_ms,
+                seq,
+                data,
+            )?;
+            if let Some(effect) = effect {
+                record_effect(tx, seq, effect)?;
+            }
+        }
+        return Ok(AppendOutcome::Stored { seq });
     }
     let (seq, stored_hash): (i64, Vec<u8>) = tx
         .prepare_cached(
@@ -157,6 +207,17 @@ fn append_one(tx: &rusqlite::Transaction<'_>, event: &NewEvent) -> rusqlite::Res
         },
     )?;
     Ok(AppendOutcome::Conflict { seq })
+}
+
+/// Notes on the event what it did to the mirror (shown in entity histories).
+pub fn record_effect(
+    conn: &rusqlite::Connection,
+    seq: i64,
+    effect: Effect,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE events SET mirror_effect = ?2 WHERE seq = ?1")?
+        .execute(params![seq, effect.as_str()])?;
+    Ok(())
 }
 
 fn insert_rejection(tx: &rusqlite::Transaction<'_>, r: &NewRejection) -> rusqlite::Result<()> {
