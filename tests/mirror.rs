@@ -1,0 +1,445 @@
+//! The mirror over real HTTP ingest: versions, tombstones, typed and generic kinds,
+//! and a rebuild that reproduces live ingestion exactly.
+
+mod common;
+
+use classhook::provider::{ProviderKind, dreamclass, loopwise as lw};
+use classhook::store::{Entity, EntityFilter, EventSummary, Store};
+use common::*;
+use serde_json::{Value, json};
+
+/// A DreamClass body with a chosen version (envelope timestamp).
+fn dc(event_type: &str, data: Value, timestamp: i64) -> (Vec<(String, String)>, Vec<u8>) {
+    let id = uuid::Uuid::new_v4().to_string();
+    raw_json(&json!({
+        "id": id, "type": event_type, "tenant": "my-school", "timestamp": timestamp,
+        "signature": dreamclass::sign(SCHOOL_SECRET.as_bytes(), &id), "data": data,
+    }))
+}
+
+fn class(id: i64, name: &str) -> Value {
+    json!({"id": id, "code": format!("c-{id}"), "name": name, "startDate": "2024-01-01",
+           "endDate": "2024-06-30", "capacity": 20, "description": null})
+}
+
+fn lw_signed(value: &Value) -> (Vec<(String, String)>, Vec<u8>) {
+    let body = serde_json::to_vec(value).unwrap();
+    (
+        vec![(
+            lw::SIGNATURE_HEADER.to_string(),
+            lw::sign(COURSES_SECRET.as_bytes(), &body),
+        )],
+        body,
+    )
+}
+
+fn course(id: &str, name: &str, updated_at: &str, plans: usize) -> Value {
+    let plans: Vec<Value> = (0..plans)
+        .map(|i| {
+            json!({"id": format!("plan-{i}"), "name": format!("Plan {i}"), "description": null,
+                        "currency": "TWD", "amount": 1000 * (i as i64 + 1),
+                        "created_at": "2023-05-15T14:35:00Z", "updated_at": updated_at})
+        })
+        .collect();
+    json!({"type": "course.updated", "data": {
+        "id": id, "name": name, "description": "d", "state": "published", "type": "Course",
+        "created_at": "2023-05-15T14:30:00Z", "updated_at": updated_at, "slug": format!("s-{id}"),
+        "plans": plans}})
+}
+
+async fn post(gw: &Gateway, source: &str, request: (Vec<(String, String)>, Vec<u8>)) {
+    let answer = gw
+        .post_raw(&format!("/hooks/{source}"), &request.0, request.1)
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.json);
+}
+
+fn one(store: &Store, kind: &str, id: &str, source: &str) -> Entity {
+    let mut found = store.find_entities(kind, id, Some(source), None).unwrap();
+    assert_eq!(found.len(), 1, "{kind} {id}: {found:?}");
+    found.remove(0)
+}
+
+fn history(
+    store: &Store,
+    kind: &str,
+    id: &str,
+    source: &str,
+    tenant: Option<&str>,
+) -> Vec<(i64, String)> {
+    store
+        .entity_history(kind, id, source, tenant)
+        .unwrap()
+        .into_iter()
+        .map(|e: EventSummary| (e.version_ms, e.mirror_effect.unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_older_update_never_overwrites_a_newer_one() {
+    let gw = Gateway::start().await;
+    post(&gw, "school", dc("CLASS_CREATED", class(7, "First"), 100)).await;
+    post(&gw, "school", dc("CLASS_UPDATED", class(7, "Newest"), 300)).await;
+    post(
+        &gw,
+        "school",
+        dc("CLASS_UPDATED", class(7, "Late and old"), 200),
+    )
+    .await;
+    let entity = one(&gw.store, "class", "7", "school");
+    assert_eq!(entity.data["name"], "Newest");
+    assert_eq!(entity.version_ms, 300);
+    assert_eq!(entity.tenant.as_deref(), Some("my-school"));
+    assert_eq!(entity.data["startDate"], "2024-01-01");
+    assert_eq!(entity.data["description"], Value::Null);
+    assert_eq!(
+        history(&gw.store, "class", "7", "school", Some("my-school")),
+        [
+            (100, "applied".into()),
+            (200, "stale".into()),
+            (300, "applied".into())
+        ]
+    );
+    // Equal versions: the one received later wins.
+    post(
+        &gw,
+        "school",
+        dc("CLASS_UPDATED", class(7, "Same version, later"), 300),
+    )
+    .await;
+    assert_eq!(
+        one(&gw.store, "class", "7", "school").data["name"],
+        "Same version, later"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_tombstone_stops_late_updates_until_a_newer_create() {
+    let gw = Gateway::start().await;
+    post(&gw, "school", dc("CLASS_CREATED", class(8, "Alive"), 100)).await;
+    post(&gw, "school", dc("CLASS_DELETED", json!({"id": 8}), 300)).await;
+    post(
+        &gw,
+        "school",
+        dc("CLASS_UPDATED", class(8, "Emitted before the delete"), 200),
+    )
+    .await;
+    post(
+        &gw,
+        "school",
+        dc("CLASS_UPDATED", class(8, "Update of a deleted class"), 400),
+    )
+    .await;
+    let entity = one(&gw.store, "class", "8", "school");
+    assert!(entity.deleted);
+    assert_eq!(entity.version_ms, 300);
+    assert_eq!(
+        entity.data["name"], "Alive",
+        "the tombstone keeps the last known data"
+    );
+    let listed = gw
+        .store
+        .list_entities(&EntityFilter {
+            kind: "class".into(),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        listed.is_empty(),
+        "deleted entities are hidden by default: {listed:?}"
+    );
+
+    post(
+        &gw,
+        "school",
+        dc("CLASS_CREATED", class(8, "Created again"), 500),
+    )
+    .await;
+    let entity = one(&gw.store, "class", "8", "school");
+    assert!(!entity.deleted);
+    assert_eq!(entity.data["name"], "Created again");
+    assert_eq!(
+        history(&gw.store, "class", "8", "school", Some("my-school")),
+        [
+            (100, "applied".into()),
+            (200, "stale".into()),
+            (300, "tombstoned".into()),
+            (400, "blocked".into()),
+            (500, "applied".into())
+        ]
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn quarantined_events_do_not_touch_the_mirror() {
+    let gw = Gateway::start().await;
+    post(&gw, "school", dc("CLASS_CREATED", class(9, "Good"), 100)).await;
+    let mut bad = class(9, "Bad");
+    bad["capacity"] = json!("twelve");
+    post(&gw, "school", dc("CLASS_UPDATED", bad, 200)).await;
+    let entity = one(&gw.store, "class", "9", "school");
+    assert_eq!(entity.data["name"], "Good");
+    assert_eq!(
+        history(&gw.store, "class", "9", "school", Some("my-school")),
+        [(100, "applied".into()), (200, String::new())]
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn typed_kinds_carry_their_fields_and_children() {
+    let gw = Gateway::start().await;
+    post(
+        &gw,
+        "courses",
+        lw_signed(&course("c1", "Rust", "2024-02-01T10:00:00+08:00", 2)),
+    )
+    .await;
+    post(
+        &gw,
+        "courses",
+        lw_signed(&course("c1", "Old name", "2024-01-01T00:00:00Z", 1)),
+    )
+    .await;
+    let entity = one(&gw.store, "course", "c1", "courses");
+    assert_eq!(entity.tenant, None);
+    assert_eq!(entity.data["name"], "Rust");
+    assert_eq!(entity.data["plans"].as_array().unwrap().len(), 2);
+    assert_eq!(entity.data["plans"][1]["amount"], 2000);
+
+    for (id, email) in [("e1", "a@example.com"), ("e2", "b@example.com")] {
+        post(&gw, "courses", lw_signed(&json!({"type": "course.student_enroll", "data": {
+            "id": id, "course": {"id": "c1", "name": "Rust", "slug": "rust", "subtitle": null},
+            "user": {"id": format!("u-{id}"), "name": "N", "email": email, "phone_number": null},
+            "created_at": "2024-03-01T00:00:00Z", "updated_at": "2024-03-01T00:00:00Z", "state": "pending"}}))).await;
+    }
+    let spec = classhook::mirror::kinds::typed_by_name("enrollment").unwrap();
+    let by_email = gw
+        .store
+        .list_entities(&EntityFilter {
+            kind: "enrollment".into(),
+            fields: vec![(
+                spec.filter_field("user_email").unwrap().column,
+                classhook::mirror::FieldValue::Text("b@example.com".into()),
+            )],
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(by_email.len(), 1);
+    assert_eq!(by_email[0].data["user"]["email"], "b@example.com");
+    assert_eq!(by_email[0].data["course"]["id"], "c1");
+
+    post(
+        &gw,
+        "school",
+        dc(
+            "ATTENDANCE_CREATED",
+            json!({"id": 52, "date": "2025-06-19", "type": "SESSION",
+        "classId": 34, "comment": "late", "courseId": 40, "statusId": 5, "studentPeriodId": 4}),
+            10,
+        ),
+    )
+    .await;
+    post(
+        &gw,
+        "school",
+        dc(
+            "STUDENT_PERIOD_CREATED",
+            json!({"id": 74, "active": true,
+        "addedAt": "2024-10-02T09:40:02.179+00:00", "studentId": 76}),
+            10,
+        ),
+    )
+    .await;
+    let attendance = one(&gw.store, "attendance", "52", "school");
+    assert_eq!(attendance.data["classId"], 34);
+    assert_eq!(attendance.data["type"], "SESSION");
+    assert_eq!(
+        one(&gw.store, "student_period", "74", "school").data["active"],
+        true
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn other_families_go_to_the_generic_mirror() {
+    let gw = Gateway::start().await;
+    post(
+        &gw,
+        "school",
+        dc(
+            "PAYMENT_CREATED",
+            json!({"id": 5, "invoiceId": 12, "status": 3}),
+            100,
+        ),
+    )
+    .await;
+    post(
+        &gw,
+        "school",
+        dc(
+            "PAYMENT_UPDATED",
+            json!({"id": 5, "invoiceId": 12, "status": 1}),
+            200,
+        ),
+    )
+    .await;
+    post(
+        &gw,
+        "school",
+        dc(
+            "STUDENT_CLASS_CREATED",
+            json!({"classId": 3, "studentPeriodId": 9}),
+            100,
+        ),
+    )
+    .await;
+    post(
+        &gw,
+        "school",
+        dc("BRAND_NEW_THING_UPDATED", json!({"id": "x1", "v": 1}), 100),
+    )
+    .await;
+    assert_eq!(one(&gw.store, "payment", "5", "school").data["status"], 1);
+    assert_eq!(
+        one(
+            &gw.store,
+            "student_class",
+            "classId=3,studentPeriodId=9",
+            "school"
+        )
+        .data["classId"],
+        3
+    );
+    assert_eq!(
+        one(&gw.store, "brand_new_thing", "x1", "school").data["v"],
+        1
+    );
+    let refund = json!({"type": "payment.refund", "data": {"id": "p1", "amount": 10, "updated_at": "2024-01-01T00:00:00Z"}});
+    post(&gw, "courses", lw_signed(&refund)).await;
+    assert_eq!(
+        one(&gw.store, "payment", "p1", "courses").data["amount"],
+        10
+    );
+    gw.stop().await;
+}
+
+/// Every entity of every kind, deleted ones included.
+fn snapshot(store: &Store) -> Vec<Entity> {
+    let mut all = Vec::new();
+    for count in store.mirror_counts().unwrap() {
+        all.extend(
+            store
+                .list_entities(&EntityFilter {
+                    kind: count.kind.clone(),
+                    include_deleted: true,
+                    limit: 100_000,
+                    ..Default::default()
+                })
+                .unwrap(),
+        );
+    }
+    all.sort_by(|a, b| (&a.kind, &a.source, &a.id).cmp(&(&b.kind, &b.source, &b.id)));
+    all
+}
+
+fn effects(store: &Store) -> Vec<(i64, Option<String>)> {
+    let mut events = store
+        .list_events(&classhook::store::EventFilter {
+            limit: 100_000,
+            ..Default::default()
+        })
+        .unwrap();
+    events.sort_by_key(|e| e.seq);
+    events
+        .into_iter()
+        .map(|e| (e.seq, e.mirror_effect))
+        .collect()
+}
+
+#[tokio::test]
+async fn rebuild_reproduces_live_ingestion_of_a_shuffled_stream() {
+    let gw = Gateway::start().await;
+    // Histories per entity: create, updates, a delete, a re-create; versions 100..700.
+    let mut stream: Vec<(&str, (Vec<(String, String)>, Vec<u8>))> = Vec::new();
+    for id in 1..=6i64 {
+        for (step, (event_type, version)) in [
+            ("CLASS_CREATED", 100),
+            ("CLASS_UPDATED", 200),
+            ("CLASS_UPDATED", 300),
+            ("CLASS_DELETED", 400),
+            ("CLASS_UPDATED", 500),
+            ("CLASS_CREATED", 600),
+            ("CLASS_UPDATED", 600),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let data = if event_type.ends_with("DELETED") {
+                json!({"id": id})
+            } else {
+                class(id, &format!("v{version}-{step}"))
+            };
+            stream.push(("school", dc(event_type, data, *version + id)));
+        }
+        stream.push((
+            "school",
+            dc(
+                "PAYMENT_UPDATED",
+                json!({"id": id, "status": id % 4}),
+                100 * id,
+            ),
+        ));
+        let stamp = |h: i64| format!("2024-01-01T{h:02}:00:00+08:00");
+        for h in [3, 1, 2] {
+            stream.push((
+                "courses",
+                lw_signed(&course(
+                    &format!("c{id}"),
+                    &format!("h{h}"),
+                    &stamp(h),
+                    h as usize,
+                )),
+            ));
+        }
+    }
+    // A fixed shuffle (a small LCG) and a few duplicates.
+    let mut state = 0x2545F4914F6CDD1Du64;
+    for i in (1..stream.len()).rev() {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        stream.swap(i, (state >> 33) as usize % (i + 1));
+    }
+    let duplicates: Vec<_> = stream.iter().step_by(5).cloned().collect();
+    stream.extend(duplicates);
+    for (source, request) in stream {
+        post(&gw, source, request).await;
+    }
+    let live = snapshot(&gw.store);
+    let live_effects = effects(&gw.store);
+    assert_eq!(live.iter().filter(|e| e.kind == "class").count(), 6);
+    for entity in live.iter().filter(|e| e.kind == "class") {
+        // The newest version of each class is 600 + id, written by a create and an update.
+        assert!(!entity.deleted, "{entity:?}");
+        assert_eq!(entity.version_ms, 600 + entity.id.parse::<i64>().unwrap());
+    }
+    for entity in live.iter().filter(|e| e.kind == "course") {
+        assert_eq!(entity.data["name"], "h3", "{entity:?}");
+    }
+
+    let report = gw.store.rebuild_mirror().await.unwrap();
+    assert_eq!(report.events as usize, live_effects.len());
+    assert_eq!(snapshot(&gw.store), live);
+    assert_eq!(effects(&gw.store), live_effects);
+    gw.stop().await;
+}
+
+#[test]
+fn providers_name_their_typed_kinds() {
+    assert!(classhook::mirror::kinds::typed(ProviderKind::DreamClass, "attendance").is_some());
+}
