@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Body;
@@ -31,6 +31,7 @@ use crate::config::{BasicAuth, Source};
 use crate::crypto;
 use crate::event::NewEvent;
 use crate::http::ApiError;
+use crate::metrics::Metrics;
 use crate::provider::{Envelope, EnvelopeError, SignatureError};
 use crate::store::{AppendOutcome, NewRejection, REJECTION_BODY_PREFIX, Store, StoreError};
 
@@ -44,6 +45,7 @@ pub struct Ingest {
     pub clock: Arc<dyn Clock>,
     pub max_body_bytes: usize,
     pub read_timeout: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why a request was refused. Each variant maps to exactly one status.
@@ -128,26 +130,28 @@ pub async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let started = Instant::now();
     let received_at_ms = ingest.clock.now_ms();
-    let body = match ingest.read_body(&headers, body).await {
-        Ok(body) => body,
-        Err(error) => return ingest.refuse(error, &source, remote, &[], received_at_ms),
+    let response = match ingest.read_body(&headers, body).await {
+        Err(error) => ingest.refuse(error, &source, remote, &[], received_at_ms),
+        Ok(body) => match ingest
+            .accept(&source, &headers, body.clone(), received_at_ms)
+            .await
+        {
+            Ok(outcome) => {
+                tracing::debug!(
+                    source,
+                    seq = outcome.seq(),
+                    outcome = outcome.as_str(),
+                    "event accepted"
+                );
+                (StatusCode::OK, Json(serde_json::json!({}))).into_response()
+            }
+            Err(error) => ingest.refuse(error, &source, remote, &body, received_at_ms),
+        },
     };
-    match ingest
-        .accept(&source, &headers, body.clone(), received_at_ms)
-        .await
-    {
-        Ok(outcome) => {
-            tracing::debug!(
-                source,
-                seq = outcome.seq(),
-                outcome = outcome.as_str(),
-                "event accepted"
-            );
-            (StatusCode::OK, Json(serde_json::json!({}))).into_response()
-        }
-        Err(error) => ingest.refuse(error, &source, remote, &body, received_at_ms),
-    }
+    ingest.metrics.ingest_finished(started.elapsed());
+    response
 }
 
 impl Ingest {
@@ -179,6 +183,7 @@ impl Ingest {
         }
         let body_sha256 = crypto::sha256(&body);
         let described = envelope.describe(&body_sha256);
+        let (event_type, status) = (described.event_type.clone(), described.status);
         let event = NewEvent {
             source: source.name.clone(),
             provider: source.provider,
@@ -196,7 +201,10 @@ impl Ingest {
             status_reason: described.status_reason,
             mirror: described.mirror,
         };
-        Ok(self.store.append(event).await?)
+        let outcome = self.store.append(event).await?;
+        self.metrics
+            .event(&source.name, &event_type, status, outcome);
+        Ok(outcome)
     }
 
     /// Logs the refusal, keeps it in the rejection log, and answers it.
@@ -209,6 +217,7 @@ impl Ingest {
         at_ms: i64,
     ) -> Response {
         tracing::info!(source, %remote, code = error.code(), %error, "request refused");
+        self.metrics.rejection(error.code());
         // When storage is down, the log cannot be written either.
         if !matches!(error, IngestError::Storage(_)) {
             self.store.record_rejection(NewRejection {

@@ -5,6 +5,7 @@
 //! [`store`] commits it durably (group commit) before the 200 is sent. See
 //! ARCHITECTURE.md for the whole picture.
 
+pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod crypto;
 pub mod event;
 pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod mirror;
 pub mod provider;
 pub mod secret;

@@ -1,24 +1,32 @@
-//! Assembles the gateway: opens the store, builds the routes and runs the HTTP loop
-//! until asked to stop.
+//! Assembles the gateway: opens the store, builds the routes, starts the background
+//! jobs (retention) and runs the HTTP loop until asked to stop.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::Json;
-use axum::Router;
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::api::{self, ApiState};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::http::{self, ApiError, ServeOptions};
 use crate::ingest::{self, Ingest};
+use crate::metrics::Metrics;
+use crate::secret::Secret;
 use crate::store::{Store, StoreError, StoreOptions};
+
+/// How long `/readyz` waits for the store to take a write lock.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -29,41 +37,57 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "refusing to serve the API on {0} without a token: set [api] tokens (or tokens_env), or listen on a loopback address"
+    )]
+    OpenApiOnPublicAddress(SocketAddr),
 }
 
 /// A gateway serving in the background.
 pub struct Running {
     pub addr: SocketAddr,
     pub store: Store,
+    pub metrics: Arc<Metrics>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Running {
     /// Stops accepting, lets in-flight requests finish, and returns when done.
     pub async fn stop(self) {
+        for job in &self.background {
+            job.abort();
+        }
         let _ = self.stop.send(());
         let _ = self.task.await;
     }
 
-    /// Waits until the server stops by itself (it does not, unless it fails).
-    pub async fn wait(self) {
-        let _ = self.task.await;
-    }
-
-    /// Hands out the stop trigger, e.g. to a signal handler.
+    /// Hands out the stop trigger and the server task, e.g. to a signal handler.
     pub fn into_parts(self) -> (oneshot::Sender<()>, JoinHandle<()>) {
         (self.stop, self.task)
     }
 }
 
+/// What the operational routes share.
+struct Ops {
+    store: Store,
+    metrics: Arc<Metrics>,
+    tokens: Vec<Secret>,
+}
+
 /// Opens the store, binds `config.server.listen` and serves in the background.
 pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
     let server = &config.server;
+    if config.api.tokens.is_empty() && !server.listen.ip().is_loopback() {
+        return Err(StartError::OpenApiOnPublicAddress(server.listen));
+    }
+    let metrics = Metrics::new();
     let store = Store::open(
         &server.data_dir,
         StoreOptions {
             append_timeout: server.append_timeout,
+            observer: Some(metrics.clone()),
             ..StoreOptions::default()
         },
     )?;
@@ -74,9 +98,19 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             .map(|s| (s.name.clone(), Arc::new(s.clone())))
             .collect::<HashMap<_, _>>(),
         store: store.clone(),
-        clock,
+        clock: clock.clone(),
         max_body_bytes: server.max_body_bytes,
         read_timeout: server.read_timeout,
+        metrics: metrics.clone(),
+    });
+    let api = Arc::new(ApiState {
+        store: store.clone(),
+        tokens: config.api.tokens.clone(),
+    });
+    let ops = Arc::new(Ops {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        tokens: config.api.tokens.clone(),
     });
     let listener = TcpListener::bind(server.listen)
         .await
@@ -92,35 +126,108 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         header_read_timeout: server.read_timeout,
         shutdown_grace: server.shutdown_grace,
     };
+    let mut background = Vec::new();
+    if let Some(days) = config.retention.events_days {
+        background.push(tokio::spawn(retention(
+            store.clone(),
+            clock,
+            days,
+            config.retention.interval,
+        )));
+    }
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(http::serve(listener, router(ingest), options, async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(http::serve(
+        listener,
+        router(ingest, api, ops),
+        options,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     Ok(Running {
         addr,
         store,
+        metrics,
         stop,
         task,
+        background,
     })
 }
 
 /// Every route of the gateway.
-pub fn router(ingest: Arc<Ingest>) -> Router {
-    Router::new()
+fn router(ingest: Arc<Ingest>, api: Arc<ApiState>, ops: Arc<Ops>) -> Router {
+    let hooks = Router::new()
         .route("/hooks/{source}", post(ingest::receive))
+        .with_state(ingest);
+    let operations = Router::new()
         .route(
             "/healthz",
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(ops);
+    Router::new()
+        .merge(hooks)
+        .merge(operations)
+        .nest("/api/v1", api::router(api))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                "this route does not accept that method (webhooks are POST)",
+                "this route does not accept that method (webhooks are POST, the API is GET)",
             )
         })
-        .with_state(ingest)
+}
+
+/// 200 while the store can take a write; 503 otherwise.
+async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
+    match ops.store.ping(READY_TIMEOUT).await {
+        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Err(error) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("the store cannot take writes: {error}"),
+        )
+        .into_response(),
+    }
+}
+
+/// Prometheus text format. Asks for the API token when one is configured.
+async fn metrics(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if !ops.tokens.is_empty() && !api::bearer_matches(&ops.tokens, &headers) {
+        return Err(api::unauthorized());
+    }
+    let store = ops.store.clone();
+    let counts = tokio::task::spawn_blocking(move || store.mirror_counts())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        ops.metrics.render(&counts),
+    )
+        .into_response())
+}
+
+/// Prunes events older than `days`, now and then every `interval`.
+async fn retention(store: Store, clock: Arc<dyn Clock>, days: u64, interval: Duration) {
+    let keep_ms = i64::try_from(days.saturating_mul(86_400_000)).unwrap_or(i64::MAX);
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        let before = clock.now_ms().saturating_sub(keep_ms);
+        match store.prune_events(before).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, days, "retention pruned old events"),
+            Err(error) => tracing::warn!(%error, "retention could not prune events"),
+        }
+    }
 }
 
 /// The benchmark's ceiling: the same HTTP stack with a handler that only reads the

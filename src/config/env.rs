@@ -1,6 +1,7 @@
 //! `CLASSHOOK_*` environment overrides, written into the parsed TOML table.
 //!
-//! - `CLASSHOOK_SERVER_<KEY>` sets `[server] <key>`, e.g. `CLASSHOOK_SERVER_LISTEN`.
+//! - `CLASSHOOK_SERVER_<KEY>` sets `[server] <key>`, e.g. `CLASSHOOK_SERVER_LISTEN`;
+//!   likewise `CLASSHOOK_API_TOKENS` (comma-separated) and `CLASSHOOK_RETENTION_<KEY>`.
 //! - `CLASSHOOK_SOURCE_<NAME>_<KEY>` sets a key of the `[[source]]` called NAME, where
 //!   NAME is the source name upper-cased with every character other than a letter or
 //!   digit written as `_` (`demo-school` → `DEMO_SCHOOL`). Keys: `PROVIDER`, `SECRET`,
@@ -25,6 +26,8 @@ const SERVER_KEYS: &[&str] = &[
     "append_timeout",
     "shutdown_grace",
 ];
+const API_KEYS: &[&str] = &["tokens", "tokens_env"];
+const RETENTION_KEYS: &[&str] = &["events_days", "interval"];
 const SOURCE_KEYS: &[&str] = &[
     "basic_auth_password_env",
     "basic_auth_username",
@@ -60,7 +63,11 @@ pub fn apply_overrides(
             continue;
         };
         if let Some(key) = rest.strip_prefix("SERVER_") {
-            apply_server(file, table, name, key, value)?;
+            apply_table(file, table, "server", SERVER_KEYS, name, key, value)?;
+        } else if let Some(key) = rest.strip_prefix("API_") {
+            apply_table(file, table, "api", API_KEYS, name, key, value)?;
+        } else if let Some(key) = rest.strip_prefix("RETENTION_") {
+            apply_table(file, table, "retention", RETENTION_KEYS, name, key, value)?;
         } else if let Some(rest) = rest.strip_prefix("SOURCE_") {
             apply_source(file, table, name, rest, value)?;
         }
@@ -68,32 +75,47 @@ pub fn apply_overrides(
     Ok(())
 }
 
-fn apply_server(
+fn apply_table(
     file: &Path,
     table: &mut Table,
+    section: &str,
+    keys: &[&str],
     var: &str,
     key: &str,
     value: &str,
 ) -> Result<(), ConfigError> {
     let key = key.to_ascii_lowercase();
-    if !SERVER_KEYS.contains(&key.as_str()) {
+    if !keys.contains(&key.as_str()) {
         return Err(ConfigError::new(
             file,
             var,
-            format!(
-                "unknown override; [server] keys are {}",
-                SERVER_KEYS.join(", ")
-            ),
+            format!("unknown override; [{section}] keys are {}", keys.join(", ")),
         ));
     }
-    let server = table
-        .entry("server")
+    let entry = table
+        .entry(section)
         .or_insert_with(|| Value::Table(Table::new()));
-    let Value::Table(server) = server else {
-        return Err(ConfigError::new(file, "server", "must be a table"));
+    let Value::Table(entry) = entry else {
+        return Err(ConfigError::new(file, section, "must be a table"));
     };
-    server.insert(key, Value::String(value.to_string()));
+    let value = if key == "tokens" {
+        comma_list(value)
+    } else {
+        Value::String(value.to_string())
+    };
+    entry.insert(key, value);
     Ok(())
+}
+
+fn comma_list(value: &str) -> Value {
+    Value::Array(
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| Value::String(t.to_string()))
+            .collect(),
+    )
 }
 
 fn apply_source(
@@ -151,14 +173,7 @@ fn set_source_key(source: &mut Table, key: &str, value: &str) {
         return;
     }
     let value = if key == "tenants" {
-        Value::Array(
-            value
-                .split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(|t| Value::String(t.to_string()))
-                .collect(),
-        )
+        comma_list(value)
     } else {
         Value::String(value.to_string())
     };

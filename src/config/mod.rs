@@ -30,6 +30,21 @@ pub struct Config {
     pub file: PathBuf,
     pub server: ServerConfig,
     pub sources: Vec<Source>,
+    pub api: ApiConfig,
+    pub retention: RetentionConfig,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ApiConfig {
+    /// Bearer tokens accepted by `/api/v1` and `/metrics`; empty: the API is open,
+    /// which `serve` allows only on a loopback address.
+    pub tokens: Vec<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    pub events_days: Option<u64>,
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone)]

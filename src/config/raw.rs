@@ -16,6 +16,38 @@ pub struct RawConfig {
     pub server: RawServer,
     #[serde(default, rename = "source")]
     pub sources: Vec<RawSource>,
+    #[serde(default)]
+    pub api: RawApi,
+    #[serde(default)]
+    pub retention: RawRetention,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    #[serde(default)]
+    pub tokens: Vec<Secret>,
+    /// An environment variable holding comma-separated tokens.
+    pub tokens_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetention {
+    /// Raw events older than this many days are pruned (the mirror stays).
+    #[serde(deserialize_with = "optional_number_or_numeric_string")]
+    pub events_days: Option<u64>,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        RawRetention {
+            events_days: None,
+            interval: Duration::from_secs(3600),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +117,12 @@ impl SecretEncoding {
             SecretEncoding::Base64 => "base64",
         }
     }
+}
+
+fn optional_number_or_numeric_string<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<u64>, D::Error> {
+    number_or_numeric_string(d).map(Some)
 }
 
 /// Environment overrides arrive as strings; numeric keys accept both forms.

@@ -7,7 +7,7 @@ use std::path::Path;
 use base64::Engine;
 
 use super::raw::{RawBasicAuth, RawConfig, RawSource, SecretEncoding};
-use super::{Config, ConfigError, ServerConfig};
+use super::{ApiConfig, Config, ConfigError, RetentionConfig, ServerConfig};
 use crate::provider::ProviderKind;
 use crate::secret::{KeyBytes, Secret};
 
@@ -69,10 +69,46 @@ pub(super) fn resolve(
                 .map_err(|(field, message)| ConfigError::new(file, key(field), message))?,
         );
     }
+    let mut tokens = raw.api.tokens;
+    if let Some(var) = &raw.api.tokens_env {
+        let value = lookup(var).ok_or_else(|| {
+            ConfigError::new(
+                file,
+                "api.tokens_env",
+                format!("environment variable {var} is not set"),
+            )
+        })?;
+        tokens.extend(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(Secret::new),
+        );
+    }
+    if tokens.iter().any(|t| t.expose().len() < 16) {
+        return Err(ConfigError::new(
+            file,
+            "api.tokens",
+            "every token must be at least 16 characters (e.g. `openssl rand -hex 24`)",
+        ));
+    }
+    if raw.retention.events_days == Some(0) {
+        return Err(ConfigError::new(
+            file,
+            "retention.events_days",
+            "must be at least 1 (leave it out to keep events forever)",
+        ));
+    }
     Ok(Config {
         file: file.to_path_buf(),
         server,
         sources,
+        api: ApiConfig { tokens },
+        retention: RetentionConfig {
+            events_days: raw.retention.events_days,
+            interval: raw.retention.interval,
+        },
     })
 }
 

@@ -1,0 +1,229 @@
+//! `/entities`: the mirror. Typed kinds can be filtered on their documented fields.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::extract::{Path, Query, bad_request, limit, next_cursor, parse_cursor};
+use super::views::{EntityHistory, EntityPage, EntityView, ErrorBody, KindView};
+use super::{ApiState, read};
+use crate::http::ApiError;
+use crate::mirror::kinds::typed_by_name;
+use crate::mirror::{FieldType, FieldValue};
+use crate::store::{Entity, EntityFilter};
+
+/// Lists the kinds the mirror holds, with counts and the filters each one takes.
+#[utoipa::path(get, path = "/entities", tag = "entities", responses(
+    (status = 200, description = "The kinds", body = Vec<KindView>),
+    (status = 401, description = "No valid bearer token", body = ErrorBody),
+))]
+pub async fn list_kinds(
+    State(state): State<Arc<ApiState>>,
+) -> Result<Json<Vec<KindView>>, ApiError> {
+    let counts = read(&state, |store| store.mirror_counts()).await?;
+    Ok(Json(counts.into_iter().map(Into::into).collect()))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(non_snake_case)]
+pub struct EntityQuery {
+    /// Only entities of this source.
+    source: Option<String>,
+    /// Only entities of this tenant (DreamClass).
+    tenant: Option<String>,
+    /// Include deleted entities (tombstones); default false.
+    include_deleted: Option<bool>,
+    /// From a previous page's `next_cursor`.
+    cursor: Option<String>,
+    /// Page size, 1 to 1000 (default 50).
+    limit: Option<u32>,
+    /// class: its code.
+    code: Option<String>,
+    /// student_period: active or not (`true`/`false`).
+    active: Option<String>,
+    /// student_period: the student's id.
+    studentId: Option<String>,
+    /// attendance: the day, `YYYY-MM-DD`.
+    date: Option<String>,
+    /// attendance: the class id.
+    classId: Option<String>,
+    /// attendance: the course id.
+    courseId: Option<String>,
+    /// attendance: the student period id.
+    studentPeriodId: Option<String>,
+    /// course or enrollment: its state.
+    state: Option<String>,
+    /// course: its slug.
+    slug: Option<String>,
+    /// enrollment: the course id.
+    course_id: Option<String>,
+    /// enrollment: the user id.
+    user_id: Option<String>,
+    /// enrollment: the user's email.
+    user_email: Option<String>,
+}
+
+impl EntityQuery {
+    fn field_filters(&self) -> [(&'static str, Option<&String>); 12] {
+        [
+            ("code", self.code.as_ref()),
+            ("active", self.active.as_ref()),
+            ("studentId", self.studentId.as_ref()),
+            ("date", self.date.as_ref()),
+            ("classId", self.classId.as_ref()),
+            ("courseId", self.courseId.as_ref()),
+            ("studentPeriodId", self.studentPeriodId.as_ref()),
+            ("state", self.state.as_ref()),
+            ("slug", self.slug.as_ref()),
+            ("course_id", self.course_id.as_ref()),
+            ("user_id", self.user_id.as_ref()),
+            ("user_email", self.user_email.as_ref()),
+        ]
+    }
+}
+
+/// Parses the field filters that apply to `kind`; any other is a 400.
+fn field_filters(kind: &str, q: &EntityQuery) -> Result<Vec<(&'static str, FieldValue)>, ApiError> {
+    let spec = typed_by_name(kind);
+    let mut filters = Vec::new();
+    for (name, value) in q.field_filters() {
+        let Some(value) = value else { continue };
+        let Some(field) = spec.and_then(|s| s.filter_field(name)) else {
+            return Err(bad_request(format!(
+                "`{name}` is not a filter of kind {kind:?}"
+            )));
+        };
+        let parsed = match field.ty {
+            FieldType::Integer => value
+                .parse()
+                .map(FieldValue::Integer)
+                .map_err(|_| bad_request(format!("`{name}` must be an integer")))?,
+            FieldType::Bool => match value.as_str() {
+                "true" => FieldValue::Bool(true),
+                "false" => FieldValue::Bool(false),
+                _ => return Err(bad_request(format!("`{name}` must be true or false"))),
+            },
+            FieldType::Date => {
+                chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d")
+                    .map_err(|_| bad_request(format!("`{name}` must be a date YYYY-MM-DD")))?;
+                FieldValue::Text(value.clone())
+            }
+            FieldType::Text | FieldType::DateTime => FieldValue::Text(value.clone()),
+        };
+        filters.push((field.column, parsed));
+    }
+    Ok(filters)
+}
+
+/// Lists the mirrored entities of one kind, in the order they first appeared.
+#[utoipa::path(get, path = "/entities/{kind}", tag = "entities",
+    params(("kind" = String, Path, description = "e.g. class, student_period, attendance, course, enrollment, payment"), EntityQuery),
+    responses(
+        (status = 200, description = "A page of entities", body = EntityPage),
+        (status = 400, description = "A filter is malformed or does not apply to this kind", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+    ))]
+pub async fn list_entities(
+    State(state): State<Arc<ApiState>>,
+    Path(kind): Path<String>,
+    Query(q): Query<EntityQuery>,
+) -> Result<Json<EntityPage>, ApiError> {
+    let filter = EntityFilter {
+        fields: field_filters(&kind, &q)?,
+        kind,
+        source: q.source,
+        tenant: q.tenant,
+        include_deleted: q.include_deleted.unwrap_or(false),
+        after: parse_cursor(q.cursor.as_deref())?,
+        limit: limit(q.limit)?,
+    };
+    let page_size = filter.limit;
+    let entities = read(&state, move |store| store.list_entities(&filter)).await?;
+    let next_cursor = next_cursor(&entities, page_size, |e| e.position);
+    Ok(Json(EntityPage {
+        items: entities.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EntityKey {
+    /// The source, needed when several sources hold the same id.
+    source: Option<String>,
+    /// The tenant, needed when several tenants of a source hold the same id.
+    tenant: Option<String>,
+}
+
+async fn find_one(
+    state: &Arc<ApiState>,
+    kind: String,
+    id: String,
+    key: EntityKey,
+) -> Result<Entity, ApiError> {
+    let (k, i) = (kind.clone(), id.clone());
+    let mut found = read(state, move |store| {
+        store.find_entities(&k, &i, key.source.as_deref(), key.tenant.as_deref())
+    })
+    .await?;
+    match found.len() {
+        0 => Err(ApiError::not_found(format!("no {kind} with id {id:?}"))),
+        1 => Ok(found.remove(0)),
+        _ => Err(bad_request(format!(
+            "{} entities of kind {kind:?} have id {id:?}; add `source` (and `tenant`) to choose one",
+            found.len()
+        ))),
+    }
+}
+
+/// One mirrored entity.
+#[utoipa::path(get, path = "/entities/{kind}/{id}", tag = "entities",
+    params(("kind" = String, Path, description = "The entity kind"), ("id" = String, Path, description = "The entity's id"), EntityKey),
+    responses(
+        (status = 200, description = "The entity", body = EntityView),
+        (status = 400, description = "The id is ambiguous: add source/tenant", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 404, description = "No such entity", body = ErrorBody),
+    ))]
+pub async fn get_entity(
+    State(state): State<Arc<ApiState>>,
+    Path((kind, id)): Path<(String, String)>,
+    Query(key): Query<EntityKey>,
+) -> Result<Json<EntityView>, ApiError> {
+    Ok(Json(find_one(&state, kind, id, key).await?.into()))
+}
+
+/// An entity and every event that touched it, in version order, with what each did.
+#[utoipa::path(get, path = "/entities/{kind}/{id}/history", tag = "entities",
+    params(("kind" = String, Path, description = "The entity kind"), ("id" = String, Path, description = "The entity's id"), EntityKey),
+    responses(
+        (status = 200, description = "The entity and its events", body = EntityHistory),
+        (status = 400, description = "The id is ambiguous: add source/tenant", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 404, description = "No such entity", body = ErrorBody),
+    ))]
+pub async fn entity_history(
+    State(state): State<Arc<ApiState>>,
+    Path((kind, id)): Path<(String, String)>,
+    Query(key): Query<EntityKey>,
+) -> Result<Json<EntityHistory>, ApiError> {
+    let entity = find_one(&state, kind, id, key).await?;
+    let (kind, id, source, tenant) = (
+        entity.kind.clone(),
+        entity.id.clone(),
+        entity.source.clone(),
+        entity.tenant.clone(),
+    );
+    let events = read(&state, move |store| {
+        store.entity_history(&kind, &id, &source, tenant.as_deref())
+    })
+    .await?;
+    Ok(Json(EntityHistory {
+        entity: entity.into(),
+        events: events.into_iter().map(Into::into).collect(),
+    }))
+}

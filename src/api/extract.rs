@@ -1,0 +1,89 @@
+//! Request parsing that answers with the JSON error body: query and path extractors,
+//! times, cursors and page sizes.
+
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::http::ApiError;
+
+/// The default and largest page size.
+pub const DEFAULT_LIMIT: u32 = 50;
+pub const MAX_LIMIT: u32 = 1000;
+
+pub fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// `axum::extract::Query` with a JSON 400 on failure.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|e| bad_request(e.body_text()))
+    }
+}
+
+/// `axum::extract::Path` with a JSON 400 on failure.
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Path(p.0))
+            .map_err(|e| bad_request(e.body_text()))
+    }
+}
+
+/// An RFC 3339 time as epoch milliseconds.
+pub fn parse_time(name: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
+    value
+        .map(|text| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map(|t| t.timestamp_millis())
+                .map_err(|_| {
+                    bad_request(format!(
+                        "`{name}` must be an RFC 3339 time such as 2024-10-02T09:40:02Z"
+                    ))
+                })
+        })
+        .transpose()
+}
+
+/// The page size, checked against its bounds.
+pub fn limit(value: Option<u32>) -> Result<usize, ApiError> {
+    match value.unwrap_or(DEFAULT_LIMIT) {
+        n @ 1..=MAX_LIMIT => Ok(n as usize),
+        n => Err(bad_request(format!(
+            "`limit` must be between 1 and {MAX_LIMIT}, got {n}"
+        ))),
+    }
+}
+
+/// Cursors are opaque to clients; inside they are a row position.
+pub fn parse_cursor(value: Option<&str>) -> Result<Option<i64>, ApiError> {
+    value
+        .map(|text| {
+            text.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| bad_request("`cursor` is not one this API handed out"))
+        })
+        .transpose()
+}
+
+/// The cursor for the page after `items`, if the page was full.
+pub fn next_cursor<T>(items: &[T], limit: usize, position: impl Fn(&T) -> i64) -> Option<String> {
+    (items.len() == limit)
+        .then(|| items.last().map(|item| position(item).to_string()))
+        .flatten()
+}

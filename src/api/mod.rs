@@ -1,0 +1,154 @@
+//! The REST API under `/api/v1`: read-only views over the store, no business rules.
+//! Routes are registered through `utoipa-axum`, so the OpenAPI document at
+//! `/api/v1/openapi.json` is generated from the handlers and cannot drift.
+
+mod entities;
+mod events;
+mod extract;
+mod stats;
+pub mod views;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::crypto;
+use crate::http::ApiError;
+use crate::secret::Secret;
+use crate::store::{Store, StoreError};
+
+/// What the API handlers share.
+pub struct ApiState {
+    pub store: Store,
+    /// Bearer tokens; empty: no token is asked for.
+    pub tokens: Vec<Secret>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "classhook",
+        description = "Events received from DreamClass and Loopwise, and the entities they describe.",
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+    }
+}
+
+/// The `/api/v1` router (authenticated) and its OpenAPI document.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let (routes, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(events::list_events))
+        .routes(routes!(events::get_event))
+        .routes(routes!(events::get_raw_event))
+        .routes(routes!(events::list_rejections))
+        .routes(routes!(entities::list_kinds))
+        .routes(routes!(entities::list_entities))
+        .routes(routes!(entities::get_entity))
+        .routes(routes!(entities::entity_history))
+        .routes(routes!(stats::get_stats))
+        .split_for_parts();
+    openapi.servers = Some(vec![utoipa::openapi::Server::new("/api/v1")]);
+    let document = Arc::new(openapi.to_json().expect("the OpenAPI document serializes"));
+    let authenticated = routes
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state);
+    Router::new()
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        document.as_str().to_owned(),
+                    )
+                }
+            }),
+        )
+        .merge(authenticated)
+}
+
+/// Checks `Authorization: Bearer <token>` against every configured token, in
+/// constant time.
+async fn require_token(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if state.tokens.is_empty() || bearer_matches(&state.tokens, request.headers()) {
+        return Ok(next.run(request).await);
+    }
+    Err(unauthorized())
+}
+
+/// Whether the request carries one of `tokens` (all are compared, in constant time).
+pub fn bearer_matches(tokens: &[Secret], headers: &axum::http::HeaderMap) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+    else {
+        return false;
+    };
+    tokens.iter().fold(false, |found, token| {
+        found | crypto::secrets_equal(given.trim().as_bytes(), token.expose().as_bytes())
+    })
+}
+
+pub fn unauthorized() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "a valid bearer token is required (Authorization: Bearer <token>)",
+    )
+    .with_header(header::WWW_AUTHENTICATE, "Bearer")
+}
+
+/// Maps a store failure to 503 without leaking details beyond the message.
+fn store_error(error: StoreError) -> ApiError {
+    tracing::error!(%error, "API read failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_unavailable",
+        error.to_string(),
+    )
+}
+
+/// Runs a blocking store read off the async workers.
+async fn read<T: Send + 'static>(
+    state: &Arc<ApiState>,
+    query: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || query(&store))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(store_error)
+}

@@ -1,0 +1,163 @@
+//! Prometheus metrics, one registry per gateway (no globals, so tests can run many).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::event::EventStatus;
+use crate::store::{AppendOutcome, CommitObserver, KindCount};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    source: String,
+    r#type: String,
+    /// `stored`, `duplicate` or `conflict`.
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+    state: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    events: Family<EventLabels, Counter>,
+    rejections: Family<ReasonLabels, Counter>,
+    ingest_seconds: Histogram,
+    batch_operations: Histogram,
+    commit_seconds: Histogram,
+    commit_failures: Counter,
+    mirror_rows: Family<KindLabels, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("classhook");
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "events_received",
+            "Authentic events received, by source, type and outcome",
+            events.clone(),
+        );
+        let rejections = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rejections",
+            "Requests refused, by reason",
+            rejections.clone(),
+        );
+        let ingest_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
+        registry.register(
+            "ingest_duration_seconds",
+            "Time from request to answer on /hooks, all outcomes",
+            ingest_seconds.clone(),
+        );
+        let batch_operations = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "store_commit_batch_size",
+            "Operations committed per store transaction (group commit)",
+            batch_operations.clone(),
+        );
+        let commit_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
+        registry.register(
+            "store_commit_duration_seconds",
+            "Time to write and fsync one batch",
+            commit_seconds.clone(),
+        );
+        let commit_failures = Counter::default();
+        registry.register(
+            "store_commit_failures",
+            "Batches that could not be committed (answered 503)",
+            commit_failures.clone(),
+        );
+        let mirror_rows = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "mirror_rows",
+            "Mirrored entities by kind and state (live or deleted)",
+            mirror_rows.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            events,
+            rejections,
+            ingest_seconds,
+            batch_operations,
+            commit_seconds,
+            commit_failures,
+            mirror_rows,
+        })
+    }
+
+    /// An authentic event was stored or recognised. Unknown types share one label so
+    /// that new event families cannot grow the series without bound.
+    pub fn event(
+        &self,
+        source: &str,
+        event_type: &str,
+        status: EventStatus,
+        outcome: AppendOutcome,
+    ) {
+        let r#type = if status == EventStatus::UnknownType {
+            "(unknown)".to_string()
+        } else {
+            event_type.to_string()
+        };
+        self.events
+            .get_or_create(&EventLabels {
+                source: source.to_string(),
+                r#type,
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn rejection(&self, reason: &'static str) {
+        self.rejections
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn ingest_finished(&self, took: Duration) {
+        self.ingest_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Renders the registry, after refreshing the mirror gauges from `counts`.
+    pub fn render(&self, counts: &[KindCount]) -> String {
+        for count in counts {
+            for (state, value) in [("live", count.live), ("deleted", count.deleted)] {
+                self.mirror_rows
+                    .get_or_create(&KindLabels {
+                        kind: count.kind.clone(),
+                        state,
+                    })
+                    .set(value);
+            }
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+impl CommitObserver for Metrics {
+    fn batch_committed(&self, operations: usize, duration: Duration, ok: bool) {
+        self.batch_operations.observe(operations as f64);
+        self.commit_seconds.observe(duration.as_secs_f64());
+        if !ok {
+            self.commit_failures.inc();
+        }
+    }
+}
