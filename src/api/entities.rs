@@ -38,50 +38,56 @@ pub struct EntityQuery {
     /// Include deleted entities (tombstones); default false.
     include_deleted: Option<bool>,
     /// From a previous page's `next_cursor`.
+    #[param(pattern = "^[0-9]{1,18}$")]
     cursor: Option<String>,
-    /// Page size, 1 to 1000 (default 50).
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
-    /// class: its code.
+    /// class only: its code.
     code: Option<String>,
-    /// student_period: active or not (`true`/`false`).
-    active: Option<String>,
-    /// student_period: the student's id.
-    studentId: Option<String>,
-    /// attendance: the day, `YYYY-MM-DD`.
+    /// student_period only: active or not.
+    active: Option<bool>,
+    /// student_period only: the student's id.
+    studentId: Option<i64>,
+    /// attendance only: the day.
+    #[param(format = Date)]
     date: Option<String>,
-    /// attendance: the class id.
-    classId: Option<String>,
-    /// attendance: the course id.
-    courseId: Option<String>,
-    /// attendance: the student period id.
-    studentPeriodId: Option<String>,
-    /// course or enrollment: its state.
+    /// attendance only: the class id.
+    classId: Option<i64>,
+    /// attendance only: the course id.
+    courseId: Option<i64>,
+    /// attendance only: the student period id.
+    studentPeriodId: Option<i64>,
+    /// course or enrollment only: its state.
     state: Option<String>,
-    /// course: its slug.
+    /// course only: its slug.
     slug: Option<String>,
-    /// enrollment: the course id.
+    /// enrollment only: the course id.
     course_id: Option<String>,
-    /// enrollment: the user id.
+    /// enrollment only: the user id.
     user_id: Option<String>,
-    /// enrollment: the user's email.
+    /// enrollment only: the user's email.
     user_email: Option<String>,
 }
 
 impl EntityQuery {
-    fn field_filters(&self) -> [(&'static str, Option<&String>); 12] {
+    /// The field filters as text, by parameter name (typed ones already checked by serde).
+    fn field_filters(&self) -> [(&'static str, Option<String>); 12] {
+        let text = |v: Option<&String>| v.cloned();
+        let number = |v: Option<i64>| v.map(|n| n.to_string());
         [
-            ("code", self.code.as_ref()),
-            ("active", self.active.as_ref()),
-            ("studentId", self.studentId.as_ref()),
-            ("date", self.date.as_ref()),
-            ("classId", self.classId.as_ref()),
-            ("courseId", self.courseId.as_ref()),
-            ("studentPeriodId", self.studentPeriodId.as_ref()),
-            ("state", self.state.as_ref()),
-            ("slug", self.slug.as_ref()),
-            ("course_id", self.course_id.as_ref()),
-            ("user_id", self.user_id.as_ref()),
-            ("user_email", self.user_email.as_ref()),
+            ("code", text(self.code.as_ref())),
+            ("active", self.active.map(|b| b.to_string())),
+            ("studentId", number(self.studentId)),
+            ("date", text(self.date.as_ref())),
+            ("classId", number(self.classId)),
+            ("courseId", number(self.courseId)),
+            ("studentPeriodId", number(self.studentPeriodId)),
+            ("state", text(self.state.as_ref())),
+            ("slug", text(self.slug.as_ref())),
+            ("course_id", text(self.course_id.as_ref())),
+            ("user_id", text(self.user_id.as_ref())),
+            ("user_email", text(self.user_email.as_ref())),
         ]
     }
 }
@@ -108,11 +114,11 @@ fn field_filters(kind: &str, q: &EntityQuery) -> Result<Vec<(&'static str, Field
                 _ => return Err(bad_request(format!("`{name}` must be true or false"))),
             },
             FieldType::Date => {
-                chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d")
+                chrono::NaiveDate::parse_from_str(&value, "%Y-%m-%d")
                     .map_err(|_| bad_request(format!("`{name}` must be a date YYYY-MM-DD")))?;
-                FieldValue::Text(value.clone())
+                FieldValue::Text(value)
             }
-            FieldType::Text | FieldType::DateTime => FieldValue::Text(value.clone()),
+            FieldType::Text | FieldType::DateTime => FieldValue::Text(value),
         };
         filters.push((field.column, parsed));
     }

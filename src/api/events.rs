@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::extract::{Path, Query, bad_request, limit, next_cursor, parse_cursor, parse_time};
+use super::extract::{Path, Query, limit, next_cursor, parse_cursor, parse_time};
 use super::views::{ErrorBody, EventDetail, EventPage, RejectionPage};
 use super::{ApiState, read};
 use crate::event::EventStatus;
@@ -26,16 +26,40 @@ pub struct EventQuery {
     /// Only events of this type, e.g. `CLASS_UPDATED` or `course.student_enroll`.
     #[serde(rename = "type")]
     event_type: Option<String>,
-    /// `ok`, `unknown_type` or `quarantined`.
-    status: Option<String>,
+    /// Only events with this status.
+    #[param(inline)]
+    status: Option<StatusParam>,
     /// Received at or after this RFC 3339 time.
+    #[param(format = DateTime)]
     since: Option<String>,
     /// Received before this RFC 3339 time.
+    #[param(format = DateTime)]
     until: Option<String>,
     /// From a previous page's `next_cursor`.
+    #[param(pattern = "^[0-9]{1,18}$")]
     cursor: Option<String>,
-    /// Page size, 1 to 1000 (default 50).
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+}
+
+/// An event status.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusParam {
+    Ok,
+    UnknownType,
+    Quarantined,
+}
+
+impl From<StatusParam> for EventStatus {
+    fn from(s: StatusParam) -> Self {
+        match s {
+            StatusParam::Ok => EventStatus::Ok,
+            StatusParam::UnknownType => EventStatus::UnknownType,
+            StatusParam::Quarantined => EventStatus::Quarantined,
+        }
+    }
 }
 
 /// Lists stored events, newest first.
@@ -48,14 +72,7 @@ pub async fn list_events(
     State(state): State<Arc<ApiState>>,
     Query(q): Query<EventQuery>,
 ) -> Result<Json<EventPage>, ApiError> {
-    let status = q
-        .status
-        .as_deref()
-        .map(|s| {
-            EventStatus::parse(s)
-                .ok_or_else(|| bad_request("`status` must be ok, unknown_type or quarantined"))
-        })
-        .transpose()?;
+    let status = q.status.map(EventStatus::from);
     let filter = EventFilter {
         source: q.source,
         tenant: q.tenant,
@@ -122,8 +139,10 @@ pub struct RejectionQuery {
     /// Only this reason, e.g. `signature_invalid` or `id_conflict`.
     reason: Option<String>,
     /// From a previous page's `next_cursor`.
+    #[param(pattern = "^[0-9]{1,18}$")]
     cursor: Option<String>,
-    /// Page size, 1 to 1000 (default 50).
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 

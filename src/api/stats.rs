@@ -16,8 +16,10 @@ use crate::http::ApiError;
 #[into_params(parameter_in = Query)]
 pub struct StatsQuery {
     /// Count events received at or after this RFC 3339 time.
+    #[param(format = DateTime)]
     since: Option<String>,
     /// Count events received before this RFC 3339 time.
+    #[param(format = DateTime)]
     until: Option<String>,
 }
 
