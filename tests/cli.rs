@@ -263,3 +263,101 @@ async fn a_bad_config_stops_start_up_with_file_key_and_reason() {
     assert_ne!(code, 0);
     assert!(err.contains("missing.toml"), "{err}");
 }
+
+#[tokio::test]
+async fn export_and_mirror_rebuild_work_on_the_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), SOURCES);
+    let mut served = serve(&config).await;
+    let live = config.with_file_name("live.toml");
+    std::fs::write(
+        &live,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("127.0.0.1:0", &served.addr.to_string()),
+    )
+    .unwrap();
+    let live = live.to_str().unwrap();
+    for event in [
+        "CLASS_CREATED",
+        "CLASS_CREATED",
+        "ATTENDANCE_CREATED",
+        "PAYMENT_CREATED",
+    ] {
+        let (code, out, _) = run(
+            &[
+                "send", "--config", live, "--source", "school", "--event", event,
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(code, 0, "{out}");
+    }
+    served.child.start_kill().unwrap();
+    served.child.wait().await.unwrap();
+
+    let (code, out, err) = run(&["export", "--config", live, "--events"], None).await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[0]["type"], "PAYMENT_CREATED");
+
+    let (code, out, _) = run(
+        &[
+            "export", "--config", live, "--kind", "class", "--format", "csv",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0);
+    let mut rows = out.lines();
+    assert_eq!(
+        rows.next().unwrap(),
+        "kind,source,tenant,id,deleted,version_ms,event_id,code,name,startDate,endDate,capacity,description"
+    );
+    assert_eq!(rows.clone().count(), 2, "{out}");
+    assert!(rows.next().unwrap().starts_with("class,school,my-school,"));
+
+    let (code, out, _) = run(
+        &[
+            "export", "--config", live, "--kind", "payment", "--format", "csv",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(out.lines().next().unwrap().ends_with(",data"), "{out}");
+
+    let (code, out, _) = run(
+        &[
+            "export",
+            "--config",
+            live,
+            "--events",
+            "--since",
+            "2999-01-01T00:00:00Z",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, ""));
+
+    let (code, out, err) = run(&["mirror", "rebuild", "--config", live], None).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("from 4 events (4 changed an entity)"), "{out}");
+    let (_, after, _) = run(
+        &[
+            "export", "--config", live, "--kind", "class", "--format", "csv",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        after.lines().count(),
+        3,
+        "the rebuilt mirror has the same classes: {after}"
+    );
+}

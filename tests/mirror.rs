@@ -8,8 +8,11 @@ use classhook::store::{Entity, EntityFilter, EventSummary, Store};
 use common::*;
 use serde_json::{Value, json};
 
+/// Headers and body of one request.
+type Request = (Vec<(String, String)>, Vec<u8>);
+
 /// A DreamClass body with a chosen version (envelope timestamp).
-fn dc(event_type: &str, data: Value, timestamp: i64) -> (Vec<(String, String)>, Vec<u8>) {
+fn dc(event_type: &str, data: Value, timestamp: i64) -> Request {
     let id = uuid::Uuid::new_v4().to_string();
     raw_json(&json!({
         "id": id, "type": event_type, "tenant": "my-school", "timestamp": timestamp,
@@ -365,7 +368,7 @@ fn effects(store: &Store) -> Vec<(i64, Option<String>)> {
 async fn rebuild_reproduces_live_ingestion_of_a_shuffled_stream() {
     let gw = Gateway::start().await;
     // Histories per entity: create, updates, a delete, a re-create; versions 100..700.
-    let mut stream: Vec<(&str, (Vec<(String, String)>, Vec<u8>))> = Vec::new();
+    let mut stream: Vec<(&str, Request)> = Vec::new();
     for id in 1..=6i64 {
         for (step, (event_type, version)) in [
             ("CLASS_CREATED", 100),

@@ -144,6 +144,7 @@ pub async fn list_entities(
         source: q.source,
         tenant: q.tenant,
         include_deleted: q.include_deleted.unwrap_or(false),
+        since_version_ms: None,
         after: parse_cursor(q.cursor.as_deref())?,
         limit: limit(q.limit)?,
     };

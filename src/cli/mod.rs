@@ -2,6 +2,8 @@
 //! the library and print; they hold no rules of their own.
 
 mod events;
+mod export;
+mod mirror;
 mod send;
 mod serve;
 mod verify;
@@ -38,6 +40,11 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// List the latest stored events.
     Events(events::EventsArgs),
+    /// Work on the mirror of entities.
+    #[command(subcommand)]
+    Mirror(mirror::MirrorCommand),
+    /// Stream events or entities out as JSON lines or CSV.
+    Export(export::ExportArgs),
     /// Serve the benchmark's ceiling: the same HTTP stack answering `{}` without work.
     #[command(hide = true)]
     NullServer {
@@ -64,6 +71,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => send::run(&cli, args).await,
         Command::Verify(args) => verify::run(&cli, args),
         Command::Events(args) => events::run(cli.load_config()?, args),
+        Command::Mirror(command) => mirror::run(cli.load_config()?, command).await,
+        Command::Export(args) => {
+            export::check(args)?;
+            export::run(cli.load_config()?, args)
+        }
         Command::NullServer { listen } => serve::run_null(*listen).await,
     }
 }

@@ -165,6 +165,8 @@ pub struct EntityFilter {
     pub include_deleted: bool,
     /// Typed kinds only: (column, value) pairs that must match.
     pub fields: Vec<(&'static str, crate::mirror::FieldValue)>,
+    /// Only entities whose mirrored version is at least this (epoch ms).
+    pub since_version_ms: Option<i64>,
     /// Only entities after this position (the pagination cursor).
     pub after: Option<i64>,
     pub limit: usize,

@@ -36,6 +36,7 @@ impl SqliteStore {
         for (column, value) in &filter.fields {
             c.add(format!("{column} = ?"), field_to_sql(value));
         }
+        c.add_opt("version_ms >= ?", filter.since_version_ms.as_ref());
         c.add_opt("rowid > ?", filter.after.as_ref());
         let limit = filter.limit.max(1);
         self.with_reader(|conn| {

@@ -15,6 +15,9 @@ pub struct RebuildReport {
     pub applied: u64,
 }
 
+/// What a rebuild reads of each event: seq, source, provider, tenant, version, body.
+type StoredRow = (i64, String, String, Option<String>, i64, Vec<u8>);
+
 /// How many events a rebuild reads at a time.
 const REBUILD_CHUNK: i64 = 2_000;
 
@@ -49,7 +52,7 @@ fn rebuild(conn: &mut Connection) -> Result<RebuildReport, StoreError> {
     let mut report = RebuildReport::default();
     let mut after = 0i64;
     loop {
-        let chunk: Vec<(i64, String, String, Option<String>, i64, Vec<u8>)> = tx
+        let chunk: Vec<StoredRow> = tx
             .prepare_cached(
                 "SELECT seq, source, provider, tenant, version_ms, body FROM events
                  WHERE seq > ?1 ORDER BY seq LIMIT ?2",

@@ -1,0 +1,491 @@
+//! The REST API over real HTTP: auth, pagination, filters, entities, history, stats,
+//! errors, the OpenAPI document, metrics and readiness.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "api-test-token-0123456789";
+
+fn with_api(extra: &str) -> String {
+    format!("[api]\ntokens = [\"{TOKEN}\"]\n{extra}\n{SOURCES}")
+}
+
+async fn get(gw: &Gateway, path: &str) -> (u16, Value) {
+    let response = gw
+        .client
+        .get(gw.url(path))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn send_all(
+    gw: &Gateway,
+    requests: &[classhook::provider::sample::SignedRequest],
+    source: &str,
+) {
+    for request in requests {
+        assert_eq!(
+            gw.post(&format!("/hooks/{source}"), request).await.status,
+            200
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_api_needs_a_valid_token_but_hooks_and_probes_do_not() {
+    let gw = Gateway::start_with("", &with_api("")).await;
+    for path in [
+        "/api/v1/events",
+        "/api/v1/entities",
+        "/api/v1/stats",
+        "/metrics",
+    ] {
+        let response = gw.client.get(gw.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized");
+        let wrong = gw
+            .client
+            .get(gw.url(path))
+            .bearer_auth("api-test-token-0123456788")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+        assert_eq!(
+            gw.client
+                .get(gw.url(path))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{path}"
+        );
+    }
+    for path in ["/healthz", "/readyz", "/api/v1/openapi.json"] {
+        assert_eq!(
+            gw.client.get(gw.url(path)).send().await.unwrap().status(),
+            200,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
+            .await
+            .status,
+        200
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn events_page_newest_first_with_filters() {
+    let gw = Gateway::start_with("", &with_api("")).await;
+    let events: Vec<_> = (0..7)
+        .map(|n| {
+            dreamclass_sample(
+                if n % 2 == 0 {
+                    "CLASS_CREATED"
+                } else {
+                    "ATTENDANCE_UPDATED"
+                },
+                n,
+            )
+        })
+        .collect();
+    send_all(&gw, &events, "school").await;
+    send_all(
+        &gw,
+        &[loopwise("course.created", json!({"id": "c1"}))],
+        "courses",
+    )
+    .await;
+
+    let (status, page) = get(&gw, "/api/v1/events?limit=3").await;
+    assert_eq!(status, 200);
+    let ids: Vec<i64> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [8, 7, 6]);
+    let cursor = page["next_cursor"].as_str().unwrap().to_string();
+    let (_, next) = get(&gw, &format!("/api/v1/events?limit=3&cursor={cursor}")).await;
+    let ids: Vec<i64> = next["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [5, 4, 3]);
+
+    let (_, by_type) = get(&gw, "/api/v1/events?type=ATTENDANCE_UPDATED&limit=100").await;
+    assert_eq!(by_type["items"].as_array().unwrap().len(), 3);
+    assert_eq!(by_type["next_cursor"], Value::Null);
+    let (_, by_source) = get(&gw, "/api/v1/events?source=courses").await;
+    assert_eq!(by_source["items"][0]["type"], "course.created");
+    assert_eq!(by_source["items"][0]["status"], "quarantined");
+    let (_, by_status) = get(&gw, "/api/v1/events?status=quarantined").await;
+    assert_eq!(by_status["items"].as_array().unwrap().len(), 1);
+    let (_, by_tenant) = get(&gw, "/api/v1/events?tenant=my-school&limit=100").await;
+    assert_eq!(by_tenant["items"].as_array().unwrap().len(), 7);
+    let (_, future) = get(&gw, "/api/v1/events?since=2999-01-01T00:00:00Z").await;
+    assert!(future["items"].as_array().unwrap().is_empty());
+    let (_, past) = get(&gw, "/api/v1/events?until=2000-01-01T00:00:00Z").await;
+    assert!(past["items"].as_array().unwrap().is_empty());
+
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "since=yesterday",
+        "status=fine",
+        "cursor=abc",
+    ] {
+        let (status, body) = get(&gw, &format!("/api/v1/events?{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"], "bad_request", "{bad}");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn one_event_shows_its_raw_body_headers_and_status() {
+    let gw = Gateway::start_with("", &with_api("")).await;
+    let body = b"{ \"type\" : \"course.student_enroll\", \"data\" : {\"id\": \"e9\"} }".to_vec();
+    let headers = vec![
+        ("content-type".to_string(), "application/json".to_string()),
+        (
+            classhook::provider::loopwise::SIGNATURE_HEADER.to_string(),
+            classhook::provider::loopwise::sign(COURSES_SECRET.as_bytes(), &body),
+        ),
+    ];
+    assert_eq!(
+        gw.post_raw("/hooks/courses", &headers, body.clone())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        gw.post_raw("/hooks/courses", &headers, body.clone())
+            .await
+            .status,
+        200
+    );
+    let (status, event) = get(&gw, "/api/v1/events/1").await;
+    assert_eq!(status, 200);
+    assert_eq!(event["raw_body"], String::from_utf8(body.clone()).unwrap());
+    assert_eq!(event["body"]["data"]["id"], "e9");
+    assert_eq!(event["times_seen"], 2);
+    assert_eq!(event["status"], "quarantined");
+    assert!(event["status_reason"].as_str().unwrap().contains("course"));
+    assert!(
+        event["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["name"] == "loopwise-webhook-signature")
+    );
+
+    let raw = gw
+        .client
+        .get(gw.url("/api/v1/events/1/raw"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.headers()["content-type"], "application/json");
+    assert_eq!(raw.bytes().await.unwrap().to_vec(), body);
+
+    let (status, missing) = get(&gw, "/api/v1/events/999").await;
+    assert_eq!(
+        (status, missing["error"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, _) = get(&gw, "/api/v1/events/abc").await;
+    assert_eq!(status, 400);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn entities_list_filter_read_and_show_history() {
+    let gw = Gateway::start_with("", &with_api("")).await;
+    let attendance = |id: i64, class_id: i64, date: &str| {
+        dreamclass(
+            "ATTENDANCE_CREATED",
+            json!({"id": id, "date": date, "type": "SESSION", "classId": class_id,
+            "comment": "", "courseId": 1, "statusId": 1, "studentPeriodId": 2}),
+            "my-school",
+        )
+    };
+    send_all(
+        &gw,
+        &[
+            attendance(1, 34, "2025-06-19"),
+            attendance(2, 34, "2025-06-20"),
+            attendance(3, 35, "2025-06-19"),
+        ],
+        "school",
+    )
+    .await;
+    send_all(
+        &gw,
+        &[dreamclass(
+            "ATTENDANCE_DELETED",
+            json!({"id": 3}),
+            "my-school",
+        )],
+        "school",
+    )
+    .await;
+
+    let (_, kinds) = get(&gw, "/api/v1/entities").await;
+    let attendance_kind = kinds
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kind"] == "attendance")
+        .unwrap();
+    assert_eq!(
+        (
+            attendance_kind["live"].as_i64(),
+            attendance_kind["deleted"].as_i64()
+        ),
+        (Some(2), Some(1))
+    );
+    assert!(
+        attendance_kind["filters"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("classId"))
+    );
+
+    let (_, by_class) = get(&gw, "/api/v1/entities/attendance?classId=34").await;
+    assert_eq!(by_class["items"].as_array().unwrap().len(), 2);
+    let (_, by_day) = get(
+        &gw,
+        "/api/v1/entities/attendance?classId=34&date=2025-06-20",
+    )
+    .await;
+    assert_eq!(by_day["items"][0]["id"], "2");
+    assert_eq!(by_day["items"][0]["data"]["date"], "2025-06-20");
+    let (_, live) = get(&gw, "/api/v1/entities/attendance?classId=35").await;
+    assert!(live["items"].as_array().unwrap().is_empty());
+    let (_, with_deleted) = get(
+        &gw,
+        "/api/v1/entities/attendance?classId=35&include_deleted=true",
+    )
+    .await;
+    assert_eq!(with_deleted["items"][0]["deleted"], true);
+
+    let (status, wrong_filter) = get(&gw, "/api/v1/entities/class?classId=34").await;
+    assert_eq!(status, 400, "{wrong_filter}");
+    let (status, _) = get(&gw, "/api/v1/entities/attendance?date=19-06-2025").await;
+    assert_eq!(status, 400);
+
+    let (status, one) = get(&gw, "/api/v1/entities/attendance/1").await;
+    assert_eq!(status, 200);
+    assert_eq!(one["data"]["classId"], 34);
+    assert_eq!(one["source"], "school");
+    let (status, _) = get(&gw, "/api/v1/entities/attendance/404").await;
+    assert_eq!(status, 404);
+
+    let (status, history) = get(&gw, "/api/v1/entities/attendance/3/history").await;
+    assert_eq!(status, 200);
+    let effects: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["mirror_effect"].as_str().unwrap())
+        .collect();
+    assert_eq!(effects, ["applied", "tombstoned"]);
+    assert_eq!(history["entity"]["deleted"], true);
+
+    // The same id in two sources: reading it needs the source.
+    send_all(&gw, &[attendance(1, 99, "2025-01-01")], "open").await;
+    let (status, ambiguous) = get(&gw, "/api/v1/entities/attendance/1").await;
+    assert_eq!(status, 400, "{ambiguous}");
+    let (status, chosen) = get(&gw, "/api/v1/entities/attendance/1?source=open").await;
+    assert_eq!(
+        (status, chosen["data"]["classId"].as_i64()),
+        (200, Some(99))
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn stats_count_by_source_type_and_status() {
+    let gw = Gateway::start_with("", &with_api("")).await;
+    let event = dreamclass_sample("CLASS_CREATED", 1);
+    send_all(
+        &gw,
+        &[event.clone(), event, dreamclass_sample("CLASS_CREATED", 2)],
+        "school",
+    )
+    .await;
+    send_all(&gw, &[loopwise("ping", json!({}))], "courses").await;
+    let (status, stats) = get(&gw, "/api/v1/stats").await;
+    assert_eq!(status, 200);
+    assert_eq!(stats["total_events"], 3);
+    let rows = stats["rows"].as_array().unwrap();
+    let class = rows.iter().find(|r| r["type"] == "CLASS_CREATED").unwrap();
+    assert_eq!(
+        (
+            class["events"].as_i64(),
+            class["deliveries"].as_i64(),
+            class["status"].as_str()
+        ),
+        (Some(2), Some(3), Some("ok"))
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r["type"] == "ping" && r["status"] == "unknown_type")
+    );
+    let (_, none) = get(&gw, "/api/v1/stats?since=2999-01-01T00:00:00Z").await;
+    assert_eq!(none["total_events"], 0);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_rejection_log_is_listed() {
+    let gw = Gateway::start_with("", &with_api("")).await;
+    gw.post_raw("/hooks/school", &[], b"not json".to_vec())
+        .await;
+    gw.post_raw("/hooks/ghost", &[], b"{}".to_vec()).await;
+    rejections_at_least(&gw.store, 2).await;
+    let (_, page) = get(&gw, "/api/v1/rejections").await;
+    let reasons: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["unknown_source", "invalid_json"]);
+    assert_eq!(page["items"][1]["body_preview"], "not json");
+    let (_, filtered) = get(&gw, "/api/v1/rejections?reason=invalid_json").await;
+    assert_eq!(filtered["items"].as_array().unwrap().len(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_route() {
+    let gw = Gateway::start_with("", &with_api("")).await;
+    let doc: Value = gw
+        .client
+        .get(gw.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for expected in [
+        "/events",
+        "/events/{id}",
+        "/events/{id}/raw",
+        "/rejections",
+        "/entities",
+        "/entities/{kind}",
+        "/entities/{kind}/{id}",
+        "/entities/{kind}/{id}/history",
+        "/stats",
+    ] {
+        assert!(
+            paths.contains(&expected),
+            "{expected} missing from {paths:?}"
+        );
+        // And the documented route answers (with placeholders that exist or 404).
+        let path = expected.replace("{id}", "1").replace("{kind}", "class");
+        let (status, _) = get(&gw, &format!("/api/v1{path}")).await;
+        assert!(status == 200 || status == 404, "{path}: {status}");
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_events_rejections_commits_and_mirror_rows() {
+    let gw = Gateway::start_with("", &with_api("")).await;
+    let event = dreamclass_sample("CLASS_CREATED", 1);
+    send_all(&gw, &[event.clone(), event], "school").await;
+    gw.post_raw("/hooks/ghost", &[], b"{}".to_vec()).await;
+    let text = gw
+        .client
+        .get(gw.url("/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "classhook_events_received_total{source=\"school\",type=\"CLASS_CREATED\",outcome=\"stored\"} 1",
+        "classhook_events_received_total{source=\"school\",type=\"CLASS_CREATED\",outcome=\"duplicate\"} 1",
+        "classhook_rejections_total{reason=\"unknown_source\"} 1",
+        "classhook_ingest_duration_seconds_count 3",
+        "classhook_store_commit_batch_size_count",
+        "classhook_store_commit_duration_seconds_bucket",
+        "classhook_mirror_rows{kind=\"class\",state=\"live\"} 1",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn readiness_follows_the_store() {
+    let gw = Gateway::start_with("", &with_api("")).await;
+    assert_eq!(
+        gw.client
+            .get(gw.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let db = gw.dir.path().join("data").join("classhook.db");
+    let locker = rusqlite::Connection::open(&db).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let response = gw.client.get(gw.url("/readyz")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    locker.execute_batch("ROLLBACK").unwrap();
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_api_is_refused_on_a_public_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_in(dir.path(), "", SOURCES);
+    config.server.listen = "0.0.0.0:0".parse().unwrap();
+    let error =
+        classhook::server::start(&config, std::sync::Arc::new(classhook::clock::SystemClock))
+            .await
+            .err()
+            .unwrap();
+    assert!(error.to_string().contains("without a token"), "{error}");
+}
