@@ -6,7 +6,9 @@
 //! HTTP stack with a handler that only reads the body and answers `{}`. Reports
 //! events/s, p50/p99 latency and the gateway's peak RSS, and the ratio to the ceiling.
 //!
-//! Knobs (environment): BENCH_SECONDS (default 10), BENCH_CONNECTIONS (default 32).
+//! Knobs (environment): BENCH_SECONDS (default 10), BENCH_CONNECTIONS (default 32),
+//! BENCH_COMPARE_BIN (another classhook binary, e.g. an older commit's, measured in
+//! the same run under the same load, to see what a change costs).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -68,22 +70,15 @@ async fn bench() {
     let ceiling_report = drive(ceiling_addr, &bodies, connections, seconds).await;
     let _ = ceiling.kill().await;
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("bench.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[[source]]\nname = \"bench\"\nprovider = \"dreamclass\"\nsecret = \"{SECRET}\"\n",
-            dir.path().join("data").display().to_string()
-        ),
-    )
-    .unwrap();
-    let (mut gateway, gateway_addr) =
-        spawn(binary, &["serve", "--config", config.to_str().unwrap()]).await;
-    let gateway_report = drive(gateway_addr, &bodies, connections, seconds).await;
-    let rss_mib = peak_rss_mib(gateway.id().unwrap());
-    let _ = gateway.kill().await;
-    let stored = stored_events(&dir.path().join("data"));
+    let compare = match std::env::var("BENCH_COMPARE_BIN") {
+        Ok(other) => Some((
+            other.clone(),
+            run_gateway(&other, &bodies, connections, seconds).await,
+        )),
+        Err(_) => None,
+    };
+    let (gateway_report, rss_mib, stored) =
+        run_gateway(binary, &bodies, connections, seconds).await;
 
     println!();
     println!("| run | events/s | p50 ms | p99 ms | failed |");
@@ -100,7 +95,22 @@ async fn bench() {
             r.failed
         );
     }
+    if let Some((other, (r, _, _))) = &compare {
+        println!(
+            "| compared binary ({other}) | {:.0} | {:.2} | {:.2} | {} |",
+            r.rate(),
+            r.p50_ms,
+            r.p99_ms,
+            r.failed
+        );
+    }
     println!();
+    if let Some((_, (r, _, _))) = &compare {
+        println!(
+            "ratio to the compared binary: {:.2}x",
+            gateway_report.rate() / r.rate()
+        );
+    }
     println!(
         "ratio to ceiling: {:.2}x",
         gateway_report.rate() / ceiling_report.rate()
@@ -113,6 +123,32 @@ async fn bench() {
     println!(
         "load: {connections} keep-alive connections, {seconds} s per run, one-thread load generator"
     );
+}
+
+/// Starts `binary serve` on a fresh data directory, drives it, and returns the
+/// report, its peak RSS in MiB and the number of events it stored.
+async fn run_gateway(
+    binary: &str,
+    bodies: &Arc<Vec<Bytes>>,
+    connections: usize,
+    seconds: u64,
+) -> (Report, f64, i64) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[[source]]\nname = \"bench\"\nprovider = \"dreamclass\"\nsecret = \"{SECRET}\"\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let (mut gateway, addr) = spawn(binary, &["serve", "--config", config.to_str().unwrap()]).await;
+    let report = drive(addr, bodies, connections, seconds).await;
+    let rss_mib = peak_rss_mib(gateway.id().unwrap());
+    let _ = gateway.kill().await;
+    let _ = gateway.wait().await;
+    (report, rss_mib, stored_events(&dir.path().join("data")))
 }
 
 fn signed_bodies(count: usize) -> Vec<Bytes> {
@@ -194,6 +230,7 @@ async fn drive(
                     .body(Full::new(body.clone()))
                     .unwrap();
                 let sent = Instant::now();
+                sender.ready().await.unwrap();
                 let response = sender.send_request(request).await.unwrap();
                 let ok = response.status() == 200;
                 response.into_body().collect().await.unwrap();

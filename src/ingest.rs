@@ -167,40 +167,8 @@ impl Ingest {
             .sources
             .get(source_name)
             .ok_or_else(|| IngestError::UnknownSource(source_name.chars().take(100).collect()))?;
-        if let Some(expected) = &source.basic_auth {
-            check_basic_auth(headers, expected)?;
-        }
-        let envelope = Envelope::parse(source.provider, &body)?;
-        if let Some(key) = &source.signing_key {
-            envelope.verify(key, headers, &body)?;
-        }
-        if let (Some(allowed), Some(tenant)) = (&source.tenants, envelope.tenant())
-            && !allowed.iter().any(|t| t == tenant)
-        {
-            return Err(IngestError::TenantNotAllowed(
-                tenant.chars().take(100).collect(),
-            ));
-        }
-        let body_sha256 = crypto::sha256(&body);
-        let described = envelope.describe(&body_sha256);
-        let (event_type, status) = (described.event_type.clone(), described.status);
-        let event = NewEvent {
-            source: source.name.clone(),
-            provider: source.provider,
-            tenant: described.tenant,
-            event_type: described.event_type,
-            event_id: described.event_id,
-            dedupe_key: described.dedupe_key,
-            entity: described.entity,
-            version_ms: described.version_ms.unwrap_or(received_at_ms),
-            body,
-            body_sha256,
-            headers: stored_headers(headers),
-            received_at_ms,
-            status: described.status,
-            status_reason: described.status_reason,
-            mirror: described.mirror,
-        };
+        let event = authenticate(source, headers, body, received_at_ms)?;
+        let (event_type, status) = (event.event_type.clone(), event.status);
         let outcome = self.store.append(event).await?;
         self.metrics
             .event(&source.name, &event_type, status, outcome);
@@ -253,6 +221,50 @@ impl Ingest {
             Ok(Err(error)) => Err(IngestError::ReadFailed(error.to_string())),
         }
     }
+}
+
+/// Checks a request against its source (Basic Auth, envelope, signature, tenant) and
+/// turns it into the event to store. The order of the checks is the order of the
+/// answers in the table at the top of this file.
+pub fn authenticate(
+    source: &Source,
+    headers: &HeaderMap,
+    body: Bytes,
+    received_at_ms: i64,
+) -> Result<NewEvent, IngestError> {
+    if let Some(expected) = &source.basic_auth {
+        check_basic_auth(headers, expected)?;
+    }
+    let envelope = Envelope::parse(source.provider, &body)?;
+    if let Some(key) = &source.signing_key {
+        envelope.verify(key, headers, &body)?;
+    }
+    if let (Some(allowed), Some(tenant)) = (&source.tenants, envelope.tenant())
+        && !allowed.iter().any(|t| t == tenant)
+    {
+        return Err(IngestError::TenantNotAllowed(
+            tenant.chars().take(100).collect(),
+        ));
+    }
+    let body_sha256 = crypto::sha256(&body);
+    let described = envelope.describe(&body_sha256);
+    Ok(NewEvent {
+        source: source.name.clone(),
+        provider: source.provider,
+        tenant: described.tenant,
+        event_type: described.event_type,
+        event_id: described.event_id,
+        dedupe_key: described.dedupe_key,
+        entity: described.entity,
+        version_ms: described.version_ms.unwrap_or(received_at_ms),
+        body,
+        body_sha256,
+        headers: stored_headers(headers),
+        received_at_ms,
+        status: described.status,
+        status_reason: described.status_reason,
+        mirror: described.mirror,
+    })
 }
 
 fn check_basic_auth(headers: &HeaderMap, expected: &BasicAuth) -> Result<(), IngestError> {

@@ -6,7 +6,7 @@ use rusqlite::{Connection, Row, params_from_iter};
 use serde_json::{Map, Value};
 
 use super::SqliteStore;
-use super::mirror::GENERIC_TABLE;
+use super::mirror::{GENERIC_TABLE, field_to_sql};
 use super::read::Conditions;
 use crate::mirror::kinds::{self, insert_path, to_json};
 use crate::mirror::{Field, FieldType, FieldValue, KindSpec};
@@ -110,15 +110,6 @@ impl SqliteStore {
             }
             Ok(counts)
         })
-    }
-}
-
-fn field_to_sql(value: &FieldValue) -> SqlValue {
-    match value {
-        FieldValue::Null => SqlValue::Null,
-        FieldValue::Integer(n) => SqlValue::Integer(*n),
-        FieldValue::Text(s) => SqlValue::Text(s.clone()),
-        FieldValue::Bool(b) => SqlValue::Integer(i64::from(*b)),
     }
 }
 

@@ -45,12 +45,16 @@ const MIGRATIONS: &[&str] = &[
     );
     ",
     // 2: the mirror (typed tables per documented kind, a generic one for the rest),
-    // what each event did to it, and the indexes the API's filters use.
+    // what each event did to it, and the indexes the API's filters use. Filter
+    // indexes are single-column so that rows of one value come in rowid order and a
+    // page (ORDER BY rowid LIMIT n) stops early.
     "
     ALTER TABLE events ADD COLUMN mirror_effect TEXT;
     CREATE INDEX events_entity ON events (entity_kind, entity_id);
     CREATE INDEX events_type ON events (event_type, seq);
     CREATE INDEX events_source ON events (source, seq);
+    -- Most events are ok: only the others are indexed (see `list_events`).
+    CREATE INDEX events_status ON events (status, seq) WHERE status <> 'ok';
     CREATE INDEX events_received ON events (received_at_ms);
 
     CREATE TABLE mirror_class (
@@ -58,30 +62,32 @@ const MIGRATIONS: &[&str] = &[
         code TEXT, name TEXT, start_date TEXT, end_date TEXT, capacity INTEGER,
         description TEXT,
         deleted INTEGER NOT NULL, version_ms INTEGER NOT NULL, event_seq INTEGER NOT NULL,
-        UNIQUE (source, tenant, id)
+        UNIQUE (id, source, tenant)
     );
     CREATE TABLE mirror_student_period (
         source TEXT NOT NULL, tenant TEXT NOT NULL, id INTEGER NOT NULL,
         active INTEGER, added_at TEXT, student_id INTEGER,
         deleted INTEGER NOT NULL, version_ms INTEGER NOT NULL, event_seq INTEGER NOT NULL,
-        UNIQUE (source, tenant, id)
+        UNIQUE (id, source, tenant)
     );
+    CREATE INDEX mirror_class_code ON mirror_class (code);
     CREATE INDEX mirror_student_period_student ON mirror_student_period (student_id);
     CREATE TABLE mirror_attendance (
         source TEXT NOT NULL, tenant TEXT NOT NULL, id INTEGER NOT NULL,
         date TEXT, attendance_type TEXT, class_id INTEGER, course_id INTEGER,
         status_id INTEGER, student_period_id INTEGER, comment TEXT,
         deleted INTEGER NOT NULL, version_ms INTEGER NOT NULL, event_seq INTEGER NOT NULL,
-        UNIQUE (source, tenant, id)
+        UNIQUE (id, source, tenant)
     );
-    CREATE INDEX mirror_attendance_class_date ON mirror_attendance (class_id, date);
+    CREATE INDEX mirror_attendance_class ON mirror_attendance (class_id);
+    CREATE INDEX mirror_attendance_date ON mirror_attendance (date);
     CREATE INDEX mirror_attendance_student_period ON mirror_attendance (student_period_id);
     CREATE TABLE mirror_course (
         source TEXT NOT NULL, tenant TEXT NOT NULL, id TEXT NOT NULL,
         name TEXT, description TEXT, state TEXT, course_type TEXT, slug TEXT,
         created_at TEXT, updated_at TEXT,
         deleted INTEGER NOT NULL, version_ms INTEGER NOT NULL, event_seq INTEGER NOT NULL,
-        UNIQUE (source, tenant, id)
+        UNIQUE (id, source, tenant)
     );
     CREATE TABLE mirror_course_plan (
         source TEXT NOT NULL, tenant TEXT NOT NULL, course_id TEXT NOT NULL,
@@ -96,15 +102,17 @@ const MIGRATIONS: &[&str] = &[
         user_id TEXT, user_name TEXT, user_email TEXT, user_phone_number TEXT,
         state TEXT, created_at TEXT, updated_at TEXT,
         deleted INTEGER NOT NULL, version_ms INTEGER NOT NULL, event_seq INTEGER NOT NULL,
-        UNIQUE (source, tenant, id)
+        UNIQUE (id, source, tenant)
     );
+    CREATE INDEX mirror_course_slug ON mirror_course (slug);
     CREATE INDEX mirror_enrollment_course ON mirror_enrollment (course_id);
+    CREATE INDEX mirror_enrollment_user ON mirror_enrollment (user_id);
     CREATE INDEX mirror_enrollment_user_email ON mirror_enrollment (user_email);
     CREATE TABLE mirror_generic (
         source TEXT NOT NULL, tenant TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL,
         data TEXT,
         deleted INTEGER NOT NULL, version_ms INTEGER NOT NULL, event_seq INTEGER NOT NULL,
-        UNIQUE (source, tenant, kind, id)
+        UNIQUE (kind, id, source, tenant)
     );
     ",
 ];

@@ -13,10 +13,8 @@ pub const GENERIC_TABLE: &str = "mirror_generic";
 impl ToSql for FieldValue {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(match self {
-            FieldValue::Null => ToSqlOutput::Owned(SqlValue::Null),
-            FieldValue::Integer(n) => ToSqlOutput::Owned(SqlValue::Integer(*n)),
             FieldValue::Text(s) => ToSqlOutput::Borrowed(s.as_str().into()),
-            FieldValue::Bool(b) => ToSqlOutput::Owned(SqlValue::Integer(i64::from(*b))),
+            other => ToSqlOutput::Owned(field_to_sql(other)),
         })
     }
 }
@@ -75,8 +73,87 @@ fn row<'a>(
     Some(Row { spec, key, entity })
 }
 
-/// Applies one stored event to the mirror and returns what it did (`None` when the
-/// event cannot be keyed). `seq` must be greater than every event applied before.
+/// An entity's row as it stands: where it is, its rule state and its data columns.
+struct Existing {
+    rowid: i64,
+    current: Current,
+    columns: Vec<SqlValue>,
+}
+
+/// What an event will do to the mirror, decided before the event is inserted (so
+/// the event row is written once, with its effect).
+pub struct Planned<'a> {
+    row: Row<'a>,
+    existing: Option<Existing>,
+    data: &'a MirrorData,
+    pub effect: Effect,
+}
+
+/// Reads the entity's current state and decides the event's effect (`None` when the
+/// event cannot be keyed). Writes nothing.
+pub fn plan<'a>(
+    conn: &Connection,
+    source: &str,
+    tenant: Option<&str>,
+    entity: &'a EntityRef,
+    version_ms: i64,
+    data: &'a MirrorData,
+) -> rusqlite::Result<Option<Planned<'a>>> {
+    let Some(row) = row(source, tenant, entity, data) else {
+        return Ok(None);
+    };
+    let existing = read_existing(conn, &row)?;
+    let effect = mirror::decide(
+        existing.as_ref().map(|e| e.current),
+        &row.entity.op,
+        version_ms,
+    );
+    Ok(Some(Planned {
+        row,
+        existing,
+        data,
+        effect,
+    }))
+}
+
+/// Writes a planned effect for the stored event `seq`, which must be greater than
+/// every event applied before.
+pub fn carry_out(
+    conn: &Connection,
+    planned: &Planned<'_>,
+    version_ms: i64,
+    seq: i64,
+) -> rusqlite::Result<()> {
+    let (row, existing) = (&planned.row, planned.existing.as_ref());
+    match (planned.effect, planned.data) {
+        (Effect::Tombstoned, _) => write(conn, row, existing, &[], version_ms, seq, true),
+        (
+            Effect::Applied,
+            MirrorData::Typed {
+                values, children, ..
+            },
+        ) => {
+            let values: Vec<SqlValue> = values.iter().map(field_to_sql).collect();
+            write(conn, row, existing, &values, version_ms, seq, false)?;
+            replace_children(conn, row, children)
+        }
+        (Effect::Applied, MirrorData::Generic { data }) => write(
+            conn,
+            row,
+            existing,
+            &[SqlValue::Text(data.clone())],
+            version_ms,
+            seq,
+            false,
+        ),
+        // `prepare` makes tombstone data only for `deleted` events, which never apply.
+        (Effect::Applied, MirrorData::Tombstone { .. }) | (Effect::Stale | Effect::Blocked, _) => {
+            Ok(())
+        }
+    }
+}
+
+/// Plans and carries out in one step, for events already stored (`mirror rebuild`).
 pub fn apply(
     conn: &Connection,
     source: &str,
@@ -86,48 +163,20 @@ pub fn apply(
     seq: i64,
     data: &MirrorData,
 ) -> rusqlite::Result<Option<Effect>> {
-    let Some(row) = row(source, tenant, entity, data) else {
+    let Some(planned) = plan(conn, source, tenant, entity, version_ms, data)? else {
         return Ok(None);
     };
-    let current = conn
-        .prepare_cached(&format!(
-            "SELECT version_ms, deleted FROM {} WHERE {}",
-            row.table(),
-            row.key_condition()
-        ))?
-        .query_row(params_from_iter(&row.key), |r| {
-            Ok(Current {
-                version_ms: r.get(0)?,
-                deleted: r.get(1)?,
-            })
-        })
-        .optional()?;
-    let effect = mirror::decide(current, &row.entity.op, version_ms);
-    match (effect, data) {
-        (Effect::Tombstoned, _) => tombstone(conn, &row, version_ms, seq)?,
-        (
-            Effect::Applied,
-            MirrorData::Typed {
-                values, children, ..
-            },
-        ) => {
-            upsert(conn, &row, values, version_ms, seq)?;
-            replace_children(conn, &row, children)?;
-        }
-        (Effect::Applied, MirrorData::Generic { data }) => {
-            upsert(
-                conn,
-                &row,
-                &[FieldValue::Text(data.clone())],
-                version_ms,
-                seq,
-            )?;
-        }
-        // A `created` whose data is a tombstone cannot happen: `prepare` only makes
-        // tombstones of `deleted` events.
-        (Effect::Applied, MirrorData::Tombstone { .. }) | (Effect::Stale | Effect::Blocked, _) => {}
+    carry_out(conn, &planned, version_ms, seq)?;
+    Ok(Some(planned.effect))
+}
+
+pub fn field_to_sql(value: &FieldValue) -> SqlValue {
+    match value {
+        FieldValue::Null => SqlValue::Null,
+        FieldValue::Integer(n) => SqlValue::Integer(*n),
+        FieldValue::Text(s) => SqlValue::Text(s.clone()),
+        FieldValue::Bool(b) => SqlValue::Integer(i64::from(*b)),
     }
-    Ok(Some(effect))
 }
 
 fn data_columns(row: &Row<'_>) -> Vec<&'static str> {
@@ -137,55 +186,91 @@ fn data_columns(row: &Row<'_>) -> Vec<&'static str> {
     }
 }
 
-fn upsert(
-    conn: &Connection,
-    row: &Row<'_>,
-    values: &[FieldValue],
-    version_ms: i64,
-    seq: i64,
-) -> rusqlite::Result<()> {
+fn read_existing(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<Option<Existing>> {
     let columns = data_columns(row);
-    let key_count = row.key.len();
-    let placeholders: Vec<String> = (1..=key_count + columns.len() + 2)
-        .map(|i| format!("?{i}"))
-        .collect();
-    let updates: Vec<String> = columns
-        .iter()
-        .chain(["version_ms", "event_seq"].iter())
-        .map(|c| format!("{c} = excluded.{c}"))
-        .collect();
     let sql = format!(
-        "INSERT INTO {table} ({keys}, {columns}, version_ms, event_seq, deleted) VALUES ({placeholders}, 0)
-         ON CONFLICT ({keys}) DO UPDATE SET {updates}, deleted = 0",
-        table = row.table(),
-        keys = row.key_columns(),
-        columns = columns.join(", "),
-        placeholders = placeholders.join(", "),
-        updates = updates.join(", "),
+        "SELECT rowid, version_ms, deleted, {} FROM {} WHERE {}",
+        columns.join(", "),
+        row.table(),
+        row.key_condition()
     );
-    let mut args: Vec<&dyn ToSql> = row.key.iter().map(|v| v as &dyn ToSql).collect();
-    args.extend(values.iter().map(|v| v as &dyn ToSql));
-    args.push(&version_ms);
-    args.push(&seq);
-    conn.prepare_cached(&sql)?.execute(args.as_slice())?;
-    Ok(())
+    conn.prepare_cached(&sql)?
+        .query_row(params_from_iter(&row.key), |r| {
+            Ok(Existing {
+                rowid: r.get(0)?,
+                current: Current {
+                    version_ms: r.get(1)?,
+                    deleted: r.get(2)?,
+                },
+                columns: (0..columns.len())
+                    .map(|i| r.get(3 + i))
+                    .collect::<rusqlite::Result<_>>()?,
+            })
+        })
+        .optional()
 }
 
-fn tombstone(conn: &Connection, row: &Row<'_>, version_ms: i64, seq: i64) -> rusqlite::Result<()> {
-    let key_count = row.key.len();
+/// Inserts the row, or updates only the columns whose values changed: an update
+/// that leaves an indexed column alone leaves its index alone too.
+fn write(
+    conn: &Connection,
+    row: &Row<'_>,
+    existing: Option<&Existing>,
+    values: &[SqlValue],
+    version_ms: i64,
+    seq: i64,
+    deleted: bool,
+) -> rusqlite::Result<()> {
+    let columns = data_columns(row);
+    let Some(existing) = existing else {
+        let written: Vec<&str> = if values.is_empty() {
+            Vec::new()
+        } else {
+            columns
+        };
+        let mut names: Vec<&str> = row.key_columns().split(", ").collect();
+        names.extend(&written);
+        names.extend(["version_ms", "event_seq", "deleted"]);
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            row.table(),
+            names.join(", "),
+            (1..=names.len())
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut args: Vec<&dyn ToSql> = row.key.iter().map(|v| v as &dyn ToSql).collect();
+        args.extend(values.iter().map(|v| v as &dyn ToSql));
+        args.push(&version_ms);
+        args.push(&seq);
+        args.push(&deleted);
+        conn.prepare_cached(&sql)?.execute(args.as_slice())?;
+        return Ok(());
+    };
+    let changed: Vec<usize> = (0..values.len())
+        .filter(|&i| existing.columns.get(i) != Some(&values[i]))
+        .collect();
+    let mut sets: Vec<String> = changed
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| format!("{} = ?{}", columns[i], n + 1))
+        .collect();
+    let n = changed.len();
+    sets.push(format!("version_ms = ?{}", n + 1));
+    sets.push(format!("event_seq = ?{}", n + 2));
+    sets.push(format!("deleted = ?{}", n + 3));
     let sql = format!(
-        "INSERT INTO {table} ({keys}, version_ms, event_seq, deleted) VALUES ({placeholders}, ?{v}, ?{s}, 1)
-         ON CONFLICT ({keys}) DO UPDATE SET version_ms = excluded.version_ms,
-             event_seq = excluded.event_seq, deleted = 1",
-        table = row.table(),
-        keys = row.key_columns(),
-        placeholders = (1..=key_count).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", "),
-        v = key_count + 1,
-        s = key_count + 2,
+        "UPDATE {} SET {} WHERE rowid = ?{}",
+        row.table(),
+        sets.join(", "),
+        n + 4
     );
-    let mut args: Vec<&dyn ToSql> = row.key.iter().map(|v| v as &dyn ToSql).collect();
+    let mut args: Vec<&dyn ToSql> = changed.iter().map(|&i| &values[i] as &dyn ToSql).collect();
     args.push(&version_ms);
     args.push(&seq);
+    args.push(&deleted);
+    args.push(&existing.rowid);
     conn.prepare_cached(&sql)?.execute(args.as_slice())?;
     Ok(())
 }

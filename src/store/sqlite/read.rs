@@ -55,6 +55,10 @@ impl SqliteStore {
         c.add_opt("event_type = ?", filter.event_type.as_ref());
         if let Some(status) = filter.status {
             c.add("status = ?", status.as_str().to_string());
+            if status != EventStatus::Ok {
+                // The exact term of the partial index, so the planner can use it.
+                c.push_raw("status <> 'ok'");
+            }
         }
         c.add_opt("received_at_ms >= ?", filter.since_ms.as_ref());
         c.add_opt("received_at_ms < ?", filter.until_ms.as_ref());

@@ -128,12 +128,23 @@ fn write_batch(
 
 fn append_one(tx: &rusqlite::Transaction<'_>, event: &NewEvent) -> rusqlite::Result<AppendOutcome> {
     let headers = serde_json::to_string(&event.headers).expect("string pairs always serialize");
+    let planned = match &event.mirror {
+        Some(data) => mirror::plan(
+            tx,
+            &event.source,
+            event.tenant.as_deref(),
+            &event.entity,
+            event.version_ms,
+            data,
+        )?,
+        None => None,
+    };
     let inserted = tx
         .prepare_cached(
             "INSERT INTO events (source, provider, dedupe_key, event_id, tenant, event_type,
                  entity_kind, entity_id, entity_op, version_ms, received_at_ms, status,
-                 status_reason, body_sha256, body, headers, last_seen_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?11)
+                 status_reason, body_sha256, body, headers, last_seen_at_ms, mirror_effect)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?11, ?17)
              ON CONFLICT (source, dedupe_key) DO NOTHING",
         )?
         .execute(params![
@@ -153,22 +164,12 @@ fn append_one(tx: &rusqlite::Transaction<'_>, event: &NewEvent) -> rusqlite::Res
             &event.body_sha256[..],
             &event.body[..],
             headers,
+            planned.as_ref().map(|p| p.effect.as_str()),
         ])?;
     if inserted == 1 {
         let seq = tx.last_insert_rowid();
-        if let Some(data) = &event.mirror {
-            let effect = mirror::apply(
-                tx,
-                &event.source,
-                event.tenant.as_deref(),
-                &event.entity,
-                event.version_ms,
-                seq,
-                data,
-            )?;
-            if let Some(effect) = effect {
-                record_effect(tx, seq, effect)?;
-            }
+        if let Some(planned) = &planned {
+            mirror::carry_out(tx, planned, event.version_ms, seq)?;
         }
         return Ok(AppendOutcome::Stored { seq });
     }

@@ -1,0 +1,271 @@
+//! API read benchmark: `cargo bench --bench api`.
+//!
+//! Seeds a fresh store with BENCH_EVENTS events (default 1,000,000) describing
+//! BENCH_ENTITIES entities (default 100,000), through the same authenticate-and-
+//! append path as ingest, then starts the release gateway on it and measures, over
+//! one keep-alive HTTP connection, the latency of listing a page of events with a
+//! filter and of reading one entity (BENCH_REQUESTS each, default 1000).
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use classhook::config::Config;
+use classhook::ingest;
+use classhook::provider::ProviderKind;
+use classhook::provider::sample;
+use classhook::store::{Store, StoreOptions};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const TOKEN: &str = "bench-token-0123456789abcdef";
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    let events = env_or("BENCH_EVENTS", 1_000_000);
+    let entities = env_or("BENCH_ENTITIES", 100_000);
+    let requests = env_or("BENCH_REQUESTS", 1000) as usize;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bench.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[api]\ntokens = [\"{TOKEN}\"]\n\n[[source]]\nname = \"bench\"\nprovider = \"dreamclass\"\nsecret = \"bench-secret\"\n",
+        dir.path().join("data").display().to_string()
+    );
+    std::fs::write(&file, &text).unwrap();
+    let config = Config::from_toml_str(&file, &text, &[], &|_| None).unwrap();
+
+    let started = Instant::now();
+    let first_ms = seed(&config, events, entities).await;
+    eprintln!(
+        "seeded {events} events about {entities} entities in {:.1?}",
+        started.elapsed()
+    );
+
+    let (mut gateway, addr) = spawn(&file).await;
+    let mut client = Client::connect(addr).await;
+    let mid = chrono::DateTime::from_timestamp_millis(first_ms + events as i64 / 2)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut rng = 0x9E3779B97F4A7C15u64;
+    let mut next = move |bound: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % bound + 1
+    };
+    type Path = Box<dyn FnMut() -> String>;
+    let scenarios: Vec<(&str, Path)> = vec![
+        (
+            "events, newest page, no filter",
+            Box::new(|| "/api/v1/events?limit=50".to_string()),
+        ),
+        (
+            "events, type filter",
+            Box::new(|| "/api/v1/events?type=CLASS_UPDATED&limit=50".to_string()),
+        ),
+        (
+            "events, status filter (rare)",
+            Box::new(|| "/api/v1/events?status=quarantined&limit=50".to_string()),
+        ),
+        (
+            "events, source filter, random deep cursor",
+            Box::new(move || {
+                format!(
+                    "/api/v1/events?source=bench&limit=50&cursor={}",
+                    next(events)
+                )
+            }),
+        ),
+        (
+            "events, since filter",
+            Box::new(move || format!("/api/v1/events?since={mid}&limit=50")),
+        ),
+        (
+            "one entity, random id",
+            Box::new(move || format!("/api/v1/entities/attendance/{}", next(entities))),
+        ),
+        (
+            "entity history, random id",
+            Box::new(move || format!("/api/v1/entities/attendance/{}/history", next(entities))),
+        ),
+        (
+            "entities, field filter",
+            Box::new(|| "/api/v1/entities/attendance?classId=34&limit=50".to_string()),
+        ),
+    ];
+    println!();
+    println!("| request ({events} events, {entities} entities) | p50 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|");
+    for (name, mut path) in scenarios {
+        let mut latencies = Vec::with_capacity(requests);
+        for _ in 0..requests {
+            let path = path();
+            let sent = Instant::now();
+            let status = client.get(&path).await;
+            latencies.push(sent.elapsed());
+            assert_eq!(status, 200, "{path}");
+        }
+        latencies.sort_unstable();
+        let pct = |p: f64| {
+            latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)]
+                .as_secs_f64()
+                * 1000.0
+        };
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2} |",
+            pct(0.5),
+            pct(0.99),
+            latencies.last().unwrap().as_secs_f64() * 1000.0
+        );
+    }
+    let _ = gateway.kill().await;
+}
+
+/// Appends `events` events through ingest's own authenticate path, many in flight.
+async fn seed(config: &Config, events: u64, entities: u64) -> i64 {
+    let store = Store::open(
+        &config.server.data_dir,
+        StoreOptions {
+            max_batch: 4096,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let source = Arc::new(config.sources[0].clone());
+    let first_ms = chrono::Utc::now().timestamp_millis();
+    let mut in_flight = tokio::task::JoinSet::new();
+    for n in 0..events {
+        let (source, store) = (source.clone(), store.clone());
+        in_flight.spawn(async move {
+            let entity = n % entities;
+            // The first round creates every attendance; later rounds mostly update it,
+            // with some classes, payments and (0.1 %) quarantined events mixed in.
+            let (event_type, data) = match (n < entities, n % 1000) {
+                (true, _) => (
+                    "ATTENDANCE_CREATED",
+                    sample::sample_data(ProviderKind::DreamClass, "ATTENDANCE_CREATED", entity),
+                ),
+                (false, 0..=49) => (
+                    "CLASS_UPDATED",
+                    sample::sample_data(ProviderKind::DreamClass, "CLASS_UPDATED", entity),
+                ),
+                (false, 50..=59) => (
+                    "PAYMENT_UPDATED",
+                    sample::sample_data(ProviderKind::DreamClass, "PAYMENT_UPDATED", entity),
+                ),
+                (false, 60) => (
+                    "ATTENDANCE_UPDATED",
+                    json!({"id": entity + 1, "date": "not a date"}),
+                ),
+                (false, _) => (
+                    "ATTENDANCE_UPDATED",
+                    sample::sample_data(ProviderKind::DreamClass, "ATTENDANCE_UPDATED", entity),
+                ),
+            };
+            let request = sample::build_request(
+                ProviderKind::DreamClass,
+                source.signing_key.as_ref(),
+                event_type,
+                data,
+                "bench-school",
+            );
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert("content-type", "application/json".parse().unwrap());
+            let event = ingest::authenticate(
+                &source,
+                &headers,
+                Bytes::from(request.body),
+                first_ms + n as i64,
+            )
+            .unwrap();
+            store.append(event).await.unwrap();
+        });
+        if in_flight.len() >= 4096 {
+            in_flight.join_next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(done) = in_flight.join_next().await {
+        done.unwrap();
+    }
+    first_ms
+}
+
+async fn spawn(config: &std::path::Path) -> (tokio::process::Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_classhook"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("CLASSHOOK_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+struct Client {
+    addr: SocketAddr,
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        Client { addr, sender }
+    }
+
+    async fn get(&mut self, path: &str) -> u16 {
+        let request = hyper::Request::get(path)
+            .header("host", self.addr.to_string())
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Empty::new())
+            .unwrap();
+        self.sender
+            .ready()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e:?}"));
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e:?}"));
+        let status = response.status().as_u16();
+        response.into_body().collect().await.unwrap();
+        status
+    }
+}
