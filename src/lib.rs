@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod deliver;
 pub mod event;
 pub mod http;
 pub mod ingest;

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, ApiState};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::deliver::dispatcher::{self, DispatchOptions};
 use crate::http::{self, ApiError, ServeOptions};
 use crate::ingest::{self, Ingest};
 use crate::metrics::Metrics;
@@ -126,7 +127,21 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         header_read_timeout: server.read_timeout,
         shutdown_grace: server.shutdown_grace,
     };
+    store
+        .sync_config_subscriptions(config.subscriptions.clone())
+        .await?;
     let mut background = Vec::new();
+    if config.delivery.enabled {
+        background.push(tokio::spawn(dispatcher::run(
+            store.clone(),
+            clock.clone(),
+            DispatchOptions {
+                allow_private_destinations: config.delivery.allow_private_destinations,
+                hold_after_failures: config.delivery.hold_after_failures,
+                poll_interval: config.delivery.poll_interval,
+            },
+        )));
+    }
     if let Some(days) = config.retention.events_days {
         background.push(tokio::spawn(retention(
             store.clone(),

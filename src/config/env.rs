@@ -28,6 +28,12 @@ const SERVER_KEYS: &[&str] = &[
 ];
 const API_KEYS: &[&str] = &["tokens", "tokens_env"];
 const RETENTION_KEYS: &[&str] = &["events_days", "interval"];
+const DELIVERY_KEYS: &[&str] = &[
+    "enabled",
+    "allow_private_destinations",
+    "hold_after_failures",
+    "poll_interval",
+];
 const SOURCE_KEYS: &[&str] = &[
     "basic_auth_password_env",
     "basic_auth_username",
@@ -66,6 +72,8 @@ pub fn apply_overrides(
             apply_table(file, table, "server", SERVER_KEYS, name, key, value)?;
         } else if let Some(key) = rest.strip_prefix("API_") {
             apply_table(file, table, "api", API_KEYS, name, key, value)?;
+        } else if let Some(key) = rest.strip_prefix("DELIVERY_") {
+            apply_table(file, table, "delivery", DELIVERY_KEYS, name, key, value)?;
         } else if let Some(key) = rest.strip_prefix("RETENTION_") {
             apply_table(file, table, "retention", RETENTION_KEYS, name, key, value)?;
         } else if let Some(rest) = rest.strip_prefix("SOURCE_") {

@@ -32,6 +32,17 @@ pub struct Config {
     pub sources: Vec<Source>,
     pub api: ApiConfig,
     pub retention: RetentionConfig,
+    pub subscriptions: Vec<crate::deliver::subscription::SubscriptionSpec>,
+    pub delivery: DeliveryConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Send at all; off, deliveries are queued and wait.
+    pub enabled: bool,
+    pub allow_private_destinations: bool,
+    pub hold_after_failures: u32,
+    pub poll_interval: Duration,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -20,6 +20,72 @@ pub struct RawConfig {
     pub api: RawApi,
     #[serde(default)]
     pub retention: RawRetention,
+    #[serde(default, rename = "subscription")]
+    pub subscriptions: Vec<RawSubscription>,
+    #[serde(default)]
+    pub delivery: RawDelivery,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubscription {
+    pub name: String,
+    pub url: String,
+    /// Patterns: an exact type, `CLASS_*`, `course.*`, or `*`.
+    pub events: Vec<String>,
+    pub sources: Option<Vec<String>>,
+    pub tenants: Option<Vec<String>>,
+    pub basic_auth: Option<RawBasicAuth>,
+    pub secret: Option<Secret>,
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub secret_encoding: SecretEncoding,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_retry_schedule")]
+    pub retry_schedule: Vec<String>,
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_retry_schedule() -> Vec<String> {
+    vec!["10s".into(), "1m".into(), "10m".into()]
+}
+
+fn default_max_in_flight() -> u32 {
+    8
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDelivery {
+    /// Send webhooks at all (off: deliveries queue up and wait).
+    #[serde(deserialize_with = "bool_or_string")]
+    pub enabled: bool,
+    /// Allow destinations on private, loopback and link-local addresses.
+    #[serde(deserialize_with = "bool_or_string")]
+    pub allow_private_destinations: bool,
+    /// Consecutive failures after which a subscription is put on hold.
+    #[serde(deserialize_with = "u32_or_numeric_string")]
+    pub hold_after_failures: u32,
+    /// How often due retries are looked for.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        RawDelivery {
+            enabled: true,
+            allow_private_destinations: false,
+            hold_after_failures: 20,
+            poll_interval: Duration::from_millis(500),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,7 +157,7 @@ pub struct RawSource {
     pub tenants: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBasicAuth {
     pub username: String,
@@ -116,6 +182,31 @@ impl SecretEncoding {
             SecretEncoding::Utf8 => "utf8",
             SecretEncoding::Base64 => "base64",
         }
+    }
+}
+
+fn u32_or_numeric_string<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = number_or_numeric_string(d)?;
+    u32::try_from(n).map_err(|_| serde::de::Error::custom(format!("{n} is too large")))
+}
+
+/// Environment overrides arrive as strings; flags accept `true`/`false` text too.
+fn bool_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Flag(bool),
+        Text(String),
+    }
+    match Either::deserialize(d)? {
+        Either::Flag(b) => Ok(b),
+        Either::Text(s) => match s.trim() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            other => Err(serde::de::Error::custom(format!(
+                "expected true or false, got {other:?}"
+            ))),
+        },
     }
 }
 

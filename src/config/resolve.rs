@@ -6,8 +6,9 @@ use std::path::Path;
 
 use base64::Engine;
 
-use super::raw::{RawBasicAuth, RawConfig, RawSource, SecretEncoding};
-use super::{ApiConfig, Config, ConfigError, RetentionConfig, ServerConfig};
+use super::raw::{RawBasicAuth, RawConfig, RawSource, RawSubscription, SecretEncoding};
+use super::{ApiConfig, Config, ConfigError, DeliveryConfig, RetentionConfig, ServerConfig};
+use crate::deliver::subscription::{SubscriptionSpec, parse_schedule};
 use crate::provider::ProviderKind;
 use crate::secret::{KeyBytes, Secret};
 
@@ -100,10 +101,37 @@ pub(super) fn resolve(
             "must be at least 1 (leave it out to keep events forever)",
         ));
     }
+    let mut subscriptions = Vec::with_capacity(raw.subscriptions.len());
+    let mut names = HashSet::new();
+    for (index, raw_subscription) in raw.subscriptions.into_iter().enumerate() {
+        let key = |field: &str| format!("subscription[{index}].{field}");
+        if !names.insert(raw_subscription.name.clone()) {
+            return Err(ConfigError::new(
+                file,
+                key("name"),
+                "duplicate subscription name",
+            ));
+        }
+        subscriptions.push(
+            resolve_subscription(raw_subscription, lookup)
+                .map_err(|(field, m)| ConfigError::new(file, key(field), m))?,
+        );
+    }
+    let delivery = DeliveryConfig {
+        enabled: raw.delivery.enabled,
+        allow_private_destinations: raw.delivery.allow_private_destinations,
+        hold_after_failures: raw.delivery.hold_after_failures,
+        poll_interval: raw
+            .delivery
+            .poll_interval
+            .max(std::time::Duration::from_millis(10)),
+    };
     Ok(Config {
         file: file.to_path_buf(),
         server,
         sources,
+        subscriptions,
+        delivery,
         api: ApiConfig { tokens },
         retention: RetentionConfig {
             events_days: raw.retention.events_days,
@@ -179,6 +207,44 @@ fn resolve_source(
         basic_auth,
         tenants: raw.tenants,
     })
+}
+
+fn resolve_subscription(
+    raw: RawSubscription,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<SubscriptionSpec, FieldError> {
+    let secret = match (raw.secret, raw.secret_env) {
+        (Some(_), Some(_)) => {
+            return Err(("secret", "set either secret or secret_env, not both".into()));
+        }
+        (Some(secret), None) => Some(secret),
+        (None, Some(var)) => Some(Secret::new(lookup(&var).ok_or((
+            "secret_env",
+            format!("environment variable {var} is not set"),
+        ))?)),
+        (None, None) => None,
+    };
+    let basic_auth = raw
+        .basic_auth
+        .map(|auth| resolve_basic_auth(auth, lookup))
+        .transpose()?
+        .map(|auth| (auth.username, auth.password));
+    let spec = SubscriptionSpec {
+        name: raw.name,
+        url: raw.url,
+        events: raw.events,
+        sources: raw.sources,
+        tenants: raw.tenants,
+        basic_auth,
+        secret,
+        secret_encoding: raw.secret_encoding,
+        timeout: raw.timeout,
+        retry_schedule: parse_schedule(&raw.retry_schedule).map_err(|m| ("retry_schedule", m))?,
+        max_in_flight: raw.max_in_flight,
+    };
+    spec.validate().map_err(|m| ("(subscription)", m))?;
+    crate::deliver::send::key_bytes(&spec).map_err(|m| ("secret", m))?;
+    Ok(spec)
 }
 
 fn resolve_basic_auth(

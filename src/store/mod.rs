@@ -13,7 +13,10 @@ mod sqlite;
 use crate::event::EventStatus;
 use crate::provider::ProviderKind;
 
-pub use sqlite::{CommitObserver, KindCount, RebuildReport, SqliteStore as Store, StoreOptions};
+pub use sqlite::{
+    AttemptResult, CommitObserver, KindCount, RebuildReport, SqliteStore as Store, StoreOptions,
+    webhook_id,
+};
 
 /// What `append` did with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +67,10 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("a stored row is unreadable: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// One request refused by ingest, for the rejection log. Never holds a secret or the
@@ -199,4 +206,77 @@ pub struct StatsRow {
     pub events: i64,
     /// Deliveries including retries (sum of `times_seen`).
     pub deliveries: i64,
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    Dead,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pending" => Some(DeliveryState::Pending),
+            "delivered" => Some(DeliveryState::Delivered),
+            "dead" => Some(DeliveryState::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// One event on its way to one subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: i64,
+    pub subscription: String,
+    pub event_seq: i64,
+    /// Stable across retries and replays: receivers recognise repeats by it.
+    pub webhook_id: String,
+    pub state: DeliveryState,
+    pub attempts: i64,
+    pub next_attempt_at_ms: i64,
+    pub created_at_ms: i64,
+    pub delivered_at_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// One recorded attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub at_ms: i64,
+    pub duration_ms: i64,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    /// The first 1 KiB of the response body.
+    pub response: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub subscription: Option<String>,
+    pub state: Option<DeliveryState>,
+    pub before_id: Option<i64>,
+    pub limit: usize,
+}
+
+/// A delivery leased to a worker.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub delivery_id: i64,
+    pub subscription_id: i64,
+    pub event_seq: i64,
+    pub webhook_id: String,
+    /// Attempts made before this one.
+    pub attempts: i64,
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod receiver;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -63,9 +64,17 @@ impl Gateway {
 
     /// `server_extra` goes into `[server]`; `sources` is appended to the file.
     pub async fn start_with(server_extra: &str, sources: &str) -> Gateway {
+        Gateway::start_with_clock(server_extra, sources, Arc::new(SystemClock)).await
+    }
+
+    pub async fn start_with_clock(
+        server_extra: &str,
+        sources: &str,
+        clock: Arc<dyn classhook::clock::Clock>,
+    ) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let config = config_in(dir.path(), server_extra, sources);
-        let running = server::start(&config, Arc::new(SystemClock)).await.unwrap();
+        let running = server::start(&config, clock).await.unwrap();
         Gateway {
             addr: running.addr,
             store: running.store.clone(),

@@ -115,6 +115,56 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (kind, id, source, tenant)
     );
     ",
+    // 3: delivery: subscriptions, the outbox of deliveries, and every attempt.
+    "
+    CREATE TABLE subscriptions (
+        id                   INTEGER PRIMARY KEY,
+        name                 TEXT    NOT NULL UNIQUE,
+        url                  TEXT    NOT NULL,
+        events               TEXT    NOT NULL,
+        sources              TEXT,
+        tenants              TEXT,
+        basic_username       TEXT,
+        basic_password       TEXT,
+        secret               TEXT,
+        secret_encoding      TEXT    NOT NULL,
+        timeout_ms           INTEGER NOT NULL,
+        retry_schedule_ms    TEXT    NOT NULL,
+        max_in_flight        INTEGER NOT NULL,
+        managed_by           TEXT    NOT NULL,
+        paused               INTEGER NOT NULL DEFAULT 0,
+        paused_reason        TEXT,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0,
+        hold_until_ms        INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE deliveries (
+        id                 INTEGER PRIMARY KEY,
+        subscription_id    INTEGER NOT NULL REFERENCES subscriptions (id) ON DELETE CASCADE,
+        event_seq          INTEGER NOT NULL,
+        webhook_id         TEXT    NOT NULL,
+        state              TEXT    NOT NULL,
+        attempts           INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at_ms INTEGER NOT NULL,
+        lease_until_ms     INTEGER NOT NULL DEFAULT 0,
+        created_at_ms      INTEGER NOT NULL,
+        delivered_at_ms    INTEGER,
+        last_error         TEXT,
+        UNIQUE (subscription_id, event_seq)
+    );
+    CREATE INDEX deliveries_due ON deliveries (subscription_id, next_attempt_at_ms)
+        WHERE state = 'pending';
+    CREATE INDEX deliveries_state ON deliveries (state, id);
+    CREATE TABLE attempts (
+        id            INTEGER PRIMARY KEY,
+        delivery_id   INTEGER NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+        at_ms         INTEGER NOT NULL,
+        duration_ms   INTEGER NOT NULL,
+        status_code   INTEGER,
+        error         TEXT,
+        response      TEXT
+    );
+    CREATE INDEX attempts_delivery ON attempts (delivery_id);
+    ",
 ];
 
 /// Brings the database up to the newest schema, in one transaction per step.

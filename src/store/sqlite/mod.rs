@@ -2,6 +2,7 @@
 //! writer thread doing group commits ([`writer`]), and read-only work on separate
 //! connections so readers never block the writer.
 
+mod delivery;
 mod entities;
 mod maintenance;
 mod migrations;
@@ -11,14 +12,16 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{AppendOutcome, NewRejection, StoreError};
+use crate::deliver::subscription::Subscription;
 use crate::event::NewEvent;
+pub use delivery::{AttemptResult, webhook_id};
 pub use entities::KindCount;
 pub use maintenance::RebuildReport;
 pub use writer::CommitObserver;
@@ -69,6 +72,10 @@ struct Inner {
     queue: Option<mpsc::Sender<WriteOp>>,
     readers: Mutex<Vec<Connection>>,
     dropped_rejections: AtomicU64,
+    /// The subscriptions the writer matches stored events against (the outbox).
+    matchers: Arc<RwLock<Vec<Subscription>>>,
+    /// Woken after a commit that queued deliveries.
+    deliveries_queued: Arc<Notify>,
 }
 
 impl SqliteStore {
@@ -83,17 +90,29 @@ impl SqliteStore {
         let mut conn = Connection::open(&path)?;
         configure_writer(&conn, &options)?;
         migrations::run(&mut conn)?;
+        let matchers = Arc::new(RwLock::new(delivery::load_subscriptions(&conn)?));
+        let deliveries_queued = Arc::new(Notify::new());
         let (sender, receiver) = mpsc::channel(options.queue_capacity);
         let max_batch = options.max_batch;
         let observer = options.observer.clone();
+        let outbox = writer::Outbox {
+            matchers: matchers.clone(),
+            notify: deliveries_queued.clone(),
+        };
         std::thread::Builder::new()
             .name("classhook-writer".into())
-            .spawn(move || writer::run(conn, receiver, max_batch, observer))
+            .spawn(move || writer::run(conn, receiver, max_batch, observer, outbox))
             .map_err(|source| StoreError::DataDir {
                 path: data_dir.to_path_buf(),
                 source,
             })?;
-        Ok(SqliteStore::with_queue(path, options, Some(sender)))
+        Ok(SqliteStore::with_queue(
+            path,
+            options,
+            Some(sender),
+            matchers,
+            deliveries_queued,
+        ))
     }
 
     /// Opens an existing store for reading only (no writer, no migrations).
@@ -105,7 +124,13 @@ impl SqliteStore {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no database here yet"),
             });
         }
-        let store = SqliteStore::with_queue(path, StoreOptions::default(), None);
+        let store = SqliteStore::with_queue(
+            path,
+            StoreOptions::default(),
+            None,
+            Arc::default(),
+            Arc::default(),
+        );
         drop(store.reader()?);
         Ok(store)
     }
@@ -114,6 +139,8 @@ impl SqliteStore {
         path: PathBuf,
         options: StoreOptions,
         queue: Option<mpsc::Sender<WriteOp>>,
+        matchers: Arc<RwLock<Vec<Subscription>>>,
+        deliveries_queued: Arc<Notify>,
     ) -> Self {
         SqliteStore {
             inner: Arc::new(Inner {
@@ -122,8 +149,15 @@ impl SqliteStore {
                 queue,
                 readers: Mutex::new(Vec::new()),
                 dropped_rejections: AtomicU64::new(0),
+                matchers,
+                deliveries_queued,
             }),
         }
+    }
+
+    /// Resolves when a commit has queued new deliveries (or soon after).
+    pub fn deliveries_queued(&self) -> Arc<Notify> {
+        self.inner.deliveries_queued.clone()
     }
 
     pub fn path(&self) -> &Path {
@@ -243,5 +277,7 @@ fn configure_writer(conn: &Connection, options: &StoreOptions) -> Result<(), Sto
     // checkpoints. Measured: p99 ingest latency 11 ms -> 2.5 ms, +30 % events/s.
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
     conn.busy_timeout(options.busy_timeout)?;
+    // Deleting a subscription deletes its deliveries and their attempts.
+    conn.pragma_update(None, "foreign_keys", true)?;
     Ok(())
 }

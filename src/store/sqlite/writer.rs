@@ -2,14 +2,15 @@
 //! commits everything it drained in one transaction (group commit) and only then
 //! answers each caller. Durability costs one fsync per batch, not per request.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::mirror;
-use crate::event::NewEvent;
+use super::{delivery, mirror};
+use crate::deliver::subscription::Subscription;
+use crate::event::{EventStatus, NewEvent};
 use crate::mirror::Effect;
 use crate::store::{AppendOutcome, NewRejection, StoreError};
 
@@ -33,12 +34,20 @@ pub trait CommitObserver: Send + Sync {
     fn batch_committed(&self, operations: usize, duration: Duration, ok: bool);
 }
 
+/// The subscriptions stored events are matched against, and whom to wake when a
+/// commit queued deliveries.
+pub struct Outbox {
+    pub matchers: Arc<RwLock<Vec<Subscription>>>,
+    pub notify: Arc<Notify>,
+}
+
 /// Runs until every sender is dropped.
 pub fn run(
     mut conn: Connection,
     mut queue: mpsc::Receiver<WriteOp>,
     max_batch: usize,
     observer: Option<Arc<dyn CommitObserver>>,
+    outbox: Outbox,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Some(first) = queue.blocking_recv() {
@@ -57,7 +66,7 @@ pub fn run(
         if !batch.is_empty() {
             let started = Instant::now();
             let operations = batch.len();
-            let ok = commit_batch(&mut conn, &mut batch);
+            let ok = commit_batch(&mut conn, &mut batch, &outbox);
             if let Some(observer) = &observer {
                 observer.batch_committed(operations, started.elapsed(), ok);
             }
@@ -69,9 +78,18 @@ pub fn run(
 }
 
 /// Commits the batch and answers its callers; returns whether it committed.
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) -> bool {
-    match write_batch(conn, batch) {
-        Ok(outcomes) => {
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, outbox: &Outbox) -> bool {
+    // Subscription changes run as jobs on this same thread, so this read lock is
+    // never contended.
+    let subscriptions = outbox
+        .matchers
+        .read()
+        .expect("matcher lock is never poisoned");
+    match write_batch(conn, batch, &subscriptions) {
+        Ok((outcomes, queued)) => {
+            if queued > 0 {
+                outbox.notify.notify_one();
+            }
             for (op, outcome) in batch.drain(..).zip(outcomes) {
                 if let (WriteOp::Append(_, reply), Some(outcome)) = (op, outcome) {
                     // The caller may have given up (timeout); the event is stored anyway.
@@ -94,17 +112,26 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) -> bool {
 }
 
 /// Writes the whole batch in one transaction; `None` for ops that need no answer.
+/// Also returns how many deliveries the batch queued.
 fn write_batch(
     conn: &mut Connection,
     batch: &[WriteOp],
-) -> rusqlite::Result<Vec<Option<AppendOutcome>>> {
+    subscriptions: &[Subscription],
+) -> rusqlite::Result<(Vec<Option<AppendOutcome>>, usize)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut rejected = false;
+    let mut queued = 0;
     for op in batch {
         match op {
             WriteOp::Append(event, _) => {
                 let outcome = append_one(&tx, event)?;
+                if let AppendOutcome::Stored { seq } = outcome
+                    && event.status != EventStatus::Quarantined
+                    && !subscriptions.is_empty()
+                {
+                    queued += delivery::enqueue(&tx, subscriptions, event, seq)?;
+                }
                 rejected |= matches!(outcome, AppendOutcome::Conflict { .. });
                 outcomes.push(Some(outcome));
             }
@@ -123,7 +150,7 @@ fn write_batch(
         )?;
     }
     tx.commit()?;
-    Ok(outcomes)
+    Ok((outcomes, queued))
 }
 
 fn append_one(tx: &rusqlite::Transaction<'_>, event: &NewEvent) -> rusqlite::Result<AppendOutcome> {

@@ -1,0 +1,14 @@
+//! Delivery: passing stored events on to subscribers as the platforms would, with
+//! signing, timeouts, retries with backoff, dead letters and replay.
+//!
+//! - [`subscription`]: what a subscriber declares and which events match it;
+//! - [`schedule`]: what follows an attempt (pure: retry time, dead letter, pause);
+//! - [`send`]: the request a subscriber receives and the guarded HTTP client;
+//! - [`guard`]: refuses private and internal destinations after DNS resolution;
+//! - [`dispatcher`]: leases due deliveries per subscription and runs the attempts.
+
+pub mod dispatcher;
+pub mod guard;
+pub mod schedule;
+pub mod send;
+pub mod subscription;

@@ -1,0 +1,232 @@
+//! What a subscriber receives, and the HTTP client that sends it.
+//!
+//! A receiver written for the platform works unchanged: a DreamClass event arrives as
+//! the same envelope with `signature` recomputed under the subscription's secret; a
+//! Loopwise event arrives byte for byte with `Loopwise-Webhook-Signature` recomputed.
+//! Every delivery also carries Standard Webhooks headers (`webhook-id`,
+//! `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC of "id.timestamp.body">`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::Value;
+
+use super::guard::{self, GuardedResolver};
+use super::schedule::Outcome;
+use super::subscription::SubscriptionSpec;
+use crate::config::SecretEncoding;
+use crate::crypto;
+use crate::provider::{ProviderKind, dreamclass, loopwise};
+
+/// How much of a response body an attempt keeps.
+pub const RESPONSE_EXCERPT_BYTES: usize = 1024;
+pub const USER_AGENT: &str = concat!("classhook/", env!("CARGO_PKG_VERSION"));
+
+/// A request ready to send.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The subscription's key bytes (`None` without a secret). A Standard Webhooks
+/// secret (`whsec_<base64>`) is decoded as that standard says.
+pub fn key_bytes(spec: &SubscriptionSpec) -> Result<Option<Vec<u8>>, String> {
+    let Some(secret) = &spec.secret else {
+        return Ok(None);
+    };
+    let text = secret.expose();
+    if let Some(encoded) = text.strip_prefix("whsec_") {
+        return BASE64
+            .decode(encoded)
+            .map(Some)
+            .map_err(|_| "a whsec_ secret must be base64 after the prefix".to_string());
+    }
+    match spec.secret_encoding {
+        SecretEncoding::Utf8 => Ok(Some(text.as_bytes().to_vec())),
+        SecretEncoding::Base64 => BASE64
+            .decode(text.trim())
+            .map(Some)
+            .map_err(|_| "secret is not valid base64 (standard alphabet, padded)".to_string()),
+    }
+}
+
+/// Builds the request for a stored event, as its platform would send it.
+pub fn build(
+    provider: ProviderKind,
+    stored_body: &[u8],
+    spec: &SubscriptionSpec,
+    webhook_id: &str,
+    now_secs: i64,
+) -> Result<Outgoing, String> {
+    let key = key_bytes(spec)?;
+    let mut headers = vec![
+        ("content-type".to_string(), "application/json".to_string()),
+        ("user-agent".to_string(), USER_AGENT.to_string()),
+    ];
+    let body = match provider {
+        ProviderKind::DreamClass => {
+            let mut envelope: Value = serde_json::from_slice(stored_body)
+                .map_err(|e| format!("stored body is not JSON: {e}"))?;
+            let id = envelope["id"].as_str().unwrap_or_default().to_string();
+            let signature = key
+                .as_deref()
+                .map_or_else(String::new, |k| dreamclass::sign(k, &id));
+            envelope["signature"] = Value::String(signature);
+            serde_json::to_vec(&envelope).expect("a JSON value serializes")
+        }
+        ProviderKind::Loopwise => {
+            if let Some(k) = &key {
+                headers.push((
+                    loopwise::SIGNATURE_HEADER.to_string(),
+                    loopwise::sign(k, stored_body),
+                ));
+            }
+            stored_body.to_vec()
+        }
+    };
+    headers.push(("webhook-id".to_string(), webhook_id.to_string()));
+    headers.push(("webhook-timestamp".to_string(), now_secs.to_string()));
+    if let Some(k) = &key {
+        headers.push((
+            "webhook-signature".to_string(),
+            standard_signature(k, webhook_id, now_secs, &body),
+        ));
+    }
+    Ok(Outgoing { headers, body })
+}
+
+/// `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`.
+pub fn standard_signature(key: &[u8], webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut signed = format!("{webhook_id}.{timestamp}.").into_bytes();
+    signed.extend_from_slice(body);
+    format!("v1,{}", BASE64.encode(crypto::hmac_sha256(key, &signed)))
+}
+
+/// The outgoing HTTP client: no redirects, guarded destinations, bounded reads.
+#[derive(Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+    allow_private: bool,
+}
+
+/// An attempt's result, as recorded.
+#[derive(Debug, Clone)]
+pub struct Attempted {
+    pub outcome: Outcome,
+    pub duration: Duration,
+    pub response_excerpt: Option<String>,
+}
+
+impl Sender {
+    pub fn new(allow_private: bool) -> Sender {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(GuardedResolver { allow_private }))
+            .user_agent(USER_AGENT)
+            .build()
+            .expect("the HTTP client builds");
+        Sender {
+            client,
+            allow_private,
+        }
+    }
+
+    pub async fn send(
+        &self,
+        url: &str,
+        request: Outgoing,
+        basic_auth: Option<(&str, &str)>,
+        timeout: Duration,
+    ) -> Attempted {
+        let started = Instant::now();
+        let (outcome, response_excerpt) = self.exchange(url, request, basic_auth, timeout).await;
+        Attempted {
+            outcome,
+            duration: started.elapsed(),
+            response_excerpt,
+        }
+    }
+
+    async fn exchange(
+        &self,
+        url: &str,
+        request: Outgoing,
+        basic_auth: Option<(&str, &str)>,
+        timeout: Duration,
+    ) -> (Outcome, Option<String>) {
+        let failed = |error: String| {
+            (
+                Outcome::Failed {
+                    status: None,
+                    error: Some(error),
+                },
+                None,
+            )
+        };
+        let url = match reqwest::Url::parse(url) {
+            Ok(url) => url,
+            Err(e) => return failed(format!("bad url: {e}")),
+        };
+        if let Err(refused) = guard::check_literal(&url, self.allow_private) {
+            return failed(refused);
+        }
+        let mut builder = self.client.post(url).timeout(timeout).body(request.body);
+        for (name, value) in &request.headers {
+            builder = builder.header(name, value);
+        }
+        if let Some((user, password)) = basic_auth {
+            builder = builder.basic_auth(user, Some(password));
+        }
+        let mut response = match builder.send().await {
+            Ok(response) => response,
+            Err(e) => return failed(describe(&e)),
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let mut excerpt = Vec::new();
+        while excerpt.len() < RESPONSE_EXCERPT_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => excerpt.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) if e.is_timeout() => return failed("timed out reading the response".into()),
+                Err(_) => break,
+            }
+        }
+        excerpt.truncate(RESPONSE_EXCERPT_BYTES);
+        let excerpt = Some(String::from_utf8_lossy(&excerpt).into_owned());
+        let outcome = match status {
+            200..=299 => Outcome::Success { status },
+            410 => Outcome::Gone,
+            429 | 503 => Outcome::Throttled {
+                status,
+                retry_after,
+            },
+            _ => Outcome::Failed {
+                status: Some(status),
+                error: None,
+            },
+        };
+        (outcome, excerpt)
+    }
+}
+
+/// A short, useful description of a transport error (its source chain).
+fn describe(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        return "timed out".into();
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        text = format!("{text}: {inner}");
+        source = inner.source();
+    }
+    text
+}

@@ -1,0 +1,623 @@
+//! Subscriptions, the delivery outbox and attempts. Writes run as jobs on the writer's
+//! connection (so they serialize with ingest); the outbox rows themselves are written
+//! by the writer inside the append transaction ([`enqueue`]).
+
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
+
+use super::SqliteStore;
+use super::read::Conditions;
+use crate::config::SecretEncoding;
+use crate::deliver::schedule::{self, Next, Outcome};
+use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec};
+use crate::event::NewEvent;
+use crate::secret::Secret;
+use crate::store::{AttemptRecord, Claimed, Delivery, DeliveryFilter, DeliveryState, StoreError};
+
+const SUBSCRIPTION_COLUMNS: &str =
+    "id, name, url, events, sources, tenants, basic_username, basic_password,
+    secret, secret_encoding, timeout_ms, retry_schedule_ms, max_in_flight, managed_by, paused,
+    paused_reason, consecutive_failures, hold_until_ms";
+
+fn json_list(list: Option<&Vec<String>>) -> Option<String> {
+    list.map(|l| serde_json::to_string(l).expect("strings serialize"))
+}
+
+fn subscription_from_row(row: &Row<'_>) -> rusqlite::Result<Subscription> {
+    let list = |i: usize| -> rusqlite::Result<Option<Vec<String>>> {
+        let text: Option<String> = row.get(i)?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    };
+    let username: Option<String> = row.get(6)?;
+    let password: Option<String> = row.get(7)?;
+    let schedule: String = row.get(11)?;
+    let schedule: Vec<u64> = serde_json::from_str(&schedule).unwrap_or_default();
+    let encoding: String = row.get(9)?;
+    let managed_by: String = row.get(13)?;
+    Ok(Subscription {
+        id: row.get(0)?,
+        spec: SubscriptionSpec {
+            name: row.get(1)?,
+            url: row.get(2)?,
+            events: list(3)?.unwrap_or_default(),
+            sources: list(4)?,
+            tenants: list(5)?,
+            basic_auth: username.map(|u| (u, Secret::new(password.unwrap_or_default()))),
+            secret: row.get::<_, Option<String>>(8)?.map(Secret::new),
+            secret_encoding: if encoding == "base64" {
+                SecretEncoding::Base64
+            } else {
+                SecretEncoding::Utf8
+            },
+            timeout: Duration::from_millis(row.get::<_, i64>(10)? as u64),
+            retry_schedule: schedule.into_iter().map(Duration::from_millis).collect(),
+            max_in_flight: row.get(12)?,
+        },
+        managed_by: if managed_by == "config" {
+            ManagedBy::Config
+        } else {
+            ManagedBy::Api
+        },
+        paused: row.get(14)?,
+        paused_reason: row.get(15)?,
+        consecutive_failures: row.get(16)?,
+        hold_until_ms: row.get(17)?,
+    })
+}
+
+pub(super) fn load_subscriptions(conn: &Connection) -> rusqlite::Result<Vec<Subscription>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([], subscription_from_row)?;
+    rows.collect()
+}
+
+/// Inserts or, by name, replaces a subscription's declared fields (state is kept).
+fn upsert(
+    conn: &Connection,
+    spec: &SubscriptionSpec,
+    managed_by: ManagedBy,
+) -> rusqlite::Result<()> {
+    let schedule: Vec<u64> = spec
+        .retry_schedule
+        .iter()
+        .map(|d| d.as_millis() as u64)
+        .collect();
+    conn.execute(
+        "INSERT INTO subscriptions (name, url, events, sources, tenants, basic_username, basic_password,
+             secret, secret_encoding, timeout_ms, retry_schedule_ms, max_in_flight, managed_by)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT (name) DO UPDATE SET url = excluded.url, events = excluded.events,
+             sources = excluded.sources, tenants = excluded.tenants,
+             basic_username = excluded.basic_username, basic_password = excluded.basic_password,
+             secret = excluded.secret, secret_encoding = excluded.secret_encoding,
+             timeout_ms = excluded.timeout_ms, retry_schedule_ms = excluded.retry_schedule_ms,
+             max_in_flight = excluded.max_in_flight, managed_by = excluded.managed_by",
+        params![
+            spec.name,
+            spec.url,
+            serde_json::to_string(&spec.events).expect("strings serialize"),
+            json_list(spec.sources.as_ref()),
+            json_list(spec.tenants.as_ref()),
+            spec.basic_auth.as_ref().map(|(u, _)| u.clone()),
+            spec.basic_auth.as_ref().map(|(_, p)| p.expose().to_string()),
+            spec.secret.as_ref().map(|s| s.expose().to_string()),
+            spec.secret_encoding.as_str(),
+            spec.timeout.as_millis() as i64,
+            serde_json::to_string(&schedule).expect("numbers serialize"),
+            spec.max_in_flight,
+            managed_by.as_str(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Adds one delivery per matching subscription for a just-stored event (inside the
+/// append transaction). Returns how many were added.
+pub(super) fn enqueue(
+    conn: &Connection,
+    subscriptions: &[Subscription],
+    event: &NewEvent,
+    seq: i64,
+) -> rusqlite::Result<usize> {
+    let mut added = 0;
+    for subscription in subscriptions {
+        if subscription
+            .spec
+            .matches(&event.event_type, &event.source, event.tenant.as_deref())
+        {
+            added += insert_delivery(conn, subscription.id, seq, event.received_at_ms)?;
+        }
+    }
+    Ok(added)
+}
+
+fn insert_delivery(
+    conn: &Connection,
+    subscription_id: i64,
+    seq: i64,
+    now_ms: i64,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "INSERT INTO deliveries (subscription_id, event_seq, webhook_id, state, next_attempt_at_ms, created_at_ms)
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?4) ON CONFLICT (subscription_id, event_seq) DO NOTHING",
+    )?
+    .execute(params![subscription_id, seq, webhook_id(subscription_id, seq), now_ms])
+}
+
+/// The Standard Webhooks id of an event for a subscription: the same for every
+/// retry, replay and backfill of that pair.
+pub fn webhook_id(subscription_id: i64, seq: i64) -> String {
+    format!("msg_{seq}_{subscription_id}")
+}
+
+/// What a finished attempt changes.
+pub struct AttemptResult {
+    pub claimed: Claimed,
+    pub at_ms: i64,
+    pub duration: Duration,
+    pub outcome: Outcome,
+    pub response: Option<String>,
+    pub next: Next,
+    pub hold_after_failures: u32,
+}
+
+impl SqliteStore {
+    /// Brings the config's subscriptions into the store: created or updated by name;
+    /// config subscriptions no longer in the config are removed. Their state (paused,
+    /// failures) is kept across restarts.
+    pub async fn sync_config_subscriptions(
+        &self,
+        specs: Vec<SubscriptionSpec>,
+    ) -> Result<(), StoreError> {
+        let matchers = self.inner.matchers.clone();
+        self.run_job(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for spec in &specs {
+                let owner: Option<String> = tx
+                    .query_row("SELECT managed_by FROM subscriptions WHERE name = ?1", [&spec.name], |r| r.get(0))
+                    .optional()?;
+                if owner.as_deref() == Some("api") {
+                    return Err(StoreError::Conflict(format!(
+                        "subscription {:?} is in the config but was created through the API; rename one of them",
+                        spec.name
+                    )));
+                }
+                upsert(&tx, spec, ManagedBy::Config)?;
+            }
+            let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+            for existing in load_subscriptions(&tx)? {
+                if existing.managed_by == ManagedBy::Config && !names.contains(&existing.spec.name) {
+                    tx.execute("DELETE FROM subscriptions WHERE id = ?1", [existing.id])?;
+                }
+            }
+            let loaded = load_subscriptions(&tx)?;
+            tx.commit()?;
+            *matchers.write().expect("matcher lock is never poisoned") = loaded;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn create_subscription(
+        &self,
+        spec: SubscriptionSpec,
+    ) -> Result<Subscription, StoreError> {
+        self.change_subscriptions(move |tx| {
+            if tx
+                .query_row(
+                    "SELECT 1 FROM subscriptions WHERE name = ?1",
+                    [&spec.name],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some()
+            {
+                return Err(StoreError::Conflict(format!(
+                    "a subscription named {:?} exists",
+                    spec.name
+                )));
+            }
+            upsert(tx, &spec, ManagedBy::Api)?;
+            Ok(spec.name)
+        })
+        .await
+    }
+
+    /// Replaces an API subscription's declared fields.
+    pub async fn update_subscription(
+        &self,
+        spec: SubscriptionSpec,
+    ) -> Result<Subscription, StoreError> {
+        self.change_subscriptions(move |tx| {
+            api_owned(tx, &spec.name)?;
+            upsert(tx, &spec, ManagedBy::Api)?;
+            Ok(spec.name)
+        })
+        .await
+    }
+
+    pub async fn delete_subscription(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.change_subscriptions(move |tx| {
+            api_owned(tx, &name)?;
+            tx.execute("DELETE FROM subscriptions WHERE name = ?1", [&name])?;
+            Ok(String::new())
+        })
+        .await
+        .map(|_| ())
+        .or_else(|e| match e {
+            StoreError::NotFound(m) if m.is_empty() => Ok(()),
+            other => Err(other),
+        })
+    }
+
+    /// Pauses or resumes a subscription (config ones too). Resuming clears any hold.
+    pub async fn set_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        reason: Option<String>,
+    ) -> Result<Subscription, StoreError> {
+        let name = name.to_string();
+        self.change_subscriptions(move |tx| {
+            let changed = tx.execute(
+                "UPDATE subscriptions SET paused = ?2, paused_reason = ?3,
+                     hold_until_ms = CASE WHEN ?2 THEN hold_until_ms ELSE 0 END,
+                     consecutive_failures = CASE WHEN ?2 THEN consecutive_failures ELSE 0 END
+                 WHERE name = ?1",
+                params![name, paused, reason],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "no subscription named {name:?}"
+                )));
+            }
+            Ok(name)
+        })
+        .await
+    }
+
+    /// Runs a subscription change in one transaction, refreshes the writer's
+    /// matchers, and returns the named subscription as it now stands.
+    async fn change_subscriptions(
+        &self,
+        change: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<String, StoreError> + Send + 'static,
+    ) -> Result<Subscription, StoreError> {
+        let matchers = self.inner.matchers.clone();
+        self.run_job(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let name = change(&tx)?;
+            let loaded = load_subscriptions(&tx)?;
+            tx.commit()?;
+            let found = loaded.iter().find(|s| s.spec.name == name).cloned();
+            *matchers.write().expect("matcher lock is never poisoned") = loaded;
+            found.ok_or_else(|| StoreError::NotFound(String::new()))
+        })
+        .await
+    }
+
+    pub fn list_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
+        self.with_reader(|conn| Ok(load_subscriptions(conn)?))
+    }
+
+    pub fn get_subscription(&self, name: &str) -> Result<Option<Subscription>, StoreError> {
+        self.with_reader(|conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE name = ?1"
+                ))?
+                .query_row([name], subscription_from_row)
+                .optional()?)
+        })
+    }
+
+    /// Leases, for each (subscription, capacity, lease end), up to `capacity` of its
+    /// due deliveries until the lease end.
+    pub async fn claim_due(
+        &self,
+        capacities: Vec<(i64, usize, i64)>,
+        now_ms: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.run_job(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut claimed = Vec::new();
+            {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE deliveries SET lease_until_ms = ?3 WHERE id IN (
+                         SELECT id FROM deliveries WHERE subscription_id = ?1 AND state = 'pending'
+                           AND next_attempt_at_ms <= ?2 AND lease_until_ms <= ?2
+                         ORDER BY next_attempt_at_ms, id LIMIT ?4)
+                     RETURNING id, subscription_id, event_seq, webhook_id, attempts",
+                )?;
+                for (subscription_id, capacity, lease_until_ms) in capacities {
+                    let rows = stmt.query_map(
+                        params![subscription_id, now_ms, lease_until_ms, capacity as i64],
+                        |r| {
+                            Ok(Claimed {
+                                delivery_id: r.get(0)?,
+                                subscription_id: r.get(1)?,
+                                event_seq: r.get(2)?,
+                                webhook_id: r.get(3)?,
+                                attempts: r.get(4)?,
+                            })
+                        },
+                    )?;
+                    for row in rows {
+                        claimed.push(row?);
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(claimed)
+        })
+        .await
+    }
+
+    /// Records an attempt and moves the delivery (and its subscription) on.
+    pub async fn record_attempt(&self, result: AttemptResult) -> Result<(), StoreError> {
+        self.run_job(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let (status, error) = match &result.outcome {
+                Outcome::Success { status } | Outcome::Throttled { status, .. } => (Some(*status), None),
+                Outcome::Gone => (Some(410), None),
+                Outcome::Failed { status, error } => (*status, error.clone()),
+            };
+            tx.execute(
+                "INSERT INTO attempts (delivery_id, at_ms, duration_ms, status_code, error, response)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    result.claimed.delivery_id,
+                    result.at_ms,
+                    result.duration.as_millis() as i64,
+                    status,
+                    error,
+                    result.response
+                ],
+            )?;
+            let last_error = error.or_else(|| status.filter(|s| !(200..300).contains(s)).map(|s| format!("HTTP {s}")));
+            let id = result.claimed.delivery_id;
+            let subscription = result.claimed.subscription_id;
+            match result.next {
+                Next::Delivered => {
+                    tx.execute(
+                        "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, lease_until_ms = 0,
+                             delivered_at_ms = ?2, last_error = NULL WHERE id = ?1",
+                        params![id, result.at_ms],
+                    )?;
+                    tx.execute(
+                        "UPDATE subscriptions SET consecutive_failures = 0, hold_until_ms = 0 WHERE id = ?1",
+                        [subscription],
+                    )?;
+                }
+                Next::Pause => {
+                    tx.execute(
+                        "UPDATE deliveries SET lease_until_ms = 0, next_attempt_at_ms = ?2, last_error = ?3 WHERE id = ?1",
+                        params![id, result.at_ms, last_error],
+                    )?;
+                    tx.execute(
+                        "UPDATE subscriptions SET paused = 1, paused_reason = 'the endpoint answered 410 Gone' WHERE id = ?1",
+                        [subscription],
+                    )?;
+                }
+                Next::RetryAt(_) | Next::Dead => {
+                    let (state, next_at) = match result.next {
+                        Next::RetryAt(at) => ("pending", at),
+                        _ => ("dead", result.at_ms),
+                    };
+                    tx.execute(
+                        "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_attempt_at_ms = ?3,
+                             lease_until_ms = 0, last_error = ?4 WHERE id = ?1",
+                        params![id, state, next_at, last_error],
+                    )?;
+                    let failures: i64 = tx.query_row(
+                        "UPDATE subscriptions SET consecutive_failures = consecutive_failures + 1 WHERE id = ?1
+                         RETURNING consecutive_failures",
+                        [subscription],
+                        |r| r.get(0),
+                    )?;
+                    if let Some(hold) = schedule::hold_for(failures, result.hold_after_failures) {
+                        tx.execute(
+                            "UPDATE subscriptions SET hold_until_ms = ?2 WHERE id = ?1",
+                            params![subscription, result.at_ms + hold.as_millis() as i64],
+                        )?;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Gives a leased delivery back without an attempt (e.g. its event was pruned).
+    pub async fn abandon(&self, delivery_id: i64, reason: String) -> Result<(), StoreError> {
+        self.run_job(move |conn| {
+            conn.execute(
+                "UPDATE deliveries SET state = 'dead', lease_until_ms = 0, last_error = ?2 WHERE id = ?1",
+                params![delivery_id, reason],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Queues one delivery again (whatever its state) with a fresh retry schedule.
+    pub async fn replay_delivery(&self, delivery_id: i64, now_ms: i64) -> Result<(), StoreError> {
+        self.run_job(move |conn| {
+            let changed = conn.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at_ms = ?2,
+                     lease_until_ms = 0 WHERE id = ?1",
+                params![delivery_id, now_ms],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "no delivery with id {delivery_id}"
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Queues again a subscription's deliveries (only dead ones if `dead_only`) created
+    /// in `[since, until)`. Returns how many.
+    pub async fn replay_subscription(
+        &self,
+        name: &str,
+        dead_only: bool,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let id = self.subscription_id(name)?;
+        self.run_job(move |conn| {
+            let changed = conn.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at_ms = ?2, lease_until_ms = 0
+                 WHERE subscription_id = ?1 AND (?3 = 0 OR state = 'dead')
+                   AND created_at_ms >= coalesce(?4, created_at_ms) AND created_at_ms < coalesce(?5, created_at_ms + 1)",
+                params![id, now_ms, dead_only, since_ms, until_ms],
+            )?;
+            Ok(changed as u64)
+        })
+        .await
+    }
+
+    /// Creates deliveries for stored events received in `[since, until)` that match
+    /// the subscription and have none yet (a new subscriber gets the history).
+    pub async fn backfill(
+        &self,
+        name: &str,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let subscription = self
+            .get_subscription(name)?
+            .ok_or_else(|| StoreError::NotFound(format!("no subscription named {name:?}")))?;
+        self.run_job(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut added = 0u64;
+            {
+                let mut stmt = tx.prepare(
+                    "SELECT seq, event_type, source, tenant FROM events
+                     WHERE status <> 'quarantined' AND received_at_ms >= coalesce(?1, received_at_ms)
+                       AND received_at_ms < coalesce(?2, received_at_ms + 1)
+                     ORDER BY seq",
+                )?;
+                let rows = stmt.query_map(params![since_ms, until_ms], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?))
+                })?;
+                for row in rows {
+                    let (seq, event_type, source, tenant) = row?;
+                    if subscription.spec.matches(&event_type, &source, tenant.as_deref()) {
+                        added += insert_delivery(&tx, subscription.id, seq, now_ms)? as u64;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(added)
+        })
+        .await
+    }
+
+    fn subscription_id(&self, name: &str) -> Result<i64, StoreError> {
+        self.get_subscription(name)?
+            .map(|s| s.id)
+            .ok_or_else(|| StoreError::NotFound(format!("no subscription named {name:?}")))
+    }
+
+    pub fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>, StoreError> {
+        let mut c = Conditions::default();
+        c.add_opt("s.name = ?", filter.subscription.as_ref());
+        if let Some(state) = filter.state {
+            c.add("d.state = ?", state.as_str().to_string());
+        }
+        c.add_opt("d.id < ?", filter.before_id.as_ref());
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
+             {} ORDER BY d.id DESC LIMIT {}",
+            c.sql(),
+            filter.limit.max(1)
+        );
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params_from_iter(c.args.iter()), delivery_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// One delivery with its attempts, oldest first.
+    pub fn get_delivery(
+        &self,
+        id: i64,
+    ) -> Result<Option<(Delivery, Vec<AttemptRecord>)>, StoreError> {
+        self.with_reader(|conn| {
+            let Some(delivery) = conn
+                .prepare_cached(&format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
+                     WHERE d.id = ?1"
+                ))?
+                .query_row([id], delivery_from_row)
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let mut stmt = conn.prepare_cached(
+                "SELECT at_ms, duration_ms, status_code, error, response FROM attempts WHERE delivery_id = ?1 ORDER BY id",
+            )?;
+            let attempts = stmt
+                .query_map([id], |r| {
+                    Ok(AttemptRecord {
+                        at_ms: r.get(0)?,
+                        duration_ms: r.get(1)?,
+                        status_code: r.get(2)?,
+                        error: r.get(3)?,
+                        response: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(Some((delivery, attempts)))
+        })
+    }
+}
+
+const DELIVERY_COLUMNS: &str = "d.id, s.name, d.event_seq, d.webhook_id, d.state, d.attempts,
+    d.next_attempt_at_ms, d.created_at_ms, d.delivered_at_ms, d.last_error";
+
+fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
+    let state: String = r.get(4)?;
+    Ok(Delivery {
+        id: r.get(0)?,
+        subscription: r.get(1)?,
+        event_seq: r.get(2)?,
+        webhook_id: r.get(3)?,
+        state: DeliveryState::parse(&state).unwrap_or(DeliveryState::Pending),
+        attempts: r.get(5)?,
+        next_attempt_at_ms: r.get(6)?,
+        created_at_ms: r.get(7)?,
+        delivered_at_ms: r.get(8)?,
+        last_error: r.get(9)?,
+    })
+}
+
+fn api_owned(tx: &rusqlite::Transaction<'_>, name: &str) -> Result<(), StoreError> {
+    let owner: Option<String> = tx
+        .query_row(
+            "SELECT managed_by FROM subscriptions WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match owner.as_deref() {
+        None => Err(StoreError::NotFound(format!(
+            "no subscription named {name:?}"
+        ))),
+        Some("config") => Err(StoreError::Conflict(format!(
+            "subscription {name:?} is declared in the config file; change it there (pause and resume work here)"
+        ))),
+        Some(_) => Ok(()),
+    }
+}

@@ -1,0 +1,497 @@
+//! Delivery to real HTTP receivers on loopback: what subscribers receive, retries on
+//! a controllable clock, dead letters, replay, backfill, pauses, isolation, safety.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use classhook::clock::{Clock, ManualClock};
+use classhook::crypto;
+use classhook::provider::{dreamclass, loopwise as lw};
+use classhook::store::{Delivery, DeliveryFilter, DeliveryState, Store};
+use common::receiver::{Receiver, Reply, eventually};
+use common::*;
+use serde_json::{Value, json};
+
+const START_MS: i64 = 1_800_000_000_000;
+const SUB_SECRET: &str = "subscriber-secret";
+
+/// Sources plus subscriptions to `url`, with delivery allowed to loopback.
+fn config(subscriptions: &str) -> String {
+    format!(
+        "[delivery]\nallow_private_destinations = true\npoll_interval = \"10ms\"\n\n{SOURCES}\n{subscriptions}"
+    )
+}
+
+fn subscription(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "[[subscription]]\nname = \"{name}\"\nurl = \"{url}\"\nevents = [\"*\"]\nsecret = \"{SUB_SECRET}\"\nretry_schedule = [\"10s\", \"1m\", \"10m\"]\n{extra}\n"
+    )
+}
+
+async fn start(subscriptions: &str) -> (Gateway, ManualClock) {
+    let clock = ManualClock::at(START_MS);
+    let gw = Gateway::start_with_clock("", &config(subscriptions), Arc::new(clock.clone())).await;
+    (gw, clock)
+}
+
+fn deliveries(store: &Store, subscription: &str) -> Vec<Delivery> {
+    store
+        .list_deliveries(&DeliveryFilter {
+            subscription: Some(subscription.into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .unwrap()
+}
+
+fn only(store: &Store, subscription: &str) -> Delivery {
+    let mut all = deliveries(store, subscription);
+    assert_eq!(all.len(), 1, "{all:?}");
+    all.remove(0)
+}
+
+fn header<'a>(received: &'a common::receiver::Received, name: &str) -> &'a str {
+    received
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// What a Standard Webhooks verifier does.
+fn standard_webhooks_verifies(received: &common::receiver::Received, key: &[u8]) -> bool {
+    let id = header(received, "webhook-id");
+    let timestamp = header(received, "webhook-timestamp");
+    let mut signed = format!("{id}.{timestamp}.").into_bytes();
+    signed.extend_from_slice(&received.body);
+    let expected = format!("v1,{}", BASE64.encode(crypto::hmac_sha256(key, &signed)));
+    header(received, "webhook-signature")
+        .split(' ')
+        .any(|s| s == expected)
+}
+
+#[tokio::test]
+async fn a_dreamclass_receiver_gets_the_same_envelope_signed_with_its_secret() {
+    let receiver = Receiver::start().await;
+    let (gw, _clock) = start(&subscription(
+        "crm",
+        &receiver.url(),
+        "basic_auth = { username = \"hook\", password = \"pw\" }",
+    ))
+    .await;
+    let sent = dreamclass_sample("ATTENDANCE_CREATED", 5);
+    assert_eq!(gw.post("/hooks/school", &sent).await.status, 200);
+
+    let got = receiver.wait_for(1).await.remove(0);
+    let original: Value = serde_json::from_slice(&sent.body).unwrap();
+    let delivered: Value = serde_json::from_slice(&got.body).unwrap();
+    for field in ["id", "type", "tenant", "timestamp", "data"] {
+        assert_eq!(delivered[field], original[field], "{field}");
+    }
+    // A DreamClass-style receiver verifies the id's signature with its own secret.
+    let id = delivered["id"].as_str().unwrap();
+    assert_eq!(
+        delivered["signature"],
+        dreamclass::sign(SUB_SECRET.as_bytes(), id)
+    );
+    assert_ne!(delivered["signature"], original["signature"]);
+    assert!(standard_webhooks_verifies(&got, SUB_SECRET.as_bytes()));
+    assert!(header(&got, "webhook-id").starts_with("msg_"));
+    assert_eq!(header(&got, "content-type"), "application/json");
+    assert!(header(&got, "user-agent").starts_with("classhook/"));
+    assert_eq!(
+        header(&got, "authorization"),
+        format!("Basic {}", BASE64.encode("hook:pw"))
+    );
+
+    eventually("delivered", || {
+        only(&gw.store, "crm").state == DeliveryState::Delivered
+    })
+    .await;
+    let delivery = only(&gw.store, "crm");
+    let (_, attempts) = gw.store.get_delivery(delivery.id).unwrap().unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].status_code, Some(200));
+    assert_eq!(attempts[0].response.as_deref(), Some("{\"ok\":true}"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_loopwise_receiver_gets_the_body_byte_for_byte() {
+    let receiver = Receiver::start().await;
+    let (gw, _clock) = start(
+        &subscription("lms", &receiver.url(), "events = [\"course.*\"]")
+            .replace("events = [\"*\"]\n", ""),
+    )
+    .await;
+    // Spacing a serializer would not produce: the bytes must arrive untouched.
+    let data = classhook::provider::sample::sample_data(
+        classhook::provider::ProviderKind::Loopwise,
+        "course.updated",
+        1,
+    );
+    let body = format!("{{ \"type\":  \"course.updated\", \"data\": {data} }}").into_bytes();
+    let headers = vec![(
+        lw::SIGNATURE_HEADER.to_string(),
+        lw::sign(COURSES_SECRET.as_bytes(), &body),
+    )];
+    assert_eq!(
+        gw.post_raw("/hooks/courses", &headers, body.clone())
+            .await
+            .status,
+        200
+    );
+    // Not matched by `course.*`: never sent.
+    assert_eq!(
+        gw.post(
+            "/hooks/courses",
+            &loopwise("payment.paid", json!({"id": "p"}))
+        )
+        .await
+        .status,
+        200
+    );
+
+    let got = receiver.wait_for(1).await.remove(0);
+    assert_eq!(got.body, body);
+    let signature = hex::decode(header(&got, "loopwise-webhook-signature")).unwrap();
+    assert!(crypto::hmac_sha256_matches(
+        SUB_SECRET.as_bytes(),
+        &got.body,
+        &signature
+    ));
+    assert!(standard_webhooks_verifies(&got, SUB_SECRET.as_bytes()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(receiver.received().len(), 1);
+    assert_eq!(deliveries(&gw.store, "lms").len(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_failure_is_retried_on_schedule_with_the_same_webhook_id() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Status(500)]);
+    let (gw, clock) = start(&subscription("crm", &receiver.url(), "")).await;
+    assert_eq!(
+        gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
+            .await
+            .status,
+        200
+    );
+
+    eventually("first attempt recorded", || {
+        only(&gw.store, "crm").attempts == 1
+    })
+    .await;
+    let delivery = only(&gw.store, "crm");
+    assert_eq!(delivery.state, DeliveryState::Pending);
+    assert_eq!(delivery.last_error.as_deref(), Some("HTTP 500"));
+    let delay = delivery.next_attempt_at_ms - START_MS;
+    assert!(
+        (9_000..=11_000).contains(&delay),
+        "10 s with 10 % jitter, got {delay} ms"
+    );
+
+    // Not due yet: nothing more is sent however long we wait in real time.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(receiver.received().len(), 1);
+    clock.advance(11_000);
+    eventually("delivered on the retry", || {
+        only(&gw.store, "crm").state == DeliveryState::Delivered
+    })
+    .await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(header(&got[0], "webhook-id"), header(&got[1], "webhook-id"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn timeouts_and_refused_connections_are_failed_attempts() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Slow(Duration::from_secs(3))]);
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let subs = subscription("slow", &receiver.url(), "timeout = \"200ms\"")
+        + &subscription("gone-away", &format!("http://{closed}/hook"), "");
+    let (gw, _clock) = start(&subs).await;
+    assert_eq!(
+        gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
+            .await
+            .status,
+        200
+    );
+    eventually("timeout recorded", || only(&gw.store, "slow").attempts == 1).await;
+    eventually("refusal recorded", || {
+        only(&gw.store, "gone-away").attempts == 1
+    })
+    .await;
+    assert_eq!(
+        only(&gw.store, "slow").last_error.as_deref(),
+        Some("timed out")
+    );
+    let refused = only(&gw.store, "gone-away").last_error.unwrap();
+    assert!(refused.to_lowercase().contains("connect"), "{refused}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn gone_pauses_the_subscription_until_it_is_resumed() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Status(410)]);
+    let (gw, _clock) = start(&subscription("crm", &receiver.url(), "")).await;
+    assert_eq!(
+        gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
+            .await
+            .status,
+        200
+    );
+    eventually("paused", || {
+        gw.store.get_subscription("crm").unwrap().unwrap().paused
+    })
+    .await;
+    let subscription = gw.store.get_subscription("crm").unwrap().unwrap();
+    assert!(subscription.paused_reason.unwrap().contains("410"));
+    assert_eq!(
+        gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 2))
+            .await
+            .status,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(receiver.received().len(), 1, "nothing is sent while paused");
+
+    gw.store.set_paused("crm", false, None).await.unwrap();
+    receiver.wait_for(3).await;
+    eventually("both delivered", || {
+        deliveries(&gw.store, "crm")
+            .iter()
+            .all(|d| d.state == DeliveryState::Delivered)
+    })
+    .await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::StatusWithRetryAfter(429, 120)]);
+    let (gw, _clock) = start(&subscription("crm", &receiver.url(), "")).await;
+    assert_eq!(
+        gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
+            .await
+            .status,
+        200
+    );
+    eventually("throttled attempt recorded", || {
+        only(&gw.store, "crm").attempts == 1
+    })
+    .await;
+    let delay = only(&gw.store, "crm").next_attempt_at_ms - START_MS;
+    assert!((108_000..=132_000).contains(&delay), "{delay}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn after_the_last_retry_it_is_a_dead_letter_and_replay_delivers_it() {
+    let receiver = Receiver::start().await;
+    receiver.script([
+        Reply::Status(500),
+        Reply::Status(502),
+        Reply::Status(500),
+        Reply::Status(503),
+    ]);
+    let (gw, clock) = start(&subscription("crm", &receiver.url(), "")).await;
+    assert_eq!(
+        gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
+            .await
+            .status,
+        200
+    );
+    for attempt in 1..=3 {
+        eventually("attempt recorded", || {
+            only(&gw.store, "crm").attempts == attempt
+        })
+        .await;
+        clock.advance(15 * 60_000);
+    }
+    eventually("dead", || {
+        only(&gw.store, "crm").state == DeliveryState::Dead
+    })
+    .await;
+    let dead = only(&gw.store, "crm");
+    assert_eq!(dead.attempts, 4, "the first try and three retries");
+    let (_, attempts) = gw.store.get_delivery(dead.id).unwrap().unwrap();
+    assert_eq!(
+        attempts.iter().map(|a| a.status_code).collect::<Vec<_>>(),
+        [Some(500), Some(502), Some(500), Some(503)]
+    );
+    let listed = gw
+        .store
+        .list_deliveries(&DeliveryFilter {
+            state: Some(DeliveryState::Dead),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+
+    let replayed = gw
+        .store
+        .replay_subscription("crm", true, None, None, clock.now_ms())
+        .await
+        .unwrap();
+    assert_eq!(replayed, 1);
+    eventually("delivered after replay", || {
+        only(&gw.store, "crm").state == DeliveryState::Delivered
+    })
+    .await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 5);
+    assert_eq!(
+        header(&got[0], "webhook-id"),
+        header(&got[4], "webhook-id"),
+        "replays keep the webhook-id"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn backfill_gives_a_new_subscriber_the_history() {
+    let receiver = Receiver::start().await;
+    let (gw, clock) = start("").await;
+    for n in 0..3 {
+        assert_eq!(
+            gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", n))
+                .await
+                .status,
+            200
+        );
+    }
+    let bad = dreamclass(
+        "CLASS_CREATED",
+        json!({"id": "not an integer"}),
+        "my-school",
+    );
+    assert_eq!(gw.post("/hooks/school", &bad).await.status, 200);
+    let spec = config_in(
+        gw.dir.path(),
+        "",
+        &subscription("late", &receiver.url(), ""),
+    )
+    .subscriptions
+    .remove(0);
+    gw.store.create_subscription(spec).await.unwrap();
+    let added = gw
+        .store
+        .backfill("late", None, None, clock.now_ms())
+        .await
+        .unwrap();
+    assert_eq!(added, 3, "quarantined events are not delivered");
+    receiver.wait_for(3).await;
+    assert_eq!(
+        gw.store
+            .backfill("late", None, None, clock.now_ms())
+            .await
+            .unwrap(),
+        0,
+        "no duplicates"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_does_not_delay_another() {
+    let slow = Receiver::start().await;
+    slow.script((0..4).map(|_| Reply::Slow(Duration::from_secs(2))));
+    let fast = Receiver::start().await;
+    let subs = subscription("slow", &slow.url(), "max_in_flight = 2\ntimeout = \"5s\"")
+        + &subscription("fast", &fast.url(), "");
+    let (gw, _clock) = start(&subs).await;
+    let started = std::time::Instant::now();
+    for n in 0..4 {
+        assert_eq!(
+            gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", n))
+                .await
+                .status,
+            200
+        );
+    }
+    fast.wait_for(4).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "fast took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        slow.received().len() <= 2,
+        "max_in_flight bounds the slow one"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn duplicates_and_quarantined_events_create_no_delivery() {
+    let receiver = Receiver::start().await;
+    let (gw, _clock) = start(&subscription("crm", &receiver.url(), "")).await;
+    let event = dreamclass_sample("CLASS_CREATED", 1);
+    for _ in 0..3 {
+        assert_eq!(gw.post("/hooks/school", &event).await.status, 200);
+    }
+    let bad = dreamclass("CLASS_CREATED", json!({"id": 1, "name": 5}), "my-school");
+    assert_eq!(gw.post("/hooks/school", &bad).await.status, 200);
+    receiver.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(deliveries(&gw.store, "crm").len(), 1);
+    assert_eq!(receiver.received().len(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn private_destinations_are_refused_unless_allowed() {
+    let receiver = Receiver::start().await;
+    let clock = ManualClock::at(START_MS);
+    let text = format!("{SOURCES}\n{}", subscription("crm", &receiver.url(), ""));
+    let gw = Gateway::start_with_clock(
+        "",
+        &format!("[delivery]\npoll_interval = \"10ms\"\n{text}"),
+        Arc::new(clock),
+    )
+    .await;
+    let named = format!("http://localhost:{}/webhook", receiver.addr.port());
+    let mut spec = config_in(gw.dir.path(), "", &subscription("by-name", &named, ""))
+        .subscriptions
+        .remove(0);
+    spec.events = vec!["CLASS_*".into()];
+    gw.store.create_subscription(spec).await.unwrap();
+    assert_eq!(
+        gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
+            .await
+            .status,
+        200
+    );
+    eventually("refusals recorded", || {
+        only(&gw.store, "crm").attempts == 1 && only(&gw.store, "by-name").attempts == 1
+    })
+    .await;
+    assert!(
+        only(&gw.store, "crm")
+            .last_error
+            .unwrap()
+            .contains("not allowed")
+    );
+    assert!(
+        only(&gw.store, "by-name")
+            .last_error
+            .unwrap()
+            .contains("not allowed")
+    );
+    assert!(receiver.received().is_empty());
+    gw.stop().await;
+}
