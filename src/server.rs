@@ -106,6 +106,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     });
     let api = Arc::new(ApiState {
         store: store.clone(),
+        clock: clock.clone(),
         tokens: config.api.tokens.clone(),
     });
     let ops = Arc::new(Ops {

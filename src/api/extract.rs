@@ -87,3 +87,20 @@ pub fn next_cursor<T>(items: &[T], limit: usize, position: impl Fn(&T) -> i64) -
         .then(|| items.last().map(|item| position(item).to_string()))
         .flatten()
 }
+
+/// `axum::Json` with a JSON 400 on a malformed body.
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::Json::<T>::from_request(request, state)
+            .await
+            .map(|j| Json(j.0))
+            .map_err(|e| bad_request(e.body_text()))
+    }
+}

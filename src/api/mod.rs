@@ -6,6 +6,7 @@ mod entities;
 mod events;
 mod extract;
 mod stats;
+mod subscriptions;
 pub mod views;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use crate::store::{Store, StoreError};
 /// What the API handlers share.
 pub struct ApiState {
     pub store: Store,
+    pub clock: Arc<dyn crate::clock::Clock>,
     /// Bearer tokens; empty: no token is asked for.
     pub tokens: Vec<Secret>,
 }
@@ -70,6 +72,22 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .routes(routes!(entities::get_entity))
         .routes(routes!(entities::entity_history))
         .routes(routes!(stats::get_stats))
+        .routes(routes!(
+            subscriptions::list_subscriptions,
+            subscriptions::create_subscription
+        ))
+        .routes(routes!(
+            subscriptions::get_subscription,
+            subscriptions::update_subscription,
+            subscriptions::delete_subscription
+        ))
+        .routes(routes!(subscriptions::pause_subscription))
+        .routes(routes!(subscriptions::resume_subscription))
+        .routes(routes!(subscriptions::replay_subscription))
+        .routes(routes!(subscriptions::backfill_subscription))
+        .routes(routes!(subscriptions::list_deliveries))
+        .routes(routes!(subscriptions::get_delivery))
+        .routes(routes!(subscriptions::replay_delivery))
         .split_for_parts();
     openapi.servers = Some(vec![utoipa::openapi::Server::new("/api/v1")]);
     let document = Arc::new(openapi.to_json().expect("the OpenAPI document serializes"));

@@ -1,0 +1,606 @@
+//! `/subscriptions` and `/deliveries`: manage subscribers, inspect deliveries and
+//! their attempts, replay and backfill. Secrets are write-only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::extract::{
+    Json, Path, Query, bad_request, limit, next_cursor, parse_cursor, parse_time,
+};
+use super::views::ErrorBody;
+use super::{ApiState, read, store_error};
+use crate::clock::format_ms;
+use crate::config::SecretEncoding;
+use crate::deliver::send::key_bytes;
+use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec, parse_schedule};
+use crate::http::ApiError;
+use crate::secret::Secret;
+use crate::store::{AttemptRecord, Delivery, DeliveryFilter, DeliveryState, StoreError};
+
+/// A subscription as shown: secrets never appear, only whether they are set.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionView {
+    pub name: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub sources: Option<Vec<String>>,
+    pub tenants: Option<Vec<String>>,
+    pub basic_auth_username: Option<String>,
+    pub has_secret: bool,
+    pub secret_encoding: String,
+    pub timeout_ms: u64,
+    pub retry_schedule_ms: Vec<u64>,
+    pub max_in_flight: u32,
+    /// `config` (declared in the file; only pause/resume here) or `api`.
+    pub managed_by: ManagedBy,
+    pub paused: bool,
+    pub paused_reason: Option<String>,
+    pub consecutive_failures: i64,
+    /// While on hold after repeated failures, nothing is sent before this time.
+    pub on_hold_until: Option<String>,
+}
+
+impl From<Subscription> for SubscriptionView {
+    fn from(s: Subscription) -> Self {
+        SubscriptionView {
+            name: s.spec.name,
+            url: s.spec.url,
+            events: s.spec.events,
+            sources: s.spec.sources,
+            tenants: s.spec.tenants,
+            basic_auth_username: s.spec.basic_auth.map(|(u, _)| u),
+            has_secret: s.spec.secret.is_some(),
+            secret_encoding: s.spec.secret_encoding.as_str().to_string(),
+            timeout_ms: s.spec.timeout.as_millis() as u64,
+            retry_schedule_ms: s
+                .spec
+                .retry_schedule
+                .iter()
+                .map(|d| d.as_millis() as u64)
+                .collect(),
+            max_in_flight: s.spec.max_in_flight,
+            managed_by: s.managed_by,
+            paused: s.paused,
+            paused_reason: s.paused_reason,
+            consecutive_failures: s.consecutive_failures,
+            on_hold_until: (s.hold_until_ms > 0).then(|| format_ms(s.hold_until_ms)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct BasicAuthInput {
+    pub username: String,
+    pub password: String,
+}
+
+/// A new subscription. Omitted fields take the defaults (10 s timeout, retries after
+/// 10 s, 1 min and 10 min, 8 in flight).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionInput {
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,100}$")]
+    pub name: String,
+    /// http:// or https:// URL.
+    pub url: String,
+    /// Patterns: an exact type, a prefix ending in `*` (`CLASS_*`, `course.*`), or `*`.
+    #[schema(min_items = 1)]
+    pub events: Vec<String>,
+    pub sources: Option<Vec<String>>,
+    pub tenants: Option<Vec<String>>,
+    pub basic_auth: Option<BasicAuthInput>,
+    /// Write-only.
+    pub secret: Option<String>,
+    /// `utf8` (default) or `base64`.
+    #[schema(pattern = "^(utf8|base64)$")]
+    pub secret_encoding: Option<String>,
+    /// Default `10s`; at most 5 minutes.
+    pub timeout: Option<String>,
+    /// Default `["10s", "1m", "10m"]`.
+    #[schema(max_items = 20)]
+    pub retry_schedule: Option<Vec<String>>,
+    /// Default 8.
+    #[schema(minimum = 1, maximum = 256)]
+    pub max_in_flight: Option<u32>,
+}
+
+impl SubscriptionInput {
+    fn into_spec(self) -> Result<SubscriptionSpec, ApiError> {
+        let fields = SubscriptionFields {
+            url: Some(self.url),
+            events: Some(self.events),
+            sources: self.sources,
+            tenants: self.tenants,
+            basic_auth: self.basic_auth,
+            secret: self.secret,
+            secret_encoding: self.secret_encoding,
+            timeout: self.timeout,
+            retry_schedule: self.retry_schedule,
+            max_in_flight: self.max_in_flight,
+        };
+        fields.apply(defaults(self.name))
+    }
+}
+
+/// The changeable fields of a subscription; in a PATCH, each given field replaces
+/// the stored one (an empty `secret` removes it).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionFields {
+    /// http:// or https:// URL.
+    pub url: Option<String>,
+    /// Patterns: an exact type, a prefix ending in `*` (`CLASS_*`, `course.*`), or `*`.
+    pub events: Option<Vec<String>>,
+    pub sources: Option<Vec<String>>,
+    pub tenants: Option<Vec<String>>,
+    pub basic_auth: Option<BasicAuthInput>,
+    /// Write-only.
+    pub secret: Option<String>,
+    /// `utf8` or `base64`.
+    pub secret_encoding: Option<String>,
+    /// e.g. `10s`.
+    pub timeout: Option<String>,
+    /// e.g. `["10s", "1m", "10m"]`.
+    pub retry_schedule: Option<Vec<String>>,
+    #[schema(minimum = 1, maximum = 256)]
+    pub max_in_flight: Option<u32>,
+}
+
+impl SubscriptionFields {
+    /// Applies these fields over `spec` and checks the result.
+    fn apply(self, mut spec: SubscriptionSpec) -> Result<SubscriptionSpec, ApiError> {
+        if let Some(url) = self.url {
+            spec.url = url;
+        }
+        if let Some(events) = self.events {
+            spec.events = events;
+        }
+        if self.sources.is_some() {
+            spec.sources = self.sources;
+        }
+        if self.tenants.is_some() {
+            spec.tenants = self.tenants;
+        }
+        if let Some(auth) = self.basic_auth {
+            spec.basic_auth = Some((auth.username, Secret::new(auth.password)));
+        }
+        if let Some(secret) = self.secret {
+            spec.secret = (!secret.is_empty()).then(|| Secret::new(secret));
+        }
+        if let Some(encoding) = self.secret_encoding {
+            spec.secret_encoding = match encoding.as_str() {
+                "utf8" => SecretEncoding::Utf8,
+                "base64" => SecretEncoding::Base64,
+                _ => return Err(bad_request("`secret_encoding` must be utf8 or base64")),
+            };
+        }
+        if let Some(timeout) = self.timeout {
+            spec.timeout = humantime::parse_duration(&timeout)
+                .map_err(|e| bad_request(format!("`timeout`: {e}")))?;
+        }
+        if let Some(schedule) = self.retry_schedule {
+            spec.retry_schedule = parse_schedule(&schedule).map_err(bad_request)?;
+        }
+        if let Some(max) = self.max_in_flight {
+            spec.max_in_flight = max;
+        }
+        spec.validate().map_err(bad_request)?;
+        key_bytes(&spec).map_err(bad_request)?;
+        Ok(spec)
+    }
+}
+
+fn defaults(name: String) -> SubscriptionSpec {
+    SubscriptionSpec {
+        name,
+        url: String::new(),
+        events: Vec::new(),
+        sources: None,
+        tenants: None,
+        basic_auth: None,
+        secret: None,
+        secret_encoding: SecretEncoding::Utf8,
+        timeout: Duration::from_secs(10),
+        retry_schedule: vec![
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        ],
+        max_in_flight: 8,
+    }
+}
+
+fn change_error(error: StoreError) -> ApiError {
+    match error {
+        StoreError::NotFound(message) => ApiError::not_found(message),
+        StoreError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+        other => store_error(other),
+    }
+}
+
+async fn find(state: &Arc<ApiState>, name: String) -> Result<Subscription, ApiError> {
+    let shown = name.clone();
+    read(state, move |store| store.get_subscription(&name))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no subscription named {shown:?}")))
+}
+
+/// Lists subscriptions.
+#[utoipa::path(get, path = "/subscriptions", tag = "delivery", responses(
+    (status = 200, description = "The subscriptions", body = Vec<SubscriptionView>),
+    (status = 401, description = "No valid bearer token", body = ErrorBody),
+))]
+pub async fn list_subscriptions(
+    State(state): State<Arc<ApiState>>,
+) -> Result<axum::Json<Vec<SubscriptionView>>, ApiError> {
+    let all = read(&state, |store| store.list_subscriptions()).await?;
+    Ok(axum::Json(all.into_iter().map(Into::into).collect()))
+}
+
+/// Creates a subscription; new events that match are delivered from now on (use
+/// backfill for the history).
+#[utoipa::path(post, path = "/subscriptions", tag = "delivery", request_body = SubscriptionInput, responses(
+    (status = 201, description = "Created", body = SubscriptionView),
+    (status = 400, description = "A field is invalid", body = ErrorBody),
+    (status = 401, description = "No valid bearer token", body = ErrorBody),
+    (status = 409, description = "The name is taken", body = ErrorBody),
+))]
+pub async fn create_subscription(
+    State(state): State<Arc<ApiState>>,
+    Json(input): Json<SubscriptionInput>,
+) -> Result<Response, ApiError> {
+    let spec = input.into_spec()?;
+    let created = state
+        .store
+        .create_subscription(spec)
+        .await
+        .map_err(change_error)?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(SubscriptionView::from(created)),
+    )
+        .into_response())
+}
+
+/// One subscription.
+#[utoipa::path(get, path = "/subscriptions/{name}", tag = "delivery",
+    params(("name" = String, Path, description = "The subscription's name")),
+    responses(
+        (status = 200, description = "The subscription", body = SubscriptionView),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 404, description = "No such subscription", body = ErrorBody),
+    ))]
+pub async fn get_subscription(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<SubscriptionView>, ApiError> {
+    Ok(axum::Json(find(&state, name).await?.into()))
+}
+
+/// Changes an API-managed subscription.
+#[utoipa::path(patch, path = "/subscriptions/{name}", tag = "delivery", request_body = SubscriptionFields,
+    params(("name" = String, Path, description = "The subscription's name")),
+    responses(
+        (status = 200, description = "The changed subscription", body = SubscriptionView),
+        (status = 400, description = "A field is invalid", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 404, description = "No such subscription", body = ErrorBody),
+        (status = 409, description = "Declared in the config file", body = ErrorBody),
+    ))]
+pub async fn update_subscription(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    Json(fields): Json<SubscriptionFields>,
+) -> Result<axum::Json<SubscriptionView>, ApiError> {
+    let current = find(&state, name).await?;
+    let spec = fields.apply(current.spec)?;
+    let updated = state
+        .store
+        .update_subscription(spec)
+        .await
+        .map_err(change_error)?;
+    Ok(axum::Json(updated.into()))
+}
+
+/// Deletes an API-managed subscription with its deliveries.
+#[utoipa::path(delete, path = "/subscriptions/{name}", tag = "delivery",
+    params(("name" = String, Path, description = "The subscription's name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 404, description = "No such subscription", body = ErrorBody),
+        (status = 409, description = "Declared in the config file", body = ErrorBody),
+    ))]
+pub async fn delete_subscription(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .store
+        .delete_subscription(&name)
+        .await
+        .map_err(change_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Pauses a subscription: deliveries queue up and are sent after resume.
+#[utoipa::path(post, path = "/subscriptions/{name}/pause", tag = "delivery",
+    params(("name" = String, Path, description = "The subscription's name")),
+    responses(
+        (status = 200, description = "Paused", body = SubscriptionView),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 404, description = "No such subscription", body = ErrorBody),
+    ))]
+pub async fn pause_subscription(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<SubscriptionView>, ApiError> {
+    let paused = state
+        .store
+        .set_paused(&name, true, Some("paused through the API".into()))
+        .await
+        .map_err(change_error)?;
+    Ok(axum::Json(paused.into()))
+}
+
+/// Resumes a paused (or held) subscription.
+#[utoipa::path(post, path = "/subscriptions/{name}/resume", tag = "delivery",
+    params(("name" = String, Path, description = "The subscription's name")),
+    responses(
+        (status = 200, description = "Resumed", body = SubscriptionView),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 404, description = "No such subscription", body = ErrorBody),
+    ))]
+pub async fn resume_subscription(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<SubscriptionView>, ApiError> {
+    let resumed = state
+        .store
+        .set_paused(&name, false, None)
+        .await
+        .map_err(change_error)?;
+    Ok(axum::Json(resumed.into()))
+}
+
+/// A time window; both ends optional, RFC 3339.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowInput {
+    #[schema(format = DateTime)]
+    pub since: Option<String>,
+    #[schema(format = DateTime)]
+    pub until: Option<String>,
+    /// Replay only: only dead letters (default true).
+    pub dead_only: Option<bool>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Queued {
+    /// How many deliveries were queued.
+    pub queued: u64,
+}
+
+/// Queues a subscription's dead letters again (or all its deliveries with
+/// `dead_only: false`), within a window of when they were created.
+#[utoipa::path(post, path = "/subscriptions/{name}/replay", tag = "delivery", request_body = WindowInput,
+    params(("name" = String, Path, description = "The subscription's name")),
+    responses(
+        (status = 200, description = "Queued", body = Queued),
+        (status = 400, description = "A time is malformed", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 404, description = "No such subscription", body = ErrorBody),
+    ))]
+pub async fn replay_subscription(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    Json(window): Json<WindowInput>,
+) -> Result<axum::Json<Queued>, ApiError> {
+    let since = parse_time("since", window.since.as_deref())?;
+    let until = parse_time("until", window.until.as_deref())?;
+    let now = state.clock.now_ms();
+    let queued = state
+        .store
+        .replay_subscription(&name, window.dead_only.unwrap_or(true), since, until, now)
+        .await
+        .map_err(change_error)?;
+    Ok(axum::Json(Queued { queued }))
+}
+
+/// Queues every stored event received in the window that matches the subscription
+/// and was never queued for it (a new subscriber gets the history).
+#[utoipa::path(post, path = "/subscriptions/{name}/backfill", tag = "delivery", request_body = WindowInput,
+    params(("name" = String, Path, description = "The subscription's name")),
+    responses(
+        (status = 200, description = "Queued", body = Queued),
+        (status = 400, description = "A time is malformed", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 404, description = "No such subscription", body = ErrorBody),
+    ))]
+pub async fn backfill_subscription(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    Json(window): Json<WindowInput>,
+) -> Result<axum::Json<Queued>, ApiError> {
+    let since = parse_time("since", window.since.as_deref())?;
+    let until = parse_time("until", window.until.as_deref())?;
+    let now = state.clock.now_ms();
+    let queued = state
+        .store
+        .backfill(&name, since, until, now)
+        .await
+        .map_err(change_error)?;
+    Ok(axum::Json(Queued { queued }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryView {
+    pub id: i64,
+    pub subscription: String,
+    /// The event (see `/events/{id}`).
+    pub event_id: i64,
+    /// The Standard Webhooks `webhook-id`, the same for retries and replays.
+    pub webhook_id: String,
+    /// `pending`, `delivered` or `dead`.
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_at: Option<String>,
+    pub created_at: String,
+    pub delivered_at: Option<String>,
+    pub last_error: Option<String>,
+}
+
+impl From<Delivery> for DeliveryView {
+    fn from(d: Delivery) -> Self {
+        DeliveryView {
+            id: d.id,
+            subscription: d.subscription,
+            event_id: d.event_seq,
+            webhook_id: d.webhook_id,
+            state: d.state.as_str().to_string(),
+            attempts: d.attempts,
+            next_attempt_at: (d.state == DeliveryState::Pending)
+                .then(|| format_ms(d.next_attempt_at_ms)),
+            created_at: format_ms(d.created_at_ms),
+            delivered_at: d.delivered_at_ms.map(format_ms),
+            last_error: d.last_error,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptView {
+    pub at: String,
+    pub duration_ms: i64,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    /// The first 1 KiB of the response body.
+    pub response: Option<String>,
+}
+
+impl From<AttemptRecord> for AttemptView {
+    fn from(a: AttemptRecord) -> Self {
+        AttemptView {
+            at: format_ms(a.at_ms),
+            duration_ms: a.duration_ms,
+            status_code: a.status_code,
+            error: a.error,
+            response: a.response,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryDetail {
+    #[serde(flatten)]
+    pub delivery: DeliveryView,
+    pub attempt_log: Vec<AttemptView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryPage {
+    pub items: Vec<DeliveryView>,
+    pub next_cursor: Option<String>,
+}
+
+/// A delivery state.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StateParam {
+    Pending,
+    Delivered,
+    Dead,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveryQuery {
+    /// Only this subscription's deliveries.
+    subscription: Option<String>,
+    /// Only deliveries in this state (`dead`: the dead-letter list).
+    #[param(inline)]
+    state: Option<StateParam>,
+    #[param(pattern = "^[0-9]{1,18}$")]
+    cursor: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
+/// Lists deliveries, newest first.
+#[utoipa::path(get, path = "/deliveries", tag = "delivery", params(DeliveryQuery), responses(
+    (status = 200, description = "A page of deliveries", body = DeliveryPage),
+    (status = 400, description = "A filter is malformed", body = ErrorBody),
+    (status = 401, description = "No valid bearer token", body = ErrorBody),
+))]
+pub async fn list_deliveries(
+    State(state): State<Arc<ApiState>>,
+    Query(q): Query<DeliveryQuery>,
+) -> Result<axum::Json<DeliveryPage>, ApiError> {
+    let filter = DeliveryFilter {
+        subscription: q.subscription,
+        state: q.state.map(|s| match s {
+            StateParam::Pending => DeliveryState::Pending,
+            StateParam::Delivered => DeliveryState::Delivered,
+            StateParam::Dead => DeliveryState::Dead,
+        }),
+        before_id: parse_cursor(q.cursor.as_deref())?,
+        limit: limit(q.limit)?,
+    };
+    let page_size = filter.limit;
+    let deliveries = read(&state, move |store| store.list_deliveries(&filter)).await?;
+    let next_cursor = next_cursor(&deliveries, page_size, |d| d.id);
+    Ok(axum::Json(DeliveryPage {
+        items: deliveries.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// One delivery with every attempt.
+#[utoipa::path(get, path = "/deliveries/{id}", tag = "delivery",
+    params(("id" = i64, Path, description = "The delivery's id")),
+    responses(
+        (status = 200, description = "The delivery", body = DeliveryDetail),
+        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 404, description = "No such delivery", body = ErrorBody),
+    ))]
+pub async fn get_delivery(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<i64>,
+) -> Result<axum::Json<DeliveryDetail>, ApiError> {
+    let (delivery, attempts) = read(&state, move |store| store.get_delivery(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no delivery with id {id}")))?;
+    Ok(axum::Json(DeliveryDetail {
+        delivery: delivery.into(),
+        attempt_log: attempts.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// Queues one delivery again, whatever its state, keeping its `webhook-id`.
+#[utoipa::path(post, path = "/deliveries/{id}/replay", tag = "delivery",
+    params(("id" = i64, Path, description = "The delivery's id")),
+    responses(
+        (status = 200, description = "Queued", body = Queued),
+        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 404, description = "No such delivery", body = ErrorBody),
+    ))]
+pub async fn replay_delivery(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<i64>,
+) -> Result<axum::Json<Queued>, ApiError> {
+    let now = state.clock.now_ms();
+    state
+        .store
+        .replay_delivery(id, now)
+        .await
+        .map_err(change_error)?;
+    Ok(axum::Json(Queued { queued: 1 }))
+}
