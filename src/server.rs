@@ -140,6 +140,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
                 allow_private_destinations: config.delivery.allow_private_destinations,
                 hold_after_failures: config.delivery.hold_after_failures,
                 poll_interval: config.delivery.poll_interval,
+                lease_margin: config.delivery.lease_margin,
             },
         )));
     }

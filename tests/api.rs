@@ -489,3 +489,127 @@ async fn an_open_api_is_refused_on_a_public_address() {
             .unwrap();
     assert!(error.to_string().contains("without a token"), "{error}");
 }
+
+#[tokio::test]
+async fn subscriptions_are_managed_through_the_api_with_write_only_secrets() {
+    let receiver = common::receiver::Receiver::start().await;
+    let extra = "[delivery]\nallow_private_destinations = true\npoll_interval = \"10ms\"\n\n[[subscription]]\nname = \"from-config\"\nurl = \"https://crm.example/hook\"\nevents = [\"NEVER_SENT\"]\n";
+    let gw = Gateway::start_with("", &with_api(extra)).await;
+    let client = &gw.client;
+    let create = json!({"name": "crm", "url": receiver.url(), "events": ["CLASS_*"],
+        "secret": "very-secret-value", "basic_auth": {"username": "u", "password": "hidden-password"},
+        "retry_schedule": ["1s"], "max_in_flight": 2});
+    let response = client
+        .post(gw.url("/api/v1/subscriptions"))
+        .bearer_auth(TOKEN)
+        .json(&create)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.unwrap();
+    assert_eq!(
+        (
+            created["has_secret"].as_bool(),
+            created["managed_by"].as_str()
+        ),
+        (Some(true), Some("api"))
+    );
+    let text = created.to_string();
+    assert!(
+        !text.contains("very-secret-value") && !text.contains("hidden-password"),
+        "{text}"
+    );
+    let again = client
+        .post(gw.url("/api/v1/subscriptions"))
+        .bearer_auth(TOKEN)
+        .json(&create)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    let bad = client
+        .post(gw.url("/api/v1/subscriptions"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "x", "url": "ftp://nope", "events": ["*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+
+    // Config subscriptions can be paused, not changed.
+    let (status, listed) = get(&gw, "/api/v1/subscriptions").await;
+    assert_eq!((status, listed.as_array().unwrap().len()), (200, 2));
+    let change = client
+        .patch(gw.url("/api/v1/subscriptions/from-config"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"events": ["x"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(change.status(), 409);
+    let paused = client
+        .post(gw.url("/api/v1/subscriptions/from-config/pause"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paused.status(), 200);
+
+    assert_eq!(
+        gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
+            .await
+            .status,
+        200
+    );
+    receiver.wait_for(1).await;
+    common::receiver::eventually("delivered", || {
+        gw.store
+            .list_deliveries(&classhook::store::DeliveryFilter {
+                subscription: Some("crm".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap()
+            .first()
+            .is_some_and(|d| d.state == classhook::store::DeliveryState::Delivered)
+    })
+    .await;
+    let (_, page) = get(&gw, "/api/v1/deliveries?subscription=crm").await;
+    let id = page["items"][0]["id"].as_i64().unwrap();
+    assert_eq!(page["items"][0]["state"], "delivered");
+    let (_, detail) = get(&gw, &format!("/api/v1/deliveries/{id}")).await;
+    assert_eq!(detail["attempt_log"][0]["status_code"], 200);
+    let replay = client
+        .post(gw.url(&format!("/api/v1/deliveries/{id}/replay")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 200);
+    let again = receiver.wait_for(2).await;
+    assert_eq!(
+        again[0].headers["webhook-id"],
+        again[1].headers["webhook-id"]
+    );
+
+    let patched = client
+        .patch(gw.url("/api/v1/subscriptions/crm"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"secret": ""}))
+        .send()
+        .await
+        .unwrap();
+    let patched: Value = patched.json().await.unwrap();
+    assert_eq!(patched["has_secret"], false);
+    let deleted = client
+        .delete(gw.url("/api/v1/subscriptions/crm"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let (status, _) = get(&gw, "/api/v1/subscriptions/crm").await;
+    assert_eq!(status, 404);
+    gw.stop().await;
+}

@@ -361,3 +361,74 @@ async fn export_and_mirror_rebuild_work_on_the_data_directory() {
         "the rebuilt mirror has the same classes: {after}"
     );
 }
+
+#[tokio::test]
+async fn deliveries_and_replay_work_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let sources = format!(
+        "{SOURCES}\n[delivery]\nallow_private_destinations = true\npoll_interval = \"20ms\"\n\n\
+         [[subscription]]\nname = \"nowhere\"\nurl = \"http://{closed}/hook\"\nevents = [\"CLASS_*\"]\nretry_schedule = []\n"
+    );
+    let config = write_config(dir.path(), &sources);
+    let mut served = serve(&config).await;
+    let live = config.with_file_name("live.toml");
+    std::fs::write(
+        &live,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("127.0.0.1:0", &served.addr.to_string()),
+    )
+    .unwrap();
+    let live = live.to_str().unwrap();
+    let (code, _, _) = run(
+        &[
+            "send",
+            "--config",
+            live,
+            "--source",
+            "school",
+            "--event",
+            "CLASS_CREATED",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0);
+    let mut listed = String::new();
+    for _ in 0..200 {
+        listed = run(&["deliveries", "--config", live, "--dead"], None)
+            .await
+            .1;
+        if listed.lines().count() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(
+        listed.contains("nowhere") && listed.contains("dead"),
+        "{listed}"
+    );
+    let (code, out, err) = run(
+        &[
+            "replay",
+            "--config",
+            live,
+            "--subscription",
+            "nowhere",
+            "--dead",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("1 deliveries of nowhere queued again"),
+        "{out}"
+    );
+    served.child.start_kill().unwrap();
+}

@@ -1,6 +1,7 @@
 //! The command line: argument parsing here, one file per subcommand. Subcommands call
 //! the library and print; they hold no rules of their own.
 
+mod deliveries;
 mod events;
 mod export;
 mod mirror;
@@ -40,6 +41,10 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// List the latest stored events.
     Events(events::EventsArgs),
+    /// List deliveries to subscribers (the dead-letter list with --dead).
+    Deliveries(deliveries::DeliveriesArgs),
+    /// Queue deliveries again: one, or a subscription's (dead) ones.
+    Replay(deliveries::ReplayArgs),
     /// Work on the mirror of entities.
     #[command(subcommand)]
     Mirror(mirror::MirrorCommand),
@@ -71,6 +76,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => send::run(&cli, args).await,
         Command::Verify(args) => verify::run(&cli, args),
         Command::Events(args) => events::run(cli.load_config()?, args),
+        Command::Deliveries(args) => deliveries::list(cli.load_config()?, args),
+        Command::Replay(args) => deliveries::replay(cli.load_config()?, args).await,
         Command::Mirror(command) => mirror::run(cli.load_config()?, command).await,
         Command::Export(args) => {
             export::check(args)?;

@@ -33,6 +33,7 @@ const DELIVERY_KEYS: &[&str] = &[
     "allow_private_destinations",
     "hold_after_failures",
     "poll_interval",
+    "lease_margin",
 ];
 const SOURCE_KEYS: &[&str] = &[
     "basic_auth_password_env",

@@ -43,6 +43,7 @@ pub struct DeliveryConfig {
     pub allow_private_destinations: bool,
     pub hold_after_failures: u32,
     pub poll_interval: Duration,
+    pub lease_margin: Duration,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -75,6 +75,9 @@ pub struct RawDelivery {
     /// How often due retries are looked for.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How long past its timeout a delivery stays leased to a worker that vanished.
+    #[serde(with = "humantime_serde")]
+    pub lease_margin: Duration,
 }
 
 impl Default for RawDelivery {
@@ -84,6 +87,7 @@ impl Default for RawDelivery {
             allow_private_destinations: false,
             hold_after_failures: 20,
             poll_interval: Duration::from_millis(500),
+            lease_margin: Duration::from_secs(30),
         }
     }
 }

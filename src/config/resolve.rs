@@ -125,6 +125,7 @@ pub(super) fn resolve(
             .delivery
             .poll_interval
             .max(std::time::Duration::from_millis(10)),
+        lease_margin: raw.delivery.lease_margin,
     };
     Ok(Config {
         file: file.to_path_buf(),

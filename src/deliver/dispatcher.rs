@@ -16,15 +16,15 @@ use super::subscription::Subscription;
 use crate::clock::Clock;
 use crate::store::{AttemptResult, Claimed, Store};
 
-/// A lease lasts the subscription's timeout plus this.
-const LEASE_MARGIN: Duration = Duration::from_secs(30);
-
 #[derive(Debug, Clone)]
 pub struct DispatchOptions {
     pub allow_private_destinations: bool,
     pub hold_after_failures: u32,
     /// How often due retries are looked for (new deliveries wake the dispatcher at once).
     pub poll_interval: Duration,
+    /// A lease lasts the subscription's timeout plus this; a worker that dies leaves
+    /// its deliveries leased that long.
+    pub lease_margin: Duration,
 }
 
 /// Runs until the task is aborted.
@@ -56,7 +56,7 @@ pub async fn run(store: Store, clock: Arc<dyn Clock>, options: DispatchOptions) 
             .filter_map(|s| {
                 let free = (s.spec.max_in_flight as usize)
                     .saturating_sub(*in_flight.get(&s.id).unwrap_or(&0));
-                let lease = (s.spec.timeout + LEASE_MARGIN).as_millis() as i64;
+                let lease = (s.spec.timeout + options.lease_margin).as_millis() as i64;
                 (free > 0).then_some((s.id, free, now_ms + lease))
             })
             .collect();
