@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use classhook::store::{DeliveryFilter, DeliveryState, Store};
 use common::process::{serve, write_config};
-use common::receiver::{Receiver, Reply, eventually};
+use common::receiver::{Receiver, Reply, eventually, eventually_within};
 use common::{dreamclass_sample, id_of};
 
 fn states(data: &std::path::Path) -> Vec<(String, DeliveryState)> {
@@ -101,13 +101,18 @@ async fn deliveries_survive_sigkill_and_successes_are_not_resent() {
     served.child.start_kill().unwrap();
     served.child.wait().await.unwrap();
 
+    // The dead process's leases (timeout × 9 + lease margin = 9.5 s here) must expire.
     let mut restarted = serve(&config).await;
-    eventually("all twenty delivered after the restart", || {
-        let s = states(&data);
-        s.len() == 20
-            && s.iter()
-                .all(|(_, state)| *state == DeliveryState::Delivered)
-    })
+    eventually_within(
+        "all twenty delivered after the restart",
+        Duration::from_secs(20),
+        || {
+            let s = states(&data);
+            s.len() == 20
+                && s.iter()
+                    .all(|(_, state)| *state == DeliveryState::Delivered)
+        },
+    )
     .await;
     let counts = counts(&receiver);
     assert_eq!(counts.len(), 20, "every event arrived: {counts:?}");

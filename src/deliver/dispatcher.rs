@@ -1,6 +1,7 @@
-//! The dispatcher: leases due deliveries, at most `max_in_flight` per subscription so
-//! that a slow or failing subscriber never holds up the others, runs each attempt
-//! and records it. A lease that is never recorded (the process died) expires and the
+//! The dispatcher: leases due deliveries in bulk (up to `PREFETCH` × `max_in_flight`
+//! per subscription, so that leasing costs one commit per many deliveries), sends at
+//! most `max_in_flight` per subscription at a time (a semaphore each, so a slow or
+//! failing subscriber never holds up the others), and records every attempt. A lease that is never recorded (the process died) expires and the
 //! delivery is taken again: at-least-once, and nothing that was recorded as
 //! delivered is sent again.
 
@@ -8,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use super::schedule::{self, Next, Outcome};
 use super::send::{self, Sender};
@@ -27,12 +28,17 @@ pub struct DispatchOptions {
     pub lease_margin: Duration,
 }
 
+/// How many deliveries per allowed in-flight request one subscription may hold leased.
+const PREFETCH: usize = 8;
+
 /// Runs until the task is aborted.
 pub async fn run(store: Store, clock: Arc<dyn Clock>, options: DispatchOptions) {
     let sender = Sender::new(options.allow_private_destinations);
     let queued = store.deliveries_queued();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<i64>();
+    // Leased and not yet recorded, per subscription.
     let mut in_flight: HashMap<i64, usize> = HashMap::new();
+    let mut permits: HashMap<i64, (u32, Arc<Semaphore>)> = HashMap::new();
     loop {
         while let Ok(subscription) = done_rx.try_recv() {
             finished(&mut in_flight, subscription);
@@ -54,10 +60,17 @@ pub async fn run(store: Store, clock: Arc<dyn Clock>, options: DispatchOptions) 
             .values()
             .filter(|s| !s.paused && s.hold_until_ms <= now_ms)
             .filter_map(|s| {
-                let free = (s.spec.max_in_flight as usize)
-                    .saturating_sub(*in_flight.get(&s.id).unwrap_or(&0));
-                let lease = (s.spec.timeout + options.lease_margin).as_millis() as i64;
-                (free > 0).then_some((s.id, free, now_ms + lease))
+                let width = s.spec.max_in_flight as usize;
+                let limit = width * PREFETCH;
+                let free = limit.saturating_sub(*in_flight.get(&s.id).unwrap_or(&0));
+                // Long enough for every prefetched delivery to wait its turn and run.
+                let lease = s.spec.timeout * (PREFETCH as u32 + 1) + options.lease_margin;
+                // Lease in chunks, not one delivery per freed slot.
+                (free >= width || free == limit).then_some((
+                    s.id,
+                    free,
+                    now_ms + lease.as_millis() as i64,
+                ))
             })
             .collect();
         if !capacities.is_empty() {
@@ -70,6 +83,7 @@ pub async fn run(store: Store, clock: Arc<dyn Clock>, options: DispatchOptions) 
                             continue;
                         };
                         *in_flight.entry(subscription.id).or_default() += 1;
+                        let slots = slots_for(&mut permits, &subscription);
                         let (store, sender, clock, done) = (
                             store.clone(),
                             sender.clone(),
@@ -85,6 +99,7 @@ pub async fn run(store: Store, clock: Arc<dyn Clock>, options: DispatchOptions) 
                                 &subscription,
                                 delivery,
                                 hold_after,
+                                &slots,
                             )
                             .await;
                             let _ = done.send(subscription.id);
@@ -102,13 +117,30 @@ pub async fn run(store: Store, clock: Arc<dyn Clock>, options: DispatchOptions) 
     }
 }
 
+/// The semaphore bounding a subscription's concurrent requests (renewed when its
+/// `max_in_flight` changes).
+fn slots_for(
+    permits: &mut HashMap<i64, (u32, Arc<Semaphore>)>,
+    subscription: &Subscription,
+) -> Arc<Semaphore> {
+    let width = subscription.spec.max_in_flight;
+    let entry = permits
+        .entry(subscription.id)
+        .or_insert_with(|| (width, Arc::new(Semaphore::new(width as usize))));
+    if entry.0 != width {
+        *entry = (width, Arc::new(Semaphore::new(width as usize)));
+    }
+    entry.1.clone()
+}
+
 fn finished(in_flight: &mut HashMap<i64, usize>, subscription: i64) {
     if let Some(count) = in_flight.get_mut(&subscription) {
         *count = count.saturating_sub(1);
     }
 }
 
-/// Sends one delivery and records what happened.
+/// Sends one delivery (holding one of the subscription's slots) and records what
+/// happened.
 async fn attempt(
     store: &Store,
     sender: &Sender,
@@ -116,6 +148,7 @@ async fn attempt(
     subscription: &Subscription,
     claimed: Claimed,
     hold_after: u32,
+    slots: &Semaphore,
 ) {
     let spec = &subscription.spec;
     let event = {
@@ -137,6 +170,10 @@ async fn attempt(
         }
         // A read failure: leave the lease to expire and try again later.
         _ => return,
+    };
+    // Only the HTTP exchange holds one of the subscription's slots; recording does not.
+    let Ok(slot) = slots.acquire().await else {
+        return;
     };
     let started_ms = clock.now_ms();
     let attempted = match send::build(
@@ -164,6 +201,7 @@ async fn attempt(
             response_excerpt: None,
         },
     };
+    drop(slot);
     let number = u32::try_from(claimed.attempts + 1).unwrap_or(u32::MAX);
     let jitter = rand::random::<f64>() * 2.0 - 1.0;
     let next = schedule::next(

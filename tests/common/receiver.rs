@@ -107,9 +107,14 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
     }
 }
 
-/// Waits (bounded) until `check` holds, polling.
-pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..500 {
+/// Waits (bounded, 5 s) until `check` holds, polling.
+pub async fn eventually(what: &str, check: impl FnMut() -> bool) {
+    eventually_within(what, Duration::from_secs(5), check).await
+}
+
+/// Waits until `check` holds, at most `limit`.
+pub async fn eventually_within(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    for _ in 0..limit.as_millis() / 10 {
         if check() {
             return;
         }

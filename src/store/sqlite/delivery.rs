@@ -315,121 +315,31 @@ impl SqliteStore {
     }
 
     /// Leases, for each (subscription, capacity, lease end), up to `capacity` of its
-    /// due deliveries until the lease end.
+    /// due deliveries until the lease end, in the writer's next group commit.
     pub async fn claim_due(
         &self,
         capacities: Vec<(i64, usize, i64)>,
         now_ms: i64,
     ) -> Result<Vec<Claimed>, StoreError> {
-        self.run_job(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut claimed = Vec::new();
-            {
-                let mut stmt = tx.prepare_cached(
-                    "UPDATE deliveries SET lease_until_ms = ?3 WHERE id IN (
-                         SELECT id FROM deliveries WHERE subscription_id = ?1 AND state = 'pending'
-                           AND next_attempt_at_ms <= ?2 AND lease_until_ms <= ?2
-                         ORDER BY next_attempt_at_ms, id LIMIT ?4)
-                     RETURNING id, subscription_id, event_seq, webhook_id, attempts",
-                )?;
-                for (subscription_id, capacity, lease_until_ms) in capacities {
-                    let rows = stmt.query_map(
-                        params![subscription_id, now_ms, lease_until_ms, capacity as i64],
-                        |r| {
-                            Ok(Claimed {
-                                delivery_id: r.get(0)?,
-                                subscription_id: r.get(1)?,
-                                event_seq: r.get(2)?,
-                                webhook_id: r.get(3)?,
-                                attempts: r.get(4)?,
-                            })
-                        },
-                    )?;
-                    for row in rows {
-                        claimed.push(row?);
-                    }
-                }
-            }
-            tx.commit()?;
-            Ok(claimed)
-        })
-        .await
+        let queue = self.inner.queue.as_ref().ok_or(StoreError::WriterGone)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        queue
+            .send(super::writer::WriteOp::Claim(capacities, now_ms, reply))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
-    /// Records an attempt and moves the delivery (and its subscription) on.
+    /// Records an attempt and moves the delivery (and its subscription) on, in the
+    /// writer's next group commit.
     pub async fn record_attempt(&self, result: AttemptResult) -> Result<(), StoreError> {
-        self.run_job(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let (status, error) = match &result.outcome {
-                Outcome::Success { status } | Outcome::Throttled { status, .. } => (Some(*status), None),
-                Outcome::Gone => (Some(410), None),
-                Outcome::Failed { status, error } => (*status, error.clone()),
-            };
-            tx.execute(
-                "INSERT INTO attempts (delivery_id, at_ms, duration_ms, status_code, error, response)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    result.claimed.delivery_id,
-                    result.at_ms,
-                    result.duration.as_millis() as i64,
-                    status,
-                    error,
-                    result.response
-                ],
-            )?;
-            let last_error = error.or_else(|| status.filter(|s| !(200..300).contains(s)).map(|s| format!("HTTP {s}")));
-            let id = result.claimed.delivery_id;
-            let subscription = result.claimed.subscription_id;
-            match result.next {
-                Next::Delivered => {
-                    tx.execute(
-                        "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, lease_until_ms = 0,
-                             delivered_at_ms = ?2, last_error = NULL WHERE id = ?1",
-                        params![id, result.at_ms],
-                    )?;
-                    tx.execute(
-                        "UPDATE subscriptions SET consecutive_failures = 0, hold_until_ms = 0 WHERE id = ?1",
-                        [subscription],
-                    )?;
-                }
-                Next::Pause => {
-                    tx.execute(
-                        "UPDATE deliveries SET lease_until_ms = 0, next_attempt_at_ms = ?2, last_error = ?3 WHERE id = ?1",
-                        params![id, result.at_ms, last_error],
-                    )?;
-                    tx.execute(
-                        "UPDATE subscriptions SET paused = 1, paused_reason = 'the endpoint answered 410 Gone' WHERE id = ?1",
-                        [subscription],
-                    )?;
-                }
-                Next::RetryAt(_) | Next::Dead => {
-                    let (state, next_at) = match result.next {
-                        Next::RetryAt(at) => ("pending", at),
-                        _ => ("dead", result.at_ms),
-                    };
-                    tx.execute(
-                        "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_attempt_at_ms = ?3,
-                             lease_until_ms = 0, last_error = ?4 WHERE id = ?1",
-                        params![id, state, next_at, last_error],
-                    )?;
-                    let failures: i64 = tx.query_row(
-                        "UPDATE subscriptions SET consecutive_failures = consecutive_failures + 1 WHERE id = ?1
-                         RETURNING consecutive_failures",
-                        [subscription],
-                        |r| r.get(0),
-                    )?;
-                    if let Some(hold) = schedule::hold_for(failures, result.hold_after_failures) {
-                        tx.execute(
-                            "UPDATE subscriptions SET hold_until_ms = ?2 WHERE id = ?1",
-                            params![subscription, result.at_ms + hold.as_millis() as i64],
-                        )?;
-                    }
-                }
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+        let queue = self.inner.queue.as_ref().ok_or(StoreError::WriterGone)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        queue
+            .send(super::writer::WriteOp::Record(Box::new(result), reply))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
     /// Gives a leased delivery back without an attempt (e.g. its event was pruned).
@@ -582,6 +492,116 @@ impl SqliteStore {
             Ok(Some((delivery, attempts)))
         })
     }
+}
+
+/// Leases due deliveries; see [`SqliteStore::claim_due`].
+pub(super) fn claim(
+    conn: &Connection,
+    capacities: &[(i64, usize, i64)],
+    now_ms: i64,
+) -> rusqlite::Result<Vec<Claimed>> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE deliveries SET lease_until_ms = ?3 WHERE id IN (
+             SELECT id FROM deliveries WHERE subscription_id = ?1 AND state = 'pending'
+               AND next_attempt_at_ms <= ?2 AND lease_until_ms <= ?2
+             ORDER BY next_attempt_at_ms, id LIMIT ?4)
+         RETURNING id, subscription_id, event_seq, webhook_id, attempts",
+    )?;
+    let mut claimed = Vec::new();
+    for &(subscription_id, capacity, lease_until_ms) in capacities {
+        let rows = stmt.query_map(
+            params![subscription_id, now_ms, lease_until_ms, capacity as i64],
+            |r| {
+                Ok(Claimed {
+                    delivery_id: r.get(0)?,
+                    subscription_id: r.get(1)?,
+                    event_seq: r.get(2)?,
+                    webhook_id: r.get(3)?,
+                    attempts: r.get(4)?,
+                })
+            },
+        )?;
+        for row in rows {
+            claimed.push(row?);
+        }
+    }
+    Ok(claimed)
+}
+
+/// Records an attempt and moves the delivery (and its subscription) on.
+pub(super) fn apply_attempt(tx: &Connection, result: &AttemptResult) -> rusqlite::Result<()> {
+    let (status, error) = match &result.outcome {
+        Outcome::Success { status } | Outcome::Throttled { status, .. } => (Some(*status), None),
+        Outcome::Gone => (Some(410), None),
+        Outcome::Failed { status, error } => (*status, error.clone()),
+    };
+    tx.execute(
+        "INSERT INTO attempts (delivery_id, at_ms, duration_ms, status_code, error, response)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            result.claimed.delivery_id,
+            result.at_ms,
+            result.duration.as_millis() as i64,
+            status,
+            error,
+            result.response
+        ],
+    )?;
+    let last_error = error.or_else(|| {
+        status
+            .filter(|s| !(200..300).contains(s))
+            .map(|s| format!("HTTP {s}"))
+    });
+    let id = result.claimed.delivery_id;
+    let subscription = result.claimed.subscription_id;
+    match result.next {
+        Next::Delivered => {
+            tx.execute(
+                "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, lease_until_ms = 0,
+                     delivered_at_ms = ?2, last_error = NULL WHERE id = ?1",
+                params![id, result.at_ms],
+            )?;
+            tx.execute(
+                "UPDATE subscriptions SET consecutive_failures = 0, hold_until_ms = 0
+                 WHERE id = ?1 AND (consecutive_failures <> 0 OR hold_until_ms <> 0)",
+                [subscription],
+            )?;
+        }
+        Next::Pause => {
+            tx.execute(
+                "UPDATE deliveries SET lease_until_ms = 0, next_attempt_at_ms = ?2, last_error = ?3 WHERE id = ?1",
+                params![id, result.at_ms, last_error],
+            )?;
+            tx.execute(
+                "UPDATE subscriptions SET paused = 1, paused_reason = 'the endpoint answered 410 Gone' WHERE id = ?1",
+                [subscription],
+            )?;
+        }
+        Next::RetryAt(_) | Next::Dead => {
+            let (state, next_at) = match result.next {
+                Next::RetryAt(at) => ("pending", at),
+                _ => ("dead", result.at_ms),
+            };
+            tx.execute(
+                "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_attempt_at_ms = ?3,
+                     lease_until_ms = 0, last_error = ?4 WHERE id = ?1",
+                params![id, state, next_at, last_error],
+            )?;
+            let failures: i64 = tx.query_row(
+                "UPDATE subscriptions SET consecutive_failures = consecutive_failures + 1 WHERE id = ?1
+                 RETURNING consecutive_failures",
+                [subscription],
+                |r| r.get(0),
+            )?;
+            if let Some(hold) = schedule::hold_for(failures, result.hold_after_failures) {
+                tx.execute(
+                    "UPDATE subscriptions SET hold_until_ms = ?2 WHERE id = ?1",
+                    params![subscription, result.at_ms + hold.as_millis() as i64],
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 const DELIVERY_COLUMNS: &str = "d.id, s.name, d.event_seq, d.webhook_id, d.state, d.attempts,

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::delivery::AttemptResult;
 use super::{delivery, mirror};
 use crate::deliver::subscription::Subscription;
 use crate::event::{EventStatus, NewEvent};
 use crate::mirror::Effect;
-use crate::store::{AppendOutcome, NewRejection, StoreError};
+use crate::store::{AppendOutcome, Claimed, NewRejection, StoreError};
 
 /// How many rejections the log keeps; older ones are pruned.
 pub const REJECTION_LOG_CAPACITY: i64 = 10_000;
@@ -24,6 +25,15 @@ pub enum WriteOp {
         oneshot::Sender<Result<AppendOutcome, StoreError>>,
     ),
     Reject(Box<NewRejection>),
+    /// Leases due deliveries (subscription, capacity, lease end) at a time, in the
+    /// same group commit as ingest and attempt records.
+    Claim(
+        Vec<(i64, usize, i64)>,
+        i64,
+        oneshot::Sender<Result<Vec<Claimed>, StoreError>>,
+    ),
+    /// A finished delivery attempt: recorded in the same group commit as ingest.
+    Record(Box<AttemptResult>, oneshot::Sender<Result<(), StoreError>>),
     /// Exclusive work on the write connection (mirror rebuild, retention, readiness
     /// probe), run between batches in its own transaction.
     Job(Box<dyn FnOnce(&mut Connection) + Send>),
@@ -77,6 +87,13 @@ pub fn run(
     }
 }
 
+/// What one operation of a batch produced, for its caller.
+enum Done {
+    Nothing,
+    Appended(AppendOutcome),
+    Claimed(Vec<Claimed>),
+}
+
 /// Commits the batch and answers its callers; returns whether it committed.
 fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, outbox: &Outbox) -> bool {
     // Subscription changes run as jobs on this same thread, so this read lock is
@@ -90,10 +107,19 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, outbox: &Outbox
             if queued > 0 {
                 outbox.notify.notify_one();
             }
-            for (op, outcome) in batch.drain(..).zip(outcomes) {
-                if let (WriteOp::Append(_, reply), Some(outcome)) = (op, outcome) {
-                    // The caller may have given up (timeout); the event is stored anyway.
-                    let _ = reply.send(Ok(outcome));
+            for (op, done) in batch.drain(..).zip(outcomes) {
+                // A caller may have given up (timeout); what it asked for is done anyway.
+                match (op, done) {
+                    (WriteOp::Append(_, reply), Done::Appended(outcome)) => {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                    (WriteOp::Claim(_, _, reply), Done::Claimed(claimed)) => {
+                        let _ = reply.send(Ok(claimed));
+                    }
+                    (WriteOp::Record(_, reply), _) => {
+                        let _ = reply.send(Ok(()));
+                    }
+                    _ => {}
                 }
             }
             true
@@ -102,8 +128,17 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, outbox: &Outbox
             let message = error.to_string();
             tracing::error!(error = %message, events = batch.len(), "store commit failed");
             for op in batch.drain(..) {
-                if let WriteOp::Append(_, reply) = op {
-                    let _ = reply.send(Err(StoreError::Commit(message.clone())));
+                match op {
+                    WriteOp::Append(_, reply) => {
+                        let _ = reply.send(Err(StoreError::Commit(message.clone())));
+                    }
+                    WriteOp::Record(_, reply) => {
+                        let _ = reply.send(Err(StoreError::Commit(message.clone())));
+                    }
+                    WriteOp::Claim(_, _, reply) => {
+                        let _ = reply.send(Err(StoreError::Commit(message.clone())));
+                    }
+                    _ => {}
                 }
             }
             false
@@ -117,7 +152,7 @@ fn write_batch(
     conn: &mut Connection,
     batch: &[WriteOp],
     subscriptions: &[Subscription],
-) -> rusqlite::Result<(Vec<Option<AppendOutcome>>, usize)> {
+) -> rusqlite::Result<(Vec<Done>, usize)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut rejected = false;
@@ -133,12 +168,19 @@ fn write_batch(
                     queued += delivery::enqueue(&tx, subscriptions, event, seq)?;
                 }
                 rejected |= matches!(outcome, AppendOutcome::Conflict { .. });
-                outcomes.push(Some(outcome));
+                outcomes.push(Done::Appended(outcome));
             }
             WriteOp::Reject(rejection) => {
                 insert_rejection(&tx, rejection)?;
                 rejected = true;
-                outcomes.push(None);
+                outcomes.push(Done::Nothing);
+            }
+            WriteOp::Claim(capacities, now_ms, _) => {
+                outcomes.push(Done::Claimed(delivery::claim(&tx, capacities, *now_ms)?));
+            }
+            WriteOp::Record(result, _) => {
+                delivery::apply_attempt(&tx, result)?;
+                outcomes.push(Done::Nothing);
             }
             WriteOp::Job(_) => unreachable!("jobs never enter a batch"),
         }

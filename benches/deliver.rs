@@ -1,0 +1,283 @@
+//! Delivery benchmark: `cargo bench --bench deliver`.
+//!
+//! 1. Throughput: BENCH_EVENTS (default 20,000) events are stored with delivery off,
+//!    then the gateway restarts with delivery on and drains them to a local receiver
+//!    that answers 200 at once. Compared, in the same run, with the same HTTP client
+//!    stack (reqwest, as the dispatcher uses it, same concurrency) posting the same
+//!    bodies to the receiver directly.
+//! 2. Lag: events are sent at BENCH_RATE per second (default 1000) for BENCH_SECONDS
+//!    (default 10) to a gateway delivering live; lag is the time from the 200 that
+//!    accepted an event to its arrival at the receiver.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use classhook::provider::{ProviderKind, sample};
+use classhook::secret::KeyBytes;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const SECRET: &str = "bench-secret";
+const IN_FLIGHT: usize = 8;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    let events = env_or("BENCH_EVENTS", 20_000) as usize;
+    let rate = env_or("BENCH_RATE", 1000);
+    let seconds = env_or("BENCH_SECONDS", 10);
+    let arrivals: Arrivals = Arc::default();
+    let receiver = start_receiver(arrivals.clone()).await;
+    let bodies: Vec<Bytes> = (0..events as u64).map(signed_body).collect();
+
+    // Baseline: the same client stack straight to the receiver.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let bodies = Arc::new(bodies);
+    let mut workers = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let (client, next, bodies) = (client.clone(), next.clone(), bodies.clone());
+        workers.push(tokio::spawn(async move {
+            while let Some(body) =
+                bodies.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+            {
+                let response = client
+                    .post(format!("http://{receiver}/direct"))
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(response.status().is_success());
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let direct_rate = events as f64 / started.elapsed().as_secs_f64();
+    arrivals.lock().unwrap().clear();
+
+    // Throughput: store with delivery off, then drain.
+    let config = |data: &std::path::Path, enabled: bool| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[delivery]\nenabled = {enabled}\nallow_private_destinations = true\n\n\
+             [[source]]\nname = \"bench\"\nprovider = \"dreamclass\"\nsecret = \"{SECRET}\"\n\n\
+             [[subscription]]\nname = \"sink\"\nurl = \"http://{receiver}/sink\"\nevents = [\"*\"]\nsecret = \"sink-secret\"\nmax_in_flight = {IN_FLIGHT}\n",
+            data.display().to_string()
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("bench.toml");
+    std::fs::write(&file, config(&data, false)).unwrap();
+    let (mut gateway, addr) = spawn(&file).await;
+    post_all(addr, &bodies, 32).await;
+    let _ = gateway.kill().await;
+    let _ = gateway.wait().await;
+    std::fs::write(&file, config(&data, true)).unwrap();
+    let started = Instant::now();
+    let (mut gateway, _) = spawn(&file).await;
+    while arrivals.lock().unwrap().len() < events {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "drain took too long"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let delivery_rate = events as f64 / started.elapsed().as_secs_f64();
+    let _ = gateway.kill().await;
+    let _ = gateway.wait().await;
+
+    // Lag at a steady rate, on a fresh store.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bench.toml");
+    std::fs::write(&file, config(&dir.path().join("data"), true)).unwrap();
+    arrivals.lock().unwrap().clear();
+    let (mut gateway, addr) = spawn(&file).await;
+    let accepted = paced(addr, rate, seconds).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while arrivals.lock().unwrap().len() < accepted.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let arrived = arrivals.lock().unwrap().clone();
+    let mut lags: Vec<Duration> = accepted
+        .iter()
+        .filter_map(|(id, at)| {
+            arrived
+                .get(id)
+                .map(|got| got.saturating_duration_since(*at))
+        })
+        .collect();
+    lags.sort_unstable();
+    let pct = |p: f64| {
+        lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)].as_secs_f64() * 1000.0
+    };
+    let _ = gateway.kill().await;
+
+    println!();
+    println!("| measure | value |");
+    println!("|---|---:|");
+    println!(
+        "| direct: reqwest to the receiver, {IN_FLIGHT} in flight | {direct_rate:.0} requests/s |"
+    );
+    println!(
+        "| classhook draining {events} stored events, max_in_flight {IN_FLIGHT} | {delivery_rate:.0} deliveries/s |"
+    );
+    println!("| ratio | {:.2}x |", delivery_rate / direct_rate);
+    println!(
+        "| lag at {rate} events/s for {seconds} s: p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |",
+        pct(0.5),
+        pct(0.99),
+        lags.last().unwrap().as_secs_f64() * 1000.0
+    );
+    println!(
+        "| delivered / accepted | {} / {} |",
+        lags.len(),
+        accepted.len()
+    );
+}
+
+fn signed_body(n: u64) -> Bytes {
+    let key = KeyBytes::new(SECRET.as_bytes().to_vec());
+    let data = sample::sample_data(ProviderKind::DreamClass, "ATTENDANCE_UPDATED", n);
+    Bytes::from(
+        sample::build_request(
+            ProviderKind::DreamClass,
+            Some(&key),
+            "ATTENDANCE_UPDATED",
+            data,
+            "bench-school",
+        )
+        .body,
+    )
+}
+
+fn event_id(body: &[u8]) -> String {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap();
+    value["id"].as_str().unwrap_or_default().to_string()
+}
+
+async fn start_receiver(arrivals: Arrivals) -> SocketAddr {
+    async fn record(State(arrivals): State<Arrivals>, body: Bytes) -> &'static str {
+        arrivals
+            .lock()
+            .unwrap()
+            .insert(event_id(&body), Instant::now());
+        "{}"
+    }
+    let app = Router::new()
+        .route("/{name}", post(record))
+        .with_state(arrivals);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+async fn post_all(addr: SocketAddr, bodies: &Arc<Vec<Bytes>>, concurrency: usize) {
+    let client = reqwest::Client::new();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (client, next, bodies) = (client.clone(), next.clone(), bodies.clone());
+        workers.push(tokio::spawn(async move {
+            while let Some(body) =
+                bodies.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+            {
+                let response = client
+                    .post(format!("http://{addr}/hooks/bench"))
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+}
+
+/// Sends fresh events at `rate` per second; returns when each was accepted.
+async fn paced(addr: SocketAddr, rate: u64, seconds: u64) -> Vec<(String, Instant)> {
+    let client = reqwest::Client::new();
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let mut tasks = Vec::new();
+    for n in 0..rate * seconds {
+        ticker.tick().await;
+        let body = signed_body(1_000_000 + n);
+        let (client, accepted) = (client.clone(), accepted.clone());
+        tasks.push(tokio::spawn(async move {
+            let id = event_id(&body);
+            let response = client
+                .post(format!("http://{addr}/hooks/bench"))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            accepted.lock().unwrap().push((id, Instant::now()));
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    accepted.lock().unwrap().clone()
+}
+
+async fn spawn(config: &std::path::Path) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_classhook"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("CLASSHOOK_LOG", "warn,classhook::cli::serve=info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("gateway: {line}");
+        }
+    });
+    (child, addr)
+}
