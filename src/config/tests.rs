@@ -194,3 +194,33 @@ fn secrets_do_not_show_in_debug_output() {
     assert!(!debug.contains("s3cret-value"), "{debug}");
     assert!(!debug.contains("c2VjcmV0"), "{debug}");
 }
+
+#[test]
+fn subscriptions_resolve_with_defaults_and_checked_fields() {
+    let text = r#"
+[[subscription]]
+name = "crm"
+url = "https://crm.example/hooks"
+events = ["CLASS_*", "course.*"]
+secret_env = "SCHOOL_SECRET"
+"#;
+    let config = parse(text, &[]).unwrap();
+    let crm = &config.subscriptions[0];
+    assert_eq!(crm.timeout, std::time::Duration::from_secs(10));
+    assert_eq!(crm.retry_schedule.len(), 3);
+    assert_eq!(crm.max_in_flight, 8);
+    assert_eq!(crm.secret.as_ref().unwrap().expose(), "from-env");
+    assert!(config.delivery.enabled && !config.delivery.allow_private_destinations);
+
+    let bad_url = error_of("[[subscription]]\nname = \"x\"\nurl = \"ftp://x\"\nevents = [\"*\"]\n", &[]);
+    assert!(bad_url.contains("subscription[0]") && bad_url.contains("http"), "{bad_url}");
+    let bad_step = error_of(
+        "[[subscription]]\nname = \"x\"\nurl = \"https://x.example\"\nevents = [\"*\"]\nretry_schedule = [\"soon\"]\n",
+        &[],
+    );
+    assert!(bad_step.contains("subscription[0].retry_schedule"), "{bad_step}");
+    let bad_pattern = error_of("[[subscription]]\nname = \"x\"\nurl = \"https://x.example\"\nevents = [\"C*S\"]\n", &[]);
+    assert!(bad_pattern.contains("C*S"), "{bad_pattern}");
+    let flag = parse("", &[("CLASSHOOK_DELIVERY_ENABLED", "false")]).unwrap();
+    assert!(!flag.delivery.enabled);
+}
