@@ -6,10 +6,12 @@
 //! one keep-alive HTTP connection, the latency of listing a page of events with a
 //! filter and of reading one entity (BENCH_REQUESTS each, default 1000).
 
+mod support;
+
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+use support::{env_or, spawn};
 
 use bytes::Bytes;
 use classhook::config::Config;
@@ -20,17 +22,8 @@ use classhook::store::{Store, StoreOptions};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 const TOKEN: &str = "bench-token-0123456789abcdef";
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -60,7 +53,7 @@ async fn bench() {
         started.elapsed()
     );
 
-    let (mut gateway, addr) = spawn(&file).await;
+    let (mut gateway, addr) = serve(&file).await;
     let mut client = Client::connect(addr).await;
     let mid = chrono::DateTime::from_timestamp_millis(first_ms + events as i64 / 2)
         .unwrap()
@@ -209,30 +202,6 @@ async fn seed(config: &Config, events: u64, entities: u64) -> i64 {
     first_ms
 }
 
-async fn spawn(config: &std::path::Path) -> (tokio::process::Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_classhook"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("CLASSHOOK_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
-}
-
 struct Client {
     addr: SocketAddr,
     sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
@@ -268,4 +237,13 @@ impl Client {
         response.into_body().collect().await.unwrap();
         status
     }
+}
+
+/// Starts the release gateway on `config`.
+async fn serve(config: &std::path::Path) -> (tokio::process::Child, SocketAddr) {
+    spawn(
+        env!("CARGO_BIN_EXE_classhook"),
+        &["serve", "--config", config.to_str().unwrap()],
+    )
+    .await
 }

@@ -9,11 +9,13 @@
 //!    (default 10) to a gateway delivering live; lag is the time from the 200 that
 //!    accepted an event to its arrival at the receiver.
 
+mod support;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::{env_or, spawn};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -21,18 +23,9 @@ use axum::extract::State;
 use axum::routing::post;
 use classhook::provider::{ProviderKind, sample};
 use classhook::secret::KeyBytes;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const SECRET: &str = "bench-secret";
 const IN_FLIGHT: usize = 8;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 
@@ -97,13 +90,13 @@ async fn bench() {
     let data = dir.path().join("data");
     let file = dir.path().join("bench.toml");
     std::fs::write(&file, config(&data, false)).unwrap();
-    let (mut gateway, addr) = spawn(&file).await;
+    let (mut gateway, addr) = serve(&file).await;
     post_all(addr, &bodies, 32).await;
     let _ = gateway.kill().await;
     let _ = gateway.wait().await;
     std::fs::write(&file, config(&data, true)).unwrap();
     let started = Instant::now();
-    let (mut gateway, _) = spawn(&file).await;
+    let (mut gateway, _) = serve(&file).await;
     while arrivals.lock().unwrap().len() < events {
         assert!(
             started.elapsed() < Duration::from_secs(300),
@@ -120,7 +113,7 @@ async fn bench() {
     let file = dir.path().join("bench.toml");
     std::fs::write(&file, config(&dir.path().join("data"), true)).unwrap();
     arrivals.lock().unwrap().clear();
-    let (mut gateway, addr) = spawn(&file).await;
+    let (mut gateway, addr) = serve(&file).await;
     let accepted = paced(addr, rate, seconds).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while arrivals.lock().unwrap().len() < accepted.len() && Instant::now() < deadline {
@@ -254,30 +247,11 @@ async fn paced(addr: SocketAddr, rate: u64, seconds: u64) -> Vec<(String, Instan
     accepted.lock().unwrap().clone()
 }
 
-async fn spawn(config: &std::path::Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_classhook"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("CLASSHOOK_LOG", "warn,classhook::cli::serve=info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            eprintln!("gateway: {line}");
-        }
-    });
-    (child, addr)
+/// Starts the release gateway on `config`.
+async fn serve(config: &std::path::Path) -> (tokio::process::Child, SocketAddr) {
+    spawn(
+        env!("CARGO_BIN_EXE_classhook"),
+        &["serve", "--config", config.to_str().unwrap()],
+    )
+    .await
 }

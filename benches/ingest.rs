@@ -10,12 +10,14 @@
 //! BENCH_COMPARE_BIN (another classhook binary, e.g. an older commit's, measured in
 //! the same run under the same load, to see what a change costs).
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use support::{env_or, spawn};
 
 use bytes::Bytes;
 use classhook::provider::ProviderKind;
@@ -23,8 +25,6 @@ use classhook::provider::sample;
 use classhook::secret::KeyBytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const SECRET: &str = "bench-secret";
 
@@ -40,13 +40,6 @@ impl Report {
     fn rate(&self) -> f64 {
         self.accepted as f64 / self.seconds
     }
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {
@@ -166,37 +159,6 @@ fn signed_bodies(count: usize) -> Vec<Bytes> {
             Bytes::from(request.body)
         })
         .collect()
-}
-
-async fn spawn(binary: &str, args: &[&str]) -> (Child, SocketAddr) {
-    let mut child = Command::new(binary)
-        .args(args)
-        .env("CLASSHOOK_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("the server starts within 30 s")
-            .unwrap()
-            .expect("the server printed its address");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining the server's log; pass on anything that is not routine.
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if !line.contains(" INFO ") {
-                eprintln!("server: {line}");
-            }
-        }
-    });
-    (child, addr)
 }
 
 /// Sends bodies over `connections` keep-alive connections for `seconds`.

@@ -381,6 +381,15 @@ pub struct WindowInput {
     pub dead_only: Option<bool>,
 }
 
+impl WindowInput {
+    fn bounds(&self) -> Result<(Option<i64>, Option<i64>), ApiError> {
+        Ok((
+            parse_time("since", self.since.as_deref())?,
+            parse_time("until", self.until.as_deref())?,
+        ))
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Queued {
     /// How many deliveries were queued.
@@ -402,8 +411,7 @@ pub async fn replay_subscription(
     Path(name): Path<String>,
     Json(window): Json<WindowInput>,
 ) -> Result<axum::Json<Queued>, ApiError> {
-    let since = parse_time("since", window.since.as_deref())?;
-    let until = parse_time("until", window.until.as_deref())?;
+    let (since, until) = window.bounds()?;
     let now = state.clock.now_ms();
     let queued = state
         .store
@@ -428,8 +436,7 @@ pub async fn backfill_subscription(
     Path(name): Path<String>,
     Json(window): Json<WindowInput>,
 ) -> Result<axum::Json<Queued>, ApiError> {
-    let since = parse_time("since", window.since.as_deref())?;
-    let until = parse_time("until", window.until.as_deref())?;
+    let (since, until) = window.bounds()?;
     let now = state.clock.now_ms();
     let queued = state
         .store

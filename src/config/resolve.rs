@@ -161,17 +161,7 @@ fn resolve_source(
             ),
         ));
     }
-    let secret = match (raw.secret, raw.secret_env) {
-        (Some(_), Some(_)) => {
-            return Err(("secret", "set either secret or secret_env, not both".into()));
-        }
-        (Some(secret), None) => Some(secret),
-        (None, Some(var)) => Some(Secret::new(lookup(&var).ok_or((
-            "secret_env",
-            format!("environment variable {var} is not set"),
-        ))?)),
-        (None, None) => None,
-    };
+    let secret = resolve_secret(raw.secret, raw.secret_env, lookup)?;
     if secret.as_ref().is_some_and(|s| s.expose().is_empty()) {
         return Err((
             "secret",
@@ -210,21 +200,28 @@ fn resolve_source(
     })
 }
 
+/// A secret given inline or through `secret_env`, not both.
+fn resolve_secret(
+    inline: Option<Secret>,
+    env: Option<String>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Secret>, FieldError> {
+    match (inline, env) {
+        (Some(_), Some(_)) => Err(("secret", "set either secret or secret_env, not both".into())),
+        (Some(secret), None) => Ok(Some(secret)),
+        (None, Some(var)) => lookup(&var).map(|value| Some(Secret::new(value))).ok_or((
+            "secret_env",
+            format!("environment variable {var} is not set"),
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
 fn resolve_subscription(
     raw: RawSubscription,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<SubscriptionSpec, FieldError> {
-    let secret = match (raw.secret, raw.secret_env) {
-        (Some(_), Some(_)) => {
-            return Err(("secret", "set either secret or secret_env, not both".into()));
-        }
-        (Some(secret), None) => Some(secret),
-        (None, Some(var)) => Some(Secret::new(lookup(&var).ok_or((
-            "secret_env",
-            format!("environment variable {var} is not set"),
-        ))?)),
-        (None, None) => None,
-    };
+    let secret = resolve_secret(raw.secret, raw.secret_env, lookup)?;
     let basic_auth = raw
         .basic_auth
         .map(|auth| resolve_basic_auth(auth, lookup))

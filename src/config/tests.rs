@@ -212,14 +212,26 @@ secret_env = "SCHOOL_SECRET"
     assert_eq!(crm.secret.as_ref().unwrap().expose(), "from-env");
     assert!(config.delivery.enabled && !config.delivery.allow_private_destinations);
 
-    let bad_url = error_of("[[subscription]]\nname = \"x\"\nurl = \"ftp://x\"\nevents = [\"*\"]\n", &[]);
-    assert!(bad_url.contains("subscription[0]") && bad_url.contains("http"), "{bad_url}");
+    let bad_url = error_of(
+        "[[subscription]]\nname = \"x\"\nurl = \"ftp://x\"\nevents = [\"*\"]\n",
+        &[],
+    );
+    assert!(
+        bad_url.contains("subscription[0]") && bad_url.contains("http"),
+        "{bad_url}"
+    );
     let bad_step = error_of(
         "[[subscription]]\nname = \"x\"\nurl = \"https://x.example\"\nevents = [\"*\"]\nretry_schedule = [\"soon\"]\n",
         &[],
     );
-    assert!(bad_step.contains("subscription[0].retry_schedule"), "{bad_step}");
-    let bad_pattern = error_of("[[subscription]]\nname = \"x\"\nurl = \"https://x.example\"\nevents = [\"C*S\"]\n", &[]);
+    assert!(
+        bad_step.contains("subscription[0].retry_schedule"),
+        "{bad_step}"
+    );
+    let bad_pattern = error_of(
+        "[[subscription]]\nname = \"x\"\nurl = \"https://x.example\"\nevents = [\"C*S\"]\n",
+        &[],
+    );
     assert!(bad_pattern.contains("C*S"), "{bad_pattern}");
     let flag = parse("", &[("CLASSHOOK_DELIVERY_ENABLED", "false")]).unwrap();
     assert!(!flag.delivery.enabled);
