@@ -495,3 +495,47 @@ async fn private_destinations_are_refused_unless_allowed() {
     assert!(receiver.received().is_empty());
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_subscription_that_keeps_failing_is_held_then_tried_again() {
+    let receiver = Receiver::start().await;
+    receiver.script((0..10).map(|_| Reply::Status(500)));
+    let clock = ManualClock::at(START_MS);
+    let text = config(
+        &subscription(
+            "flaky",
+            &receiver.url(),
+            "retry_schedule = [\"1s\", \"1s\", \"1s\", \"1s\"]",
+        )
+        .replace("retry_schedule = [\"10s\", \"1m\", \"10m\"]\n", ""),
+    )
+    .replace("[delivery]\n", "[delivery]\nhold_after_failures = 2\n");
+    let gw = Gateway::start_with_clock("", &text, Arc::new(clock.clone())).await;
+    assert_eq!(
+        gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
+            .await
+            .status,
+        200
+    );
+    eventually("first failure", || only(&gw.store, "flaky").attempts == 1).await;
+    clock.advance(1_200);
+    eventually("second failure", || only(&gw.store, "flaky").attempts == 2).await;
+    let held = gw.store.get_subscription("flaky").unwrap().unwrap();
+    assert_eq!(held.consecutive_failures, 2);
+    assert_eq!(
+        held.hold_until_ms - clock.now_ms(),
+        60_000,
+        "held one minute after the second failure"
+    );
+
+    // The retry is due, but the subscription is on hold: nothing is sent.
+    clock.advance(1_200);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(receiver.received().len(), 2);
+    clock.advance(60_000);
+    eventually("tried again after the hold", || {
+        only(&gw.store, "flaky").attempts == 3
+    })
+    .await;
+    gw.stop().await;
+}
