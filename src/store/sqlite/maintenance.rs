@@ -3,7 +3,8 @@
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use super::{SqliteStore, mirror, writer};
+use super::read::Conditions;
+use super::{SqliteStore, mirror, timeline, writer};
 use crate::crypto;
 use crate::provider::{Envelope, ProviderKind};
 use crate::store::StoreError;
@@ -32,8 +33,12 @@ impl SqliteStore {
     /// the mirror stays). Returns how many were deleted.
     pub async fn prune_events(&self, before_ms: i64) -> Result<u64, StoreError> {
         self.run_job(move |conn| {
-            let deleted =
-                conn.execute("DELETE FROM events WHERE received_at_ms < ?1", [before_ms])?;
+            let mut c = Conditions::default();
+            timeline::add_window(conn, &mut c, None, Some(before_ms))?;
+            let deleted = conn.execute(
+                &format!("DELETE FROM events {}", c.sql()),
+                rusqlite::params_from_iter(c.args),
+            )?;
             Ok(deleted as u64)
         })
         .await

@@ -55,7 +55,6 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_source ON events (source, seq);
     -- Most events are ok: only the others are indexed (see `list_events`).
     CREATE INDEX events_status ON events (status, seq) WHERE status <> 'ok';
-    CREATE INDEX events_received ON events (received_at_ms);
 
     CREATE TABLE mirror_class (
         source TEXT NOT NULL, tenant TEXT NOT NULL, id INTEGER NOT NULL,

@@ -8,6 +8,7 @@ mod maintenance;
 mod migrations;
 mod mirror;
 mod read;
+mod timeline;
 mod writer;
 
 use std::path::{Path, PathBuf};

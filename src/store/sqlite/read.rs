@@ -3,7 +3,7 @@
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{OptionalExtension, Row, params, params_from_iter};
 
-use super::SqliteStore;
+use super::{SqliteStore, timeline};
 use crate::event::EventStatus;
 use crate::provider::ProviderKind;
 use crate::store::{
@@ -60,15 +60,16 @@ impl SqliteStore {
                 c.push_raw("status <> 'ok'");
             }
         }
-        c.add_opt("received_at_ms >= ?", filter.since_ms.as_ref());
-        c.add_opt("received_at_ms < ?", filter.until_ms.as_ref());
         c.add_opt("seq < ?", filter.before_seq.as_ref());
-        let sql = format!(
-            "SELECT {SUMMARY_COLUMNS} FROM events {} ORDER BY seq DESC LIMIT {}",
-            c.sql(),
-            filter.limit.max(1)
-        );
-        self.query_summaries(&sql, c.args)
+        let (since, until, limit) = (filter.since_ms, filter.until_ms, filter.limit.max(1));
+        self.with_reader(|conn| {
+            timeline::add_window(conn, &mut c, since, until)?;
+            let sql = format!(
+                "SELECT {SUMMARY_COLUMNS} FROM events {} ORDER BY seq DESC LIMIT {limit}",
+                c.sql()
+            );
+            query_summaries(conn, &sql, c.args)
+        })
     }
 
     /// Every event about one entity, in version order (then receive order).
@@ -99,15 +100,7 @@ impl SqliteStore {
         sql: &str,
         args: Vec<SqlValue>,
     ) -> Result<Vec<EventSummary>, StoreError> {
-        self.with_reader(|conn| {
-            let mut stmt = conn.prepare_cached(sql)?;
-            let rows = stmt.query_map(params_from_iter(args), |row| Ok(summary_from_row(row)))?;
-            let mut events = Vec::new();
-            for row in rows {
-                events.push(row??);
-            }
-            Ok(events)
-        })
+        self.with_reader(|conn| query_summaries(conn, sql, args))
     }
 
     /// One event with its raw body and headers.
@@ -168,8 +161,7 @@ impl SqliteStore {
         until_ms: Option<i64>,
     ) -> Result<Vec<StatsRow>, StoreError> {
         let mut c = Conditions::default();
-        c.add_opt("received_at_ms >= ?", since_ms.as_ref());
-        c.add_opt("received_at_ms < ?", until_ms.as_ref());
+        self.with_reader(|conn| Ok(timeline::add_window(conn, &mut c, since_ms, until_ms)?))?;
         let sql = format!(
             "SELECT source, event_type, status, count(*), sum(times_seen) FROM events {}
              GROUP BY source, event_type, status ORDER BY source, event_type, status",
@@ -233,6 +225,20 @@ impl SqliteStore {
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
+}
+
+fn query_summaries(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    args: Vec<SqlValue>,
+) -> Result<Vec<EventSummary>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params_from_iter(args), |row| Ok(summary_from_row(row)))?;
+    let mut events = Vec::new();
+    for row in rows {
+        events.push(row??);
+    }
+    Ok(events)
 }
 
 fn parse_status(status: &str) -> Result<EventStatus, StoreError> {

@@ -1,0 +1,75 @@
+//! Time windows over the event log without an index on receive time: sequence
+//! numbers grow with receive time, so a window of time is first narrowed to a window
+//! of sequence numbers by binary search (a few point reads on the primary key), then
+//! the exact time condition is applied inside it. This saves one index write per
+//! ingested event.
+//!
+//! Receive time is taken when a request starts and the sequence number when its batch
+//! commits, so they can disagree by the time a request waits for its commit (seconds
+//! at most: a request that waits past `append_timeout` is answered 503). The search
+//! widens the window by [`SLACK_MS`] to cover that.
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::read::Conditions;
+
+/// How far receive time may run ahead of sequence order.
+pub const SLACK_MS: i64 = 60_000;
+
+/// The first sequence number whose receive time is at least `at_ms` (`None`: none is).
+fn first_seq_at_or_after(conn: &Connection, at_ms: i64) -> rusqlite::Result<Option<i64>> {
+    let bounds: Option<(i64, i64)> = conn
+        .query_row("SELECT min(seq), max(seq) FROM events", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?
+        .and_then(|(lo, hi): (Option<i64>, Option<i64>)| Some((lo?, hi?)));
+    let Some((mut lo, mut hi)) = bounds else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, received_at_ms FROM events WHERE seq >= ?1 ORDER BY seq LIMIT 1",
+    )?;
+    let mut answer = None;
+    // Invariant: every seq below `lo` is too early; `answer` is the best found so far.
+    while lo <= hi {
+        let mid = lo + (hi - lo) / 2;
+        let Some((seq, received)) = stmt
+            .query_row([mid], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .optional()?
+        else {
+            break;
+        };
+        if received >= at_ms {
+            answer = Some(seq);
+            hi = mid - 1;
+        } else {
+            lo = seq + 1;
+        }
+    }
+    Ok(answer)
+}
+
+/// Adds `received_at_ms` conditions for `[since, until)`, each with a sequence range
+/// that lets SQLite walk the primary key instead of scanning every row.
+pub fn add_window(
+    conn: &Connection,
+    c: &mut Conditions,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+) -> rusqlite::Result<()> {
+    if let Some(since) = since_ms {
+        match first_seq_at_or_after(conn, since.saturating_sub(SLACK_MS))? {
+            Some(seq) => c.add("seq >= ?", seq),
+            None => c.push_raw("0"),
+        }
+        c.add("received_at_ms >= ?", since);
+    }
+    if let Some(until) = until_ms {
+        if let Some(seq) = first_seq_at_or_after(conn, until.saturating_add(SLACK_MS))? {
+            c.add("seq < ?", seq);
+        }
+        c.add("received_at_ms < ?", until);
+    }
+    Ok(())
+}
