@@ -18,13 +18,10 @@ pub const SLACK_MS: i64 = 60_000;
 
 /// The first sequence number whose receive time is at least `at_ms` (`None`: none is).
 fn first_seq_at_or_after(conn: &Connection, at_ms: i64) -> rusqlite::Result<Option<i64>> {
-    let bounds: Option<(i64, i64)> = conn
-        .query_row("SELECT min(seq), max(seq) FROM events", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?
-        .and_then(|(lo, hi): (Option<i64>, Option<i64>)| Some((lo?, hi?)));
-    let Some((mut lo, mut hi)) = bounds else {
+    // Two queries: SQLite answers a lone min() or max() from the key, not both at once.
+    let first: Option<i64> = conn.query_row("SELECT min(seq) FROM events", [], |r| r.get(0))?;
+    let last: Option<i64> = conn.query_row("SELECT max(seq) FROM events", [], |r| r.get(0))?;
+    let (Some(mut lo), Some(mut hi)) = (first, last) else {
         return Ok(None);
     };
     let mut stmt = conn.prepare_cached(
