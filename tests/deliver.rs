@@ -539,3 +539,44 @@ async fn a_subscription_that_keeps_failing_is_held_then_tried_again() {
     .await;
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn redirects_are_not_followed_and_response_bodies_are_bounded() {
+    let receiver = Receiver::start().await;
+    receiver.script([
+        Reply::Body(302, String::new()),
+        Reply::Body(200, "x".repeat(5000)),
+    ]);
+    let (gw, clock) = start(&subscription("crm", &receiver.url(), "")).await;
+    assert_eq!(
+        gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
+            .await
+            .status,
+        200
+    );
+    eventually("redirect recorded as a failure", || {
+        only(&gw.store, "crm").attempts == 1
+    })
+    .await;
+    assert_eq!(
+        only(&gw.store, "crm").last_error.as_deref(),
+        Some("HTTP 302")
+    );
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "the Location was not followed"
+    );
+    clock.advance(11_000);
+    eventually("delivered", || {
+        only(&gw.store, "crm").state == DeliveryState::Delivered
+    })
+    .await;
+    let (_, attempts) = gw
+        .store
+        .get_delivery(only(&gw.store, "crm").id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(attempts[1].response.as_ref().unwrap().len(), 1024);
+    gw.stop().await;
+}

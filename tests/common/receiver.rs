@@ -20,6 +20,8 @@ pub enum Reply {
     StatusWithRetryAfter(u16, u64),
     /// Waits this long, then answers 200.
     Slow(Duration),
+    /// This status with this body (and a `Location`, for redirects).
+    Body(u16, String),
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +100,12 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
             StatusCode::from_u16(code).unwrap(),
             [("retry-after", seconds.to_string())],
             "slow down",
+        )
+            .into_response(),
+        Reply::Body(code, body) => (
+            StatusCode::from_u16(code).unwrap(),
+            [("location", "http://127.0.0.1:9/elsewhere")],
+            body,
         )
             .into_response(),
         Reply::Slow(wait) => {
