@@ -205,7 +205,7 @@ impl SqliteStore {
         &self,
         spec: SubscriptionSpec,
     ) -> Result<Subscription, StoreError> {
-        self.change_subscriptions(move |tx| {
+        self.change_kept(move |tx| {
             if tx
                 .query_row(
                     "SELECT 1 FROM subscriptions WHERE name = ?1",
@@ -231,7 +231,7 @@ impl SqliteStore {
         &self,
         spec: SubscriptionSpec,
     ) -> Result<Subscription, StoreError> {
-        self.change_subscriptions(move |tx| {
+        self.change_kept(move |tx| {
             api_owned(tx, &spec.name)?;
             upsert(tx, &spec, ManagedBy::Api)?;
             Ok(spec.name)
@@ -244,14 +244,10 @@ impl SqliteStore {
         self.change_subscriptions(move |tx| {
             api_owned(tx, &name)?;
             tx.execute("DELETE FROM subscriptions WHERE name = ?1", [&name])?;
-            Ok(String::new())
+            Ok(name)
         })
         .await
-        .map(|_| ())
-        .or_else(|e| match e {
-            StoreError::NotFound(m) if m.is_empty() => Ok(()),
-            other => Err(other),
-        })
+        .map(|_gone| ())
     }
 
     /// Pauses or resumes a subscription (config ones too). Resuming clears any hold.
@@ -262,7 +258,7 @@ impl SqliteStore {
         reason: Option<String>,
     ) -> Result<Subscription, StoreError> {
         let name = name.to_string();
-        self.change_subscriptions(move |tx| {
+        self.change_kept(move |tx| {
             let changed = tx.execute(
                 "UPDATE subscriptions SET paused = ?2, paused_reason = ?3,
                      hold_until_ms = CASE WHEN ?2 THEN hold_until_ms ELSE 0 END,
@@ -281,11 +277,12 @@ impl SqliteStore {
     }
 
     /// Runs a subscription change in one transaction, refreshes the writer's
-    /// matchers, and returns the named subscription as it now stands.
+    /// matchers, and returns the named subscription as it now stands (`None` once
+    /// deleted).
     async fn change_subscriptions(
         &self,
         change: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<String, StoreError> + Send + 'static,
-    ) -> Result<Subscription, StoreError> {
+    ) -> Result<Option<Subscription>, StoreError> {
         let matchers = self.inner.matchers.clone();
         self.run_job(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -294,9 +291,19 @@ impl SqliteStore {
             tx.commit()?;
             let found = loaded.iter().find(|s| s.spec.name == name).cloned();
             *matchers.write().expect("matcher lock is never poisoned") = loaded;
-            found.ok_or_else(|| StoreError::NotFound(String::new()))
+            Ok(found)
         })
         .await
+    }
+
+    /// A change that leaves the subscription in place: it is there afterwards.
+    async fn change_kept(
+        &self,
+        change: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<String, StoreError> + Send + 'static,
+    ) -> Result<Subscription, StoreError> {
+        self.change_subscriptions(change).await?.ok_or_else(|| {
+            StoreError::NotFound("the subscription vanished while it changed".into())
+        })
     }
 
     pub fn list_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
