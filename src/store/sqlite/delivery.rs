@@ -328,25 +328,15 @@ impl SqliteStore {
         capacities: Vec<(i64, usize, i64)>,
         now_ms: i64,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let queue = self.inner.queue.as_ref().ok_or(StoreError::WriterGone)?;
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        queue
-            .send(super::writer::WriteOp::Claim(capacities, now_ms, reply))
+        self.request(|reply| super::writer::WriteOp::Claim(capacities, now_ms, reply))
             .await
-            .map_err(|_| StoreError::WriterGone)?;
-        answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
     /// Records an attempt and moves the delivery (and its subscription) on, in the
     /// writer's next group commit.
     pub async fn record_attempt(&self, result: AttemptResult) -> Result<(), StoreError> {
-        let queue = self.inner.queue.as_ref().ok_or(StoreError::WriterGone)?;
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        queue
-            .send(super::writer::WriteOp::Record(Box::new(result), reply))
+        self.request(|reply| super::writer::WriteOp::Record(Box::new(result), reply))
             .await
-            .map_err(|_| StoreError::WriterGone)?;
-        answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
     /// Gives a leased delivery back without an attempt (e.g. its event was pruned).

@@ -165,18 +165,25 @@ impl SqliteStore {
         &self.inner.path
     }
 
-    /// Stores `event` durably, or recognises it as a retry. Returns after the commit.
-    pub async fn append(&self, event: NewEvent) -> Result<AppendOutcome, StoreError> {
+    /// Queues the operation `make` builds around its reply channel and waits for the
+    /// writer's answer.
+    pub(super) async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
+    ) -> Result<T, StoreError> {
         let queue = self.inner.queue.as_ref().ok_or(StoreError::WriterGone)?;
         let (reply, answer) = oneshot::channel();
+        queue
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Stores `event` durably, or recognises it as a retry. Returns after the commit.
+    pub async fn append(&self, event: NewEvent) -> Result<AppendOutcome, StoreError> {
         let timeout = self.inner.options.append_timeout;
-        let wait = async {
-            queue
-                .send(WriteOp::Append(Box::new(event), reply))
-                .await
-                .map_err(|_| StoreError::WriterGone)?;
-            answer.await.map_err(|_| StoreError::WriterGone)?
-        };
+        let wait = self.request(|reply| WriteOp::Append(Box::new(event), reply));
         tokio::time::timeout(timeout, wait)
             .await
             .map_err(|_| StoreError::Timeout(timeout))?
@@ -187,16 +194,12 @@ impl SqliteStore {
         &self,
         work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let queue = self.inner.queue.as_ref().ok_or(StoreError::WriterGone)?;
-        let (reply, answer) = oneshot::channel();
-        let job = Box::new(move |conn: &mut Connection| {
-            let _ = reply.send(work(conn));
-        });
-        queue
-            .send(WriteOp::Job(job))
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        answer.await.map_err(|_| StoreError::WriterGone)?
+        self.request(|reply| {
+            WriteOp::Job(Box::new(move |conn: &mut Connection| {
+                let _ = reply.send(work(conn));
+            }))
+        })
+        .await
     }
 
     /// Whether the store can take a write now: the writer is alive and the database
