@@ -79,18 +79,8 @@ pub fn list(config: Config, args: &DeliveriesArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn replay(config: Config, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
-    let time = |name: &str, value: &Option<String>| -> anyhow::Result<Option<i64>> {
-        value
-            .as_deref()
-            .map(|t| {
-                chrono::DateTime::parse_from_rfc3339(t)
-                    .map(|t| t.timestamp_millis())
-                    .with_context(|| format!("--{name} {t:?} is not an RFC 3339 time"))
-            })
-            .transpose()
-    };
-    let since = time("since", &args.since)?;
-    let until = time("until", &args.until)?;
+    let since = super::parse_time_flag("since", args.since.as_deref())?;
+    let until = super::parse_time_flag("until", args.until.as_deref())?;
     let store = Store::open(&config.server.data_dir, StoreOptions::default())?;
     let now = SystemClock.now_ms();
     match (&args.delivery, &args.subscription) {

@@ -46,14 +46,7 @@ pub struct ExportArgs {
 pub fn run(config: Config, args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open_read_only(&config.server.data_dir)
         .with_context(|| format!("nothing stored yet in {}", config.server.data_dir.display()))?;
-    let since_ms = match &args.since {
-        Some(text) => Some(
-            chrono::DateTime::parse_from_rfc3339(text)
-                .with_context(|| format!("--since {text:?} is not an RFC 3339 time"))?
-                .timestamp_millis(),
-        ),
-        None => None,
-    };
+    let since_ms = super::parse_time_flag("since", args.since.as_deref())?;
     let stdout = std::io::stdout().lock();
     let mut out = Output::new(args.format, stdout);
     match &args.kind {

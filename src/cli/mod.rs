@@ -69,6 +69,24 @@ impl Cli {
     }
 }
 
+/// `--provider` values.
+fn parse_provider(text: &str) -> Result<crate::provider::ProviderKind, String> {
+    crate::provider::ProviderKind::parse(text)
+        .ok_or_else(|| format!("{text:?} is not dreamclass or loopwise"))
+}
+
+/// An optional RFC 3339 time flag as epoch milliseconds.
+fn parse_time_flag(flag: &str, value: Option<&str>) -> anyhow::Result<Option<i64>> {
+    use anyhow::Context;
+    value
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.timestamp_millis())
+                .with_context(|| format!("--{flag} {t:?} is not an RFC 3339 time"))
+        })
+        .transpose()
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {

@@ -22,7 +22,7 @@ pub struct SendArgs {
     #[arg(long, requires = "provider")]
     url: Option<String>,
     /// With --url: dreamclass or loopwise.
-    #[arg(long, value_parser = parse_provider)]
+    #[arg(long, value_parser = super::parse_provider)]
     provider: Option<ProviderKind>,
     /// With --url: the HMAC secret (leave out to send unsigned).
     #[arg(long, env = "CLASSHOOK_SEND_SECRET", hide_env_values = true)]
@@ -45,10 +45,6 @@ pub struct SendArgs {
     /// Print the request instead of sending it.
     #[arg(long)]
     print: bool,
-}
-
-fn parse_provider(text: &str) -> Result<ProviderKind, String> {
-    ProviderKind::parse(text).ok_or_else(|| format!("{text:?} is not dreamclass or loopwise"))
 }
 
 fn parse_encoding(text: &str) -> Result<SecretEncoding, String> {

@@ -24,7 +24,7 @@ pub struct VerifyArgs {
     #[arg(long = "header")]
     headers: Vec<String>,
     /// dreamclass or loopwise (not needed with --source).
-    #[arg(long, value_parser = parse_provider)]
+    #[arg(long, value_parser = super::parse_provider)]
     provider: Option<ProviderKind>,
     /// The secret to check against (or use --source to take it from the config).
     #[arg(long, env = "CLASSHOOK_VERIFY_SECRET", hide_env_values = true)]
@@ -32,10 +32,6 @@ pub struct VerifyArgs {
     /// Take provider and secret from this configured source.
     #[arg(long, conflicts_with_all = ["secret", "provider"])]
     source: Option<String>,
-}
-
-fn parse_provider(text: &str) -> Result<ProviderKind, String> {
-    ProviderKind::parse(text).ok_or_else(|| format!("{text:?} is not dreamclass or loopwise"))
 }
 
 pub fn run(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
