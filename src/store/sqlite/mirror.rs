@@ -1,9 +1,17 @@
 //! Applies events to the mirror tables, inside the writer's transaction (and in
 //! `mirror rebuild`). The rules come from [`crate::mirror`]; this file only knows
 //! the SQL.
+//!
+//! This runs once per ingested event on the single writer thread, so it avoids work
+//! per event: each table's SQL is built once from its spec, keys are borrowed, the
+//! stored row is compared with the new values while it is read (no copies), and
+//! parameters are bound straight onto the statement.
 
-use rusqlite::types::{ToSql, ToSqlOutput, Value as SqlValue};
-use rusqlite::{Connection, OptionalExtension, params_from_iter};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rusqlite::types::{ToSql, ToSqlOutput, Value as SqlValue, ValueRef};
+use rusqlite::{Connection, Statement};
 
 use crate::event::EntityRef;
 use crate::mirror::{self, Current, Effect, FieldValue, KindSpec, MirrorData};
@@ -19,100 +27,322 @@ impl ToSql for FieldValue {
     }
 }
 
-/// Where one entity lives: its table and the values of its key columns.
-struct Row<'a> {
-    spec: Option<&'static KindSpec>,
-    key: Vec<SqlValue>,
-    entity: &'a EntityRef,
+pub fn field_to_sql(value: &FieldValue) -> SqlValue {
+    match value {
+        FieldValue::Null => SqlValue::Null,
+        FieldValue::Integer(n) => SqlValue::Integer(*n),
+        FieldValue::Text(s) => SqlValue::Text(s.clone()),
+        FieldValue::Bool(b) => SqlValue::Integer(i64::from(*b)),
+    }
 }
 
-impl Row<'_> {
+/// Whether the stored column already holds `value` (as `field_to_sql` would store it).
+fn holds(stored: ValueRef<'_>, value: &FieldValue) -> bool {
+    match (stored, value) {
+        (ValueRef::Null, FieldValue::Null) => true,
+        (ValueRef::Integer(a), FieldValue::Integer(b)) => a == *b,
+        (ValueRef::Integer(a), FieldValue::Bool(b)) => a == i64::from(*b),
+        (ValueRef::Text(a), FieldValue::Text(b)) => a == b.as_bytes(),
+        _ => false,
+    }
+}
+
+/// The SQL of one mirror table, built once from its spec.
+struct TableSql {
+    key_len: usize,
+    data_columns: Vec<&'static str>,
+    /// `rowid, version_ms, deleted, <data columns>` of one entity.
+    select: String,
+    /// A new row with its data; a new tombstone (no data).
+    insert: String,
+    insert_tombstone: String,
+    /// `UPDATE … SET <changed columns>, version_ms, event_seq, deleted WHERE rowid`,
+    /// by the bitmask of changed data columns (only a handful occur per table).
+    updates: Mutex<HashMap<u64, Arc<str>>>,
+    child: Option<ChildSql>,
+}
+
+struct ChildSql {
+    delete: String,
+    insert: String,
+}
+
+impl TableSql {
+    fn build(table: &'static str, spec: Option<&'static KindSpec>) -> TableSql {
+        let key: &[&str] = match spec {
+            Some(_) => &["source", "tenant", "id"],
+            None => &["source", "tenant", "id", "kind"],
+        };
+        let data_columns: Vec<&'static str> = match spec {
+            Some(spec) => spec.fields.iter().map(|f| f.column).collect(),
+            None => vec!["data"],
+        };
+        assert!(data_columns.len() <= 64, "changed columns are a u64 mask");
+        let condition = numbered(key, " AND ", 1);
+        let select = format!(
+            "SELECT rowid, version_ms, deleted, {} FROM {table} WHERE {condition}",
+            data_columns.join(", ")
+        );
+        let insert_into = |columns: &[&str]| {
+            let names: Vec<&str> = key
+                .iter()
+                .chain(columns)
+                .chain(&["version_ms", "event_seq", "deleted"])
+                .copied()
+                .collect();
+            format!(
+                "INSERT INTO {table} ({}) VALUES ({})",
+                names.join(", "),
+                placeholders(1, names.len())
+            )
+        };
+        let child = spec.and_then(|s| s.child.as_ref()).map(|child| {
+            let columns: Vec<&str> = child.fields.iter().map(|f| f.column).collect();
+            ChildSql {
+                delete: format!(
+                    "DELETE FROM {} WHERE source = ?1 AND tenant = ?2 AND {} = ?3",
+                    child.table, child.parent_column
+                ),
+                insert: format!(
+                    "INSERT INTO {} (source, tenant, {}, position, {}) VALUES ({})",
+                    child.table,
+                    child.parent_column,
+                    columns.join(", "),
+                    placeholders(1, 4 + columns.len())
+                ),
+            }
+        });
+        TableSql {
+            key_len: key.len(),
+            insert: insert_into(&data_columns),
+            insert_tombstone: insert_into(&[]),
+            data_columns,
+            select,
+            updates: Mutex::default(),
+            child,
+        }
+    }
+
+    /// The UPDATE for this set of changed columns, built the first time it occurs.
+    fn update(&self, table: &str, changed: u64) -> Arc<str> {
+        let mut updates = self.updates.lock().expect("update cache is never poisoned");
+        let sql = updates.entry(changed).or_insert_with(|| {
+            let mut sets: Vec<&str> = (0..self.data_columns.len())
+                .filter(|i| changed & (1 << i) != 0)
+                .map(|i| self.data_columns[i])
+                .collect();
+            sets.extend(["version_ms", "event_seq", "deleted"]);
+            format!(
+                "UPDATE {table} SET {} WHERE rowid = ?{}",
+                numbered(&sets, ", ", 1),
+                sets.len() + 1
+            )
+            .into()
+        });
+        sql.clone()
+    }
+}
+
+/// `a = ?1<sep>b = ?2…`
+fn numbered(columns: &[&str], separator: &str, first: usize) -> String {
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c} = ?{}", first + i))
+        .collect::<Vec<_>>()
+        .join(separator)
+}
+
+/// `?1, ?2, …`
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every table's SQL: the typed kinds in `TYPED` order, then the generic table.
+fn table_sql(spec: Option<&'static KindSpec>) -> &'static TableSql {
+    static SQL: OnceLock<Vec<TableSql>> = OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        let typed = mirror::kinds::TYPED.iter();
+        typed
+            .map(|spec| TableSql::build(spec.table, Some(spec)))
+            .chain([TableSql::build(GENERIC_TABLE, None)])
+            .collect()
+    });
+    let index = spec.map_or(mirror::kinds::TYPED.len(), |spec| {
+        mirror::kinds::TYPED
+            .iter()
+            .position(|typed| std::ptr::eq(*typed, spec))
+            .expect("every spec is in TYPED")
+    });
+    &all[index]
+}
+
+/// An entity's id as its table stores it: typed DreamClass ids are integers.
+enum Id<'a> {
+    Integer(i64),
+    Text(&'a str),
+}
+
+/// Where one entity lives: its table and the values of its key columns.
+struct Key<'a> {
+    spec: Option<&'static KindSpec>,
+    source: &'a str,
+    tenant: &'a str,
+    id: Id<'a>,
+    kind: &'a str,
+}
+
+impl Key<'_> {
     fn table(&self) -> &'static str {
         self.spec.map_or(GENERIC_TABLE, |s| s.table)
     }
 
-    /// `source = ?1 AND tenant = ?2 AND id = ?3 [AND kind = ?4]`
-    fn key_condition(&self) -> &'static str {
-        if self.spec.is_some() {
-            "source = ?1 AND tenant = ?2 AND id = ?3"
-        } else {
-            "source = ?1 AND tenant = ?2 AND id = ?3 AND kind = ?4"
+    /// Binds the key columns as parameters 1..=n (n = 3, or 4 for the generic table).
+    fn bind(&self, stmt: &mut Statement<'_>, sql: &TableSql) -> rusqlite::Result<()> {
+        stmt.raw_bind_parameter(1, self.source)?;
+        stmt.raw_bind_parameter(2, self.tenant)?;
+        match self.id {
+            Id::Integer(n) => stmt.raw_bind_parameter(3, n)?,
+            Id::Text(s) => stmt.raw_bind_parameter(3, s)?,
         }
-    }
-
-    fn key_columns(&self) -> &'static str {
-        if self.spec.is_some() {
-            "source, tenant, id"
-        } else {
-            "source, tenant, id, kind"
+        if sql.key_len == 4 {
+            stmt.raw_bind_parameter(4, self.kind)?;
         }
+        Ok(())
     }
 }
 
-/// The key of an entity: typed DreamClass ids are integers; everything else text.
-fn row<'a>(
-    source: &str,
-    tenant: Option<&str>,
+/// The key of an event's entity, `None` when the event cannot be keyed.
+fn key<'a>(
+    source: &'a str,
+    tenant: Option<&'a str>,
     entity: &'a EntityRef,
     data: &MirrorData,
-) -> Option<Row<'a>> {
+) -> Option<Key<'a>> {
     let spec = data.spec();
     let id = entity.id.as_deref()?;
     let id = match spec {
-        Some(s) if s.integer_id => SqlValue::Integer(id.parse().ok()?),
-        _ => SqlValue::Text(id.to_string()),
+        Some(s) if s.integer_id => Id::Integer(id.parse().ok()?),
+        _ => Id::Text(id),
     };
-    let mut key = vec![
-        SqlValue::Text(source.to_string()),
-        SqlValue::Text(tenant.unwrap_or("").to_string()),
+    Some(Key {
+        spec,
+        source,
+        tenant: tenant.unwrap_or(""),
         id,
-    ];
-    if spec.is_none() {
-        key.push(SqlValue::Text(entity.kind.clone()));
-    }
-    Some(Row { spec, key, entity })
+        kind: &entity.kind,
+    })
 }
 
-/// An entity's row as it stands: where it is, its rule state and its data columns.
+/// An entity's row as it stands: where it is, its rule state, and which of its data
+/// columns differ from what the event would write.
 struct Existing {
     rowid: i64,
     current: Current,
-    columns: Vec<SqlValue>,
+    changed: u64,
 }
 
 /// What an event will do to the mirror, decided before the event is inserted (so
 /// the event row is written once, with its effect).
 pub struct Planned<'a> {
-    row: Row<'a>,
+    key: Key<'a>,
     existing: Option<Existing>,
     data: &'a MirrorData,
     pub effect: Effect,
+}
+
+/// The values an event writes into its entity's data columns (none for a tombstone).
+fn new_values(data: &MirrorData) -> NewValues<'_> {
+    match data {
+        MirrorData::Typed { values, .. } => NewValues::Typed(values),
+        MirrorData::Generic { data } => NewValues::Generic(data),
+        MirrorData::Tombstone { .. } => NewValues::None,
+    }
+}
+
+enum NewValues<'a> {
+    Typed(&'a [FieldValue]),
+    Generic(&'a str),
+    None,
+}
+
+impl NewValues<'_> {
+    fn len(&self) -> usize {
+        match self {
+            NewValues::Typed(values) => values.len(),
+            NewValues::Generic(_) => 1,
+            NewValues::None => 0,
+        }
+    }
+
+    fn differs(&self, i: usize, stored: ValueRef<'_>) -> bool {
+        match self {
+            NewValues::Typed(values) => !holds(stored, &values[i]),
+            NewValues::Generic(text) => stored != ValueRef::Text(text.as_bytes()),
+            NewValues::None => false,
+        }
+    }
+
+    fn bind(&self, stmt: &mut Statement<'_>, i: usize, at: usize) -> rusqlite::Result<()> {
+        match self {
+            NewValues::Typed(values) => stmt.raw_bind_parameter(at, &values[i]),
+            NewValues::Generic(text) => stmt.raw_bind_parameter(at, *text),
+            NewValues::None => Ok(()),
+        }
+    }
 }
 
 /// Reads the entity's current state and decides the event's effect (`None` when the
 /// event cannot be keyed). Writes nothing.
 pub fn plan<'a>(
     conn: &Connection,
-    source: &str,
-    tenant: Option<&str>,
+    source: &'a str,
+    tenant: Option<&'a str>,
     entity: &'a EntityRef,
     version_ms: i64,
     data: &'a MirrorData,
 ) -> rusqlite::Result<Option<Planned<'a>>> {
-    let Some(row) = row(source, tenant, entity, data) else {
+    let Some(key) = key(source, tenant, entity, data) else {
         return Ok(None);
     };
-    let existing = read_existing(conn, &row)?;
-    let effect = mirror::decide(
-        existing.as_ref().map(|e| e.current),
-        &row.entity.op,
-        version_ms,
-    );
+    let existing = read_existing(conn, &key, &new_values(data))?;
+    let effect = mirror::decide(existing.as_ref().map(|e| e.current), &entity.op, version_ms);
     Ok(Some(Planned {
-        row,
+        key,
         existing,
         data,
         effect,
+    }))
+}
+
+fn read_existing(
+    conn: &Connection,
+    key: &Key<'_>,
+    values: &NewValues<'_>,
+) -> rusqlite::Result<Option<Existing>> {
+    let sql = table_sql(key.spec);
+    let mut stmt = conn.prepare_cached(&sql.select)?;
+    key.bind(&mut stmt, sql)?;
+    let mut rows = stmt.raw_query();
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let mut changed = 0u64;
+    for i in 0..values.len() {
+        if values.differs(i, row.get_ref(3 + i)?) {
+            changed |= 1 << i;
+        }
+    }
+    Ok(Some(Existing {
+        rowid: row.get(0)?,
+        current: Current {
+            version_ms: row.get(1)?,
+            deleted: row.get(2)?,
+        },
+        changed,
     }))
 }
 
@@ -124,33 +354,24 @@ pub fn carry_out(
     version_ms: i64,
     seq: i64,
 ) -> rusqlite::Result<()> {
-    let (row, existing) = (&planned.row, planned.existing.as_ref());
-    match (planned.effect, planned.data) {
-        (Effect::Tombstoned, _) => write(conn, row, existing, &[], version_ms, seq, true),
-        (
-            Effect::Applied,
-            MirrorData::Typed {
-                values, children, ..
-            },
-        ) => {
-            let values: Vec<SqlValue> = values.iter().map(field_to_sql).collect();
-            write(conn, row, existing, &values, version_ms, seq, false)?;
-            replace_children(conn, row, children)
+    let values = match (planned.effect, planned.data) {
+        (Effect::Tombstoned, _) => NewValues::None,
+        (Effect::Applied, data @ (MirrorData::Typed { .. } | MirrorData::Generic { .. })) => {
+            new_values(data)
         }
-        (Effect::Applied, MirrorData::Generic { data }) => write(
-            conn,
-            row,
-            existing,
-            &[SqlValue::Text(data.clone())],
-            version_ms,
-            seq,
-            false,
-        ),
         // `prepare` makes tombstone data only for `deleted` events, which never apply.
         (Effect::Applied, MirrorData::Tombstone { .. }) | (Effect::Stale | Effect::Blocked, _) => {
-            Ok(())
+            return Ok(());
         }
+    };
+    let deleted = planned.effect == Effect::Tombstoned;
+    write(conn, planned, &values, version_ms, seq, deleted)?;
+    if let MirrorData::Typed { children, .. } = planned.data
+        && !deleted
+    {
+        replace_children(conn, &planned.key, children)?;
     }
+    Ok(())
 }
 
 /// Plans and carries out in one step, for events already stored (`mirror rebuild`).
@@ -170,143 +391,84 @@ pub fn apply(
     Ok(Some(planned.effect))
 }
 
-pub fn field_to_sql(value: &FieldValue) -> SqlValue {
-    match value {
-        FieldValue::Null => SqlValue::Null,
-        FieldValue::Integer(n) => SqlValue::Integer(*n),
-        FieldValue::Text(s) => SqlValue::Text(s.clone()),
-        FieldValue::Bool(b) => SqlValue::Integer(i64::from(*b)),
-    }
-}
-
-fn data_columns(row: &Row<'_>) -> Vec<&'static str> {
-    match row.spec {
-        Some(spec) => spec.fields.iter().map(|f| f.column).collect(),
-        None => vec!["data"],
-    }
-}
-
-fn read_existing(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<Option<Existing>> {
-    let columns = data_columns(row);
-    let sql = format!(
-        "SELECT rowid, version_ms, deleted, {} FROM {} WHERE {}",
-        columns.join(", "),
-        row.table(),
-        row.key_condition()
-    );
-    conn.prepare_cached(&sql)?
-        .query_row(params_from_iter(&row.key), |r| {
-            Ok(Existing {
-                rowid: r.get(0)?,
-                current: Current {
-                    version_ms: r.get(1)?,
-                    deleted: r.get(2)?,
-                },
-                columns: (0..columns.len())
-                    .map(|i| r.get(3 + i))
-                    .collect::<rusqlite::Result<_>>()?,
-            })
-        })
-        .optional()
-}
-
 /// Inserts the row, or updates only the columns whose values changed: an update
 /// that leaves an indexed column alone leaves its index alone too.
 fn write(
     conn: &Connection,
-    row: &Row<'_>,
-    existing: Option<&Existing>,
-    values: &[SqlValue],
+    planned: &Planned<'_>,
+    values: &NewValues<'_>,
     version_ms: i64,
     seq: i64,
     deleted: bool,
 ) -> rusqlite::Result<()> {
-    let columns = data_columns(row);
-    let Some(existing) = existing else {
-        let written: Vec<&str> = if values.is_empty() {
-            Vec::new()
-        } else {
-            columns
+    let key = &planned.key;
+    let sql = table_sql(key.spec);
+    let Some(existing) = &planned.existing else {
+        let text = match values {
+            NewValues::None => &sql.insert_tombstone,
+            _ => &sql.insert,
         };
-        let mut names: Vec<&str> = row.key_columns().split(", ").collect();
-        names.extend(&written);
-        names.extend(["version_ms", "event_seq", "deleted"]);
-        let sql = format!(
-            "INSERT INTO {} ({}) VALUES ({})",
-            row.table(),
-            names.join(", "),
-            (1..=names.len())
-                .map(|i| format!("?{i}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let mut args: Vec<&dyn ToSql> = row.key.iter().map(|v| v as &dyn ToSql).collect();
-        args.extend(values.iter().map(|v| v as &dyn ToSql));
-        args.push(&version_ms);
-        args.push(&seq);
-        args.push(&deleted);
-        conn.prepare_cached(&sql)?.execute(args.as_slice())?;
+        let mut stmt = conn.prepare_cached(text)?;
+        key.bind(&mut stmt, sql)?;
+        let mut at = sql.key_len + 1;
+        for i in 0..values.len() {
+            values.bind(&mut stmt, i, at)?;
+            at += 1;
+        }
+        bind_meta(&mut stmt, at, version_ms, seq, deleted)?;
+        stmt.raw_execute()?;
         return Ok(());
     };
-    let changed: Vec<usize> = (0..values.len())
-        .filter(|&i| existing.columns.get(i) != Some(&values[i]))
-        .collect();
-    let mut sets: Vec<String> = changed
-        .iter()
-        .enumerate()
-        .map(|(n, &i)| format!("{} = ?{}", columns[i], n + 1))
-        .collect();
-    let n = changed.len();
-    sets.push(format!("version_ms = ?{}", n + 1));
-    sets.push(format!("event_seq = ?{}", n + 2));
-    sets.push(format!("deleted = ?{}", n + 3));
-    let sql = format!(
-        "UPDATE {} SET {} WHERE rowid = ?{}",
-        row.table(),
-        sets.join(", "),
-        n + 4
-    );
-    let mut args: Vec<&dyn ToSql> = changed.iter().map(|&i| &values[i] as &dyn ToSql).collect();
-    args.push(&version_ms);
-    args.push(&seq);
-    args.push(&deleted);
-    args.push(&existing.rowid);
-    conn.prepare_cached(&sql)?.execute(args.as_slice())?;
+    let changed = match values {
+        NewValues::None => 0,
+        _ => existing.changed,
+    };
+    let mut stmt = conn.prepare_cached(&sql.update(key.table(), changed))?;
+    let mut at = 1;
+    for i in (0..values.len()).filter(|i| changed & (1 << i) != 0) {
+        values.bind(&mut stmt, i, at)?;
+        at += 1;
+    }
+    bind_meta(&mut stmt, at, version_ms, seq, deleted)?;
+    stmt.raw_bind_parameter(at + 3, existing.rowid)?;
+    stmt.raw_execute()?;
     Ok(())
+}
+
+/// `version_ms, event_seq, deleted` as parameters `at..at + 3`.
+fn bind_meta(
+    stmt: &mut Statement<'_>,
+    at: usize,
+    version_ms: i64,
+    seq: i64,
+    deleted: bool,
+) -> rusqlite::Result<()> {
+    stmt.raw_bind_parameter(at, version_ms)?;
+    stmt.raw_bind_parameter(at + 1, seq)?;
+    stmt.raw_bind_parameter(at + 2, deleted)
 }
 
 /// A course's plans: the child rows are replaced with the event's array.
 fn replace_children(
     conn: &Connection,
-    row: &Row<'_>,
+    key: &Key<'_>,
     children: &[Vec<FieldValue>],
 ) -> rusqlite::Result<()> {
-    let Some(child) = row.spec.and_then(|s| s.child.as_ref()) else {
+    let sql = table_sql(key.spec);
+    let Some(child) = &sql.child else {
         return Ok(());
     };
-    conn.prepare_cached(&format!(
-        "DELETE FROM {} WHERE source = ?1 AND tenant = ?2 AND {} = ?3",
-        child.table, child.parent_column
-    ))?
-    .execute(params_from_iter(&row.key[..3]))?;
-    let columns: Vec<&str> = child.fields.iter().map(|f| f.column).collect();
-    let sql = format!(
-        "INSERT INTO {} (source, tenant, {}, position, {}) VALUES ({})",
-        child.table,
-        child.parent_column,
-        columns.join(", "),
-        (1..=4 + columns.len())
-            .map(|i| format!("?{i}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut delete = conn.prepare_cached(&child.delete)?;
+    key.bind(&mut delete, sql)?;
+    delete.raw_execute()?;
+    let mut insert = conn.prepare_cached(&child.insert)?;
     for (position, values) in children.iter().enumerate() {
-        let position = position as i64;
-        let mut args: Vec<&dyn ToSql> = row.key[..3].iter().map(|v| v as &dyn ToSql).collect();
-        args.push(&position);
-        args.extend(values.iter().map(|v| v as &dyn ToSql));
-        stmt.execute(args.as_slice())?;
+        key.bind(&mut insert, sql)?;
+        insert.raw_bind_parameter(4, position as i64)?;
+        for (i, value) in values.iter().enumerate() {
+            insert.raw_bind_parameter(5 + i, value)?;
+        }
+        insert.raw_execute()?;
     }
     Ok(())
 }
