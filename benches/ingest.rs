@@ -8,7 +8,9 @@
 //!
 //! Knobs (environment): BENCH_SECONDS (default 10), BENCH_CONNECTIONS (default 32),
 //! BENCH_COMPARE_BIN (another classhook binary, e.g. an older commit's, measured in
-//! the same run under the same load, to see what a change costs).
+//! the same run under the same load, to see what a change costs), BENCH_ROUNDS
+//! (default 1; each round measures the ceiling and both gateways again, alternating
+//! which gateway goes first, and the medians of the per-round ratios are reported).
 
 mod support;
 
@@ -53,69 +55,97 @@ fn main() {
 async fn bench() {
     let seconds = env_or("BENCH_SECONDS", 10);
     let connections = env_or("BENCH_CONNECTIONS", 32) as usize;
+    let rounds = env_or("BENCH_ROUNDS", 1).max(1) as usize;
     let binary = env!("CARGO_BIN_EXE_classhook");
+    let compare = std::env::var("BENCH_COMPARE_BIN").ok();
 
     eprintln!("preparing signed events …");
     let bodies = Arc::new(signed_bodies(60_000 * seconds as usize));
 
-    let (mut ceiling, ceiling_addr) =
-        spawn(binary, &["null-server", "--listen", "127.0.0.1:0"]).await;
-    let ceiling_report = drive(ceiling_addr, &bodies, connections, seconds).await;
-    let _ = ceiling.kill().await;
-
-    let compare = match std::env::var("BENCH_COMPARE_BIN") {
-        Ok(other) => Some((
-            other.clone(),
-            run_gateway(&other, &bodies, connections, seconds).await,
-        )),
-        Err(_) => None,
-    };
-    let (gateway_report, rss_mib, stored) =
-        run_gateway(binary, &bodies, connections, seconds).await;
+    let mut rows = Vec::new();
+    let (mut to_ceiling, mut to_compared) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let (mut ceiling, ceiling_addr) =
+            spawn(binary, &["null-server", "--listen", "127.0.0.1:0"]).await;
+        let ceiling_report = drive(ceiling_addr, &bodies, connections, seconds).await;
+        let _ = ceiling.kill().await;
+        // Alternate which gateway runs first: the machine's state drifts within a
+        // round (page cache, disk), and neither side should always get the same slot.
+        let mut gateway = None;
+        let mut compared = None;
+        for slot in 0..2 {
+            if (slot + round) % 2 == 1 {
+                gateway = Some(run_gateway(binary, &bodies, connections, seconds).await);
+            } else if let Some(other) = &compare {
+                compared = Some(run_gateway(other, &bodies, connections, seconds).await);
+            }
+        }
+        let (gateway_report, rss_mib, stored) = gateway.expect("the gateway ran");
+        assert_eq!(
+            stored, gateway_report.accepted as i64,
+            "the store holds exactly the events answered 200"
+        );
+        to_ceiling.push(gateway_report.rate() / ceiling_report.rate());
+        rows.push((round, "ceiling (empty handler)".to_string(), ceiling_report));
+        if let Some((report, _, _)) = compared {
+            to_compared.push(gateway_report.rate() / report.rate());
+            let name = format!("compared binary ({})", compare.as_deref().unwrap_or(""));
+            rows.push((round, name, report));
+        }
+        rows.push((
+            round,
+            format!("classhook, peak RSS {rss_mib:.1} MiB"),
+            gateway_report,
+        ));
+    }
 
     println!();
-    println!("| run | events/s | p50 ms | p99 ms | failed |");
-    println!("|---|---:|---:|---:|---:|");
-    for (name, r) in [
-        ("ceiling (empty handler)", &ceiling_report),
-        ("classhook (durable ingest)", &gateway_report),
-    ] {
+    println!("| round | run | events/s | p50 ms | p99 ms | failed |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    for (round, name, r) in &rows {
         println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {} |",
+            "| {round} | {name} | {:.0} | {:.2} | {:.2} | {} |",
             r.rate(),
             r.p50_ms,
             r.p99_ms,
             r.failed
         );
     }
-    if let Some((other, (r, _, _))) = &compare {
-        println!(
-            "| compared binary ({other}) | {:.0} | {:.2} | {:.2} | {} |",
-            r.rate(),
-            r.p50_ms,
-            r.p99_ms,
-            r.failed
-        );
-    }
     println!();
-    if let Some((_, (r, _, _))) = &compare {
+    println!(
+        "ratio to ceiling, per round: {}; median {:.2}x",
+        list(&to_ceiling),
+        median(&to_ceiling)
+    );
+    if !to_compared.is_empty() {
         println!(
-            "ratio to the compared binary: {:.2}x",
-            gateway_report.rate() / r.rate()
+            "ratio to the compared binary, per round: {}; median {:.2}x",
+            list(&to_compared),
+            median(&to_compared)
         );
     }
-    println!(
-        "ratio to ceiling: {:.2}x",
-        gateway_report.rate() / ceiling_report.rate()
-    );
-    println!("gateway peak RSS: {rss_mib:.1} MiB");
-    println!(
-        "events in the store after the run: {stored} (answered 200: {})",
-        gateway_report.accepted
-    );
     println!(
         "load: {connections} keep-alive connections, {seconds} s per run, one-thread load generator"
     );
+}
+
+fn list(ratios: &[f64]) -> String {
+    ratios
+        .iter()
+        .map(|r| format!("{r:.2}x"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn median(ratios: &[f64]) -> f64 {
+    let mut sorted = ratios.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len().is_multiple_of(2) {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
+    }
 }
 
 /// Starts `binary serve` on a fresh data directory, drives it, and returns the
