@@ -4,7 +4,7 @@
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::read::Conditions;
-use super::{SqliteStore, mirror, timeline, writer};
+use super::{SqliteStore, dedupe, mirror, timeline, writer};
 use crate::crypto;
 use crate::provider::{Envelope, ProviderKind};
 use crate::store::StoreError;
@@ -35,10 +35,13 @@ impl SqliteStore {
         self.run_job(move |conn| {
             let mut c = Conditions::default();
             timeline::add_window(conn, &mut c, None, Some(before_ms))?;
-            let deleted = conn.execute(
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            dedupe::forget(&tx, &c.sql(), &c.args)?;
+            let deleted = tx.execute(
                 &format!("DELETE FROM events {}", c.sql()),
-                rusqlite::params_from_iter(c.args),
+                rusqlite::params_from_iter(&c.args),
             )?;
+            tx.commit()?;
             Ok(deleted as u64)
         })
         .await

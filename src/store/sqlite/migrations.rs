@@ -164,6 +164,28 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX attempts_delivery ON attempts (delivery_id);
     ",
+    // 4: dedupe keys leave the event log's unique index for a table that the writer
+    // fills in key order (see `dedupe`); keys after `settled_through` live in the
+    // writer's memory, rebuilt from the event log at start.
+    "
+    CREATE TABLE dedupe_keys (
+        source     TEXT    NOT NULL,
+        dedupe_key TEXT    NOT NULL,
+        seq        INTEGER NOT NULL,
+        PRIMARY KEY (source, dedupe_key)
+    ) WITHOUT ROWID;
+    INSERT INTO dedupe_keys (source, dedupe_key, seq)
+        SELECT source, dedupe_key, seq FROM events ORDER BY source, dedupe_key;
+    -- One row: keys of events up to `dedupe_settled_through` are in `dedupe_keys`;
+    -- retention has deleted events up to `pruned_through` (new seqs stay above it).
+    CREATE TABLE event_log_state (
+        dedupe_settled_through INTEGER NOT NULL,
+        pruned_through         INTEGER NOT NULL
+    );
+    INSERT INTO event_log_state (dedupe_settled_through, pruned_through)
+        SELECT coalesce(max(seq), 0), 0 FROM events;
+    DROP INDEX events_dedupe;
+    ",
 ];
 
 /// Brings the database up to the newest schema, in one transaction per step.

@@ -2,6 +2,7 @@
 //! writer thread doing group commits ([`writer`]), and read-only work on separate
 //! connections so readers never block the writer.
 
+mod dedupe;
 mod delivery;
 mod entities;
 mod maintenance;
@@ -50,6 +51,9 @@ pub struct StoreOptions {
     pub queue_capacity: usize,
     /// Told about every batch the writer commits.
     pub observer: Option<Arc<dyn CommitObserver>>,
+    /// How many recent dedupe keys the writer holds in memory before it settles them
+    /// into the database in key order (see `dedupe`); ~100 bytes each.
+    pub dedupe_settle_after: usize,
 }
 
 impl Default for StoreOptions {
@@ -60,6 +64,7 @@ impl Default for StoreOptions {
             max_batch: 1024,
             queue_capacity: 16 * 1024,
             observer: None,
+            dedupe_settle_after: dedupe::SETTLE_AFTER,
         }
     }
 }
@@ -95,6 +100,7 @@ impl SqliteStore {
         let mut conn = Connection::open(&path)?;
         configure_writer(&conn, &options)?;
         migrations::run(&mut conn)?;
+        let dedupe = dedupe::DedupeIndex::load(&conn, options.dedupe_settle_after)?;
         let matchers = Arc::new(RwLock::new(delivery::load_subscriptions(&conn)?));
         let deliveries_queued = Arc::new(Notify::new());
         let (sender, receiver) = mpsc::channel(options.queue_capacity);
@@ -106,7 +112,7 @@ impl SqliteStore {
         };
         std::thread::Builder::new()
             .name("classhook-writer".into())
-            .spawn(move || writer::run(conn, receiver, max_batch, observer, outbox))
+            .spawn(move || writer::run(conn, dedupe, receiver, max_batch, observer, outbox))
             .map_err(|source| StoreError::DataDir {
                 path: data_dir.to_path_buf(),
                 source,

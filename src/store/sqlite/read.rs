@@ -3,7 +3,7 @@
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{OptionalExtension, Row, params, params_from_iter};
 
-use super::{SqliteStore, timeline};
+use super::{SqliteStore, dedupe, timeline};
 use crate::event::EventStatus;
 use crate::provider::ProviderKind;
 use crate::store::{
@@ -114,10 +114,11 @@ impl SqliteStore {
         source: &str,
         dedupe_key: &str,
     ) -> Result<Option<StoredEvent>, StoreError> {
-        self.query_event(
-            "source = ?1 AND dedupe_key = ?2",
-            params![source, dedupe_key],
-        )
+        let seq = self.with_reader(|conn| Ok(dedupe::find_seq(conn, source, dedupe_key)?))?;
+        match seq {
+            Some(seq) => self.get_event(seq),
+            None => Ok(None),
+        }
     }
 
     fn query_event(

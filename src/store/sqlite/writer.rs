@@ -5,9 +5,10 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::dedupe::{DedupeIndex, DedupeKey};
 use super::delivery::AttemptResult;
 use super::{delivery, mirror};
 use crate::deliver::subscription::Subscription;
@@ -54,6 +55,7 @@ pub struct Outbox {
 /// Runs until every sender is dropped.
 pub fn run(
     mut conn: Connection,
+    mut dedupe: DedupeIndex,
     mut queue: mpsc::Receiver<WriteOp>,
     max_batch: usize,
     observer: Option<Arc<dyn CommitObserver>>,
@@ -76,7 +78,7 @@ pub fn run(
         if !batch.is_empty() {
             let started = Instant::now();
             let operations = batch.len();
-            let ok = commit_batch(&mut conn, &mut batch, &outbox);
+            let ok = commit_batch(&mut conn, &mut dedupe, &mut batch, &outbox);
             if let Some(observer) = &observer {
                 observer.batch_committed(operations, started.elapsed(), ok);
             }
@@ -95,14 +97,24 @@ enum Done {
 }
 
 /// Commits the batch and answers its callers; returns whether it committed.
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, outbox: &Outbox) -> bool {
+fn commit_batch(
+    conn: &mut Connection,
+    dedupe: &mut DedupeIndex,
+    batch: &mut Vec<WriteOp>,
+    outbox: &Outbox,
+) -> bool {
     // Subscription changes run as jobs on this same thread, so this read lock is
     // never contended.
     let subscriptions = outbox
         .matchers
         .read()
         .expect("matcher lock is never poisoned");
-    match write_batch(conn, batch, &subscriptions) {
+    let written = write_batch(conn, dedupe, batch, &subscriptions);
+    match &written {
+        Ok(_) => dedupe.committed(),
+        Err(_) => dedupe.rolled_back(),
+    }
+    match written {
         Ok((outcomes, queued)) => {
             if queued > 0 {
                 outbox.notify.notify_one();
@@ -150,6 +162,7 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, outbox: &Outbox
 /// Also returns how many deliveries the batch queued.
 fn write_batch(
     conn: &mut Connection,
+    dedupe: &mut DedupeIndex,
     batch: &[WriteOp],
     subscriptions: &[Subscription],
 ) -> rusqlite::Result<(Vec<Done>, usize)> {
@@ -157,10 +170,12 @@ fn write_batch(
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut rejected = false;
     let mut queued = 0;
+    let mut appended = 0;
     for op in batch {
         match op {
             WriteOp::Append(event, _) => {
-                let outcome = append_one(&tx, event)?;
+                let outcome = append_one(&tx, dedupe, event)?;
+                appended += 1;
                 if let AppendOutcome::Stored { seq } = outcome
                     && event.status != EventStatus::Quarantined
                     && !subscriptions.is_empty()
@@ -191,11 +206,25 @@ fn write_batch(
             [REJECTION_LOG_CAPACITY],
         )?;
     }
+    dedupe.settle_step(&tx, appended)?;
     tx.commit()?;
     Ok((outcomes, queued))
 }
 
-fn append_one(tx: &rusqlite::Transaction<'_>, event: &NewEvent) -> rusqlite::Result<AppendOutcome> {
+fn append_one(
+    tx: &rusqlite::Transaction<'_>,
+    dedupe: &mut DedupeIndex,
+    event: &NewEvent,
+) -> rusqlite::Result<AppendOutcome> {
+    let key = DedupeKey {
+        source: event.source.clone(),
+        key: event.dedupe_key.clone(),
+    };
+    if let Some(seq) = dedupe.find(tx, &key)?
+        && let Some(stored_hash) = stored_body_hash(tx, seq)?
+    {
+        return record_copy(tx, event, seq, &stored_hash);
+    }
     let headers = serde_json::to_string(&event.headers).expect("string pairs always serialize");
     let planned = match &event.mirror {
         Some(data) => mirror::plan(
@@ -208,47 +237,56 @@ fn append_one(tx: &rusqlite::Transaction<'_>, event: &NewEvent) -> rusqlite::Res
         )?,
         None => None,
     };
-    let inserted = tx
-        .prepare_cached(
-            "INSERT INTO events (source, provider, dedupe_key, event_id, tenant, event_type,
-                 entity_kind, entity_id, entity_op, version_ms, received_at_ms, status,
-                 status_reason, body_sha256, body, headers, last_seen_at_ms, mirror_effect)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?11, ?17)
-             ON CONFLICT (source, dedupe_key) DO NOTHING",
-        )?
-        .execute(params![
-            event.source,
-            event.provider.as_str(),
-            event.dedupe_key,
-            event.event_id,
-            event.tenant,
-            event.event_type,
-            event.entity.kind,
-            event.entity.id,
-            event.entity.op,
-            event.version_ms,
-            event.received_at_ms,
-            event.status.as_str(),
-            event.status_reason,
-            &event.body_sha256[..],
-            &event.body[..],
-            headers,
-            planned.as_ref().map(|p| p.effect.as_str()),
-        ])?;
-    if inserted == 1 {
-        let seq = tx.last_insert_rowid();
-        if let Some(planned) = &planned {
-            mirror::carry_out(tx, planned, event.version_ms, seq)?;
-        }
-        return Ok(AppendOutcome::Stored { seq });
+    let seq = dedupe.next_seq();
+    tx.prepare_cached(
+        "INSERT INTO events (seq, source, provider, dedupe_key, event_id, tenant, event_type,
+             entity_kind, entity_id, entity_op, version_ms, received_at_ms, status,
+             status_reason, body_sha256, body, headers, last_seen_at_ms, mirror_effect)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+             ?12, ?18)",
+    )?
+    .execute(params![
+        seq,
+        event.source,
+        event.provider.as_str(),
+        event.dedupe_key,
+        event.event_id,
+        event.tenant,
+        event.event_type,
+        event.entity.kind,
+        event.entity.id,
+        event.entity.op,
+        event.version_ms,
+        event.received_at_ms,
+        event.status.as_str(),
+        event.status_reason,
+        &event.body_sha256[..],
+        &event.body[..],
+        headers,
+        planned.as_ref().map(|p| p.effect.as_str()),
+    ])?;
+    dedupe.stored(key, seq);
+    if let Some(planned) = &planned {
+        mirror::carry_out(tx, planned, event.version_ms, seq)?;
     }
-    let (seq, stored_hash): (i64, Vec<u8>) = tx
-        .prepare_cached(
-            "SELECT seq, body_sha256 FROM events WHERE source = ?1 AND dedupe_key = ?2",
-        )?
-        .query_row(params![event.source, event.dedupe_key], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })?;
+    Ok(AppendOutcome::Stored { seq })
+}
+
+/// The body hash of stored event `seq`; `None` once retention has deleted it.
+fn stored_body_hash(tx: &rusqlite::Transaction<'_>, seq: i64) -> rusqlite::Result<Option<Vec<u8>>> {
+    tx.prepare_cached("SELECT body_sha256 FROM events WHERE seq = ?1")?
+        .query_row([seq], |row| row.get(0))
+        .optional()
+}
+
+/// Another copy of stored event `seq` arrived: a retry if the body is the same, a
+/// conflict (counted, body kept in the rejection log) if not.
+fn record_copy(
+    tx: &rusqlite::Transaction<'_>,
+    event: &NewEvent,
+    seq: i64,
+    stored_hash: &[u8],
+) -> rusqlite::Result<AppendOutcome> {
     if stored_hash == event.body_sha256 {
         tx.prepare_cached(
             "UPDATE events SET times_seen = times_seen + 1, last_seen_at_ms = ?2 WHERE seq = ?1",

@@ -1,0 +1,146 @@
+//! Retries are stored once, whichever level of the dedupe index holds the key: the
+//! writer's memory (recent events) or the `dedupe_keys` table (settled in rounds),
+//! across rounds, restarts in the middle of a round, and retention.
+
+mod common;
+
+use bytes::Bytes;
+use classhook::config::{Config, Source};
+use classhook::ingest;
+use classhook::provider::dreamclass;
+use classhook::store::{AppendOutcome, Store, StoreOptions};
+use common::*;
+use serde_json::json;
+
+/// A store whose writer settles its keys after only a few events, so that a test
+/// crosses many settling rounds.
+fn open(config: &Config) -> Store {
+    Store::open(
+        &config.server.data_dir,
+        StoreOptions {
+            dedupe_settle_after: 8,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+/// A signed DreamClass request with a chosen id and class name.
+fn request(source: &Source, id: &str, name: &str) -> classhook::event::NewEvent {
+    let body = json!({
+        "id": id, "type": "CLASS_UPDATED", "tenant": "my-school", "timestamp": 1_700_000_000_000i64,
+        "signature": dreamclass::sign(SCHOOL_SECRET.as_bytes(), id),
+        "data": {"id": 1, "name": name},
+    });
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().unwrap());
+    let body = Bytes::from(serde_json::to_vec(&body).unwrap());
+    ingest::authenticate(source, &headers, body, 1_700_000_000_000).unwrap()
+}
+
+fn id(n: usize) -> String {
+    format!("00000000-0000-4000-8000-{n:012}")
+}
+
+fn school(config: &Config) -> &Source {
+    config.sources.iter().find(|s| s.name == "school").unwrap()
+}
+
+async fn stored_seq(store: &Store, event: classhook::event::NewEvent) -> i64 {
+    match store.append(event).await.unwrap() {
+        AppendOutcome::Stored { seq } => seq,
+        other => panic!("expected a new event, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn retries_are_recognised_across_settling_rounds_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path(), "", SOURCES);
+    let source = school(&config);
+    let store = open(&config);
+    let mut seqs = Vec::new();
+    for n in 0..100 {
+        seqs.push(stored_seq(&store, request(source, &id(n), "A")).await);
+        // A quick retry (still in memory) and a late one (long settled).
+        for retried in [n, n / 2] {
+            let outcome = store
+                .append(request(source, &id(retried), "A"))
+                .await
+                .unwrap();
+            assert_eq!(outcome, AppendOutcome::Duplicate { seq: seqs[retried] });
+        }
+    }
+    // Stop in the middle of a settling round, then start again.
+    drop(store);
+    let store = open(&config);
+    for (n, seq) in seqs.iter().enumerate() {
+        let outcome = store.append(request(source, &id(n), "A")).await.unwrap();
+        assert_eq!(outcome, AppendOutcome::Duplicate { seq: *seq }, "event {n}");
+        let found = store
+            .find_event("school", &format!("id:{}", id(n)))
+            .unwrap();
+        assert_eq!(
+            found.unwrap().summary.seq,
+            *seq,
+            "event {n} is found by its key"
+        );
+    }
+    let outcome = store.append(request(source, &id(3), "B")).await.unwrap();
+    assert_eq!(
+        outcome,
+        AppendOutcome::Conflict { seq: seqs[3] },
+        "same id, other body"
+    );
+    assert_eq!(store.count_events().unwrap(), 100);
+    let stored = store.get_event(seqs[3]).unwrap().unwrap();
+    // The first copy, its quick retry, late retries from events 6 and 7, and the
+    // retry after the restart; the conflicting copy is counted apart.
+    assert_eq!(stored.summary.times_seen, 5);
+    assert_eq!(stored.summary.conflicts, 1);
+}
+
+#[tokio::test]
+async fn the_same_key_twice_in_one_group_commit_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path(), "", SOURCES);
+    let source = school(&config);
+    let store = open(&config);
+    let mut copies = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (store, event) = (store.clone(), request(source, &id(7), "A"));
+        copies.spawn(async move { store.append(event).await.unwrap() });
+    }
+    let mut stored = 0;
+    while let Some(outcome) = copies.join_next().await {
+        if matches!(outcome.unwrap(), AppendOutcome::Stored { .. }) {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 1);
+    assert_eq!(store.count_events().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn after_retention_sequence_numbers_keep_growing_and_keys_go_with_their_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path(), "", SOURCES);
+    let source = school(&config);
+    let store = open(&config);
+    let mut last = 0;
+    for n in 0..20 {
+        last = stored_seq(&store, request(source, &id(n), "A")).await;
+    }
+    let pruned = store.prune_events(i64::MAX).await.unwrap();
+    assert_eq!(pruned, 20);
+    // A copy of a pruned event is new again, under a new, higher sequence number,
+    // both before and after a restart.
+    let again = stored_seq(&store, request(source, &id(0), "A")).await;
+    assert!(again > last, "{again} > {last}");
+    drop(store);
+    let store = open(&config);
+    let fresh = stored_seq(&store, request(source, &id(100), "A")).await;
+    assert!(fresh > again, "{fresh} > {again}");
+    let outcome = store.append(request(source, &id(0), "A")).await.unwrap();
+    assert_eq!(outcome, AppendOutcome::Duplicate { seq: again });
+}
