@@ -206,3 +206,45 @@ pub fn run(conn: &mut Connection) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_4_moves_existing_dedupe_keys_out_of_the_event_log_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        for (seq, key) in [(1, "id:a"), (7, "id:b")] {
+            conn.execute(
+                "INSERT INTO events (seq, source, provider, dedupe_key, event_type, entity_kind,
+                     entity_op, version_ms, received_at_ms, status, body_sha256, body, headers,
+                     last_seen_at_ms)
+                 VALUES (?1, 's', 'dreamclass', ?2, 'X', 'x', 'updated', 0, 0, 'ok', x'', x'',
+                     '[]', 0)",
+                rusqlite::params![seq, key],
+            )
+            .unwrap();
+        }
+        run(&mut conn).unwrap();
+        let keys: Vec<(String, i64)> = conn
+            .prepare("SELECT dedupe_key, seq FROM dedupe_keys ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(keys, [("id:a".to_string(), 1), ("id:b".to_string(), 7)]);
+        let watermark: i64 = conn
+            .query_row(
+                "SELECT dedupe_settled_through FROM event_log_state",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(watermark, 7, "every migrated key is settled");
+    }
+}
