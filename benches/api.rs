@@ -11,11 +11,10 @@ mod support;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use support::{env_or, spawn};
+use support::{authenticated, bench_config, env_or, spawn};
 
 use bytes::Bytes;
 use classhook::config::Config;
-use classhook::ingest;
 use classhook::provider::ProviderKind;
 use classhook::provider::sample;
 use classhook::store::{Store, StoreOptions};
@@ -26,11 +25,7 @@ use serde_json::json;
 const TOKEN: &str = "bench-token-0123456789abcdef";
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(bench());
+    support::run(bench());
 }
 
 async fn bench() {
@@ -38,13 +33,7 @@ async fn bench() {
     let entities = env_or("BENCH_ENTITIES", 100_000);
     let requests = env_or("BENCH_REQUESTS", 1000) as usize;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bench.toml");
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[api]\ntokens = [\"{TOKEN}\"]\n\n[[source]]\nname = \"bench\"\nprovider = \"dreamclass\"\nsecret = \"bench-secret\"\n",
-        dir.path().join("data").display().to_string()
-    );
-    std::fs::write(&file, &text).unwrap();
-    let config = Config::from_toml_str(&file, &text, &[], &|_| None).unwrap();
+    let (file, config) = bench_config(dir.path(), &format!("[api]\ntokens = [\"{TOKEN}\"]\n"));
 
     let started = Instant::now();
     let first_ms = seed(&config, events, entities).await;
@@ -174,22 +163,7 @@ async fn seed(config: &Config, events: u64, entities: u64) -> i64 {
                     sample::sample_data(ProviderKind::DreamClass, "ATTENDANCE_UPDATED", entity),
                 ),
             };
-            let request = sample::build_request(
-                ProviderKind::DreamClass,
-                source.signing_key.as_ref(),
-                event_type,
-                data,
-                "bench-school",
-            );
-            let mut headers = axum::http::HeaderMap::new();
-            headers.insert("content-type", "application/json".parse().unwrap());
-            let event = ingest::authenticate(
-                &source,
-                &headers,
-                Bytes::from(request.body),
-                first_ms + n as i64,
-            )
-            .unwrap();
+            let event = authenticated(&source, event_type, data, first_ms + n as i64);
             store.append(event).await.unwrap();
         });
         if in_flight.len() >= 4096 {

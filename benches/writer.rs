@@ -13,20 +13,13 @@ mod support;
 
 use std::sync::Arc;
 use std::time::Instant;
-use support::env_or;
+use support::{authenticated, bench_config, env_or};
 
-use bytes::Bytes;
-use classhook::config::Config;
-use classhook::ingest;
 use classhook::provider::{ProviderKind, sample};
 use classhook::store::{Store, StoreOptions};
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(bench());
+    support::run(bench());
 }
 
 async fn bench() {
@@ -34,12 +27,7 @@ async fn bench() {
     let entities = env_or("BENCH_ENTITIES", 100_000);
     let in_flight = env_or("BENCH_IN_FLIGHT", 32) as usize;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bench.toml");
-    let text = format!(
-        "[server]\ndata_dir = {:?}\n\n[[source]]\nname = \"bench\"\nprovider = \"dreamclass\"\nsecret = \"bench-secret\"\n",
-        dir.path().join("data").display().to_string()
-    );
-    let config = Config::from_toml_str(&file, &text, &[], &|_| None).unwrap();
+    let (_, config) = bench_config(dir.path(), "");
     let source = &config.sources[0];
 
     eprintln!("authenticating {events} events …");
@@ -48,16 +36,7 @@ async fn bench() {
         .map(|n| {
             let data =
                 sample::sample_data(ProviderKind::DreamClass, "ATTENDANCE_UPDATED", n % entities);
-            let request = sample::build_request(
-                ProviderKind::DreamClass,
-                source.signing_key.as_ref(),
-                "ATTENDANCE_UPDATED",
-                data,
-                "bench-school",
-            );
-            let mut headers = axum::http::HeaderMap::new();
-            headers.insert("content-type", "application/json".parse().unwrap());
-            ingest::authenticate(source, &headers, Bytes::from(request.body), received_ms).unwrap()
+            authenticated(source, "ATTENDANCE_UPDATED", data, received_ms)
         })
         .collect();
     prepared.reverse();

@@ -1,13 +1,59 @@
-//! What the benchmarks share: knobs from the environment, and starting the release
-//! `classhook` binary as a child process.
+//! What the benchmarks share: knobs from the environment, a config with one DreamClass
+//! source, events authenticated as ingest would, and starting the release `classhook`
+//! binary as a child process.
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use bytes::Bytes;
+use classhook::config::{Config, Source};
+use classhook::event::NewEvent;
+use classhook::ingest;
+use classhook::provider::{ProviderKind, sample};
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+/// Runs a benchmark on a multi-threaded runtime, as `serve` would.
+pub fn run(bench: impl Future<Output = ()>) {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(bench);
+}
+
+/// Writes `bench.toml` into `dir`: `sections` (TOML tables), `data_dir` under `dir`,
+/// and one DreamClass source `bench` signing with `bench-secret`.
+pub fn bench_config(dir: &Path, sections: &str) -> (PathBuf, Config) {
+    let file = dir.join("bench.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n{sections}\n[[source]]\nname = \"bench\"\nprovider = \"dreamclass\"\nsecret = \"bench-secret\"\n",
+        dir.join("data").display().to_string()
+    );
+    std::fs::write(&file, &text).unwrap();
+    let config = Config::from_toml_str(&file, &text, &[], &|_| None).unwrap();
+    (file, config)
+}
+
+/// A DreamClass event about `data`, signed for `source` and authenticated by ingest's
+/// own code: what a handler would hand the store.
+pub fn authenticated(source: &Source, event_type: &str, data: Value, received_ms: i64) -> NewEvent {
+    let request = sample::build_request(
+        ProviderKind::DreamClass,
+        source.signing_key.as_ref(),
+        event_type,
+        data,
+        "bench-school",
+    );
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().unwrap());
+    ingest::authenticate(source, &headers, Bytes::from(request.body), received_ms).unwrap()
+}
 
 /// A numeric knob from the environment.
 pub fn env_or(name: &str, default: u64) -> u64 {
