@@ -52,7 +52,7 @@ pub struct StoreOptions {
     /// Told about every batch the writer commits.
     pub observer: Option<Arc<dyn CommitObserver>>,
     /// How many recent dedupe keys the writer holds in memory before it settles them
-    /// into the database in key order (see `dedupe`); ~100 bytes each.
+    /// into the database in key order (see `dedupe`); ~170 bytes each.
     pub dedupe_settle_after: usize,
 }
 

@@ -109,13 +109,9 @@ fn commit_batch(
         .matchers
         .read()
         .expect("matcher lock is never poisoned");
-    let written = write_batch(conn, dedupe, batch, &subscriptions);
-    match &written {
-        Ok(_) => dedupe.committed(),
-        Err(_) => dedupe.rolled_back(),
-    }
-    match written {
+    match write_batch(conn, dedupe, batch, &subscriptions) {
         Ok((outcomes, queued)) => {
+            dedupe.committed();
             if queued > 0 {
                 outbox.notify.notify_one();
             }
@@ -137,6 +133,7 @@ fn commit_batch(
             true
         }
         Err(error) => {
+            dedupe.rolled_back();
             let message = error.to_string();
             tracing::error!(error = %message, events = batch.len(), "store commit failed");
             for op in batch.drain(..) {
