@@ -49,6 +49,7 @@ fn holds(stored: ValueRef<'_>, value: &FieldValue) -> bool {
 
 /// The SQL of one mirror table, built once from its spec.
 struct TableSql {
+    table: &'static str,
     key_len: usize,
     data_columns: Vec<&'static str>,
     /// `rowid, version_ms, deleted, <data columns>` of one entity.
@@ -113,6 +114,7 @@ impl TableSql {
             }
         });
         TableSql {
+            table,
             key_len: key.len(),
             insert: insert_into(&data_columns),
             insert_tombstone: insert_into(&[]),
@@ -124,7 +126,7 @@ impl TableSql {
     }
 
     /// The UPDATE for this set of changed columns, built the first time it occurs.
-    fn update(&self, table: &str, changed: u64) -> Arc<str> {
+    fn update(&self, changed: u64) -> Arc<str> {
         let mut updates = self.updates.lock().expect("update cache is never poisoned");
         let sql = updates.entry(changed).or_insert_with(|| {
             let mut sets: Vec<&str> = (0..self.data_columns.len())
@@ -133,7 +135,8 @@ impl TableSql {
                 .collect();
             sets.extend(["version_ms", "event_seq", "deleted"]);
             format!(
-                "UPDATE {table} SET {} WHERE rowid = ?{}",
+                "UPDATE {} SET {} WHERE rowid = ?{}",
+                self.table,
                 numbered(&sets, ", ", 1),
                 sets.len() + 1
             )
@@ -196,10 +199,6 @@ struct Key<'a> {
 }
 
 impl Key<'_> {
-    fn table(&self) -> &'static str {
-        self.spec.map_or(GENERIC_TABLE, |s| s.table)
-    }
-
     /// Binds the key columns as parameters 1..=n (n = 3, or 4 for the generic table).
     fn bind(&self, stmt: &mut Statement<'_>, sql: &TableSql) -> rusqlite::Result<()> {
         stmt.raw_bind_parameter(1, self.source)?;
@@ -423,7 +422,7 @@ fn write(
         NewValues::None => 0,
         _ => existing.changed,
     };
-    let mut stmt = conn.prepare_cached(&sql.update(key.table(), changed))?;
+    let mut stmt = conn.prepare_cached(&sql.update(changed))?;
     let mut at = 1;
     for i in (0..values.len()).filter(|i| changed & (1 << i) != 0) {
         values.bind(&mut stmt, i, at)?;
