@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, ApiState};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::deliver::dispatcher::{self, DispatchOptions};
+use crate::deliver::dispatcher::{DispatchOptions, Dispatcher};
 use crate::http::{self, ApiError, ServeOptions};
 use crate::ingest::{self, Ingest};
 use crate::metrics::Metrics;
@@ -133,16 +133,14 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         .await?;
     let mut background = Vec::new();
     if config.delivery.enabled {
-        background.push(tokio::spawn(dispatcher::run(
-            store.clone(),
-            clock.clone(),
-            DispatchOptions {
-                allow_private_destinations: config.delivery.allow_private_destinations,
-                hold_after_failures: config.delivery.hold_after_failures,
-                poll_interval: config.delivery.poll_interval,
-                lease_margin: config.delivery.lease_margin,
-            },
-        )));
+        let options = DispatchOptions {
+            allow_private_destinations: config.delivery.allow_private_destinations,
+            hold_after_failures: config.delivery.hold_after_failures,
+            poll_interval: config.delivery.poll_interval,
+            lease_margin: config.delivery.lease_margin,
+        };
+        let dispatcher = Dispatcher::new(store.clone(), clock.clone(), options);
+        background.push(tokio::spawn(dispatcher.run()));
     }
     if let Some(days) = config.retention.events_days {
         background.push(tokio::spawn(retention(

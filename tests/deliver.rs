@@ -294,7 +294,10 @@ async fn retry_after_is_honoured() {
     })
     .await;
     let delay = only(&gw.store, "crm").next_attempt_at_ms - START_MS;
-    assert!((108_000..=132_000).contains(&delay), "{delay}");
+    assert!(
+        (120_000..=132_000).contains(&delay),
+        "never before the 120 s asked for, at most 10 % later: {delay}"
+    );
     gw.stop().await;
 }
 

@@ -452,10 +452,13 @@ pub struct DeliveryView {
     pub subscription: String,
     /// The event (see `/events/{id}`).
     pub event_id: i64,
-    /// The Standard Webhooks `webhook-id`, the same for retries and replays.
+    /// The Standard Webhooks `webhook-id`: unique to this delivery (across databases
+    /// and instances), the same for its retries and replays.
     pub webhook_id: String,
     /// `pending`, `delivered` or `dead`.
     pub state: String,
+    /// How many requests were made for this delivery, over its whole life: every
+    /// entry of its attempt log, including a 410 and the attempts before a replay.
     pub attempts: i64,
     pub next_attempt_at: Option<String>,
     pub created_at: String,
@@ -590,7 +593,8 @@ pub async fn get_delivery(
     }))
 }
 
-/// Queues one delivery again, whatever its state, keeping its `webhook-id`.
+/// Queues one delivery again, whatever its state, keeping its `webhook-id`. A
+/// delivery being attempted right now is not replayed beside that attempt (409).
 #[utoipa::path(post, path = "/deliveries/{id}/replay", tag = "delivery",
     params(("id" = i64, Path, description = "The delivery's id")),
     responses(
@@ -598,6 +602,7 @@ pub async fn get_delivery(
         (status = 400, description = "The id is not a number", body = ErrorBody),
         (status = 401, description = "No valid bearer token", body = ErrorBody),
         (status = 404, description = "No such delivery", body = ErrorBody),
+        (status = 409, description = "The delivery is being attempted right now; try again when the attempt has ended", body = ErrorBody),
     ))]
 pub async fn replay_delivery(
     State(state): State<Arc<ApiState>>,

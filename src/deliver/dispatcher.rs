@@ -1,15 +1,22 @@
 //! The dispatcher: leases due deliveries in bulk (up to `PREFETCH` × `max_in_flight`
 //! per subscription, so that leasing costs one commit per many deliveries), sends at
 //! most `max_in_flight` per subscription at a time (a semaphore each, so a slow or
-//! failing subscriber never holds up the others), and records every attempt. A lease that is never recorded (the process died) expires and the
-//! delivery is taken again: at-least-once, and nothing that was recorded as
-//! delivered is sent again.
+//! failing subscriber never holds up the others), and records every attempt. A lease
+//! that is never recorded (the process died) expires and the delivery is taken
+//! again: at-least-once, and nothing that was recorded as delivered is sent again.
+//!
+//! A paused or held subscription is never leased (the store checks its state in the
+//! lease itself). Deliveries leased before a pause or hold took hold check the
+//! subscription again once they have a slot, and give their lease back unsent. An
+//! attempt that may stop its subscription (anything but a success) keeps its slot
+//! until its record is committed, so the next one in line already sees the stop.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use super::schedule::{self, Next, Outcome};
 use super::send::{self, Sender};
@@ -31,30 +38,103 @@ pub struct DispatchOptions {
 /// How many deliveries per allowed in-flight request one subscription may hold leased.
 const PREFETCH: usize = 8;
 
-/// Runs until the task is aborted.
-pub async fn run(store: Store, clock: Arc<dyn Clock>, options: DispatchOptions) {
-    let sender = Sender::new(options.allow_private_destinations);
-    let queued = store.deliveries_queued();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<i64>();
-    // Leased and not yet recorded, per subscription.
-    let mut in_flight: HashMap<i64, usize> = HashMap::new();
-    let mut permits: HashMap<i64, (u32, Arc<Semaphore>)> = HashMap::new();
-    loop {
-        while let Ok(subscription) = done_rx.try_recv() {
-            finished(&mut in_flight, subscription);
+/// What became of one leased delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Sent, and the attempt recorded.
+    Attempted,
+    /// Sent, but the lease had ended meanwhile (replayed, deleted): not recorded.
+    LeaseLost,
+    /// Not sent: the subscription was paused or held after the lease was taken.
+    Released,
+    /// Not sent: its event is no longer stored (retention); dead-lettered.
+    Abandoned,
+    /// Not sent or not recorded because the store failed; the lease will expire.
+    StoreFailed,
+}
+
+/// Leases and sends deliveries. [`Dispatcher::run`] does so forever in the
+/// background; tests drive it one [`Dispatcher::step`] at a time.
+pub struct Dispatcher {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    sender: Sender,
+    options: DispatchOptions,
+    /// Leased and not yet finished, per subscription.
+    in_flight: HashMap<i64, usize>,
+    /// Per subscription: its `max_in_flight` and the semaphore enforcing it.
+    slots: HashMap<i64, (u32, Arc<Semaphore>)>,
+    /// Running attempts; each ends with its subscription id and what became of it.
+    attempts: JoinSet<(i64, Finished)>,
+}
+
+impl Dispatcher {
+    pub fn new(store: Store, clock: Arc<dyn Clock>, options: DispatchOptions) -> Dispatcher {
+        Dispatcher {
+            sender: Sender::new(options.allow_private_destinations),
+            store,
+            clock,
+            options,
+            in_flight: HashMap::new(),
+            slots: HashMap::new(),
+            attempts: JoinSet::new(),
         }
-        let now_ms = clock.now_ms();
+    }
+
+    /// Runs until the task is aborted.
+    pub async fn run(mut self) {
+        let queued = self.store.deliveries_queued();
+        loop {
+            while let Some(ended) = self.attempts.try_join_next() {
+                self.finished(ended);
+            }
+            self.lease_and_start().await;
+            tokio::select! {
+                () = queued.notified() => {}
+                Some(ended) = self.attempts.join_next() => self.finished(ended),
+                () = tokio::time::sleep(self.options.poll_interval) => {}
+            }
+        }
+    }
+
+    /// One round, to the end: leases what is due now and waits until every attempt
+    /// started has finished. Returns what became of each leased delivery.
+    pub async fn step(&mut self) -> Vec<Finished> {
+        self.lease_and_start().await;
+        let mut ended = Vec::new();
+        while let Some(result) = self.attempts.join_next().await {
+            if let Ok((_, finished)) = &result {
+                ended.push(*finished);
+            }
+            self.finished(result);
+        }
+        ended
+    }
+
+    fn finished(&mut self, ended: Result<(i64, Finished), tokio::task::JoinError>) {
+        // A panicked attempt (a bug) keeps its place in the count; its lease expires.
+        if let Ok((subscription, _)) = ended
+            && let Some(count) = self.in_flight.get_mut(&subscription)
+        {
+            *count = count.saturating_sub(1);
+        }
+    }
+
+    /// Reads the subscriptions, leases what is due for those with room, and starts
+    /// an attempt for each leased delivery. Returns how many were leased.
+    async fn lease_and_start(&mut self) -> usize {
+        let now_ms = self.clock.now_ms();
         let subscriptions = {
-            let store = store.clone();
+            let store = self.store.clone();
             tokio::task::spawn_blocking(move || store.list_subscriptions()).await
         };
         let subscriptions: HashMap<i64, Subscription> = match subscriptions {
             Ok(Ok(list)) => list.into_iter().map(|s| (s.id, s)).collect(),
             Ok(Err(error)) => {
                 tracing::warn!(%error, "dispatcher cannot read subscriptions");
-                HashMap::new()
+                return 0;
             }
-            Err(_) => HashMap::new(),
+            Err(_) => return 0,
         };
         let capacities: Vec<(i64, usize, i64)> = subscriptions
             .values()
@@ -62,9 +142,9 @@ pub async fn run(store: Store, clock: Arc<dyn Clock>, options: DispatchOptions) 
             .filter_map(|s| {
                 let width = s.spec.max_in_flight as usize;
                 let limit = width * PREFETCH;
-                let free = limit.saturating_sub(*in_flight.get(&s.id).unwrap_or(&0));
+                let free = limit.saturating_sub(*self.in_flight.get(&s.id).unwrap_or(&0));
                 // Long enough for every prefetched delivery to wait its turn and run.
-                let lease = s.spec.timeout * (PREFETCH as u32 + 1) + options.lease_margin;
+                let lease = s.spec.timeout * (PREFETCH as u32 + 1) + self.options.lease_margin;
                 // Lease in chunks, not one delivery per freed slot.
                 (free >= width || free == limit).then_some((
                     s.id,
@@ -73,179 +153,211 @@ pub async fn run(store: Store, clock: Arc<dyn Clock>, options: DispatchOptions) 
                 ))
             })
             .collect();
-        if !capacities.is_empty() {
-            match store.claim_due(capacities, now_ms).await {
-                Ok(claimed) => {
-                    for delivery in claimed {
-                        let Some(subscription) =
-                            subscriptions.get(&delivery.subscription_id).cloned()
-                        else {
-                            continue;
-                        };
-                        *in_flight.entry(subscription.id).or_default() += 1;
-                        let slots = slots_for(&mut permits, &subscription);
-                        let (store, sender, clock, done) = (
-                            store.clone(),
-                            sender.clone(),
-                            clock.clone(),
-                            done_tx.clone(),
-                        );
-                        let hold_after = options.hold_after_failures;
-                        tokio::spawn(async move {
-                            attempt(
-                                &store,
-                                &sender,
-                                clock.as_ref(),
-                                &subscription,
-                                delivery,
-                                hold_after,
-                                &slots,
-                            )
-                            .await;
-                            let _ = done.send(subscription.id);
-                        });
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "dispatcher cannot lease deliveries"),
+        if capacities.is_empty() {
+            return 0;
+        }
+        let claimed = match self.store.claim_due(capacities, now_ms).await {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                tracing::warn!(%error, "dispatcher cannot lease deliveries");
+                return 0;
             }
+        };
+        let leased = claimed.len();
+        for delivery in claimed {
+            let Some(subscription) = subscriptions.get(&delivery.subscription_id).cloned() else {
+                continue;
+            };
+            *self.in_flight.entry(subscription.id).or_default() += 1;
+            let attempt = Attempt {
+                store: self.store.clone(),
+                sender: self.sender.clone(),
+                clock: self.clock.clone(),
+                slots: self.slots_for(&subscription),
+                hold_after_failures: self.options.hold_after_failures,
+                subscription,
+                claimed: delivery,
+            };
+            self.attempts.spawn(async move {
+                let id = attempt.subscription.id;
+                (id, attempt.run().await)
+            });
         }
-        tokio::select! {
-            () = queued.notified() => {}
-            Some(subscription) = done_rx.recv() => finished(&mut in_flight, subscription),
-            () = tokio::time::sleep(options.poll_interval) => {}
+        leased
+    }
+
+    /// The semaphore bounding a subscription's concurrent requests (renewed when its
+    /// `max_in_flight` changes).
+    fn slots_for(&mut self, subscription: &Subscription) -> Arc<Semaphore> {
+        let width = subscription.spec.max_in_flight;
+        let entry = self
+            .slots
+            .entry(subscription.id)
+            .or_insert_with(|| (width, Arc::new(Semaphore::new(width as usize))));
+        if entry.0 != width {
+            *entry = (width, Arc::new(Semaphore::new(width as usize)));
         }
+        entry.1.clone()
     }
 }
 
-/// The semaphore bounding a subscription's concurrent requests (renewed when its
-/// `max_in_flight` changes).
-fn slots_for(
-    permits: &mut HashMap<i64, (u32, Arc<Semaphore>)>,
-    subscription: &Subscription,
-) -> Arc<Semaphore> {
-    let width = subscription.spec.max_in_flight;
-    let entry = permits
-        .entry(subscription.id)
-        .or_insert_with(|| (width, Arc::new(Semaphore::new(width as usize))));
-    if entry.0 != width {
-        *entry = (width, Arc::new(Semaphore::new(width as usize)));
-    }
-    entry.1.clone()
-}
-
-fn finished(in_flight: &mut HashMap<i64, usize>, subscription: i64) {
-    if let Some(count) = in_flight.get_mut(&subscription) {
-        *count = count.saturating_sub(1);
-    }
-}
-
-/// Sends one delivery (holding one of the subscription's slots) and records what
-/// happened.
-async fn attempt(
-    store: &Store,
-    sender: &Sender,
-    clock: &dyn Clock,
-    subscription: &Subscription,
+/// One leased delivery on its way.
+struct Attempt {
+    store: Store,
+    sender: Sender,
+    clock: Arc<dyn Clock>,
+    slots: Arc<Semaphore>,
+    hold_after_failures: u32,
+    subscription: Subscription,
     claimed: Claimed,
-    hold_after: u32,
-    slots: &Semaphore,
-) {
-    let spec = &subscription.spec;
-    let event = {
-        let store = store.clone();
-        let seq = claimed.event_seq;
-        tokio::task::spawn_blocking(move || store.get_event(seq)).await
-    };
-    let event = match event {
-        Ok(Ok(Some(event))) => event,
-        Ok(Ok(None)) => {
-            let reason = format!(
-                "event {} is no longer stored (retention)",
-                claimed.event_seq
-            );
-            if let Err(error) = store.abandon(claimed.delivery_id, reason).await {
-                tracing::warn!(%error, "cannot record an abandoned delivery");
+}
+
+impl Attempt {
+    /// Sends the delivery (holding one of the subscription's slots) and records what
+    /// happened.
+    async fn run(self) -> Finished {
+        let store = &self.store;
+        let claimed = &self.claimed;
+        let spec = &self.subscription.spec;
+        let event = {
+            let store = store.clone();
+            let seq = claimed.event_seq;
+            tokio::task::spawn_blocking(move || store.get_event(seq)).await
+        };
+        let event = match event {
+            Ok(Ok(Some(event))) => event,
+            Ok(Ok(None)) => {
+                let reason = format!(
+                    "event {} is no longer stored (retention)",
+                    claimed.event_seq
+                );
+                return match store.abandon(claimed, reason).await {
+                    Ok(()) => Finished::Abandoned,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot record an abandoned delivery");
+                        Finished::StoreFailed
+                    }
+                };
             }
-            return;
+            // A read failure: leave the lease to expire and try again later.
+            _ => return Finished::StoreFailed,
+        };
+        // Only the HTTP exchange (and, for what may stop the subscription, its
+        // record) holds one of the subscription's slots.
+        let Ok(slot) = self.slots.acquire().await else {
+            return Finished::StoreFailed;
+        };
+        if !self.still_open().await {
+            let lease = vec![(claimed.delivery_id, claimed.lease_token)];
+            return match store.release(lease).await {
+                Ok(()) => Finished::Released,
+                Err(_) => Finished::StoreFailed,
+            };
         }
-        // A read failure: leave the lease to expire and try again later.
-        _ => return,
-    };
-    // Only the HTTP exchange holds one of the subscription's slots; recording does not.
-    let Ok(slot) = slots.acquire().await else {
-        return;
-    };
-    let started_ms = clock.now_ms();
-    let attempted = match send::build(
-        event.summary.provider,
-        &event.body,
-        spec,
-        &claimed.webhook_id,
-        started_ms / 1000,
-    ) {
-        Ok(request) => {
-            let basic_auth = spec
-                .basic_auth
-                .as_ref()
-                .map(|(u, p)| (u.as_str(), p.expose()));
-            sender
-                .send(&spec.url, request, basic_auth, spec.timeout)
-                .await
-        }
-        Err(error) => send::Attempted {
-            outcome: Outcome::Failed {
-                status: None,
-                error: Some(error),
+        let started_ms = self.clock.now_ms();
+        let attempted = match send::build(
+            event.summary.provider,
+            &event.body,
+            spec,
+            &claimed.webhook_id,
+            started_ms / 1000,
+        ) {
+            Ok(request) => {
+                let basic_auth = spec
+                    .basic_auth
+                    .as_ref()
+                    .map(|(u, p)| (u.as_str(), p.expose()));
+                self.sender
+                    .send(&spec.url, request, basic_auth, spec.timeout)
+                    .await
+            }
+            Err(error) => send::Attempted {
+                outcome: Outcome::Failed {
+                    status: None,
+                    error: Some(error),
+                },
+                duration: Duration::ZERO,
+                response_excerpt: None,
             },
-            duration: Duration::ZERO,
-            response_excerpt: None,
-        },
-    };
-    drop(slot);
-    let number = u32::try_from(claimed.attempts + 1).unwrap_or(u32::MAX);
-    let jitter = rand::random::<f64>() * 2.0 - 1.0;
-    let next = schedule::next(
-        &attempted.outcome,
-        number,
-        &spec.retry_schedule,
-        clock.now_ms(),
-        jitter,
-    );
-    match (&next, &attempted.outcome) {
-        (Next::Delivered, _) => tracing::debug!(
-            subscription = spec.name,
-            delivery = claimed.delivery_id,
-            "delivered"
-        ),
-        (Next::Dead, outcome) => tracing::warn!(
-            subscription = spec.name,
-            delivery = claimed.delivery_id,
-            ?outcome,
-            "dead-lettered after its last retry"
-        ),
-        (Next::Pause, _) => tracing::warn!(
-            subscription = spec.name,
-            "paused: the endpoint answered 410 Gone"
-        ),
-        (Next::RetryAt(at), outcome) => tracing::info!(
-            subscription = spec.name,
-            delivery = claimed.delivery_id,
-            ?outcome,
-            retry_in_ms = at - clock.now_ms(),
-            "attempt failed"
-        ),
+        };
+        let slot = match attempted.outcome {
+            Outcome::Success { .. } => {
+                drop(slot);
+                None
+            }
+            _ => Some(slot),
+        };
+        let number = u32::try_from(claimed.round_attempts + 1).unwrap_or(u32::MAX);
+        let jitter = rand::random::<f64>() * 2.0 - 1.0;
+        let next = schedule::next(
+            &attempted.outcome,
+            number,
+            &spec.retry_schedule,
+            self.clock.now_ms(),
+            jitter,
+        );
+        self.log(&next, &attempted.outcome);
+        let result = AttemptResult {
+            claimed: self.claimed.clone(),
+            at_ms: started_ms,
+            duration: attempted.duration,
+            outcome: attempted.outcome,
+            response: attempted.response_excerpt,
+            next,
+            hold_after_failures: self.hold_after_failures,
+        };
+        let finished = match store.record_attempt(result).await {
+            Ok(true) => Finished::Attempted,
+            Ok(false) => {
+                tracing::info!(
+                    subscription = spec.name,
+                    delivery = self.claimed.delivery_id,
+                    "attempt not recorded: the delivery was replayed or removed while it ran"
+                );
+                Finished::LeaseLost
+            }
+            Err(error) => {
+                // The lease expires and the delivery is tried again: at-least-once.
+                tracing::error!(%error, "cannot record a delivery attempt");
+                Finished::StoreFailed
+            }
+        };
+        drop(slot);
+        finished
     }
-    let result = AttemptResult {
-        claimed,
-        at_ms: started_ms,
-        duration: attempted.duration,
-        outcome: attempted.outcome,
-        response: attempted.response_excerpt,
-        next,
-        hold_after_failures: hold_after,
-    };
-    if let Err(error) = store.record_attempt(result).await {
-        // The lease expires and the delivery is tried again: at-least-once.
-        tracing::error!(%error, "cannot record a delivery attempt");
+
+    /// Whether the subscription may still be sent to (fresh from the store).
+    async fn still_open(&self) -> bool {
+        let store = self.store.clone();
+        let (id, now_ms) = (self.subscription.id, self.clock.now_ms());
+        matches!(
+            tokio::task::spawn_blocking(move || store.subscription_open(id, now_ms)).await,
+            Ok(Ok(true))
+        )
+    }
+
+    fn log(&self, next: &Next, outcome: &Outcome) {
+        let name = &self.subscription.spec.name;
+        let delivery = self.claimed.delivery_id;
+        match next {
+            Next::Delivered => tracing::debug!(subscription = name, delivery, "delivered"),
+            Next::Dead => tracing::warn!(
+                subscription = name,
+                delivery,
+                ?outcome,
+                "dead-lettered after its last retry"
+            ),
+            Next::Pause => tracing::warn!(
+                subscription = name,
+                "paused: the endpoint answered 410 Gone"
+            ),
+            Next::RetryAt(at) => tracing::info!(
+                subscription = name,
+                delivery,
+                ?outcome,
+                retry_in_ms = at - self.clock.now_ms(),
+                "attempt failed"
+            ),
+        }
     }
 }

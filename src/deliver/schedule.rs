@@ -1,7 +1,7 @@
 //! What happens after an attempt: delivered, retried when, dead-lettered, or the
 //! subscription paused. Pure: time and jitter come in as arguments.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// The longest `Retry-After` honoured.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -15,10 +15,10 @@ pub enum Outcome {
     Success { status: u16 },
     /// 410: the receiver is gone; pause the subscription.
     Gone,
-    /// 429 or 503, with the receiver's `Retry-After` in seconds if it gave one.
+    /// 429 or 503, with the wait the receiver asked for in `Retry-After`, if any.
     Throttled {
         status: u16,
-        retry_after: Option<u64>,
+        retry_after: Option<Duration>,
     },
     /// Any other status, a timeout, a refused connection, a TLS error, a refusal by
     /// the destination guard.
@@ -40,6 +40,9 @@ pub enum Next {
 
 /// Decides after the `attempt`-th attempt (1-based) ended with `outcome` at `now_ms`.
 /// `jitter` is a number in [-1, 1].
+///
+/// Jitter spreads the schedule's steps either way, but it may only add to the wait a
+/// receiver asked for: a retry never comes before its `Retry-After`.
 pub fn next(
     outcome: &Outcome,
     attempt: u32,
@@ -47,20 +50,35 @@ pub fn next(
     now_ms: i64,
     jitter: f64,
 ) -> Next {
-    let retry_delay = |base: Duration| -> Option<i64> {
-        let step = schedule.get(attempt as usize - 1)?;
-        let delay = base.max(*step).as_millis() as f64;
-        Some(now_ms + (delay * (1.0 + JITTER * jitter.clamp(-1.0, 1.0))) as i64)
+    let jitter = jitter.clamp(-1.0, 1.0);
+    let retry_at = |asked: Option<Duration>| -> Option<i64> {
+        let step = schedule.get(attempt as usize - 1)?.as_millis() as f64;
+        let scheduled = step * (1.0 + JITTER * jitter);
+        let asked = asked.map_or(0.0, |wait| {
+            wait.min(MAX_RETRY_AFTER).as_millis() as f64 * (1.0 + JITTER * jitter.abs())
+        });
+        Some(now_ms + scheduled.max(asked).ceil() as i64)
     };
     match outcome {
         Outcome::Success { .. } => Next::Delivered,
         Outcome::Gone => Next::Pause,
         Outcome::Throttled { retry_after, .. } => {
-            let asked = Duration::from_secs(retry_after.unwrap_or(0)).min(MAX_RETRY_AFTER);
-            retry_delay(asked).map_or(Next::Dead, Next::RetryAt)
+            retry_at(*retry_after).map_or(Next::Dead, Next::RetryAt)
         }
-        Outcome::Failed { .. } => retry_delay(Duration::ZERO).map_or(Next::Dead, Next::RetryAt),
+        Outcome::Failed { .. } => retry_at(None).map_or(Next::Dead, Next::RetryAt),
     }
+}
+
+/// Reads a `Retry-After` value (RFC 9110 §10.2.3): a number of seconds, or an
+/// HTTP-date, which is turned into the wait from `now` (a date in the past asks for
+/// no wait). `None` when it is neither.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// How long a subscription that keeps failing is held: doubling from one minute per
@@ -109,7 +127,7 @@ mod tests {
     fn retry_after_is_honoured_within_bounds() {
         let throttled = |s| Outcome::Throttled {
             status: 429,
-            retry_after: Some(s),
+            retry_after: Some(Duration::from_secs(s)),
         };
         assert_eq!(
             next(&throttled(120), 1, &SCHEDULE, 0, 0.0),
@@ -128,6 +146,51 @@ mod tests {
             next(&Outcome::Success { status: 204 }, 9, &SCHEDULE, 0, 0.0),
             Next::Delivered
         );
+    }
+
+    #[test]
+    fn jitter_only_adds_to_retry_after() {
+        let asked = Outcome::Throttled {
+            status: 429,
+            retry_after: Some(Duration::from_secs(30)),
+        };
+        for jitter in [-1.0, -0.5, 0.0, 0.5, 1.0] {
+            let Next::RetryAt(at) = next(&asked, 1, &SCHEDULE, 0, jitter) else {
+                panic!("a retry");
+            };
+            assert!((30_000..=33_000).contains(&at), "jitter {jitter}: {at}");
+        }
+        // Shorter than the schedule's step: the step (jittered) decides, never below
+        // what was asked.
+        let short = Outcome::Throttled {
+            status: 503,
+            retry_after: Some(Duration::from_millis(9_800)),
+        };
+        let Next::RetryAt(at) = next(&short, 1, &SCHEDULE, 0, -1.0) else {
+            panic!("a retry");
+        };
+        assert!(at >= 9_800, "{at}");
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        // RFC 9110's example date, 30 s after `now`.
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past: no wait"
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::Value;
 
 use super::guard::{self, GuardedResolver};
-use super::schedule::Outcome;
+use super::schedule::{self, Outcome};
 use super::subscription::SubscriptionSpec;
 use crate::config::SecretEncoding;
 use crate::crypto;
@@ -189,7 +189,7 @@ impl Sender {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+            .and_then(|v| schedule::parse_retry_after(v, std::time::SystemTime::now()));
         let mut excerpt = Vec::new();
         while excerpt.len() < RESPONSE_EXCERPT_BYTES {
             match response.chunk().await {

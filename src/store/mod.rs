@@ -15,7 +15,6 @@ use crate::provider::ProviderKind;
 
 pub use sqlite::{
     AttemptResult, CommitObserver, KindCount, RebuildReport, SqliteStore as Store, StoreOptions,
-    webhook_id,
 };
 
 /// What `append` did with an event.
@@ -244,6 +243,7 @@ pub struct Delivery {
     /// Stable across retries and replays: receivers recognise repeats by it.
     pub webhook_id: String,
     pub state: DeliveryState,
+    /// Every attempt ever made (the length of its attempt log), replays included.
     pub attempts: i64,
     pub next_attempt_at_ms: i64,
     pub created_at_ms: i64,
@@ -277,6 +277,9 @@ pub struct Claimed {
     pub subscription_id: i64,
     pub event_seq: i64,
     pub webhook_id: String,
-    /// Attempts made before this one.
-    pub attempts: i64,
+    /// Attempts since it was last queued (created or replayed): its place in the
+    /// retry schedule.
+    pub round_attempts: i64,
+    /// Identifies this lease: only a record made under it counts.
+    pub lease_token: i64,
 }

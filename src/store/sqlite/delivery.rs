@@ -24,15 +24,27 @@ fn json_list(list: Option<&Vec<String>>) -> Option<String> {
     list.map(|l| serde_json::to_string(l).expect("strings serialize"))
 }
 
+/// A stored value this classhook cannot read: the row is corrupt or was written by a
+/// newer version. Reading it fails instead of guessing a default.
+fn unreadable(column: usize, what: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        column,
+        rusqlite::types::Type::Text,
+        format!("unreadable stored {what}").into(),
+    )
+}
+
 fn subscription_from_row(row: &Row<'_>) -> rusqlite::Result<Subscription> {
     let list = |i: usize| -> rusqlite::Result<Option<Vec<String>>> {
         let text: Option<String> = row.get(i)?;
-        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+        text.map(|t| serde_json::from_str(&t).map_err(|_| unreadable(i, format!("list {t:?}"))))
+            .transpose()
     };
     let username: Option<String> = row.get(6)?;
     let password: Option<String> = row.get(7)?;
     let schedule: String = row.get(11)?;
-    let schedule: Vec<u64> = serde_json::from_str(&schedule).unwrap_or_default();
+    let schedule: Vec<u64> = serde_json::from_str(&schedule)
+        .map_err(|_| unreadable(11, format!("retry schedule {schedule:?}")))?;
     let encoding: String = row.get(9)?;
     let managed_by: String = row.get(13)?;
     Ok(Subscription {
@@ -40,24 +52,24 @@ fn subscription_from_row(row: &Row<'_>) -> rusqlite::Result<Subscription> {
         spec: SubscriptionSpec {
             name: row.get(1)?,
             url: row.get(2)?,
-            events: list(3)?.unwrap_or_default(),
+            events: list(3)?.ok_or_else(|| unreadable(3, "event list NULL".into()))?,
             sources: list(4)?,
             tenants: list(5)?,
             basic_auth: username.map(|u| (u, Secret::new(password.unwrap_or_default()))),
             secret: row.get::<_, Option<String>>(8)?.map(Secret::new),
-            secret_encoding: if encoding == "base64" {
-                SecretEncoding::Base64
-            } else {
-                SecretEncoding::Utf8
+            secret_encoding: match encoding.as_str() {
+                "utf8" => SecretEncoding::Utf8,
+                "base64" => SecretEncoding::Base64,
+                _ => return Err(unreadable(9, format!("secret encoding {encoding:?}"))),
             },
             timeout: Duration::from_millis(row.get::<_, i64>(10)? as u64),
             retry_schedule: schedule.into_iter().map(Duration::from_millis).collect(),
             max_in_flight: row.get(12)?,
         },
-        managed_by: if managed_by == "config" {
-            ManagedBy::Config
-        } else {
-            ManagedBy::Api
+        managed_by: match managed_by.as_str() {
+            "config" => ManagedBy::Config,
+            "api" => ManagedBy::Api,
+            _ => return Err(unreadable(13, format!("managed_by {managed_by:?}"))),
         },
         paused: row.get(14)?,
         paused_reason: row.get(15)?,
@@ -144,13 +156,15 @@ fn insert_delivery(
         "INSERT INTO deliveries (subscription_id, event_seq, webhook_id, state, next_attempt_at_ms, created_at_ms)
          VALUES (?1, ?2, ?3, 'pending', ?4, ?4) ON CONFLICT (subscription_id, event_seq) DO NOTHING",
     )?
-    .execute(params![subscription_id, seq, webhook_id(subscription_id, seq), now_ms])
+    .execute(params![subscription_id, seq, new_webhook_id(), now_ms])
 }
 
-/// The Standard Webhooks id of an event for a subscription: the same for every
-/// retry, replay and backfill of that pair.
-pub fn webhook_id(subscription_id: i64, seq: i64) -> String {
-    format!("msg_{seq}_{subscription_id}")
+/// A fresh Standard Webhooks id for a new delivery row, kept for every retry and
+/// replay of it. Receivers de-duplicate on this id, so it must never repeat across
+/// databases, restored backups or instances: a time-ordered UUID (48 bits of
+/// milliseconds, 74 random bits), not anything derived from row numbers.
+fn new_webhook_id() -> String {
+    format!("msg_{}", uuid::Uuid::now_v7().simple())
 }
 
 /// What a finished attempt changes.
@@ -333,44 +347,79 @@ impl SqliteStore {
     }
 
     /// Records an attempt and moves the delivery (and its subscription) on, in the
-    /// writer's next group commit.
-    pub async fn record_attempt(&self, result: AttemptResult) -> Result<(), StoreError> {
+    /// writer's next group commit. Returns false when the lease it was made under had
+    /// ended (replayed, deleted, leased again): then nothing is recorded.
+    pub async fn record_attempt(&self, result: AttemptResult) -> Result<bool, StoreError> {
         self.request(|reply| super::writer::WriteOp::Record(Box::new(result), reply))
             .await
     }
 
-    /// Gives a leased delivery back without an attempt (e.g. its event was pruned).
-    pub async fn abandon(&self, delivery_id: i64, reason: String) -> Result<(), StoreError> {
+    /// Dead-letters a leased delivery without an attempt (its event is gone), if the
+    /// lease still holds.
+    pub async fn abandon(&self, claimed: &Claimed, reason: String) -> Result<(), StoreError> {
+        let (delivery_id, token) = (claimed.delivery_id, claimed.lease_token);
         self.run_job(move |conn| {
             conn.execute(
-                "UPDATE deliveries SET state = 'dead', lease_until_ms = 0, last_error = ?2 WHERE id = ?1",
-                params![delivery_id, reason],
+                "UPDATE deliveries SET state = 'dead', lease_until_ms = 0, lease_token = 0,
+                     last_error = ?3
+                 WHERE id = ?1 AND lease_token = ?2 AND state = 'pending'",
+                params![delivery_id, token, reason],
             )?;
             Ok(())
         })
         .await
     }
 
-    /// Queues one delivery again (whatever its state) with a fresh retry schedule.
+    /// Gives leases back without an attempt, in the writer's next group commit.
+    pub async fn release(&self, leases: Vec<(i64, i64)>) -> Result<(), StoreError> {
+        self.request(|reply| super::writer::WriteOp::Release(leases, reply))
+            .await
+    }
+
+    /// Whether a subscription may be sent to now: it exists, is not paused and not
+    /// held. Read fresh from the database, so a pause by another attempt, the API or
+    /// another process counts at once.
+    pub fn subscription_open(&self, id: i64, now_ms: i64) -> Result<bool, StoreError> {
+        self.with_reader(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT 1 FROM subscriptions WHERE id = ?1 AND paused = 0 AND hold_until_ms <= ?2",
+                )?
+                .query_row(params![id, now_ms], |_| Ok(()))
+                .optional()?
+                .is_some())
+        })
+    }
+
+    /// Queues one delivery again (whatever its state) with a fresh retry schedule and
+    /// the same `webhook-id`. A delivery leased to a dispatcher right now (being
+    /// attempted, or about to be) is a conflict: a replay never runs beside it.
     pub async fn replay_delivery(&self, delivery_id: i64, now_ms: i64) -> Result<(), StoreError> {
         self.run_job(move |conn| {
             let changed = conn.execute(
-                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at_ms = ?2,
-                     lease_until_ms = 0 WHERE id = ?1",
+                &format!("UPDATE deliveries SET {REQUEUE} WHERE id = ?1 AND NOT {LEASED}"),
                 params![delivery_id, now_ms],
             )?;
-            if changed == 0 {
-                return Err(StoreError::NotFound(format!(
-                    "no delivery with id {delivery_id}"
-                )));
+            if changed == 1 {
+                return Ok(());
             }
-            Ok(())
+            let exists = conn
+                .query_row("SELECT 1 FROM deliveries WHERE id = ?1", [delivery_id], |_| Ok(()))
+                .optional()?
+                .is_some();
+            Err(if exists {
+                StoreError::Conflict(format!(
+                    "delivery {delivery_id} is being attempted right now; replay it when that attempt has ended"
+                ))
+            } else {
+                StoreError::NotFound(format!("no delivery with id {delivery_id}"))
+            })
         })
         .await
     }
 
     /// Queues again a subscription's deliveries (only dead ones if `dead_only`) created
-    /// in `[since, until)`. Returns how many.
+    /// in `[since, until)`, except those leased right now. Returns how many.
     pub async fn replay_subscription(
         &self,
         name: &str,
@@ -382,10 +431,13 @@ impl SqliteStore {
         let id = self.subscription_id(name)?;
         self.run_job(move |conn| {
             let changed = conn.execute(
-                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at_ms = ?2, lease_until_ms = 0
-                 WHERE subscription_id = ?1 AND (?3 = 0 OR state = 'dead')
-                   AND created_at_ms >= coalesce(?4, created_at_ms) AND created_at_ms < coalesce(?5, created_at_ms + 1)",
-                params![id, now_ms, dead_only, since_ms, until_ms],
+                &format!(
+                    "UPDATE deliveries SET {REQUEUE}
+                     WHERE subscription_id = ?3 AND NOT {LEASED} AND (?4 = 0 OR state = 'dead')
+                       AND created_at_ms >= coalesce(?5, created_at_ms)
+                       AND created_at_ms < coalesce(?6, created_at_ms + 1)"
+                ),
+                params![None::<i64>, now_ms, id, dead_only, since_ms, until_ms],
             )?;
             Ok(changed as u64)
         })
@@ -491,30 +543,42 @@ impl SqliteStore {
     }
 }
 
-/// Leases due deliveries; see [`SqliteStore::claim_due`].
+/// Leases due deliveries; see [`SqliteStore::claim_due`]. A delivery of a paused or
+/// held subscription is never leased: the subscription's state is checked here, in
+/// the same statement, not from a list read earlier. Every lease carries a fresh
+/// token, and only a record made under that token counts ([`apply_attempt`]).
 pub(super) fn claim(
     conn: &Connection,
     capacities: &[(i64, usize, i64)],
     now_ms: i64,
 ) -> rusqlite::Result<Vec<Claimed>> {
     let mut stmt = conn.prepare_cached(
-        "UPDATE deliveries SET lease_until_ms = ?3 WHERE id IN (
+        "UPDATE deliveries SET lease_until_ms = ?3, lease_token = ?5 WHERE id IN (
              SELECT id FROM deliveries WHERE subscription_id = ?1 AND state = 'pending'
                AND next_attempt_at_ms <= ?2 AND lease_until_ms <= ?2
+               AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = ?1 AND s.paused = 0
+                           AND s.hold_until_ms <= ?2)
              ORDER BY next_attempt_at_ms, id LIMIT ?4)
-         RETURNING id, subscription_id, event_seq, webhook_id, attempts",
+         RETURNING id, subscription_id, event_seq, webhook_id, round_attempts, lease_token",
     )?;
     let mut claimed = Vec::new();
     for &(subscription_id, capacity, lease_until_ms) in capacities {
         let rows = stmt.query_map(
-            params![subscription_id, now_ms, lease_until_ms, capacity as i64],
+            params![
+                subscription_id,
+                now_ms,
+                lease_until_ms,
+                capacity as i64,
+                new_lease_token()
+            ],
             |r| {
                 Ok(Claimed {
                     delivery_id: r.get(0)?,
                     subscription_id: r.get(1)?,
                     event_seq: r.get(2)?,
                     webhook_id: r.get(3)?,
-                    attempts: r.get(4)?,
+                    round_attempts: r.get(4)?,
+                    lease_token: r.get(5)?,
                 })
             },
         )?;
@@ -525,81 +589,126 @@ pub(super) fn claim(
     Ok(claimed)
 }
 
-/// Records an attempt and moves the delivery (and its subscription) on.
-pub(super) fn apply_attempt(tx: &Connection, result: &AttemptResult) -> rusqlite::Result<()> {
+/// A lease token: random, never 0 (0 means "not leased").
+fn new_lease_token() -> i64 {
+    loop {
+        let token = rand::random::<i64>();
+        if token != 0 {
+            return token;
+        }
+    }
+}
+
+/// Gives leases back without an attempt (the subscription was paused or held after
+/// they were taken); a lease that has changed hands since is left alone.
+pub(super) fn release(conn: &Connection, leases: &[(i64, i64)]) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE deliveries SET lease_until_ms = 0, lease_token = 0
+         WHERE id = ?1 AND lease_token = ?2 AND state = 'pending'",
+    )?;
+    for (delivery_id, token) in leases {
+        stmt.execute(params![delivery_id, token])?;
+    }
+    Ok(())
+}
+
+/// Records an attempt and moves the delivery (and its subscription) on, if the
+/// lease it was made under still holds: a delivery replayed, deleted or leased again
+/// meanwhile, or already delivered, is left as it is and the attempt is not recorded
+/// (returns false). A recorded success is therefore never undone.
+pub(super) fn apply_attempt(tx: &Connection, result: &AttemptResult) -> rusqlite::Result<bool> {
     let (status, error) = match &result.outcome {
         Outcome::Success { status } | Outcome::Throttled { status, .. } => (Some(*status), None),
         Outcome::Gone => (Some(410), None),
         Outcome::Failed { status, error } => (*status, error.clone()),
     };
-    tx.execute(
-        "INSERT INTO attempts (delivery_id, at_ms, duration_ms, status_code, error, response)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            result.claimed.delivery_id,
-            result.at_ms,
-            result.duration.as_millis() as i64,
-            status,
-            error,
-            result.response
-        ],
-    )?;
-    let last_error = error.or_else(|| {
+    let last_error = error.clone().or_else(|| {
         status
             .filter(|s| !(200..300).contains(s))
             .map(|s| format!("HTTP {s}"))
     });
     let id = result.claimed.delivery_id;
     let subscription = result.claimed.subscription_id;
+    // Every attempt counts in `attempts` (the attempt log); a 410 pauses without
+    // using up a retry of the schedule, so it does not count in `round_attempts`.
+    let (state, next_at, round_step, delivered_at) = match result.next {
+        Next::Delivered => ("delivered", result.at_ms, 1, Some(result.at_ms)),
+        Next::Pause => ("pending", result.at_ms, 0, None),
+        Next::RetryAt(at) => ("pending", at, 1, None),
+        Next::Dead => ("dead", result.at_ms, 1, None),
+    };
+    let moved = tx
+        .prepare_cached(
+            "UPDATE deliveries SET state = ?3, attempts = attempts + 1,
+                 round_attempts = round_attempts + ?4, next_attempt_at_ms = ?5,
+                 lease_until_ms = 0, lease_token = 0,
+                 delivered_at_ms = coalesce(?6, delivered_at_ms), last_error = ?7
+             WHERE id = ?1 AND lease_token = ?2 AND state = 'pending'",
+        )?
+        .execute(params![
+            id,
+            result.claimed.lease_token,
+            state,
+            round_step,
+            next_at,
+            delivered_at,
+            last_error
+        ])?;
+    if moved == 0 {
+        return Ok(false);
+    }
+    tx.prepare_cached(
+        "INSERT INTO attempts (delivery_id, at_ms, duration_ms, status_code, error, response)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        id,
+        result.at_ms,
+        result.duration.as_millis() as i64,
+        status,
+        error,
+        result.response
+    ])?;
     match result.next {
         Next::Delivered => {
-            tx.execute(
-                "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, lease_until_ms = 0,
-                     delivered_at_ms = ?2, last_error = NULL WHERE id = ?1",
-                params![id, result.at_ms],
-            )?;
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE subscriptions SET consecutive_failures = 0, hold_until_ms = 0
                  WHERE id = ?1 AND (consecutive_failures <> 0 OR hold_until_ms <> 0)",
-                [subscription],
-            )?;
+            )?
+            .execute([subscription])?;
         }
         Next::Pause => {
-            tx.execute(
-                "UPDATE deliveries SET lease_until_ms = 0, next_attempt_at_ms = ?2, last_error = ?3 WHERE id = ?1",
-                params![id, result.at_ms, last_error],
-            )?;
-            tx.execute(
-                "UPDATE subscriptions SET paused = 1, paused_reason = 'the endpoint answered 410 Gone' WHERE id = ?1",
-                [subscription],
-            )?;
+            tx.prepare_cached(
+                "UPDATE subscriptions SET paused = 1,
+                     paused_reason = 'the endpoint answered 410 Gone' WHERE id = ?1",
+            )?
+            .execute([subscription])?;
         }
         Next::RetryAt(_) | Next::Dead => {
-            let (state, next_at) = match result.next {
-                Next::RetryAt(at) => ("pending", at),
-                _ => ("dead", result.at_ms),
-            };
-            tx.execute(
-                "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_attempt_at_ms = ?3,
-                     lease_until_ms = 0, last_error = ?4 WHERE id = ?1",
-                params![id, state, next_at, last_error],
-            )?;
-            let failures: i64 = tx.query_row(
-                "UPDATE subscriptions SET consecutive_failures = consecutive_failures + 1 WHERE id = ?1
-                 RETURNING consecutive_failures",
-                [subscription],
-                |r| r.get(0),
-            )?;
+            let failures: i64 = tx
+                .prepare_cached(
+                    "UPDATE subscriptions SET consecutive_failures = consecutive_failures + 1
+                     WHERE id = ?1 RETURNING consecutive_failures",
+                )?
+                .query_row([subscription], |r| r.get(0))?;
             if let Some(hold) = schedule::hold_for(failures, result.hold_after_failures) {
-                tx.execute(
-                    "UPDATE subscriptions SET hold_until_ms = ?2 WHERE id = ?1",
-                    params![subscription, result.at_ms + hold.as_millis() as i64],
-                )?;
+                tx.prepare_cached("UPDATE subscriptions SET hold_until_ms = ?2 WHERE id = ?1")?
+                    .execute(params![
+                        subscription,
+                        result.at_ms + hold.as_millis() as i64
+                    ])?;
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
+
+/// Puts a delivery back in the queue, due at `?2`, with a fresh retry schedule (its
+/// attempt log and `attempts` stay).
+const REQUEUE: &str = "state = 'pending', round_attempts = 0, next_attempt_at_ms = ?2,
+    lease_until_ms = 0, lease_token = 0";
+/// Leased to a dispatcher at `?2`: it may be on the wire right now.
+const LEASED: &str = "(state = 'pending' AND lease_until_ms > ?2)";
 
 const DELIVERY_COLUMNS: &str = "d.id, s.name, d.event_seq, d.webhook_id, d.state, d.attempts,
     d.next_attempt_at_ms, d.created_at_ms, d.delivered_at_ms, d.last_error";
@@ -611,7 +720,8 @@ fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
         subscription: r.get(1)?,
         event_seq: r.get(2)?,
         webhook_id: r.get(3)?,
-        state: DeliveryState::parse(&state).unwrap_or(DeliveryState::Pending),
+        state: DeliveryState::parse(&state)
+            .ok_or_else(|| unreadable(4, format!("delivery state {state:?}")))?,
         attempts: r.get(5)?,
         next_attempt_at_ms: r.get(6)?,
         created_at_ms: r.get(7)?,

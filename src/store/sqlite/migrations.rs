@@ -186,6 +186,15 @@ const MIGRATIONS: &[&str] = &[
         SELECT coalesce(max(seq), 0), 0 FROM events;
     DROP INDEX events_dedupe;
     ",
+    // 5: `attempts` counts every attempt (the attempt log's length, also across
+    // replays); the retry schedule's place moves to `round_attempts`, which a replay
+    // resets. Leases get a token so that only the holder's record counts.
+    "
+    ALTER TABLE deliveries ADD COLUMN round_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deliveries ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0;
+    UPDATE deliveries SET round_attempts = attempts,
+        attempts = (SELECT count(*) FROM attempts a WHERE a.delivery_id = deliveries.id);
+    ",
 ];
 
 /// Brings the database up to the newest schema, in one transaction per step.

@@ -23,7 +23,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::{AppendOutcome, NewRejection, StoreError};
 use crate::deliver::subscription::Subscription;
 use crate::event::NewEvent;
-pub use delivery::{AttemptResult, webhook_id};
+pub use delivery::AttemptResult;
 pub use entities::KindCount;
 pub use maintenance::RebuildReport;
 pub use writer::CommitObserver;

@@ -33,8 +33,14 @@ pub enum WriteOp {
         i64,
         oneshot::Sender<Result<Vec<Claimed>, StoreError>>,
     ),
-    /// A finished delivery attempt: recorded in the same group commit as ingest.
-    Record(Box<AttemptResult>, oneshot::Sender<Result<(), StoreError>>),
+    /// A finished delivery attempt: recorded in the same group commit as ingest;
+    /// answers whether its lease still held (else nothing was recorded).
+    Record(
+        Box<AttemptResult>,
+        oneshot::Sender<Result<bool, StoreError>>,
+    ),
+    /// Leases (delivery, token) given back without an attempt.
+    Release(Vec<(i64, i64)>, oneshot::Sender<Result<(), StoreError>>),
     /// Exclusive work on the write connection (mirror rebuild, retention, readiness
     /// probe), run between batches in its own transaction.
     Job(Box<dyn FnOnce(&mut Connection) + Send>),
@@ -94,9 +100,18 @@ enum Done {
     Nothing,
     Appended(AppendOutcome),
     Claimed(Vec<Claimed>),
+    Recorded(bool),
+    /// This operation failed and was rolled back alone; the rest of the batch stands.
+    Failed(String),
 }
 
 /// Commits the batch and answers its callers; returns whether it committed.
+///
+/// A batch is first written as one plain transaction. If one of its operations
+/// fails (a constraint, a row that changed under it), the transaction is rolled back
+/// and the batch written again with a savepoint around each operation, so that the
+/// failure is that operation's alone and every other caller still gets its commit.
+/// The common case pays nothing for the isolation.
 fn commit_batch(
     conn: &mut Connection,
     dedupe: &mut DedupeIndex,
@@ -109,7 +124,13 @@ fn commit_batch(
         .matchers
         .read()
         .expect("matcher lock is never poisoned");
-    match write_batch(conn, dedupe, batch, &subscriptions) {
+    let mut written = write_batch(conn, dedupe, batch, &subscriptions, Isolation::None);
+    if let Err(error) = &written {
+        dedupe.rolled_back();
+        tracing::warn!(%error, operations = batch.len(), "a batch failed; writing it again with each operation isolated");
+        written = write_batch(conn, dedupe, batch, &subscriptions, Isolation::PerOperation);
+    }
+    match written {
         Ok((outcomes, queued)) => {
             dedupe.committed();
             if queued > 0 {
@@ -117,6 +138,11 @@ fn commit_batch(
             }
             for (op, done) in batch.drain(..).zip(outcomes) {
                 // A caller may have given up (timeout); what it asked for is done anyway.
+                if let Done::Failed(message) = done {
+                    tracing::error!(error = %message, operation = op.name(), "a store operation failed; the rest of its batch committed");
+                    op.fail(&message);
+                    continue;
+                }
                 match (op, done) {
                     (WriteOp::Append(_, reply), Done::Appended(outcome)) => {
                         let _ = reply.send(Ok(outcome));
@@ -124,7 +150,10 @@ fn commit_batch(
                     (WriteOp::Claim(_, _, reply), Done::Claimed(claimed)) => {
                         let _ = reply.send(Ok(claimed));
                     }
-                    (WriteOp::Record(_, reply), _) => {
+                    (WriteOp::Record(_, reply), Done::Recorded(recorded)) => {
+                        let _ = reply.send(Ok(recorded));
+                    }
+                    (WriteOp::Release(_, reply), _) => {
                         let _ = reply.send(Ok(()));
                     }
                     _ => {}
@@ -135,33 +164,64 @@ fn commit_batch(
         Err(error) => {
             dedupe.rolled_back();
             let message = error.to_string();
-            tracing::error!(error = %message, events = batch.len(), "store commit failed");
+            tracing::error!(error = %message, operations = batch.len(), "store commit failed");
             for op in batch.drain(..) {
-                match op {
-                    WriteOp::Append(_, reply) => {
-                        let _ = reply.send(Err(StoreError::Commit(message.clone())));
-                    }
-                    WriteOp::Record(_, reply) => {
-                        let _ = reply.send(Err(StoreError::Commit(message.clone())));
-                    }
-                    WriteOp::Claim(_, _, reply) => {
-                        let _ = reply.send(Err(StoreError::Commit(message.clone())));
-                    }
-                    _ => {}
-                }
+                op.fail(&message);
             }
             false
         }
     }
 }
 
-/// Writes the whole batch in one transaction; `None` for ops that need no answer.
-/// Also returns how many deliveries the batch queued.
+impl WriteOp {
+    fn name(&self) -> &'static str {
+        match self {
+            WriteOp::Append(..) => "append",
+            WriteOp::Reject(_) => "rejection",
+            WriteOp::Claim(..) => "lease",
+            WriteOp::Record(..) => "attempt record",
+            WriteOp::Release(..) => "lease release",
+            WriteOp::Job(_) => "job",
+        }
+    }
+
+    /// Answers the caller with a commit failure.
+    fn fail(self, message: &str) {
+        let error = || StoreError::Commit(message.to_string());
+        match self {
+            WriteOp::Append(_, reply) => {
+                let _ = reply.send(Err(error()));
+            }
+            WriteOp::Record(_, reply) => {
+                let _ = reply.send(Err(error()));
+            }
+            WriteOp::Claim(_, _, reply) => {
+                let _ = reply.send(Err(error()));
+            }
+            WriteOp::Release(_, reply) => {
+                let _ = reply.send(Err(error()));
+            }
+            WriteOp::Reject(_) | WriteOp::Job(_) => {}
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// One transaction; the first failing operation fails the whole batch.
+    None,
+    /// A savepoint around each operation: a failure rolls back only that one.
+    PerOperation,
+}
+
+/// Writes the whole batch in one transaction, one [`Done`] per operation. Also
+/// returns how many deliveries the batch queued.
 fn write_batch(
     conn: &mut Connection,
     dedupe: &mut DedupeIndex,
     batch: &[WriteOp],
     subscriptions: &[Subscription],
+    isolation: Isolation,
 ) -> rusqlite::Result<(Vec<Done>, usize)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -169,33 +229,36 @@ fn write_batch(
     let mut queued = 0;
     let mut appended = 0;
     for op in batch {
-        match op {
-            WriteOp::Append(event, _) => {
-                let outcome = append_one(&tx, dedupe, event)?;
-                appended += 1;
-                if let AppendOutcome::Stored { seq } = outcome
-                    && event.status != EventStatus::Quarantined
-                    && !subscriptions.is_empty()
-                {
-                    queued += delivery::enqueue(&tx, subscriptions, event, seq)?;
-                }
-                rejected |= matches!(outcome, AppendOutcome::Conflict { .. });
-                outcomes.push(Done::Appended(outcome));
-            }
-            WriteOp::Reject(rejection) => {
-                insert_rejection(&tx, rejection)?;
-                rejected = true;
-                outcomes.push(Done::Nothing);
-            }
-            WriteOp::Claim(capacities, now_ms, _) => {
-                outcomes.push(Done::Claimed(delivery::claim(&tx, capacities, *now_ms)?));
-            }
-            WriteOp::Record(result, _) => {
-                delivery::apply_attempt(&tx, result)?;
-                outcomes.push(Done::Nothing);
-            }
-            WriteOp::Job(_) => unreachable!("jobs never enter a batch"),
+        if isolation == Isolation::PerOperation {
+            tx.execute_batch("SAVEPOINT operation")?;
         }
+        let done = write_one(&tx, dedupe, op, subscriptions);
+        let done = match (done, isolation) {
+            (Ok(done), Isolation::None) => done,
+            (Err(error), Isolation::None) => return Err(error),
+            (Ok(done), Isolation::PerOperation) => {
+                tx.execute_batch("RELEASE operation")?;
+                done
+            }
+            (Err(error), Isolation::PerOperation) => {
+                tx.execute_batch("ROLLBACK TO operation; RELEASE operation")?;
+                (Done::Failed(error.to_string()), None, 0)
+            }
+        };
+        let (done, stored, deliveries) = done;
+        if let Some((key, seq)) = stored {
+            dedupe.stored(key, seq);
+        }
+        queued += deliveries;
+        match (&done, op) {
+            (Done::Appended(outcome), _) => {
+                appended += 1;
+                rejected |= matches!(outcome, AppendOutcome::Conflict { .. });
+            }
+            (Done::Nothing, WriteOp::Reject(_)) => rejected = true,
+            _ => {}
+        }
+        outcomes.push(done);
     }
     if rejected {
         tx.execute(
@@ -208,11 +271,57 @@ fn write_batch(
     Ok((outcomes, queued))
 }
 
+/// One operation of a batch: what it produced, the dedupe key it stored (noted in
+/// memory only once the operation stands), and how many deliveries it queued.
+type Written = (Done, Option<(DedupeKey, i64)>, usize);
+
+fn write_one(
+    tx: &rusqlite::Transaction<'_>,
+    dedupe: &DedupeIndex,
+    op: &WriteOp,
+    subscriptions: &[Subscription],
+) -> rusqlite::Result<Written> {
+    Ok(match op {
+        WriteOp::Append(event, _) => {
+            let (outcome, stored) = append_one(tx, dedupe, event)?;
+            let mut queued = 0;
+            if let AppendOutcome::Stored { seq } = outcome
+                && event.status != EventStatus::Quarantined
+                && !subscriptions.is_empty()
+            {
+                queued = delivery::enqueue(tx, subscriptions, event, seq)?;
+            }
+            (Done::Appended(outcome), stored, queued)
+        }
+        WriteOp::Reject(rejection) => {
+            insert_rejection(tx, rejection)?;
+            (Done::Nothing, None, 0)
+        }
+        WriteOp::Claim(capacities, now_ms, _) => (
+            Done::Claimed(delivery::claim(tx, capacities, *now_ms)?),
+            None,
+            0,
+        ),
+        WriteOp::Record(result, _) => (
+            Done::Recorded(delivery::apply_attempt(tx, result)?),
+            None,
+            0,
+        ),
+        WriteOp::Release(leases, _) => {
+            delivery::release(tx, leases)?;
+            (Done::Nothing, None, 0)
+        }
+        WriteOp::Job(_) => unreachable!("jobs never enter a batch"),
+    })
+}
+
+/// Stores one event (or counts a copy of a stored one); returns what happened and,
+/// for a newly stored event, its dedupe key and seq for the caller to note.
 fn append_one(
     tx: &rusqlite::Transaction<'_>,
-    dedupe: &mut DedupeIndex,
+    dedupe: &DedupeIndex,
     event: &NewEvent,
-) -> rusqlite::Result<AppendOutcome> {
+) -> rusqlite::Result<(AppendOutcome, Option<(DedupeKey, i64)>)> {
     let key = DedupeKey {
         source: event.source.clone(),
         key: event.dedupe_key.clone(),
@@ -220,7 +329,7 @@ fn append_one(
     if let Some(seq) = dedupe.find(tx, &key)?
         && let Some(stored_hash) = stored_body_hash(tx, seq)?
     {
-        return record_copy(tx, event, seq, &stored_hash);
+        return Ok((record_copy(tx, event, seq, &stored_hash)?, None));
     }
     let headers = serde_json::to_string(&event.headers).expect("string pairs always serialize");
     let planned = match &event.mirror {
@@ -262,11 +371,10 @@ fn append_one(
         headers,
         planned.as_ref().map(|p| p.effect.as_str()),
     ])?;
-    dedupe.stored(key, seq);
     if let Some(planned) = &planned {
         mirror::carry_out(tx, planned, event.version_ms, seq)?;
     }
-    Ok(AppendOutcome::Stored { seq })
+    Ok((AppendOutcome::Stored { seq }, Some((key, seq))))
 }
 
 /// The body hash of stored event `seq`; `None` once retention has deleted it.
