@@ -131,8 +131,11 @@ pub async fn receive(
     body: Body,
 ) -> Response {
     let started = Instant::now();
+    let body = ingest.read_body(&headers, body).await;
+    // Received = the whole request has arrived (the store bounds the time from here
+    // to the commit, which keeps receive time and commit order close).
     let received_at_ms = ingest.clock.now_ms();
-    let response = match ingest.read_body(&headers, body).await {
+    let response = match body {
         Err(error) => ingest.refuse(error, &source, remote, &[], received_at_ms),
         Ok(body) => match ingest
             .accept(&source, &headers, body.clone(), received_at_ms)

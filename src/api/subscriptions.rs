@@ -124,7 +124,7 @@ impl SubscriptionInput {
             retry_schedule: self.retry_schedule,
             max_in_flight: self.max_in_flight,
         };
-        fields.apply(defaults(self.name))
+        fields.apply(defaults(self.name)).map_err(bad_request)
     }
 }
 
@@ -153,8 +153,9 @@ pub struct SubscriptionFields {
 }
 
 impl SubscriptionFields {
-    /// Applies these fields over `spec` and checks the result.
-    fn apply(self, mut spec: SubscriptionSpec) -> Result<SubscriptionSpec, ApiError> {
+    /// Applies these fields over `spec` and checks the result; the error says what is
+    /// wrong, for a 400.
+    fn apply(self, mut spec: SubscriptionSpec) -> Result<SubscriptionSpec, String> {
         if let Some(url) = self.url {
             spec.url = url;
         }
@@ -177,21 +178,21 @@ impl SubscriptionFields {
             spec.secret_encoding = match encoding.as_str() {
                 "utf8" => SecretEncoding::Utf8,
                 "base64" => SecretEncoding::Base64,
-                _ => return Err(bad_request("`secret_encoding` must be utf8 or base64")),
+                _ => return Err("`secret_encoding` must be utf8 or base64".into()),
             };
         }
         if let Some(timeout) = self.timeout {
-            spec.timeout = humantime::parse_duration(&timeout)
-                .map_err(|e| bad_request(format!("`timeout`: {e}")))?;
+            spec.timeout =
+                humantime::parse_duration(&timeout).map_err(|e| format!("`timeout`: {e}"))?;
         }
         if let Some(schedule) = self.retry_schedule {
-            spec.retry_schedule = parse_schedule(&schedule).map_err(bad_request)?;
+            spec.retry_schedule = parse_schedule(&schedule)?;
         }
         if let Some(max) = self.max_in_flight {
             spec.max_in_flight = max;
         }
-        spec.validate().map_err(bad_request)?;
-        key_bytes(&spec).map_err(bad_request)?;
+        spec.validate()?;
+        key_bytes(&spec)?;
         Ok(spec)
     }
 }
@@ -220,6 +221,7 @@ fn change_error(error: StoreError) -> ApiError {
     match error {
         StoreError::NotFound(message) => ApiError::not_found(message),
         StoreError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+        StoreError::Invalid(message) => bad_request(message),
         other => store_error(other),
     }
 }
@@ -298,11 +300,9 @@ pub async fn update_subscription(
     Path(name): Path<String>,
     Json(fields): Json<SubscriptionFields>,
 ) -> Result<axum::Json<SubscriptionView>, ApiError> {
-    let current = find(&state, name).await?;
-    let spec = fields.apply(current.spec)?;
     let updated = state
         .store
-        .update_subscription(spec)
+        .update_subscription(&name, move |current| fields.apply(current))
         .await
         .map_err(change_error)?;
     Ok(axum::Json(updated.into()))

@@ -46,6 +46,16 @@ pub(super) fn resolve(
             "must be greater than 0",
         ));
     }
+    if s.append_timeout > crate::store::MAX_COMMIT_LAG {
+        return Err(ConfigError::new(
+            file,
+            "server.append_timeout",
+            format!(
+                "must be at most {}: an event that waits longer for the store is not stored",
+                humantime::format_duration(crate::store::MAX_COMMIT_LAG)
+            ),
+        ));
+    }
     let server = ServerConfig {
         listen: s.listen,
         data_dir: s.data_dir,

@@ -14,7 +14,8 @@ use crate::event::EventStatus;
 use crate::provider::ProviderKind;
 
 pub use sqlite::{
-    AttemptResult, CommitObserver, KindCount, RebuildReport, SqliteStore as Store, StoreOptions,
+    AttemptResult, CommitObserver, KindCount, MAX_COMMIT_LAG, RebuildReport, SqliteStore as Store,
+    StoreOptions,
 };
 
 /// What `append` did with an event.
@@ -70,6 +71,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A change refused because its result would be invalid.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// One request refused by ingest, for the rejection log. Never holds a secret or the

@@ -240,13 +240,29 @@ impl SqliteStore {
         .await
     }
 
-    /// Replaces an API subscription's declared fields.
+    /// Changes an API subscription's declared fields in one step: `change` gets the
+    /// stored spec and returns the new one (or why it refuses, as
+    /// [`StoreError::Invalid`]) inside the transaction that writes it, so two
+    /// concurrent changes cannot lose one another.
     pub async fn update_subscription(
         &self,
-        spec: SubscriptionSpec,
+        name: &str,
+        change: impl FnOnce(SubscriptionSpec) -> Result<SubscriptionSpec, String> + Send + 'static,
     ) -> Result<Subscription, StoreError> {
+        let name = name.to_string();
         self.change_kept(move |tx| {
-            api_owned(tx, &spec.name)?;
+            api_owned(tx, &name)?;
+            let current = tx
+                .prepare_cached(&format!(
+                    "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE name = ?1"
+                ))?
+                .query_row([&name], subscription_from_row)?;
+            let spec = change(current.spec).map_err(StoreError::Invalid)?;
+            if spec.name != name {
+                return Err(StoreError::Invalid(
+                    "a subscription cannot be renamed".into(),
+                ));
+            }
             upsert(tx, &spec, ManagedBy::Api)?;
             Ok(spec.name)
         })

@@ -29,14 +29,32 @@ impl SqliteStore {
         self.run_job(rebuild).await
     }
 
-    /// Deletes events received before `before_ms` (their dedupe keys go with them;
-    /// the mirror stays). Returns how many were deleted.
+    /// Deletes events received before `before_ms`, with their dedupe keys, their
+    /// deliveries and those deliveries' attempts (the mirror stays). Returns how many
+    /// events were deleted.
     pub async fn prune_events(&self, before_ms: i64) -> Result<u64, StoreError> {
         self.run_job(move |conn| {
             let mut c = Conditions::default();
             timeline::add_window(conn, &mut c, None, Some(before_ms))?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             dedupe::forget(&tx, &c.sql(), &c.args)?;
+            // Per subscription, so that each probe uses the (subscription, event)
+            // key; attempts go with their deliveries (ON DELETE CASCADE).
+            let subscriptions: Vec<i64> = tx
+                .prepare("SELECT id FROM subscriptions")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut delete_deliveries = tx.prepare(&format!(
+                "DELETE FROM deliveries WHERE subscription_id = ? AND event_seq IN
+                     (SELECT seq FROM events {})",
+                c.sql()
+            ))?;
+            for id in subscriptions {
+                let args = std::iter::once(rusqlite::types::Value::Integer(id))
+                    .chain(c.args.iter().cloned());
+                delete_deliveries.execute(rusqlite::params_from_iter(args))?;
+            }
+            drop(delete_deliveries);
             let deleted = tx.execute(
                 &format!("DELETE FROM events {}", c.sql()),
                 rusqlite::params_from_iter(&c.args),

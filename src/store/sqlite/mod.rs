@@ -26,6 +26,7 @@ use crate::event::NewEvent;
 pub use delivery::AttemptResult;
 pub use entities::KindCount;
 pub use maintenance::RebuildReport;
+pub use timeline::MAX_COMMIT_LAG;
 pub use writer::CommitObserver;
 use writer::WriteOp;
 
@@ -193,7 +194,8 @@ impl SqliteStore {
     /// Stores `event` durably, or recognises it as a retry. Returns after the commit.
     pub async fn append(&self, event: NewEvent) -> Result<AppendOutcome, StoreError> {
         let timeout = self.inner.options.append_timeout;
-        let wait = self.request(|reply| WriteOp::Append(Box::new(event), reply));
+        let queued_at = std::time::Instant::now();
+        let wait = self.request(|reply| WriteOp::Append(Box::new(event), queued_at, reply));
         tokio::time::timeout(timeout, wait)
             .await
             .map_err(|_| StoreError::Timeout(timeout))?

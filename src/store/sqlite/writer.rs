@@ -10,6 +10,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::dedupe::{DedupeIndex, DedupeKey};
 use super::delivery::AttemptResult;
+use super::timeline::MAX_COMMIT_LAG;
 use super::{delivery, mirror};
 use crate::deliver::subscription::Subscription;
 use crate::event::{EventStatus, NewEvent};
@@ -21,8 +22,10 @@ pub const REJECTION_LOG_CAPACITY: i64 = 10_000;
 
 /// What the writer receives.
 pub enum WriteOp {
+    /// An event to store, with the moment it reached the store.
     Append(
         Box<NewEvent>,
+        Instant,
         oneshot::Sender<Result<AppendOutcome, StoreError>>,
     ),
     Reject(Box<NewRejection>),
@@ -103,6 +106,9 @@ enum Done {
     Recorded(bool),
     /// This operation failed and was rolled back alone; the rest of the batch stands.
     Failed(String),
+    /// An event that waited longer than [`MAX_COMMIT_LAG`]: not stored, so that
+    /// receive time and commit order never drift further apart than that.
+    Expired,
 }
 
 /// Commits the batch and answers its callers; returns whether it committed.
@@ -144,8 +150,14 @@ fn commit_batch(
                     continue;
                 }
                 match (op, done) {
-                    (WriteOp::Append(_, reply), Done::Appended(outcome)) => {
+                    (WriteOp::Append(_, _, reply), Done::Appended(outcome)) => {
                         let _ = reply.send(Ok(outcome));
+                    }
+                    (WriteOp::Append(_, _, reply), Done::Expired) => {
+                        tracing::warn!(
+                            "an event waited more than {MAX_COMMIT_LAG:?} for the store and was not stored; the platform retries it"
+                        );
+                        let _ = reply.send(Err(StoreError::Timeout(MAX_COMMIT_LAG)));
                     }
                     (WriteOp::Claim(_, _, reply), Done::Claimed(claimed)) => {
                         let _ = reply.send(Ok(claimed));
@@ -189,7 +201,7 @@ impl WriteOp {
     fn fail(self, message: &str) {
         let error = || StoreError::Commit(message.to_string());
         match self {
-            WriteOp::Append(_, reply) => {
+            WriteOp::Append(_, _, reply) => {
                 let _ = reply.send(Err(error()));
             }
             WriteOp::Record(_, reply) => {
@@ -282,7 +294,10 @@ fn write_one(
     subscriptions: &[Subscription],
 ) -> rusqlite::Result<Written> {
     Ok(match op {
-        WriteOp::Append(event, _) => {
+        WriteOp::Append(_, queued_at, _) if queued_at.elapsed() > MAX_COMMIT_LAG => {
+            (Done::Expired, None, 0)
+        }
+        WriteOp::Append(event, _, _) => {
             let (outcome, stored) = append_one(tx, dedupe, event)?;
             let mut queued = 0;
             if let AppendOutcome::Stored { seq } = outcome
