@@ -6,6 +6,7 @@
 //! | body larger than `max_body_bytes`       | 413    |
 //! | body not received within `read_timeout` | 408    |
 //! | no such source                          | 404    |
+//! | client address not in `allowed_ips`     | 403    |
 //! | Basic Auth configured, missing or wrong | 401 + `WWW-Authenticate: Basic` |
 //! | not JSON, or envelope unusable          | 400    |
 //! | signature missing or wrong              | 401    |
@@ -13,7 +14,7 @@
 //! | storage cannot commit                   | 503 + `Retry-After` |
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,7 @@ use crate::crypto;
 use crate::event::NewEvent;
 use crate::http::ApiError;
 use crate::metrics::Metrics;
+use crate::net::{ClientAddr, NetList};
 use crate::provider::{Envelope, EnvelopeError, SignatureError};
 use crate::store::{AppendOutcome, NewRejection, REJECTION_BODY_PREFIX, Store, StoreError};
 
@@ -46,6 +48,8 @@ pub struct Ingest {
     pub max_body_bytes: usize,
     pub read_timeout: Duration,
     pub metrics: Arc<Metrics>,
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: NetList,
 }
 
 /// Why a request was refused. Each variant maps to exactly one status.
@@ -59,6 +63,8 @@ pub enum IngestError {
     ReadFailed(String),
     #[error("no source named {0:?} is configured")]
     UnknownSource(String),
+    #[error("requests from {0} are not accepted for this source")]
+    IpNotAllowed(IpAddr),
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error(transparent)]
@@ -80,7 +86,9 @@ impl IngestError {
             IngestError::UnknownSource(_) => StatusCode::NOT_FOUND,
             IngestError::Unauthorized(_) | IngestError::Signature(_) => StatusCode::UNAUTHORIZED,
             IngestError::Envelope(_) => StatusCode::BAD_REQUEST,
-            IngestError::TenantNotAllowed(_) => StatusCode::FORBIDDEN,
+            IngestError::IpNotAllowed(_) | IngestError::TenantNotAllowed(_) => {
+                StatusCode::FORBIDDEN
+            }
             IngestError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -92,6 +100,7 @@ impl IngestError {
             IngestError::ReadTimeout(_) => "request_timeout",
             IngestError::ReadFailed(_) => "body_unreadable",
             IngestError::UnknownSource(_) => "unknown_source",
+            IngestError::IpNotAllowed(_) => "ip_not_allowed",
             IngestError::Unauthorized(_) => "unauthorized",
             IngestError::Envelope(EnvelopeError::NotJson(_)) => "invalid_json",
             IngestError::Envelope(EnvelopeError::Unusable(_)) => "invalid_envelope",
@@ -135,22 +144,25 @@ pub async fn receive(
     // Received = the whole request has arrived (the store bounds the time from here
     // to the commit, which keeps receive time and commit order close).
     let received_at_ms = ingest.clock.now_ms();
+    let client = ClientAddr::resolve(remote, &headers, &ingest.trusted_proxies);
     let response = match body {
-        Err(error) => ingest.refuse(error, &source, remote, &[], received_at_ms),
+        Err(error) => ingest.refuse(error, &source, client, &[], received_at_ms),
         Ok(body) => match ingest
-            .accept(&source, &headers, body.clone(), received_at_ms)
+            .accept(&source, client.ip, &headers, body.clone(), received_at_ms)
             .await
         {
             Ok(outcome) => {
                 tracing::debug!(
                     source,
+                    client = %client.ip,
+                    peer = %client.peer,
                     seq = outcome.seq(),
                     outcome = outcome.as_str(),
                     "event accepted"
                 );
                 (StatusCode::OK, Json(serde_json::json!({}))).into_response()
             }
-            Err(error) => ingest.refuse(error, &source, remote, &body, received_at_ms),
+            Err(error) => ingest.refuse(error, &source, client, &body, received_at_ms),
         },
     };
     ingest.metrics.ingest_finished(started.elapsed());
@@ -162,6 +174,7 @@ impl Ingest {
     async fn accept(
         &self,
         source_name: &str,
+        client: IpAddr,
         headers: &HeaderMap,
         body: Bytes,
         received_at_ms: i64,
@@ -170,6 +183,7 @@ impl Ingest {
             .sources
             .get(source_name)
             .ok_or_else(|| IngestError::UnknownSource(source_name.chars().take(100).collect()))?;
+        check_sender(source, client)?;
         let event = authenticate(source, headers, body, received_at_ms)?;
         let (event_type, status) = (event.event_type.clone(), event.status);
         let outcome = self.store.append(event).await?;
@@ -183,11 +197,18 @@ impl Ingest {
         &self,
         error: IngestError,
         source: &str,
-        remote: SocketAddr,
+        client: ClientAddr,
         body: &[u8],
         at_ms: i64,
     ) -> Response {
-        tracing::info!(source, %remote, code = error.code(), %error, "request refused");
+        tracing::info!(
+            source,
+            client = %client.ip,
+            peer = %client.peer,
+            code = error.code(),
+            %error,
+            "request refused"
+        );
         self.metrics.rejection(error.code());
         // When storage is down, the log cannot be written either.
         if !matches!(error, IngestError::Storage(_)) {
@@ -199,7 +220,7 @@ impl Ingest {
                 message: error.to_string(),
                 body: body[..body.len().min(REJECTION_BODY_PREFIX)].to_vec(),
                 body_len: body.len(),
-                remote_addr: Some(remote.to_string()),
+                remote_addr: Some(client.to_string()),
             });
         }
         error.into_response()
@@ -226,9 +247,19 @@ impl Ingest {
     }
 }
 
+/// The source's `allowed_ips`, if any, must hold the client address. It looks at
+/// nothing but the address, so it can run before the body is read.
+fn check_sender(source: &Source, client: IpAddr) -> Result<(), IngestError> {
+    match &source.allowed_ips {
+        Some(allowed) if !allowed.contains(client) => Err(IngestError::IpNotAllowed(client)),
+        _ => Ok(()),
+    }
+}
+
 /// Checks a request against its source (Basic Auth, envelope, signature, tenant) and
 /// turns it into the event to store. The order of the checks is the order of the
-/// answers in the table at the top of this file.
+/// answers in the table at the top of this file (the sender's address is checked
+/// before, by [`check_sender`]).
 pub fn authenticate(
     source: &Source,
     headers: &HeaderMap,

@@ -16,6 +16,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod mirror;
+pub mod net;
 pub mod provider;
 pub mod secret;
 pub mod server;

@@ -103,6 +103,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         max_body_bytes: server.max_body_bytes,
         read_timeout: server.read_timeout,
         metrics: metrics.clone(),
+        trusted_proxies: server.trusted_proxies.clone(),
     });
     let api = Arc::new(ApiState {
         store: store.clone(),

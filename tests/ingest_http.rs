@@ -243,3 +243,267 @@ async fn in_flight_requests_finish_on_shutdown() {
             .is_some()
     );
 }
+
+/// A Loopwise source that only its platform's address may send to (here 127.0.0.1).
+const GUARDED: &str = r#"
+[[source]]
+name = "guarded"
+provider = "loopwise"
+secret = "courses-signing-key"
+basic_auth = { username = "loopwise", password = "pa55word" }
+allowed_ips = ["127.0.0.1/32"]
+"#;
+
+fn course_event(seq: u64) -> classhook::provider::sample::SignedRequest {
+    use classhook::provider::{ProviderKind, sample};
+    loopwise(
+        "course.created",
+        sample::sample_data(ProviderKind::Loopwise, "course.created", seq),
+    )
+}
+
+fn with_basic_auth(request: &classhook::provider::sample::SignedRequest) -> Vec<(String, String)> {
+    let credentials = base64::engine::general_purpose::STANDARD.encode("loopwise:pa55word");
+    let mut headers = request.headers.clone();
+    headers.push(("authorization".into(), format!("Basic {credentials}")));
+    headers
+}
+
+#[tokio::test]
+async fn an_allowlist_refuses_other_senders_before_any_other_check() {
+    let gw = Gateway::start_with("", &format!("{SOURCES}{GUARDED}")).await;
+    let stranger = client_from("127.0.0.2");
+    let platform = client_from("127.0.0.1");
+
+    // Authentic in every other way, but from the wrong address.
+    let event = course_event(1);
+    let answer = gw
+        .post_with(
+            &stranger,
+            "/hooks/guarded",
+            &with_basic_auth(&event),
+            event.body.clone(),
+        )
+        .await;
+    assert_eq!((answer.status, answer.error()), (403, "ip_not_allowed"));
+    assert!(
+        answer.json["message"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.2"),
+        "{}",
+        answer.json
+    );
+    // Neither Basic Auth (401) nor the body (400) is looked at first.
+    let answer = gw
+        .post_with(&stranger, "/hooks/guarded", &[], b"not json".to_vec())
+        .await;
+    assert_eq!((answer.status, answer.error()), (403, "ip_not_allowed"));
+    // An unknown source is still 404, whoever asks.
+    let answer = gw
+        .post_with(&stranger, "/hooks/ghost", &[], b"{}".to_vec())
+        .await;
+    assert_eq!((answer.status, answer.error()), (404, "unknown_source"));
+    // The allowlist is the guarded source's alone.
+    let other = course_event(2);
+    assert_eq!(
+        gw.post_with(
+            &stranger,
+            "/hooks/courses",
+            &other.headers,
+            other.body.clone()
+        )
+        .await
+        .status,
+        200
+    );
+    // From the allowed address the same request is accepted.
+    let answer = gw
+        .post_with(
+            &platform,
+            "/hooks/guarded",
+            &with_basic_auth(&event),
+            event.body.clone(),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.json);
+    assert_eq!(gw.store.count_events().unwrap(), 2);
+
+    let log = rejections_at_least(&gw.store, 3).await;
+    let seen: Vec<(&str, Option<&str>, u16)> = log
+        .iter()
+        .map(|r| (r.reason.as_str(), r.source.as_deref(), r.status))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("unknown_source", Some("ghost"), 404),
+            ("ip_not_allowed", Some("guarded"), 403),
+            ("ip_not_allowed", Some("guarded"), 403),
+        ]
+    );
+    for rejection in &log {
+        let remote = rejection.remote_addr.as_deref().unwrap();
+        assert!(remote.starts_with("127.0.0.2:"), "{remote}");
+    }
+    assert_eq!(log[2].body, event.body[..event.body.len().min(2048)]);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_names_the_client_by_the_right_most_untrusted_address() {
+    let guarded = r#"
+[[source]]
+name = "guarded"
+provider = "loopwise"
+secret = "courses-signing-key"
+allowed_ips = ["127.0.0.2"]
+"#;
+    let gw = Gateway::start_with(
+        r#"trusted_proxies = ["127.0.0.1/32", "127.0.0.3"]"#,
+        &format!("{SOURCES}{guarded}"),
+    )
+    .await;
+    let proxy = client_from("127.0.0.1");
+    let mut seq = 100;
+    // (from, X-Forwarded-For headers, the client the gateway should judge, admitted)
+    let cases: &[(&str, &[&str], &str, bool)] = &[
+        // The proxy appended the real sender; what the sender wrote to its left is not trusted.
+        ("127.0.0.1", &["10.9.9.9, 127.0.0.2"], "127.0.0.2", true),
+        ("127.0.0.1", &["127.0.0.2, 10.9.9.9"], "10.9.9.9", false),
+        // Several headers are one list, in order.
+        ("127.0.0.1", &["127.0.0.2", "10.9.9.9"], "10.9.9.9", false),
+        ("127.0.0.1", &["10.9.9.9", "127.0.0.2"], "127.0.0.2", true),
+        // A chain of trusted proxies is walked through.
+        (
+            "127.0.0.1",
+            &["10.9.9.9, 127.0.0.2, 127.0.0.3"],
+            "127.0.0.2",
+            true,
+        ),
+        (
+            "127.0.0.1",
+            &["127.0.0.2, 10.9.9.9, 127.0.0.3"],
+            "10.9.9.9",
+            false,
+        ),
+        // Malformed, only trusted entries, or no header: the proxy itself is the client.
+        (
+            "127.0.0.1",
+            &["127.0.0.2, not-an-address"],
+            "127.0.0.1",
+            false,
+        ),
+        ("127.0.0.1", &["127.0.0.3, 127.0.0.1"], "127.0.0.1", false),
+        ("127.0.0.1", &[], "127.0.0.1", false),
+        // From an untrusted peer the header is ignored, both ways.
+        ("127.0.0.4", &["127.0.0.2"], "127.0.0.4", false),
+        ("127.0.0.2", &["10.9.9.9"], "127.0.0.2", true),
+    ];
+    let mut refused = Vec::new();
+    for (from, forwarded, judged, admitted) in cases {
+        seq += 1;
+        let event = course_event(seq);
+        let mut headers = event.headers.clone();
+        headers.extend(
+            forwarded
+                .iter()
+                .map(|v| ("x-forwarded-for".into(), v.to_string())),
+        );
+        let answer = gw
+            .post_with(&client_from(from), "/hooks/guarded", &headers, event.body)
+            .await;
+        let case = format!("from {from} with {forwarded:?}");
+        if *admitted {
+            assert_eq!(answer.status, 200, "{case}: {}", answer.json);
+        } else {
+            assert_eq!(
+                (answer.status, answer.error()),
+                (403, "ip_not_allowed"),
+                "{case}"
+            );
+            let message = answer.json["message"].as_str().unwrap();
+            assert!(
+                message.contains(&format!("from {judged} ")),
+                "{case}: {message}"
+            );
+            refused.push((*from, *judged));
+        }
+    }
+    // Every other refusal is logged under the resolved client too.
+    let answer = gw
+        .post_with(
+            &proxy,
+            "/hooks/ghost",
+            &[("x-forwarded-for".into(), "127.0.0.2".into())],
+            b"{}".to_vec(),
+        )
+        .await;
+    assert_eq!(answer.status, 404);
+    refused.push(("127.0.0.1", "127.0.0.2"));
+
+    let log = rejections_at_least(&gw.store, refused.len()).await;
+    assert_eq!(log.len(), refused.len());
+    for (rejection, (from, judged)) in log.iter().rev().zip(&refused) {
+        let remote = rejection.remote_addr.as_deref().unwrap();
+        let expected = if from == judged {
+            format!("{from}:")
+        } else {
+            format!("{judged} via {from}:")
+        };
+        assert!(
+            remote.starts_with(&expected),
+            "{remote} should start with {expected}"
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_dual_stack_listener_matches_ipv4_entries() {
+    // An IPv6 socket sees IPv4 clients as ::ffff:a.b.c.d.
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\nlisten = \"[::ffff:127.0.0.1]:0\"\ndata_dir = {:?}\n[api]\ntokens = [\"a-token-of-sixteen-chars\"]\n{GUARDED}",
+        dir.path().join("data").display().to_string()
+    );
+    let config = classhook::config::Config::from_toml_str(
+        std::path::Path::new("t.toml"),
+        &text,
+        &[],
+        &|_| None,
+    )
+    .unwrap();
+    let mut gw = Gateway::start_config(
+        dir,
+        &config,
+        std::sync::Arc::new(classhook::clock::SystemClock),
+    )
+    .await;
+    assert!(gw.addr.is_ipv6(), "{}", gw.addr);
+    gw.addr = std::net::SocketAddr::from(([127, 0, 0, 1], gw.addr.port()));
+
+    let event = course_event(1);
+    let answer = gw
+        .post_with(
+            &client_from("127.0.0.2"),
+            "/hooks/guarded",
+            &with_basic_auth(&event),
+            event.body.clone(),
+        )
+        .await;
+    assert_eq!((answer.status, answer.error()), (403, "ip_not_allowed"));
+    let answer = gw
+        .post_with(
+            &client_from("127.0.0.1"),
+            "/hooks/guarded",
+            &with_basic_auth(&event),
+            event.body.clone(),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.json);
+    let log = rejections_at_least(&gw.store, 1).await;
+    let remote = log[0].remote_addr.as_deref().unwrap();
+    assert!(remote.starts_with("127.0.0.2:"), "{remote}");
+    gw.stop().await;
+}

@@ -1,11 +1,11 @@
 //! `CLASSHOOK_*` environment overrides, written into the parsed TOML table.
 //!
-//! - `CLASSHOOK_SERVER_<KEY>` sets `[server] <key>`, e.g. `CLASSHOOK_SERVER_LISTEN`;
-//!   likewise `CLASSHOOK_API_TOKENS` (comma-separated) and `CLASSHOOK_RETENTION_<KEY>`.
+//! - `CLASSHOOK_SERVER_<KEY>` sets `[server] <key>`, e.g. `CLASSHOOK_SERVER_LISTEN`
+//!   (`CLASSHOOK_SERVER_TRUSTED_PROXIES` is comma-separated); likewise `CLASSHOOK_API_TOKENS` (comma-separated) and `CLASSHOOK_RETENTION_<KEY>`.
 //! - `CLASSHOOK_SOURCE_<NAME>_<KEY>` sets a key of the `[[source]]` called NAME, where
 //!   NAME is the source name upper-cased with every character other than a letter or
 //!   digit written as `_` (`demo-school` → `DEMO_SCHOOL`). Keys: `PROVIDER`, `SECRET`,
-//!   `SECRET_ENV`, `SECRET_ENCODING`, `TENANTS` (comma-separated),
+//!   `SECRET_ENV`, `SECRET_ENCODING`, `TENANTS` and `ALLOWED_IPS` (comma-separated),
 //!   `BASIC_AUTH_USERNAME`, `BASIC_AUTH_PASSWORD`, `BASIC_AUTH_PASSWORD_ENV`.
 //!
 //! An unknown `CLASSHOOK_SERVER_*` or `CLASSHOOK_SOURCE_*` variable is an error, so a
@@ -25,6 +25,7 @@ const SERVER_KEYS: &[&str] = &[
     "read_timeout",
     "append_timeout",
     "shutdown_grace",
+    "trusted_proxies",
 ];
 const API_KEYS: &[&str] = &["tokens", "tokens_env"];
 const RETENTION_KEYS: &[&str] = &["events_days", "interval"];
@@ -41,10 +42,13 @@ const SOURCE_KEYS: &[&str] = &[
     "basic_auth_password",
     "secret_encoding",
     "secret_env",
+    "allowed_ips",
     "provider",
     "tenants",
     "secret",
 ];
+/// Keys whose override is a comma-separated list.
+const LIST_KEYS: &[&str] = &["tokens", "trusted_proxies", "tenants", "allowed_ips"];
 
 /// Upper-cases a source name the way its environment variables spell it.
 pub fn env_name(source: &str) -> String {
@@ -107,12 +111,7 @@ fn apply_table(
     let Value::Table(entry) = entry else {
         return Err(ConfigError::new(file, section, "must be a table"));
     };
-    let value = if key == "tokens" {
-        comma_list(value)
-    } else {
-        Value::String(value.to_string())
-    };
-    entry.insert(key, value);
+    entry.insert(key.clone(), override_value(&key, value));
     Ok(())
 }
 
@@ -181,10 +180,13 @@ fn set_source_key(source: &mut Table, key: &str, value: &str) {
         }
         return;
     }
-    let value = if key == "tenants" {
+    source.insert(key.to_string(), override_value(key, value));
+}
+
+fn override_value(key: &str, value: &str) -> Value {
+    if LIST_KEYS.contains(&key) {
         comma_list(value)
     } else {
         Value::String(value.to_string())
-    };
-    source.insert(key.to_string(), value);
+    }
 }

@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub append_timeout: Duration,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Peers trusted to name the client in `X-Forwarded-For` (empty: none).
+    pub trusted_proxies: crate::net::NetList,
 }
 
 /// A configuration problem: which file, which key, what is wrong.

@@ -133,6 +133,8 @@ pub struct RawServer {
     pub append_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Peers whose `X-Forwarded-For` names the client (CIDRs or addresses).
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for RawServer {
@@ -144,6 +146,7 @@ impl Default for RawServer {
             read_timeout: Duration::from_secs(10),
             append_timeout: Duration::from_secs(8),
             shutdown_grace: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -159,6 +162,8 @@ pub struct RawSource {
     pub secret_encoding: SecretEncoding,
     pub basic_auth: Option<RawBasicAuth>,
     pub tenants: Option<Vec<String>>,
+    /// The sender addresses accepted (CIDRs or addresses); absent: any.
+    pub allowed_ips: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

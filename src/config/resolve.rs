@@ -9,6 +9,7 @@ use base64::Engine;
 use super::raw::{RawBasicAuth, RawConfig, RawSource, RawSubscription, SecretEncoding};
 use super::{ApiConfig, Config, ConfigError, DeliveryConfig, RetentionConfig, ServerConfig};
 use crate::deliver::subscription::{SubscriptionSpec, parse_schedule};
+use crate::net::NetList;
 use crate::provider::ProviderKind;
 use crate::secret::{KeyBytes, Secret};
 
@@ -25,6 +26,8 @@ pub struct Source {
     pub basic_auth: Option<BasicAuth>,
     /// DreamClass only: the tenants this source accepts (`None`: any).
     pub tenants: Option<Vec<String>>,
+    /// The client addresses this source accepts (`None`: any).
+    pub allowed_ips: Option<NetList>,
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +59,8 @@ pub(super) fn resolve(
             ),
         ));
     }
+    let trusted_proxies = NetList::parse(&s.trusted_proxies)
+        .map_err(|m| ConfigError::new(file, "server.trusted_proxies", m))?;
     let server = ServerConfig {
         listen: s.listen,
         data_dir: s.data_dir,
@@ -63,6 +68,7 @@ pub(super) fn resolve(
         read_timeout: s.read_timeout,
         append_timeout: s.append_timeout,
         shutdown_grace: s.shutdown_grace,
+        trusted_proxies,
     };
     let mut seen = HashSet::new();
     let mut sources = Vec::with_capacity(raw.sources.len());
@@ -195,6 +201,17 @@ fn resolve_source(
             "is empty, which would refuse every event; remove it to accept any tenant".into(),
         ));
     }
+    let allowed_ips = match raw.allowed_ips {
+        Some(entries) if entries.is_empty() => {
+            return Err((
+                "allowed_ips",
+                "is empty, which would refuse every request; remove it to accept any address"
+                    .into(),
+            ));
+        }
+        Some(entries) => Some(NetList::parse(&entries).map_err(|m| ("allowed_ips", m))?),
+        None => None,
+    };
     let basic_auth = raw
         .basic_auth
         .map(|auth| resolve_basic_auth(auth, lookup))
@@ -207,6 +224,7 @@ fn resolve_source(
         secret_encoding: raw.secret_encoding,
         basic_auth,
         tenants: raw.tenants,
+        allowed_ips,
     })
 }
 

@@ -236,3 +236,99 @@ secret_env = "SCHOOL_SECRET"
     let flag = parse("", &[("CLASSHOOK_DELIVERY_ENABLED", "false")]).unwrap();
     assert!(!flag.delivery.enabled);
 }
+
+#[test]
+fn allowlists_and_trusted_proxies_parse_from_file_and_environment() {
+    let text = r#"
+[server]
+trusted_proxies = ["10.0.0.0/8", "::1"]
+
+[[source]]
+name = "courses"
+provider = "loopwise"
+allowed_ips = ["52.194.91.27", "43.207.76.33/32"]
+"#;
+    let ip = |t: &str| t.parse::<std::net::IpAddr>().unwrap();
+    let config = parse(text, &[]).unwrap();
+    assert!(config.server.trusted_proxies.contains(ip("10.1.2.3")));
+    let allowed = config
+        .source("courses")
+        .unwrap()
+        .allowed_ips
+        .clone()
+        .unwrap();
+    assert!(allowed.contains(ip("52.194.91.27")) && allowed.contains(ip("43.207.76.33")));
+    assert!(!allowed.contains(ip("52.194.91.28")));
+
+    let config = parse(
+        text,
+        &[
+            (
+                "CLASSHOOK_SOURCE_COURSES_ALLOWED_IPS",
+                "192.0.2.0/24, 2001:db8::1",
+            ),
+            ("CLASSHOOK_SERVER_TRUSTED_PROXIES", "172.16.0.1"),
+        ],
+    )
+    .unwrap();
+    let allowed = config
+        .source("courses")
+        .unwrap()
+        .allowed_ips
+        .clone()
+        .unwrap();
+    assert_eq!(allowed.to_string(), "192.0.2.0/24, 2001:db8::1/128");
+    assert!(!allowed.contains(ip("52.194.91.27")));
+    assert_eq!(config.server.trusted_proxies.to_string(), "172.16.0.1/32");
+
+    // Without the keys: any sender, no proxy trusted.
+    let config = parse(TWO_SOURCES, &[]).unwrap();
+    assert!(config.source("courses").unwrap().allowed_ips.is_none());
+    assert!(config.server.trusted_proxies.is_empty());
+}
+
+#[test]
+fn bad_allowlists_name_the_key_and_the_entry() {
+    let source = |list: &str| {
+        format!("[[source]]\nname = \"s\"\nprovider = \"loopwise\"\nallowed_ips = {list}\n")
+    };
+    let bad = error_of(&source(r#"["52.194.91.27", "52.194.91/24"]"#), &[]);
+    assert!(
+        bad.starts_with("test.toml: source[0].allowed_ips:") && bad.contains("\"52.194.91/24\""),
+        "{bad}"
+    );
+    let host_bits = error_of(&source(r#"["52.194.91.27/24"]"#), &[]);
+    assert!(
+        host_bits.contains("source[0].allowed_ips") && host_bits.contains("52.194.91.0/24"),
+        "{host_bits}"
+    );
+    let empty = error_of(&source("[]"), &[]);
+    assert!(
+        empty.contains("source[0].allowed_ips") && empty.contains("refuse every request"),
+        "{empty}"
+    );
+    let not_a_list = error_of(&source(r#""52.194.91.27""#), &[]);
+    assert!(not_a_list.contains("source[0].allowed_ips"), "{not_a_list}");
+
+    let proxy = error_of("[server]\ntrusted_proxies = [\"proxy.local\"]\n", &[]);
+    assert!(
+        proxy.starts_with("test.toml: server.trusted_proxies:") && proxy.contains("proxy.local"),
+        "{proxy}"
+    );
+    let from_env = error_of(
+        "",
+        &[("CLASSHOOK_SERVER_TRUSTED_PROXIES", "10.0.0.1, nope")],
+    );
+    assert!(
+        from_env.contains("server.trusted_proxies") && from_env.contains("\"nope\""),
+        "{from_env}"
+    );
+    let misspelt = error_of(
+        &source(r#"["52.194.91.27"]"#),
+        &[("CLASSHOOK_SOURCE_S_ALLOWED_IP", "1.2.3.4")],
+    );
+    assert!(
+        misspelt.contains("CLASSHOOK_SOURCE_S_ALLOWED_IP"),
+        "{misspelt}"
+    );
+}

@@ -4,6 +4,7 @@
 pub mod process;
 pub mod receiver;
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -74,7 +75,16 @@ impl Gateway {
     ) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let config = config_in(dir.path(), server_extra, sources);
-        let running = server::start(&config, clock).await.unwrap();
+        Gateway::start_config(dir, &config, clock).await
+    }
+
+    /// Starts a config made by the caller, whose data lives in `dir`.
+    pub async fn start_config(
+        dir: tempfile::TempDir,
+        config: &Config,
+        clock: Arc<dyn classhook::clock::Clock>,
+    ) -> Gateway {
+        let running = server::start(config, clock).await.unwrap();
         Gateway {
             addr: running.addr,
             store: running.store.clone(),
@@ -99,7 +109,18 @@ impl Gateway {
         headers: &[(String, String)],
         body: Vec<u8>,
     ) -> Answer {
-        let mut builder = self.client.post(self.url(path)).body(body);
+        self.post_with(&self.client, path, headers, body).await
+    }
+
+    /// Like `post_raw`, through `client` (e.g. one from [`client_from`]).
+    pub async fn post_with(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> Answer {
+        let mut builder = client.post(self.url(path)).body(body);
         for (name, value) in headers {
             builder = builder.header(name, value);
         }
@@ -111,6 +132,14 @@ impl Gateway {
             running.stop().await;
         }
     }
+}
+
+/// A client whose connections leave from `ip` (every 127.x.y.z is on loopback).
+pub fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<IpAddr>().unwrap())
+        .build()
+        .unwrap()
 }
 
 pub fn config_in(dir: &Path, server_extra: &str, sources: &str) -> Config {
