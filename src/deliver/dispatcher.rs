@@ -101,6 +101,12 @@ impl Dispatcher {
     /// started has finished. Returns what became of each leased delivery.
     pub async fn step(&mut self) -> Vec<Finished> {
         self.lease_and_start().await;
+        self.settle().await
+    }
+
+    /// Waits until every attempt started so far has finished; returns what became of
+    /// each.
+    pub async fn settle(&mut self) -> Vec<Finished> {
         let mut ended = Vec::new();
         while let Some(result) = self.attempts.join_next().await {
             if let Ok((_, finished)) = &result {
@@ -122,7 +128,7 @@ impl Dispatcher {
 
     /// Reads the subscriptions, leases what is due for those with room, and starts
     /// an attempt for each leased delivery. Returns how many were leased.
-    async fn lease_and_start(&mut self) -> usize {
+    pub async fn lease_and_start(&mut self) -> usize {
         let now_ms = self.clock.now_ms();
         let subscriptions = {
             let store = self.store.clone();

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -22,18 +22,42 @@ pub enum Reply {
     Slow(Duration),
     /// This status with this body (and a `Location`, for redirects).
     Body(u16, String),
+    /// Holds the request until the test calls [`Receiver::release`], then this status.
+    Held(u16),
 }
 
 #[derive(Debug, Clone)]
 pub struct Received {
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// When the request arrived.
+    pub at: Instant,
 }
 
-#[derive(Default)]
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
 struct Inner {
     script: Mutex<VecDeque<Reply>>,
     received: Mutex<Vec<Received>>,
+    /// One permit per held request the test has released.
+    released: tokio::sync::Semaphore,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            script: Mutex::default(),
+            received: Mutex::default(),
+            released: tokio::sync::Semaphore::new(0),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -68,9 +92,27 @@ impl Receiver {
         self.inner.received.lock().unwrap().clone()
     }
 
-    /// Waits (bounded) until at least `n` requests arrived.
+    /// Lets `n` held requests answer.
+    pub fn release(&self, n: usize) {
+        self.inner.released.add_permits(n);
+    }
+
+    /// How many requests carried this `webhook-id`.
+    pub fn count_of(&self, webhook_id: &str) -> usize {
+        self.received()
+            .iter()
+            .filter(|r| r.header("webhook-id") == webhook_id)
+            .count()
+    }
+
+    /// Waits (bounded, 5 s) until at least `n` requests arrived.
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
-        for _ in 0..500 {
+        self.wait_for_within(n, Duration::from_secs(5)).await
+    }
+
+    /// Waits until at least `n` requests arrived, at most `limit`.
+    pub async fn wait_for_within(&self, n: usize, limit: Duration) -> Vec<Received> {
+        for _ in 0..limit.as_millis() / 10 {
             let got = self.received();
             if got.len() >= n {
                 return got;
@@ -85,6 +127,7 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
     inner.received.lock().unwrap().push(Received {
         headers,
         body: body.to_vec(),
+        at: Instant::now(),
     });
     let reply = inner
         .script
@@ -108,6 +151,10 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
             body,
         )
             .into_response(),
+        Reply::Held(code) => {
+            inner.released.acquire().await.unwrap().forget();
+            (StatusCode::from_u16(code).unwrap(), "{\"ok\":true}").into_response()
+        }
         Reply::Slow(wait) => {
             tokio::time::sleep(wait).await;
             (StatusCode::OK, "late").into_response()

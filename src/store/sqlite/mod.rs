@@ -55,6 +55,9 @@ pub struct StoreOptions {
     /// How many recent dedupe keys the writer holds in memory before it settles them
     /// into the database in key order (see `dedupe`); ~170 bytes each.
     pub dedupe_settle_after: usize,
+    /// An event not written this long after `append` was called is not stored
+    /// (at most [`MAX_COMMIT_LAG`]; shorter only in tests).
+    pub max_commit_lag: Duration,
 }
 
 impl Default for StoreOptions {
@@ -66,6 +69,7 @@ impl Default for StoreOptions {
             queue_capacity: 16 * 1024,
             observer: None,
             dedupe_settle_after: dedupe::SETTLE_AFTER,
+            max_commit_lag: MAX_COMMIT_LAG,
         }
     }
 }
@@ -92,7 +96,8 @@ struct Inner {
 impl SqliteStore {
     /// Opens (creating if needed) the store in `data_dir`, runs migrations and starts
     /// the writer thread.
-    pub fn open(data_dir: &Path, options: StoreOptions) -> Result<SqliteStore, StoreError> {
+    pub fn open(data_dir: &Path, mut options: StoreOptions) -> Result<SqliteStore, StoreError> {
+        options.max_commit_lag = options.max_commit_lag.min(MAX_COMMIT_LAG);
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_path_buf(),
             source,
@@ -194,8 +199,8 @@ impl SqliteStore {
     /// Stores `event` durably, or recognises it as a retry. Returns after the commit.
     pub async fn append(&self, event: NewEvent) -> Result<AppendOutcome, StoreError> {
         let timeout = self.inner.options.append_timeout;
-        let queued_at = std::time::Instant::now();
-        let wait = self.request(|reply| WriteOp::Append(Box::new(event), queued_at, reply));
+        let write_by = std::time::Instant::now() + self.inner.options.max_commit_lag;
+        let wait = self.request(|reply| WriteOp::Append(Box::new(event), write_by, reply));
         tokio::time::timeout(timeout, wait)
             .await
             .map_err(|_| StoreError::Timeout(timeout))?
@@ -239,6 +244,14 @@ impl SqliteStore {
                 .dropped_rejections
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Operations waiting for the writer right now.
+    pub fn queued_writes(&self) -> usize {
+        self.inner
+            .queue
+            .as_ref()
+            .map_or(0, |q| q.max_capacity() - q.capacity())
     }
 
     /// Rejections not logged because the writer was saturated.

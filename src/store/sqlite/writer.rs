@@ -22,7 +22,7 @@ pub const REJECTION_LOG_CAPACITY: i64 = 10_000;
 
 /// What the writer receives.
 pub enum WriteOp {
-    /// An event to store, with the moment it reached the store.
+    /// An event to store, and the moment after which it must not be written any more.
     Append(
         Box<NewEvent>,
         Instant,
@@ -106,8 +106,8 @@ enum Done {
     Recorded(bool),
     /// This operation failed and was rolled back alone; the rest of the batch stands.
     Failed(String),
-    /// An event that waited longer than [`MAX_COMMIT_LAG`]: not stored, so that
-    /// receive time and commit order never drift further apart than that.
+    /// An event that waited longer than the store's `max_commit_lag`: not stored, so
+    /// that receive time and commit order never drift further apart than that.
     Expired,
 }
 
@@ -155,7 +155,7 @@ fn commit_batch(
                     }
                     (WriteOp::Append(_, _, reply), Done::Expired) => {
                         tracing::warn!(
-                            "an event waited more than {MAX_COMMIT_LAG:?} for the store and was not stored; the platform retries it"
+                            "an event waited too long for the store and was not stored; the platform retries it"
                         );
                         let _ = reply.send(Err(StoreError::Timeout(MAX_COMMIT_LAG)));
                     }
@@ -294,9 +294,7 @@ fn write_one(
     subscriptions: &[Subscription],
 ) -> rusqlite::Result<Written> {
     Ok(match op {
-        WriteOp::Append(_, queued_at, _) if queued_at.elapsed() > MAX_COMMIT_LAG => {
-            (Done::Expired, None, 0)
-        }
+        WriteOp::Append(_, write_by, _) if Instant::now() > *write_by => (Done::Expired, None, 0),
         WriteOp::Append(event, _, _) => {
             let (outcome, stored) = append_one(tx, dedupe, event)?;
             let mut queued = 0;

@@ -1,0 +1,567 @@
+//! The delivery state machine under interleavings, driven step by step: the tests
+//! run the dispatcher themselves (`Dispatcher::step`), against real receivers on
+//! loopback and the real store, and assert on what the receiver got and what the
+//! store holds. Nothing here proves an absence by sleeping.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use classhook::clock::{ManualClock, SystemClock};
+use classhook::deliver::dispatcher::{DispatchOptions, Dispatcher, Finished};
+use classhook::store::{Delivery, DeliveryFilter, DeliveryState, Store};
+use common::receiver::{Receiver, Reply};
+use common::*;
+use serde_json::{Value, json};
+
+const START_MS: i64 = 1_800_000_000_000;
+const TOKEN: &str = "states-test-token-0123456789";
+
+fn subscription(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "[[subscription]]\nname = \"{name}\"\nurl = \"{url}\"\nevents = [\"*\"]\nsecret = \"s3cret\"\n{extra}\n"
+    )
+}
+
+/// A gateway whose deliveries queue up until the test steps its own dispatcher.
+struct Stepped {
+    gw: Gateway,
+    clock: ManualClock,
+    dispatcher: Dispatcher,
+}
+
+async fn stepped(subscriptions: &str) -> Stepped {
+    let clock = ManualClock::at(START_MS);
+    let config = format!(
+        "[api]\ntokens = [\"{TOKEN}\"]\n[delivery]\nenabled = false\n{SOURCES}\n{subscriptions}"
+    );
+    let gw = Gateway::start_with_clock("", &config, Arc::new(clock.clone())).await;
+    let dispatcher = Dispatcher::new(
+        gw.store.clone(),
+        Arc::new(clock.clone()),
+        DispatchOptions {
+            allow_private_destinations: true,
+            hold_after_failures: 20,
+            poll_interval: Duration::from_millis(10),
+            lease_margin: Duration::from_secs(30),
+        },
+    );
+    Stepped {
+        gw,
+        clock,
+        dispatcher,
+    }
+}
+
+fn deliveries(store: &Store, subscription: &str) -> Vec<Delivery> {
+    let mut all = store
+        .list_deliveries(&DeliveryFilter {
+            subscription: Some(subscription.into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .unwrap();
+    all.reverse();
+    all
+}
+
+async fn api(
+    gw: &Gateway,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = gw
+        .client
+        .request(method, gw.url(&format!("/api/v1{path}")))
+        .bearer_auth(TOKEN);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn post_classes(gw: &Gateway, range: std::ops::Range<u64>) {
+    for n in range {
+        let answer = gw
+            .post("/hooks/school", &dreamclass_sample("CLASS_CREATED", n))
+            .await;
+        assert_eq!(answer.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn gone_is_sent_once_and_nothing_more_is_claimed_until_resume() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Status(410)]);
+    let mut s = stepped(&subscription("crm", &receiver.url(), "max_in_flight = 1")).await;
+    post_classes(&s.gw, 0..3).await;
+
+    // One round leases all three; the first answers 410, the two waiting behind it
+    // see the pause once they have the slot and give their leases back unsent.
+    let finished = s.dispatcher.step().await;
+    assert_eq!(receiver.received().len(), 1, "exactly one request");
+    assert_eq!(
+        finished
+            .iter()
+            .filter(|f| **f == Finished::Released)
+            .count(),
+        2,
+        "{finished:?}"
+    );
+    let subscription = s.gw.store.get_subscription("crm").unwrap().unwrap();
+    assert!(subscription.paused);
+    let first = &deliveries(&s.gw.store, "crm")[0];
+    assert_eq!(first.state, DeliveryState::Pending);
+    assert_eq!(first.attempts, 1, "the 410 is an attempt");
+
+    // The gone delivery is due at once, but a paused subscription is never leased.
+    for _ in 0..3 {
+        assert_eq!(s.dispatcher.step().await, []);
+    }
+    assert_eq!(receiver.received().len(), 1);
+
+    let (status, _) = api(
+        &s.gw,
+        reqwest::Method::POST,
+        "/subscriptions/crm/resume",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let finished = s.dispatcher.step().await;
+    assert_eq!(finished, [Finished::Attempted; 3]);
+    assert_eq!(receiver.count_of(&first.webhook_id), 2, "410, then 200");
+    assert!(
+        deliveries(&s.gw.store, "crm")
+            .iter()
+            .all(|d| d.state == DeliveryState::Delivered)
+    );
+    s.gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_held_subscription_is_not_leased() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Status(500)]);
+    let mut s = stepped(&subscription(
+        "flaky",
+        &receiver.url(),
+        "max_in_flight = 1\nretry_schedule = [\"1s\", \"1s\", \"1s\"]",
+    ))
+    .await;
+    // Hold after the first failure.
+    s.dispatcher = Dispatcher::new(
+        s.gw.store.clone(),
+        Arc::new(s.clock.clone()),
+        DispatchOptions {
+            allow_private_destinations: true,
+            hold_after_failures: 1,
+            poll_interval: Duration::from_millis(10),
+            lease_margin: Duration::from_secs(30),
+        },
+    );
+    post_classes(&s.gw, 0..2).await;
+    let finished = s.dispatcher.step().await;
+    assert_eq!(finished, [Finished::Attempted, Finished::Released]);
+    assert_eq!(receiver.received().len(), 1);
+    let held = s.gw.store.get_subscription("flaky").unwrap().unwrap();
+    assert_eq!(held.hold_until_ms, START_MS + 60_000);
+
+    s.clock.advance(2_000);
+    assert_eq!(s.dispatcher.step().await, [], "due, but held");
+    s.clock.advance(60_000);
+    assert_eq!(
+        s.dispatcher.step().await,
+        [Finished::Attempted; 2],
+        "tried again after the hold"
+    );
+    assert_eq!(receiver.received().len(), 3);
+    s.gw.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_ids_are_unique_across_databases_and_stable_across_retries() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Status(500)]);
+    let mut first = stepped(&subscription("crm", &receiver.url(), "")).await;
+    let mut second = stepped(&subscription("crm", &receiver.url(), "")).await;
+    // The same event, the first of each fresh database, to the first subscription.
+    let event = dreamclass_sample("CLASS_CREATED", 1);
+    assert_eq!(first.gw.post("/hooks/school", &event).await.status, 200);
+    assert_eq!(second.gw.post("/hooks/school", &event).await.status, 200);
+    first.dispatcher.step().await;
+    second.dispatcher.step().await;
+    first.clock.advance(20_000);
+    first.dispatcher.step().await;
+
+    let got = receiver.received();
+    assert_eq!(got.len(), 3);
+    let ids: Vec<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!(ids[0], ids[2], "a retry keeps its webhook-id");
+    assert_ne!(ids[0], ids[1], "two databases never hand out the same id");
+    for id in ids {
+        assert!(id.starts_with("msg_") && id.len() == 36, "{id}");
+    }
+    first.gw.stop().await;
+    second.gw.stop().await;
+}
+
+#[tokio::test]
+async fn attempts_count_the_whole_attempt_log_across_replays() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Status(500), Reply::Status(500)]);
+    let mut s = stepped(&subscription(
+        "crm",
+        &receiver.url(),
+        "retry_schedule = [\"1s\"]",
+    ))
+    .await;
+    post_classes(&s.gw, 0..1).await;
+    s.dispatcher.step().await;
+    s.clock.advance(2_000);
+    s.dispatcher.step().await;
+    let dead = deliveries(&s.gw.store, "crm").remove(0);
+    assert_eq!(dead.state, DeliveryState::Dead);
+    assert_eq!(dead.attempts, 2);
+
+    let (status, _) = api(
+        &s.gw,
+        reqwest::Method::POST,
+        &format!("/deliveries/{}/replay", dead.id),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let replayed = deliveries(&s.gw.store, "crm").remove(0);
+    assert_eq!(replayed.attempts, 2, "a replay keeps the count");
+    s.dispatcher.step().await;
+    let (status, view) = api(
+        &s.gw,
+        reqwest::Method::GET,
+        &format!("/deliveries/{}", dead.id),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(view["state"], "delivered");
+    assert_eq!(view["attempts"], 3);
+    assert_eq!(view["attempt_log"].as_array().unwrap().len(), 3);
+    s.gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_replay_never_runs_beside_the_attempt_in_flight_and_a_success_stands() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Held(200)]);
+    let mut s = stepped(&subscription("crm", &receiver.url(), "")).await;
+    post_classes(&s.gw, 0..1).await;
+    let id = deliveries(&s.gw.store, "crm")[0].id;
+
+    assert_eq!(s.dispatcher.lease_and_start().await, 1);
+    receiver.wait_for(1).await;
+    // The attempt is on the wire: a replay of it, or of its subscription, waits.
+    let (status, body) = api(
+        &s.gw,
+        reqwest::Method::POST,
+        &format!("/deliveries/{id}/replay"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "conflict");
+    let (status, body) = api(
+        &s.gw,
+        reqwest::Method::POST,
+        "/subscriptions/crm/replay",
+        Some(json!({"dead_only": false})),
+    )
+    .await;
+    assert_eq!((status, &body["queued"]), (200, &json!(0)));
+
+    receiver.release(1);
+    assert_eq!(s.dispatcher.settle().await, [Finished::Attempted]);
+    let delivered = deliveries(&s.gw.store, "crm").remove(0);
+    assert_eq!(delivered.state, DeliveryState::Delivered);
+    assert_eq!(
+        s.dispatcher.step().await,
+        [],
+        "a recorded success is not sent again"
+    );
+    assert_eq!(receiver.received().len(), 1);
+
+    // Once the attempt has ended, an explicit replay sends it again.
+    let (status, _) = api(
+        &s.gw,
+        reqwest::Method::POST,
+        &format!("/deliveries/{id}/replay"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(s.dispatcher.step().await, [Finished::Attempted]);
+    assert_eq!(receiver.received().len(), 2);
+    s.gw.stop().await;
+}
+
+#[tokio::test]
+async fn deleting_a_subscription_during_an_attempt_fails_nothing_else() {
+    let held = Receiver::start().await;
+    held.script([Reply::Held(200)]);
+    let other = Receiver::start().await;
+    let mut s = stepped(&subscription("kept", &other.url(), "")).await;
+    let (status, _) = api(
+        &s.gw,
+        reqwest::Method::POST,
+        "/subscriptions",
+        Some(json!({"name": "doomed", "url": held.url(), "events": ["*"]})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    post_classes(&s.gw, 0..1).await;
+    assert_eq!(s.dispatcher.lease_and_start().await, 2);
+    held.wait_for(1).await;
+
+    let (status, _) = api(
+        &s.gw,
+        reqwest::Method::DELETE,
+        "/subscriptions/doomed",
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    // The attempt to the deleted subscription ends while events keep arriving: its
+    // record finds no lease and is dropped; every event is still stored.
+    let posts: Vec<_> = (100..140)
+        .map(|n| {
+            let gw_url = s.gw.url("/hooks/school");
+            let client = s.gw.client.clone();
+            let request = dreamclass_sample("CLASS_CREATED", n);
+            tokio::spawn(async move {
+                let mut builder = client.post(gw_url).body(request.body);
+                for (name, value) in &request.headers {
+                    builder = builder.header(name, value);
+                }
+                builder.send().await.unwrap().status().as_u16()
+            })
+        })
+        .collect();
+    held.release(1);
+    let mut finished = s.dispatcher.settle().await;
+    finished.sort_by_key(|f| format!("{f:?}"));
+    assert_eq!(finished, [Finished::Attempted, Finished::LeaseLost]);
+    for post in posts {
+        assert_eq!(post.await.unwrap(), 200);
+    }
+    assert_eq!(s.gw.store.count_events().unwrap(), 41);
+    assert!(s.gw.store.get_subscription("doomed").unwrap().is_none());
+    assert_eq!(deliveries(&s.gw.store, "kept").len(), 41);
+    s.gw.stop().await;
+}
+
+/// Holds the database's write lock from another connection until dropped, so that
+/// the writer's next batch waits and collects everything queued meanwhile.
+fn lock_database(gw: &Gateway) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(gw.store.path()).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn
+}
+
+#[tokio::test]
+async fn one_failing_operation_fails_alone_and_its_batch_commits() {
+    let s = stepped("").await;
+    let poison = dreamclass_sample("CLASS_CREATED", 666);
+    // The database itself refuses this one event (as a constraint would).
+    rusqlite::Connection::open(s.gw.store.path())
+        .unwrap()
+        .execute_batch(&format!(
+            "CREATE TRIGGER refuse_one BEFORE INSERT ON events WHEN NEW.event_id = '{}'
+             BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END",
+            id_of(&poison)
+        ))
+        .unwrap();
+
+    let lock = lock_database(&s.gw);
+    let mut requests: Vec<_> = (0..30)
+        .map(|n| dreamclass_sample("CLASS_CREATED", n))
+        .collect();
+    requests.insert(15, poison);
+    let posts: Vec<_> = requests
+        .into_iter()
+        .map(|request| {
+            let url = s.gw.url("/hooks/school");
+            let client = s.gw.client.clone();
+            tokio::spawn(async move {
+                let mut builder = client.post(url).body(request.body);
+                for (name, value) in &request.headers {
+                    builder = builder.header(name, value);
+                }
+                builder.send().await.unwrap().status().as_u16()
+            })
+        })
+        .collect();
+    // Let every request reach the writer's queue, then let the writer in.
+    common::receiver::eventually("all requests queued", || s.gw.store.queued_writes() >= 30).await;
+    drop(lock);
+    let statuses: Vec<u16> = futures_join(posts).await;
+    assert_eq!(
+        statuses[15], 503,
+        "the refused event gets 503; the platform retries"
+    );
+    assert!(
+        statuses
+            .iter()
+            .enumerate()
+            .all(|(i, s)| i == 15 || *s == 200),
+        "{statuses:?}"
+    );
+    assert_eq!(s.gw.store.count_events().unwrap(), 30);
+    s.gw.stop().await;
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<u16>>) -> Vec<u16> {
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn retry_after_is_never_undercut() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::StatusWithRetryAfter(429, 3)]);
+    // The real clock and the background dispatcher: the schedule's 1 s step is
+    // shorter than the 3 s the receiver asked for.
+    let config = format!(
+        "[delivery]\nallow_private_destinations = true\npoll_interval = \"20ms\"\n{SOURCES}\n{}",
+        subscription("crm", &receiver.url(), "retry_schedule = [\"1s\"]")
+    );
+    let gw = Gateway::start_with_clock("", &config, Arc::new(SystemClock)).await;
+    post_classes(&gw, 0..1).await;
+    let got = receiver.wait_for_within(2, Duration::from_secs(10)).await;
+    let waited = got[1].at - got[0].at;
+    assert!(
+        waited >= Duration::from_secs(3),
+        "retried after {waited:?}, before the 3 s asked for"
+    );
+    assert!(waited < Duration::from_millis(3_300 + 500), "{waited:?}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_that_waited_too_long_for_the_store_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        classhook::store::StoreOptions {
+            max_commit_lag: Duration::from_millis(200),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let config = config_in(dir.path(), "", SOURCES);
+    let source = config.sources.iter().find(|s| s.name == "school").unwrap();
+    let request = dreamclass_sample("CLASS_CREATED", 1);
+    let event = classhook::ingest::authenticate(
+        source,
+        &header_map(&request.headers),
+        request.body.clone().into(),
+        START_MS,
+    )
+    .unwrap();
+
+    let lock = rusqlite::Connection::open(store.path()).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let append = tokio::spawn({
+        let store = store.clone();
+        async move { store.append(event).await }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    lock.execute_batch("COMMIT").unwrap();
+    let answer = append.await.unwrap();
+    assert!(
+        matches!(answer, Err(classhook::store::StoreError::Timeout(_))),
+        "{answer:?}"
+    );
+    assert_eq!(store.count_events().unwrap(), 0, "not stored late");
+}
+
+fn header_map(headers: &[(String, String)]) -> http::HeaderMap {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(value).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_unreadable_stored_subscription_is_an_error_not_a_default() {
+    let s = stepped("").await;
+    let (status, _) = api(
+        &s.gw,
+        reqwest::Method::POST,
+        "/subscriptions",
+        Some(json!({"name": "crm", "url": "https://crm.example.com/hook", "events": ["*"]})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    rusqlite::Connection::open(s.gw.store.path())
+        .unwrap()
+        .execute("UPDATE subscriptions SET managed_by = 'someone'", [])
+        .unwrap();
+    let (status, body) = api(&s.gw, reqwest::Method::GET, "/subscriptions/crm", None).await;
+    assert!(status >= 500, "{status} {body}");
+    let (status, _) = api(
+        &s.gw,
+        reqwest::Method::PATCH,
+        "/subscriptions/crm",
+        Some(json!({"max_in_flight": 2})),
+    )
+    .await;
+    assert!(status >= 500, "not editable on a guess: {status}");
+    s.gw.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_changes_to_one_subscription_both_apply() {
+    let s = stepped("").await;
+    let (status, _) = api(
+        &s.gw,
+        reqwest::Method::POST,
+        "/subscriptions",
+        Some(json!({"name": "crm", "url": "https://crm.example.com/hook", "events": ["*"]})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    for round in 1..=10u32 {
+        let url = format!("https://crm.example.com/hook/{round}");
+        let (a, b) = tokio::join!(
+            api(
+                &s.gw,
+                reqwest::Method::PATCH,
+                "/subscriptions/crm",
+                Some(json!({"url": url})),
+            ),
+            api(
+                &s.gw,
+                reqwest::Method::PATCH,
+                "/subscriptions/crm",
+                Some(json!({"max_in_flight": round})),
+            ),
+        );
+        assert_eq!((a.0, b.0), (200, 200));
+        let stored = s.gw.store.get_subscription("crm").unwrap().unwrap();
+        assert_eq!(stored.spec.url, url);
+        assert_eq!(stored.spec.max_in_flight, round);
+    }
+    s.gw.stop().await;
+}
