@@ -347,7 +347,10 @@ async fn export_and_mirror_rebuild_work_on_the_data_directory() {
 
     let (code, out, err) = run(&["mirror", "rebuild", "--config", live], None).await;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("from 4 events (4 changed an entity)"), "{out}");
+    assert!(
+        out.contains("from 4 events (4 changed an entity, 0 re-described)"),
+        "{out}"
+    );
     let (_, after, _) = run(
         &[
             "export", "--config", live, "--kind", "class", "--format", "csv",

@@ -331,6 +331,179 @@ async fn other_families_go_to_the_generic_mirror() {
     gw.stop().await;
 }
 
+/// GETs an API path (the test gateway's API is open on loopback) and returns the JSON.
+async fn api(gw: &Gateway, path: &str) -> Value {
+    let response = gw.client.get(gw.url(path)).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200, "{path}");
+    response.json().await.unwrap()
+}
+
+/// `(type, entity kind, entity op)` of the listed `unknown_type` events, oldest first.
+async fn unknown_events(gw: &Gateway, source: &str) -> Vec<(String, String, String)> {
+    let page = api(
+        gw,
+        &format!("/api/v1/events?status=unknown_type&source={source}"),
+    )
+    .await;
+    let mut listed: Vec<_> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["entity"]["kind"].as_str().unwrap().to_string(),
+                e["entity"]["op"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    listed.reverse();
+    listed
+}
+
+#[tokio::test]
+async fn undocumented_loopwise_types_never_change_a_course() {
+    let gw = Gateway::start().await;
+    let mut created = course("c9", "Rust", "2024-01-01T00:00:00Z", 1);
+    created["type"] = json!("course.created");
+    post(&gw, "courses", lw_signed(&created)).await;
+    // Undocumented: an archive notice with little data, then a "delete".
+    for (event_type, at) in [
+        ("course.archived", "2024-02-01T00:00:00Z"),
+        ("course.deleted", "2024-03-01T00:00:00Z"),
+    ] {
+        let body = json!({"type": event_type, "data": {"id": "c9", "updated_at": at}});
+        post(&gw, "courses", lw_signed(&body)).await;
+    }
+    post(
+        &gw,
+        "courses",
+        lw_signed(&course(
+            "c9",
+            "Rust, 2nd edition",
+            "2024-04-01T00:00:00Z",
+            2,
+        )),
+    )
+    .await;
+
+    let entity = api(&gw, "/api/v1/entities/course/c9?source=courses").await;
+    assert_eq!(entity["deleted"], false, "{entity}");
+    assert_eq!(entity["data"]["name"], "Rust, 2nd edition");
+    assert_eq!(entity["data"]["state"], "published");
+    assert_eq!(entity["data"]["slug"], "s-c9");
+    assert_eq!(entity["data"]["plans"].as_array().unwrap().len(), 2);
+    let history = api(&gw, "/api/v1/entities/course/c9/history?source=courses").await;
+    let course_effects: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["mirror_effect"].as_str().unwrap())
+        .collect();
+    assert_eq!(course_effects, ["applied", "applied"], "{history}");
+
+    // Stored and listed, each under a kind of its own.
+    assert_eq!(
+        unknown_events(&gw, "courses").await,
+        [
+            (
+                "course.archived".into(),
+                "course.archived".into(),
+                "other".into()
+            ),
+            (
+                "course.deleted".into(),
+                "course.deleted".into(),
+                "other".into()
+            ),
+        ]
+    );
+    let archived = api(&gw, "/api/v1/entities/course.deleted/c9?source=courses").await;
+    assert_eq!(archived["deleted"], false, "not a tombstone: {archived}");
+
+    let live = snapshot(&gw.store);
+    let live_effects = effects(&gw.store);
+    let report = gw.store.rebuild_mirror().await.unwrap();
+    assert_eq!(report.redescribed, 0);
+    assert_eq!(snapshot(&gw.store), live);
+
+    // What an older classhook stored: the undocumented events described as course
+    // events, and the course they damaged. A rebuild repairs both.
+    let conn = rusqlite::Connection::open(gw.store.path()).unwrap();
+    conn.execute_batch(
+        "UPDATE events SET entity_kind = 'course', entity_op = 'archived'
+             WHERE event_type = 'course.archived';
+         UPDATE events SET entity_kind = 'course', entity_op = 'deleted'
+             WHERE event_type = 'course.deleted';
+         UPDATE mirror_course SET name = NULL, slug = NULL, deleted = 1;",
+    )
+    .unwrap();
+    drop(conn);
+    let report = gw.store.rebuild_mirror().await.unwrap();
+    assert_eq!(report.redescribed, 2);
+    assert_eq!(snapshot(&gw.store), live);
+    assert_eq!(effects(&gw.store), live_effects);
+    assert_eq!(unknown_events(&gw, "courses").await.len(), 2);
+    let history = api(&gw, "/api/v1/entities/course/c9/history?source=courses").await;
+    assert_eq!(history["events"].as_array().unwrap().len(), 2, "{history}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn undocumented_dreamclass_types_never_change_a_class() {
+    let gw = Gateway::start().await;
+    post(&gw, "school", dc("CLASS_CREATED", class(7, "Algebra"), 100)).await;
+    post(&gw, "school", dc("CLASS_ARCHIVED", json!({"id": 7}), 200)).await;
+    // A documented family in the wrong case is still not a documented type.
+    post(&gw, "school", dc("class_UPDATED", json!({"id": 7}), 250)).await;
+    post(&gw, "school", dc("Class_DELETED", json!({"id": 7}), 260)).await;
+    // An undocumented family: a kind of its own, with its own tombstone.
+    post(&gw, "school", dc("GRADE_DELETED", json!({"id": 7}), 300)).await;
+    post(
+        &gw,
+        "school",
+        dc("CLASS_UPDATED", class(7, "Algebra II"), 400),
+    )
+    .await;
+
+    let entity = api(&gw, "/api/v1/entities/class/7?source=school").await;
+    assert_eq!(entity["deleted"], false, "{entity}");
+    assert_eq!(entity["data"]["name"], "Algebra II");
+    assert_eq!(entity["data"]["code"], "c-7");
+    assert_eq!(
+        history(&gw.store, "class", "7", "school", Some("my-school")),
+        [(100, "applied".into()), (400, "applied".into())]
+    );
+    assert_eq!(
+        unknown_events(&gw, "school").await,
+        [
+            (
+                "CLASS_ARCHIVED".into(),
+                "class_archived".into(),
+                "other".into()
+            ),
+            (
+                "class_UPDATED".into(),
+                "class_updated".into(),
+                "other".into()
+            ),
+            (
+                "Class_DELETED".into(),
+                "class_deleted".into(),
+                "other".into()
+            ),
+            ("GRADE_DELETED".into(), "grade".into(), "deleted".into()),
+        ]
+    );
+    assert!(one(&gw.store, "grade", "7", "school").deleted);
+    assert!(!one(&gw.store, "class_archived", "7", "school").deleted);
+
+    let live = snapshot(&gw.store);
+    gw.store.rebuild_mirror().await.unwrap();
+    assert_eq!(snapshot(&gw.store), live);
+    gw.stop().await;
+}
+
 /// Every entity of every kind, deleted ones included.
 fn snapshot(store: &Store) -> Vec<Entity> {
     let mut all = Vec::new();

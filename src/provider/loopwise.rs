@@ -67,8 +67,14 @@ impl Envelope {
     }
 
     pub(super) fn describe(&self, body_sha256: &[u8; 32]) -> Described {
-        let (kind, op) = entity_kind_and_op(&self.event_type);
         let known = KNOWN_TYPES.contains(&self.event_type.as_str());
+        let (kind, op) = if known {
+            entity_kind_and_op(&self.event_type)
+        } else {
+            // An undocumented type (`course.archived`) is a kind of its own, so it can
+            // never change a documented entity such as the course.
+            (self.event_type.clone(), "other".into())
+        };
         let (status, status_reason) = if !known {
             (
                 EventStatus::UnknownType,
