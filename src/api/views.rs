@@ -206,10 +206,13 @@ pub struct EntityHistory {
     pub events: Vec<EventView>,
 }
 
-/// A kind present in the mirror.
+/// A kind present in the mirror, for one platform.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct KindView {
     pub kind: String,
+    /// `dreamclass` or `loopwise`; null for generic entities whose source's events
+    /// have all been pruned. The same kind can be listed once per platform.
+    pub provider: Option<String>,
     /// Whether the kind has its own typed table (and field filters).
     pub typed: bool,
     pub live: i64,
@@ -220,9 +223,13 @@ pub struct KindView {
 
 impl From<KindCount> for KindView {
     fn from(k: KindCount) -> Self {
-        let spec = crate::mirror::kinds::typed_by_name(&k.kind);
+        let spec = k
+            .provider
+            .filter(|_| k.typed)
+            .and_then(|p| crate::mirror::kinds::typed(p, &k.kind));
         KindView {
-            typed: spec.is_some(),
+            typed: k.typed,
+            provider: k.provider.map(|p| p.as_str().to_string()),
             filters: spec
                 .map(|s| {
                     s.fields

@@ -81,8 +81,12 @@ pub fn decide(current: Option<Current>, op: &str, version_ms: i64) -> Effect {
 pub enum FieldValue {
     Null,
     Integer(i64),
+    /// A number that is not an integer (only [`FieldType::Number`] fields).
+    Real(f64),
     Text(String),
     Bool(bool),
+    /// JSON text (only [`FieldType::Json`] fields).
+    Json(String),
 }
 
 /// What an event would write into the mirror, prepared outside the writer.

@@ -95,13 +95,14 @@ impl Envelope {
             op,
         };
         let mirror = mirror::prepare(ProviderKind::Loopwise, &entity, status, &self.data);
+        let version_ms = version_ms(&entity.kind, &self.data);
         Described {
             tenant: None,
             event_type: self.event_type.clone(),
             event_id: None,
             dedupe_key: format!("sha256:{}", hex::encode(body_sha256)),
             entity,
-            version_ms: version_ms(&self.data),
+            version_ms,
             status,
             status_reason,
             mirror,
@@ -120,14 +121,24 @@ fn entity_kind_and_op(event_type: &str) -> (String, String) {
     }
 }
 
-/// `data.updated_at`, else `data.created_at`, as epoch milliseconds.
-fn version_ms(data: &Map<String, Value>) -> Option<i64> {
-    ["updated_at", "created_at"].iter().find_map(|field| {
+/// The version of the entity an event carries, as epoch milliseconds. A payment's
+/// is the latest of `created_at`, `paid_at` and `refunded_at` that is present, so a
+/// refund supersedes its payment in whatever order the two arrive (payments carry no
+/// `updated_at`); anything else's is `updated_at`, else `created_at`.
+fn version_ms(kind: &str, data: &Map<String, Value>) -> Option<i64> {
+    let at = |field: &&str| {
         let text = data.get(*field)?.as_str()?;
         DateTime::parse_from_rfc3339(text)
             .ok()
             .map(|t| t.timestamp_millis())
-    })
+    };
+    if kind == "payment" {
+        return ["created_at", "paid_at", "refunded_at"]
+            .iter()
+            .filter_map(at)
+            .max();
+    }
+    ["updated_at", "created_at"].iter().find_map(at)
 }
 
 pub(super) fn verify(key: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<(), SignatureError> {
@@ -183,12 +194,26 @@ mod tests {
             r#"{"created_at":"2023-12-04T10:45:44Z","updated_at":"2023-12-04T18:45:45+08:00"}"#,
         )
         .unwrap();
-        assert_eq!(version_ms(&data), Some(1_701_686_745_000));
+        assert_eq!(version_ms("course", &data), Some(1_701_686_745_000));
         let data: Map<String, Value> =
             serde_json::from_str(r#"{"created_at":"2023-12-04T10:45:44Z"}"#).unwrap();
-        assert_eq!(version_ms(&data), Some(1_701_686_744_000));
+        assert_eq!(version_ms("course", &data), Some(1_701_686_744_000));
         let data: Map<String, Value> =
             serde_json::from_str(r#"{"updated_at":"yesterday"}"#).unwrap();
-        assert_eq!(version_ms(&data), None);
+        assert_eq!(version_ms("course", &data), None);
+    }
+
+    #[test]
+    fn a_payment_is_as_new_as_its_latest_moment() {
+        let data: Map<String, Value> = serde_json::from_str(
+            r#"{"created_at":"2023-12-04T10:00:00Z","paid_at":"2023-12-04T18:01:00+08:00","refunded_at":"2023-12-05T00:00:00Z","updated_at":"2020-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(version_ms("payment", &data), Some(1_701_734_400_000));
+        let data: Map<String, Value> = serde_json::from_str(
+            r#"{"created_at":"2023-12-04T10:00:00Z","paid_at":"2023-12-04T18:01:00+08:00","refunded_at":null}"#,
+        )
+        .unwrap();
+        assert_eq!(version_ms("payment", &data), Some(1_701_684_060_000));
     }
 }

@@ -167,6 +167,10 @@ pub struct RejectionFilter {
 #[derive(Debug, Clone, Default)]
 pub struct EntityFilter {
     pub kind: String,
+    /// The platform whose table `kind` means (its typed table, or the generic one);
+    /// `None`: whichever platform has a typed table for it (see
+    /// [`crate::mirror::kinds::platform_for`]).
+    pub provider: Option<ProviderKind>,
     pub source: Option<String>,
     pub tenant: Option<String>,
     pub include_deleted: bool,
