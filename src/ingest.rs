@@ -135,16 +135,28 @@ pub async fn receive(
     let response = match ingest.read_body(&headers, body).await {
         Err(error) => ingest.refuse(error, &source, remote, &[], received_at_ms),
         Ok(body) => match ingest
-            .accept(&source, &headers, body.clone(), received_at_ms)
+            .accept(&source, &headers, body.clone(), received_at_ms, remote)
             .await
         {
             Ok(outcome) => {
-                tracing::debug!(
-                    source,
-                    seq = outcome.seq(),
-                    outcome = outcome.as_str(),
-                    "event accepted"
-                );
+                // One line per request: a conflict (kept in the rejection log, with
+                // the remote address) is worth an operator's attention.
+                if let AppendOutcome::Conflict { seq } = outcome {
+                    tracing::info!(
+                        source,
+                        %remote,
+                        seq,
+                        code = "id_conflict",
+                        "a different event under a stored event's id; the first is kept"
+                    );
+                } else {
+                    tracing::debug!(
+                        source,
+                        seq = outcome.seq(),
+                        outcome = outcome.as_str(),
+                        "event accepted"
+                    );
+                }
                 (StatusCode::OK, Json(serde_json::json!({}))).into_response()
             }
             Err(error) => ingest.refuse(error, &source, remote, &body, received_at_ms),
@@ -162,12 +174,14 @@ impl Ingest {
         headers: &HeaderMap,
         body: Bytes,
         received_at_ms: i64,
+        remote: SocketAddr,
     ) -> Result<AppendOutcome, IngestError> {
         let source = self
             .sources
             .get(source_name)
             .ok_or_else(|| IngestError::UnknownSource(source_name.chars().take(100).collect()))?;
-        let event = authenticate(source, headers, body, received_at_ms)?;
+        let mut event = authenticate(source, headers, body, received_at_ms)?;
+        event.remote_addr = Some(remote.to_string());
         let (event_type, status) = (event.event_type.clone(), event.status);
         let outcome = self.store.append(event).await?;
         self.metrics
@@ -247,7 +261,7 @@ pub fn authenticate(
         ));
     }
     let body_sha256 = crypto::sha256(&body);
-    let described = envelope.describe(&body_sha256);
+    let described = envelope.describe();
     Ok(NewEvent {
         source: source.name.clone(),
         provider: source.provider,
@@ -260,6 +274,7 @@ pub fn authenticate(
         body,
         body_sha256,
         headers: stored_headers(headers),
+        remote_addr: None,
         received_at_ms,
         status: described.status,
         status_reason: described.status_reason,

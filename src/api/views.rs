@@ -32,7 +32,8 @@ pub struct EventView {
     pub event_type: String,
     /// The platform's event id (DreamClass `id`); Loopwise sends none.
     pub event_id: Option<String>,
-    /// What recognises a retry: `id:<uuid>` or `sha256:<hex of the body>`.
+    /// What recognises a retry: DreamClass `id:<uuid>`; Loopwise `sha256:<hex>` of the
+    /// body's canonical JSON form (events stored before that rule: of the raw body).
     pub dedupe_key: String,
     pub entity: EntityRefView,
     /// The entity version this event carries, epoch milliseconds.
@@ -45,7 +46,7 @@ pub struct EventView {
     /// How many times the platform delivered it (retries included).
     pub times_seen: i64,
     pub last_seen_at: String,
-    /// Deliveries of the same id with a different body (kept in the rejection log).
+    /// Deliveries of the same id with a different JSON value (kept in the rejection log).
     pub conflicts: i64,
     /// What it did to the mirror: `applied`, `tombstoned`, `stale`, `blocked`, or null.
     pub mirror_effect: Option<String>,

@@ -1,7 +1,8 @@
 //! Loopwise (formerly Teachify): `{type, data}` and nothing else. The signature is the
 //! hex HMAC-SHA256 of the raw body in `Loopwise-Webhook-Signature` (older
 //! deployments: `Teachify-Webhook-Signature`). With no event id, a retry is
-//! recognised by the SHA-256 of the body.
+//! recognised by what it says: the SHA-256 of the body's canonical JSON form, so a
+//! re-serialized retry (other spacing or key order) is recognised too.
 
 use chrono::DateTime;
 use http::HeaderMap;
@@ -10,9 +11,9 @@ use serde_json::{Map, Value};
 use super::dreamclass::json_kind;
 use super::schema::{self, Verdict};
 use super::{Described, EnvelopeError, ProviderKind, SignatureError, data_id};
-use crate::crypto;
 use crate::event::{EntityRef, EventStatus};
 use crate::mirror;
+use crate::{canonical, crypto};
 
 pub const SIGNATURE_HEADER: &str = "loopwise-webhook-signature";
 pub const LEGACY_SIGNATURE_HEADER: &str = "teachify-webhook-signature";
@@ -31,10 +32,17 @@ pub const KNOWN_TYPES: &[&str] = &[
 pub struct Envelope {
     pub event_type: String,
     pub data: Map<String, Value>,
+    /// SHA-256 of the whole body's canonical JSON form: the event's identity.
+    pub canonical_sha256: [u8; 32],
 }
 
 impl Envelope {
-    pub(super) fn from_object(mut map: Map<String, Value>) -> Result<Envelope, EnvelopeError> {
+    pub(super) fn from_object(map: Map<String, Value>) -> Result<Envelope, EnvelopeError> {
+        let map_value = Value::Object(map);
+        let canonical_sha256 = crypto::sha256(&canonical::to_vec(&map_value));
+        let Value::Object(mut map) = map_value else {
+            unreachable!("built as an object just above")
+        };
         let event_type = match map.remove("type") {
             Some(Value::String(s)) => s,
             Some(other) => {
@@ -63,10 +71,14 @@ impl Envelope {
                 ));
             }
         };
-        Ok(Envelope { event_type, data })
+        Ok(Envelope {
+            event_type,
+            data,
+            canonical_sha256,
+        })
     }
 
-    pub(super) fn describe(&self, body_sha256: &[u8; 32]) -> Described {
+    pub(super) fn describe(&self) -> Described {
         let known = KNOWN_TYPES.contains(&self.event_type.as_str());
         let (kind, op) = if known {
             entity_kind_and_op(&self.event_type)
@@ -100,7 +112,10 @@ impl Envelope {
             tenant: None,
             event_type: self.event_type.clone(),
             event_id: None,
-            dedupe_key: format!("sha256:{}", hex::encode(body_sha256)),
+            // The same `sha256:` prefix as the raw-body keys of events stored by
+            // earlier versions: an old key can only equal a new one when the old
+            // body was already in canonical form, i.e. the same value.
+            dedupe_key: format!("sha256:{}", hex::encode(self.canonical_sha256)),
             entity,
             version_ms,
             status,

@@ -5,7 +5,6 @@ use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::read::Conditions;
 use super::{SqliteStore, dedupe, mirror, timeline, writer};
-use crate::crypto;
 use crate::provider::{Envelope, ProviderKind};
 use crate::store::StoreError;
 
@@ -118,7 +117,7 @@ fn rebuild(conn: &mut Connection) -> Result<RebuildReport, StoreError> {
             let Ok(envelope) = Envelope::parse(provider, &row.body) else {
                 continue;
             };
-            let described = envelope.describe(&crypto::sha256(&row.body));
+            let described = envelope.describe();
             // The event's kind, op, version and status as this version of classhook
             // sees them (an upgrade may have changed them): histories and the mirror
             // then agree with live ingestion.
