@@ -56,7 +56,8 @@ pub struct NewEvent {
     pub event_type: String,
     /// The platform's own event id (DreamClass `id`); Loopwise sends none.
     pub event_id: Option<String>,
-    /// What makes a retry recognisable: `id:<uuid>` or `sha256:<hex of body>`.
+    /// What makes a retry recognisable: `id:<uuid>` or `sha256:<hex>` of the body's
+    /// canonical JSON form.
     pub dedupe_key: String,
     pub entity: EntityRef,
     /// Version of the entity state this event carries, in epoch milliseconds.
@@ -65,6 +66,8 @@ pub struct NewEvent {
     pub body_sha256: [u8; 32],
     /// Request headers as received, except credentials.
     pub headers: Vec<(String, String)>,
+    /// Who sent it, for the rejection log should it conflict with a stored event.
+    pub remote_addr: Option<String>,
     pub received_at_ms: i64,
     pub status: EventStatus,
     /// Why the event is quarantined (or which type is unknown).

@@ -148,18 +148,31 @@ pub async fn receive(
     let response = match body {
         Err(error) => ingest.refuse(error, &source, client, &[], received_at_ms),
         Ok(body) => match ingest
-            .accept(&source, client.ip, &headers, body.clone(), received_at_ms)
+            .accept(&source, client, &headers, body.clone(), received_at_ms)
             .await
         {
             Ok(outcome) => {
-                tracing::debug!(
-                    source,
-                    client = %client.ip,
-                    peer = %client.peer,
-                    seq = outcome.seq(),
-                    outcome = outcome.as_str(),
-                    "event accepted"
-                );
+                // One line per request: a conflict (kept in the rejection log, with
+                // the client's address) is worth an operator's attention.
+                if let AppendOutcome::Conflict { seq } = outcome {
+                    tracing::info!(
+                        source,
+                        client = %client.ip,
+                        peer = %client.peer,
+                        seq,
+                        code = "id_conflict",
+                        "a different event under a stored event's id; the first is kept"
+                    );
+                } else {
+                    tracing::debug!(
+                        source,
+                        client = %client.ip,
+                        peer = %client.peer,
+                        seq = outcome.seq(),
+                        outcome = outcome.as_str(),
+                        "event accepted"
+                    );
+                }
                 (StatusCode::OK, Json(serde_json::json!({}))).into_response()
             }
             Err(error) => ingest.refuse(error, &source, client, &body, received_at_ms),
@@ -174,7 +187,7 @@ impl Ingest {
     async fn accept(
         &self,
         source_name: &str,
-        client: IpAddr,
+        client: ClientAddr,
         headers: &HeaderMap,
         body: Bytes,
         received_at_ms: i64,
@@ -183,8 +196,9 @@ impl Ingest {
             .sources
             .get(source_name)
             .ok_or_else(|| IngestError::UnknownSource(source_name.chars().take(100).collect()))?;
-        check_sender(source, client)?;
-        let event = authenticate(source, headers, body, received_at_ms)?;
+        check_sender(source, client.ip)?;
+        let mut event = authenticate(source, headers, body, received_at_ms)?;
+        event.remote_addr = Some(client.to_string());
         let (event_type, status) = (event.event_type.clone(), event.status);
         let outcome = self.store.append(event).await?;
         self.metrics
@@ -281,7 +295,7 @@ pub fn authenticate(
         ));
     }
     let body_sha256 = crypto::sha256(&body);
-    let described = envelope.describe(&body_sha256);
+    let described = envelope.describe();
     Ok(NewEvent {
         source: source.name.clone(),
         provider: source.provider,
@@ -294,6 +308,7 @@ pub fn authenticate(
         body,
         body_sha256,
         headers: stored_headers(headers),
+        remote_addr: None,
         received_at_ms,
         status: described.status,
         status_reason: described.status_reason,

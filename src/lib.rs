@@ -6,6 +6,7 @@
 //! ARCHITECTURE.md for the whole picture.
 
 pub mod api;
+pub mod canonical;
 pub mod cli;
 pub mod clock;
 pub mod config;

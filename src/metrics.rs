@@ -29,6 +29,8 @@ struct ReasonLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: String,
+    /// The same kind name can exist on both platforms (typed on one).
+    provider: &'static str,
     state: &'static str,
 }
 
@@ -85,7 +87,7 @@ impl Metrics {
         let mirror_rows = Family::<KindLabels, Gauge>::default();
         registry.register(
             "mirror_rows",
-            "Mirrored entities by kind and state (live or deleted)",
+            "Mirrored entities by kind, platform and state (live or deleted)",
             mirror_rows.clone(),
         );
         Arc::new(Metrics {
@@ -140,6 +142,7 @@ impl Metrics {
                 self.mirror_rows
                     .get_or_create(&KindLabels {
                         kind: count.kind.clone(),
+                        provider: count.provider.map_or("", |p| p.as_str()),
                         state,
                     })
                     .set(value);

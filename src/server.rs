@@ -109,6 +109,11 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         store: store.clone(),
         clock: clock.clone(),
         tokens: config.api.tokens.clone(),
+        sources: config
+            .sources
+            .iter()
+            .map(|s| (s.name.clone(), s.provider))
+            .collect(),
     });
     let ops = Arc::new(Ops {
         store: store.clone(),

@@ -449,7 +449,7 @@ async fn metrics_count_events_rejections_commits_and_mirror_rows() {
         "classhook_ingest_duration_seconds_count 3",
         "classhook_store_commit_batch_size_count",
         "classhook_store_commit_duration_seconds_bucket",
-        "classhook_mirror_rows{kind=\"class\",state=\"live\"} 1",
+        "classhook_mirror_rows{kind=\"class\",provider=\"dreamclass\",state=\"live\"} 1",
     ] {
         assert!(text.contains(expected), "{expected} missing from:\n{text}");
     }

@@ -321,6 +321,8 @@ async fn export_and_mirror_rebuild_work_on_the_data_directory() {
     assert_eq!(rows.clone().count(), 2, "{out}");
     assert!(rows.next().unwrap().starts_with("class,school,my-school,"));
 
+    // Both platforms are configured: `payment` alone means Loopwise's typed table;
+    // the DreamClass source's generic payments are one `--source` away.
     let (code, out, _) = run(
         &[
             "export", "--config", live, "--kind", "payment", "--format", "csv",
@@ -329,7 +331,18 @@ async fn export_and_mirror_rebuild_work_on_the_data_directory() {
     )
     .await;
     assert_eq!(code, 0);
+    assert!(out.lines().next().unwrap().contains(",trade_no,"), "{out}");
+    let (code, out, _) = run(
+        &[
+            "export", "--config", live, "--kind", "payment", "--format", "csv", "--source",
+            "school",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0);
     assert!(out.lines().next().unwrap().ends_with(",data"), "{out}");
+    assert_eq!(out.lines().count(), 2, "{out}");
 
     let (code, out, _) = run(
         &[
@@ -347,7 +360,10 @@ async fn export_and_mirror_rebuild_work_on_the_data_directory() {
 
     let (code, out, err) = run(&["mirror", "rebuild", "--config", live], None).await;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("from 4 events (4 changed an entity)"), "{out}");
+    assert!(
+        out.contains("from 4 events (4 changed an entity, 0 re-described)"),
+        "{out}"
+    );
     let (_, after, _) = run(
         &[
             "export", "--config", live, "--kind", "class", "--format", "csv",

@@ -144,3 +144,85 @@ async fn after_retention_sequence_numbers_keep_growing_and_keys_go_with_their_ev
     let outcome = store.append(request(source, &id(0), "A")).await.unwrap();
     assert_eq!(outcome, AppendOutcome::Duplicate { seq: again });
 }
+
+/// A DreamClass envelope with its fields in the order given, as JSON text.
+fn envelope_text(id: &str, pretty: bool, reorder: bool) -> Vec<u8> {
+    let mut fields = vec![
+        ("id", json!(id)),
+        ("type", json!("CLASS_UPDATED")),
+        ("tenant", json!("my-school")),
+        ("timestamp", json!(1_700_000_000_000i64)),
+        (
+            "signature",
+            json!(dreamclass::sign(SCHOOL_SECRET.as_bytes(), id)),
+        ),
+        (
+            "data",
+            json!({"id": 1, "code": "c-1", "name": "A", "startDate": "2024-01-01",
+                   "endDate": "2024-06-30", "capacity": 20, "description": null}),
+        ),
+    ];
+    if reorder {
+        fields.reverse();
+    }
+    let value = serde_json::Value::Object(
+        fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    );
+    if pretty {
+        serde_json::to_vec_pretty(&value).unwrap()
+    } else {
+        serde_json::to_vec(&value).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn the_same_event_with_other_spacing_or_key_order_is_a_retry_not_a_conflict() {
+    let gw = Gateway::start().await;
+    let headers = vec![("content-type".to_string(), "application/json".to_string())];
+    let id = id(42);
+    let compact = envelope_text(&id, false, false);
+    for body in [
+        compact.clone(),
+        envelope_text(&id, true, false),
+        envelope_text(&id, true, true),
+    ] {
+        let answer = gw.post_raw("/hooks/school", &headers, body).await;
+        assert_eq!(answer.status, 200, "{}", answer.json);
+    }
+    let stored = gw
+        .store
+        .find_event("school", &format!("id:{id}"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.summary.times_seen, 3);
+    assert_eq!(stored.summary.conflicts, 0);
+    assert_eq!(stored.body, compact, "the first copy's bytes are kept");
+    assert_eq!(gw.store.count_events().unwrap(), 1);
+    assert!(gw.store.list_rejections(10).unwrap().is_empty());
+
+    // Different data under the same id is still a conflict, logged with its sender.
+    let mut changed: serde_json::Value = serde_json::from_slice(&compact).unwrap();
+    changed["data"]["name"] = json!("B");
+    let answer = gw
+        .post_raw(
+            "/hooks/school",
+            &headers,
+            serde_json::to_vec_pretty(&changed).unwrap(),
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    let stored = gw.store.get_event(stored.summary.seq).unwrap().unwrap();
+    assert_eq!(
+        (stored.summary.times_seen, stored.summary.conflicts),
+        (3, 1)
+    );
+    let rejections = gw.store.list_rejections(10).unwrap();
+    assert_eq!(rejections.len(), 1);
+    assert_eq!(rejections[0].reason, "id_conflict");
+    let remote = rejections[0].remote_addr.as_deref().unwrap_or_default();
+    assert!(remote.starts_with("127.0.0.1:"), "{remote:?}");
+    gw.stop().await;
+}

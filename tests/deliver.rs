@@ -149,7 +149,14 @@ async fn a_loopwise_receiver_gets_the_body_byte_for_byte() {
     assert_eq!(
         gw.post(
             "/hooks/courses",
-            &loopwise("payment.paid", json!({"id": "p"}))
+            &loopwise(
+                "payment.paid",
+                classhook::provider::sample::sample_data(
+                    classhook::provider::ProviderKind::Loopwise,
+                    "payment.paid",
+                    1
+                )
+            )
         )
         .await
         .status,

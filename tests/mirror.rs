@@ -57,8 +57,18 @@ async fn post(gw: &Gateway, source: &str, request: (Vec<(String, String)>, Vec<u
     assert_eq!(answer.status, 200, "{}", answer.json);
 }
 
+/// The test sources' platforms (see `common::SOURCES`).
+fn platform(source: &str) -> ProviderKind {
+    match source {
+        "courses" => ProviderKind::Loopwise,
+        _ => ProviderKind::DreamClass,
+    }
+}
+
 fn one(store: &Store, kind: &str, id: &str, source: &str) -> Entity {
-    let mut found = store.find_entities(kind, id, Some(source), None).unwrap();
+    let mut found = store
+        .find_entities(Some(platform(source)), kind, id, Some(source), None)
+        .unwrap();
     assert_eq!(found.len(), 1, "{kind} {id}: {found:?}");
     found.remove(0)
 }
@@ -322,12 +332,423 @@ async fn other_families_go_to_the_generic_mirror() {
         one(&gw.store, "brand_new_thing", "x1", "school").data["v"],
         1
     );
-    let refund = json!({"type": "payment.refund", "data": {"id": "p1", "amount": 10, "updated_at": "2024-01-01T00:00:00Z"}});
-    post(&gw, "courses", lw_signed(&refund)).await;
+    gw.stop().await;
+}
+
+/// GETs an API path (the test gateway's API is open on loopback) and returns the JSON.
+async fn api(gw: &Gateway, path: &str) -> Value {
+    let response = gw.client.get(gw.url(path)).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200, "{path}");
+    response.json().await.unwrap()
+}
+
+/// `(type, entity kind, entity op)` of the listed `unknown_type` events, oldest first.
+async fn unknown_events(gw: &Gateway, source: &str) -> Vec<(String, String, String)> {
+    let page = api(
+        gw,
+        &format!("/api/v1/events?status=unknown_type&source={source}"),
+    )
+    .await;
+    let mut listed: Vec<_> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["entity"]["kind"].as_str().unwrap().to_string(),
+                e["entity"]["op"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    listed.reverse();
+    listed
+}
+
+#[tokio::test]
+async fn undocumented_loopwise_types_never_change_a_course() {
+    let gw = Gateway::start().await;
+    let mut created = course("c9", "Rust", "2024-01-01T00:00:00Z", 1);
+    created["type"] = json!("course.created");
+    post(&gw, "courses", lw_signed(&created)).await;
+    // Undocumented: an archive notice with little data, then a "delete".
+    for (event_type, at) in [
+        ("course.archived", "2024-02-01T00:00:00Z"),
+        ("course.deleted", "2024-03-01T00:00:00Z"),
+    ] {
+        let body = json!({"type": event_type, "data": {"id": "c9", "updated_at": at}});
+        post(&gw, "courses", lw_signed(&body)).await;
+    }
+    post(
+        &gw,
+        "courses",
+        lw_signed(&course(
+            "c9",
+            "Rust, 2nd edition",
+            "2024-04-01T00:00:00Z",
+            2,
+        )),
+    )
+    .await;
+
+    let entity = api(&gw, "/api/v1/entities/course/c9?source=courses").await;
+    assert_eq!(entity["deleted"], false, "{entity}");
+    assert_eq!(entity["data"]["name"], "Rust, 2nd edition");
+    assert_eq!(entity["data"]["state"], "published");
+    assert_eq!(entity["data"]["slug"], "s-c9");
+    assert_eq!(entity["data"]["plans"].as_array().unwrap().len(), 2);
+    let history = api(&gw, "/api/v1/entities/course/c9/history?source=courses").await;
+    let course_effects: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["mirror_effect"].as_str().unwrap())
+        .collect();
+    assert_eq!(course_effects, ["applied", "applied"], "{history}");
+
+    // Stored and listed, each under a kind of its own.
     assert_eq!(
-        one(&gw.store, "payment", "p1", "courses").data["amount"],
-        10
+        unknown_events(&gw, "courses").await,
+        [
+            (
+                "course.archived".into(),
+                "course.archived".into(),
+                "other".into()
+            ),
+            (
+                "course.deleted".into(),
+                "course.deleted".into(),
+                "other".into()
+            ),
+        ]
     );
+    let archived = api(&gw, "/api/v1/entities/course.deleted/c9?source=courses").await;
+    assert_eq!(archived["deleted"], false, "not a tombstone: {archived}");
+
+    let live = snapshot(&gw.store);
+    let live_effects = effects_of(&gw.store);
+    let report = gw.store.rebuild_mirror().await.unwrap();
+    assert_eq!(report.redescribed, 0);
+    assert_eq!(snapshot(&gw.store), live);
+
+    // What an older classhook stored: the undocumented events described as course
+    // events, and the course they damaged. A rebuild repairs both.
+    let conn = rusqlite::Connection::open(gw.store.path()).unwrap();
+    conn.execute_batch(
+        "UPDATE events SET entity_kind = 'course', entity_op = 'archived'
+             WHERE event_type = 'course.archived';
+         UPDATE events SET entity_kind = 'course', entity_op = 'deleted'
+             WHERE event_type = 'course.deleted';
+         UPDATE mirror_course SET name = NULL, slug = NULL, deleted = 1;",
+    )
+    .unwrap();
+    drop(conn);
+    let report = gw.store.rebuild_mirror().await.unwrap();
+    assert_eq!(report.redescribed, 2);
+    assert_eq!(snapshot(&gw.store), live);
+    assert_eq!(effects_of(&gw.store), live_effects);
+    assert_eq!(unknown_events(&gw, "courses").await.len(), 2);
+    let history = api(&gw, "/api/v1/entities/course/c9/history?source=courses").await;
+    assert_eq!(history["events"].as_array().unwrap().len(), 2, "{history}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn undocumented_dreamclass_types_never_change_a_class() {
+    let gw = Gateway::start().await;
+    post(&gw, "school", dc("CLASS_CREATED", class(7, "Algebra"), 100)).await;
+    post(&gw, "school", dc("CLASS_ARCHIVED", json!({"id": 7}), 200)).await;
+    // A documented family in the wrong case is still not a documented type.
+    post(&gw, "school", dc("class_UPDATED", json!({"id": 7}), 250)).await;
+    post(&gw, "school", dc("Class_DELETED", json!({"id": 7}), 260)).await;
+    // An undocumented family: a kind of its own, with its own tombstone.
+    post(&gw, "school", dc("GRADE_DELETED", json!({"id": 7}), 300)).await;
+    post(
+        &gw,
+        "school",
+        dc("CLASS_UPDATED", class(7, "Algebra II"), 400),
+    )
+    .await;
+
+    let entity = api(&gw, "/api/v1/entities/class/7?source=school").await;
+    assert_eq!(entity["deleted"], false, "{entity}");
+    assert_eq!(entity["data"]["name"], "Algebra II");
+    assert_eq!(entity["data"]["code"], "c-7");
+    assert_eq!(
+        history(&gw.store, "class", "7", "school", Some("my-school")),
+        [(100, "applied".into()), (400, "applied".into())]
+    );
+    assert_eq!(
+        unknown_events(&gw, "school").await,
+        [
+            (
+                "CLASS_ARCHIVED".into(),
+                "class_archived".into(),
+                "other".into()
+            ),
+            (
+                "class_UPDATED".into(),
+                "class_updated".into(),
+                "other".into()
+            ),
+            (
+                "Class_DELETED".into(),
+                "class_deleted".into(),
+                "other".into()
+            ),
+            ("GRADE_DELETED".into(), "grade".into(), "deleted".into()),
+        ]
+    );
+    assert!(one(&gw.store, "grade", "7", "school").deleted);
+    assert!(!one(&gw.store, "class_archived", "7", "school").deleted);
+
+    let live = snapshot(&gw.store);
+    gw.store.rebuild_mirror().await.unwrap();
+    assert_eq!(snapshot(&gw.store), live);
+    gw.stop().await;
+}
+
+/// A Loopwise payment event as `payment.paid` documents it; a refund carries the
+/// same payment with its refund fields filled.
+fn payment(event_type: &str, id: &str, user: &str, amount: Value) -> Value {
+    let refund = event_type == "payment.refund";
+    json!({"type": event_type, "data": {
+        "id": id, "trade_no": format!("T-{id}"), "currency": "TWD",
+        "amount": amount, "original_amount": amount,
+        "refunded_amount": if refund { amount.clone() } else { Value::Null },
+        "created_at": "2024-05-01T10:00:00Z", "paid_at": "2024-05-01T18:01:00+08:00",
+        "refunded_at": if refund { json!("2024-05-03T09:00:00+08:00") } else { Value::Null },
+        "payment_state": if refund { "refunded" } else { "paid" },
+        "payment_type": "credit", "affiliate_code": null, "remark": null,
+        "user": {"id": user, "email": format!("{user}@example.com"), "name": "N",
+                 "phone_number": null, "third_party_id": null},
+        "payment_method_details": {"last_four": "4242", "brand": "visa"},
+        "lineitems": [{"name": "Premium Plan", "quantity": 1, "item_type": "Course"}]
+    }})
+}
+
+/// The ids of a listed page of entities.
+fn ids(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_refund_supersedes_its_payment_in_either_order() {
+    let gw = Gateway::start().await;
+    for (id, order) in [
+        ("p-in-order", ["payment.paid", "payment.refund"]),
+        ("p-refund-first", ["payment.refund", "payment.paid"]),
+    ] {
+        for event_type in order {
+            post(
+                &gw,
+                "courses",
+                lw_signed(&payment(event_type, id, "u1", json!(1900))),
+            )
+            .await;
+        }
+        let entity = api(&gw, &format!("/api/v1/entities/payment/{id}")).await;
+        assert_eq!(entity["data"]["payment_state"], "refunded", "{entity}");
+        assert_eq!(entity["data"]["refunded_amount"], 1900);
+        assert_eq!(entity["data"]["refunded_at"], "2024-05-03T09:00:00+08:00");
+        assert_eq!(entity["data"]["user"]["email"], "u1@example.com");
+        assert_eq!(entity["data"]["payment_method_details"]["brand"], "visa");
+        assert_eq!(entity["data"]["lineitems"][0]["item_type"], "Course");
+    }
+    let history = api(&gw, "/api/v1/entities/payment/p-refund-first/history").await;
+    let effects: Vec<(&str, &str)> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                e["mirror_effect"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        effects,
+        [("payment.paid", "stale"), ("payment.refund", "applied")]
+    );
+
+    let live = snapshot(&gw.store);
+    let live_effects = effects_of(&gw.store);
+    let report = gw.store.rebuild_mirror().await.unwrap();
+    assert_eq!(report.redescribed, 0);
+    assert_eq!(snapshot(&gw.store), live);
+    assert_eq!(effects_of(&gw.store), live_effects);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn payments_and_users_are_filtered_on_their_fields_with_amounts_as_given() {
+    let gw = Gateway::start().await;
+    post(
+        &gw,
+        "courses",
+        lw_signed(&payment("payment.paid", "p1", "u1", json!(1900))),
+    )
+    .await;
+    post(
+        &gw,
+        "courses",
+        lw_signed(&payment("payment.paid", "p2", "u2", json!(19.5))),
+    )
+    .await;
+    post(
+        &gw,
+        "courses",
+        lw_signed(&payment("payment.refund", "p3", "u2", json!(1900.0))),
+    )
+    .await;
+    for (id, email) in [("u1", "a@example.com"), ("u2", "b@example.com")] {
+        let user = json!({"type": "user.created", "data": {
+            "id": id, "email": email, "name": "N", "phone_number": "0912345678",
+            "created_at": "2024-05-01T10:00:00Z", "updated_at": "2024-05-01T10:00:00Z",
+            "third_party_id": null}});
+        post(&gw, "courses", lw_signed(&user)).await;
+    }
+
+    for (query, expected) in [
+        ("payment_state=refunded", vec!["p3"]),
+        ("payment_state=paid", vec!["p1", "p2"]),
+        ("trade_no=T-p2", vec!["p2"]),
+        ("user_id=u2", vec!["p2", "p3"]),
+        ("user_email=u1@example.com", vec!["p1"]),
+        ("user_email=nobody@example.com", vec![]),
+    ] {
+        let page = api(&gw, &format!("/api/v1/entities/payment?{query}")).await;
+        assert_eq!(ids(&page), expected, "{query}");
+    }
+    let users = api(&gw, "/api/v1/entities/user?email=b@example.com").await;
+    assert_eq!(ids(&users), ["u2"]);
+    assert_eq!(users["items"][0]["data"]["phone_number"], "0912345678");
+
+    // Amounts come back exactly as sent: an integer, a fraction, a float.
+    let amount = |id: &'static str| {
+        let gw = &gw;
+        async move { api(gw, &format!("/api/v1/entities/payment/{id}")).await["data"]["amount"].clone() }
+    };
+    let integer = amount("p1").await;
+    assert!(integer.is_i64() && integer == 1900, "{integer}");
+    assert_eq!(amount("p2").await, json!(19.5));
+    let float = amount("p3").await;
+    assert!(float.is_f64() && float == 1900.0, "{float}");
+
+    let kinds = api(&gw, "/api/v1/entities").await;
+    let payment = kinds
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kind"] == "payment")
+        .unwrap();
+    assert_eq!(payment["provider"], "loopwise");
+    assert_eq!(payment["typed"], true);
+    assert_eq!(payment["live"], 3);
+    assert_eq!(
+        payment["filters"],
+        json!(["trade_no", "payment_state", "user_id", "user_email"])
+    );
+    gw.stop().await;
+}
+
+const DREAMCLASS_ONLY: &str = r#"
+[[source]]
+name = "school"
+provider = "dreamclass"
+secret = "school-secret"
+"#;
+
+#[tokio::test]
+async fn dreamclass_payments_stay_generic_beside_loopwise_payments() {
+    let dc_payment = || {
+        dc(
+            "PAYMENT_CREATED",
+            json!({"id": 5, "invoiceId": 12, "status": 1}),
+            100,
+        )
+    };
+
+    // Only DreamClass configured: `payment` is its generic kind.
+    let gw = Gateway::start_with("", DREAMCLASS_ONLY).await;
+    post(&gw, "school", dc_payment()).await;
+    let page = api(&gw, "/api/v1/entities/payment").await;
+    assert_eq!(ids(&page), ["5"]);
+    assert_eq!(page["items"][0]["data"]["invoiceId"], 12);
+    assert_eq!(
+        api(&gw, "/api/v1/entities/payment/5").await["data"]["status"],
+        1
+    );
+    let history = api(&gw, "/api/v1/entities/payment/5/history").await;
+    assert_eq!(history["events"][0]["type"], "PAYMENT_CREATED");
+    let kinds = api(&gw, "/api/v1/entities").await;
+    let listed: Vec<_> = kinds
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["typed"] == false)
+        .collect();
+    assert_eq!(listed.len(), 1, "{kinds}");
+    assert_eq!(
+        (&listed[0]["kind"], &listed[0]["provider"]),
+        (&json!("payment"), &json!("dreamclass"))
+    );
+    let refused = gw
+        .client
+        .get(gw.url("/api/v1/entities/payment?payment_state=paid"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status().as_u16(),
+        400,
+        "not a filter of a generic kind"
+    );
+    gw.stop().await;
+
+    // Both platforms: the typed Loopwise table by default, DreamClass with `source`.
+    let gw = Gateway::start().await;
+    post(&gw, "school", dc_payment()).await;
+    post(
+        &gw,
+        "courses",
+        lw_signed(&payment("payment.paid", "p1", "u1", json!(1900))),
+    )
+    .await;
+    assert_eq!(ids(&api(&gw, "/api/v1/entities/payment").await), ["p1"]);
+    assert_eq!(
+        ids(&api(&gw, "/api/v1/entities/payment?source=school").await),
+        ["5"]
+    );
+    assert_eq!(
+        api(&gw, "/api/v1/entities/payment/5?source=school").await["data"]["status"],
+        1
+    );
+    let kinds = api(&gw, "/api/v1/entities").await;
+    let mut payments: Vec<(Value, Value)> = kinds
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["kind"] == "payment" && k["live"] == 1)
+        .map(|k| (k["provider"].clone(), k["typed"].clone()))
+        .collect();
+    payments.sort_by_key(|(p, _)| p.to_string());
+    assert_eq!(
+        payments,
+        [
+            (json!("dreamclass"), json!(false)),
+            (json!("loopwise"), json!(true))
+        ]
+    );
+    let live = snapshot(&gw.store);
+    gw.store.rebuild_mirror().await.unwrap();
+    assert_eq!(snapshot(&gw.store), live);
     gw.stop().await;
 }
 
@@ -339,6 +760,7 @@ fn snapshot(store: &Store) -> Vec<Entity> {
             store
                 .list_entities(&EntityFilter {
                     kind: count.kind.clone(),
+                    provider: count.provider,
                     include_deleted: true,
                     limit: 100_000,
                     ..Default::default()
@@ -350,7 +772,7 @@ fn snapshot(store: &Store) -> Vec<Entity> {
     all
 }
 
-fn effects(store: &Store) -> Vec<(i64, Option<String>)> {
+fn effects_of(store: &Store) -> Vec<(i64, Option<String>)> {
     let mut events = store
         .list_events(&classhook::store::EventFilter {
             limit: 100_000,
@@ -424,7 +846,7 @@ async fn rebuild_reproduces_live_ingestion_of_a_shuffled_stream() {
         post(&gw, source, request).await;
     }
     let live = snapshot(&gw.store);
-    let live_effects = effects(&gw.store);
+    let live_effects = effects_of(&gw.store);
     assert_eq!(live.iter().filter(|e| e.kind == "class").count(), 6);
     for entity in live.iter().filter(|e| e.kind == "class") {
         // The newest version of each class is 600 + id, written by a create and an update.
@@ -438,7 +860,7 @@ async fn rebuild_reproduces_live_ingestion_of_a_shuffled_stream() {
     let report = gw.store.rebuild_mirror().await.unwrap();
     assert_eq!(report.events as usize, live_effects.len());
     assert_eq!(snapshot(&gw.store), live);
-    assert_eq!(effects(&gw.store), live_effects);
+    assert_eq!(effects_of(&gw.store), live_effects);
     gw.stop().await;
 }
 

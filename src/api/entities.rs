@@ -11,11 +11,14 @@ use super::extract::{Path, Query, bad_request, limit, next_cursor, parse_cursor}
 use super::views::{EntityHistory, EntityPage, EntityView, ErrorBody, KindView};
 use super::{ApiState, read};
 use crate::http::ApiError;
-use crate::mirror::kinds::typed_by_name;
+use crate::mirror::kinds::{platform_for_request, resolve};
 use crate::mirror::{FieldType, FieldValue};
+use crate::provider::ProviderKind;
 use crate::store::{Entity, EntityFilter};
 
-/// Lists the kinds the mirror holds, with counts and the filters each one takes.
+/// Lists the kinds the mirror holds per platform, with counts and the filters each
+/// one takes. The same kind name can appear twice, once per platform (Loopwise
+/// `payment` is typed, DreamClass `PAYMENT` generic).
 #[utoipa::path(get, path = "/entities", tag = "entities", responses(
     (status = 200, description = "The kinds", body = Vec<KindView>),
     (status = 401, description = "No valid bearer token", body = ErrorBody),
@@ -64,15 +67,21 @@ pub struct EntityQuery {
     slug: Option<String>,
     /// enrollment only: the course id.
     course_id: Option<String>,
-    /// enrollment only: the user id.
+    /// enrollment or payment (Loopwise) only: the user id.
     user_id: Option<String>,
-    /// enrollment only: the user's email.
+    /// enrollment or payment (Loopwise) only: the user's email.
     user_email: Option<String>,
+    /// payment (Loopwise) only: paid, refunding, refunded, failed, …
+    payment_state: Option<String>,
+    /// payment (Loopwise) only: its trade number.
+    trade_no: Option<String>,
+    /// user (Loopwise) only: the email.
+    email: Option<String>,
 }
 
 impl EntityQuery {
     /// The field filters as text, by parameter name (typed ones already checked by serde).
-    fn field_filters(&self) -> [(&'static str, Option<String>); 12] {
+    fn field_filters(&self) -> [(&'static str, Option<String>); 15] {
         let text = |v: Option<&String>| v.cloned();
         let number = |v: Option<i64>| v.map(|n| n.to_string());
         [
@@ -88,13 +97,20 @@ impl EntityQuery {
             ("course_id", text(self.course_id.as_ref())),
             ("user_id", text(self.user_id.as_ref())),
             ("user_email", text(self.user_email.as_ref())),
+            ("payment_state", text(self.payment_state.as_ref())),
+            ("trade_no", text(self.trade_no.as_ref())),
+            ("email", text(self.email.as_ref())),
         ]
     }
 }
 
-/// Parses the field filters that apply to `kind`; any other is a 400.
-fn field_filters(kind: &str, q: &EntityQuery) -> Result<Vec<(&'static str, FieldValue)>, ApiError> {
-    let spec = typed_by_name(kind);
+/// Parses the field filters that apply to `kind` of `provider`; any other is a 400.
+fn field_filters(
+    provider: Option<ProviderKind>,
+    kind: &str,
+    q: &EntityQuery,
+) -> Result<Vec<(&'static str, FieldValue)>, ApiError> {
+    let spec = resolve(provider, kind);
     let mut filters = Vec::new();
     for (name, value) in q.field_filters() {
         let Some(value) = value else { continue };
@@ -118,7 +134,11 @@ fn field_filters(kind: &str, q: &EntityQuery) -> Result<Vec<(&'static str, Field
                     .map_err(|_| bad_request(format!("`{name}` must be a date YYYY-MM-DD")))?;
                 FieldValue::Text(value)
             }
-            FieldType::Text | FieldType::DateTime => FieldValue::Text(value),
+            // No filter is declared on numbers or JSON; were one added, it would
+            // compare text.
+            FieldType::Text | FieldType::DateTime | FieldType::Number | FieldType::Json => {
+                FieldValue::Text(value)
+            }
         };
         filters.push((field.column, parsed));
     }
@@ -126,8 +146,13 @@ fn field_filters(kind: &str, q: &EntityQuery) -> Result<Vec<(&'static str, Field
 }
 
 /// Lists the mirrored entities of one kind, in the order they first appeared.
+///
+/// A kind name means one platform's table: with `source`, that source's platform;
+/// without, the platform of the configured sources, or, when both platforms are
+/// configured, the one with a typed table for the kind (Loopwise `payment`; add
+/// `source` for DreamClass payments).
 #[utoipa::path(get, path = "/entities/{kind}", tag = "entities",
-    params(("kind" = String, Path, description = "e.g. class, student_period, attendance, course, enrollment, payment"), EntityQuery),
+    params(("kind" = String, Path, description = "e.g. class, student_period, attendance, course, enrollment, payment, user"), EntityQuery),
     responses(
         (status = 200, description = "A page of entities", body = EntityPage),
         (status = 400, description = "A filter is malformed or does not apply to this kind", body = ErrorBody),
@@ -138,8 +163,10 @@ pub async fn list_entities(
     Path(kind): Path<String>,
     Query(q): Query<EntityQuery>,
 ) -> Result<Json<EntityPage>, ApiError> {
+    let provider = platform_for_request(&kind, q.source.as_deref(), &state.sources);
     let filter = EntityFilter {
-        fields: field_filters(&kind, &q)?,
+        fields: field_filters(provider, &kind, &q)?,
+        provider,
         kind,
         source: q.source,
         tenant: q.tenant,
@@ -173,8 +200,15 @@ async fn find_one(
     key: EntityKey,
 ) -> Result<Entity, ApiError> {
     let (k, i) = (kind.clone(), id.clone());
+    let provider = platform_for_request(&kind, key.source.as_deref(), &state.sources);
     let mut found = read(state, move |store| {
-        store.find_entities(&k, &i, key.source.as_deref(), key.tenant.as_deref())
+        store.find_entities(
+            provider,
+            &k,
+            &i,
+            key.source.as_deref(),
+            key.tenant.as_deref(),
+        )
     })
     .await?;
     match found.len() {

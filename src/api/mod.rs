@@ -33,6 +33,9 @@ pub struct ApiState {
     pub clock: Arc<dyn crate::clock::Clock>,
     /// Bearer tokens; empty: no token is asked for.
     pub tokens: Vec<Secret>,
+    /// The configured sources and their platforms: they decide which platform's table
+    /// an entity kind means (`mirror::kinds::platform_for_request`).
+    pub sources: Vec<(String, crate::provider::ProviderKind)>,
 }
 
 #[derive(OpenApi)]

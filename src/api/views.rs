@@ -32,7 +32,8 @@ pub struct EventView {
     pub event_type: String,
     /// The platform's event id (DreamClass `id`); Loopwise sends none.
     pub event_id: Option<String>,
-    /// What recognises a retry: `id:<uuid>` or `sha256:<hex of the body>`.
+    /// What recognises a retry: DreamClass `id:<uuid>`; Loopwise `sha256:<hex>` of the
+    /// body's canonical JSON form (events stored before that rule: of the raw body).
     pub dedupe_key: String,
     pub entity: EntityRefView,
     /// The entity version this event carries, epoch milliseconds.
@@ -45,7 +46,7 @@ pub struct EventView {
     /// How many times the platform delivered it (retries included).
     pub times_seen: i64,
     pub last_seen_at: String,
-    /// Deliveries of the same id with a different body (kept in the rejection log).
+    /// Deliveries of the same id with a different JSON value (kept in the rejection log).
     pub conflicts: i64,
     /// What it did to the mirror: `applied`, `tombstoned`, `stale`, `blocked`, or null.
     pub mirror_effect: Option<String>,
@@ -206,10 +207,13 @@ pub struct EntityHistory {
     pub events: Vec<EventView>,
 }
 
-/// A kind present in the mirror.
+/// A kind present in the mirror, for one platform.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct KindView {
     pub kind: String,
+    /// `dreamclass` or `loopwise`; null for generic entities whose source's events
+    /// have all been pruned. The same kind can be listed once per platform.
+    pub provider: Option<String>,
     /// Whether the kind has its own typed table (and field filters).
     pub typed: bool,
     pub live: i64,
@@ -220,9 +224,13 @@ pub struct KindView {
 
 impl From<KindCount> for KindView {
     fn from(k: KindCount) -> Self {
-        let spec = crate::mirror::kinds::typed_by_name(&k.kind);
+        let spec = k
+            .provider
+            .filter(|_| k.typed)
+            .and_then(|p| crate::mirror::kinds::typed(p, &k.kind));
         KindView {
-            typed: spec.is_some(),
+            typed: k.typed,
+            provider: k.provider.map(|p| p.as_str().to_string()),
             filters: spec
                 .map(|s| {
                     s.fields

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::api::views::{EntityView, EventView};
 use crate::config::Config;
-use crate::mirror::kinds::typed_by_name;
+use crate::mirror::kinds::{platform_for_request, resolve};
 use crate::store::{EntityFilter, EventFilter, Store};
 
 /// Rows read from the store per round trip.
@@ -50,7 +50,7 @@ pub fn run(config: Config, args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout().lock();
     let mut out = Output::new(args.format, stdout);
     match &args.kind {
-        Some(kind) => export_entities(&store, &mut out, kind, args, since_ms)?,
+        Some(kind) => export_entities(&config, &store, &mut out, kind, args, since_ms)?,
         None => export_events(&store, &mut out, args, since_ms)?,
     }
     out.finish()?;
@@ -135,14 +135,22 @@ fn event_csv_row(e: &EventView) -> Vec<String> {
 }
 
 fn export_entities(
+    config: &Config,
     store: &Store,
     out: &mut Output<impl Write>,
     kind: &str,
     args: &ExportArgs,
     since_ms: Option<i64>,
 ) -> anyhow::Result<()> {
+    // The kind means one platform's table, decided as in the API.
+    let sources: Vec<_> = config
+        .sources
+        .iter()
+        .map(|s| (s.name.clone(), s.provider))
+        .collect();
+    let provider = platform_for_request(kind, args.source.as_deref(), &sources);
     // Typed kinds get one CSV column per field; other kinds one `data` column of JSON.
-    let fields: Vec<&str> = typed_by_name(kind)
+    let fields: Vec<&str> = resolve(provider, kind)
         .map(|spec| spec.fields.iter().map(|f| f.path).collect())
         .unwrap_or_default();
     let mut columns: Vec<String> = [
@@ -167,6 +175,7 @@ fn export_entities(
     loop {
         let page = store.list_entities(&EntityFilter {
             kind: kind.to_string(),
+            provider,
             source: args.source.clone(),
             include_deleted: args.include_deleted,
             since_version_ms: since_ms,

@@ -22,9 +22,10 @@ pub async fn run(config: Config, command: &MirrorCommand) -> anyhow::Result<Exit
             let started = std::time::Instant::now();
             let report = store.rebuild_mirror().await?;
             println!(
-                "mirror rebuilt from {} events ({} changed an entity) in {:.1?}",
+                "mirror rebuilt from {} events ({} changed an entity, {} re-described) in {:.1?}",
                 report.events,
                 report.applied,
+                report.redescribed,
                 started.elapsed()
             );
             Ok(ExitCode::SUCCESS)

@@ -17,6 +17,12 @@ pub enum FieldType {
     Date,
     /// RFC 3339 with offset, stored as received.
     DateTime,
+    /// A JSON number stored as given: an integer as INTEGER, any other number as REAL
+    /// (payment amounts: documented as integers, typed `Float` by the Admin API).
+    Number,
+    /// Any JSON value, stored as its JSON text (e.g. `lineitems`, whose schema is only
+    /// partly published).
+    Json,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -73,7 +79,7 @@ const fn filtered(
     }
 }
 
-use FieldType::{Bool, Date, DateTime, Integer, Text};
+use FieldType::{Bool, Date, DateTime, Integer, Json, Number, Text};
 
 pub static CLASS: KindSpec = KindSpec {
     kind: "class",
@@ -177,8 +183,69 @@ pub static ENROLLMENT: KindSpec = KindSpec {
     child: None,
 };
 
+/// A payment, from `payment.paid` and `payment.refund` (one entity: a refund
+/// supersedes its payment by version, see the Loopwise provider).
+pub static PAYMENT: KindSpec = KindSpec {
+    kind: "payment",
+    provider: ProviderKind::Loopwise,
+    table: "mirror_payment",
+    integer_id: false,
+    fields: &[
+        filtered("trade_no", "trade_no", Text, "trade_no"),
+        field("currency", "currency", Text),
+        field("amount", "amount", Number),
+        field("original_amount", "original_amount", Number),
+        field("refunded_amount", "refunded_amount", Number),
+        field("paid_at", "paid_at", DateTime),
+        field("created_at", "created_at", DateTime),
+        field("refunded_at", "refunded_at", DateTime),
+        filtered("payment_state", "payment_state", Text, "payment_state"),
+        field("payment_type", "payment_type", Text),
+        field("affiliate_code", "affiliate_code", Text),
+        field("remark", "remark", Text),
+        filtered("user.id", "user_id", Text, "user_id"),
+        filtered("user.email", "user_email", Text, "user_email"),
+        field("user.name", "user_name", Text),
+        field("user.phone_number", "user_phone_number", Text),
+        field("user.third_party_id", "user_third_party_id", Text),
+        field(
+            "payment_method_details.last_four",
+            "payment_method_last_four",
+            Text,
+        ),
+        field("payment_method_details.brand", "payment_method_brand", Text),
+        field("lineitems", "lineitems", Json),
+    ],
+    child: None,
+};
+
+/// A user, from `user.created`.
+pub static USER: KindSpec = KindSpec {
+    kind: "user",
+    provider: ProviderKind::Loopwise,
+    table: "mirror_user",
+    integer_id: false,
+    fields: &[
+        filtered("email", "email", Text, "email"),
+        field("name", "name", Text),
+        field("phone_number", "phone_number", Text),
+        field("third_party_id", "third_party_id", Text),
+        field("created_at", "created_at", DateTime),
+        field("updated_at", "updated_at", DateTime),
+    ],
+    child: None,
+};
+
 /// Every typed kind.
-pub static TYPED: [&KindSpec; 5] = [&CLASS, &STUDENT_PERIOD, &ATTENDANCE, &COURSE, &ENROLLMENT];
+pub static TYPED: [&KindSpec; 7] = [
+    &CLASS,
+    &STUDENT_PERIOD,
+    &ATTENDANCE,
+    &COURSE,
+    &ENROLLMENT,
+    &PAYMENT,
+    &USER,
+];
 
 /// The typed spec for a platform's kind, if it has one.
 pub fn typed(provider: ProviderKind, kind: &str) -> Option<&'static KindSpec> {
@@ -188,9 +255,53 @@ pub fn typed(provider: ProviderKind, kind: &str) -> Option<&'static KindSpec> {
         .find(|spec| spec.provider == provider && spec.kind == kind)
 }
 
-/// The typed spec for a kind name, whatever the platform (API paths name only the kind).
+/// The typed spec for a kind name, whatever the platform.
 pub fn typed_by_name(kind: &str) -> Option<&'static KindSpec> {
     TYPED.iter().copied().find(|spec| spec.kind == kind)
+}
+
+/// Which platform's table an API request for `kind` means, given the platforms it
+/// may be about (the requested source's, or those of every configured source). API
+/// paths name only the kind, and the same name can be typed on one platform and
+/// generic on the other (Loopwise `payment`, DreamClass `PAYMENT`):
+/// - one platform: that one decides (its typed table, or the generic table);
+/// - several: the one with a typed table for the kind, if any.
+///
+/// `None` means "whichever platform has a typed table for it" ([`typed_by_name`]).
+pub fn platform_for(kind: &str, providers: &[ProviderKind]) -> Option<ProviderKind> {
+    let first = *providers.first()?;
+    if providers.iter().all(|p| *p == first) {
+        return Some(first);
+    }
+    providers
+        .iter()
+        .copied()
+        .find(|p| typed(*p, kind).is_some())
+}
+
+/// [`platform_for`] for a request that names `source` or not, given the configured
+/// sources and their platforms: a named source's platform decides; without one, the
+/// platforms of every configured source.
+pub fn platform_for_request(
+    kind: &str,
+    source: Option<&str>,
+    sources: &[(String, ProviderKind)],
+) -> Option<ProviderKind> {
+    let providers: Vec<ProviderKind> = sources
+        .iter()
+        .filter(|(name, _)| source.is_none_or(|s| s == name))
+        .map(|(_, provider)| *provider)
+        .collect();
+    platform_for(kind, &providers)
+}
+
+/// The typed spec an API request for `kind` reads, `None` for the generic table;
+/// `provider` as chosen by [`platform_for`].
+pub fn resolve(provider: Option<ProviderKind>, kind: &str) -> Option<&'static KindSpec> {
+    match provider {
+        Some(provider) => typed(provider, kind),
+        None => typed_by_name(kind),
+    }
 }
 
 impl KindSpec {
@@ -236,9 +347,16 @@ fn lookup<'a>(data: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
 
 fn to_field_value(value: Option<&Value>, ty: FieldType) -> FieldValue {
     match (value, ty) {
+        (None | Some(Value::Null), _) => FieldValue::Null,
         (Some(Value::Number(n)), Integer) => {
             n.as_i64().map_or(FieldValue::Null, FieldValue::Integer)
         }
+        (Some(Value::Number(n)), Number) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => FieldValue::Integer(i),
+            (None, Some(f)) => FieldValue::Real(f),
+            (None, None) => FieldValue::Null,
+        },
+        (Some(value), Json) => FieldValue::Json(value.to_string()),
         (Some(Value::Bool(b)), Bool) => FieldValue::Bool(*b),
         (Some(Value::String(s)), Text | Date | DateTime) => FieldValue::Text(s.clone()),
         _ => FieldValue::Null,
@@ -250,7 +368,9 @@ pub fn to_json(value: FieldValue) -> Value {
     match value {
         FieldValue::Null => Value::Null,
         FieldValue::Integer(n) => Value::from(n),
+        FieldValue::Real(f) => Value::from(f),
         FieldValue::Text(s) => Value::String(s),
+        FieldValue::Json(text) => serde_json::from_str(&text).unwrap_or(Value::Null),
         FieldValue::Bool(b) => Value::Bool(b),
     }
 }
@@ -298,9 +418,39 @@ mod tests {
         assert!(typed(ProviderKind::DreamClass, "class").is_some());
         assert!(typed(ProviderKind::Loopwise, "class").is_none());
         assert!(typed(ProviderKind::DreamClass, "payment").is_none());
+        assert!(typed(ProviderKind::Loopwise, "payment").is_some());
         assert_eq!(
             typed_by_name("enrollment").unwrap().table,
             "mirror_enrollment"
+        );
+    }
+
+    #[test]
+    fn the_platform_a_kind_means_depends_on_the_configured_platforms() {
+        use ProviderKind::{DreamClass, Loopwise};
+        assert_eq!(platform_for("payment", &[DreamClass]), Some(DreamClass));
+        assert_eq!(resolve(Some(DreamClass), "payment"), None, "generic");
+        assert_eq!(
+            platform_for("payment", &[DreamClass, Loopwise]),
+            Some(Loopwise)
+        );
+        assert_eq!(platform_for("invoice", &[DreamClass, Loopwise]), None);
+        assert_eq!(resolve(None, "payment"), Some(&PAYMENT));
+    }
+
+    #[test]
+    fn numbers_are_kept_as_given_and_json_as_text() {
+        let data: Map<String, Value> =
+            serde_json::from_str(r#"{"amount":1900,"original_amount":19.5,"lineitems":[{"a":1}]}"#)
+                .unwrap();
+        let values = PAYMENT.extract(&data);
+        let at = |path: &str| PAYMENT.fields.iter().position(|f| f.path == path).unwrap();
+        assert_eq!(values[at("amount")], FieldValue::Integer(1900));
+        assert_eq!(values[at("original_amount")], FieldValue::Real(19.5));
+        assert_eq!(values[at("refunded_amount")], FieldValue::Null);
+        assert_eq!(
+            to_json(values[at("lineitems")].clone()),
+            serde_json::json!([{"a": 1}])
         );
     }
 }

@@ -104,15 +104,26 @@ impl Envelope {
 
     pub(super) fn describe(&self) -> Described {
         let (family, op) = split_type(&self.event_type);
-        let entity = EntityRef {
-            kind: family.to_ascii_lowercase(),
-            id: entity_id(family, &self.data),
-            op: op
-                .map(str::to_ascii_lowercase)
-                .unwrap_or_else(|| "other".into()),
+        let known = op.is_some() && is_documented(family);
+        let entity = if !known && documented_family_ignoring_case(family) {
+            // `class_UPDATED`, `Payment_CREATED`: undocumented, but their family would
+            // name a documented kind. A kind of their own keeps them away from it.
+            EntityRef {
+                kind: self.event_type.to_ascii_lowercase(),
+                id: entity_id(family, &self.data),
+                op: "other".into(),
+            }
+        } else {
+            // Documented types, and undocumented families (`GRADE_DELETED` → `grade`,
+            // `CLASS_ARCHIVED` → `class_archived`): their kind is never documented.
+            EntityRef {
+                kind: family.to_ascii_lowercase(),
+                id: entity_id(family, &self.data),
+                op: op
+                    .map(str::to_ascii_lowercase)
+                    .unwrap_or_else(|| "other".into()),
+            }
         };
-        let known = op.is_some()
-            && (TYPED_FAMILIES.contains(&family) || UNTYPED_FAMILIES.contains(&family));
         let (status, status_reason) = if !known {
             (
                 EventStatus::UnknownType,
@@ -140,6 +151,18 @@ impl Envelope {
             mirror,
         }
     }
+}
+
+fn is_documented(family: &str) -> bool {
+    TYPED_FAMILIES.contains(&family) || UNTYPED_FAMILIES.contains(&family)
+}
+
+/// Whether `family` names a documented family in any letter case.
+fn documented_family_ignoring_case(family: &str) -> bool {
+    TYPED_FAMILIES
+        .iter()
+        .chain(UNTYPED_FAMILIES)
+        .any(|f| f.eq_ignore_ascii_case(family))
 }
 
 /// `STUDENT_PERIOD_UPDATED` → (`STUDENT_PERIOD`, `Some("UPDATED")`).

@@ -1,7 +1,8 @@
 //! Loopwise (formerly Teachify): `{type, data}` and nothing else. The signature is the
 //! hex HMAC-SHA256 of the raw body in `Loopwise-Webhook-Signature` (older
 //! deployments: `Teachify-Webhook-Signature`). With no event id, a retry is
-//! recognised by the SHA-256 of the body.
+//! recognised by what it says: the SHA-256 of the body's canonical JSON form, so a
+//! re-serialized retry (other spacing or key order) is recognised too.
 
 use chrono::DateTime;
 use http::HeaderMap;
@@ -10,9 +11,9 @@ use serde_json::{Map, Value};
 use super::dreamclass::json_kind;
 use super::schema::{self, Verdict};
 use super::{Described, EnvelopeError, ProviderKind, SignatureError, data_id};
-use crate::crypto;
 use crate::event::{EntityRef, EventStatus};
 use crate::mirror;
+use crate::{canonical, crypto};
 
 pub const SIGNATURE_HEADER: &str = "loopwise-webhook-signature";
 pub const LEGACY_SIGNATURE_HEADER: &str = "teachify-webhook-signature";
@@ -31,10 +32,17 @@ pub const KNOWN_TYPES: &[&str] = &[
 pub struct Envelope {
     pub event_type: String,
     pub data: Map<String, Value>,
+    /// SHA-256 of the whole body's canonical JSON form: the event's identity.
+    pub canonical_sha256: [u8; 32],
 }
 
 impl Envelope {
-    pub(super) fn from_object(mut map: Map<String, Value>) -> Result<Envelope, EnvelopeError> {
+    pub(super) fn from_object(map: Map<String, Value>) -> Result<Envelope, EnvelopeError> {
+        let map_value = Value::Object(map);
+        let canonical_sha256 = crypto::sha256(&canonical::to_vec(&map_value));
+        let Value::Object(mut map) = map_value else {
+            unreachable!("built as an object just above")
+        };
         let event_type = match map.remove("type") {
             Some(Value::String(s)) => s,
             Some(other) => {
@@ -63,12 +71,22 @@ impl Envelope {
                 ));
             }
         };
-        Ok(Envelope { event_type, data })
+        Ok(Envelope {
+            event_type,
+            data,
+            canonical_sha256,
+        })
     }
 
-    pub(super) fn describe(&self, body_sha256: &[u8; 32]) -> Described {
-        let (kind, op) = entity_kind_and_op(&self.event_type);
+    pub(super) fn describe(&self) -> Described {
         let known = KNOWN_TYPES.contains(&self.event_type.as_str());
+        let (kind, op) = if known {
+            entity_kind_and_op(&self.event_type)
+        } else {
+            // An undocumented type (`course.archived`) is a kind of its own, so it can
+            // never change a documented entity such as the course.
+            (self.event_type.clone(), "other".into())
+        };
         let (status, status_reason) = if !known {
             (
                 EventStatus::UnknownType,
@@ -89,13 +107,17 @@ impl Envelope {
             op,
         };
         let mirror = mirror::prepare(ProviderKind::Loopwise, &entity, status, &self.data);
+        let version_ms = version_ms(&entity.kind, &self.data);
         Described {
             tenant: None,
             event_type: self.event_type.clone(),
             event_id: None,
-            dedupe_key: format!("sha256:{}", hex::encode(body_sha256)),
+            // The same `sha256:` prefix as the raw-body keys of events stored by
+            // earlier versions: an old key can only equal a new one when the old
+            // body was already in canonical form, i.e. the same value.
+            dedupe_key: format!("sha256:{}", hex::encode(self.canonical_sha256)),
             entity,
-            version_ms: version_ms(&self.data),
+            version_ms,
             status,
             status_reason,
             mirror,
@@ -114,14 +136,24 @@ fn entity_kind_and_op(event_type: &str) -> (String, String) {
     }
 }
 
-/// `data.updated_at`, else `data.created_at`, as epoch milliseconds.
-fn version_ms(data: &Map<String, Value>) -> Option<i64> {
-    ["updated_at", "created_at"].iter().find_map(|field| {
+/// The version of the entity an event carries, as epoch milliseconds. A payment's
+/// is the latest of `created_at`, `paid_at` and `refunded_at` that is present, so a
+/// refund supersedes its payment in whatever order the two arrive (payments carry no
+/// `updated_at`); anything else's is `updated_at`, else `created_at`.
+fn version_ms(kind: &str, data: &Map<String, Value>) -> Option<i64> {
+    let at = |field: &&str| {
         let text = data.get(*field)?.as_str()?;
         DateTime::parse_from_rfc3339(text)
             .ok()
             .map(|t| t.timestamp_millis())
-    })
+    };
+    if kind == "payment" {
+        return ["created_at", "paid_at", "refunded_at"]
+            .iter()
+            .filter_map(at)
+            .max();
+    }
+    ["updated_at", "created_at"].iter().find_map(at)
 }
 
 pub(super) fn verify(key: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<(), SignatureError> {
@@ -177,12 +209,26 @@ mod tests {
             r#"{"created_at":"2023-12-04T10:45:44Z","updated_at":"2023-12-04T18:45:45+08:00"}"#,
         )
         .unwrap();
-        assert_eq!(version_ms(&data), Some(1_701_686_745_000));
+        assert_eq!(version_ms("course", &data), Some(1_701_686_745_000));
         let data: Map<String, Value> =
             serde_json::from_str(r#"{"created_at":"2023-12-04T10:45:44Z"}"#).unwrap();
-        assert_eq!(version_ms(&data), Some(1_701_686_744_000));
+        assert_eq!(version_ms("course", &data), Some(1_701_686_744_000));
         let data: Map<String, Value> =
             serde_json::from_str(r#"{"updated_at":"yesterday"}"#).unwrap();
-        assert_eq!(version_ms(&data), None);
+        assert_eq!(version_ms("course", &data), None);
+    }
+
+    #[test]
+    fn a_payment_is_as_new_as_its_latest_moment() {
+        let data: Map<String, Value> = serde_json::from_str(
+            r#"{"created_at":"2023-12-04T10:00:00Z","paid_at":"2023-12-04T18:01:00+08:00","refunded_at":"2023-12-05T00:00:00Z","updated_at":"2020-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(version_ms("payment", &data), Some(1_701_734_400_000));
+        let data: Map<String, Value> = serde_json::from_str(
+            r#"{"created_at":"2023-12-04T10:00:00Z","paid_at":"2023-12-04T18:01:00+08:00","refunded_at":null}"#,
+        )
+        .unwrap();
+        assert_eq!(version_ms("payment", &data), Some(1_701_684_060_000));
     }
 }

@@ -149,10 +149,10 @@ impl Envelope {
     }
 
     /// Normalizes the envelope: dedupe key, entity, version and schema verdict.
-    pub fn describe(&self, body_sha256: &[u8; 32]) -> Described {
+    pub fn describe(&self) -> Described {
         match self {
             Envelope::DreamClass(e) => e.describe(),
-            Envelope::Loopwise(e) => e.describe(body_sha256),
+            Envelope::Loopwise(e) => e.describe(),
         }
     }
 }

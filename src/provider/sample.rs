@@ -73,17 +73,29 @@ fn loopwise_data(event_type: &str, seq: u64) -> Value {
                       "email": "student@example.com", "phone_number": "+1234567890" },
             "created_at": now, "updated_at": now, "state": "pending"
         }),
-        "payment.paid" | "payment.refund" => json!({
-            "id": format!("pay-{seq}"), "trade_no": format!("T{seq:08}"), "currency": "TWD",
-            "amount": 1900, "original_amount": 1900,
-            "refunded_amount": if event_type == "payment.refund" { json!(1900) } else { Value::Null },
-            "payment_state": if event_type == "payment.refund" { "refunded" } else { "paid" },
-            "payment_type": "credit_card", "paid_at": now,
-            "refunded_at": if event_type == "payment.refund" { json!(now) } else { Value::Null },
-            "user": { "id": "user_345678", "email": "student@example.com" },
-            "lineitems": [{ "id": "li_1", "name": "Premium Plan", "amount": 1900 }],
-            "created_at": now, "updated_at": now
-        }),
+        "payment.paid" | "payment.refund" => {
+            let refund = event_type == "payment.refund";
+            let ago = |minutes: i64| {
+                (chrono::Utc::now() - chrono::Duration::minutes(minutes))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            };
+            // A refund carries the same payment, paid a day earlier, refund fields filled.
+            let paid_at = if refund { ago(24 * 60) } else { now.clone() };
+            json!({
+                "id": format!("pay-{seq}"), "trade_no": format!("T{seq:08}"), "currency": "TWD",
+                "amount": 1900, "original_amount": 1900,
+                "refunded_amount": if refund { json!(1900) } else { Value::Null },
+                "paid_at": paid_at, "created_at": if refund { ago(24 * 60 + 2) } else { ago(2) },
+                "refunded_at": if refund { json!(now) } else { Value::Null },
+                "payment_state": if refund { "refunded" } else { "paid" },
+                "payment_type": "credit", "affiliate_code": null, "remark": null,
+                "user": { "id": "user_345678", "email": "student@example.com",
+                          "name": "Sample User", "phone_number": "+886912345678",
+                          "third_party_id": null },
+                "payment_method_details": { "last_four": "4242", "brand": "visa" },
+                "lineitems": [{ "name": "Premium Plan", "quantity": 1, "amount": 1900 }]
+            })
+        }
         "user.created" => json!({
             "id": uuid::Uuid::new_v4().to_string(), "email": format!("user{seq}@example.com"),
             "name": "Sample User", "phone_number": "+886912345678", "third_party_id": null,

@@ -5,6 +5,8 @@
 //! fields); free-text fields (`description`, `comment`, `subtitle`, `phone_number`)
 //! may be null or absent; everything else listed is required with its type, and dates
 //! and offset date-times must parse. A `*_DELETED` event needs only its `id`.
+//! Fields documented as "or null" may also be absent. Loopwise payments: see
+//! [`PaymentPaidData`] and [`PaymentRefundData`].
 
 use chrono::{DateTime, FixedOffset, NaiveDate};
 use serde::Deserialize;
@@ -112,6 +114,83 @@ pub struct EnrollmentUser {
     pub phone_number: Option<String>,
 }
 
+/// `payment.paid`, as its Loopwise page documents it. Decisions: amounts accept any
+/// JSON number (documented as integers, typed `Float` by the Admin API; stored as
+/// given); `payment_method_details` may be null or absent (payments without a card);
+/// `lineitems` may be absent, and its items are not checked (only partly published);
+/// `user.third_party_id` may be null (`user.created` says so; this page says string).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PaymentPaidData {
+    pub id: String,
+    pub trade_no: String,
+    pub currency: String,
+    pub amount: f64,
+    pub original_amount: f64,
+    pub refunded_amount: Option<f64>,
+    pub paid_at: DateTime<FixedOffset>,
+    pub created_at: DateTime<FixedOffset>,
+    pub refunded_at: Option<DateTime<FixedOffset>>,
+    pub payment_state: String,
+    pub payment_type: String,
+    pub affiliate_code: Option<String>,
+    pub remark: Option<String>,
+    pub user: PaymentUser,
+    pub payment_method_details: Option<PaymentMethodDetails>,
+    pub lineitems: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+/// `payment.refund`: its section of the page was never retrieved, so every field but
+/// `id` may be absent or null; a field that is present must have the type it has in
+/// `payment.paid` (the refund is assumed to carry the same payment, refund fields
+/// filled).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PaymentRefundData {
+    pub id: String,
+    pub trade_no: Option<String>,
+    pub currency: Option<String>,
+    pub amount: Option<f64>,
+    pub original_amount: Option<f64>,
+    pub refunded_amount: Option<f64>,
+    pub paid_at: Option<DateTime<FixedOffset>>,
+    pub created_at: Option<DateTime<FixedOffset>>,
+    pub refunded_at: Option<DateTime<FixedOffset>>,
+    pub payment_state: Option<String>,
+    pub payment_type: Option<String>,
+    pub affiliate_code: Option<String>,
+    pub remark: Option<String>,
+    pub user: Option<PaymentUser>,
+    pub payment_method_details: Option<PaymentMethodDetails>,
+    pub lineitems: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PaymentUser {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub phone_number: Option<String>,
+    pub third_party_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PaymentMethodDetails {
+    pub last_four: Option<String>,
+    pub brand: Option<String>,
+}
+
+/// `user.created` (Teachify page). The id is documented as a UUID but not checked
+/// (other Loopwise example ids are not UUIDs).
+#[derive(Debug, Clone, Deserialize)]
+pub struct UserData {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub phone_number: Option<String>,
+    pub created_at: DateTime<FixedOffset>,
+    pub updated_at: DateTime<FixedOffset>,
+    pub third_party_id: Option<String>,
+}
+
 /// Checks DreamClass `data` for a documented family (`CLASS`, `STUDENT_PERIOD`, …).
 pub fn check_dreamclass(family: &str, deleted: bool, data: &Map<String, Value>) -> Verdict {
     if deleted {
@@ -133,6 +212,9 @@ pub fn check_loopwise(event_type: &str, data: &Map<String, Value>) -> Verdict {
     match event_type {
         "course.created" | "course.updated" => fits::<CourseData>(data),
         "course.student_enroll" => fits::<EnrollmentData>(data),
+        "payment.paid" => fits::<PaymentPaidData>(data),
+        "payment.refund" => fits::<PaymentRefundData>(data),
+        "user.created" => fits::<UserData>(data),
         _ => Verdict::NoSchema,
     }
 }
@@ -237,10 +319,30 @@ mod tests {
             check_dreamclass("PAYMENT", false, &obj("{}")),
             Verdict::NoSchema
         );
+    }
+
+    #[test]
+    fn a_refund_needs_only_its_id_but_a_payment_its_documented_fields() {
         assert_eq!(
-            check_loopwise("payment.paid", &obj("{}")),
-            Verdict::NoSchema
+            check_loopwise("payment.refund", &obj(r#"{"id":"p1","amount":12.5}"#)),
+            Verdict::Valid
         );
+        assert!(matches!(
+            check_loopwise("payment.refund", &obj(r#"{"id":"p1","amount":"12"}"#)),
+            Verdict::Mismatch(r) if r.contains("amount")
+        ));
+        assert!(matches!(
+            check_loopwise("payment.paid", &obj(r#"{"id":"p1"}"#)),
+            Verdict::Mismatch(_)
+        ));
+    }
+
+    #[test]
+    fn the_documented_user_created_example_fits() {
+        let data = obj(
+            r#"{"id":"550e8400-e29b-41d4-a716-446655440000","email":"test@example.com","name":"Test User","phone_number":"1234567890","created_at":"2023-12-04T18:45:44Z","updated_at":"2023-12-04T18:45:44Z","third_party_id":null}"#,
+        );
+        assert_eq!(check_loopwise("user.created", &data), Verdict::Valid);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Invariants every backend keeps:
 //! - `append` returns only after the event is committed durably (a 200 means on disk);
 //! - one stored event per (source, dedupe key): the first delivery wins, a later copy
-//!   only counts (`times_seen`), and a different body under the same key is a
+//!   only counts (`times_seen`) when it is the same JSON value (spacing and key order
+//!   aside), and a different value under the same key is a
 //!   conflict kept in the rejection log, never a replacement;
 //! - the rejection log is bounded.
 
@@ -25,7 +26,7 @@ pub enum AppendOutcome {
     Stored { seq: i64 },
     /// A retry of the event stored as `seq`, with the same body: counted.
     Duplicate { seq: i64 },
-    /// Same dedupe key as `seq` but a different body: counted, body kept as rejection.
+    /// Same dedupe key as `seq` but a different JSON value: counted, body kept as rejection.
     Conflict { seq: i64 },
 }
 
@@ -170,6 +171,10 @@ pub struct RejectionFilter {
 #[derive(Debug, Clone, Default)]
 pub struct EntityFilter {
     pub kind: String,
+    /// The platform whose table `kind` means (its typed table, or the generic one);
+    /// `None`: whichever platform has a typed table for it (see
+    /// [`crate::mirror::kinds::platform_for`]).
+    pub provider: Option<ProviderKind>,
     pub source: Option<String>,
     pub tenant: Option<String>,
     pub include_deleted: bool,

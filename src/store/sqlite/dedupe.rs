@@ -2,7 +2,7 @@
 //! "is this a retry?", kept in two levels so that storing an event does not dirty a
 //! random page of a large B-tree.
 //!
-//! Dedupe keys are random (DreamClass request UUIDs, SHA-256 of Loopwise bodies), so
+//! Dedupe keys are random (DreamClass request UUIDs, SHA-256 of canonical Loopwise bodies), so
 //! a unique index on them puts every new event on a different leaf page: measured,
 //! 20.8 of the 44 pages a group commit of ~13 events wrote. Here the keys of recent
 //! events (those after the `settled_through` watermark) are held in memory, rebuilt

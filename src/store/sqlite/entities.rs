@@ -10,12 +10,18 @@ use super::mirror::{GENERIC_TABLE, field_to_sql};
 use super::read::Conditions;
 use crate::mirror::kinds::{self, insert_path, to_json};
 use crate::mirror::{Field, FieldType, FieldValue, KindSpec};
+use crate::provider::ProviderKind;
 use crate::store::{Entity, EntityFilter, StoreError};
 
-/// Live and deleted entities of one kind.
+/// Live and deleted entities of one kind of one platform.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KindCount {
     pub kind: String,
+    /// The platform: a typed kind's, or for generic entities that of the source whose
+    /// events made them (`None` once retention deleted all of that source's events).
+    pub provider: Option<ProviderKind>,
+    /// Whether the entities are in the platform's typed table for the kind.
+    pub typed: bool,
     pub live: i64,
     pub deleted: i64,
 }
@@ -23,7 +29,7 @@ pub struct KindCount {
 impl SqliteStore {
     /// Entities of one kind, in the order they first appeared.
     pub fn list_entities(&self, filter: &EntityFilter) -> Result<Vec<Entity>, StoreError> {
-        let spec = kinds::typed_by_name(&filter.kind);
+        let spec = kinds::resolve(filter.provider, &filter.kind);
         let mut c = Conditions::default();
         if spec.is_none() {
             c.add("kind = ?", filter.kind.clone());
@@ -52,14 +58,16 @@ impl SqliteStore {
 
     /// Every mirrored entity of `kind` with this id, optionally narrowed to one
     /// source and tenant (the same id can exist in several sources).
+    /// `provider` chooses the platform's table as in [`EntityFilter::provider`].
     pub fn find_entities(
         &self,
+        provider: Option<ProviderKind>,
         kind: &str,
         id: &str,
         source: Option<&str>,
         tenant: Option<&str>,
     ) -> Result<Vec<Entity>, StoreError> {
-        let spec = kinds::typed_by_name(kind);
+        let spec = kinds::resolve(provider, kind);
         let mut c = Conditions::default();
         match spec {
             Some(spec) if spec.integer_id => match id.parse::<i64>() {
@@ -76,7 +84,7 @@ impl SqliteStore {
         self.with_reader(|conn| query_entities(conn, kind, spec, &c, "ORDER BY rowid LIMIT 100"))
     }
 
-    /// How many entities each kind has, live and deleted.
+    /// How many entities each kind has, live and deleted, per platform.
     pub fn mirror_counts(&self) -> Result<Vec<KindCount>, StoreError> {
         self.with_reader(|conn| {
             let mut counts = Vec::new();
@@ -91,18 +99,31 @@ impl SqliteStore {
                 )?;
                 counts.push(KindCount {
                     kind: spec.kind.to_string(),
+                    provider: Some(spec.provider),
+                    typed: true,
                     live,
                     deleted,
                 });
             }
+            // The generic table does not say which platform a row came from; its
+            // source's latest event does (one index lookup per kind and source).
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT kind, count(*) - sum(deleted), sum(deleted) FROM {GENERIC_TABLE} GROUP BY kind ORDER BY kind"
+                "SELECT kind,
+                     (SELECT provider FROM events WHERE events.source = g.source
+                      ORDER BY seq DESC LIMIT 1) AS provider,
+                     sum(n) - sum(d), sum(d)
+                 FROM (SELECT kind, source, count(*) AS n, sum(deleted) AS d
+                       FROM {GENERIC_TABLE} GROUP BY kind, source) AS g
+                 GROUP BY kind, provider ORDER BY kind, provider"
             ))?;
             let rows = stmt.query_map([], |r| {
+                let provider: Option<String> = r.get(1)?;
                 Ok(KindCount {
                     kind: r.get(0)?,
-                    live: r.get(1)?,
-                    deleted: r.get(2)?,
+                    provider: provider.as_deref().and_then(ProviderKind::parse),
+                    typed: false,
+                    live: r.get(2)?,
+                    deleted: r.get(3)?,
                 })
             })?;
             for row in rows {
@@ -211,6 +232,8 @@ fn read_fields(row: &Row<'_>, first: usize, fields: &[Field]) -> rusqlite::Resul
                 (SqlValue::Null, _) => FieldValue::Null,
                 (SqlValue::Integer(n), FieldType::Bool) => FieldValue::Bool(n != 0),
                 (SqlValue::Integer(n), _) => FieldValue::Integer(n),
+                (SqlValue::Real(f), _) => FieldValue::Real(f),
+                (SqlValue::Text(s), FieldType::Json) => FieldValue::Json(s),
                 (SqlValue::Text(s), _) => FieldValue::Text(s),
                 (other, _) => FieldValue::Text(format!("{other:?}")),
             })

@@ -5,7 +5,6 @@ use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::read::Conditions;
 use super::{SqliteStore, dedupe, mirror, timeline, writer};
-use crate::crypto;
 use crate::provider::{Envelope, ProviderKind};
 use crate::store::StoreError;
 
@@ -14,10 +13,32 @@ use crate::store::StoreError;
 pub struct RebuildReport {
     pub events: u64,
     pub applied: u64,
+    /// Stored events whose kind, op, version or status this version describes
+    /// differently (corrected on the event).
+    pub redescribed: u64,
 }
 
-/// What a rebuild reads of each event: seq, source, provider, tenant, version, body.
-type StoredRow = (i64, String, String, Option<String>, i64, Vec<u8>);
+/// What a rebuild reads of each event.
+struct StoredRow {
+    seq: i64,
+    source: String,
+    provider: String,
+    tenant: Option<String>,
+    received_at_ms: i64,
+    body: Vec<u8>,
+    /// What ingestion said about the event when it was stored.
+    described: StoredDescription,
+}
+
+/// The columns of an event that `describe` decides.
+#[derive(PartialEq)]
+struct StoredDescription {
+    entity_kind: String,
+    entity_op: String,
+    version_ms: i64,
+    status: String,
+    status_reason: Option<String>,
+}
 
 /// How many events a rebuild reads at a time.
 const REBUILD_CHUNK: i64 = 2_000;
@@ -80,41 +101,76 @@ fn rebuild(conn: &mut Connection) -> Result<RebuildReport, StoreError> {
     loop {
         let chunk: Vec<StoredRow> = tx
             .prepare_cached(
-                "SELECT seq, source, provider, tenant, version_ms, body FROM events
-                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                "SELECT seq, source, provider, tenant, received_at_ms, body, entity_kind,
+                     entity_op, version_ms, status, status_reason
+                 FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )?
             .query_map(params![after, REBUILD_CHUNK], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
+                Ok(StoredRow {
+                    seq: r.get(0)?,
+                    source: r.get(1)?,
+                    provider: r.get(2)?,
+                    tenant: r.get(3)?,
+                    received_at_ms: r.get(4)?,
+                    body: r.get(5)?,
+                    described: StoredDescription {
+                        entity_kind: r.get(6)?,
+                        entity_op: r.get(7)?,
+                        version_ms: r.get(8)?,
+                        status: r.get(9)?,
+                        status_reason: r.get(10)?,
+                    },
+                })
             })?
             .collect::<Result<_, _>>()?;
         let Some(last) = chunk.last() else { break };
-        after = last.0;
-        for (seq, source, provider, tenant, version_ms, body) in chunk {
+        after = last.seq;
+        for row in chunk {
             report.events += 1;
-            let provider = ProviderKind::parse(&provider).ok_or_else(|| {
-                StoreError::Corrupt(format!("event {seq}: unknown provider {provider:?}"))
+            let seq = row.seq;
+            let provider = ProviderKind::parse(&row.provider).ok_or_else(|| {
+                StoreError::Corrupt(format!("event {seq}: unknown provider {:?}", row.provider))
             })?;
             // Stored events were authentic and parsed once; the same code describes them again.
-            let Ok(envelope) = Envelope::parse(provider, &body) else {
+            let Ok(envelope) = Envelope::parse(provider, &row.body) else {
                 continue;
             };
-            let described = envelope.describe(&crypto::sha256(&body));
+            let described = envelope.describe();
+            // The event's kind, op, version and status as this version of classhook
+            // sees them (an upgrade may have changed them): histories and the mirror
+            // then agree with live ingestion.
+            let now = StoredDescription {
+                entity_kind: described.entity.kind.clone(),
+                entity_op: described.entity.op.clone(),
+                version_ms: described.version_ms.unwrap_or(row.received_at_ms),
+                status: described.status.as_str().to_string(),
+                status_reason: described.status_reason.clone(),
+            };
+            if now != row.described {
+                tx.prepare_cached(
+                    "UPDATE events SET entity_kind = ?2, entity_op = ?3, version_ms = ?4,
+                         status = ?5, status_reason = ?6
+                     WHERE seq = ?1",
+                )?
+                .execute(params![
+                    seq,
+                    now.entity_kind,
+                    now.entity_op,
+                    now.version_ms,
+                    now.status,
+                    now.status_reason
+                ])?;
+                report.redescribed += 1;
+            }
             let Some(data) = &described.mirror else {
                 continue;
             };
             let effect = mirror::apply(
                 &tx,
-                &source,
-                tenant.as_deref(),
+                &row.source,
+                row.tenant.as_deref(),
                 &described.entity,
-                version_ms,
+                now.version_ms,
                 seq,
                 data,
             )?;

@@ -195,6 +195,36 @@ const MIGRATIONS: &[&str] = &[
     UPDATE deliveries SET round_attempts = attempts,
         attempts = (SELECT count(*) FROM attempts a WHERE a.delivery_id = deliveries.id);
     ",
+    // 6: typed tables for Loopwise payments (payment.paid, payment.refund) and users
+    // (user.created). Amount columns have no declared type, so that SQLite keeps each
+    // number as given (an INTEGER stays integer, a REAL stays real; a NUMERIC or REAL
+    // column would convert). `lineitems` is JSON text. Loopwise payments and users
+    // already in `mirror_generic` move here with `classhook mirror rebuild`.
+    "
+    CREATE TABLE mirror_payment (
+        source TEXT NOT NULL, tenant TEXT NOT NULL, id TEXT NOT NULL,
+        trade_no TEXT, currency TEXT, amount, original_amount, refunded_amount,
+        paid_at TEXT, created_at TEXT, refunded_at TEXT, payment_state TEXT,
+        payment_type TEXT, affiliate_code TEXT, remark TEXT,
+        user_id TEXT, user_email TEXT, user_name TEXT, user_phone_number TEXT,
+        user_third_party_id TEXT, payment_method_last_four TEXT, payment_method_brand TEXT,
+        lineitems TEXT,
+        deleted INTEGER NOT NULL, version_ms INTEGER NOT NULL, event_seq INTEGER NOT NULL,
+        UNIQUE (id, source, tenant)
+    );
+    CREATE INDEX mirror_payment_trade_no ON mirror_payment (trade_no);
+    CREATE INDEX mirror_payment_state ON mirror_payment (payment_state);
+    CREATE INDEX mirror_payment_user ON mirror_payment (user_id);
+    CREATE INDEX mirror_payment_user_email ON mirror_payment (user_email);
+    CREATE TABLE mirror_user (
+        source TEXT NOT NULL, tenant TEXT NOT NULL, id TEXT NOT NULL,
+        email TEXT, name TEXT, phone_number TEXT, third_party_id TEXT,
+        created_at TEXT, updated_at TEXT,
+        deleted INTEGER NOT NULL, version_ms INTEGER NOT NULL, event_seq INTEGER NOT NULL,
+        UNIQUE (id, source, tenant)
+    );
+    CREATE INDEX mirror_user_email ON mirror_user (email);
+    ",
 ];
 
 /// Brings the database up to the newest schema, in one transaction per step.

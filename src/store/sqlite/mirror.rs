@@ -21,7 +21,7 @@ pub const GENERIC_TABLE: &str = "mirror_generic";
 impl ToSql for FieldValue {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(match self {
-            FieldValue::Text(s) => ToSqlOutput::Borrowed(s.as_str().into()),
+            FieldValue::Text(s) | FieldValue::Json(s) => ToSqlOutput::Borrowed(s.as_str().into()),
             other => ToSqlOutput::Owned(field_to_sql(other)),
         })
     }
@@ -31,7 +31,8 @@ pub fn field_to_sql(value: &FieldValue) -> SqlValue {
     match value {
         FieldValue::Null => SqlValue::Null,
         FieldValue::Integer(n) => SqlValue::Integer(*n),
-        FieldValue::Text(s) => SqlValue::Text(s.clone()),
+        FieldValue::Real(f) => SqlValue::Real(*f),
+        FieldValue::Text(s) | FieldValue::Json(s) => SqlValue::Text(s.clone()),
         FieldValue::Bool(b) => SqlValue::Integer(i64::from(*b)),
     }
 }
@@ -42,7 +43,8 @@ fn holds(stored: ValueRef<'_>, value: &FieldValue) -> bool {
         (ValueRef::Null, FieldValue::Null) => true,
         (ValueRef::Integer(a), FieldValue::Integer(b)) => a == *b,
         (ValueRef::Integer(a), FieldValue::Bool(b)) => a == i64::from(*b),
-        (ValueRef::Text(a), FieldValue::Text(b)) => a == b.as_bytes(),
+        (ValueRef::Real(a), FieldValue::Real(b)) => a == *b,
+        (ValueRef::Text(a), FieldValue::Text(b) | FieldValue::Json(b)) => a == b.as_bytes(),
         _ => false,
     }
 }

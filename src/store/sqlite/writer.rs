@@ -12,6 +12,7 @@ use super::dedupe::{DedupeIndex, DedupeKey};
 use super::delivery::AttemptResult;
 use super::timeline::MAX_COMMIT_LAG;
 use super::{delivery, mirror};
+use crate::canonical;
 use crate::deliver::subscription::Subscription;
 use crate::event::{EventStatus, NewEvent};
 use crate::mirror::Effect;
@@ -397,15 +398,22 @@ fn stored_body_hash(tx: &rusqlite::Transaction<'_>, seq: i64) -> rusqlite::Resul
         .optional()
 }
 
-/// Another copy of stored event `seq` arrived: a retry if the body is the same, a
-/// conflict (counted, body kept in the rejection log) if not.
+/// Another copy of stored event `seq` arrived: a retry if it is the same JSON value
+/// (spacing and key order aside), a conflict (counted, body kept in the rejection
+/// log) if not. Bodies are parsed only when their bytes differ, which retries rarely do.
 fn record_copy(
     tx: &rusqlite::Transaction<'_>,
     event: &NewEvent,
     seq: i64,
     stored_hash: &[u8],
 ) -> rusqlite::Result<AppendOutcome> {
-    if stored_hash == event.body_sha256 {
+    let same = stored_hash == event.body_sha256 || {
+        let stored: Vec<u8> = tx
+            .prepare_cached("SELECT body FROM events WHERE seq = ?1")?
+            .query_row([seq], |row| row.get(0))?;
+        canonical::same_value(&stored, &event.body)
+    };
+    if same {
         tx.prepare_cached(
             "UPDATE events SET times_seen = times_seen + 1, last_seen_at_ms = ?2 WHERE seq = ?1",
         )?
@@ -424,12 +432,12 @@ fn record_copy(
             reason: "id_conflict".into(),
             status: 200,
             message: format!(
-                "event {} was already stored (seq {seq}) with a different body; the first body is kept",
+                "event {} was already stored (seq {seq}) with different content; the first body is kept",
                 event.event_id.as_deref().unwrap_or(&event.dedupe_key)
             ),
             body: event.body.to_vec(),
             body_len: event.body.len(),
-            remote_addr: None,
+            remote_addr: event.remote_addr.clone(),
         },
     )?;
     Ok(AppendOutcome::Conflict { seq })
