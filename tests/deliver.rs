@@ -10,9 +10,10 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use classhook::clock::{Clock, ManualClock};
 use classhook::crypto;
+use classhook::deliver::dispatcher::{DispatchOptions, Dispatcher, Finished};
 use classhook::provider::{dreamclass, loopwise as lw};
 use classhook::store::{Delivery, DeliveryFilter, DeliveryState, Store};
-use common::receiver::{Receiver, Reply, eventually};
+use common::receiver::{Receiver, Reply};
 use common::*;
 use serde_json::{Value, json};
 
@@ -21,9 +22,7 @@ const SUB_SECRET: &str = "subscriber-secret";
 
 /// Sources plus subscriptions to `url`, with delivery allowed to loopback.
 fn config(subscriptions: &str) -> String {
-    format!(
-        "[delivery]\nallow_private_destinations = true\npoll_interval = \"10ms\"\n\n{SOURCES}\n{subscriptions}"
-    )
+    format!("[delivery]\nenabled = false\n\n{SOURCES}\n{subscriptions}")
 }
 
 fn subscription(name: &str, url: &str, extra: &str) -> String {
@@ -32,10 +31,30 @@ fn subscription(name: &str, url: &str, extra: &str) -> String {
     )
 }
 
-async fn start(subscriptions: &str) -> (Gateway, ManualClock) {
+/// A gateway whose deliveries wait for the test to step its dispatcher.
+async fn start(subscriptions: &str) -> (Gateway, ManualClock, Dispatcher) {
     let clock = ManualClock::at(START_MS);
     let gw = Gateway::start_with_clock("", &config(subscriptions), Arc::new(clock.clone())).await;
-    (gw, clock)
+    let dispatcher = dispatcher(&gw, &clock, true, 20);
+    (gw, clock, dispatcher)
+}
+
+fn dispatcher(
+    gw: &Gateway,
+    clock: &ManualClock,
+    allow_private: bool,
+    hold_after: u32,
+) -> Dispatcher {
+    Dispatcher::new(
+        gw.store.clone(),
+        Arc::new(clock.clone()),
+        DispatchOptions {
+            allow_private_destinations: allow_private,
+            hold_after_failures: hold_after,
+            poll_interval: Duration::from_millis(10),
+            lease_margin: Duration::from_secs(30),
+        },
+    )
 }
 
 fn deliveries(store: &Store, subscription: &str) -> Vec<Delivery> {
@@ -77,7 +96,7 @@ fn standard_webhooks_verifies(received: &common::receiver::Received, key: &[u8])
 #[tokio::test]
 async fn a_dreamclass_receiver_gets_the_same_envelope_signed_with_its_secret() {
     let receiver = Receiver::start().await;
-    let (gw, _clock) = start(&subscription(
+    let (gw, _clock, mut d) = start(&subscription(
         "crm",
         &receiver.url(),
         "basic_auth = { username = \"hook\", password = \"pw\" }",
@@ -86,6 +105,7 @@ async fn a_dreamclass_receiver_gets_the_same_envelope_signed_with_its_secret() {
     let sent = dreamclass_sample("ATTENDANCE_CREATED", 5);
     assert_eq!(gw.post("/hooks/school", &sent).await.status, 200);
 
+    assert_eq!(d.step().await, [Finished::Attempted]);
     let got = receiver.wait_for(1).await.remove(0);
     let original: Value = serde_json::from_slice(&sent.body).unwrap();
     let delivered: Value = serde_json::from_slice(&got.body).unwrap();
@@ -108,10 +128,11 @@ async fn a_dreamclass_receiver_gets_the_same_envelope_signed_with_its_secret() {
         format!("Basic {}", BASE64.encode("hook:pw"))
     );
 
-    eventually("delivered", || {
-        only(&gw.store, "crm").state == DeliveryState::Delivered
-    })
-    .await;
+    d.step().await;
+    assert!(
+        only(&gw.store, "crm").state == DeliveryState::Delivered,
+        "delivered"
+    );
     let delivery = only(&gw.store, "crm");
     let (_, attempts) = gw.store.get_delivery(delivery.id).unwrap().unwrap();
     assert_eq!(attempts.len(), 1);
@@ -123,7 +144,7 @@ async fn a_dreamclass_receiver_gets_the_same_envelope_signed_with_its_secret() {
 #[tokio::test]
 async fn a_loopwise_receiver_gets_the_body_byte_for_byte() {
     let receiver = Receiver::start().await;
-    let (gw, _clock) = start(
+    let (gw, _clock, mut d) = start(
         &subscription("lms", &receiver.url(), "events = [\"course.*\"]")
             .replace("events = [\"*\"]\n", ""),
     )
@@ -163,6 +184,7 @@ async fn a_loopwise_receiver_gets_the_body_byte_for_byte() {
         200
     );
 
+    assert_eq!(d.step().await, [Finished::Attempted]);
     let got = receiver.wait_for(1).await.remove(0);
     assert_eq!(got.body, body);
     let signature = hex::decode(header(&got, "loopwise-webhook-signature")).unwrap();
@@ -172,9 +194,9 @@ async fn a_loopwise_receiver_gets_the_body_byte_for_byte() {
         &signature
     ));
     assert!(standard_webhooks_verifies(&got, SUB_SECRET.as_bytes()));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(receiver.received().len(), 1);
+    // The payment made no delivery row, so nothing can ever send it.
     assert_eq!(deliveries(&gw.store, "lms").len(), 1);
+    assert_eq!(receiver.received().len(), 1);
     gw.stop().await;
 }
 
@@ -182,7 +204,7 @@ async fn a_loopwise_receiver_gets_the_body_byte_for_byte() {
 async fn a_failure_is_retried_on_schedule_with_the_same_webhook_id() {
     let receiver = Receiver::start().await;
     receiver.script([Reply::Status(500)]);
-    let (gw, clock) = start(&subscription("crm", &receiver.url(), "")).await;
+    let (gw, clock, mut d) = start(&subscription("crm", &receiver.url(), "")).await;
     assert_eq!(
         gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
             .await
@@ -190,10 +212,11 @@ async fn a_failure_is_retried_on_schedule_with_the_same_webhook_id() {
         200
     );
 
-    eventually("first attempt recorded", || {
-        only(&gw.store, "crm").attempts == 1
-    })
-    .await;
+    d.step().await;
+    assert!(
+        only(&gw.store, "crm").attempts == 1,
+        "first attempt recorded"
+    );
     let delivery = only(&gw.store, "crm");
     assert_eq!(delivery.state, DeliveryState::Pending);
     assert_eq!(delivery.last_error.as_deref(), Some("HTTP 500"));
@@ -203,14 +226,15 @@ async fn a_failure_is_retried_on_schedule_with_the_same_webhook_id() {
         "10 s with 10 % jitter, got {delay} ms"
     );
 
-    // Not due yet: nothing more is sent however long we wait in real time.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Not due yet: nothing is leased.
+    assert_eq!(d.step().await, []);
     assert_eq!(receiver.received().len(), 1);
     clock.advance(11_000);
-    eventually("delivered on the retry", || {
-        only(&gw.store, "crm").state == DeliveryState::Delivered
-    })
-    .await;
+    d.step().await;
+    assert!(
+        only(&gw.store, "crm").state == DeliveryState::Delivered,
+        "delivered on the retry"
+    );
     let got = receiver.received();
     assert_eq!(got.len(), 2);
     assert_eq!(header(&got[0], "webhook-id"), header(&got[1], "webhook-id"));
@@ -227,18 +251,20 @@ async fn timeouts_and_refused_connections_are_failed_attempts() {
     };
     let subs = subscription("slow", &receiver.url(), "timeout = \"200ms\"")
         + &subscription("gone-away", &format!("http://{closed}/hook"), "");
-    let (gw, _clock) = start(&subs).await;
+    let (gw, _clock, mut d) = start(&subs).await;
     assert_eq!(
         gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
             .await
             .status,
         200
     );
-    eventually("timeout recorded", || only(&gw.store, "slow").attempts == 1).await;
-    eventually("refusal recorded", || {
-        only(&gw.store, "gone-away").attempts == 1
-    })
-    .await;
+    d.step().await;
+    assert!(only(&gw.store, "slow").attempts == 1, "timeout recorded");
+    d.step().await;
+    assert!(
+        only(&gw.store, "gone-away").attempts == 1,
+        "refusal recorded"
+    );
     assert_eq!(
         only(&gw.store, "slow").last_error.as_deref(),
         Some("timed out")
@@ -252,17 +278,18 @@ async fn timeouts_and_refused_connections_are_failed_attempts() {
 async fn gone_pauses_the_subscription_until_it_is_resumed() {
     let receiver = Receiver::start().await;
     receiver.script([Reply::Status(410)]);
-    let (gw, _clock) = start(&subscription("crm", &receiver.url(), "")).await;
+    let (gw, _clock, mut d) = start(&subscription("crm", &receiver.url(), "")).await;
     assert_eq!(
         gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
             .await
             .status,
         200
     );
-    eventually("paused", || {
-        gw.store.get_subscription("crm").unwrap().unwrap().paused
-    })
-    .await;
+    d.step().await;
+    assert!(
+        gw.store.get_subscription("crm").unwrap().unwrap().paused,
+        "paused"
+    );
     let subscription = gw.store.get_subscription("crm").unwrap().unwrap();
     assert!(subscription.paused_reason.unwrap().contains("410"));
     assert_eq!(
@@ -271,17 +298,19 @@ async fn gone_pauses_the_subscription_until_it_is_resumed() {
             .status,
         200
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(receiver.received().len(), 1, "nothing is sent while paused");
+    assert_eq!(d.step().await, [], "nothing is leased while paused");
+    assert_eq!(receiver.received().len(), 1);
 
     gw.store.set_paused("crm", false, None).await.unwrap();
+    d.step().await;
     receiver.wait_for(3).await;
-    eventually("both delivered", || {
+    d.step().await;
+    assert!(
         deliveries(&gw.store, "crm")
             .iter()
-            .all(|d| d.state == DeliveryState::Delivered)
-    })
-    .await;
+            .all(|d| d.state == DeliveryState::Delivered),
+        "both delivered"
+    );
     gw.stop().await;
 }
 
@@ -289,17 +318,18 @@ async fn gone_pauses_the_subscription_until_it_is_resumed() {
 async fn retry_after_is_honoured() {
     let receiver = Receiver::start().await;
     receiver.script([Reply::StatusWithRetryAfter(429, 120)]);
-    let (gw, _clock) = start(&subscription("crm", &receiver.url(), "")).await;
+    let (gw, _clock, mut d) = start(&subscription("crm", &receiver.url(), "")).await;
     assert_eq!(
         gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
             .await
             .status,
         200
     );
-    eventually("throttled attempt recorded", || {
-        only(&gw.store, "crm").attempts == 1
-    })
-    .await;
+    d.step().await;
+    assert!(
+        only(&gw.store, "crm").attempts == 1,
+        "throttled attempt recorded"
+    );
     let delay = only(&gw.store, "crm").next_attempt_at_ms - START_MS;
     assert!(
         (120_000..=132_000).contains(&delay),
@@ -317,7 +347,7 @@ async fn after_the_last_retry_it_is_a_dead_letter_and_replay_delivers_it() {
         Reply::Status(500),
         Reply::Status(503),
     ]);
-    let (gw, clock) = start(&subscription("crm", &receiver.url(), "")).await;
+    let (gw, clock, mut d) = start(&subscription("crm", &receiver.url(), "")).await;
     assert_eq!(
         gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
             .await
@@ -325,16 +355,15 @@ async fn after_the_last_retry_it_is_a_dead_letter_and_replay_delivers_it() {
         200
     );
     for attempt in 1..=3 {
-        eventually("attempt recorded", || {
-            only(&gw.store, "crm").attempts == attempt
-        })
-        .await;
+        d.step().await;
+        assert!(
+            only(&gw.store, "crm").attempts == attempt,
+            "attempt recorded"
+        );
         clock.advance(15 * 60_000);
     }
-    eventually("dead", || {
-        only(&gw.store, "crm").state == DeliveryState::Dead
-    })
-    .await;
+    d.step().await;
+    assert!(only(&gw.store, "crm").state == DeliveryState::Dead, "dead");
     let dead = only(&gw.store, "crm");
     assert_eq!(dead.attempts, 4, "the first try and three retries");
     let (_, attempts) = gw.store.get_delivery(dead.id).unwrap().unwrap();
@@ -358,10 +387,11 @@ async fn after_the_last_retry_it_is_a_dead_letter_and_replay_delivers_it() {
         .await
         .unwrap();
     assert_eq!(replayed, 1);
-    eventually("delivered after replay", || {
-        only(&gw.store, "crm").state == DeliveryState::Delivered
-    })
-    .await;
+    d.step().await;
+    assert!(
+        only(&gw.store, "crm").state == DeliveryState::Delivered,
+        "delivered after replay"
+    );
     let got = receiver.received();
     assert_eq!(got.len(), 5);
     assert_eq!(
@@ -375,7 +405,7 @@ async fn after_the_last_retry_it_is_a_dead_letter_and_replay_delivers_it() {
 #[tokio::test]
 async fn backfill_gives_a_new_subscriber_the_history() {
     let receiver = Receiver::start().await;
-    let (gw, clock) = start("").await;
+    let (gw, clock, mut d) = start("").await;
     for n in 0..3 {
         assert_eq!(
             gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", n))
@@ -404,6 +434,7 @@ async fn backfill_gives_a_new_subscriber_the_history() {
         .await
         .unwrap();
     assert_eq!(added, 3, "quarantined events are not delivered");
+    d.step().await;
     receiver.wait_for(3).await;
     assert_eq!(
         gw.store
@@ -419,12 +450,11 @@ async fn backfill_gives_a_new_subscriber_the_history() {
 #[tokio::test]
 async fn a_slow_subscriber_does_not_delay_another() {
     let slow = Receiver::start().await;
-    slow.script((0..4).map(|_| Reply::Slow(Duration::from_secs(2))));
+    slow.script((0..4).map(|_| Reply::Held(200)));
     let fast = Receiver::start().await;
-    let subs = subscription("slow", &slow.url(), "max_in_flight = 2\ntimeout = \"5s\"")
+    let subs = subscription("slow", &slow.url(), "max_in_flight = 2")
         + &subscription("fast", &fast.url(), "");
-    let (gw, _clock) = start(&subs).await;
-    let started = std::time::Instant::now();
+    let (gw, _clock, mut d) = start(&subs).await;
     for n in 0..4 {
         assert_eq!(
             gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", n))
@@ -433,32 +463,33 @@ async fn a_slow_subscriber_does_not_delay_another() {
             200
         );
     }
+    assert_eq!(d.lease_and_start().await, 8);
+    // The slow receiver holds every request it gets; the fast one still gets all four.
     fast.wait_for(4).await;
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "fast took {:?}",
-        started.elapsed()
-    );
-    assert!(
-        slow.received().len() <= 2,
+    slow.wait_for(2).await;
+    assert_eq!(
+        slow.received().len(),
+        2,
         "max_in_flight bounds the slow one"
     );
+    slow.release(4);
+    assert_eq!(d.settle().await, [Finished::Attempted; 8]);
+    assert_eq!(slow.received().len(), 4);
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn duplicates_and_quarantined_events_create_no_delivery() {
     let receiver = Receiver::start().await;
-    let (gw, _clock) = start(&subscription("crm", &receiver.url(), "")).await;
+    let (gw, _clock, mut d) = start(&subscription("crm", &receiver.url(), "")).await;
     let event = dreamclass_sample("CLASS_CREATED", 1);
     for _ in 0..3 {
         assert_eq!(gw.post("/hooks/school", &event).await.status, 200);
     }
     let bad = dreamclass("CLASS_CREATED", json!({"id": 1, "name": 5}), "my-school");
     assert_eq!(gw.post("/hooks/school", &bad).await.status, 200);
-    receiver.wait_for(1).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(deliveries(&gw.store, "crm").len(), 1);
+    assert_eq!(d.step().await, [Finished::Attempted]);
     assert_eq!(receiver.received().len(), 1);
     gw.stop().await;
 }
@@ -470,10 +501,11 @@ async fn private_destinations_are_refused_unless_allowed() {
     let text = format!("{SOURCES}\n{}", subscription("crm", &receiver.url(), ""));
     let gw = Gateway::start_with_clock(
         "",
-        &format!("[delivery]\npoll_interval = \"10ms\"\n{text}"),
-        Arc::new(clock),
+        &format!("[delivery]\nenabled = false\n{text}"),
+        Arc::new(clock.clone()),
     )
     .await;
+    let mut d = dispatcher(&gw, &clock, false, 20);
     let named = format!("http://localhost:{}/webhook", receiver.addr.port());
     let mut spec = config_in(gw.dir.path(), "", &subscription("by-name", &named, ""))
         .subscriptions
@@ -486,10 +518,11 @@ async fn private_destinations_are_refused_unless_allowed() {
             .status,
         200
     );
-    eventually("refusals recorded", || {
-        only(&gw.store, "crm").attempts == 1 && only(&gw.store, "by-name").attempts == 1
-    })
-    .await;
+    d.step().await;
+    assert!(
+        only(&gw.store, "crm").attempts == 1 && only(&gw.store, "by-name").attempts == 1,
+        "refusals recorded"
+    );
     assert!(
         only(&gw.store, "crm")
             .last_error
@@ -510,8 +543,7 @@ async fn private_destinations_are_refused_unless_allowed() {
 async fn a_subscription_that_keeps_failing_is_held_then_tried_again() {
     let receiver = Receiver::start().await;
     receiver.script((0..10).map(|_| Reply::Status(500)));
-    let clock = ManualClock::at(START_MS);
-    let text = config(
+    let (gw, clock, _) = start(
         &subscription(
             "flaky",
             &receiver.url(),
@@ -519,17 +551,17 @@ async fn a_subscription_that_keeps_failing_is_held_then_tried_again() {
         )
         .replace("retry_schedule = [\"10s\", \"1m\", \"10m\"]\n", ""),
     )
-    .replace("[delivery]\n", "[delivery]\nhold_after_failures = 2\n");
-    let gw = Gateway::start_with_clock("", &text, Arc::new(clock.clone())).await;
+    .await;
+    let mut d = dispatcher(&gw, &clock, true, 2);
     assert_eq!(
         gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
             .await
             .status,
         200
     );
-    eventually("first failure", || only(&gw.store, "flaky").attempts == 1).await;
+    assert_eq!(d.step().await, [Finished::Attempted], "first failure");
     clock.advance(1_200);
-    eventually("second failure", || only(&gw.store, "flaky").attempts == 2).await;
+    assert_eq!(d.step().await, [Finished::Attempted], "second failure");
     let held = gw.store.get_subscription("flaky").unwrap().unwrap();
     assert_eq!(held.consecutive_failures, 2);
     assert_eq!(
@@ -538,15 +570,17 @@ async fn a_subscription_that_keeps_failing_is_held_then_tried_again() {
         "held one minute after the second failure"
     );
 
-    // The retry is due, but the subscription is on hold: nothing is sent.
+    // The retry is due, but the subscription is on hold: nothing is leased.
     clock.advance(1_200);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(d.step().await, []);
     assert_eq!(receiver.received().len(), 2);
     clock.advance(60_000);
-    eventually("tried again after the hold", || {
-        only(&gw.store, "flaky").attempts == 3
-    })
-    .await;
+    assert_eq!(
+        d.step().await,
+        [Finished::Attempted],
+        "tried again after the hold"
+    );
+    assert_eq!(only(&gw.store, "flaky").attempts, 3);
     gw.stop().await;
 }
 
@@ -557,17 +591,18 @@ async fn redirects_are_not_followed_and_response_bodies_are_bounded() {
         Reply::Body(302, String::new()),
         Reply::Body(200, "x".repeat(5000)),
     ]);
-    let (gw, clock) = start(&subscription("crm", &receiver.url(), "")).await;
+    let (gw, clock, mut d) = start(&subscription("crm", &receiver.url(), "")).await;
     assert_eq!(
         gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
             .await
             .status,
         200
     );
-    eventually("redirect recorded as a failure", || {
-        only(&gw.store, "crm").attempts == 1
-    })
-    .await;
+    d.step().await;
+    assert!(
+        only(&gw.store, "crm").attempts == 1,
+        "redirect recorded as a failure"
+    );
     assert_eq!(
         only(&gw.store, "crm").last_error.as_deref(),
         Some("HTTP 302")
@@ -578,10 +613,11 @@ async fn redirects_are_not_followed_and_response_bodies_are_bounded() {
         "the Location was not followed"
     );
     clock.advance(11_000);
-    eventually("delivered", || {
-        only(&gw.store, "crm").state == DeliveryState::Delivered
-    })
-    .await;
+    d.step().await;
+    assert!(
+        only(&gw.store, "crm").state == DeliveryState::Delivered,
+        "delivered"
+    );
     let (_, attempts) = gw
         .store
         .get_delivery(only(&gw.store, "crm").id)

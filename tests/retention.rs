@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use classhook::clock::ManualClock;
+use classhook::clock::{Clock, ManualClock};
 use classhook::server;
 use common::*;
 
@@ -65,4 +65,60 @@ async fn old_events_are_pruned_and_the_mirror_stays() {
         .unwrap();
     assert_eq!(classes.live, 2, "the mirror keeps both classes");
     running.stop().await;
+}
+
+#[tokio::test]
+async fn pruning_an_event_prunes_its_deliveries_and_their_attempts() {
+    let receiver = common::receiver::Receiver::start().await;
+    let clock = ManualClock::at(1_800_000_000_000);
+    let config = format!(
+        "[delivery]\nenabled = false\n{SOURCES}\n[[subscription]]\nname = \"crm\"\nurl = \"{}\"\nevents = [\"*\"]\n",
+        receiver.url()
+    );
+    let gw = Gateway::start_with_clock("", &config, Arc::new(clock.clone())).await;
+    let mut dispatcher = classhook::deliver::dispatcher::Dispatcher::new(
+        gw.store.clone(),
+        Arc::new(clock.clone()),
+        classhook::deliver::dispatcher::DispatchOptions {
+            allow_private_destinations: true,
+            hold_after_failures: 20,
+            poll_interval: Duration::from_millis(10),
+            lease_margin: Duration::from_secs(30),
+        },
+    );
+    let old = dreamclass_sample("CLASS_CREATED", 1);
+    assert_eq!(gw.post("/hooks/school", &old).await.status, 200);
+    assert_eq!(dispatcher.step().await.len(), 1);
+    clock.advance(2 * 86_400_000);
+    let fresh = dreamclass_sample("CLASS_CREATED", 2);
+    assert_eq!(gw.post("/hooks/school", &fresh).await.status, 200);
+
+    let pruned = gw
+        .store
+        .prune_events(clock.now_ms() - 86_400_000)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
+    let left = gw
+        .store
+        .list_deliveries(&classhook::store::DeliveryFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(left.len(), 1, "only the fresh event's delivery: {left:?}");
+    let db = rusqlite::Connection::open(gw.store.path()).unwrap();
+    let (deliveries, attempts): (i64, i64) = db
+        .query_row(
+            "SELECT (SELECT count(*) FROM deliveries), (SELECT count(*) FROM attempts)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (deliveries, attempts),
+        (1, 0),
+        "the old attempt went with it"
+    );
+    gw.stop().await;
 }
