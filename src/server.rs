@@ -42,6 +42,13 @@ pub enum StartError {
         "refusing to serve the API on {0} without a token: set [api] tokens (or tokens_env), or listen on a loopback address"
     )]
     OpenApiOnPublicAddress(SocketAddr),
+    /// The dispatcher builds its own `Sender::new(allow_private)` and cannot be handed
+    /// the proxy yet (`DispatchOptions` lives in the dispatcher, which is being
+    /// rewritten): rather than send directly when a proxy was asked for, refuse.
+    #[error(
+        "[delivery] proxy is set, but this build's dispatcher cannot send through it yet; remove it or set [delivery] enabled = false"
+    )]
+    ProxyNotWired,
 }
 
 /// A gateway serving in the background.
@@ -109,6 +116,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         store: store.clone(),
         clock: clock.clone(),
         tokens: config.api.tokens.clone(),
+        allow_private_destinations: config.delivery.allow_private_destinations,
     });
     let ops = Arc::new(Ops {
         store: store.clone(),
@@ -134,6 +142,9 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         .await?;
     let mut background = Vec::new();
     if config.delivery.enabled {
+        if config.delivery.proxy.is_some() {
+            return Err(StartError::ProxyNotWired);
+        }
         let options = DispatchOptions {
             allow_private_destinations: config.delivery.allow_private_destinations,
             hold_after_failures: config.delivery.hold_after_failures,

@@ -582,6 +582,7 @@ async fn served_operations(
         store: gw.store.clone(),
         clock: Arc::new(classhook::clock::SystemClock),
         tokens: Vec::new(),
+        allow_private_destinations: false,
     };
     let router = format!("{:?}", classhook::api::router(Arc::new(state)));
     let start = router

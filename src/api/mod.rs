@@ -33,6 +33,9 @@ pub struct ApiState {
     pub clock: Arc<dyn crate::clock::Clock>,
     /// Bearer tokens; empty: no token is asked for.
     pub tokens: Vec<Secret>,
+    /// `[delivery] allow_private_destinations`: without it, a subscription whose URL
+    /// is an internal address literal is refused (400).
+    pub allow_private_destinations: bool,
 }
 
 #[derive(OpenApi)]

@@ -156,11 +156,48 @@ impl Resolve for GuardedResolver {
     }
 }
 
+/// Resolves a URL's host name and checks every address it has (a literal is left to
+/// [`check_literal`]). For requests through a proxy, where the client itself only
+/// ever resolves the proxy: any internal address refuses the name, since the proxy
+/// may pick any of them.
+pub async fn check_host(url: &reqwest::Url, allow_private: bool) -> Result<(), String> {
+    let Some(url::Host::Domain(host)) = url.host() else {
+        return Ok(());
+    };
+    if allow_private {
+        return Ok(());
+    }
+    let found: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
+        .await
+        .map_err(|e| format!("{host} does not resolve: {e}"))?
+        .collect();
+    if found.is_empty() {
+        return Err(format!("{host} does not resolve"));
+    }
+    match found.iter().find(|a| !is_public(a.ip())) {
+        Some(internal) => Err(format!(
+            "{host} resolves to {}, a private or internal address, which is not allowed",
+            internal.ip()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Checks a URL whose host is an IP literal (the resolver never sees those).
 pub fn check_literal(url: &reqwest::Url, allow_private: bool) -> Result<(), String> {
     let ip = match url.host() {
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+        // RFC 6761: these names are loopback wherever they are looked up.
+        Some(url::Host::Domain(name))
+            if !allow_private
+                && (name.eq_ignore_ascii_case("localhost")
+                    || name.to_ascii_lowercase().ends_with(".localhost")) =>
+        {
+            return Err(format!(
+                "destination {name} is a loopback name, which is not allowed"
+            ));
+        }
         _ => return Ok(()),
     };
     if allow_private || is_public(ip) {
@@ -315,5 +352,16 @@ mod tests {
         assert!(check_literal(&url, true).is_ok());
         let named = reqwest::Url::parse("http://example.com/").unwrap();
         assert!(check_literal(&named, false).is_ok());
+        for internal in [
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://[::127.0.0.1]/",
+            "http://198.18.0.1/",
+            "http://localhost:8080/",
+            "http://api.LOCALHOST/",
+        ] {
+            let url = reqwest::Url::parse(internal).unwrap();
+            assert!(check_literal(&url, false).is_err(), "{internal}");
+            assert!(check_literal(&url, true).is_ok(), "{internal}");
+        }
     }
 }
