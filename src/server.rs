@@ -20,6 +20,7 @@ use crate::api::{self, ApiState};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::deliver::dispatcher::{DispatchOptions, Dispatcher};
+use crate::deliver::send::Sender;
 use crate::http::{self, ApiError, ServeOptions};
 use crate::ingest::{self, Ingest};
 use crate::metrics::Metrics;
@@ -42,6 +43,12 @@ pub enum StartError {
         "refusing to serve the API on {0} without a token: set [api] tokens (or tokens_env), or listen on a loopback address"
     )]
     OpenApiOnPublicAddress(SocketAddr),
+    /// The dispatcher builds its own `Sender::new(allow_private)` and cannot be handed
+    /// the proxy yet (`DispatchOptions` lives in the dispatcher, which is being
+    /// rewritten): rather than send directly when a proxy was asked for, refuse.
+    /// The proxy is never shown: it may carry credentials.
+    #[error("cannot use [delivery] proxy: {0}")]
+    Proxy(String),
 }
 
 /// A gateway serving in the background.
@@ -114,6 +121,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             .iter()
             .map(|s| (s.name.clone(), s.provider))
             .collect(),
+        allow_private_destinations: config.delivery.allow_private_destinations,
     });
     let ops = Arc::new(Ops {
         store: store.clone(),
@@ -139,13 +147,18 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         .await?;
     let mut background = Vec::new();
     if config.delivery.enabled {
+        let sender = Sender::with_proxy(
+            config.delivery.allow_private_destinations,
+            config.delivery.proxy.as_ref(),
+        )
+        .map_err(StartError::Proxy)?;
         let options = DispatchOptions {
             allow_private_destinations: config.delivery.allow_private_destinations,
             hold_after_failures: config.delivery.hold_after_failures,
             poll_interval: config.delivery.poll_interval,
             lease_margin: config.delivery.lease_margin,
         };
-        let dispatcher = Dispatcher::new(store.clone(), clock.clone(), options);
+        let dispatcher = Dispatcher::with_sender(store.clone(), clock.clone(), options, sender);
         background.push(tokio::spawn(dispatcher.run()));
     }
     if let Some(days) = config.retention.events_days {

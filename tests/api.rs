@@ -4,6 +4,11 @@
 mod common;
 
 use common::*;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use classhook::provider::ProviderKind;
+use classhook::provider::sample;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "api-test-token-0123456789";
@@ -380,9 +385,38 @@ async fn the_rejection_log_is_listed() {
     gw.stop().await;
 }
 
+/// Every operation of the live OpenAPI document answers its documented success status
+/// with a body of the documented shape, on a gateway holding real data; and the
+/// documented operations are exactly the ones the router serves.
 #[tokio::test]
 async fn the_openapi_document_covers_every_route() {
-    let gw = Gateway::start_with("", &with_api("")).await;
+    // Deliveries are queued but never sent: the subscription's host is never contacted.
+    let extra = "[delivery]\nenabled = false\n\n[[subscription]]\nname = \"crm\"\nurl = \"https://crm.example/hook\"\nevents = [\"*\"]\n";
+    let gw = Gateway::start_with("", &with_api(extra)).await;
+    send_all(
+        &gw,
+        &[
+            dreamclass_sample("CLASS_CREATED", 1),
+            dreamclass_sample("STUDENT_PERIOD_CREATED", 2),
+            dreamclass_sample("INVOICE_CREATED", 3),
+            dreamclass_sample("SOMETHING_NEW_HAPPENED", 4),
+        ],
+        "school",
+    )
+    .await;
+    send_all(
+        &gw,
+        &[loopwise("course.created", json!({"id": "c1"}))],
+        "courses",
+    )
+    .await;
+    assert_eq!(
+        gw.post_raw("/hooks/ghost", &[], b"{}".to_vec())
+            .await
+            .status,
+        404
+    );
+
     let doc: Value = gw
         .client
         .get(gw.url("/api/v1/openapi.json"))
@@ -393,37 +427,269 @@ async fn the_openapi_document_covers_every_route() {
         .await
         .unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
-    let paths: Vec<&str> = doc["paths"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    for expected in [
-        "/events",
-        "/events/{id}",
-        "/events/{id}/raw",
-        "/rejections",
-        "/entities",
-        "/entities/{kind}",
-        "/entities/{kind}/{id}",
-        "/entities/{kind}/{id}/history",
-        "/stats",
-    ] {
-        assert!(
-            paths.contains(&expected),
-            "{expected} missing from {paths:?}"
-        );
-        // And the documented route answers (with placeholders that exist or 404).
-        let path = expected.replace("{id}", "1").replace("{kind}", "class");
-        let (status, _) = get(&gw, &format!("/api/v1{path}")).await;
-        assert!(status == 200 || status == 404, "{path}: {status}");
-    }
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+
+    // Real placeholders: an event, a class entity, a delivery of the config
+    // subscription, and the API subscription created below by `POST /subscriptions`.
+    let (_, events) = get(&gw, "/api/v1/events?type=CLASS_CREATED").await;
+    let event_id = events["items"][0]["id"].to_string();
+    let (_, deliveries) = get(&gw, "/api/v1/deliveries?subscription=crm").await;
+    let delivery_id = deliveries["items"][0]["id"].to_string();
+    assert!(
+        event_id.parse::<i64>().is_ok() && delivery_id.parse::<i64>().is_ok(),
+        "no event or delivery to point at: {events} {deliveries}"
+    );
+    let entity_id =
+        sample::sample_data(ProviderKind::DreamClass, "CLASS_CREATED", 1)["id"].to_string();
+    let concrete = |path: &str| {
+        let id = if path.starts_with("/events/") {
+            &event_id
+        } else if path.starts_with("/deliveries/") {
+            &delivery_id
+        } else {
+            &entity_id
+        };
+        path.replace("{kind}", "class")
+            .replace("{name}", "made-by-test")
+            .replace("{id}", id)
+    };
+    let bodies: HashMap<(&str, &str), Value> = HashMap::from([
+        (
+            ("post", "/subscriptions"),
+            json!({"name": "made-by-test", "url": "https://made-by-test.example/hook", "events": ["CLASS_*"]}),
+        ),
+        (("patch", "/subscriptions/{name}"), json!({"events": ["*"]})),
+        (
+            ("post", "/subscriptions/{name}/replay"),
+            json!({"dead_only": false}),
+        ),
+        (("post", "/subscriptions/{name}/backfill"), json!({})),
+    ]);
+
+    // Documented operations, with creation first and deletion last so that every
+    // other operation on `{name}` finds the subscription.
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if HTTP_METHODS.contains(&method.as_str()) {
+                documented.push((method.clone(), path.clone()));
+            }
+        }
+    }
+    documented.sort_by_key(|(method, path)| match (method.as_str(), path.as_str()) {
+        ("post", "/subscriptions") => 0,
+        ("delete", _) => 2,
+        _ => 1,
+    });
+    assert!(documented.len() >= 20, "{documented:?}");
+
+    for (method, path) in &documented {
+        let operation = &doc["paths"][path][method];
+        let responses = operation["responses"].as_object().unwrap();
+        let success: Vec<&String> = responses.keys().filter(|s| s.starts_with('2')).collect();
+        assert_eq!(success.len(), 1, "{method} {path}: one success status");
+        let expected: u16 = success[0].parse().unwrap();
+        let url = gw.url(&format!("/api/v1{}", concrete(path)));
+        let mut request = gw
+            .client
+            .request(method.to_uppercase().parse().unwrap(), &url)
+            .bearer_auth(TOKEN);
+        if !operation["requestBody"].is_null() {
+            let body = bodies
+                .get(&(method.as_str(), path.as_str()))
+                .unwrap_or_else(|| panic!("{method} {path} takes a body: add one to the test"));
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, expected, "{method} {url}: {text}");
+        let content = &responses[success[0]]["content"];
+        let Some(json_schema) = content["application/json"]["schema"].as_object() else {
+            assert!(text.is_empty(), "{method} {path}: undocumented body {text}");
+            continue;
+        };
+        let body: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
+        assert_shape(
+            &doc,
+            &Value::Object(json_schema.clone()),
+            &body,
+            &format!("{method} {path}"),
+        );
+    }
+
+    // The router serves exactly the documented operations (and the document itself).
+    let served = served_operations(&gw, &concrete).await;
+    let mut expected: BTreeSet<(String, String)> = documented.into_iter().collect();
+    expected.insert(("get".into(), "/openapi.json".into()));
+    assert_eq!(served, expected, "routes served vs. documented");
+
+    // Outside /api/v1.
+    for (path, content_type) in [
+        ("/healthz", "application/json"),
+        ("/readyz", "application/json"),
+        ("/metrics", "application/openmetrics-text"),
+    ] {
+        let response = gw
+            .client
+            .get(gw.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let actual = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(actual.starts_with(content_type), "{path}: {actual}");
+        let text = response.text().await.unwrap();
+        match path {
+            "/healthz" => assert_eq!(
+                serde_json::from_str::<Value>(&text).unwrap()["status"],
+                "ok"
+            ),
+            "/readyz" => assert_eq!(
+                serde_json::from_str::<Value>(&text).unwrap()["status"],
+                "ready"
+            ),
+            _ => assert!(
+                text.contains("classhook_events_received_total") && text.ends_with("# EOF\n"),
+                "{text}"
+            ),
+        }
+    }
     gw.stop().await;
+}
+
+const HTTP_METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+/// Every (method, path) the `/api/v1` router registers. The paths come from the router
+/// itself (axum lists them in its `Debug` output; there is no other accessor), the
+/// methods from the live server: a request with a method no route has is answered 405
+/// with `Allow` listing the methods that path serves.
+async fn served_operations(
+    gw: &Gateway,
+    concrete: &dyn Fn(&str) -> String,
+) -> BTreeSet<(String, String)> {
+    let state = classhook::api::ApiState {
+        store: gw.store.clone(),
+        clock: Arc::new(classhook::clock::SystemClock),
+        tokens: Vec::new(),
+        sources: Vec::new(),
+        allow_private_destinations: false,
+    };
+    let router = format!("{:?}", classhook::api::router(Arc::new(state)));
+    let start = router
+        .find("paths: {")
+        .expect("axum's Debug lists the paths")
+        + 8;
+    let end = start + router[start..].find("\"}").unwrap() + 1;
+    let paths: Vec<&str> = router[start..end].split('"').skip(1).step_by(2).collect();
+    assert!(
+        paths.contains(&"/events/{id}"),
+        "paths not found in {router}"
+    );
+    let mut served = BTreeSet::new();
+    for path in paths {
+        let url = gw.url(&format!("/api/v1{}", concrete(path)));
+        let response = gw
+            .client
+            .request(reqwest::Method::from_bytes(b"PROBE").unwrap(), &url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{path}");
+        let allow = response.headers()["allow"].to_str().unwrap().to_owned();
+        for method in allow.split(',').map(str::trim).filter(|m| *m != "HEAD") {
+            served.insert((method.to_lowercase(), path.to_owned()));
+        }
+    }
+    served
+}
+
+/// `body` has the top-level shape of `schema`: an object has every required key and
+/// no key the schema does not declare; an array's items have the shape of its items.
+fn assert_shape(doc: &Value, schema: &Value, body: &Value, what: &str) {
+    let schema = flatten(doc, schema);
+    match schema["type"].as_str() {
+        Some("array") => {
+            let items = body
+                .as_array()
+                .unwrap_or_else(|| panic!("{what}: not an array: {body}"));
+            assert!(
+                !items.is_empty(),
+                "{what}: the data should give a non-empty list"
+            );
+            for item in items {
+                assert_shape(doc, &schema["items"], item, what);
+            }
+        }
+        Some("object") => {
+            let object = body
+                .as_object()
+                .unwrap_or_else(|| panic!("{what}: not an object: {body}"));
+            for key in schema["required"].as_array().into_iter().flatten() {
+                let key = key.as_str().unwrap();
+                assert!(
+                    object.contains_key(key),
+                    "{what}: `{key}` missing from {body}"
+                );
+            }
+            if let Some(declared) = schema["properties"].as_object()
+                && schema["additionalProperties"] != json!(true)
+            {
+                for key in object.keys() {
+                    assert!(
+                        declared.contains_key(key),
+                        "{what}: undocumented `{key}` in {body}"
+                    );
+                }
+            }
+        }
+        other => panic!("{what}: the test does not know schema type {other:?}: {schema}"),
+    }
+}
+
+/// The schema with `$ref`s followed and an `allOf` of objects merged into one object.
+fn flatten(doc: &Value, schema: &Value) -> Value {
+    let schema = resolve(doc, schema);
+    let Some(parts) = schema["allOf"].as_array() else {
+        return schema.clone();
+    };
+    let mut required = Vec::new();
+    let mut properties = serde_json::Map::new();
+    for part in parts {
+        let part = flatten(doc, part);
+        assert_eq!(part["type"], "object", "allOf of non-objects: {schema}");
+        required.extend(part["required"].as_array().cloned().unwrap_or_default());
+        if let Some(declared) = part["properties"].as_object() {
+            properties.extend(declared.clone());
+        }
+    }
+    json!({"type": "object", "required": required, "properties": properties})
+}
+
+/// Follows a `$ref` into `components`.
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(reference) => {
+            let pointer = reference.strip_prefix('#').expect("a local $ref");
+            resolve(
+                doc,
+                doc.pointer(pointer)
+                    .unwrap_or_else(|| panic!("{reference} not found")),
+            )
+        }
+        None => schema,
+    }
 }
 
 #[tokio::test]

@@ -22,7 +22,9 @@ const SUB_SECRET: &str = "subscriber-secret";
 
 /// Sources plus subscriptions to `url`, with delivery allowed to loopback.
 fn config(subscriptions: &str) -> String {
-    format!("[delivery]\nenabled = false\n\n{SOURCES}\n{subscriptions}")
+    format!(
+        "[delivery]\nenabled = false\nallow_private_destinations = true\n\n{SOURCES}\n{subscriptions}"
+    )
 }
 
 fn subscription(name: &str, url: &str, extra: &str) -> String {
@@ -423,7 +425,7 @@ async fn backfill_gives_a_new_subscriber_the_history() {
     let spec = config_in(
         gw.dir.path(),
         "",
-        &subscription("late", &receiver.url(), ""),
+        &config(&subscription("late", &receiver.url(), "")),
     )
     .subscriptions
     .remove(0);
@@ -501,15 +503,21 @@ async fn private_destinations_are_refused_unless_allowed() {
     let text = format!("{SOURCES}\n{}", subscription("crm", &receiver.url(), ""));
     let gw = Gateway::start_with_clock(
         "",
-        &format!("[delivery]\nenabled = false\n{text}"),
+        &format!("[delivery]\nenabled = false\nallow_private_destinations = true\n{text}"),
         Arc::new(clock.clone()),
     )
     .await;
+    // Declared with loopback allowed; sent by a dispatcher that refuses it: the guard
+    // at send time (after DNS resolution) is what is tested here.
     let mut d = dispatcher(&gw, &clock, false, 20);
     let named = format!("http://localhost:{}/webhook", receiver.addr.port());
-    let mut spec = config_in(gw.dir.path(), "", &subscription("by-name", &named, ""))
-        .subscriptions
-        .remove(0);
+    let mut spec = config_in(
+        gw.dir.path(),
+        "",
+        &config(&subscription("by-name", &named, "")),
+    )
+    .subscriptions
+    .remove(0);
     spec.events = vec!["CLASS_*".into()];
     gw.store.create_subscription(spec).await.unwrap();
     assert_eq!(

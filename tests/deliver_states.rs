@@ -34,7 +34,7 @@ struct Stepped {
 async fn stepped(subscriptions: &str) -> Stepped {
     let clock = ManualClock::at(START_MS);
     let config = format!(
-        "[api]\ntokens = [\"{TOKEN}\"]\n[delivery]\nenabled = false\n{SOURCES}\n{subscriptions}"
+        "[api]\ntokens = [\"{TOKEN}\"]\n[delivery]\nenabled = false\nallow_private_destinations = true\n{SOURCES}\n{subscriptions}"
     );
     let gw = Gateway::start_with_clock("", &config, Arc::new(clock.clone())).await;
     let dispatcher = Dispatcher::new(

@@ -72,7 +72,7 @@ async fn pruning_an_event_prunes_its_deliveries_and_their_attempts() {
     let receiver = common::receiver::Receiver::start().await;
     let clock = ManualClock::at(1_800_000_000_000);
     let config = format!(
-        "[delivery]\nenabled = false\n{SOURCES}\n[[subscription]]\nname = \"crm\"\nurl = \"{}\"\nevents = [\"*\"]\n",
+        "[delivery]\nenabled = false\nallow_private_destinations = true\n{SOURCES}\n[[subscription]]\nname = \"crm\"\nurl = \"{}\"\nevents = [\"*\"]\n",
         receiver.url()
     );
     let gw = Gateway::start_with_clock("", &config, Arc::new(clock.clone())).await;

@@ -36,6 +36,9 @@ pub struct ApiState {
     /// The configured sources and their platforms: they decide which platform's table
     /// an entity kind means (`mirror::kinds::platform_for_request`).
     pub sources: Vec<(String, crate::provider::ProviderKind)>,
+    /// `[delivery] allow_private_destinations`: without it, a subscription whose URL
+    /// is an internal address literal is refused (400).
+    pub allow_private_destinations: bool,
 }
 
 #[derive(OpenApi)]

@@ -17,6 +17,7 @@ use super::views::ErrorBody;
 use super::{ApiState, read, store_error};
 use crate::clock::format_ms;
 use crate::config::SecretEncoding;
+use crate::deliver::guard;
 use crate::deliver::send::key_bytes;
 use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec, parse_schedule};
 use crate::http::ApiError;
@@ -111,7 +112,7 @@ pub struct SubscriptionInput {
 }
 
 impl SubscriptionInput {
-    fn into_spec(self) -> Result<SubscriptionSpec, ApiError> {
+    fn into_spec(self, allow_private: bool) -> Result<SubscriptionSpec, ApiError> {
         let fields = SubscriptionFields {
             url: Some(self.url),
             events: Some(self.events),
@@ -124,7 +125,9 @@ impl SubscriptionInput {
             retry_schedule: self.retry_schedule,
             max_in_flight: self.max_in_flight,
         };
-        fields.apply(defaults(self.name)).map_err(bad_request)
+        fields
+            .apply(defaults(self.name), allow_private)
+            .map_err(bad_request)
     }
 }
 
@@ -155,7 +158,11 @@ pub struct SubscriptionFields {
 impl SubscriptionFields {
     /// Applies these fields over `spec` and checks the result; the error says what is
     /// wrong, for a 400.
-    fn apply(self, mut spec: SubscriptionSpec) -> Result<SubscriptionSpec, String> {
+    fn apply(
+        self,
+        mut spec: SubscriptionSpec,
+        allow_private: bool,
+    ) -> Result<SubscriptionSpec, String> {
         if let Some(url) = self.url {
             spec.url = url;
         }
@@ -192,6 +199,8 @@ impl SubscriptionFields {
             spec.max_in_flight = max;
         }
         spec.validate()?;
+        let url = reqwest::Url::parse(&spec.url).map_err(|e| format!("url: {e}"))?;
+        guard::check_literal(&url, allow_private).map_err(|m| format!("url: {m}"))?;
         key_bytes(&spec)?;
         Ok(spec)
     }
@@ -257,7 +266,7 @@ pub async fn create_subscription(
     State(state): State<Arc<ApiState>>,
     Json(input): Json<SubscriptionInput>,
 ) -> Result<Response, ApiError> {
-    let spec = input.into_spec()?;
+    let spec = input.into_spec(state.allow_private_destinations)?;
     let created = state
         .store
         .create_subscription(spec)
@@ -300,9 +309,10 @@ pub async fn update_subscription(
     Path(name): Path<String>,
     Json(fields): Json<SubscriptionFields>,
 ) -> Result<axum::Json<SubscriptionView>, ApiError> {
+    let allow_private = state.allow_private_destinations;
     let updated = state
         .store
-        .update_subscription(&name, move |current| fields.apply(current))
+        .update_subscription(&name, move |current| fields.apply(current, allow_private))
         .await
         .map_err(change_error)?;
     Ok(axum::Json(updated.into()))

@@ -1,7 +1,7 @@
 //! `CLASSHOOK_*` environment overrides, written into the parsed TOML table.
 //!
 //! - `CLASSHOOK_SERVER_<KEY>` sets `[server] <key>`, e.g. `CLASSHOOK_SERVER_LISTEN`
-//!   (`CLASSHOOK_SERVER_TRUSTED_PROXIES` is comma-separated); likewise `CLASSHOOK_API_TOKENS` (comma-separated) and `CLASSHOOK_RETENTION_<KEY>`.
+//!   (`CLASSHOOK_SERVER_TRUSTED_PROXIES` is comma-separated); likewise `CLASSHOOK_API_TOKENS` (comma-separated), `CLASSHOOK_RETENTION_<KEY>` and `CLASSHOOK_DELIVERY_<KEY>` (e.g. `CLASSHOOK_DELIVERY_PROXY`).
 //! - `CLASSHOOK_SOURCE_<NAME>_<KEY>` sets a key of the `[[source]]` called NAME, where
 //!   NAME is the source name upper-cased with every character other than a letter or
 //!   digit written as `_` (`demo-school` → `DEMO_SCHOOL`). Keys: `PROVIDER`, `SECRET`,
@@ -35,6 +35,7 @@ const DELIVERY_KEYS: &[&str] = &[
     "hold_after_failures",
     "poll_interval",
     "lease_margin",
+    "proxy",
 ];
 const SOURCE_KEYS: &[&str] = &[
     "basic_auth_password_env",

@@ -44,6 +44,8 @@ pub struct DeliveryConfig {
     pub hold_after_failures: u32,
     pub poll_interval: Duration,
     pub lease_margin: Duration,
+    /// `[delivery] proxy`, checked to be a usable proxy URL; may hold credentials.
+    pub proxy: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -78,6 +78,9 @@ pub struct RawDelivery {
     /// How long past its timeout a delivery stays leased to a worker that vanished.
     #[serde(with = "humantime_serde")]
     pub lease_margin: Duration,
+    /// An HTTP(S) proxy for deliveries; may hold credentials. Proxy environment
+    /// variables are never used.
+    pub proxy: Option<Secret>,
 }
 
 impl Default for RawDelivery {
@@ -88,6 +91,7 @@ impl Default for RawDelivery {
             hold_after_failures: 20,
             poll_interval: Duration::from_millis(500),
             lease_margin: Duration::from_secs(30),
+            proxy: None,
         }
     }
 }

@@ -129,9 +129,17 @@ pub(super) fn resolve(
             ));
         }
         subscriptions.push(
-            resolve_subscription(raw_subscription, lookup)
-                .map_err(|(field, m)| ConfigError::new(file, key(field), m))?,
+            resolve_subscription(
+                raw_subscription,
+                raw.delivery.allow_private_destinations,
+                lookup,
+            )
+            .map_err(|(field, m)| ConfigError::new(file, key(field), m))?,
         );
+    }
+    if let Some(proxy) = &raw.delivery.proxy {
+        crate::deliver::send::parse_proxy(proxy)
+            .map_err(|m| ConfigError::new(file, "delivery.proxy", m))?;
     }
     let delivery = DeliveryConfig {
         enabled: raw.delivery.enabled,
@@ -142,6 +150,7 @@ pub(super) fn resolve(
             .poll_interval
             .max(std::time::Duration::from_millis(10)),
         lease_margin: raw.delivery.lease_margin,
+        proxy: raw.delivery.proxy,
     };
     Ok(Config {
         file: file.to_path_buf(),
@@ -247,6 +256,7 @@ fn resolve_secret(
 
 fn resolve_subscription(
     raw: RawSubscription,
+    allow_private_destinations: bool,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<SubscriptionSpec, FieldError> {
     let secret = resolve_secret(raw.secret, raw.secret_env, lookup)?;
@@ -269,6 +279,13 @@ fn resolve_subscription(
         max_in_flight: raw.max_in_flight,
     };
     spec.validate().map_err(|m| ("(subscription)", m))?;
+    let url = reqwest::Url::parse(&spec.url).map_err(|e| ("url", e.to_string()))?;
+    crate::deliver::guard::check_literal(&url, allow_private_destinations).map_err(|m| {
+        (
+            "url",
+            format!("{m} (set [delivery] allow_private_destinations = true to allow it)"),
+        )
+    })?;
     crate::deliver::send::key_bytes(&spec).map_err(|m| ("secret", m))?;
     Ok(spec)
 }

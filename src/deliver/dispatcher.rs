@@ -69,9 +69,21 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// A dispatcher sending directly (no proxy).
     pub fn new(store: Store, clock: Arc<dyn Clock>, options: DispatchOptions) -> Dispatcher {
+        let sender = Sender::new(options.allow_private_destinations);
+        Dispatcher::with_sender(store, clock, options, sender)
+    }
+
+    /// A dispatcher sending through `sender` (e.g. one with a proxy).
+    pub fn with_sender(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        options: DispatchOptions,
+        sender: Sender,
+    ) -> Dispatcher {
         Dispatcher {
-            sender: Sender::new(options.allow_private_destinations),
+            sender,
             store,
             clock,
             options,

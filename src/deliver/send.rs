@@ -19,6 +19,7 @@ use super::subscription::SubscriptionSpec;
 use crate::config::SecretEncoding;
 use crate::crypto;
 use crate::provider::{ProviderKind, dreamclass, loopwise};
+use crate::secret::Secret;
 
 /// How much of a response body an attempt keeps.
 pub const RESPONSE_EXCERPT_BYTES: usize = 1024;
@@ -110,6 +111,9 @@ pub fn standard_signature(key: &[u8], webhook_id: &str, timestamp: i64, body: &[
 pub struct Sender {
     client: reqwest::Client,
     allow_private: bool,
+    /// Requests go through an explicitly configured proxy, so the client resolves only
+    /// the proxy's name and the target is checked by [`guard::check_host`] first.
+    proxied: bool,
 }
 
 /// An attempt's result, as recorded.
@@ -121,17 +125,36 @@ pub struct Attempted {
 }
 
 impl Sender {
+    /// A client that connects directly. Proxy environment variables (`HTTP_PROXY`,
+    /// `HTTPS_PROXY`, `ALL_PROXY`, …) are ignored: through a proxy, the guard would
+    /// only see the proxy's address, never the destination's.
     pub fn new(allow_private: bool) -> Sender {
-        let client = reqwest::Client::builder()
+        Sender::with_proxy(allow_private, None).expect("the HTTP client builds")
+    }
+
+    /// A client that sends through `proxy` (`http://[user:password@]host:port`, the
+    /// operator's explicit `[delivery] proxy`) when given, else directly. Through a
+    /// proxy every target is still resolved and checked before the request is made;
+    /// the proxy itself may be on a private address. The error never repeats the
+    /// proxy URL, which may hold credentials.
+    pub fn with_proxy(allow_private: bool, proxy: Option<&Secret>) -> Result<Sender, String> {
+        let builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(GuardedResolver { allow_private }))
-            .user_agent(USER_AGENT)
+            .user_agent(USER_AGENT);
+        let builder = match proxy {
+            Some(proxy) => builder.proxy(parse_proxy(proxy)?),
+            None => builder
+                .no_proxy()
+                .dns_resolver(Arc::new(GuardedResolver { allow_private })),
+        };
+        let client = builder
             .build()
-            .expect("the HTTP client builds");
-        Sender {
+            .map_err(|_| "the HTTP client cannot be built".to_string())?;
+        Ok(Sender {
             client,
             allow_private,
-        }
+            proxied: proxy.is_some(),
+        })
     }
 
     pub async fn send(
@@ -171,6 +194,11 @@ impl Sender {
             Err(e) => return failed(format!("bad url: {e}")),
         };
         if let Err(refused) = guard::check_literal(&url, self.allow_private) {
+            return failed(refused);
+        }
+        if self.proxied
+            && let Err(refused) = guard::check_host(&url, self.allow_private).await
+        {
             return failed(refused);
         }
         let mut builder = self.client.post(url).timeout(timeout).body(request.body);
@@ -215,6 +243,17 @@ impl Sender {
         };
         (outcome, excerpt)
     }
+}
+
+/// The proxy of `[delivery] proxy`: an `http://` or `https://` URL with a host.
+/// Errors describe the problem without repeating the value.
+pub fn parse_proxy(proxy: &Secret) -> Result<reqwest::Proxy, String> {
+    let url = reqwest::Url::parse(proxy.expose())
+        .map_err(|e| format!("is not a URL ({e}); expected http://[user:password@]host:port"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an http:// or https:// URL with a host".into());
+    }
+    reqwest::Proxy::all(url).map_err(|_| "is not a usable proxy URL".to_string())
 }
 
 /// A short, useful description of a transport error (its source chain).

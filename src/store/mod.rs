@@ -5,9 +5,31 @@
 //! - `append` returns only after the event is committed durably (a 200 means on disk);
 //! - one stored event per (source, dedupe key): the first delivery wins, a later copy
 //!   only counts (`times_seen`) when it is the same JSON value (spacing and key order
-//!   aside), and a different value under the same key is a
-//!   conflict kept in the rejection log, never a replacement;
+//!   aside), and a different value under the same key is a conflict kept in the
+//!   rejection log, never a replacement;
+//! - an event is written at most `MAX_COMMIT_LAG` (monotonic time) after `append`
+//!   was called, or not at all (its caller got a timeout): so receive time and
+//!   commit order never drift further apart than time windows allow for;
 //! - the rejection log is bounded.
+//!
+//! Operations that share a commit (appends, leases, attempt records) are isolated:
+//! one that fails is rolled back and answered alone; the others still commit.
+//!
+//! Deliveries:
+//! - a delivery row is created in the transaction that stores its event, with a
+//!   `webhook_id` unique across databases and instances, kept for every retry and
+//!   replay of that row;
+//! - a delivery is leased only while its subscription is neither paused nor held,
+//!   checked in the lease itself; each lease has a token;
+//! - an attempt is recorded only under the lease it was made under and only while
+//!   the delivery is pending: a delivery replayed, deleted or leased again meanwhile
+//!   ignores the late record, and a recorded success is never undone;
+//! - a replay never runs beside an attempt: a leased delivery is not replayed
+//!   (a conflict for one delivery, skipped in bulk);
+//! - `attempts` is the length of the attempt log; the retry schedule counts only the
+//!   attempts since the delivery was last queued (a 410 does not use up a retry);
+//! - deliveries and their attempts go when retention prunes their event;
+//! - a stored row this version cannot read is an error, never a default.
 
 mod sqlite;
 
