@@ -55,7 +55,11 @@ fn subscription_from_row(row: &Row<'_>) -> rusqlite::Result<Subscription> {
             events: list(3)?.ok_or_else(|| unreadable(3, "event list NULL".into()))?,
             sources: list(4)?,
             tenants: list(5)?,
-            basic_auth: username.map(|u| (u, Secret::new(password.unwrap_or_default()))),
+            basic_auth: match (username, password) {
+                (Some(u), Some(p)) => Some((u, Secret::new(p))),
+                (None, None) => None,
+                _ => return Err(unreadable(7, "Basic Auth without both parts".into())),
+            },
             secret: row.get::<_, Option<String>>(8)?.map(Secret::new),
             secret_encoding: match encoding.as_str() {
                 "utf8" => SecretEncoding::Utf8,

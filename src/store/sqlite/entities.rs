@@ -204,9 +204,18 @@ fn entity_from_row(
             }
         }
         None => {
+            // NULL is a bare tombstone; text that is not JSON is a corrupt row.
             let text: Option<String> = row.get(7)?;
-            text.and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or(Value::Null)
+            match text {
+                None => Value::Null,
+                Some(t) => serde_json::from_str(&t).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        7,
+                        rusqlite::types::Type::Text,
+                        format!("unreadable stored entity data: {e}").into(),
+                    )
+                })?,
+            }
         }
     };
     Ok(Entity {
