@@ -234,6 +234,7 @@ impl Ingest {
                 message: error.to_string(),
                 body: body[..body.len().min(REJECTION_BODY_PREFIX)].to_vec(),
                 body_len: body.len(),
+                body_sha256: (!body.is_empty()).then(|| crypto::sha256(body)),
                 remote_addr: Some(client.to_string()),
             });
         }

@@ -43,6 +43,7 @@ pub struct Metrics {
     commit_seconds: Histogram,
     commit_failures: Counter,
     mirror_rows: Family<KindLabels, Gauge>,
+    rejections_dropped: Counter,
 }
 
 impl Metrics {
@@ -90,7 +91,14 @@ impl Metrics {
             "Mirrored entities by kind, platform and state (live or deleted)",
             mirror_rows.clone(),
         );
+        let rejections_dropped = Counter::default();
+        registry.register(
+            "rejections_dropped",
+            "Refused requests left out of the rejection log because its buffer was full",
+            rejections_dropped.clone(),
+        );
         Arc::new(Metrics {
+            rejections_dropped,
             registry,
             events,
             rejections,
@@ -135,8 +143,14 @@ impl Metrics {
         self.ingest_seconds.observe(took.as_secs_f64());
     }
 
-    /// Renders the registry, after refreshing the mirror gauges from `counts`.
-    pub fn render(&self, counts: &[KindCount]) -> String {
+    /// Renders the registry, after refreshing the mirror gauges from `counts` and the
+    /// dropped-rejection count from the store's running total.
+    pub fn render(&self, counts: &[KindCount], rejections_dropped: u64) -> String {
+        let reported = self.rejections_dropped.get();
+        if rejections_dropped > reported {
+            self.rejections_dropped
+                .inc_by(rejections_dropped - reported);
+        }
         for count in counts {
             for (state, value) in [("live", count.live), ("deleted", count.deleted)] {
                 self.mirror_rows

@@ -244,7 +244,7 @@ async fn metrics(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Resp
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        ops.metrics.render(&counts),
+        ops.metrics.render(&counts, ops.store.dropped_rejections()),
     )
         .into_response())
 }

@@ -81,7 +81,7 @@ fn history(
     tenant: Option<&str>,
 ) -> Vec<(i64, String)> {
     store
-        .entity_history(kind, id, source, tenant)
+        .entity_history(kind, id, source, tenant, 10_000)
         .unwrap()
         .into_iter()
         .map(|e: EventSummary| (e.version_ms, e.mirror_effect.unwrap_or_default()))

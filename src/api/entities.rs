@@ -7,8 +7,10 @@ use axum::extract::State;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::extract::{Path, Query, bad_request, limit, next_cursor, parse_cursor};
-use super::views::{EntityHistory, EntityPage, EntityView, ErrorBody, KindView};
+use super::extract::{
+    MAX_PAGE_BYTES, Path, Query, bad_request, json_len, limit, page, parse_cursor,
+};
+use super::views::{EntityHistory, EntityPage, EntityView, ErrorBody, EventView, KindView};
 use super::{ApiState, read};
 use crate::http::ApiError;
 use crate::mirror::kinds::{platform_for_request, resolve};
@@ -177,11 +179,8 @@ pub async fn list_entities(
     };
     let page_size = filter.limit;
     let entities = read(&state, move |store| store.list_entities(&filter)).await?;
-    let next_cursor = next_cursor(&entities, page_size, |e| e.position);
-    Ok(Json(EntityPage {
-        items: entities.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    let (items, next_cursor) = page(entities, page_size, |e| e.position, Into::into);
+    Ok(Json(EntityPage { items, next_cursor }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -238,7 +237,12 @@ pub async fn get_entity(
     Ok(Json(find_one(&state, kind, id, key).await?.into()))
 }
 
-/// An entity and every event that touched it, in version order, with what each did.
+/// The most events a history shows (the newest ones).
+const MAX_HISTORY: usize = 1000;
+
+/// An entity and every event that touched it, in version order, with what each did
+/// (the newest 1,000, and at most about 4 MiB of them; `truncated` says when older
+/// ones were left out: list them with `/events`).
 #[utoipa::path(get, path = "/entities/{kind}/{id}/history", tag = "entities",
     params(("kind" = String, Path, description = "The entity kind"), ("id" = String, Path, description = "The entity's id"), EntityKey),
     responses(
@@ -259,12 +263,30 @@ pub async fn entity_history(
         entity.source.clone(),
         entity.tenant.clone(),
     );
-    let events = read(&state, move |store| {
-        store.entity_history(&kind, &id, &source, tenant.as_deref())
+    let mut events = read(&state, move |store| {
+        store.entity_history(&kind, &id, &source, tenant.as_deref(), MAX_HISTORY + 1)
     })
     .await?;
+    let mut truncated = events.len() > MAX_HISTORY;
+    if truncated {
+        events.remove(0);
+    }
+    // Keep the newest events that fit the byte budget.
+    let mut views: Vec<EventView> = Vec::with_capacity(events.len());
+    let mut bytes = 0;
+    for event in events.into_iter().rev() {
+        let view = EventView::from(event);
+        bytes += json_len(&view);
+        if bytes > MAX_PAGE_BYTES && !views.is_empty() {
+            truncated = true;
+            break;
+        }
+        views.push(view);
+    }
+    views.reverse();
     Ok(Json(EntityHistory {
         entity: entity.into(),
-        events: events.into_iter().map(Into::into).collect(),
+        events: views,
+        truncated,
     }))
 }

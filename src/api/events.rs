@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::extract::{Path, Query, limit, next_cursor, parse_cursor, parse_time};
+use super::extract::{Path, Query, limit, page, parse_cursor, parse_time};
 use super::views::{ErrorBody, EventDetail, EventPage, RejectionPage};
 use super::{ApiState, read};
 use crate::event::EventStatus;
@@ -85,11 +85,8 @@ pub async fn list_events(
     };
     let page_size = filter.limit;
     let events = read(&state, move |store| store.list_events(&filter)).await?;
-    let next_cursor = next_cursor(&events, page_size, |e| e.seq);
-    Ok(Json(EventPage {
-        items: events.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    let (items, next_cursor) = page(events, page_size, |e| e.seq, Into::into);
+    Ok(Json(EventPage { items, next_cursor }))
 }
 
 async fn find(state: &Arc<ApiState>, id: i64) -> Result<crate::store::StoredEvent, ApiError> {
@@ -164,9 +161,6 @@ pub async fn list_rejections(
     };
     let page_size = filter.limit;
     let rejections = read(&state, move |store| store.find_rejections(&filter)).await?;
-    let next_cursor = next_cursor(&rejections, page_size, |r| r.id);
-    Ok(Json(RejectionPage {
-        items: rejections.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    let (items, next_cursor) = page(rejections, page_size, |r| r.id, Into::into);
+    Ok(Json(RejectionPage { items, next_cursor }))
 }

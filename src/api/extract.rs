@@ -4,6 +4,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::http::ApiError;
@@ -81,11 +82,55 @@ pub fn parse_cursor(value: Option<&str>) -> Result<Option<i64>, ApiError> {
         .transpose()
 }
 
-/// The cursor for the page after `items`, if the page was full.
-pub fn next_cursor<T>(items: &[T], limit: usize, position: impl Fn(&T) -> i64) -> Option<String> {
-    (items.len() == limit)
-        .then(|| items.last().map(|item| position(item).to_string()))
-        .flatten()
+/// The most bytes of items one list response carries: a page ends early when its
+/// items would exceed it (there is always at least one), and `next_cursor` goes on
+/// from there. Rows can be large (an entity's data, a rejected body's prefix), so
+/// `limit` alone does not bound a response.
+pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Turns stored rows into a page of views: at most `limit` rows (the store read
+/// that many) and at most [`MAX_PAGE_BYTES`] of JSON, with the cursor for the next
+/// page when this one is full by either measure.
+pub fn page<T, V: Serialize>(
+    rows: Vec<T>,
+    limit: usize,
+    position: impl Fn(&T) -> i64,
+    view: impl Fn(T) -> V,
+) -> (Vec<V>, Option<String>) {
+    let mut items = Vec::with_capacity(rows.len());
+    let mut bytes = 0;
+    let mut last = None;
+    let full_by_count = rows.len() == limit;
+    for row in rows {
+        let at = position(&row);
+        let item = view(row);
+        bytes += json_len(&item);
+        if bytes > MAX_PAGE_BYTES && !items.is_empty() {
+            return (items, last.map(|p: i64| p.to_string()));
+        }
+        items.push(item);
+        last = Some(at);
+    }
+    (
+        items,
+        full_by_count.then(|| last.map(|p| p.to_string())).flatten(),
+    )
+}
+
+/// The length of a value's JSON, without building it.
+pub fn json_len<V: Serialize>(value: &V) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).map_or(usize::MAX, |()| count.0)
 }
 
 /// `axum::Json` with a JSON 400 on a malformed body.

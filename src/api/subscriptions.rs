@@ -10,9 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{
-    Json, Path, Query, bad_request, limit, next_cursor, parse_cursor, parse_time,
-};
+use super::extract::{Json, Path, Query, bad_request, limit, page, parse_cursor, parse_time};
 use super::views::ErrorBody;
 use super::{ApiState, read, store_error};
 use crate::clock::format_ms;
@@ -574,11 +572,8 @@ pub async fn list_deliveries(
     };
     let page_size = filter.limit;
     let deliveries = read(&state, move |store| store.list_deliveries(&filter)).await?;
-    let next_cursor = next_cursor(&deliveries, page_size, |d| d.id);
-    Ok(axum::Json(DeliveryPage {
-        items: deliveries.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    let (items, next_cursor) = page(deliveries, page_size, |d| d.id, Into::into);
+    Ok(axum::Json(DeliveryPage { items, next_cursor }))
 }
 
 /// One delivery with every attempt.

@@ -131,11 +131,15 @@ pub struct RejectionView {
     pub reason: String,
     pub status: u16,
     pub message: String,
-    /// The first bytes of the body (all of it for an id conflict), as text.
+    /// The first bytes of the body (at most 2 KiB), as text.
     pub body_preview: String,
     /// Base64 of the same bytes, for bodies that are not text.
     pub body_base64: String,
+    /// The whole body's length in bytes.
     pub body_len: usize,
+    /// Hex SHA-256 of the whole body (absent when no body was read, and for entries
+    /// logged before this was kept).
+    pub body_sha256: Option<String>,
     pub remote_addr: Option<String>,
 }
 
@@ -151,6 +155,7 @@ impl From<Rejection> for RejectionView {
             body_preview: String::from_utf8_lossy(&r.body).into_owned(),
             body_base64: base64::engine::general_purpose::STANDARD.encode(&r.body),
             body_len: r.body_len,
+            body_sha256: r.body_sha256.map(hex::encode),
             remote_addr: r.remote_addr,
         }
     }
@@ -205,6 +210,8 @@ pub struct EntityPage {
 pub struct EntityHistory {
     pub entity: EntityView,
     pub events: Vec<EventView>,
+    /// Older events were left out (more than 1,000, or more than ~4 MiB).
+    pub truncated: bool,
 }
 
 /// A kind present in the mirror, for one platform.

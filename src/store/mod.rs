@@ -109,9 +109,11 @@ pub struct NewRejection {
     pub reason: String,
     pub status: u16,
     pub message: String,
-    /// The first bytes of the body (all of it for an id conflict).
+    /// The first bytes of the body (at most [`REJECTION_BODY_PREFIX`] are kept).
     pub body: Vec<u8>,
+    /// The length and SHA-256 of the whole body (`None`: no body was read).
     pub body_len: usize,
+    pub body_sha256: Option<[u8; 32]>,
     pub remote_addr: Option<String>,
 }
 
@@ -129,6 +131,7 @@ pub struct Rejection {
     pub message: String,
     pub body: Vec<u8>,
     pub body_len: usize,
+    pub body_sha256: Option<Vec<u8>>,
     pub remote_addr: Option<String>,
 }
 

@@ -225,6 +225,12 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX mirror_user_email ON mirror_user (email);
     ",
+    // 7: the rejection log keeps a bounded prefix of every body plus the SHA-256 of the
+    // whole body (conflicts used to keep whole bodies: cut them to the prefix).
+    "
+    ALTER TABLE rejections ADD COLUMN body_sha256 BLOB;
+    UPDATE rejections SET body = substr(body, 1, 2048) WHERE length(body) > 2048;
+    ",
 ];
 
 /// Brings the database up to the newest schema, in one transaction per step.

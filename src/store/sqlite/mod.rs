@@ -9,11 +9,11 @@ mod maintenance;
 mod migrations;
 mod mirror;
 mod read;
+mod rejections;
 mod timeline;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -86,7 +86,8 @@ struct Inner {
     /// `None` for a read-only handle (the CLI's `events`).
     queue: Option<mpsc::Sender<WriteOp>>,
     readers: Mutex<Vec<Connection>>,
-    dropped_rejections: AtomicU64,
+    /// Rejections waiting for the writer (their own path, see `rejections`).
+    rejections: Arc<rejections::RejectionQueue>,
     /// The subscriptions the writer matches stored events against (the outbox).
     matchers: Arc<RwLock<Vec<Subscription>>>,
     /// Woken after a commit that queued deliveries.
@@ -112,13 +113,17 @@ impl SqliteStore {
         let (sender, receiver) = mpsc::channel(options.queue_capacity);
         let max_batch = options.max_batch;
         let observer = options.observer.clone();
-        let outbox = writer::Outbox {
-            matchers: matchers.clone(),
-            notify: deliveries_queued.clone(),
+        let rejections = Arc::new(rejections::RejectionQueue::default());
+        let shared = writer::Shared {
+            outbox: writer::Outbox {
+                matchers: matchers.clone(),
+                notify: deliveries_queued.clone(),
+            },
+            rejections: rejections.clone(),
         };
         std::thread::Builder::new()
             .name("classhook-writer".into())
-            .spawn(move || writer::run(conn, dedupe, receiver, max_batch, observer, outbox))
+            .spawn(move || writer::run(conn, dedupe, receiver, max_batch, observer, shared))
             .map_err(|source| StoreError::DataDir {
                 path: data_dir.to_path_buf(),
                 source,
@@ -129,6 +134,7 @@ impl SqliteStore {
             Some(sender),
             matchers,
             deliveries_queued,
+            rejections,
         ))
     }
 
@@ -147,6 +153,7 @@ impl SqliteStore {
             None,
             Arc::default(),
             Arc::default(),
+            Arc::default(),
         );
         drop(store.reader()?);
         Ok(store)
@@ -158,6 +165,7 @@ impl SqliteStore {
         queue: Option<mpsc::Sender<WriteOp>>,
         matchers: Arc<RwLock<Vec<Subscription>>>,
         deliveries_queued: Arc<Notify>,
+        rejections: Arc<rejections::RejectionQueue>,
     ) -> Self {
         SqliteStore {
             inner: Arc::new(Inner {
@@ -165,7 +173,7 @@ impl SqliteStore {
                 options,
                 queue,
                 readers: Mutex::new(Vec::new()),
-                dropped_rejections: AtomicU64::new(0),
+                rejections,
                 matchers,
                 deliveries_queued,
             }),
@@ -231,18 +239,19 @@ impl SqliteStore {
             .map_err(|_| StoreError::Timeout(timeout))?
     }
 
-    /// Adds to the rejection log without waiting. Under a flood the log drops entries
-    /// (counted) rather than slowing ingest down.
+    /// Adds to the rejection log without waiting, through its own bounded buffer (see
+    /// `rejections`). Under a flood the log drops entries (counted) rather than
+    /// slowing ingest down.
     pub fn record_rejection(&self, rejection: NewRejection) {
-        let queued = self
-            .inner
-            .queue
-            .as_ref()
-            .is_some_and(|q| q.try_send(WriteOp::Reject(Box::new(rejection))).is_ok());
-        if !queued {
-            self.inner
-                .dropped_rejections
-                .fetch_add(1, Ordering::Relaxed);
+        let Some(queue) = self.inner.queue.as_ref() else {
+            self.inner.rejections.count_dropped(1);
+            return;
+        };
+        if self.inner.rejections.push(rejection)
+            && queue.try_send(WriteOp::RejectionsWaiting).is_err()
+        {
+            // The writer is saturated; it takes waiting rejections with every batch.
+            self.inner.rejections.wake_failed();
         }
     }
 
@@ -254,9 +263,9 @@ impl SqliteStore {
             .map_or(0, |q| q.max_capacity() - q.capacity())
     }
 
-    /// Rejections not logged because the writer was saturated.
+    /// Rejections not logged because their buffer was full (or their batch failed).
     pub fn dropped_rejections(&self) -> u64 {
-        self.inner.dropped_rejections.load(Ordering::Relaxed)
+        self.inner.rejections.dropped()
     }
 
     /// Runs `f` on a pooled read connection.

@@ -79,6 +79,7 @@ impl SqliteStore {
         id: &str,
         source: &str,
         tenant: Option<&str>,
+        newest: usize,
     ) -> Result<Vec<EventSummary>, StoreError> {
         let mut c = Conditions::default();
         c.add("entity_kind = ?", kind.to_string());
@@ -88,8 +89,10 @@ impl SqliteStore {
             Some(tenant) => c.add("tenant = ?", tenant.to_string()),
             None => c.push_raw("tenant IS NULL"),
         }
+        // The newest `newest` events, returned in version order.
         let sql = format!(
-            "SELECT {SUMMARY_COLUMNS} FROM events {} ORDER BY version_ms, seq",
+            "SELECT * FROM (SELECT {SUMMARY_COLUMNS} FROM events {} ORDER BY version_ms DESC, seq DESC
+                 LIMIT {newest}) ORDER BY version_ms, seq",
             c.sql()
         );
         self.query_summaries(&sql, c.args)
@@ -203,7 +206,8 @@ impl SqliteStore {
         c.add_opt("reason = ?", filter.reason.as_ref());
         c.add_opt("id < ?", filter.before_id.as_ref());
         let sql = format!(
-            "SELECT id, at_ms, source, reason, status, message, body, body_len, remote_addr
+            "SELECT id, at_ms, source, reason, status, message, body, body_len, remote_addr,
+                 body_sha256
              FROM rejections {} ORDER BY id DESC LIMIT {}",
             c.sql(),
             filter.limit.max(1)
@@ -221,6 +225,7 @@ impl SqliteStore {
                     body: row.get(6)?,
                     body_len: row.get::<_, i64>(7)? as usize,
                     remote_addr: row.get(8)?,
+                    body_sha256: row.get(9)?,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)

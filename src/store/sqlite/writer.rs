@@ -10,13 +10,14 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::dedupe::{DedupeIndex, DedupeKey};
 use super::delivery::AttemptResult;
+use super::rejections::RejectionQueue;
 use super::timeline::MAX_COMMIT_LAG;
 use super::{delivery, mirror};
 use crate::canonical;
 use crate::deliver::subscription::Subscription;
 use crate::event::{EventStatus, NewEvent};
 use crate::mirror::Effect;
-use crate::store::{AppendOutcome, Claimed, NewRejection, StoreError};
+use crate::store::{AppendOutcome, Claimed, NewRejection, REJECTION_BODY_PREFIX, StoreError};
 
 /// How many rejections the log keeps; older ones are pruned.
 pub const REJECTION_LOG_CAPACITY: i64 = 10_000;
@@ -29,7 +30,8 @@ pub enum WriteOp {
         Instant,
         oneshot::Sender<Result<AppendOutcome, StoreError>>,
     ),
-    Reject(Box<NewRejection>),
+    /// Rejections are waiting in the [`RejectionQueue`]: write some.
+    RejectionsWaiting,
     /// Leases due deliveries (subscription, capacity, lease end) at a time, in the
     /// same group commit as ingest and attempt records.
     Claim(
@@ -62,6 +64,12 @@ pub struct Outbox {
     pub notify: Arc<Notify>,
 }
 
+/// What the writer shares with the store handles besides its queue.
+pub struct Shared {
+    pub outbox: Outbox,
+    pub rejections: Arc<RejectionQueue>,
+}
+
 /// Runs until every sender is dropped.
 pub fn run(
     mut conn: Connection,
@@ -69,26 +77,42 @@ pub fn run(
     mut queue: mpsc::Receiver<WriteOp>,
     max_batch: usize,
     observer: Option<Arc<dyn CommitObserver>>,
-    outbox: Outbox,
+    shared: Shared,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
-    while let Some(first) = queue.blocking_recv() {
-        let mut job = None;
-        let mut next = Some(first);
-        while let Some(op) = next.take() {
-            if let WriteOp::Job(work) = op {
-                job = Some(work);
-                break;
+    loop {
+        // Waiting rejections are work too: do not sleep while some are left.
+        let first = if shared.rejections.is_empty() {
+            match queue.blocking_recv() {
+                Some(op) => Some(op),
+                None => break,
             }
-            batch.push(op);
+        } else {
+            queue.try_recv().ok()
+        };
+        let mut job = None;
+        let mut next = first;
+        while let Some(op) = next.take() {
+            match op {
+                WriteOp::Job(work) => {
+                    job = Some(work);
+                    break;
+                }
+                WriteOp::RejectionsWaiting => shared.rejections.woken(),
+                op => batch.push(op),
+            }
             if batch.len() < max_batch {
                 next = queue.try_recv().ok();
             }
         }
-        if !batch.is_empty() {
+        let rejections = shared.rejections.take();
+        if !batch.is_empty() || !rejections.is_empty() {
             let started = Instant::now();
-            let operations = batch.len();
-            let ok = commit_batch(&mut conn, &mut dedupe, &mut batch, &outbox);
+            let operations = batch.len() + rejections.len();
+            let ok = commit_batch(&mut conn, &mut dedupe, &mut batch, &rejections, &shared);
+            if !ok {
+                shared.rejections.count_dropped(rejections.len() as u64);
+            }
             if let Some(observer) = &observer {
                 observer.batch_committed(operations, started.elapsed(), ok);
             }
@@ -123,19 +147,35 @@ fn commit_batch(
     conn: &mut Connection,
     dedupe: &mut DedupeIndex,
     batch: &mut Vec<WriteOp>,
-    outbox: &Outbox,
+    rejections: &[NewRejection],
+    shared: &Shared,
 ) -> bool {
+    let outbox = &shared.outbox;
     // Subscription changes run as jobs on this same thread, so this read lock is
     // never contended.
     let subscriptions = outbox
         .matchers
         .read()
         .expect("matcher lock is never poisoned");
-    let mut written = write_batch(conn, dedupe, batch, &subscriptions, Isolation::None);
+    let mut written = write_batch(
+        conn,
+        dedupe,
+        batch,
+        rejections,
+        &subscriptions,
+        Isolation::None,
+    );
     if let Err(error) = &written {
         dedupe.rolled_back();
         tracing::warn!(%error, operations = batch.len(), "a batch failed; writing it again with each operation isolated");
-        written = write_batch(conn, dedupe, batch, &subscriptions, Isolation::PerOperation);
+        written = write_batch(
+            conn,
+            dedupe,
+            batch,
+            rejections,
+            &subscriptions,
+            Isolation::PerOperation,
+        );
     }
     match written {
         Ok((outcomes, queued)) => {
@@ -190,7 +230,7 @@ impl WriteOp {
     fn name(&self) -> &'static str {
         match self {
             WriteOp::Append(..) => "append",
-            WriteOp::Reject(_) => "rejection",
+            WriteOp::RejectionsWaiting => "rejection log",
             WriteOp::Claim(..) => "lease",
             WriteOp::Record(..) => "attempt record",
             WriteOp::Release(..) => "lease release",
@@ -214,7 +254,7 @@ impl WriteOp {
             WriteOp::Release(_, reply) => {
                 let _ = reply.send(Err(error()));
             }
-            WriteOp::Reject(_) | WriteOp::Job(_) => {}
+            WriteOp::RejectionsWaiting | WriteOp::Job(_) => {}
         }
     }
 }
@@ -233,12 +273,26 @@ fn write_batch(
     conn: &mut Connection,
     dedupe: &mut DedupeIndex,
     batch: &[WriteOp],
+    rejections: &[NewRejection],
     subscriptions: &[Subscription],
     isolation: Isolation,
 ) -> rusqlite::Result<(Vec<Done>, usize)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(batch.len());
-    let mut rejected = false;
+    // The rejection log is best effort: a row it cannot write is dropped (counted),
+    // never a reason to fail the events beside it.
+    let mut rejected = !rejections.is_empty();
+    for rejection in rejections {
+        if isolation == Isolation::PerOperation {
+            tx.execute_batch("SAVEPOINT rejection")?;
+            if insert_rejection(&tx, rejection).is_err() {
+                tx.execute_batch("ROLLBACK TO rejection")?;
+            }
+            tx.execute_batch("RELEASE rejection")?;
+        } else {
+            insert_rejection(&tx, rejection)?;
+        }
+    }
     let mut queued = 0;
     let mut appended = 0;
     for op in batch {
@@ -263,13 +317,9 @@ fn write_batch(
             dedupe.stored(key, seq);
         }
         queued += deliveries;
-        match (&done, op) {
-            (Done::Appended(outcome), _) => {
-                appended += 1;
-                rejected |= matches!(outcome, AppendOutcome::Conflict { .. });
-            }
-            (Done::Nothing, WriteOp::Reject(_)) => rejected = true,
-            _ => {}
+        if let Done::Appended(outcome) = &done {
+            appended += 1;
+            rejected |= matches!(outcome, AppendOutcome::Conflict { .. });
         }
         outcomes.push(done);
     }
@@ -307,10 +357,7 @@ fn write_one(
             }
             (Done::Appended(outcome), stored, queued)
         }
-        WriteOp::Reject(rejection) => {
-            insert_rejection(tx, rejection)?;
-            (Done::Nothing, None, 0)
-        }
+        WriteOp::RejectionsWaiting => (Done::Nothing, None, 0),
         WriteOp::Claim(capacities, now_ms, _) => (
             Done::Claimed(delivery::claim(tx, capacities, *now_ms)?),
             None,
@@ -435,8 +482,9 @@ fn record_copy(
                 "event {} was already stored (seq {seq}) with different content; the first body is kept",
                 event.event_id.as_deref().unwrap_or(&event.dedupe_key)
             ),
-            body: event.body.to_vec(),
+            body: event.body[..event.body.len().min(REJECTION_BODY_PREFIX)].to_vec(),
             body_len: event.body.len(),
+            body_sha256: Some(event.body_sha256),
             remote_addr: event.remote_addr.clone(),
         },
     )?;
@@ -456,8 +504,9 @@ pub fn record_effect(
 
 fn insert_rejection(tx: &rusqlite::Transaction<'_>, r: &NewRejection) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "INSERT INTO rejections (at_ms, source, reason, status, message, body, body_len, remote_addr)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO rejections (at_ms, source, reason, status, message, body, body_len,
+             remote_addr, body_sha256)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         r.at_ms,
@@ -465,9 +514,10 @@ fn insert_rejection(tx: &rusqlite::Transaction<'_>, r: &NewRejection) -> rusqlit
         r.reason,
         r.status,
         r.message,
-        r.body,
+        &r.body[..r.body.len().min(REJECTION_BODY_PREFIX)],
         r.body_len as i64,
         r.remote_addr,
+        r.body_sha256.as_ref().map(|h| &h[..]),
     ])?;
     Ok(())
 }
