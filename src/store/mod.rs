@@ -97,6 +97,10 @@ pub enum StoreError {
     /// A change refused because its result would be invalid.
     #[error("{0}")]
     Invalid(String),
+    /// The store cannot safely take writes (its file was removed or replaced, the
+    /// disk is full, the database is read-only).
+    #[error("{0}")]
+    NotReady(String),
 }
 
 /// One request refused by ingest, for the rejection log. Never holds a secret or the

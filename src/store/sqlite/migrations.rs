@@ -231,6 +231,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE rejections ADD COLUMN body_sha256 BLOB;
     UPDATE rejections SET body = substr(body, 1, 2048) WHERE length(body) > 2048;
     ",
+    // 8: one row that readiness probes write, so that ready means a write reached
+    // the disk.
+    "
+    CREATE TABLE readiness (
+        id           INTEGER PRIMARY KEY CHECK (id = 1),
+        probed_at_ms INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// Brings the database up to the newest schema, in one transaction per step.

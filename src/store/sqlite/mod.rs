@@ -5,6 +5,7 @@
 mod dedupe;
 mod delivery;
 mod entities;
+mod health;
 mod maintenance;
 mod migrations;
 mod mirror;
@@ -88,6 +89,8 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     /// Rejections waiting for the writer (their own path, see `rejections`).
     rejections: Arc<rejections::RejectionQueue>,
+    /// The database file the writer opened (`None` for a read-only handle).
+    identity: Option<health::FileIdentity>,
     /// The subscriptions the writer matches stored events against (the outbox).
     matchers: Arc<RwLock<Vec<Subscription>>>,
     /// Woken after a commit that queued deliveries.
@@ -107,6 +110,17 @@ impl SqliteStore {
         let mut conn = Connection::open(&path)?;
         configure_writer(&conn, &options)?;
         migrations::run(&mut conn)?;
+        // Start only on a store that takes a real write.
+        health::probe_write(&mut conn, now_ms()).map_err(|error| {
+            StoreError::NotReady(format!(
+                "the database {} cannot be written: {error}",
+                path.display()
+            ))
+        })?;
+        let identity = health::FileIdentity::of(&path).map_err(|source| StoreError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
         let dedupe = dedupe::DedupeIndex::load(&conn, options.dedupe_settle_after)?;
         let matchers = Arc::new(RwLock::new(delivery::load_subscriptions(&conn)?));
         let deliveries_queued = Arc::new(Notify::new());
@@ -120,6 +134,7 @@ impl SqliteStore {
                 notify: deliveries_queued.clone(),
             },
             rejections: rejections.clone(),
+            identity: identity.clone(),
         };
         std::thread::Builder::new()
             .name("classhook-writer".into())
@@ -135,6 +150,7 @@ impl SqliteStore {
             matchers,
             deliveries_queued,
             rejections,
+            Some(identity),
         ))
     }
 
@@ -154,6 +170,7 @@ impl SqliteStore {
             Arc::default(),
             Arc::default(),
             Arc::default(),
+            None,
         );
         drop(store.reader()?);
         Ok(store)
@@ -166,6 +183,7 @@ impl SqliteStore {
         matchers: Arc<RwLock<Vec<Subscription>>>,
         deliveries_queued: Arc<Notify>,
         rejections: Arc<rejections::RejectionQueue>,
+        identity: Option<health::FileIdentity>,
     ) -> Self {
         SqliteStore {
             inner: Arc::new(Inner {
@@ -174,6 +192,7 @@ impl SqliteStore {
                 queue,
                 readers: Mutex::new(Vec::new()),
                 rejections,
+                identity,
                 matchers,
                 deliveries_queued,
             }),
@@ -227,11 +246,25 @@ impl SqliteStore {
         .await
     }
 
-    /// Whether the store can take a write now: the writer is alive and the database
-    /// lock can be taken within `timeout`.
+    /// Whether the store can take a write now: the writer is alive, the database
+    /// file is still the one it opened, a real write commits within `timeout`, and the
+    /// file system has room.
     pub async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
+        if let Some(identity) = &self.inner.identity {
+            identity.check().map_err(StoreError::NotReady)?;
+        }
+        let dir = self.inner.path.parent().unwrap_or(Path::new("."));
+        if let Ok(free) = health::free_bytes(dir)
+            && free < health::MIN_FREE_BYTES
+        {
+            return Err(StoreError::NotReady(format!(
+                "only {} MiB free on the file system of {}",
+                free / (1024 * 1024),
+                dir.display()
+            )));
+        }
         let probe = self.run_job(|conn| {
-            conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")?;
+            health::probe_write(conn, now_ms())?;
             Ok(())
         });
         tokio::time::timeout(timeout, probe)
@@ -321,4 +354,11 @@ fn configure_writer(conn: &Connection, options: &StoreOptions) -> Result<(), Sto
     // Deleting a subscription deletes its deliveries and their attempts.
     conn.pragma_update(None, "foreign_keys", true)?;
     Ok(())
+}
+
+/// Wall-clock time for the readiness row (informational only).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -10,6 +10,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::dedupe::{DedupeIndex, DedupeKey};
 use super::delivery::AttemptResult;
+use super::health::FileIdentity;
 use super::rejections::RejectionQueue;
 use super::timeline::MAX_COMMIT_LAG;
 use super::{delivery, mirror};
@@ -68,6 +69,8 @@ pub struct Outbox {
 pub struct Shared {
     pub outbox: Outbox,
     pub rejections: Arc<RejectionQueue>,
+    /// The database file opened: a batch is written only while it is still there.
+    pub identity: FileIdentity,
 }
 
 /// Runs until every sender is dropped.
@@ -151,6 +154,15 @@ fn commit_batch(
     shared: &Shared,
 ) -> bool {
     let outbox = &shared.outbox;
+    // A removed or replaced file would take writes into an unlinked inode: lost on
+    // restart. Refuse to acknowledge anything then.
+    if let Err(message) = shared.identity.check() {
+        tracing::error!(error = %message, "store writes refused");
+        for op in batch.drain(..) {
+            op.fail(&message);
+        }
+        return false;
+    }
     // Subscription changes run as jobs on this same thread, so this read lock is
     // never contended.
     let subscriptions = outbox
