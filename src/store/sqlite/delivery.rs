@@ -2,6 +2,7 @@
 //! connection (so they serialize with ingest); the outbox rows themselves are written
 //! by the writer inside the append transaction ([`enqueue`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
@@ -476,30 +477,23 @@ impl SqliteStore {
         let subscription = self
             .get_subscription(name)?
             .ok_or_else(|| StoreError::NotFound(format!("no subscription named {name:?}")))?;
-        self.run_job(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut added = 0u64;
-            {
-                let mut stmt = tx.prepare(
-                    "SELECT seq, event_type, source, tenant FROM events
-                     WHERE status <> 'quarantined' AND received_at_ms >= coalesce(?1, received_at_ms)
-                       AND received_at_ms < coalesce(?2, received_at_ms + 1)
-                     ORDER BY seq",
-                )?;
-                let rows = stmt.query_map(params![since_ms, until_ms], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?))
-                })?;
-                for row in rows {
-                    let (seq, event_type, source, tenant) = row?;
-                    if subscription.spec.matches(&event_type, &source, tenant.as_deref()) {
-                        added += insert_delivery(&tx, subscription.id, seq, now_ms)? as u64;
-                    }
-                }
+        // In chunks of events, each its own short job, so that appends interleave
+        // with a backfill over a long history.
+        let subscription = Arc::new(subscription);
+        let (mut added, mut after) = (0u64, 0i64);
+        loop {
+            let subscription = subscription.clone();
+            let (chunk_added, last) = self
+                .run_job(move |conn| {
+                    backfill_chunk(conn, &subscription, after, since_ms, until_ms, now_ms)
+                })
+                .await?;
+            added += chunk_added;
+            match last {
+                Some(last) => after = last,
+                None => return Ok(added),
             }
-            tx.commit()?;
-            Ok(added)
-        })
-        .await
+        }
     }
 
     fn subscription_id(&self, name: &str) -> Result<i64, StoreError> {
@@ -561,6 +555,57 @@ impl SqliteStore {
             Ok(Some((delivery, attempts)))
         })
     }
+}
+
+/// How many events one backfill job looks at.
+const BACKFILL_CHUNK: i64 = 10_000;
+
+/// Queues deliveries for the next [`BACKFILL_CHUNK`] events after `after` that fall
+/// in the window and match; returns how many were queued and the last seq looked at
+/// (`None`: no events left).
+fn backfill_chunk(
+    conn: &mut Connection,
+    subscription: &Subscription,
+    after: i64,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    now_ms: i64,
+) -> Result<(u64, Option<i64>), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let rows: Vec<(i64, String, String, Option<String>, String, i64)> = tx
+        .prepare_cached(
+            "SELECT seq, event_type, source, tenant, status, received_at_ms FROM events
+             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?
+        .query_map(params![after, BACKFILL_CHUNK], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    let Some(last) = rows.last().map(|row| row.0) else {
+        return Ok((0, None));
+    };
+    let mut added = 0u64;
+    for (seq, event_type, source, tenant, status, received_at_ms) in rows {
+        let in_window = since_ms.is_none_or(|since| received_at_ms >= since)
+            && until_ms.is_none_or(|until| received_at_ms < until);
+        if in_window
+            && status != "quarantined"
+            && subscription
+                .spec
+                .matches(&event_type, &source, tenant.as_deref())
+        {
+            added += insert_delivery(&tx, subscription.id, seq, now_ms)? as u64;
+        }
+    }
+    tx.commit()?;
+    Ok((added, Some(last)))
 }
 
 /// Leases due deliveries; see [`SqliteStore::claim_due`]. A delivery of a paused or
