@@ -868,3 +868,87 @@ async fn rebuild_reproduces_live_ingestion_of_a_shuffled_stream() {
 fn providers_name_their_typed_kinds() {
     assert!(classhook::mirror::kinds::typed(ProviderKind::DreamClass, "attendance").is_some());
 }
+
+/// A deterministic stream of creates, updates and deletes of `entities` classes.
+fn class_stream(count: usize, entities: i64, salt: i64) -> Vec<Request> {
+    (0..count as i64)
+        .map(|n| {
+            let mix = (n * 7919 + salt * 104_729) % 1000;
+            let id = mix % entities;
+            let event_type = match mix % 10 {
+                0 => "CLASS_DELETED",
+                1 | 2 => "CLASS_CREATED",
+                _ => "CLASS_UPDATED",
+            };
+            // Versions collide on purpose: equal versions are decided by receive order.
+            let version = 1_000 + (mix * 31 + n) % 200;
+            let data = if event_type == "CLASS_DELETED" {
+                json!({"id": id})
+            } else {
+                class(id, &format!("v{n}"))
+            };
+            dc(event_type, data, version)
+        })
+        .collect()
+}
+
+/// Appends `requests` as ingest would, `width` at a time.
+async fn append_all(
+    store: &Store,
+    source: &classhook::config::Source,
+    requests: Vec<Request>,
+    width: usize,
+) {
+    for group in requests.chunks(width) {
+        let mut appends = Vec::new();
+        for (headers, body) in group {
+            let headers: http::HeaderMap = headers
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                        http::HeaderValue::from_str(v).unwrap(),
+                    )
+                })
+                .collect();
+            let event =
+                classhook::ingest::authenticate(source, &headers, body.clone().into(), 0).unwrap();
+            let store = store.clone();
+            appends.push(tokio::spawn(async move { store.append(event).await }));
+        }
+        for append in appends {
+            append.await.unwrap().unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_rebuild_while_events_arrive_equals_a_rebuild_at_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path(), "", SOURCES);
+    let source = config.sources.iter().find(|s| s.name == "school").unwrap();
+    // Small chunks, so that the build runs beside ingestion for many of them.
+    let store = Store::open(
+        &dir.path().join("data"),
+        classhook::store::StoreOptions {
+            rebuild_chunk: 50,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    append_all(&store, source, class_stream(2_000, 150, 1), 64).await;
+    let rebuilding = {
+        let store = store.clone();
+        tokio::spawn(async move { store.rebuild_mirror().await })
+    };
+    append_all(&store, source, class_stream(600, 150, 2), 4).await;
+    let report = rebuilding.await.unwrap().unwrap();
+    assert!(report.events >= 2_000, "{report:?}");
+    let during = (snapshot(&store), effects_of(&store));
+
+    store.rebuild_mirror().await.unwrap();
+    let at_rest = (snapshot(&store), effects_of(&store));
+    assert_eq!(during.0, at_rest.0, "the mirror");
+    assert_eq!(during.1, at_rest.1, "every event's effect");
+    assert_eq!(during.1.len(), 2_600);
+}

@@ -10,6 +10,7 @@ mod maintenance;
 mod migrations;
 mod mirror;
 mod read;
+mod rebuild;
 mod rejections;
 mod timeline;
 mod writer;
@@ -26,7 +27,7 @@ use crate::deliver::subscription::Subscription;
 use crate::event::NewEvent;
 pub use delivery::AttemptResult;
 pub use entities::KindCount;
-pub use maintenance::RebuildReport;
+pub use rebuild::RebuildReport;
 pub use timeline::MAX_COMMIT_LAG;
 pub use writer::CommitObserver;
 use writer::WriteOp;
@@ -59,6 +60,8 @@ pub struct StoreOptions {
     /// An event not written this long after `append` was called is not stored
     /// (at most [`MAX_COMMIT_LAG`]; shorter only in tests).
     pub max_commit_lag: Duration,
+    /// How many events `mirror rebuild` reads per chunk (see `rebuild`).
+    pub rebuild_chunk: usize,
 }
 
 impl Default for StoreOptions {
@@ -71,6 +74,7 @@ impl Default for StoreOptions {
             observer: None,
             dedupe_settle_after: dedupe::SETTLE_AFTER,
             max_commit_lag: MAX_COMMIT_LAG,
+            rebuild_chunk: rebuild::CHUNK,
         }
     }
 }

@@ -17,7 +17,6 @@ use super::{delivery, mirror};
 use crate::canonical;
 use crate::deliver::subscription::Subscription;
 use crate::event::{EventStatus, NewEvent};
-use crate::mirror::Effect;
 use crate::store::{AppendOutcome, Claimed, NewRejection, REJECTION_BODY_PREFIX, StoreError};
 
 /// How many rejections the log keeps; older ones are pruned.
@@ -501,17 +500,6 @@ fn record_copy(
         },
     )?;
     Ok(AppendOutcome::Conflict { seq })
-}
-
-/// Notes on the event what it did to the mirror (shown in entity histories).
-pub fn record_effect(
-    conn: &rusqlite::Connection,
-    seq: i64,
-    effect: Effect,
-) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE events SET mirror_effect = ?2 WHERE seq = ?1")?
-        .execute(params![seq, effect.as_str()])?;
-    Ok(())
 }
 
 fn insert_rejection(tx: &rusqlite::Transaction<'_>, r: &NewRejection) -> rusqlite::Result<()> {
