@@ -265,7 +265,7 @@ fn resolve_subscription(
         .map(|auth| resolve_basic_auth(auth, lookup))
         .transpose()?
         .map(|auth| (auth.username, auth.password));
-    let spec = SubscriptionSpec {
+    let mut spec = SubscriptionSpec {
         name: raw.name,
         url: raw.url,
         events: raw.events,
@@ -275,10 +275,11 @@ fn resolve_subscription(
         secret,
         secret_encoding: raw.secret_encoding,
         timeout: raw.timeout,
-        retry_schedule: parse_schedule(&raw.retry_schedule).map_err(|m| ("retry_schedule", m))?,
+        retry_schedule: parse_schedule(&raw.retry_schedule).map_err(|e| (e.field, e.message))?,
         max_in_flight: raw.max_in_flight,
     };
-    spec.validate().map_err(|m| ("(subscription)", m))?;
+    spec.normalize();
+    spec.validate().map_err(|e| (e.field, e.message))?;
     let url = reqwest::Url::parse(&spec.url).map_err(|e| ("url", e.to_string()))?;
     crate::deliver::guard::check_literal(&url, allow_private_destinations).map_err(|m| {
         (
