@@ -519,3 +519,119 @@ fn errors_never_show_a_secret_value() {
         }
     }
 }
+
+/// Values that would panic a task, spin, or overflow arithmetic are refused at load
+/// time, naming the key; the edges of each range load.
+#[test]
+fn values_that_would_crash_are_refused_with_the_key_named() {
+    let subscription = |extra: &str| {
+        format!(
+            "[[subscription]]\nname = \"x\"\nurl = \"https://x.example\"\nevents = [\"*\"]\n{extra}\n"
+        )
+    };
+    let refused = [
+        (
+            "[retention]\nevents_days = 30\ninterval = \"0s\"\n".to_string(),
+            "retention.interval",
+        ),
+        (
+            "[retention]\ninterval = \"1000000000years\"\n".into(),
+            "retention.interval",
+        ),
+        (
+            "[retention]\nevents_days = 0\n".into(),
+            "retention.events_days",
+        ),
+        (
+            "[retention]\nevents_days = 10000000000000\n".into(),
+            "retention.events_days",
+        ),
+        (
+            "[server]\nread_timeout = \"0s\"\n".into(),
+            "server.read_timeout",
+        ),
+        (
+            "[server]\nread_timeout = \"1000000000years\"\n".into(),
+            "server.read_timeout",
+        ),
+        (
+            "[server]\nappend_timeout = \"0s\"\n".into(),
+            "server.append_timeout",
+        ),
+        (
+            "[server]\nappend_timeout = \"1h\"\n".into(),
+            "server.append_timeout",
+        ),
+        (
+            "[server]\nshutdown_grace = \"1000000000years\"\n".into(),
+            "server.shutdown_grace",
+        ),
+        (
+            "[server]\nmax_body_bytes = 0\n".into(),
+            "server.max_body_bytes",
+        ),
+        (
+            "[server]\nmax_body_bytes = 9223372036854775807\n".into(),
+            "server.max_body_bytes",
+        ),
+        (
+            "[delivery]\npoll_interval = \"0s\"\n".into(),
+            "delivery.poll_interval",
+        ),
+        (
+            "[delivery]\npoll_interval = \"1000000000years\"\n".into(),
+            "delivery.poll_interval",
+        ),
+        (
+            "[delivery]\nlease_margin = \"1000000000years\"\n".into(),
+            "delivery.lease_margin",
+        ),
+        (
+            subscription("retry_schedule = [\"10s\", \"1000000000years\"]"),
+            "subscription[0].retry_schedule",
+        ),
+        (
+            subscription("timeout = \"1000000000years\""),
+            "subscription[0].timeout",
+        ),
+        (subscription("timeout = \"0s\""), "subscription[0].timeout"),
+        (
+            subscription("max_in_flight = 0"),
+            "subscription[0].max_in_flight",
+        ),
+    ];
+    for (text, key) in refused {
+        let error = match parse(&text, &[]) {
+            Ok(_) => panic!("expected an error from\n{text}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            error.starts_with(&format!("test.toml: {key}:")),
+            "expected key {key}: {error}"
+        );
+    }
+    let from_env = error_of("", &[("CLASSHOOK_RETENTION_INTERVAL", "0s")]);
+    assert!(
+        from_env.starts_with("test.toml: retention.interval:"),
+        "{from_env}"
+    );
+    let from_env = error_of("", &[("CLASSHOOK_DELIVERY_POLL_INTERVAL", "0ms")]);
+    assert!(
+        from_env.starts_with("test.toml: delivery.poll_interval:"),
+        "{from_env}"
+    );
+
+    let edges = "[server]\nread_timeout = \"10ms\"\nappend_timeout = \"45s\"\nshutdown_grace = \"0s\"\nmax_body_bytes = 268435456\n\
+        [retention]\nevents_days = 36500\ninterval = \"10ms\"\n\
+        [delivery]\npoll_interval = \"1h\"\nlease_margin = \"0s\"\n";
+    let config = parse(
+        &format!("{edges}{}", subscription("retry_schedule = [\"7days\"]")),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        config.retention.interval,
+        std::time::Duration::from_millis(10)
+    );
+    assert_eq!(config.server.max_body_bytes, 256 * 1024 * 1024);
+}
