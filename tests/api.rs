@@ -879,3 +879,108 @@ async fn subscriptions_are_managed_through_the_api_with_write_only_secrets() {
     assert_eq!(status, 404);
     gw.stop().await;
 }
+
+/// The limits the OpenAPI document states are the limits the API enforces, and a
+/// duration that would overflow is refused, not wrapped.
+#[tokio::test]
+async fn subscription_limits_are_stated_and_enforced() {
+    let gw = Gateway::start_with(
+        "",
+        &with_api("[delivery]\nallow_private_destinations = true\n"),
+    )
+    .await;
+    let (_, doc) = get(&gw, "/api/v1/openapi.json").await;
+    let input = &doc["components"]["schemas"]["SubscriptionInput"]["properties"];
+    assert_eq!(input["name"]["maxLength"], 100, "{input}");
+    assert_eq!(input["name"]["minLength"], 1, "{input}");
+    assert_eq!(input["events"]["maxItems"], 100, "{input}");
+    assert_eq!(input["retry_schedule"]["maxItems"], 20, "{input}");
+    let pattern = &doc["components"]["schemas"]["PatternText"];
+    assert_eq!(pattern["maxLength"], 200, "{pattern}");
+    let fields = &doc["components"]["schemas"]["SubscriptionFields"]["properties"];
+    assert_eq!(fields["events"]["maxItems"], 100, "{fields}");
+
+    let post = |body: Value| {
+        let gw = &gw;
+        async move {
+            let response = gw
+                .client
+                .post(gw.url("/api/v1/subscriptions"))
+                .bearer_auth(TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let base = |extra: Value| {
+        let mut body = json!({"name": "crm", "url": "http://127.0.0.1:9/hook", "events": ["*"]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let patterns: Vec<String> = (0..101).map(|i| format!("TYPE_{i}")).collect();
+    for (extra, field) in [
+        (json!({"name": "n".repeat(101)}), "name"),
+        (json!({"events": patterns}), "events"),
+        (json!({"events": ["A".repeat(201)]}), "events"),
+        (json!({"sources": vec!["s"; 101]}), "sources"),
+        (json!({"tenants": ["t".repeat(201)]}), "tenants"),
+        (
+            json!({"retry_schedule": ["1000000000years"]}),
+            "retry_schedule",
+        ),
+        (json!({"retry_schedule": vec!["1s"; 21]}), "retry_schedule"),
+        (json!({"timeout": "1000000000years"}), "timeout"),
+        (json!({"max_in_flight": 0}), "max_in_flight"),
+        (json!({"max_in_flight": 257}), "max_in_flight"),
+        (json!({"secret": "k".repeat(1025)}), "secret"),
+    ] {
+        let (status, body) = post(base(extra.clone())).await;
+        assert_eq!(status, 400, "{extra}: {body}");
+        assert_eq!(body["error"], "bad_request", "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("`{field}`")),
+            "{extra}: {message}"
+        );
+    }
+
+    // At the limits: accepted; patterns come back sorted, without repeats.
+    let mut at_limit: Vec<String> = (0..99).rev().map(|i| format!("TYPE_{i}")).collect();
+    at_limit.push("CLASS_*".into());
+    at_limit.push("TYPE_3".into());
+    let (status, created) = post(base(json!({
+        "name": "n".repeat(100),
+        "events": at_limit,
+        "retry_schedule": vec!["7days"; 20],
+    })))
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let events: Vec<&str> = created["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    let mut sorted = events.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!((events.len(), &events), (100, &sorted));
+
+    // A change is held to the same limits.
+    let patterns: Vec<String> = (0..101).map(|i| format!("TYPE_{i}")).collect();
+    let patched = gw
+        .client
+        .patch(gw.url(&format!("/api/v1/subscriptions/{}", "n".repeat(100))))
+        .bearer_auth(TOKEN)
+        .json(&json!({"events": patterns}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 400);
+    gw.stop().await;
+}

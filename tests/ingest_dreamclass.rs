@@ -479,3 +479,69 @@ async fn unknown_types_and_misshapen_data_are_kept_with_their_status() {
     assert_eq!(stored.summary.entity_kind, "payment");
     gw.stop().await;
 }
+
+/// A repeated top-level key: serde_json keeps the last `id`, which the signature
+/// covers, while a consumer reading the first would trust an unsigned one. Refused.
+/// A key repeated inside `data` leaves an authentic event whose data is ambiguous:
+/// kept, quarantined, with the key named.
+#[tokio::test]
+async fn repeated_keys_refuse_the_envelope_or_quarantine_the_data() {
+    let gw = Gateway::start().await;
+    let signed = uuid::Uuid::new_v4().to_string();
+    let unsigned = uuid::Uuid::new_v4().to_string();
+    let signature = dreamclass::sign(SCHOOL_SECRET.as_bytes(), &signed);
+    let data = seed_class().to_string();
+    let body = format!(
+        r#"{{"id":"{unsigned}","type":"CLASS_CREATED","tenant":"my-school","signature":"{signature}","timestamp":1727884291329,"data":{data},"id":"{signed}"}}"#
+    );
+    let headers = vec![("content-type".to_string(), "application/json".to_string())];
+    let answer = gw
+        .post_raw("/hooks/school", &headers, body.into_bytes())
+        .await;
+    assert_eq!(
+        (answer.status, answer.error()),
+        (400, "invalid_envelope"),
+        "{}",
+        answer.json
+    );
+    let message = answer.json["message"].as_str().unwrap();
+    assert!(message.contains("\"id\""), "{message}");
+    for id in [&signed, &unsigned] {
+        assert!(
+            gw.store
+                .find_event("school", &format!("id:{id}"))
+                .unwrap()
+                .is_none()
+        );
+    }
+    let rejections = rejections_at_least(&gw.store, 1).await;
+    assert_eq!(rejections[0].reason, "invalid_envelope");
+
+    // Inside `data`: stored, quarantined, never mirrored.
+    let id = uuid::Uuid::new_v4().to_string();
+    let signature = dreamclass::sign(SCHOOL_SECRET.as_bytes(), &id);
+    let body = format!(
+        r#"{{"id":"{id}","type":"CLASS_CREATED","tenant":"my-school","signature":"{signature}","timestamp":1727884291329,"data":{{"id":98,"code":"cs-2","name":"First","endDate":"2024-10-11","capacity":12,"startDate":"2023-12-11","name":"Second"}}}}"#
+    );
+    let answer = gw
+        .post_raw("/hooks/school", &headers, body.into_bytes())
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.json);
+    let stored = gw
+        .store
+        .find_event("school", &format!("id:{id}"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.summary.status, EventStatus::Quarantined);
+    let reason = stored.summary.status_reason.unwrap();
+    assert!(reason.contains("`data.name`"), "{reason}");
+    let mirrored = gw
+        .client
+        .get(gw.url("/api/v1/entities/class/98?source=school"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(mirrored, 404, "a quarantined event is not mirrored");
+    gw.stop().await;
+}

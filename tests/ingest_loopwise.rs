@@ -321,3 +321,55 @@ async fn unknown_types_and_misshapen_data_are_kept() {
     assert_eq!(stored.summary.status, EventStatus::Quarantined);
     gw.stop().await;
 }
+
+/// Loopwise signs the raw bytes, so a repeated `type` is authentic but ambiguous (a
+/// consumer may read either): refused. A key repeated inside `data`: kept,
+/// quarantined, with the key named.
+#[tokio::test]
+async fn repeated_keys_refuse_the_envelope_or_quarantine_the_data() {
+    let gw = Gateway::start().await;
+    let signed = |body: &str| {
+        vec![
+            ("content-type".to_string(), "application/json".to_string()),
+            (
+                "loopwise-webhook-signature".to_string(),
+                classhook::provider::loopwise::sign(COURSES_SECRET.as_bytes(), body.as_bytes()),
+            ),
+        ]
+    };
+    let data = seed_course("course.created")["data"].to_string();
+    let body = format!(r#"{{"type":"course.created","data":{data},"type":"course.updated"}}"#);
+    let answer = gw
+        .post_raw("/hooks/courses", &signed(&body), body.clone().into_bytes())
+        .await;
+    assert_eq!(
+        (answer.status, answer.error()),
+        (400, "invalid_envelope"),
+        "{}",
+        answer.json
+    );
+    assert!(
+        answer.json["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"type\""),
+        "{}",
+        answer.json
+    );
+
+    let data = data.replacen("\"name\":", "\"name\":\"Shadowed\",\"name\":", 1);
+    let body = format!(r#"{{"type":"course.created","data":{data}}}"#);
+    let answer = gw
+        .post_raw("/hooks/courses", &signed(&body), body.clone().into_bytes())
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.json);
+    let stored = gw
+        .store
+        .find_event("courses", &dedupe_key(body.as_bytes()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.summary.status, EventStatus::Quarantined);
+    let reason = stored.summary.status_reason.unwrap();
+    assert!(reason.contains("`data.name`"), "{reason}");
+    gw.stop().await;
+}

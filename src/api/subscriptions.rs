@@ -75,7 +75,11 @@ impl From<Subscription> for SubscriptionView {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct BasicAuthInput {
+    /// Without ':'.
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^:]*$")]
     pub username: String,
+    /// Write-only.
+    #[schema(max_length = 1024)]
     pub password: String,
 }
 
@@ -84,30 +88,47 @@ pub struct BasicAuthInput {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionInput {
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,100}$")]
+    #[schema(min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._-]{1,100}$")]
     pub name: String,
     /// http:// or https:// URL.
+    #[schema(max_length = 2048)]
     pub url: String,
     /// Patterns: an exact type, a prefix ending in `*` (`CLASS_*`, `course.*`), or `*`.
-    #[schema(min_items = 1)]
+    /// Kept sorted, without repeats.
+    #[schema(min_items = 1, max_items = 100, value_type = Vec<PatternText>)]
     pub events: Vec<String>,
+    #[schema(max_items = 100, value_type = Option<Vec<ListText>>)]
     pub sources: Option<Vec<String>>,
+    #[schema(max_items = 100, value_type = Option<Vec<ListText>>)]
     pub tenants: Option<Vec<String>>,
     pub basic_auth: Option<BasicAuthInput>,
     /// Write-only.
+    #[schema(max_length = 1024)]
     pub secret: Option<String>,
     /// `utf8` (default) or `base64`.
     #[schema(pattern = "^(utf8|base64)$")]
     pub secret_encoding: Option<String>,
-    /// Default `10s`; at most 5 minutes.
+    /// Default `10s`; between 1ms and 5 minutes.
     pub timeout: Option<String>,
-    /// Default `["10s", "1m", "10m"]`.
+    /// Default `["10s", "1m", "10m"]`; each step at most 7 days.
     #[schema(max_items = 20)]
     pub retry_schedule: Option<Vec<String>>,
     /// Default 8.
     #[schema(minimum = 1, maximum = 256)]
     pub max_in_flight: Option<u32>,
 }
+
+/// An event pattern: an exact type, a prefix ending in `*`, or `*`.
+#[derive(ToSchema)]
+#[schema(min_length = 1, max_length = 200)]
+#[allow(dead_code)]
+pub struct PatternText(String);
+
+/// A source name or a tenant.
+#[derive(ToSchema)]
+#[schema(min_length = 1, max_length = 200)]
+#[allow(dead_code)]
+pub struct ListText(String);
 
 impl SubscriptionInput {
     fn into_spec(self, allow_private: bool) -> Result<SubscriptionSpec, ApiError> {
@@ -135,19 +156,27 @@ impl SubscriptionInput {
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionFields {
     /// http:// or https:// URL.
+    #[schema(max_length = 2048)]
     pub url: Option<String>,
     /// Patterns: an exact type, a prefix ending in `*` (`CLASS_*`, `course.*`), or `*`.
+    /// Kept sorted, without repeats.
+    #[schema(min_items = 1, max_items = 100, value_type = Option<Vec<PatternText>>)]
     pub events: Option<Vec<String>>,
+    #[schema(max_items = 100, value_type = Option<Vec<ListText>>)]
     pub sources: Option<Vec<String>>,
+    #[schema(max_items = 100, value_type = Option<Vec<ListText>>)]
     pub tenants: Option<Vec<String>>,
     pub basic_auth: Option<BasicAuthInput>,
     /// Write-only.
+    #[schema(max_length = 1024)]
     pub secret: Option<String>,
     /// `utf8` or `base64`.
+    #[schema(pattern = "^(utf8|base64)$")]
     pub secret_encoding: Option<String>,
-    /// e.g. `10s`.
+    /// e.g. `10s`; between 1ms and 5 minutes.
     pub timeout: Option<String>,
-    /// e.g. `["10s", "1m", "10m"]`.
+    /// e.g. `["10s", "1m", "10m"]`; each step at most 7 days.
+    #[schema(max_items = 20)]
     pub retry_schedule: Option<Vec<String>>,
     #[schema(minimum = 1, maximum = 256)]
     pub max_in_flight: Option<u32>,
@@ -191,12 +220,15 @@ impl SubscriptionFields {
                 humantime::parse_duration(&timeout).map_err(|e| format!("`timeout`: {e}"))?;
         }
         if let Some(schedule) = self.retry_schedule {
-            spec.retry_schedule = parse_schedule(&schedule)?;
+            spec.retry_schedule =
+                parse_schedule(&schedule).map_err(|e| format!("`{}` {}", e.field, e.message))?;
         }
         if let Some(max) = self.max_in_flight {
             spec.max_in_flight = max;
         }
-        spec.validate()?;
+        spec.normalize();
+        spec.validate()
+            .map_err(|e| format!("`{}` {}", e.field, e.message))?;
         let url = reqwest::Url::parse(&spec.url).map_err(|e| format!("url: {e}"))?;
         guard::check_literal(&url, allow_private).map_err(|m| format!("url: {m}"))?;
         key_bytes(&spec)?;

@@ -125,7 +125,9 @@ impl Config {
         let raw: RawConfig =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
-                ConfigError::new(file, key, e.into_inner().to_string())
+                let path = e.path().clone();
+                let message = shown_message(&path, e.into_inner().to_string());
+                ConfigError::new(file, key, message)
             })?;
         resolve::resolve(file, raw, lookup)
     }
@@ -133,6 +135,41 @@ impl Config {
     pub fn source(&self, name: &str) -> Option<&Source> {
         self.sources.iter().find(|s| s.name == name)
     }
+}
+
+/// Keys whose values are secrets or hold them (`basic_auth` holds a password, `proxy`
+/// may hold credentials): an error at or under one never shows the value.
+const SECRET_KEYS: &[&str] = &["secret", "password", "tokens", "basic_auth", "proxy"];
+
+/// The message a deserialization error at `path` may show. serde quotes the value
+/// it could not use (`invalid type: string "…", expected …`), so under a
+/// secret-bearing key the message is replaced by one that names only what was
+/// expected; messages about key names (unknown or missing fields) are kept.
+fn shown_message(path: &serde_path_to_error::Path, message: String) -> String {
+    use serde_path_to_error::Segment;
+    let keys: Vec<&str> = path
+        .iter()
+        .filter_map(|segment| match segment {
+            Segment::Map { key } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !keys.iter().any(|key| SECRET_KEYS.contains(key)) {
+        return message;
+    }
+    if message.starts_with("unknown field `") || message.starts_with("missing field `") {
+        return message;
+    }
+    let ends_in_index = matches!(path.iter().next_back(), Some(Segment::Seq { .. }));
+    let expected = match keys.last().copied() {
+        Some("tokens") if ends_in_index => "each token must be a string",
+        Some("tokens") => "must be a list of strings",
+        Some("basic_auth") => {
+            "must be a table: { username = \"…\", password = \"…\" } (or password_env)"
+        }
+        _ => "must be a string",
+    };
+    format!("{expected} (the value is not shown: this key holds a secret)")
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

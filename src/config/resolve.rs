@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::time::Duration;
 
 use base64::Engine;
 
@@ -42,23 +43,57 @@ pub(super) fn resolve(
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
     let s = raw.server;
-    if s.max_body_bytes == 0 {
-        return Err(ConfigError::new(
-            file,
-            "server.max_body_bytes",
-            "must be greater than 0",
-        ));
+    let check = |key: &str, checked: Result<(), String>| {
+        checked.map_err(|message| ConfigError::new(file, key, message))
+    };
+    check(
+        "server.max_body_bytes",
+        number_within(s.max_body_bytes, 1, MAX_BODY_BYTES),
+    )?;
+    check(
+        "server.read_timeout",
+        duration_within(s.read_timeout, MIN_TIMER, Duration::from_secs(3600)),
+    )?;
+    check(
+        "server.append_timeout",
+        duration_within(s.append_timeout, MIN_TIMER, crate::store::MAX_COMMIT_LAG)
+            .map_err(|m| format!("{m}: an event that waits longer for the store is not stored")),
+    )?;
+    check(
+        "server.shutdown_grace",
+        duration_within(s.shutdown_grace, Duration::ZERO, Duration::from_secs(3600)),
+    )?;
+    check(
+        "retention.interval",
+        duration_within(
+            raw.retention.interval,
+            MIN_TIMER,
+            Duration::from_secs(30 * 86_400),
+        ),
+    )?;
+    if let Some(days) = raw.retention.events_days {
+        check(
+            "retention.events_days",
+            number_within(days, 1, MAX_RETENTION_DAYS)
+                .map_err(|m| format!("{m} (leave it out to keep events forever)")),
+        )?;
     }
-    if s.append_timeout > crate::store::MAX_COMMIT_LAG {
-        return Err(ConfigError::new(
-            file,
-            "server.append_timeout",
-            format!(
-                "must be at most {}: an event that waits longer for the store is not stored",
-                humantime::format_duration(crate::store::MAX_COMMIT_LAG)
-            ),
-        ));
-    }
+    check(
+        "delivery.poll_interval",
+        duration_within(
+            raw.delivery.poll_interval,
+            MIN_TIMER,
+            Duration::from_secs(3600),
+        ),
+    )?;
+    check(
+        "delivery.lease_margin",
+        duration_within(
+            raw.delivery.lease_margin,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        ),
+    )?;
     let trusted_proxies = NetList::parse(&s.trusted_proxies)
         .map_err(|m| ConfigError::new(file, "server.trusted_proxies", m))?;
     let server = ServerConfig {
@@ -110,13 +145,6 @@ pub(super) fn resolve(
             "every token must be at least 16 characters (e.g. `openssl rand -hex 24`)",
         ));
     }
-    if raw.retention.events_days == Some(0) {
-        return Err(ConfigError::new(
-            file,
-            "retention.events_days",
-            "must be at least 1 (leave it out to keep events forever)",
-        ));
-    }
     let mut subscriptions = Vec::with_capacity(raw.subscriptions.len());
     let mut names = HashSet::new();
     for (index, raw_subscription) in raw.subscriptions.into_iter().enumerate() {
@@ -145,10 +173,7 @@ pub(super) fn resolve(
         enabled: raw.delivery.enabled,
         allow_private_destinations: raw.delivery.allow_private_destinations,
         hold_after_failures: raw.delivery.hold_after_failures,
-        poll_interval: raw
-            .delivery
-            .poll_interval
-            .max(std::time::Duration::from_millis(10)),
+        poll_interval: raw.delivery.poll_interval,
         lease_margin: raw.delivery.lease_margin,
         proxy: raw.delivery.proxy,
     };
@@ -167,6 +192,35 @@ pub(super) fn resolve(
 }
 
 type FieldError = (&'static str, String);
+
+/// The shortest period or timeout a timer in the gateway accepts: zero would spin
+/// (or, for `tokio::time::interval`, panic).
+const MIN_TIMER: Duration = Duration::from_millis(10);
+/// The largest `max_body_bytes`: bodies are held in memory while they are checked.
+pub const MAX_BODY_BYTES: u64 = 256 * 1024 * 1024;
+/// The longest retention, 100 years: longer would overflow millisecond arithmetic
+/// long before it meant anything.
+const MAX_RETENTION_DAYS: u64 = 36_500;
+
+fn duration_within(value: Duration, min: Duration, max: Duration) -> Result<(), String> {
+    if value < min || value > max {
+        let shown = |d: Duration| humantime::format_duration(d).to_string();
+        return Err(format!(
+            "must be between {} and {}, got {}",
+            shown(min),
+            shown(max),
+            shown(value)
+        ));
+    }
+    Ok(())
+}
+
+fn number_within(value: u64, min: u64, max: u64) -> Result<(), String> {
+    if value < min || value > max {
+        return Err(format!("must be between {min} and {max}, got {value}"));
+    }
+    Ok(())
+}
 
 fn resolve_source(
     raw: RawSource,
@@ -265,7 +319,7 @@ fn resolve_subscription(
         .map(|auth| resolve_basic_auth(auth, lookup))
         .transpose()?
         .map(|auth| (auth.username, auth.password));
-    let spec = SubscriptionSpec {
+    let mut spec = SubscriptionSpec {
         name: raw.name,
         url: raw.url,
         events: raw.events,
@@ -275,10 +329,11 @@ fn resolve_subscription(
         secret,
         secret_encoding: raw.secret_encoding,
         timeout: raw.timeout,
-        retry_schedule: parse_schedule(&raw.retry_schedule).map_err(|m| ("retry_schedule", m))?,
+        retry_schedule: parse_schedule(&raw.retry_schedule).map_err(|e| (e.field, e.message))?,
         max_in_flight: raw.max_in_flight,
     };
-    spec.validate().map_err(|m| ("(subscription)", m))?;
+    spec.normalize();
+    spec.validate().map_err(|e| (e.field, e.message))?;
     let url = reqwest::Url::parse(&spec.url).map_err(|e| ("url", e.to_string()))?;
     crate::deliver::guard::check_literal(&url, allow_private_destinations).map_err(|m| {
         (

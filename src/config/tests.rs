@@ -332,3 +332,306 @@ fn bad_allowlists_name_the_key_and_the_entry() {
         "{misspelt}"
     );
 }
+
+/// Every secret-bearing key (`secret`, `password`, `tokens`, `basic_auth`, `proxy`
+/// and anything under them), given a value of the wrong type or an unusable value,
+/// in the file or through the environment: the error names the key, never the value.
+#[test]
+fn errors_never_show_a_secret_value() {
+    const S: &str = "Zq7SecretValue9x";
+    const N: &str = "987654321987";
+    let source =
+        |extra: &str| format!("[[source]]\nname = \"s\"\nprovider = \"dreamclass\"\n{extra}\n");
+    let subscription = |extra: &str| {
+        format!(
+            "[delivery]\nallow_private_destinations = true\n[[subscription]]\nname = \"x\"\nurl = \"https://x.example\"\nevents = [\"*\"]\n{extra}\n"
+        )
+    };
+    // (file text, environment, the key the error names)
+    type Case = (String, Vec<(&'static str, String)>, &'static str);
+    let cases: Vec<Case> = vec![
+        // Wrong types in the file.
+        (source(&format!("secret = {N}")), vec![], "source[0].secret"),
+        (
+            source(&format!("secret = {{ v = \"{S}\" }}")),
+            vec![],
+            "source[0].secret",
+        ),
+        (
+            source(&format!("basic_auth = \"user:{S}\"")),
+            vec![],
+            "source[0].basic_auth",
+        ),
+        (
+            source(&format!("basic_auth = [\"user\", \"{S}\"]")),
+            vec![],
+            "source[0].basic_auth",
+        ),
+        (
+            source(&format!(
+                "basic_auth = {{ username = \"u\", password = {N} }}"
+            )),
+            vec![],
+            "source[0].basic_auth.password",
+        ),
+        (
+            source(&format!(
+                "basic_auth = {{ username = \"u\", password = [\"{S}\"] }}"
+            )),
+            vec![],
+            "source[0].basic_auth.password",
+        ),
+        (format!("[api]\ntokens = \"{S}\"\n"), vec![], "api.tokens"),
+        (
+            format!("[api]\ntokens = \"{S},{S}\"\n"),
+            vec![],
+            "api.tokens",
+        ),
+        (
+            format!("[api]\ntokens = [\"{S}{S}\", {N}]\n"),
+            vec![],
+            "api.tokens[1]",
+        ),
+        (
+            format!("[api]\ntokens = [\"{}\"]\n", &S[..10]),
+            vec![],
+            "api.tokens",
+        ),
+        (
+            subscription(&format!("secret = {N}")),
+            vec![],
+            "subscription[0].secret",
+        ),
+        (
+            subscription(&format!("basic_auth = \"user:{S}\"")),
+            vec![],
+            "subscription[0].basic_auth",
+        ),
+        (
+            subscription(&format!(
+                "basic_auth = {{ username = \"u\", password = {N} }}"
+            )),
+            vec![],
+            "subscription[0].basic_auth.password",
+        ),
+        (
+            subscription(&format!("secret = \"whsec_{S}!!\"")),
+            vec![],
+            "subscription[0].secret",
+        ),
+        (
+            format!("[delivery]\nproxy = {{ url = \"http://u:{S}@proxy.example:3128\" }}\n"),
+            vec![],
+            "delivery.proxy",
+        ),
+        (
+            format!("[delivery]\nproxy = {N}\n"),
+            vec![],
+            "delivery.proxy",
+        ),
+        (
+            format!("[delivery]\nproxy = \"ftp://u:{S}@proxy.example\"\n"),
+            vec![],
+            "delivery.proxy",
+        ),
+        (
+            format!("[delivery]\nproxy = \"u:{S}@proxy.example:3128\"\n"),
+            vec![],
+            "delivery.proxy",
+        ),
+        (
+            source(&format!("secret = \"{S}!!\"\nsecret_encoding = \"base64\"")),
+            vec![],
+            "source[0].secret_encoding",
+        ),
+        // Through the environment.
+        (
+            source(&format!("basic_auth = \"user:{S}\"")),
+            vec![("CLASSHOOK_SOURCE_S_BASIC_AUTH_PASSWORD", format!("{S}2"))],
+            "source[0].basic_auth",
+        ),
+        (
+            source("secret_encoding = \"base64\""),
+            vec![("CLASSHOOK_SOURCE_S_SECRET", format!("{S}!!"))],
+            "source[0].secret_encoding",
+        ),
+        (
+            String::new(),
+            vec![("CLASSHOOK_API_TOKENS", format!("{S}{S},{}", &S[..10]))],
+            "api.tokens",
+        ),
+        (
+            String::new(),
+            vec![(
+                "CLASSHOOK_DELIVERY_PROXY",
+                format!("ftp://u:{S}@proxy.example"),
+            )],
+            "delivery.proxy",
+        ),
+        (
+            String::new(),
+            vec![(
+                "CLASSHOOK_DELIVERY_PROXY",
+                format!("u:{S}@proxy.example:3128"),
+            )],
+            "delivery.proxy",
+        ),
+        (
+            source(""),
+            vec![("CLASSHOOK_SOURCE_S_SECRETT", S.to_string())],
+            "CLASSHOOK_SOURCE_S_SECRETT",
+        ),
+        (
+            source(""),
+            vec![("CLASSHOOK_SOURCE_NOPE_BASIC_AUTH_PASSWORD", S.to_string())],
+            "CLASSHOOK_SOURCE_NOPE_BASIC_AUTH_PASSWORD",
+        ),
+        (
+            String::new(),
+            vec![("CLASSHOOK_API_TOKEN", S.to_string())],
+            "CLASSHOOK_API_TOKEN",
+        ),
+        // Syntax errors on a secret's line.
+        (source(&format!("secret = {S}")), vec![], "line 4"),
+        (source(&format!("secret = \"{S}")), vec![], "line 4"),
+        (source(&format!("secret = \"{S}\\q\"")), vec![], "line 4"),
+        (
+            format!("[api]\ntokens = [\"{S}\" \"{S}\"]\n"),
+            vec![],
+            "line 2",
+        ),
+    ];
+    for (text, vars, key) in cases {
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let error = match parse(&text, &vars) {
+            Ok(_) => panic!("expected an error from\n{text}\n{vars:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            error.starts_with(&format!("test.toml: {key}:")),
+            "expected key {key}: {error}\n{text}"
+        );
+        for secret in [S, N, &S[..10]] {
+            assert!(
+                !error.contains(secret),
+                "the secret leaked: {error}\n{text}"
+            );
+        }
+    }
+}
+
+/// Values that would panic a task, spin, or overflow arithmetic are refused at load
+/// time, naming the key; the edges of each range load.
+#[test]
+fn values_that_would_crash_are_refused_with_the_key_named() {
+    let subscription = |extra: &str| {
+        format!(
+            "[[subscription]]\nname = \"x\"\nurl = \"https://x.example\"\nevents = [\"*\"]\n{extra}\n"
+        )
+    };
+    let refused = [
+        (
+            "[retention]\nevents_days = 30\ninterval = \"0s\"\n".to_string(),
+            "retention.interval",
+        ),
+        (
+            "[retention]\ninterval = \"1000000000years\"\n".into(),
+            "retention.interval",
+        ),
+        (
+            "[retention]\nevents_days = 0\n".into(),
+            "retention.events_days",
+        ),
+        (
+            "[retention]\nevents_days = 10000000000000\n".into(),
+            "retention.events_days",
+        ),
+        (
+            "[server]\nread_timeout = \"0s\"\n".into(),
+            "server.read_timeout",
+        ),
+        (
+            "[server]\nread_timeout = \"1000000000years\"\n".into(),
+            "server.read_timeout",
+        ),
+        (
+            "[server]\nappend_timeout = \"0s\"\n".into(),
+            "server.append_timeout",
+        ),
+        (
+            "[server]\nappend_timeout = \"1h\"\n".into(),
+            "server.append_timeout",
+        ),
+        (
+            "[server]\nshutdown_grace = \"1000000000years\"\n".into(),
+            "server.shutdown_grace",
+        ),
+        (
+            "[server]\nmax_body_bytes = 0\n".into(),
+            "server.max_body_bytes",
+        ),
+        (
+            "[server]\nmax_body_bytes = 9223372036854775807\n".into(),
+            "server.max_body_bytes",
+        ),
+        (
+            "[delivery]\npoll_interval = \"0s\"\n".into(),
+            "delivery.poll_interval",
+        ),
+        (
+            "[delivery]\npoll_interval = \"1000000000years\"\n".into(),
+            "delivery.poll_interval",
+        ),
+        (
+            "[delivery]\nlease_margin = \"1000000000years\"\n".into(),
+            "delivery.lease_margin",
+        ),
+        (
+            subscription("retry_schedule = [\"10s\", \"1000000000years\"]"),
+            "subscription[0].retry_schedule",
+        ),
+        (
+            subscription("timeout = \"1000000000years\""),
+            "subscription[0].timeout",
+        ),
+        (subscription("timeout = \"0s\""), "subscription[0].timeout"),
+        (
+            subscription("max_in_flight = 0"),
+            "subscription[0].max_in_flight",
+        ),
+    ];
+    for (text, key) in refused {
+        let error = match parse(&text, &[]) {
+            Ok(_) => panic!("expected an error from\n{text}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            error.starts_with(&format!("test.toml: {key}:")),
+            "expected key {key}: {error}"
+        );
+    }
+    let from_env = error_of("", &[("CLASSHOOK_RETENTION_INTERVAL", "0s")]);
+    assert!(
+        from_env.starts_with("test.toml: retention.interval:"),
+        "{from_env}"
+    );
+    let from_env = error_of("", &[("CLASSHOOK_DELIVERY_POLL_INTERVAL", "0ms")]);
+    assert!(
+        from_env.starts_with("test.toml: delivery.poll_interval:"),
+        "{from_env}"
+    );
+
+    let edges = "[server]\nread_timeout = \"10ms\"\nappend_timeout = \"45s\"\nshutdown_grace = \"0s\"\nmax_body_bytes = 268435456\n\
+        [retention]\nevents_days = 36500\ninterval = \"10ms\"\n\
+        [delivery]\npoll_interval = \"1h\"\nlease_margin = \"0s\"\n";
+    let config = parse(
+        &format!("{edges}{}", subscription("retry_schedule = [\"7days\"]")),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        config.retention.interval,
+        std::time::Duration::from_millis(10)
+    );
+    assert_eq!(config.server.max_body_bytes, 256 * 1024 * 1024);
+}

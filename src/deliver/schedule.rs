@@ -57,7 +57,9 @@ pub fn next(
         let asked = asked.map_or(0.0, |wait| {
             wait.min(MAX_RETRY_AFTER).as_millis() as f64 * (1.0 + JITTER * jitter.abs())
         });
-        Some(now_ms + scheduled.max(asked).ceil() as i64)
+        // Steps are at most 7 days (checked where they are declared); saturate anyway,
+        // so that no stored value can make this overflow.
+        Some(now_ms.saturating_add(scheduled.max(asked).ceil() as i64))
     };
     match outcome {
         Outcome::Success { .. } => Next::Delivered,
@@ -110,6 +112,19 @@ mod tests {
         assert_eq!(next(&failed, 3, &SCHEDULE, 0, 0.0), Next::RetryAt(600_000));
         assert_eq!(next(&failed, 4, &SCHEDULE, 0, 0.0), Next::Dead);
         assert_eq!(next(&failed, 1, &[], 0, 0.0), Next::Dead);
+    }
+
+    #[test]
+    fn a_huge_step_saturates_instead_of_overflowing() {
+        let failed = Outcome::Failed {
+            status: None,
+            error: None,
+        };
+        let huge = [Duration::from_secs(u64::MAX)];
+        assert_eq!(
+            next(&failed, 1, &huge, 1_700_000_000_000, 1.0),
+            Next::RetryAt(i64::MAX)
+        );
     }
 
     #[test]

@@ -44,10 +44,15 @@ pub struct Envelope {
     pub signature: String,
     pub timestamp_ms: i64,
     pub data: Map<String, Value>,
+    /// The path of a key repeated inside the body (`data.x`): the event is quarantined.
+    pub repeated_key: Option<String>,
 }
 
 impl Envelope {
-    pub(super) fn from_object(mut map: Map<String, Value>) -> Result<Envelope, EnvelopeError> {
+    pub(super) fn from_object(
+        mut map: Map<String, Value>,
+        repeated_key: Option<String>,
+    ) -> Result<Envelope, EnvelopeError> {
         let id = take_string(&mut map, "id")?;
         let uuid = uuid::Uuid::try_parse(&id).map_err(|_| {
             EnvelopeError::Unusable(format!("`id` must be a UUID, got {:?}", truncate(&id)))
@@ -83,6 +88,7 @@ impl Envelope {
             signature,
             timestamp_ms,
             data,
+            repeated_key,
         })
     }
 
@@ -124,7 +130,9 @@ impl Envelope {
                     .unwrap_or_else(|| "other".into()),
             }
         };
-        let (status, status_reason) = if !known {
+        let (status, status_reason) = if let Some(path) = &self.repeated_key {
+            super::repeated_key_verdict(path, known)
+        } else if !known {
             (
                 EventStatus::UnknownType,
                 Some(format!(

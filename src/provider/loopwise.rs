@@ -34,10 +34,15 @@ pub struct Envelope {
     pub data: Map<String, Value>,
     /// SHA-256 of the whole body's canonical JSON form: the event's identity.
     pub canonical_sha256: [u8; 32],
+    /// The path of a key repeated inside the body (`data.x`): the event is quarantined.
+    pub repeated_key: Option<String>,
 }
 
 impl Envelope {
-    pub(super) fn from_object(map: Map<String, Value>) -> Result<Envelope, EnvelopeError> {
+    pub(super) fn from_object(
+        map: Map<String, Value>,
+        repeated_key: Option<String>,
+    ) -> Result<Envelope, EnvelopeError> {
         let map_value = Value::Object(map);
         let canonical_sha256 = crypto::sha256(&canonical::to_vec(&map_value));
         let Value::Object(mut map) = map_value else {
@@ -75,6 +80,7 @@ impl Envelope {
             event_type,
             data,
             canonical_sha256,
+            repeated_key,
         })
     }
 
@@ -87,7 +93,9 @@ impl Envelope {
             // never change a documented entity such as the course.
             (self.event_type.clone(), "other".into())
         };
-        let (status, status_reason) = if !known {
+        let (status, status_reason) = if let Some(path) = &self.repeated_key {
+            super::repeated_key_verdict(path, known)
+        } else if !known {
             (
                 EventStatus::UnknownType,
                 Some(format!(

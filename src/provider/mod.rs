@@ -5,6 +5,7 @@
 //! [`ProviderKind`] variant; ingest, store and CLI only speak to this module's API.
 
 pub mod dreamclass;
+mod json;
 pub mod loopwise;
 pub mod sample;
 pub mod schema;
@@ -105,19 +106,33 @@ pub struct Described {
 impl Envelope {
     /// Parses `body` as `kind`'s envelope. Only the envelope is checked here; the
     /// shape of `data` never makes an authentic event fail (see [`Envelope::describe`]).
+    ///
+    /// A key repeated at the top level makes the envelope unusable: the signature
+    /// covers one reading of it (DreamClass verifies the last `id`), a consumer of the
+    /// raw body may take another. A key repeated deeper (in `data`) leaves the
+    /// envelope authentic but its `data` ambiguous: the event is kept, quarantined
+    /// with the key's path as the reason. Both are found in the one parse.
     pub fn parse(kind: ProviderKind, body: &[u8]) -> Result<Envelope, EnvelopeError> {
-        let value: Value =
-            serde_json::from_slice(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
-        let Value::Object(map) = value else {
+        let checked = json::parse(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
+        let Value::Object(map) = checked.value else {
             return Err(EnvelopeError::Unusable(
                 "body must be a JSON object".to_string(),
             ));
         };
+        if let Some(key) = checked.top_level_repeat {
+            return Err(EnvelopeError::Unusable(format!(
+                "the envelope repeats the key {:?}: a reader could take either value",
+                shorten(&key)
+            )));
+        }
+        let repeated = checked.nested_repeat;
         match kind {
             ProviderKind::DreamClass => {
-                dreamclass::Envelope::from_object(map).map(Envelope::DreamClass)
+                dreamclass::Envelope::from_object(map, repeated).map(Envelope::DreamClass)
             }
-            ProviderKind::Loopwise => loopwise::Envelope::from_object(map).map(Envelope::Loopwise),
+            ProviderKind::Loopwise => {
+                loopwise::Envelope::from_object(map, repeated).map(Envelope::Loopwise)
+            }
         }
     }
 
@@ -164,4 +179,30 @@ fn data_id(data: &serde_json::Map<String, Value>) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
+}
+
+/// At most 64 characters of what a sender sent, for a message.
+fn shorten(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// The verdict on an authentic event whose body repeats a key below the top level
+/// (`path`, e.g. `data.user.email`): quarantined, so it is kept but neither mirrored
+/// nor delivered; `known` says whether its type is documented.
+fn repeated_key_verdict(path: &str, known: bool) -> (EventStatus, Option<String>) {
+    let undocumented = if known {
+        ""
+    } else {
+        " (and its type is not documented)"
+    };
+    (
+        EventStatus::Quarantined,
+        Some(format!(
+            "the key `{}` appears more than once, so readers may disagree on its value{undocumented}",
+            shorten(path)
+        )),
+    )
 }

@@ -239,6 +239,14 @@ const MIGRATIONS: &[&str] = &[
         probed_at_ms INTEGER NOT NULL
     );
     ",
+    // 9: a subscription's event patterns are kept sorted (by bytes) without repeats,
+    // which matching relies on to search them instead of scanning them all.
+    "
+    UPDATE subscriptions SET events = (
+        SELECT json_group_array(value ORDER BY value)
+        FROM (SELECT DISTINCT value FROM json_each(subscriptions.events))
+    );
+    ",
 ];
 
 /// Brings the database up to the newest schema, in one transaction per step.
@@ -299,5 +307,31 @@ mod tests {
             )
             .unwrap();
         assert_eq!(watermark, 7, "every migrated key is settled");
+    }
+
+    #[test]
+    fn step_9_sorts_event_patterns() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..6] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 6).unwrap();
+        conn.execute(
+            "INSERT INTO subscriptions (name, url, events, secret_encoding, timeout_ms,
+                 retry_schedule_ms, max_in_flight, managed_by)
+             VALUES ('s', 'https://x.example', ?1, 'utf8', 1000, '[]', 1, 'api')",
+            [r#"["payment.*","CLASS_*","course.updated","CLASS_*","Ä*","*"]"#],
+        )
+        .unwrap();
+        run(&mut conn).unwrap();
+        let events: String = conn
+            .query_row("SELECT events FROM subscriptions", [], |r| r.get(0))
+            .unwrap();
+        let events: Vec<String> = serde_json::from_str(&events).unwrap();
+        let mut expected: Vec<String> = ["payment.*", "CLASS_*", "course.updated", "Ä*", "*"]
+            .map(String::from)
+            .to_vec();
+        expected.sort();
+        assert_eq!(events, expected);
     }
 }
