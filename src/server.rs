@@ -21,7 +21,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::deliver::dispatcher::{DispatchOptions, Dispatcher};
 use crate::deliver::send::Sender;
-use crate::http::{self, ApiError, ServeOptions};
+use crate::http::{self, ApiError, BodyBudget, ServeOptions};
 use crate::ingest::{self, Ingest};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -82,6 +82,9 @@ struct Ops {
     store: Store,
     metrics: Arc<Metrics>,
     tokens: Vec<Secret>,
+    body_budget: BodyBudget,
+    connections: Arc<tokio::sync::Semaphore>,
+    max_connections: usize,
 }
 
 /// Opens the store, binds `config.server.listen` and serves in the background.
@@ -99,6 +102,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             ..StoreOptions::default()
         },
     )?;
+    let body_budget = BodyBudget::new(server.max_inflight_body_bytes);
     let ingest = Arc::new(Ingest {
         sources: config
             .sources
@@ -111,6 +115,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         read_timeout: server.read_timeout,
         metrics: metrics.clone(),
         trusted_proxies: server.trusted_proxies.clone(),
+        body_budget: body_budget.clone(),
     });
     let api = Arc::new(ApiState {
         store: store.clone(),
@@ -123,10 +128,18 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             .collect(),
         allow_private_destinations: config.delivery.allow_private_destinations,
     });
+    let options = ServeOptions::new(
+        server.read_timeout,
+        server.shutdown_grace,
+        server.max_connections,
+    );
     let ops = Arc::new(Ops {
         store: store.clone(),
         metrics: metrics.clone(),
         tokens: config.api.tokens.clone(),
+        body_budget,
+        connections: options.connections.clone(),
+        max_connections: server.max_connections,
     });
     let listener = TcpListener::bind(server.listen)
         .await
@@ -138,10 +151,6 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         addr: server.listen,
         source,
     })?;
-    let options = ServeOptions {
-        header_read_timeout: server.read_timeout,
-        shutdown_grace: server.shutdown_grace,
-    };
     store
         .sync_config_subscriptions(config.subscriptions.clone())
         .await?;
@@ -239,6 +248,11 @@ async fn metrics(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Resp
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
+    ops.metrics.set_load(
+        ops.body_budget.in_use(),
+        ops.max_connections
+            .saturating_sub(ops.connections.available_permits()),
+    );
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -332,3 +332,39 @@ fn bad_allowlists_name_the_key_and_the_entry() {
         "{misspelt}"
     );
 }
+
+#[test]
+fn load_limits_have_defaults_overrides_and_rules() {
+    let config = parse("", &[]).unwrap();
+    assert_eq!(config.server.max_inflight_body_bytes, 64 * 1024 * 1024);
+    assert_eq!(config.server.max_connections, 1024);
+
+    let config = parse(
+        "[server]\nmax_inflight_body_bytes = 2097152\nmax_connections = 10\n",
+        &[
+            ("CLASSHOOK_SERVER_MAX_INFLIGHT_BODY_BYTES", "4194304"),
+            ("CLASSHOOK_SERVER_MAX_CONNECTIONS", "20"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.server.max_inflight_body_bytes, 4 * 1024 * 1024);
+    assert_eq!(config.server.max_connections, 20);
+
+    let small = error_of(
+        "[server]\nmax_body_bytes = 2048\nmax_inflight_body_bytes = 1024\n",
+        &[],
+    );
+    assert!(
+        small.starts_with(
+            "test.toml: server.max_inflight_body_bytes: must be at least max_body_bytes (2048)"
+        ),
+        "{small}"
+    );
+    let none = error_of("", &[("CLASSHOOK_SERVER_MAX_CONNECTIONS", "0")]);
+    assert!(
+        none.starts_with("test.toml: server.max_connections: must be greater than 0"),
+        "{none}"
+    );
+    let typo = error_of("[server]\nmax_connection = 5\n", &[]);
+    assert!(typo.contains("max_connection"), "{typo}");
+}

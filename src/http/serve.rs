@@ -3,9 +3,17 @@
 //! stalls is cut off after `header_read_timeout` instead of holding a task forever
 //! (bodies are bounded by the handlers that read them). On shutdown the listener
 //! closes, in-flight requests finish, and idle keep-alive connections are closed.
+//!
+//! At most `max_connections` connections are served at once: the loop takes a slot
+//! before it accepts, so further connections wait in the kernel's accept queue, where
+//! nothing of theirs is read and they cost the process nothing, until a connection
+//! ends. A request head (request line and headers) may take at most
+//! [`MAX_HEAD_BYTES`] of buffer, so a connection that has not yet been authenticated
+//! holds at most that much.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -14,12 +22,35 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower::ServiceExt;
+
+use super::LogLimiter;
+
+/// hyper's read buffer per connection, which bounds a request head: a larger head is
+/// answered 431 by hyper itself (hyper's default is ~400 KiB).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// The connection slots; more connections wait in the accept queue.
+    pub connections: Arc<Semaphore>,
+}
+
+impl ServeOptions {
+    pub fn new(
+        header_read_timeout: Duration,
+        shutdown_grace: Duration,
+        max_connections: usize,
+    ) -> Self {
+        ServeOptions {
+            header_read_timeout,
+            shutdown_grace,
+            connections: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
+        }
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then drains.
@@ -33,10 +64,28 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
+    let saturated_log = LogLimiter::new(1, Duration::from_secs(10));
     tokio::pin!(shutdown);
     loop {
+        let slots = options.connections.clone();
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if let Some(suppressed) = saturated_log.admit() {
+                    tracing::warn!(
+                        suppressed,
+                        "max_connections reached: new connections wait in the accept queue"
+                    );
+                }
+                tokio::select! {
+                    slot = slots.acquire_owned() => slot.expect("the slots are never closed"),
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -63,6 +112,7 @@ pub async fn serve(
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %remote, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);
