@@ -38,7 +38,7 @@ use crate::clock::Clock;
 use crate::config::{BasicAuth, Source};
 use crate::crypto;
 use crate::event::NewEvent;
-use crate::http::{ApiError, BodyBudget, OverBudget, Reservation};
+use crate::http::{ApiError, BodyBudget, LogLimiter, OverBudget, Reservation, shorten};
 use crate::metrics::Metrics;
 use crate::net::{ClientAddr, NetList};
 use crate::provider::{Envelope, EnvelopeError, SignatureError};
@@ -46,6 +46,9 @@ use crate::store::{AppendOutcome, NewRejection, REJECTION_BODY_PREFIX, Store, St
 
 /// Headers never stored with an event: they carry credentials.
 const UNSTORED_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
+
+/// How much of a source name a log line or an error message shows.
+pub const SHOWN_SOURCE_CHARS: usize = 64;
 
 /// What ingest needs, shared by every request.
 pub struct Ingest {
@@ -59,6 +62,8 @@ pub struct Ingest {
     pub trusted_proxies: NetList,
     /// The bytes of bodies held at once, across all requests.
     pub body_budget: BodyBudget,
+    /// How many "request refused" lines reach the log.
+    pub refusal_log: LogLimiter,
 }
 
 /// Why a request was refused. Each variant maps to exactly one status.
@@ -252,10 +257,9 @@ impl Ingest {
         client: IpAddr,
         headers: &HeaderMap,
     ) -> Result<&Source, IngestError> {
-        let source = self
-            .sources
-            .get(source_name)
-            .ok_or_else(|| IngestError::UnknownSource(source_name.chars().take(100).collect()))?;
+        let source = self.sources.get(source_name).ok_or_else(|| {
+            IngestError::UnknownSource(shorten(source_name, SHOWN_SOURCE_CHARS).into_owned())
+        })?;
         check_headers(source, client, headers)?;
         Ok(source)
     }
@@ -278,7 +282,8 @@ impl Ingest {
         Ok(outcome)
     }
 
-    /// Logs the refusal, counts it, keeps it in the rejection log, and answers it.
+    /// Logs the refusal (shortened, and rate-limited: a flood of refusals must not
+    /// flood the log), counts it, keeps it in the rejection log, and answers it.
     fn refuse(
         &self,
         error: IngestError,
@@ -287,14 +292,17 @@ impl Ingest {
         body: &[u8],
         at_ms: i64,
     ) -> Response {
-        tracing::info!(
-            source,
-            client = %client.ip,
-            peer = %client.peer,
-            code = error.code(),
-            %error,
-            "request refused"
-        );
+        if let Some(suppressed) = self.refusal_log.admit() {
+            tracing::info!(
+                source = %shorten(source, SHOWN_SOURCE_CHARS),
+                client = %client.ip,
+                peer = %client.peer,
+                code = error.code(),
+                %error,
+                suppressed,
+                "request refused"
+            );
+        }
         self.metrics.rejection(error.code());
         if error.is_logged() {
             self.store.record_rejection(NewRejection {

@@ -21,11 +21,15 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::deliver::dispatcher::{DispatchOptions, Dispatcher};
 use crate::deliver::send::Sender;
-use crate::http::{self, ApiError, BodyBudget, ServeOptions};
+use crate::http::{self, ApiError, BodyBudget, LogLimiter, ServeOptions};
 use crate::ingest::{self, Ingest};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::{Store, StoreError, StoreOptions};
+
+/// At most this many "request refused" lines per second reach the log; the next
+/// line let through says how many were left out. Metrics count every refusal.
+const REFUSAL_LINES_PER_SECOND: u32 = 20;
 
 /// How long `/readyz` waits for the store to take a write lock.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -116,6 +120,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         metrics: metrics.clone(),
         trusted_proxies: server.trusted_proxies.clone(),
         body_budget: body_budget.clone(),
+        refusal_log: LogLimiter::new(REFUSAL_LINES_PER_SECOND, Duration::from_secs(1)),
     });
     let api = Arc::new(ApiState {
         store: store.clone(),

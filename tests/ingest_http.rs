@@ -724,3 +724,96 @@ async fn connections_over_max_connections_wait_unread_until_a_slot_frees() {
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn over_long_targets_get_414_with_the_json_error() {
+    let gw = Gateway::start().await;
+    let long = "n".repeat(9000);
+    let answer = gw
+        .post_raw(&format!("/hooks/{long}"), &[], b"{}".to_vec())
+        .await;
+    assert_eq!((answer.status, answer.error()), (414, "uri_too_long"));
+    assert!(answer.json["message"].as_str().unwrap().len() < 200);
+    let response = gw
+        .client
+        .get(gw.url(&format!("/api/v1/events?source={long}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 414);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "uri_too_long");
+
+    // Under the limit, an unknown source's name is shortened in the answer.
+    let name = "n".repeat(7000);
+    let answer = gw
+        .post_raw(&format!("/hooks/{name}"), &[], b"{}".to_vec())
+        .await;
+    assert_eq!((answer.status, answer.error()), (404, "unknown_source"));
+    let message = answer.json["message"].as_str().unwrap();
+    assert!(message.contains("…(7000 chars)"), "{message}");
+    assert!(message.len() < 200, "{message}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn refusal_logs_are_shortened_and_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::process::write_config(dir.path(), SOURCES);
+    let (mut served, log) = common::process::serve_logged(&config).await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", served.addr);
+    let long = "n".repeat(6000);
+    // One long name, then a burst: 41 refusals within a second, one more after it.
+    for i in 0..41 {
+        let path = if i == 0 {
+            format!("/hooks/{long}")
+        } else {
+            "/hooks/ghost".to_string()
+        };
+        let response = client.post(url(&path)).body("{}").send().await.unwrap();
+        assert_eq!(response.status(), 404);
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let response = client
+        .post(url("/hooks/ghost"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    // Every refusal is still counted.
+    let metrics = client
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("classhook_rejections_total{reason=\"unknown_source\"} 42"),
+        "{metrics}"
+    );
+
+    let refused = |log: &Vec<String>| -> Vec<String> {
+        log.iter()
+            .filter(|l| l.contains("request refused"))
+            .cloned()
+            .collect()
+    };
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = refused(&log.lock().unwrap());
+        if lines.len() >= 21 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    served.child.kill().await.unwrap();
+    assert_eq!(lines.len(), 21, "{lines:#?}");
+    assert!(lines[0].contains("…(6000 chars)"), "{}", lines[0]);
+    let longest = lines.iter().map(String::len).max().unwrap();
+    assert!(longest < 600, "a refusal line of {longest} bytes");
+    assert!(lines[20].contains("suppressed=21"), "{}", lines[20]);
+}

@@ -25,10 +25,19 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-use super::LogLimiter;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, LogLimiter};
+
+/// The longest request target (path and query) served; a longer one is answered 414
+/// with the JSON error body before routing. (hyper answers a target over 65,534 bytes,
+/// or a head over [`MAX_HEAD_BYTES`], itself, with an empty body: see README.)
+pub const MAX_TARGET_BYTES: usize = 8 * 1024;
 
 /// hyper's read buffer per connection, which bounds a request head: a larger head is
-/// answered 431 by hyper itself (hyper's default is ~400 KiB).
+/// answered 431 by hyper itself (hyper's default is ~400 KiB). hyper checks it between
+/// reads, so a head buffer can reach about twice this.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
@@ -66,6 +75,7 @@ pub async fn serve(
         .header_read_timeout(options.header_read_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
+    let router = router.layer(axum::middleware::from_fn(limit_target));
     let graceful = GracefulShutdown::new();
     let saturated_log = LogLimiter::new(1, Duration::from_secs(10));
     tokio::pin!(shutdown);
@@ -125,4 +135,28 @@ pub async fn serve(
             options.shutdown_grace
         );
     }
+}
+
+/// Answers 414 with the JSON error body for a request target over
+/// [`MAX_TARGET_BYTES`], before any route (or log line) sees it.
+async fn limit_target(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let uri = request.uri();
+    let len = uri
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len())
+        + uri
+            .authority()
+            .map_or(0, |authority| authority.as_str().len());
+    if len > MAX_TARGET_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!(
+                "the request target is {len} bytes long; at most {MAX_TARGET_BYTES} are served"
+            ),
+        )
+        .with_header(header::CONNECTION, "close")
+        .into_response();
+    }
+    next.run(request).await
 }
