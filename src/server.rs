@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -146,12 +145,10 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         connections: options.connections.clone(),
         max_connections: server.max_connections,
     });
-    let listener = TcpListener::bind(server.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: server.listen,
-            source,
-        })?;
+    let listener = http::serve::listen(server.listen).map_err(|source| StartError::Bind {
+        addr: server.listen,
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
         addr: server.listen,
         source,

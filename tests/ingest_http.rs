@@ -817,3 +817,34 @@ async fn refusal_logs_are_shortened_and_rate_limited() {
     assert!(longest < 600, "a refusal line of {longest} bytes");
     assert!(lines[20].contains("suppressed=21"), "{}", lines[20]);
 }
+
+#[tokio::test]
+async fn hundreds_of_waiting_connections_fit_in_the_accept_queue() {
+    // One slot, held: every other connection waits in the kernel's accept queue. The
+    // queue must hold them (and a health probe) instead of dropping their SYNs, which
+    // a client retries only a second later.
+    let gw = Gateway::start_with("max_connections = 1\nread_timeout = \"10s\"", SOURCES).await;
+    let holder = hold_body(&gw, "/hooks/school", 100).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut connecting = Vec::new();
+    for _ in 0..300 {
+        connecting.push(tokio::spawn(tokio::time::timeout(
+            Duration::from_millis(800),
+            TcpStream::connect(gw.addr),
+        )));
+    }
+    let mut waiting = Vec::new();
+    for attempt in connecting {
+        if let Ok(Ok(stream)) = attempt.await.unwrap() {
+            waiting.push(stream);
+        }
+    }
+    assert_eq!(
+        waiting.len(),
+        300,
+        "connections dropped by a full accept queue"
+    );
+    drop(waiting);
+    drop(holder);
+    gw.stop().await;
+}

@@ -40,6 +40,24 @@ pub const MAX_TARGET_BYTES: usize = 8 * 1024;
 /// reads, so a head buffer can reach about twice this.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
+/// The kernel's accept queue: connections over `max_connections` wait there, and a
+/// health probe's connection must still find room in it under a flood. The standard
+/// library's (and tokio's) 128 overflowed with 256 attacking connections: dropped
+/// SYNs, retried after 1 s. Linux caps it at `net.core.somaxconn` (4096 by default).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as tokio's own bind).
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub header_read_timeout: Duration,
