@@ -626,7 +626,7 @@ async fn the_body_budget_sheds_with_503_while_small_requests_still_pass() {
     .await;
     // Two slow senders hold 7000 of the 8192 budget bytes.
     let mut slow = hold_body(&gw, "/hooks/school", 3500).await;
-    let _slower = hold_body(&gw, "/hooks/school", 3500).await;
+    let slower = hold_body(&gw, "/hooks/school", 3500).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         metric(&gw, "classhook_body_bytes_in_flight ").await,
@@ -698,6 +698,8 @@ async fn the_body_budget_sheds_with_503_while_small_requests_still_pass() {
     body.resize(4000, b' ');
     let answer = gw.post_raw("/hooks/school", &headers, body).await;
     assert_eq!((answer.status, answer.error()), (400, "invalid_envelope"));
+    // Hung-up senders let shutdown finish at once.
+    drop((slow, slower));
     gw.stop().await;
 }
 
@@ -705,7 +707,7 @@ async fn the_body_budget_sheds_with_503_while_small_requests_still_pass() {
 async fn connections_over_max_connections_wait_unread_until_a_slot_frees() {
     let gw = Gateway::start_with("max_connections = 2\nread_timeout = \"10s\"", SOURCES).await;
     let first = hold_body(&gw, "/hooks/school", 100).await;
-    let _second = hold_body(&gw, "/hooks/school", 100).await;
+    let second = hold_body(&gw, "/hooks/school", 100).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // The third connection is queued by the kernel; nobody reads it.
@@ -722,6 +724,7 @@ async fn connections_over_max_connections_wait_unread_until_a_slot_frees() {
     drop(first);
     let (answer, _) = read_until_closed(&mut third, Duration::from_secs(3)).await;
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    drop(second);
     gw.stop().await;
 }
 
