@@ -8,8 +8,8 @@
 //! before it accepts, so further connections wait in the kernel's accept queue, where
 //! nothing of theirs is read and they cost the process nothing, until a connection
 //! ends. A request head (request line and headers) may take at most
-//! [`MAX_HEAD_BYTES`] of buffer, so a connection that has not yet been authenticated
-//! holds at most that much.
+//! [`MAX_HEAD_BYTES`] of buffer (checked between reads, so about twice that at
+//! worst), which bounds what a connection not yet authenticated can make us hold.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,15 +18,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
-
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, LogLimiter};
 
