@@ -2,7 +2,6 @@
 //! their attempts, replay and backfill. Secrets are write-only.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -145,7 +144,7 @@ impl SubscriptionInput {
             max_in_flight: self.max_in_flight,
         };
         fields
-            .apply(defaults(self.name), allow_private)
+            .apply(SubscriptionSpec::with_defaults(self.name), allow_private)
             .map_err(bad_request)
     }
 }
@@ -233,26 +232,6 @@ impl SubscriptionFields {
         guard::check_literal(&url, allow_private).map_err(|m| format!("url: {m}"))?;
         key_bytes(&spec)?;
         Ok(spec)
-    }
-}
-
-fn defaults(name: String) -> SubscriptionSpec {
-    SubscriptionSpec {
-        name,
-        url: String::new(),
-        events: Vec::new(),
-        sources: None,
-        tenants: None,
-        basic_auth: None,
-        secret: None,
-        secret_encoding: SecretEncoding::Utf8,
-        timeout: Duration::from_secs(10),
-        retry_schedule: vec![
-            Duration::from_secs(10),
-            Duration::from_secs(60),
-            Duration::from_secs(600),
-        ],
-        max_in_flight: 8,
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::deliver::subscription::defaults;
 use crate::provider::ProviderKind;
 use crate::secret::Secret;
 
@@ -49,15 +50,19 @@ pub struct RawSubscription {
 }
 
 fn default_timeout() -> Duration {
-    Duration::from_secs(10)
+    defaults::TIMEOUT
 }
 
+/// The schedule's default steps as the file would write them.
 fn default_retry_schedule() -> Vec<String> {
-    vec!["10s".into(), "1m".into(), "10m".into()]
+    defaults::RETRY_SCHEDULE
+        .iter()
+        .map(|step| humantime::format_duration(*step).to_string())
+        .collect()
 }
 
 fn default_max_in_flight() -> u32 {
-    8
+    defaults::MAX_IN_FLIGHT
 }
 
 #[derive(Debug, Deserialize)]

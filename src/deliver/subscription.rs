@@ -27,6 +27,41 @@ pub struct SubscriptionSpec {
     pub max_in_flight: u32,
 }
 
+/// What a subscription gets for a field its declaration leaves out (config file
+/// and API alike).
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const TIMEOUT: Duration = Duration::from_secs(10);
+    /// Retries after the first attempt.
+    pub const RETRY_SCHEDULE: [Duration; 3] = [
+        Duration::from_secs(10),
+        Duration::from_secs(60),
+        Duration::from_secs(600),
+    ];
+    pub const MAX_IN_FLIGHT: u32 = 8;
+}
+
+impl SubscriptionSpec {
+    /// A subscription of `name` with every optional field at its default (its url and
+    /// events still to be set).
+    pub fn with_defaults(name: String) -> SubscriptionSpec {
+        SubscriptionSpec {
+            name,
+            url: String::new(),
+            events: Vec::new(),
+            sources: None,
+            tenants: None,
+            basic_auth: None,
+            secret: None,
+            secret_encoding: SecretEncoding::Utf8,
+            timeout: defaults::TIMEOUT,
+            retry_schedule: defaults::RETRY_SCHEDULE.to_vec(),
+            max_in_flight: defaults::MAX_IN_FLIGHT,
+        }
+    }
+}
+
 /// Who owns a subscription: config ones are re-synced at every start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
