@@ -448,3 +448,81 @@ async fn deliveries_and_replay_work_from_the_command_line() {
     );
     served.child.start_kill().unwrap();
 }
+
+/// A config whose secrets all come from variables that are not set.
+const UNSET_SECRETS: &str = r#"
+[api]
+tokens_env = "CLASSHOOK_TEST_UNSET_TOKENS"
+
+[[source]]
+name = "school"
+provider = "dreamclass"
+secret_env = "CLASSHOOK_TEST_UNSET_SECRET"
+
+[[subscription]]
+name = "crm"
+url = "https://crm.example.com/hook"
+events = ["*"]
+secret_env = "CLASSHOOK_TEST_UNSET_CRM_SECRET"
+"#;
+
+#[tokio::test]
+async fn read_only_commands_need_no_secrets_but_serving_and_sending_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), UNSET_SECRETS);
+    // A data directory with a database in it, as a gateway leaves it.
+    let skipped =
+        classhook::config::Config::load_with(&config, classhook::config::Secrets::Skip).unwrap();
+    let store = classhook::store::Store::open(
+        &dir.path().join("data"),
+        classhook::store::StoreOptions::default(),
+    )
+    .unwrap();
+    store
+        .sync_config_subscriptions(skipped.subscriptions.clone())
+        .await
+        .unwrap();
+    drop(store);
+    let config = config.to_str().unwrap();
+    for args in [
+        &["events"][..],
+        &["deliveries"],
+        &["export", "--events"],
+        &["export", "--kind", "class"],
+        &["mirror", "rebuild"],
+        &["replay", "--subscription", "crm", "--dead"],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--config", config]);
+        let (code, out, err) = run(&args, None).await;
+        assert_eq!(code, 0, "{args:?}: {out} {err}");
+        assert!(!err.contains("CLASSHOOK_TEST_UNSET"), "{args:?}: {err}");
+    }
+    // Those that receive or send still need their secrets, and say which.
+    for args in [
+        &["serve"][..],
+        &[
+            "send",
+            "--print",
+            "--source",
+            "school",
+            "--event",
+            "CLASS_CREATED",
+        ],
+        &["verify", "--source", "school"],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--config", config]);
+        let (code, _, err) = run(&args, Some(b"{}")).await;
+        assert_ne!(code, 0, "{args:?}");
+        assert!(err.contains("CLASSHOOK_TEST_UNSET_"), "{args:?}: {err}");
+    }
+    // A configuration loaded without its secrets cannot serve.
+    let refused =
+        classhook::server::start(&skipped, std::sync::Arc::new(classhook::clock::SystemClock))
+            .await;
+    assert!(matches!(
+        refused,
+        Err(classhook::server::StartError::SecretsNotLoaded)
+    ));
+}

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, DEFAULT_CONFIG_FILE};
+use crate::config::{Config, DEFAULT_CONFIG_FILE, Secrets};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,13 +59,24 @@ pub enum Command {
 }
 
 impl Cli {
-    /// Loads the configuration named by `--config`, or `classhook.toml`.
+    /// Loads the configuration named by `--config`, or `classhook.toml`, with its
+    /// secrets: for the commands that receive or send.
     pub fn load_config(&self) -> anyhow::Result<Config> {
+        self.load(Secrets::Resolve)
+    }
+
+    /// Loads the configuration without looking up `*_env` secrets: for the commands
+    /// that only read or re-queue what is stored.
+    pub fn load_config_without_secrets(&self) -> anyhow::Result<Config> {
+        self.load(Secrets::Skip)
+    }
+
+    fn load(&self, secrets: Secrets) -> anyhow::Result<Config> {
         let file = self
             .config
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
-        Ok(Config::load(&file)?)
+        Ok(Config::load_with(&file, secrets)?)
     }
 }
 
@@ -93,13 +104,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve => serve::run(cli.load_config()?).await,
         Command::Send(args) => send::run(&cli, args).await,
         Command::Verify(args) => verify::run(&cli, args),
-        Command::Events(args) => events::run(cli.load_config()?, args),
-        Command::Deliveries(args) => deliveries::list(cli.load_config()?, args),
-        Command::Replay(args) => deliveries::replay(cli.load_config()?, args).await,
-        Command::Mirror(command) => mirror::run(cli.load_config()?, command).await,
+        // These neither receive nor send: they do not need (or read) any secret.
+        Command::Events(args) => events::run(cli.load_config_without_secrets()?, args),
+        Command::Deliveries(args) => deliveries::list(cli.load_config_without_secrets()?, args),
+        Command::Replay(args) => deliveries::replay(cli.load_config_without_secrets()?, args).await,
+        Command::Mirror(command) => mirror::run(cli.load_config_without_secrets()?, command).await,
         Command::Export(args) => {
             export::check(args)?;
-            export::run(cli.load_config()?, args)
+            export::run(cli.load_config_without_secrets()?, args)
         }
         Command::NullServer { listen } => serve::run_null(*listen).await,
     }

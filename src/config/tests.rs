@@ -635,3 +635,42 @@ fn values_that_would_crash_are_refused_with_the_key_named() {
     );
     assert_eq!(config.server.max_body_bytes, 256 * 1024 * 1024);
 }
+
+/// Every kind of `*_env` secret, none of whose variables is set.
+const SECRETS_FROM_UNSET_VARIABLES: &str = r#"
+[api]
+tokens_env = "UNSET_TOKENS"
+
+[[source]]
+name = "school"
+provider = "dreamclass"
+secret_env = "UNSET_SCHOOL_SECRET"
+basic_auth = { username = "dc", password_env = "UNSET_SCHOOL_PASSWORD" }
+
+[[subscription]]
+name = "crm"
+url = "https://crm.example.com/hook"
+events = ["*"]
+secret_env = "UNSET_CRM_SECRET"
+basic_auth = { username = "c", password_env = "UNSET_CRM_PASSWORD" }
+"#;
+
+#[test]
+fn skipping_secrets_loads_without_their_variables_and_checks_the_rest() {
+    let err = parse(SECRETS_FROM_UNSET_VARIABLES, &[]).unwrap_err();
+    assert!(err.to_string().contains("UNSET_SCHOOL_SECRET"), "{err}");
+
+    let skip = |text: &str| {
+        Config::from_toml_str_with(Path::new("test.toml"), text, &[], &|_| None, Secrets::Skip)
+    };
+    let config = skip(SECRETS_FROM_UNSET_VARIABLES).unwrap();
+    assert_eq!(config.secrets, Secrets::Skip);
+    let school = config.source("school").unwrap();
+    assert!(school.secret.is_none() && school.signing_key.is_none());
+    assert!(config.api.tokens.is_empty());
+    assert_eq!(config.subscriptions[0].name, "crm");
+
+    // Only the secrets are skipped: every other rule still holds.
+    let bad = SECRETS_FROM_UNSET_VARIABLES.replace("name = \"school\"", "name = \"a b\"");
+    assert_eq!(skip(&bad).unwrap_err().key, "source[0].name");
+}
