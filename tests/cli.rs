@@ -526,3 +526,49 @@ async fn read_only_commands_need_no_secrets_but_serving_and_sending_do() {
         Err(classhook::server::StartError::SecretsNotLoaded)
     ));
 }
+
+#[tokio::test]
+async fn a_relative_data_dir_is_beside_the_config_and_a_missing_database_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("classhook.toml");
+    std::fs::write(&config, format!("[server]\ndata_dir = \"data\"\n{SOURCES}")).unwrap();
+    drop(
+        classhook::store::Store::open(
+            &dir.path().join("data"),
+            classhook::store::StoreOptions::default(),
+        )
+        .unwrap(),
+    );
+    // The tests run in the crate's directory, not the config's.
+    assert_ne!(std::env::current_dir().unwrap(), dir.path());
+    let config = config.to_str().unwrap();
+    let (code, out, err) = run(&["events", "--config", config], None).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("seq") || out.contains("received"), "{out}");
+
+    // No database there: said once, with the path looked at; nothing is created.
+    let empty = dir.path().join("elsewhere");
+    std::fs::create_dir(&empty).unwrap();
+    let other = empty.join("classhook.toml");
+    std::fs::write(&other, "[server]\ndata_dir = \"nothing\"\n").unwrap();
+    let other = other.to_str().unwrap();
+    let expected = format!(
+        "there is no database at {}",
+        empty.join("nothing").join("classhook.db").display()
+    );
+    for args in [
+        &["events"][..],
+        &["deliveries"],
+        &["export", "--events"],
+        &["mirror", "rebuild"],
+        &["replay", "--subscription", "x", "--dead"],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--config", other]);
+        let (code, _, err) = run(&args, None).await;
+        assert_ne!(code, 0, "{args:?}");
+        assert!(err.contains(&expected), "{args:?}: {err}");
+        assert_eq!(err.matches("no database").count(), 1, "{err}");
+    }
+    assert!(!empty.join("nothing").exists(), "nothing was created");
+}

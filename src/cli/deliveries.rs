@@ -4,12 +4,12 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 
 use crate::clock::{Clock, SystemClock, format_ms};
 use crate::config::Config;
-use crate::store::{DeliveryFilter, DeliveryState, Store, StoreOptions};
+use crate::store::{DeliveryFilter, DeliveryState};
 
 #[derive(Debug, Args)]
 pub struct DeliveriesArgs {
@@ -46,8 +46,7 @@ pub struct ReplayArgs {
 }
 
 pub fn list(config: Config, args: &DeliveriesArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::open_read_only(&config.server.data_dir)
-        .with_context(|| format!("nothing stored yet in {}", config.server.data_dir.display()))?;
+    let store = super::open_for_reading(&config)?;
     let deliveries = store.list_deliveries(&DeliveryFilter {
         subscription: args.subscription.clone(),
         state: args.dead.then_some(DeliveryState::Dead),
@@ -81,7 +80,7 @@ pub fn list(config: Config, args: &DeliveriesArgs) -> anyhow::Result<ExitCode> {
 pub async fn replay(config: Config, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let since = super::parse_time_flag("since", args.since.as_deref())?;
     let until = super::parse_time_flag("until", args.until.as_deref())?;
-    let store = Store::open(&config.server.data_dir, StoreOptions::default())?;
+    let store = super::open_existing(&config)?;
     let now = SystemClock.now_ms();
     match (&args.delivery, &args.subscription) {
         (Some(id), _) => {

@@ -2,13 +2,12 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Args;
 
 use crate::clock::format_ms;
 use crate::config::Config;
 use crate::event::EventStatus;
-use crate::store::{EventFilter, Store};
+use crate::store::EventFilter;
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
@@ -32,8 +31,7 @@ fn parse_status(text: &str) -> Result<EventStatus, String> {
 }
 
 pub fn run(config: Config, args: &EventsArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::open_read_only(&config.server.data_dir)
-        .with_context(|| format!("no events yet in {}", config.server.data_dir.display()))?;
+    let store = super::open_for_reading(&config)?;
     let events = store.list_events(&EventFilter {
         source: args.source.clone(),
         event_type: args.event_type.clone(),

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
@@ -44,8 +44,7 @@ pub struct ExportArgs {
 }
 
 pub fn run(config: Config, args: &ExportArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::open_read_only(&config.server.data_dir)
-        .with_context(|| format!("nothing stored yet in {}", config.server.data_dir.display()))?;
+    let store = super::open_for_reading(&config)?;
     let since_ms = super::parse_time_flag("since", args.since.as_deref())?;
     let stdout = std::io::stdout().lock();
     let mut out = Output::new(args.format, stdout);

@@ -9,12 +9,13 @@ mod send;
 mod serve;
 mod verify;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, DEFAULT_CONFIG_FILE, Secrets};
+use crate::store::{Store, StoreError, StoreOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -96,6 +97,38 @@ fn parse_time_flag(flag: &str, value: Option<&str>) -> anyhow::Result<Option<i64
                 .with_context(|| format!("--{flag} {t:?} is not an RFC 3339 time"))
         })
         .transpose()
+}
+
+/// Opens the configured data directory's database for reading.
+fn open_for_reading(config: &Config) -> anyhow::Result<Store> {
+    match Store::open_read_only(&config.server.data_dir) {
+        Err(StoreError::NoDatabase(path)) => Err(no_database(config, &path)),
+        other => Ok(other?),
+    }
+}
+
+/// Opens the configured data directory's database to change it (re-queue, rebuild);
+/// unlike `serve`, never creates one.
+fn open_existing(config: &Config) -> anyhow::Result<Store> {
+    let path = Store::database_path(&config.server.data_dir);
+    if !path.exists() {
+        return Err(no_database(config, &path));
+    }
+    Ok(Store::open(
+        &config.server.data_dir,
+        StoreOptions::default(),
+    )?)
+}
+
+/// Says plainly that there is no database, where it was looked for and why there.
+fn no_database(config: &Config, path: &Path) -> anyhow::Error {
+    let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    anyhow::anyhow!(
+        "there is no database at {} (data_dir of {}; a relative data_dir is taken from the config file's directory): `classhook serve --config {}` creates it on start",
+        shown.display(),
+        config.file.display(),
+        config.file.display(),
+    )
 }
 
 /// Runs the parsed command line.

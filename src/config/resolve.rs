@@ -107,7 +107,12 @@ pub(super) fn resolve(
         .map_err(|m| ConfigError::new(file, "server.trusted_proxies", m))?;
     let server = ServerConfig {
         listen: s.listen,
-        data_dir: s.data_dir,
+        // A relative data_dir means "beside the config file", wherever the command
+        // runs from (also when it comes from CLASSHOOK_SERVER_DATA_DIR).
+        data_dir: match file.parent() {
+            Some(dir) if s.data_dir.is_relative() => dir.join(&s.data_dir),
+            _ => s.data_dir,
+        },
         max_body_bytes: usize::try_from(s.max_body_bytes).unwrap_or(usize::MAX),
         read_timeout: s.read_timeout,
         append_timeout: s.append_timeout,

@@ -674,3 +674,32 @@ fn skipping_secrets_loads_without_their_variables_and_checks_the_rest() {
     let bad = SECRETS_FROM_UNSET_VARIABLES.replace("name = \"school\"", "name = \"a b\"");
     assert_eq!(skip(&bad).unwrap_err().key, "source[0].name");
 }
+
+#[test]
+fn a_relative_data_dir_is_taken_from_the_config_files_directory() {
+    let load = |data_dir: &str, vars: &[(String, String)]| {
+        Config::from_toml_str(
+            Path::new("/etc/classhook/classhook.toml"),
+            &format!("[server]\ndata_dir = {data_dir:?}\n"),
+            vars,
+            &|_| None,
+        )
+        .unwrap()
+        .server
+        .data_dir
+    };
+    assert_eq!(load("data", &[]), Path::new("/etc/classhook/data"));
+    assert_eq!(load("../var", &[]), Path::new("/etc/classhook/../var"));
+    assert_eq!(
+        load("/var/lib/classhook", &[]),
+        Path::new("/var/lib/classhook")
+    );
+    let from_env = [(
+        "CLASSHOOK_SERVER_DATA_DIR".to_string(),
+        "env-data".to_string(),
+    )];
+    assert_eq!(
+        load("data", &from_env),
+        Path::new("/etc/classhook/env-data")
+    );
+}

@@ -111,6 +111,9 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("a stored row is unreadable: {0}")]
     Corrupt(String),
+    /// A command that reads the store found no database file.
+    #[error("there is no classhook database at {}", .0.display())]
+    NoDatabase(std::path::PathBuf),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
