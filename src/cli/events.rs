@@ -1,4 +1,5 @@
-//! `classhook events`: the latest stored events, read straight from the data directory.
+//! `classhook events`: the latest stored events, read straight from the data directory,
+//! with both identifiers `GET /api/v1/events/{id}` accepts.
 
 use std::process::ExitCode;
 
@@ -39,14 +40,17 @@ pub fn run(config: Config, args: &EventsArgs) -> anyhow::Result<ExitCode> {
         limit: args.limit,
         ..EventFilter::default()
     })?;
+    // Both identifiers are what `GET /api/v1/events/{id}` takes: the sequence number,
+    // and the platform's (the DreamClass id, a Loopwise event's sha256 key).
     println!(
-        "{:<24}  {:<16}  {:<26}  {:<12}  {:>4}  id",
-        "received", "source", "type", "status", "seen"
+        "{:>8}  {:<24}  {:<16}  {:<26}  {:<12}  {:>4}  platform id",
+        "seq", "received", "source", "type", "status", "seen"
     );
     for e in events {
         let id = e.event_id.unwrap_or_else(|| e.dedupe_key.clone());
         println!(
-            "{:<24}  {:<16}  {:<26}  {:<12}  {:>4}  {id}",
+            "{:>8}  {:<24}  {:<16}  {:<26}  {:<12}  {:>4}  {id}",
+            e.seq,
             format_ms(e.received_at_ms),
             e.source,
             e.event_type,

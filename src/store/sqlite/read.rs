@@ -93,6 +93,29 @@ impl SqliteStore {
         }
     }
 
+    /// The events stored under a dedupe key (`id:<uuid>` or `sha256:<hex>`) in any
+    /// source, or only in `source`: (source, seq) pairs, by source name. The same key
+    /// can be stored once per source.
+    pub fn find_events_by_key(
+        &self,
+        dedupe_key: &str,
+        source: Option<&str>,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        self.with_reader(|conn| {
+            let sources = match source {
+                Some(source) => vec![source.to_string()],
+                None => stored_sources(conn)?,
+            };
+            let mut found = Vec::new();
+            for source in sources {
+                if let Some(seq) = dedupe::find_seq(conn, &source, dedupe_key)? {
+                    found.push((source, seq));
+                }
+            }
+            Ok(found)
+        })
+    }
+
     fn query_event(
         &self,
         condition: &str,
@@ -214,6 +237,21 @@ fn query_summaries(
         events.push(row??);
     }
     Ok(events)
+}
+
+/// The sources that have stored events, one index probe each (few sources, many
+/// events: never a scan of the log).
+fn stored_sources(conn: &rusqlite::Connection) -> Result<Vec<String>, StoreError> {
+    let mut next = conn.prepare_cached("SELECT min(source) FROM events WHERE source > ?1")?;
+    let mut sources: Vec<String> = Vec::new();
+    loop {
+        let after = sources.last().map_or("", String::as_str);
+        let found: Option<String> = next.query_row([after], |r| r.get(0))?;
+        match found {
+            Some(source) => sources.push(source),
+            None => return Ok(sources),
+        }
+    }
 }
 
 fn parse_status(status: &str) -> Result<EventStatus, StoreError> {
