@@ -457,6 +457,37 @@ async fn deliveries_and_replay_work_from_the_command_line() {
         listed.contains("nowhere") && listed.contains("dead"),
         "{listed}"
     );
+    // Without --dead, replaying a subscription re-sends delivered ones too: only
+    // with --all.
+    let (code, _, err) = run(
+        &["replay", "--config", live, "--subscription", "nowhere"],
+        None,
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("--dead") && err.contains("--all"), "{err}");
+    // --dry-run shows what would be queued and changes nothing.
+    let (code, out, err) = run(
+        &[
+            "replay",
+            "--config",
+            live,
+            "--subscription",
+            "nowhere",
+            "--all",
+            "--dry-run",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("dry run: 1 deliveries of nowhere would be queued again"),
+        "{out}"
+    );
+    assert!(out.lines().nth(1).unwrap().contains("dead"), "{out}");
+    let (_, still, _) = run(&["deliveries", "--config", live, "--dead"], None).await;
+    assert_eq!(still, listed, "a dry run changes nothing");
     let (code, out, err) = run(
         &[
             "replay",

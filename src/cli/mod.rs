@@ -44,7 +44,7 @@ pub enum Command {
     Events(events::EventsArgs),
     /// List deliveries to subscribers (the dead-letter list with --dead).
     Deliveries(deliveries::DeliveriesArgs),
-    /// Queue deliveries again: one, or a subscription's (dead) ones.
+    /// Queue deliveries again: one, or a subscription's dead ones (--dead) or all (--all).
     Replay(deliveries::ReplayArgs),
     /// Work on the mirror of entities.
     #[command(subcommand)]
