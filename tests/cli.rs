@@ -238,7 +238,7 @@ async fn verify_checks_loopwise_headers_and_reads_secrets_from_the_config() {
     )
     .await;
     assert_eq!(code, 0, "{out}");
-    let (code, _, _) = run(
+    let (code, out, _) = run(
         &[
             "verify", "--config", config, "--source", "courses", "--body", file,
         ],
@@ -246,6 +246,33 @@ async fn verify_checks_loopwise_headers_and_reads_secrets_from_the_config() {
     )
     .await;
     assert_eq!(code, 1, "no signature header: does not hold");
+    assert!(!out.contains("trailing newline"), "{out}");
+
+    // Saved with a trailing newline (as `echo` or an editor would): the signature
+    // over the exact bytes fails, and verify says it holds without the newline.
+    let with_newline = dir.path().join("body-newline.json");
+    std::fs::write(&with_newline, format!("{body}\n")).unwrap();
+    let (code, out, _) = run(
+        &[
+            "verify",
+            "--config",
+            config,
+            "--source",
+            "courses",
+            "--body",
+            with_newline.to_str().unwrap(),
+            "--header",
+            &signature,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("does not hold")
+            && out.contains("HOLDS for the body without its trailing newline"),
+        "{out}"
+    );
     let teachify = signature.replace("loopwise-webhook-signature", "Teachify-Webhook-Signature");
     let (code, _, _) = run(
         &[
