@@ -287,6 +287,59 @@ async fn an_event_is_found_by_the_platform_id_the_cli_shows() {
 }
 
 #[tokio::test]
+async fn unknown_filters_and_kinds_are_refused_and_type_patterns_match() {
+    let gw = Gateway::start_with("", &with_api("")).await;
+    send_all(
+        &gw,
+        &[
+            dreamclass_sample("CLASS_CREATED", 1),
+            dreamclass_sample("CLASS_UPDATED", 1),
+            dreamclass_sample("ATTENDANCE_CREATED", 2),
+            dreamclass_sample("GRADE_CREATED", 3),
+        ],
+        "school",
+    )
+    .await;
+    let (status, refused) = get(&gw, "/api/v1/entities/class?cod=cs-2").await;
+    assert_eq!(status, 400, "{refused}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.contains("`cod`") && message.contains("code"),
+        "{message}"
+    );
+    let (status, _) = get(&gw, "/api/v1/entities/class?code=cs-2&limit=5").await;
+    assert_eq!(status, 200);
+    let (status, missing) = get(&gw, "/api/v1/entities/nosuchkind").await;
+    assert_eq!(status, 404, "{missing}");
+    // Documented, generic, still empty: an empty list. Undocumented but mirrored: listed.
+    let (status, empty) = get(&gw, "/api/v1/entities/period").await;
+    assert_eq!(
+        (status, empty["items"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+    let (status, grades) = get(&gw, "/api/v1/entities/grade").await;
+    assert_eq!(
+        (status, grades["items"].as_array().map(Vec::len)),
+        (200, Some(1))
+    );
+
+    let (status, classes) = get(&gw, "/api/v1/events?type=CLASS_*").await;
+    assert_eq!(status, 200);
+    let types: BTreeSet<&str> = classes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, BTreeSet::from(["CLASS_CREATED", "CLASS_UPDATED"]));
+    let (_, all) = get(&gw, "/api/v1/events?type=*").await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 4);
+    let (status, _) = get(&gw, "/api/v1/events?type=CL*SS").await;
+    assert_eq!(status, 400);
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn entities_list_filter_read_and_show_history() {
     let gw = Gateway::start_with("", &with_api("")).await;
     let attendance = |id: i64, class_id: i64, date: &str| {

@@ -413,6 +413,25 @@ async fn export_and_mirror_rebuild_work_on_the_data_directory() {
     .await;
     assert_eq!((code, out.as_str()), (0, ""));
 
+    // A kind, a subscription or a pattern that does not exist is said so, not an
+    // empty answer; prefix patterns match as subscriptions do.
+    let (code, _, err) = run(&["export", "--config", live, "--kind", "nosuch"], None).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no entity kind \"nosuch\""), "{err}");
+    let (code, _, err) = run(
+        &["deliveries", "--config", live, "--subscription", "nosuch"],
+        None,
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no subscription named \"nosuch\""), "{err}");
+    let (code, out, _) = run(&["events", "--config", live, "--type", "CLASS_*"], None).await;
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 3, "two CLASS_CREATED: {out}");
+    let (code, _, err) = run(&["events", "--config", live, "--type", "CL*SS"], None).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("a `*` only at the end"), "{err}");
+
     let (code, out, err) = run(&["mirror", "rebuild", "--config", live], None).await;
     assert_eq!(code, 0, "{err}");
     assert!(

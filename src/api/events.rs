@@ -12,6 +12,7 @@ use utoipa::IntoParams;
 use super::extract::{Path, Query, bad_request, limit, page, parse_cursor, parse_time};
 use super::views::{ErrorBody, EventDetail, EventPage, RejectionPage};
 use super::{ApiState, read};
+use crate::deliver::subscription::valid_pattern;
 use crate::event::EventStatus;
 use crate::http::ApiError;
 use crate::store::{EventFilter, RejectionFilter};
@@ -23,7 +24,9 @@ pub struct EventQuery {
     source: Option<String>,
     /// Only events of this tenant (DreamClass).
     tenant: Option<String>,
-    /// Only events of this type, e.g. `CLASS_UPDATED` or `course.student_enroll`.
+    /// Only events of this type, e.g. `CLASS_UPDATED` or `course.student_enroll`; a
+    /// pattern as subscriptions take: `CLASS_*` (every type starting with `CLASS_`)
+    /// or `*`.
     #[serde(rename = "type")]
     event_type: Option<String>,
     /// Only events with this status.
@@ -73,6 +76,11 @@ pub async fn list_events(
     Query(q): Query<EventQuery>,
 ) -> Result<Json<EventPage>, ApiError> {
     let status = q.status.map(EventStatus::from);
+    if let Some(t) = q.event_type.as_deref().filter(|t| !valid_pattern(t)) {
+        return Err(bad_request(format!(
+            "`type` {t:?} is not an exact type, a prefix pattern such as CLASS_* or *: a `*` only at the end"
+        )));
+    }
     let filter = EventFilter {
         source: q.source,
         tenant: q.tenant,

@@ -60,6 +60,11 @@ pub struct ReplayArgs {
 
 pub fn list(config: Config, args: &DeliveriesArgs) -> anyhow::Result<ExitCode> {
     let store = super::open_for_reading(&config)?;
+    if let Some(name) = &args.subscription
+        && store.get_subscription(name)?.is_none()
+    {
+        bail!("no subscription named {name:?}");
+    }
     let deliveries = store.list_deliveries(&DeliveryFilter {
         subscription: args.subscription.clone(),
         state: args.dead.then_some(DeliveryState::Dead),

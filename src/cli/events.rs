@@ -15,8 +15,9 @@ pub struct EventsArgs {
     /// Only events of this source.
     #[arg(long)]
     source: Option<String>,
-    /// Only events of this type, e.g. CLASS_CREATED.
-    #[arg(long = "type")]
+    /// Only events of this type, e.g. CLASS_CREATED; or a pattern as subscriptions
+    /// take: CLASS_* (every type starting with CLASS_) or *.
+    #[arg(long = "type", value_parser = parse_type)]
     event_type: Option<String>,
     /// Only events with this status: ok, unknown_type or quarantined.
     #[arg(long, value_parser = parse_status)]
@@ -24,6 +25,16 @@ pub struct EventsArgs {
     /// How many events to show.
     #[arg(long, default_value_t = 20)]
     limit: usize,
+}
+
+fn parse_type(text: &str) -> Result<String, String> {
+    if crate::deliver::subscription::valid_pattern(text) {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not an exact type, a prefix pattern such as CLASS_* or *: a `*` only at the end"
+        ))
+    }
 }
 
 fn parse_status(text: &str) -> Result<EventStatus, String> {

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::api::views::{EntityView, EventView};
 use crate::config::Config;
-use crate::mirror::kinds::{platform_for_request, resolve};
+use crate::mirror::kinds::{self, platform_for_request, resolve};
 use crate::store::{EntityFilter, EventFilter, Store};
 
 /// Rows read from the store per round trip.
@@ -148,6 +148,10 @@ fn export_entities(
         .map(|s| (s.name.clone(), s.provider))
         .collect();
     let provider = platform_for_request(kind, args.source.as_deref(), &sources);
+    // As the API: an unknown kind is an error, not an empty export.
+    if !kinds::documented(kind) && !store.mirror_counts()?.iter().any(|c| c.kind == kind) {
+        bail!("no entity kind {kind:?}: neither documented nor in the mirror");
+    }
     // Typed kinds get one CSV column per field; other kinds one `data` column of JSON.
     let fields: Vec<&str> = resolve(provider, kind)
         .map(|spec| spec.fields.iter().map(|f| f.path).collect())

@@ -200,6 +200,8 @@ pub struct StoredEvent {
 pub struct EventFilter {
     pub source: Option<String>,
     pub tenant: Option<String>,
+    /// An exact type, `PREFIX*` (every type starting with PREFIX) or `*`, as
+    /// subscriptions match.
     pub event_type: Option<String>,
     pub status: Option<EventStatus>,
     /// Received at or after (epoch ms).

@@ -21,7 +21,18 @@ impl SqliteStore {
         let mut c = Conditions::default();
         c.add_opt("source = ?", filter.source.as_ref());
         c.add_opt("tenant = ?", filter.tenant.as_ref());
-        c.add_opt("event_type = ?", filter.event_type.as_ref());
+        match filter
+            .event_type
+            .as_deref()
+            .map(|t| (t, t.strip_suffix('*')))
+        {
+            None | Some(("*", _)) => {}
+            // `CLASS_*`: a prefix, as subscriptions match (GLOB keeps the index usable).
+            Some((_, Some(prefix))) => {
+                c.add("event_type GLOB ?", format!("{}*", glob_literal(prefix)))
+            }
+            Some((exact, None)) => c.add("event_type = ?", exact.to_string()),
+        }
         if let Some(status) = filter.status {
             c.add("status = ?", status.as_str().to_string());
             if status != EventStatus::Ok {
@@ -252,6 +263,22 @@ fn stored_sources(conn: &rusqlite::Connection) -> Result<Vec<String>, StoreError
             None => return Ok(sources),
         }
     }
+}
+
+/// `text` as a GLOB pattern matching only itself.
+fn glob_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '*' | '?' | '[' => {
+                out.push('[');
+                out.push(c);
+                out.push(']');
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 fn parse_status(status: &str) -> Result<EventStatus, StoreError> {
