@@ -677,3 +677,90 @@ async fn a_relative_data_dir_is_beside_the_config_and_a_missing_database_is_name
     }
     assert!(!empty.join("nothing").exists(), "nothing was created");
 }
+
+#[tokio::test]
+async fn send_warns_about_undocumented_types_touches_one_entity_and_explains_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), SOURCES);
+    let config = config.to_str().unwrap();
+    let (code, out, err) = run(
+        &[
+            "send",
+            "--print",
+            "--config",
+            config,
+            "--source",
+            "courses",
+            "--event",
+            "CLASS_CREATED",
+            "--entity-id",
+            "x-1",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("not a documented loopwise event type") && err.contains("unknown_type"),
+        "{err}"
+    );
+    assert!(out.contains("\"id\":\"x-1\""), "{out}");
+    let (_, out, err) = run(
+        &[
+            "send",
+            "--print",
+            "--config",
+            config,
+            "--source",
+            "school",
+            "--event",
+            "CLASS_UPDATED",
+            "--entity-id",
+            "77",
+        ],
+        None,
+    )
+    .await;
+    assert!(!err.contains("warning"), "{err}");
+    assert!(out.contains("\"data\":{\"id\":77,"), "{out}");
+
+    // Nothing listens at the config's address (port 0 is never connectable).
+    let (code, _, err) = run(
+        &[
+            "send",
+            "--config",
+            config,
+            "--source",
+            "school",
+            "--event",
+            "CLASS_CREATED",
+        ],
+        None,
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("is `classhook serve` running at that address?"),
+        "{err}"
+    );
+
+    let missing = dir.path().join("none.toml");
+    let (code, _, err) = run(
+        &[
+            "send",
+            "--config",
+            missing.to_str().unwrap(),
+            "--source",
+            "school",
+            "--event",
+            "CLASS_CREATED",
+        ],
+        None,
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--config") && err.contains("CLASSHOOK_CONFIG"),
+        "{err}"
+    );
+}

@@ -77,6 +77,12 @@ impl Cli {
             .config
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
+        if !file.exists() {
+            anyhow::bail!(
+                "no config file {}: name one with --config FILE or CLASSHOOK_CONFIG (default: {DEFAULT_CONFIG_FILE} in the working directory; classhook.example.toml is a start)",
+                file.display()
+            );
+        }
         Ok(Config::load_with(&file, secrets)?)
     }
 }
