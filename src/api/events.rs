@@ -28,6 +28,7 @@ pub struct EventQuery {
     /// pattern as subscriptions take: `CLASS_*` (every type starting with `CLASS_`)
     /// or `*`.
     #[serde(rename = "type")]
+    #[param(pattern = r"^([^*]+\*?|\*)$")]
     event_type: Option<String>,
     /// Only events with this status.
     #[param(inline)]
@@ -115,8 +116,11 @@ fn parse_event_ref(text: &str) -> Result<EventRef, ApiError> {
             "{text:?} is not an event id: give {EVENT_ID_FORMS}"
         ))
     };
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse().map(EventRef::Seq).map_err(|_| bad());
+    if !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(seq) = text.parse()
+    {
+        return Ok(EventRef::Seq(seq));
     }
     let uuid = text.strip_prefix("id:").unwrap_or(text);
     if let Ok(uuid) = uuid::Uuid::try_parse(uuid) {
@@ -189,7 +193,7 @@ async fn find(
 /// event's `sha256:<hex>` key (`dedupe_key`). A platform id stored by several
 /// sources is ambiguous: 400 naming them; add `source`.
 #[utoipa::path(get, path = "/events/{id}", tag = "events",
-    params(("id" = String, Path, description = "The event: its sequence number (`id` in a list, e.g. `42`), a DreamClass event id (UUID, or `id:<uuid>`) or a Loopwise `sha256:<hex>` key (`dedupe_key`). A platform id stored by several sources answers 400 unless `source` is given."), EventLookup),
+    params(("id" = String, Path, pattern = "^([0-9]{1,18}|(id:)?([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})|sha256:[0-9a-fA-F]{64})$", description = "The event: its sequence number (`id` in a list, e.g. `42`), a DreamClass event id (UUID, or `id:<uuid>`) or a Loopwise `sha256:<hex>` key (`dedupe_key`). A platform id stored by several sources answers 400 unless `source` is given."), EventLookup),
     responses(
         (status = 200, description = "The event", body = EventDetail),
         (status = 400, description = "The id is none of the accepted forms, or names events of several sources: add `source`", body = ErrorBody),
@@ -207,7 +211,7 @@ pub async fn get_event(
 /// The event's body, byte for byte as the platform sent it (`{id}` as for
 /// `/events/{id}`).
 #[utoipa::path(get, path = "/events/{id}/raw", tag = "events",
-    params(("id" = String, Path, description = "The event: its sequence number, a DreamClass event id (UUID, or `id:<uuid>`) or a Loopwise `sha256:<hex>` key, as for `/events/{id}`"), EventLookup),
+    params(("id" = String, Path, pattern = "^([0-9]{1,18}|(id:)?([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})|sha256:[0-9a-fA-F]{64})$", description = "The event: its sequence number, a DreamClass event id (UUID, or `id:<uuid>`) or a Loopwise `sha256:<hex>` key, as for `/events/{id}`"), EventLookup),
     responses(
         (status = 200, description = "The raw body", content_type = "application/json", body = Object),
         (status = 400, description = "The id is none of the accepted forms, or names events of several sources: add `source`", body = ErrorBody),
