@@ -52,6 +52,10 @@ pub enum StartError {
     /// The proxy is never shown: it may carry credentials.
     #[error("cannot use [delivery] proxy: {0}")]
     Proxy(String),
+    /// The configuration was loaded without its secrets (for read-only commands):
+    /// serving it would accept unsigned requests on sources that have a secret.
+    #[error("this configuration was loaded without its secrets and cannot serve")]
+    SecretsNotLoaded,
 }
 
 /// A gateway serving in the background.
@@ -93,6 +97,9 @@ struct Ops {
 /// Opens the store, binds `config.server.listen` and serves in the background.
 pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
     let server = &config.server;
+    if config.secrets != crate::config::Secrets::Resolve {
+        return Err(StartError::SecretsNotLoaded);
+    }
     if config.api.tokens.is_empty() && !server.listen.ip().is_loopback() {
         return Err(StartError::OpenApiOnPublicAddress(server.listen));
     }

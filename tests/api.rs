@@ -226,6 +226,120 @@ async fn one_event_shows_its_raw_body_headers_and_status() {
 }
 
 #[tokio::test]
+async fn an_event_is_found_by_the_platform_id_the_cli_shows() {
+    let gw = Gateway::start_with("", &with_api("")).await;
+    // The same DreamClass event reaches two sources: one id, two stored events.
+    let request = dreamclass_sample("CLASS_CREATED", 7);
+    let uuid = id_of(&request);
+    send_all(&gw, std::slice::from_ref(&request), "school").await;
+    send_all(&gw, std::slice::from_ref(&request), "open").await;
+    let (status, ambiguous) = get(&gw, &format!("/api/v1/events/{uuid}")).await;
+    assert_eq!(status, 400, "{ambiguous}");
+    let message = ambiguous["message"].as_str().unwrap();
+    assert!(
+        message.contains("source=school (id 1)") && message.contains("source=open (id 2)"),
+        "{message}"
+    );
+    for (path, source, seq) in [
+        (format!("{}?source=open", uuid.to_uppercase()), "open", 2),
+        (format!("id:{uuid}?source=school"), "school", 1),
+    ] {
+        let (status, event) = get(&gw, &format!("/api/v1/events/{path}")).await;
+        assert_eq!(status, 200, "{path}: {event}");
+        assert_eq!(
+            (event["source"].as_str(), event["id"].as_i64()),
+            (Some(source), Some(seq))
+        );
+        assert_eq!(event["event_id"], uuid.as_str());
+    }
+    let other = uuid::Uuid::new_v4();
+    let (status, _) = get(&gw, &format!("/api/v1/events/{other}")).await;
+    assert_eq!(status, 404);
+    let (status, _) = get(&gw, "/api/v1/events/1?source=open").await;
+    assert_eq!(status, 404, "event 1 is not the open source's");
+
+    // A Loopwise event has no id: its sha256 key (what the CLI prints) finds it.
+    let payment = loopwise(
+        "payment.paid",
+        sample::sample_data(ProviderKind::Loopwise, "payment.paid", 3),
+    );
+    send_all(&gw, std::slice::from_ref(&payment), "courses").await;
+    let (_, list) = get(&gw, "/api/v1/events?source=courses").await;
+    let key = list["items"][0]["dedupe_key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("sha256:"), "{key}");
+    let (status, event) = get(&gw, &format!("/api/v1/events/{key}")).await;
+    assert_eq!((status, event["id"].as_i64()), (200, Some(3)), "{event}");
+    let raw = gw
+        .client
+        .get(gw.url(&format!("/api/v1/events/{key}/raw")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.bytes().await.unwrap().to_vec(), payment.body);
+    let (status, bad) = get(&gw, "/api/v1/events/sha256:xyz").await;
+    assert_eq!(status, 400);
+    assert!(
+        bad["message"].as_str().unwrap().contains("sequence number"),
+        "{bad}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_filters_and_kinds_are_refused_and_type_patterns_match() {
+    let gw = Gateway::start_with("", &with_api("")).await;
+    send_all(
+        &gw,
+        &[
+            dreamclass_sample("CLASS_CREATED", 1),
+            dreamclass_sample("CLASS_UPDATED", 1),
+            dreamclass_sample("ATTENDANCE_CREATED", 2),
+            dreamclass_sample("GRADE_CREATED", 3),
+        ],
+        "school",
+    )
+    .await;
+    let (status, refused) = get(&gw, "/api/v1/entities/class?cod=cs-2").await;
+    assert_eq!(status, 400, "{refused}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.contains("`cod`") && message.contains("code"),
+        "{message}"
+    );
+    let (status, _) = get(&gw, "/api/v1/entities/class?code=cs-2&limit=5").await;
+    assert_eq!(status, 200);
+    let (status, missing) = get(&gw, "/api/v1/entities/nosuchkind").await;
+    assert_eq!(status, 404, "{missing}");
+    // Documented, generic, still empty: an empty list. Undocumented but mirrored: listed.
+    let (status, empty) = get(&gw, "/api/v1/entities/period").await;
+    assert_eq!(
+        (status, empty["items"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+    let (status, grades) = get(&gw, "/api/v1/entities/grade").await;
+    assert_eq!(
+        (status, grades["items"].as_array().map(Vec::len)),
+        (200, Some(1))
+    );
+
+    let (status, classes) = get(&gw, "/api/v1/events?type=CLASS_*").await;
+    assert_eq!(status, 200);
+    let types: BTreeSet<&str> = classes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, BTreeSet::from(["CLASS_CREATED", "CLASS_UPDATED"]));
+    let (_, all) = get(&gw, "/api/v1/events?type=*").await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 4);
+    let (status, _) = get(&gw, "/api/v1/events?type=CL*SS").await;
+    assert_eq!(status, 400);
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn entities_list_filter_read_and_show_history() {
     let gw = Gateway::start_with("", &with_api("")).await;
     let attendance = |id: i64, class_id: i64, date: &str| {

@@ -72,6 +72,34 @@ async fn send_stores_an_event_that_events_lists() {
     assert_eq!(out.lines().count(), 2, "{out}");
     assert!(out.contains("payment.paid"), "{out}");
 
+    // Each line shows the sequence number and the platform id (the DreamClass id, a
+    // Loopwise sha256 key): the API finds the event by either.
+    for source in ["school", "courses"] {
+        let (_, out, _) = run(
+            &[
+                "events", "--config", live, "--source", source, "--limit", "1",
+            ],
+            None,
+        )
+        .await;
+        let line: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+        let (seq, platform_id) = (line[0], *line.last().unwrap());
+        assert!(seq.parse::<i64>().is_ok(), "{out}");
+        if source == "courses" {
+            assert!(platform_id.starts_with("sha256:"), "{out}");
+        }
+        for id in [seq, platform_id] {
+            let event: serde_json::Value =
+                reqwest::get(format!("http://{}/api/v1/events/{id}", served.addr))
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+            assert_eq!(event["id"].to_string(), seq, "{id}: {event}");
+        }
+    }
+
     // A wrong secret is refused and `send` says so with its exit code.
     let url = format!("http://{}/hooks/school", served.addr);
     let (code, out, _) = run(
@@ -210,7 +238,7 @@ async fn verify_checks_loopwise_headers_and_reads_secrets_from_the_config() {
     )
     .await;
     assert_eq!(code, 0, "{out}");
-    let (code, _, _) = run(
+    let (code, out, _) = run(
         &[
             "verify", "--config", config, "--source", "courses", "--body", file,
         ],
@@ -218,6 +246,33 @@ async fn verify_checks_loopwise_headers_and_reads_secrets_from_the_config() {
     )
     .await;
     assert_eq!(code, 1, "no signature header: does not hold");
+    assert!(!out.contains("trailing newline"), "{out}");
+
+    // Saved with a trailing newline (as `echo` or an editor would): the signature
+    // over the exact bytes fails, and verify says it holds without the newline.
+    let with_newline = dir.path().join("body-newline.json");
+    std::fs::write(&with_newline, format!("{body}\n")).unwrap();
+    let (code, out, _) = run(
+        &[
+            "verify",
+            "--config",
+            config,
+            "--source",
+            "courses",
+            "--body",
+            with_newline.to_str().unwrap(),
+            "--header",
+            &signature,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("does not hold")
+            && out.contains("HOLDS for the body without its trailing newline"),
+        "{out}"
+    );
     let teachify = signature.replace("loopwise-webhook-signature", "Teachify-Webhook-Signature");
     let (code, _, _) = run(
         &[
@@ -358,6 +413,25 @@ async fn export_and_mirror_rebuild_work_on_the_data_directory() {
     .await;
     assert_eq!((code, out.as_str()), (0, ""));
 
+    // A kind, a subscription or a pattern that does not exist is said so, not an
+    // empty answer; prefix patterns match as subscriptions do.
+    let (code, _, err) = run(&["export", "--config", live, "--kind", "nosuch"], None).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no entity kind \"nosuch\""), "{err}");
+    let (code, _, err) = run(
+        &["deliveries", "--config", live, "--subscription", "nosuch"],
+        None,
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no subscription named \"nosuch\""), "{err}");
+    let (code, out, _) = run(&["events", "--config", live, "--type", "CLASS_*"], None).await;
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 3, "two CLASS_CREATED: {out}");
+    let (code, _, err) = run(&["events", "--config", live, "--type", "CL*SS"], None).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("a `*` only at the end"), "{err}");
+
     let (code, out, err) = run(&["mirror", "rebuild", "--config", live], None).await;
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -429,6 +503,37 @@ async fn deliveries_and_replay_work_from_the_command_line() {
         listed.contains("nowhere") && listed.contains("dead"),
         "{listed}"
     );
+    // Without --dead, replaying a subscription re-sends delivered ones too: only
+    // with --all.
+    let (code, _, err) = run(
+        &["replay", "--config", live, "--subscription", "nowhere"],
+        None,
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("--dead") && err.contains("--all"), "{err}");
+    // --dry-run shows what would be queued and changes nothing.
+    let (code, out, err) = run(
+        &[
+            "replay",
+            "--config",
+            live,
+            "--subscription",
+            "nowhere",
+            "--all",
+            "--dry-run",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("dry run: 1 deliveries of nowhere would be queued again"),
+        "{out}"
+    );
+    assert!(out.lines().nth(1).unwrap().contains("dead"), "{out}");
+    let (_, still, _) = run(&["deliveries", "--config", live, "--dead"], None).await;
+    assert_eq!(still, listed, "a dry run changes nothing");
     let (code, out, err) = run(
         &[
             "replay",
@@ -447,4 +552,215 @@ async fn deliveries_and_replay_work_from_the_command_line() {
         "{out}"
     );
     served.child.start_kill().unwrap();
+}
+
+/// A config whose secrets all come from variables that are not set.
+const UNSET_SECRETS: &str = r#"
+[api]
+tokens_env = "CLASSHOOK_TEST_UNSET_TOKENS"
+
+[[source]]
+name = "school"
+provider = "dreamclass"
+secret_env = "CLASSHOOK_TEST_UNSET_SECRET"
+
+[[subscription]]
+name = "crm"
+url = "https://crm.example.com/hook"
+events = ["*"]
+secret_env = "CLASSHOOK_TEST_UNSET_CRM_SECRET"
+"#;
+
+#[tokio::test]
+async fn read_only_commands_need_no_secrets_but_serving_and_sending_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), UNSET_SECRETS);
+    // A data directory with a database in it, as a gateway leaves it.
+    let skipped =
+        classhook::config::Config::load_with(&config, classhook::config::Secrets::Skip).unwrap();
+    let store = classhook::store::Store::open(
+        &dir.path().join("data"),
+        classhook::store::StoreOptions::default(),
+    )
+    .unwrap();
+    store
+        .sync_config_subscriptions(skipped.subscriptions.clone())
+        .await
+        .unwrap();
+    drop(store);
+    let config = config.to_str().unwrap();
+    for args in [
+        &["events"][..],
+        &["deliveries"],
+        &["export", "--events"],
+        &["export", "--kind", "class"],
+        &["mirror", "rebuild"],
+        &["replay", "--subscription", "crm", "--dead"],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--config", config]);
+        let (code, out, err) = run(&args, None).await;
+        assert_eq!(code, 0, "{args:?}: {out} {err}");
+        assert!(!err.contains("CLASSHOOK_TEST_UNSET"), "{args:?}: {err}");
+    }
+    // Those that receive or send still need their secrets, and say which.
+    for args in [
+        &["serve"][..],
+        &[
+            "send",
+            "--print",
+            "--source",
+            "school",
+            "--event",
+            "CLASS_CREATED",
+        ],
+        &["verify", "--source", "school"],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--config", config]);
+        let (code, _, err) = run(&args, None).await;
+        assert_ne!(code, 0, "{args:?}");
+        assert!(err.contains("CLASSHOOK_TEST_UNSET_"), "{args:?}: {err}");
+    }
+    // A configuration loaded without its secrets cannot serve.
+    let refused =
+        classhook::server::start(&skipped, std::sync::Arc::new(classhook::clock::SystemClock))
+            .await;
+    assert!(matches!(
+        refused,
+        Err(classhook::server::StartError::SecretsNotLoaded)
+    ));
+}
+
+#[tokio::test]
+async fn a_relative_data_dir_is_beside_the_config_and_a_missing_database_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("classhook.toml");
+    std::fs::write(&config, format!("[server]\ndata_dir = \"data\"\n{SOURCES}")).unwrap();
+    drop(
+        classhook::store::Store::open(
+            &dir.path().join("data"),
+            classhook::store::StoreOptions::default(),
+        )
+        .unwrap(),
+    );
+    // The tests run in the crate's directory, not the config's.
+    assert_ne!(std::env::current_dir().unwrap(), dir.path());
+    let config = config.to_str().unwrap();
+    let (code, out, err) = run(&["events", "--config", config], None).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("received"), "{out}");
+
+    // No database there: said once, with the path looked at; nothing is created.
+    let empty = dir.path().join("elsewhere");
+    std::fs::create_dir(&empty).unwrap();
+    let other = empty.join("classhook.toml");
+    std::fs::write(&other, "[server]\ndata_dir = \"nothing\"\n").unwrap();
+    let other = other.to_str().unwrap();
+    let expected = format!(
+        "there is no database at {}",
+        empty.join("nothing").join("classhook.db").display()
+    );
+    for args in [
+        &["events"][..],
+        &["deliveries"],
+        &["export", "--events"],
+        &["mirror", "rebuild"],
+        &["replay", "--subscription", "x", "--dead"],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--config", other]);
+        let (code, _, err) = run(&args, None).await;
+        assert_ne!(code, 0, "{args:?}");
+        assert!(err.contains(&expected), "{args:?}: {err}");
+        assert_eq!(err.matches("no database").count(), 1, "{err}");
+    }
+    assert!(!empty.join("nothing").exists(), "nothing was created");
+}
+
+#[tokio::test]
+async fn send_warns_about_undocumented_types_touches_one_entity_and_explains_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), SOURCES);
+    let config = config.to_str().unwrap();
+    let (code, out, err) = run(
+        &[
+            "send",
+            "--print",
+            "--config",
+            config,
+            "--source",
+            "courses",
+            "--event",
+            "CLASS_CREATED",
+            "--entity-id",
+            "x-1",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("not a documented loopwise event type") && err.contains("unknown_type"),
+        "{err}"
+    );
+    assert!(out.contains("\"id\":\"x-1\""), "{out}");
+    let (_, out, err) = run(
+        &[
+            "send",
+            "--print",
+            "--config",
+            config,
+            "--source",
+            "school",
+            "--event",
+            "CLASS_UPDATED",
+            "--entity-id",
+            "77",
+        ],
+        None,
+    )
+    .await;
+    assert!(!err.contains("warning"), "{err}");
+    assert!(out.contains("\"data\":{\"id\":77,"), "{out}");
+
+    // Nothing listens at the config's address (port 0 is never connectable).
+    let (code, _, err) = run(
+        &[
+            "send",
+            "--config",
+            config,
+            "--source",
+            "school",
+            "--event",
+            "CLASS_CREATED",
+        ],
+        None,
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("is `classhook serve` running at that address?"),
+        "{err}"
+    );
+
+    let missing = dir.path().join("none.toml");
+    let (code, _, err) = run(
+        &[
+            "send",
+            "--config",
+            missing.to_str().unwrap(),
+            "--source",
+            "school",
+            "--event",
+            "CLASS_CREATED",
+        ],
+        None,
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--config") && err.contains("CLASSHOOK_CONFIG"),
+        "{err}"
+    );
 }

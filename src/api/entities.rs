@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -13,7 +13,7 @@ use super::extract::{
 use super::views::{EntityHistory, EntityPage, EntityView, ErrorBody, EventView, KindView};
 use super::{ApiState, read};
 use crate::http::ApiError;
-use crate::mirror::kinds::{platform_for_request, resolve};
+use crate::mirror::kinds::{self, platform_for_request, resolve};
 use crate::mirror::{FieldType, FieldValue};
 use crate::provider::ProviderKind;
 use crate::store::{Entity, EntityFilter};
@@ -106,6 +106,35 @@ impl EntityQuery {
     }
 }
 
+/// The parameters `/entities/{kind}` takes for this kind: the common ones and the
+/// kind's filters.
+fn valid_parameters(provider: Option<ProviderKind>, kind: &str) -> Vec<&'static str> {
+    let mut valid = kinds::LIST_PARAMETERS.to_vec();
+    if let Some(spec) = resolve(provider, kind) {
+        valid.extend(spec.fields.iter().filter_map(|f| f.filter));
+    }
+    valid
+}
+
+/// Refuses a query parameter the kind does not take (a misspelt filter would
+/// otherwise be ignored, and the answer silently wrong).
+fn known_parameters(
+    provider: Option<ProviderKind>,
+    kind: &str,
+    raw_query: Option<&str>,
+) -> Result<(), ApiError> {
+    let valid = valid_parameters(provider, kind);
+    for (name, _) in url::form_urlencoded::parse(raw_query.unwrap_or("").as_bytes()) {
+        if !valid.contains(&name.as_ref()) {
+            return Err(bad_request(format!(
+                "`{name}` is not a parameter of /entities/{kind}; it takes: {}",
+                valid.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Parses the field filters that apply to `kind` of `provider`; any other is a 400.
 fn field_filters(
     provider: Option<ProviderKind>,
@@ -154,18 +183,30 @@ fn field_filters(
 /// configured, the one with a typed table for the kind (Loopwise `payment`; add
 /// `source` for DreamClass payments).
 #[utoipa::path(get, path = "/entities/{kind}", tag = "entities",
-    params(("kind" = String, Path, description = "e.g. class, student_period, attendance, course, enrollment, payment, user"), EntityQuery),
+    params(("kind" = String, Path, description = "e.g. class, student_period, attendance, course, enrollment, payment, user; an undocumented kind once the mirror holds it (see GET /entities)"), EntityQuery),
     responses(
         (status = 200, description = "A page of entities", body = EntityPage),
-        (status = 400, description = "A filter is malformed or does not apply to this kind", body = ErrorBody),
+        (status = 400, description = "A filter is malformed, or a parameter is not one this kind takes (the message lists those it takes)", body = ErrorBody),
         (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 404, description = "No such kind: neither documented (typed kinds and DreamClass families such as `period`, listed even when empty) nor present in the mirror", body = ErrorBody),
     ))]
 pub async fn list_entities(
     State(state): State<Arc<ApiState>>,
     Path(kind): Path<String>,
+    RawQuery(raw_query): RawQuery,
     Query(q): Query<EntityQuery>,
 ) -> Result<Json<EntityPage>, ApiError> {
     let provider = platform_for_request(&kind, q.source.as_deref(), &state.sources);
+    known_parameters(provider, &kind, raw_query.as_deref())?;
+    if !kinds::documented(&kind) {
+        let k = kind.clone();
+        let counts = read(&state, |store| store.mirror_counts()).await?;
+        if !counts.iter().any(|c| c.kind == k) {
+            return Err(ApiError::not_found(format!(
+                "no entity kind {kind:?}: see GET /entities for the kinds the mirror holds"
+            )));
+        }
+    }
     let filter = EntityFilter {
         fields: field_filters(provider, &kind, &q)?,
         provider,

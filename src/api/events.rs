@@ -9,9 +9,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::extract::{Path, Query, limit, page, parse_cursor, parse_time};
+use super::extract::{Path, Query, bad_request, limit, page, parse_cursor, parse_time};
 use super::views::{ErrorBody, EventDetail, EventPage, RejectionPage};
 use super::{ApiState, read};
+use crate::deliver::subscription::valid_pattern;
 use crate::event::EventStatus;
 use crate::http::ApiError;
 use crate::store::{EventFilter, RejectionFilter};
@@ -23,8 +24,11 @@ pub struct EventQuery {
     source: Option<String>,
     /// Only events of this tenant (DreamClass).
     tenant: Option<String>,
-    /// Only events of this type, e.g. `CLASS_UPDATED` or `course.student_enroll`.
+    /// Only events of this type, e.g. `CLASS_UPDATED` or `course.student_enroll`; a
+    /// pattern as subscriptions take: `CLASS_*` (every type starting with `CLASS_`)
+    /// or `*`.
     #[serde(rename = "type")]
+    #[param(pattern = r"^([^*]+\*?|\*)$")]
     event_type: Option<String>,
     /// Only events with this status.
     #[param(inline)]
@@ -73,6 +77,11 @@ pub async fn list_events(
     Query(q): Query<EventQuery>,
 ) -> Result<Json<EventPage>, ApiError> {
     let status = q.status.map(EventStatus::from);
+    if let Some(t) = q.event_type.as_deref().filter(|t| !valid_pattern(t)) {
+        return Err(bad_request(format!(
+            "`type` {t:?} is not an exact type, a prefix pattern such as CLASS_* or *: a `*` only at the end"
+        )));
+    }
     let filter = EventFilter {
         source: q.source,
         tenant: q.tenant,
@@ -89,42 +98,132 @@ pub async fn list_events(
     Ok(Json(EventPage { items, next_cursor }))
 }
 
-async fn find(state: &Arc<ApiState>, id: i64) -> Result<crate::store::StoredEvent, ApiError> {
-    read(state, move |store| store.get_event(id))
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no event with id {id}")))
+/// How an event is named in `/events/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum EventRef {
+    /// classhook's sequence number (`id` in a list).
+    Seq(i64),
+    /// A dedupe key: `id:<uuid>` (DreamClass) or `sha256:<hex>` (Loopwise).
+    Key(String),
+}
+
+/// What `{id}` accepts, for messages and the OpenAPI document.
+const EVENT_ID_FORMS: &str = "classhook's sequence number (`id` in a list, e.g. 42), a DreamClass event id (the envelope's UUID, also written `id:<uuid>`) or a Loopwise event's `sha256:<hex>` key (`dedupe_key`)";
+
+fn parse_event_ref(text: &str) -> Result<EventRef, ApiError> {
+    let bad = || {
+        bad_request(format!(
+            "{text:?} is not an event id: give {EVENT_ID_FORMS}"
+        ))
+    };
+    if !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(seq) = text.parse()
+    {
+        return Ok(EventRef::Seq(seq));
+    }
+    let uuid = text.strip_prefix("id:").unwrap_or(text);
+    if let Ok(uuid) = uuid::Uuid::try_parse(uuid) {
+        // Normalized as the dedupe key is: any spelling of the UUID finds it.
+        return Ok(EventRef::Key(format!("id:{}", uuid.hyphenated())));
+    }
+    if let Some(hex) = text.strip_prefix("sha256:")
+        && hex.len() == 64
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Ok(EventRef::Key(format!(
+            "sha256:{}",
+            hex.to_ascii_lowercase()
+        )));
+    }
+    Err(bad())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventLookup {
+    /// The source: needed when the platform id names events of several sources.
+    source: Option<String>,
+}
+
+async fn find(
+    state: &Arc<ApiState>,
+    id: &str,
+    source: Option<String>,
+) -> Result<crate::store::StoredEvent, ApiError> {
+    let not_found = || match &source {
+        Some(source) => ApiError::not_found(format!("no event {id:?} in source {source:?}")),
+        None => ApiError::not_found(format!("no event {id:?}")),
+    };
+    let seq = match parse_event_ref(id)? {
+        EventRef::Seq(seq) => seq,
+        EventRef::Key(key) => {
+            let wanted = source.clone();
+            let mut found = read(state, move |store| {
+                store.find_events_by_key(&key, wanted.as_deref())
+            })
+            .await?;
+            match found.len() {
+                0 => return Err(not_found()),
+                1 => found.remove(0).1,
+                _ => {
+                    let choices: Vec<String> = found
+                        .iter()
+                        .map(|(source, seq)| format!("source={source} (id {seq})"))
+                        .collect();
+                    return Err(bad_request(format!(
+                        "{} events of different sources have id {id:?}; add `?{}` or use the sequence number",
+                        found.len(),
+                        choices.join("` or `?")
+                    )));
+                }
+            }
+        }
+    };
+    let event = read(state, move |store| store.get_event(seq)).await?;
+    event
+        .filter(|e| source.as_ref().is_none_or(|s| *s == e.summary.source))
+        .ok_or_else(not_found)
 }
 
 /// One event: its raw body exactly as received, decoded, its headers and status.
+///
+/// `{id}` is classhook's sequence number (`id` in a list), a DreamClass event id
+/// (the envelope's UUID, in any letter case, also as `id:<uuid>`), or a Loopwise
+/// event's `sha256:<hex>` key (`dedupe_key`). A platform id stored by several
+/// sources is ambiguous: 400 naming them; add `source`.
 #[utoipa::path(get, path = "/events/{id}", tag = "events",
-    params(("id" = i64, Path, description = "The event's id (from a list)")),
+    params(("id" = String, Path, pattern = "^([0-9]{1,18}|(id:)?([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})|sha256:[0-9a-fA-F]{64})$", description = "The event: its sequence number (`id` in a list, e.g. `42`), a DreamClass event id (UUID, or `id:<uuid>`) or a Loopwise `sha256:<hex>` key (`dedupe_key`). A platform id stored by several sources answers 400 unless `source` is given."), EventLookup),
     responses(
         (status = 200, description = "The event", body = EventDetail),
-        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 400, description = "The id is none of the accepted forms, or names events of several sources: add `source`", body = ErrorBody),
         (status = 401, description = "No valid bearer token", body = ErrorBody),
         (status = 404, description = "No such event", body = ErrorBody),
     ))]
 pub async fn get_event(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
+    Query(lookup): Query<EventLookup>,
 ) -> Result<Json<EventDetail>, ApiError> {
-    Ok(Json(find(&state, id).await?.into()))
+    Ok(Json(find(&state, &id, lookup.source).await?.into()))
 }
 
-/// The event's body, byte for byte as the platform sent it.
+/// The event's body, byte for byte as the platform sent it (`{id}` as for
+/// `/events/{id}`).
 #[utoipa::path(get, path = "/events/{id}/raw", tag = "events",
-    params(("id" = i64, Path, description = "The event's id")),
+    params(("id" = String, Path, pattern = "^([0-9]{1,18}|(id:)?([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})|sha256:[0-9a-fA-F]{64})$", description = "The event: its sequence number, a DreamClass event id (UUID, or `id:<uuid>`) or a Loopwise `sha256:<hex>` key, as for `/events/{id}`"), EventLookup),
     responses(
         (status = 200, description = "The raw body", content_type = "application/json", body = Object),
-        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 400, description = "The id is none of the accepted forms, or names events of several sources: add `source`", body = ErrorBody),
         (status = 401, description = "No valid bearer token", body = ErrorBody),
         (status = 404, description = "No such event", body = ErrorBody),
     ))]
 pub async fn get_raw_event(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
+    Query(lookup): Query<EventLookup>,
 ) -> Result<Response, ApiError> {
-    let event = find(&state, id).await?;
+    let event = find(&state, &id, lookup.source).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], event.body).into_response())
 }
 
@@ -163,4 +262,34 @@ pub async fn list_rejections(
     let rejections = read(&state, move |store| store.find_rejections(&filter)).await?;
     let (items, next_cursor) = page(rejections, page_size, |r| r.id, Into::into);
     Ok(Json(RejectionPage { items, next_cursor }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{EventRef, parse_event_ref};
+
+    #[test]
+    fn event_ids_in_every_accepted_form() {
+        let uuid = "0b7e8a4c-6a55-4c3e-9d7b-2f1f3c1a2b3c";
+        let key = EventRef::Key(format!("id:{uuid}"));
+        assert_eq!(parse_event_ref("42").unwrap(), EventRef::Seq(42));
+        assert_eq!(parse_event_ref(uuid).unwrap(), key);
+        assert_eq!(parse_event_ref(&uuid.to_uppercase()).unwrap(), key);
+        assert_eq!(parse_event_ref(&format!("id:{uuid}")).unwrap(), key);
+        let hex = "AB".repeat(32);
+        assert_eq!(
+            parse_event_ref(&format!("sha256:{hex}")).unwrap(),
+            EventRef::Key(format!("sha256:{}", "ab".repeat(32)))
+        );
+        for bad in [
+            "",
+            "-1",
+            "99999999999999999999",
+            "sha256:abc",
+            "id:nope",
+            "x",
+        ] {
+            assert!(parse_event_ref(bad).is_err(), "{bad:?}");
+        }
+    }
 }

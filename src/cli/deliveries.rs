@@ -4,12 +4,12 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 
 use crate::clock::{Clock, SystemClock, format_ms};
 use crate::config::Config;
-use crate::store::{DeliveryFilter, DeliveryState, Store, StoreOptions};
+use crate::store::{DeliveryFilter, DeliveryState, Store};
 
 #[derive(Debug, Args)]
 pub struct DeliveriesArgs {
@@ -24,6 +24,9 @@ pub struct DeliveriesArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("which").args(["dead", "all"]).multiple(false)
+))]
 pub struct ReplayArgs {
     /// Replay this one delivery.
     #[arg(
@@ -32,11 +35,21 @@ pub struct ReplayArgs {
         required_unless_present = "subscription"
     )]
     delivery: Option<i64>,
-    /// Replay this subscription's deliveries (with --dead: only its dead letters).
-    #[arg(long)]
+    /// Replay this subscription's deliveries: its dead letters (--dead) or every one
+    /// of them (--all).
+    #[arg(long, requires = "which")]
     subscription: Option<String>,
+    /// With --subscription: only its dead letters (deliveries that used up their
+    /// retries), queued again with a fresh retry schedule.
     #[arg(long, requires = "subscription")]
     dead: bool,
+    /// With --subscription: every delivery, including those already delivered
+    /// (the receiver gets them again, with the same webhook-id).
+    #[arg(long, requires = "subscription")]
+    all: bool,
+    /// With --subscription: print what would be queued again, change nothing.
+    #[arg(long, requires = "subscription")]
+    dry_run: bool,
     /// Deliveries created at or after this RFC 3339 time.
     #[arg(long, requires = "subscription")]
     since: Option<String>,
@@ -46,8 +59,12 @@ pub struct ReplayArgs {
 }
 
 pub fn list(config: Config, args: &DeliveriesArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::open_read_only(&config.server.data_dir)
-        .with_context(|| format!("nothing stored yet in {}", config.server.data_dir.display()))?;
+    let store = super::open_for_reading(&config)?;
+    if let Some(name) = &args.subscription
+        && store.get_subscription(name)?.is_none()
+    {
+        bail!("no subscription named {name:?}");
+    }
     let deliveries = store.list_deliveries(&DeliveryFilter {
         subscription: args.subscription.clone(),
         state: args.dead.then_some(DeliveryState::Dead),
@@ -81,7 +98,11 @@ pub fn list(config: Config, args: &DeliveriesArgs) -> anyhow::Result<ExitCode> {
 pub async fn replay(config: Config, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let since = super::parse_time_flag("since", args.since.as_deref())?;
     let until = super::parse_time_flag("until", args.until.as_deref())?;
-    let store = Store::open(&config.server.data_dir, StoreOptions::default())?;
+    if let (true, Some(name)) = (args.dry_run, &args.subscription) {
+        let store = super::open_for_reading(&config)?;
+        return dry_run(&store, name, args.dead, since, until);
+    }
+    let store = super::open_existing(&config)?;
     let now = SystemClock.now_ms();
     match (&args.delivery, &args.subscription) {
         (Some(id), _) => {
@@ -96,5 +117,59 @@ pub async fn replay(config: Config, args: &ReplayArgs) -> anyhow::Result<ExitCod
         }
         (None, None) => bail!("say what to replay: --delivery ID or --subscription NAME"),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Lists the deliveries `replay --subscription` would queue again, and changes nothing.
+fn dry_run(
+    store: &Store,
+    name: &str,
+    dead_only: bool,
+    since: Option<i64>,
+    until: Option<i64>,
+) -> anyhow::Result<ExitCode> {
+    if store.get_subscription(name)?.is_none() {
+        bail!("no subscription named {name:?}");
+    }
+    let mut before_id = None;
+    let mut chosen = Vec::new();
+    loop {
+        let page = store.list_deliveries(&DeliveryFilter {
+            subscription: Some(name.to_string()),
+            state: dead_only.then_some(DeliveryState::Dead),
+            before_id,
+            limit: 1000,
+        })?;
+        let Some(last) = page.last() else { break };
+        before_id = Some(last.id);
+        let full = page.len() == 1000;
+        chosen.extend(page.into_iter().filter(|d| {
+            since.is_none_or(|t| d.created_at_ms >= t) && until.is_none_or(|t| d.created_at_ms < t)
+        }));
+        if !full {
+            break;
+        }
+    }
+    println!(
+        "{:>6}  {:>6}  {:<9}  {:>8}",
+        "id", "event", "state", "attempts"
+    );
+    for d in &chosen {
+        println!(
+            "{:>6}  {:>6}  {:<9}  {:>8}",
+            d.id,
+            d.event_seq,
+            d.state.as_str(),
+            d.attempts
+        );
+    }
+    let delivered = chosen
+        .iter()
+        .filter(|d| d.state == DeliveryState::Delivered)
+        .count();
+    println!(
+        "dry run: {} deliveries of {name} would be queued again ({delivered} of them already delivered), less any being sent right now; nothing was changed",
+        chosen.len()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,22 +1,23 @@
-//! `classhook events`: the latest stored events, read straight from the data directory.
+//! `classhook events`: the latest stored events, read straight from the data directory,
+//! with both identifiers `GET /api/v1/events/{id}` accepts.
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Args;
 
 use crate::clock::format_ms;
 use crate::config::Config;
 use crate::event::EventStatus;
-use crate::store::{EventFilter, Store};
+use crate::store::EventFilter;
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
     /// Only events of this source.
     #[arg(long)]
     source: Option<String>,
-    /// Only events of this type, e.g. CLASS_CREATED.
-    #[arg(long = "type")]
+    /// Only events of this type, e.g. CLASS_CREATED; or a pattern as subscriptions
+    /// take: CLASS_* (every type starting with CLASS_) or *.
+    #[arg(long = "type", value_parser = parse_type)]
     event_type: Option<String>,
     /// Only events with this status: ok, unknown_type or quarantined.
     #[arg(long, value_parser = parse_status)]
@@ -26,14 +27,23 @@ pub struct EventsArgs {
     limit: usize,
 }
 
+fn parse_type(text: &str) -> Result<String, String> {
+    if crate::deliver::subscription::valid_pattern(text) {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not an exact type, a prefix pattern such as CLASS_* or *: a `*` only at the end"
+        ))
+    }
+}
+
 fn parse_status(text: &str) -> Result<EventStatus, String> {
     EventStatus::parse(text)
         .ok_or_else(|| format!("{text:?} is not ok, unknown_type or quarantined"))
 }
 
 pub fn run(config: Config, args: &EventsArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::open_read_only(&config.server.data_dir)
-        .with_context(|| format!("no events yet in {}", config.server.data_dir.display()))?;
+    let store = super::open_for_reading(&config)?;
     let events = store.list_events(&EventFilter {
         source: args.source.clone(),
         event_type: args.event_type.clone(),
@@ -41,14 +51,17 @@ pub fn run(config: Config, args: &EventsArgs) -> anyhow::Result<ExitCode> {
         limit: args.limit,
         ..EventFilter::default()
     })?;
+    // Both identifiers are what `GET /api/v1/events/{id}` takes: the sequence number,
+    // and the platform's (the DreamClass id, a Loopwise event's sha256 key).
     println!(
-        "{:<24}  {:<16}  {:<26}  {:<12}  {:>4}  id",
-        "received", "source", "type", "status", "seen"
+        "{:>8}  {:<24}  {:<16}  {:<26}  {:<12}  {:>4}  platform id",
+        "seq", "received", "source", "type", "status", "seen"
     );
     for e in events {
         let id = e.event_id.unwrap_or_else(|| e.dedupe_key.clone());
         println!(
-            "{:<24}  {:<16}  {:<26}  {:<12}  {:>4}  {id}",
+            "{:>8}  {:<24}  {:<16}  {:<26}  {:<12}  {:>4}  {id}",
+            e.seq,
             format_ms(e.received_at_ms),
             e.source,
             e.event_type,

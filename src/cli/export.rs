@@ -4,13 +4,13 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
 use crate::api::views::{EntityView, EventView};
 use crate::config::Config;
-use crate::mirror::kinds::{platform_for_request, resolve};
+use crate::mirror::kinds::{self, platform_for_request, resolve};
 use crate::store::{EntityFilter, EventFilter, Store};
 
 /// Rows read from the store per round trip.
@@ -44,8 +44,7 @@ pub struct ExportArgs {
 }
 
 pub fn run(config: Config, args: &ExportArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::open_read_only(&config.server.data_dir)
-        .with_context(|| format!("nothing stored yet in {}", config.server.data_dir.display()))?;
+    let store = super::open_for_reading(&config)?;
     let since_ms = super::parse_time_flag("since", args.since.as_deref())?;
     let stdout = std::io::stdout().lock();
     let mut out = Output::new(args.format, stdout);
@@ -149,6 +148,10 @@ fn export_entities(
         .map(|s| (s.name.clone(), s.provider))
         .collect();
     let provider = platform_for_request(kind, args.source.as_deref(), &sources);
+    // As the API: an unknown kind is an error, not an empty export.
+    if !kinds::documented(kind) && !store.mirror_counts()?.iter().any(|c| c.kind == kind) {
+        bail!("no entity kind {kind:?}: neither documented nor in the mirror");
+    }
     // Typed kinds get one CSV column per field; other kinds one `data` column of JSON.
     let fields: Vec<&str> = resolve(provider, kind)
         .map(|spec| spec.fields.iter().map(|f| f.path).collect())

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use crate::config::Config;
-use crate::store::{Store, StoreOptions};
 
 #[derive(Debug, Subcommand)]
 pub enum MirrorCommand {
@@ -18,7 +17,7 @@ pub enum MirrorCommand {
 pub async fn run(config: Config, command: &MirrorCommand) -> anyhow::Result<ExitCode> {
     match command {
         MirrorCommand::Rebuild => {
-            let store = Store::open(&config.server.data_dir, StoreOptions::default())?;
+            let store = super::open_existing(&config)?;
             let started = std::time::Instant::now();
             let report = store.rebuild_mirror().await?;
             println!(

@@ -9,12 +9,13 @@ mod send;
 mod serve;
 mod verify;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, DEFAULT_CONFIG_FILE};
+use crate::config::{Config, DEFAULT_CONFIG_FILE, Secrets};
+use crate::store::{Store, StoreError, StoreOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,7 +44,7 @@ pub enum Command {
     Events(events::EventsArgs),
     /// List deliveries to subscribers (the dead-letter list with --dead).
     Deliveries(deliveries::DeliveriesArgs),
-    /// Queue deliveries again: one, or a subscription's (dead) ones.
+    /// Queue deliveries again: one, or a subscription's dead ones (--dead) or all (--all).
     Replay(deliveries::ReplayArgs),
     /// Work on the mirror of entities.
     #[command(subcommand)]
@@ -59,13 +60,30 @@ pub enum Command {
 }
 
 impl Cli {
-    /// Loads the configuration named by `--config`, or `classhook.toml`.
+    /// Loads the configuration named by `--config`, or `classhook.toml`, with its
+    /// secrets: for the commands that receive or send.
     pub fn load_config(&self) -> anyhow::Result<Config> {
+        self.load(Secrets::Resolve)
+    }
+
+    /// Loads the configuration without looking up `*_env` secrets: for the commands
+    /// that only read or re-queue what is stored.
+    pub fn load_config_without_secrets(&self) -> anyhow::Result<Config> {
+        self.load(Secrets::Skip)
+    }
+
+    fn load(&self, secrets: Secrets) -> anyhow::Result<Config> {
         let file = self
             .config
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
-        Ok(Config::load(&file)?)
+        if !file.exists() {
+            anyhow::bail!(
+                "no config file {}: name one with --config FILE or CLASSHOOK_CONFIG (default: {DEFAULT_CONFIG_FILE} in the working directory; classhook.example.toml is a start)",
+                file.display()
+            );
+        }
+        Ok(Config::load_with(&file, secrets)?)
     }
 }
 
@@ -87,19 +105,52 @@ fn parse_time_flag(flag: &str, value: Option<&str>) -> anyhow::Result<Option<i64
         .transpose()
 }
 
+/// Opens the configured data directory's database for reading.
+fn open_for_reading(config: &Config) -> anyhow::Result<Store> {
+    match Store::open_read_only(&config.server.data_dir) {
+        Err(StoreError::NoDatabase(path)) => Err(no_database(config, &path)),
+        other => Ok(other?),
+    }
+}
+
+/// Opens the configured data directory's database to change it (re-queue, rebuild);
+/// unlike `serve`, never creates one.
+fn open_existing(config: &Config) -> anyhow::Result<Store> {
+    let path = Store::database_path(&config.server.data_dir);
+    if !path.exists() {
+        return Err(no_database(config, &path));
+    }
+    Ok(Store::open(
+        &config.server.data_dir,
+        StoreOptions::default(),
+    )?)
+}
+
+/// Says plainly that there is no database, where it was looked for and why there.
+fn no_database(config: &Config, path: &Path) -> anyhow::Error {
+    let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    anyhow::anyhow!(
+        "there is no database at {} (data_dir of {}; a relative data_dir is taken from the config file's directory): `classhook serve --config {}` creates it on start",
+        shown.display(),
+        config.file.display(),
+        config.file.display(),
+    )
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Serve => serve::run(cli.load_config()?).await,
         Command::Send(args) => send::run(&cli, args).await,
         Command::Verify(args) => verify::run(&cli, args),
-        Command::Events(args) => events::run(cli.load_config()?, args),
-        Command::Deliveries(args) => deliveries::list(cli.load_config()?, args),
-        Command::Replay(args) => deliveries::replay(cli.load_config()?, args).await,
-        Command::Mirror(command) => mirror::run(cli.load_config()?, command).await,
+        // These neither receive nor send: they do not need (or read) any secret.
+        Command::Events(args) => events::run(cli.load_config_without_secrets()?, args),
+        Command::Deliveries(args) => deliveries::list(cli.load_config_without_secrets()?, args),
+        Command::Replay(args) => deliveries::replay(cli.load_config_without_secrets()?, args).await,
+        Command::Mirror(command) => mirror::run(cli.load_config_without_secrets()?, command).await,
         Command::Export(args) => {
             export::check(args)?;
-            export::run(cli.load_config()?, args)
+            export::run(cli.load_config_without_secrets()?, args)
         }
         Command::NullServer { listen } => serve::run_null(*listen).await,
     }

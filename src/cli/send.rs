@@ -39,6 +39,11 @@ pub struct SendArgs {
     /// A JSON file with your own `data` instead of the sample.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// The entity the sample is about (its `data.id`), e.g. to send CLASS_UPDATED for
+    /// the class an earlier CLASS_CREATED made (`classhook events` and the API show
+    /// entity ids). Without it each sample gets a random id.
+    #[arg(long, conflicts_with = "data")]
+    entity_id: Option<String>,
     /// The DreamClass tenant to send as.
     #[arg(long, default_value = "my-school")]
     tenant: String,
@@ -72,12 +77,29 @@ pub async fn run(cli: &Cli, args: &SendArgs) -> anyhow::Result<ExitCode> {
             serde_json::from_str(&text)
                 .with_context(|| format!("{} is not JSON", file.display()))?
         }
-        None => sample::sample_data(
-            target.provider,
-            &args.event_type,
-            rand::random::<u32>() as u64,
-        ),
+        None => {
+            let mut data = sample::sample_data(
+                target.provider,
+                &args.event_type,
+                rand::random::<u32>() as u64,
+            );
+            if let (Some(id), Some(object)) = (&args.entity_id, data.as_object_mut()) {
+                // DreamClass ids are numbers; Loopwise ids are strings.
+                let id = match (target.provider, id.parse::<i64>()) {
+                    (ProviderKind::DreamClass, Ok(n)) => serde_json::Value::from(n),
+                    _ => serde_json::Value::from(id.as_str()),
+                };
+                object.insert("id".into(), id);
+            }
+            data
+        }
     };
+    if !target.provider.known_types().contains(&args.event_type) {
+        eprintln!(
+            "warning: {:?} is not a documented {} event type: the gateway will store it with status unknown_type (kept, mirrored only as a kind of its own, never changing a documented entity)",
+            args.event_type, target.provider
+        );
+    }
     let request = sample::build_request(
         target.provider,
         target.key.as_ref(),
@@ -96,10 +118,16 @@ pub async fn run(cli: &Cli, args: &SendArgs) -> anyhow::Result<ExitCode> {
     if let Some((user, password)) = &target.basic_auth {
         builder = builder.basic_auth(user, Some(password));
     }
-    let response = builder
-        .send()
-        .await
-        .with_context(|| format!("could not POST to {}", target.url))?;
+    let response = builder.send().await.map_err(|e| {
+        if e.is_connect() {
+            anyhow::anyhow!(
+                "could not connect to {}: is `classhook serve` running at that address? ({e})",
+                target.url
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("could not POST to {}", target.url))
+        }
+    })?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     println!(

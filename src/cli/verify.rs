@@ -65,8 +65,38 @@ pub fn run(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         println!("the signature does not hold under this secret");
+        if let Some(encoding) = holds_without_trailing_newline(provider, &secret, &headers, &body) {
+            println!(
+                "but it HOLDS for the body without its trailing newline ({}): the file was \
+                 probably saved with a newline the platform did not send (an editor or `echo` \
+                 adds one); capture the body byte for byte, e.g. `printf %s`, or remove the \
+                 newline",
+                describe(provider, encoding)
+            );
+        }
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// Whether the signature holds once the body's trailing line breaks are removed, and
+/// under which encoding: a body saved from a terminal or an editor often gains one.
+fn holds_without_trailing_newline(
+    provider: ProviderKind,
+    secret: &Secret,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<SecretEncoding> {
+    let trimmed = body.trim_ascii_end();
+    if trimmed.len() == body.len() || !body[trimmed.len()..].contains(&b'\n') {
+        return None;
+    }
+    let envelope = Envelope::parse(provider, trimmed).ok()?;
+    [SecretEncoding::Utf8, SecretEncoding::Base64]
+        .into_iter()
+        .find(|&encoding| {
+            matches!(config::signing_key(provider, Some(secret), encoding), Ok(Some(key))
+                if envelope.verify(&key, headers, trimmed).is_ok())
+        })
 }
 
 fn describe(provider: ProviderKind, encoding: SecretEncoding) -> String {

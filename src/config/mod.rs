@@ -24,10 +24,25 @@ use crate::secret::Secret;
 /// Default config file name used by every subcommand.
 pub const DEFAULT_CONFIG_FILE: &str = "classhook.toml";
 
+/// Whether a [`Config`]'s secrets were read (`*_env` variables looked up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// Every secret was resolved: a missing `*_env` variable is an error. What
+    /// `serve`, `send --source` and `verify --source` need.
+    Resolve,
+    /// Secrets named by `*_env` were not looked up (they are absent from the
+    /// `Config`, and a Basic Auth password from `password_env` is empty): for
+    /// commands that neither receive nor send. Such a `Config` cannot serve.
+    Skip,
+}
+
 /// The resolved, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub file: PathBuf,
+    /// Whether secrets from the environment were resolved ([`Secrets::Skip`]: this
+    /// configuration is for reading the data directory only).
+    pub secrets: Secrets,
     pub server: ServerConfig,
     pub sources: Vec<Source>,
     pub api: ApiConfig,
@@ -104,10 +119,24 @@ impl Config {
     /// Reads `file`, applies the process environment's `CLASSHOOK_*` overrides and
     /// validates the result.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(file, Secrets::Resolve)
+    }
+
+    /// Like [`Config::load`], but with [`Secrets::Skip`] the variables named by
+    /// `secret_env`, `password_env` and `tokens_env` are not looked up: commands that
+    /// only read (or re-queue) what is stored work without them. Every other rule is
+    /// still checked.
+    pub fn load_with(file: &Path, secrets: Secrets) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(file)
             .map_err(|e| ConfigError::new(file, "(file)", format!("cannot read: {e}")))?;
         let vars: Vec<(String, String)> = std::env::vars().collect();
-        Config::from_toml_str(file, &text, &vars, &|name| std::env::var(name).ok())
+        Config::from_toml_str_with(
+            file,
+            &text,
+            &vars,
+            &|name| std::env::var(name).ok(),
+            secrets,
+        )
     }
 
     /// Parses configuration text. `vars` are the overrides to apply and `lookup`
@@ -118,6 +147,17 @@ impl Config {
         text: &str,
         vars: &[(String, String)],
         lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        Config::from_toml_str_with(file, text, vars, lookup, Secrets::Resolve)
+    }
+
+    /// [`Config::from_toml_str`] with a choice of [`Secrets`].
+    pub fn from_toml_str_with(
+        file: &Path,
+        text: &str,
+        vars: &[(String, String)],
+        lookup: &dyn Fn(&str) -> Option<String>,
+        secrets: Secrets,
     ) -> Result<Config, ConfigError> {
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             let key = e
@@ -134,7 +174,7 @@ impl Config {
                 let message = shown_message(&path, e.into_inner().to_string());
                 ConfigError::new(file, key, message)
             })?;
-        resolve::resolve(file, raw, lookup)
+        resolve::resolve(file, raw, lookup, secrets)
     }
 
     pub fn source(&self, name: &str) -> Option<&Source> {

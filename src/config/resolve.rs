@@ -8,7 +8,9 @@ use std::time::Duration;
 use base64::Engine;
 
 use super::raw::{RawBasicAuth, RawConfig, RawSource, RawSubscription, SecretEncoding};
-use super::{ApiConfig, Config, ConfigError, DeliveryConfig, RetentionConfig, ServerConfig};
+use super::{
+    ApiConfig, Config, ConfigError, DeliveryConfig, RetentionConfig, Secrets, ServerConfig,
+};
 use crate::deliver::subscription::{SubscriptionSpec, parse_schedule};
 use crate::net::NetList;
 use crate::provider::ProviderKind;
@@ -41,7 +43,14 @@ pub(super) fn resolve(
     file: &Path,
     raw: RawConfig,
     lookup: &dyn Fn(&str) -> Option<String>,
+    secrets: Secrets,
 ) -> Result<Config, ConfigError> {
+    // Skipping secrets: no `*_env` variable is looked up at all.
+    let env = Env {
+        lookup,
+        skip: secrets == Secrets::Skip,
+    };
+    let lookup = &env;
     let s = raw.server;
     let check = |key: &str, checked: Result<(), String>| {
         checked.map_err(|message| ConfigError::new(file, key, message))
@@ -115,7 +124,12 @@ pub(super) fn resolve(
         .map_err(|m| ConfigError::new(file, "server.trusted_proxies", m))?;
     let server = ServerConfig {
         listen: s.listen,
-        data_dir: s.data_dir,
+        // A relative data_dir means "beside the config file", wherever the command
+        // runs from (also when it comes from CLASSHOOK_SERVER_DATA_DIR).
+        data_dir: match file.parent() {
+            Some(dir) if s.data_dir.is_relative() => dir.join(&s.data_dir),
+            _ => s.data_dir,
+        },
         max_body_bytes: usize::try_from(s.max_body_bytes).unwrap_or(usize::MAX),
         max_inflight_body_bytes: usize::try_from(s.max_inflight_body_bytes).unwrap_or(usize::MAX),
         max_connections: usize::try_from(s.max_connections).unwrap_or(usize::MAX),
@@ -141,8 +155,8 @@ pub(super) fn resolve(
         );
     }
     let mut tokens = raw.api.tokens;
-    if let Some(var) = &raw.api.tokens_env {
-        let value = lookup(var).ok_or_else(|| {
+    if let Some(var) = raw.api.tokens_env.as_ref().filter(|_| !lookup.skip) {
+        let value = (lookup.lookup)(var).ok_or_else(|| {
             ConfigError::new(
                 file,
                 "api.tokens_env",
@@ -198,6 +212,7 @@ pub(super) fn resolve(
     };
     Ok(Config {
         file: file.to_path_buf(),
+        secrets,
         server,
         sources,
         subscriptions,
@@ -211,6 +226,26 @@ pub(super) fn resolve(
 }
 
 type FieldError = (&'static str, String);
+
+/// How `*_env` indirections are resolved: through `lookup`, or (`skip`) not at all,
+/// leaving the secret out.
+struct Env<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    skip: bool,
+}
+
+impl Env<'_> {
+    /// The variable's value: `Ok(None)` when secrets are skipped, an error when it
+    /// is not set.
+    fn var(&self, var: &str) -> Result<Option<String>, String> {
+        if self.skip {
+            return Ok(None);
+        }
+        (self.lookup)(var)
+            .map(Some)
+            .ok_or_else(|| format!("environment variable {var} is not set"))
+    }
+}
 
 /// The shortest period or timeout a timer in the gateway accepts: zero would spin
 /// (or, for `tokio::time::interval`, panic).
@@ -241,10 +276,7 @@ fn number_within(value: u64, min: u64, max: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn resolve_source(
-    raw: RawSource,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<Source, FieldError> {
+fn resolve_source(raw: RawSource, lookup: &Env<'_>) -> Result<Source, FieldError> {
     if raw.name.is_empty()
         || !raw
             .name
@@ -314,15 +346,15 @@ fn resolve_source(
 fn resolve_secret(
     inline: Option<Secret>,
     env: Option<String>,
-    lookup: &dyn Fn(&str) -> Option<String>,
+    lookup: &Env<'_>,
 ) -> Result<Option<Secret>, FieldError> {
     match (inline, env) {
         (Some(_), Some(_)) => Err(("secret", "set either secret or secret_env, not both".into())),
         (Some(secret), None) => Ok(Some(secret)),
-        (None, Some(var)) => lookup(&var).map(|value| Some(Secret::new(value))).ok_or((
-            "secret_env",
-            format!("environment variable {var} is not set"),
-        )),
+        (None, Some(var)) => Ok(lookup
+            .var(&var)
+            .map_err(|m| ("secret_env", m))?
+            .map(Secret::new)),
         (None, None) => Ok(None),
     }
 }
@@ -330,7 +362,7 @@ fn resolve_secret(
 fn resolve_subscription(
     raw: RawSubscription,
     allow_private_destinations: bool,
-    lookup: &dyn Fn(&str) -> Option<String>,
+    lookup: &Env<'_>,
 ) -> Result<SubscriptionSpec, FieldError> {
     let secret = resolve_secret(raw.secret, raw.secret_env, lookup)?;
     let basic_auth = raw
@@ -364,10 +396,7 @@ fn resolve_subscription(
     Ok(spec)
 }
 
-fn resolve_basic_auth(
-    raw: RawBasicAuth,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<BasicAuth, FieldError> {
+fn resolve_basic_auth(raw: RawBasicAuth, lookup: &Env<'_>) -> Result<BasicAuth, FieldError> {
     let password = match (raw.password, raw.password_env) {
         (Some(_), Some(_)) => {
             return Err((
@@ -376,10 +405,13 @@ fn resolve_basic_auth(
             ));
         }
         (Some(password), None) => password,
-        (None, Some(var)) => Secret::new(lookup(&var).ok_or((
-            "basic_auth.password_env",
-            format!("environment variable {var} is not set"),
-        ))?),
+        // Skipped: an empty password (this configuration never sends or checks one).
+        (None, Some(var)) => Secret::new(
+            lookup
+                .var(&var)
+                .map_err(|m| ("basic_auth.password_env", m))?
+                .unwrap_or_default(),
+        ),
         (None, None) => {
             return Err((
                 "basic_auth.password",

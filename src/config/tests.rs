@@ -671,3 +671,71 @@ fn load_limits_have_defaults_overrides_and_rules() {
     let typo = error_of("[server]\nmax_connection = 5\n", &[]);
     assert!(typo.contains("max_connection"), "{typo}");
 }
+
+/// Every kind of `*_env` secret, none of whose variables is set.
+const SECRETS_FROM_UNSET_VARIABLES: &str = r#"
+[api]
+tokens_env = "UNSET_TOKENS"
+
+[[source]]
+name = "school"
+provider = "dreamclass"
+secret_env = "UNSET_SCHOOL_SECRET"
+basic_auth = { username = "dc", password_env = "UNSET_SCHOOL_PASSWORD" }
+
+[[subscription]]
+name = "crm"
+url = "https://crm.example.com/hook"
+events = ["*"]
+secret_env = "UNSET_CRM_SECRET"
+basic_auth = { username = "c", password_env = "UNSET_CRM_PASSWORD" }
+"#;
+
+#[test]
+fn skipping_secrets_loads_without_their_variables_and_checks_the_rest() {
+    let err = parse(SECRETS_FROM_UNSET_VARIABLES, &[]).unwrap_err();
+    assert!(err.to_string().contains("UNSET_SCHOOL_SECRET"), "{err}");
+
+    let skip = |text: &str| {
+        Config::from_toml_str_with(Path::new("test.toml"), text, &[], &|_| None, Secrets::Skip)
+    };
+    let config = skip(SECRETS_FROM_UNSET_VARIABLES).unwrap();
+    assert_eq!(config.secrets, Secrets::Skip);
+    let school = config.source("school").unwrap();
+    assert!(school.secret.is_none() && school.signing_key.is_none());
+    assert!(config.api.tokens.is_empty());
+    assert_eq!(config.subscriptions[0].name, "crm");
+
+    // Only the secrets are skipped: every other rule still holds.
+    let bad = SECRETS_FROM_UNSET_VARIABLES.replace("name = \"school\"", "name = \"a b\"");
+    assert_eq!(skip(&bad).unwrap_err().key, "source[0].name");
+}
+
+#[test]
+fn a_relative_data_dir_is_taken_from_the_config_files_directory() {
+    let load = |data_dir: &str, vars: &[(String, String)]| {
+        Config::from_toml_str(
+            Path::new("/etc/classhook/classhook.toml"),
+            &format!("[server]\ndata_dir = {data_dir:?}\n"),
+            vars,
+            &|_| None,
+        )
+        .unwrap()
+        .server
+        .data_dir
+    };
+    assert_eq!(load("data", &[]), Path::new("/etc/classhook/data"));
+    assert_eq!(load("../var", &[]), Path::new("/etc/classhook/../var"));
+    assert_eq!(
+        load("/var/lib/classhook", &[]),
+        Path::new("/var/lib/classhook")
+    );
+    let from_env = [(
+        "CLASSHOOK_SERVER_DATA_DIR".to_string(),
+        "env-data".to_string(),
+    )];
+    assert_eq!(
+        load("data", &from_env),
+        Path::new("/etc/classhook/env-data")
+    );
+}

@@ -325,7 +325,8 @@ fn sorted_patterns_match(sorted: &[String], event_type: &str) -> bool {
     false
 }
 
-fn valid_pattern(pattern: &str) -> bool {
+/// An exact type, `PREFIX*` or `*`: a `*` only at the end.
+pub fn valid_pattern(pattern: &str) -> bool {
     !pattern.is_empty() && !pattern.strip_suffix('*').unwrap_or(pattern).contains('*')
 }
 

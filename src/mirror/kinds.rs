@@ -295,6 +295,20 @@ pub fn platform_for_request(
     platform_for(kind, &providers)
 }
 
+/// Whether a kind is documented: typed on a platform, or a documented DreamClass
+/// family without a published schema (`period`, `invoice`, …: generic, possibly
+/// empty). Other kinds (undocumented types) exist only once events made them.
+pub fn documented(kind: &str) -> bool {
+    typed_by_name(kind).is_some()
+        || ProviderKind::DreamClass.known_types().iter().any(|t| {
+            t.rsplit_once('_')
+                .is_some_and(|(family, _)| family.eq_ignore_ascii_case(kind))
+        })
+}
+
+/// The query parameters `/entities/{kind}` takes besides a kind's filters.
+pub const LIST_PARAMETERS: [&str; 5] = ["source", "tenant", "include_deleted", "cursor", "limit"];
+
 /// The typed spec an API request for `kind` reads, `None` for the generic table;
 /// `provider` as chosen by [`platform_for`].
 pub fn resolve(provider: Option<ProviderKind>, kind: &str) -> Option<&'static KindSpec> {

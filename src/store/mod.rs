@@ -111,6 +111,9 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("a stored row is unreadable: {0}")]
     Corrupt(String),
+    /// A command that reads the store found no database file.
+    #[error("there is no classhook database at {}", .0.display())]
+    NoDatabase(std::path::PathBuf),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -197,6 +200,8 @@ pub struct StoredEvent {
 pub struct EventFilter {
     pub source: Option<String>,
     pub tenant: Option<String>,
+    /// An exact type, `PREFIX*` (every type starting with PREFIX) or `*`, as
+    /// subscriptions match.
     pub event_type: Option<String>,
     pub status: Option<EventStatus>,
     /// Received at or after (epoch ms).

@@ -156,14 +156,16 @@ impl SqliteStore {
         ))
     }
 
+    /// The database file a store in `data_dir` uses.
+    pub fn database_path(data_dir: &Path) -> PathBuf {
+        data_dir.join(DATABASE_FILE)
+    }
+
     /// Opens an existing store for reading only (no writer, no migrations).
     pub fn open_read_only(data_dir: &Path) -> Result<SqliteStore, StoreError> {
         let path = data_dir.join(DATABASE_FILE);
         if !path.exists() {
-            return Err(StoreError::DataDir {
-                path: path.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no database here yet"),
-            });
+            return Err(StoreError::NoDatabase(path));
         }
         let store = SqliteStore::with_queue(
             path,

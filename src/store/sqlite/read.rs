@@ -21,7 +21,18 @@ impl SqliteStore {
         let mut c = Conditions::default();
         c.add_opt("source = ?", filter.source.as_ref());
         c.add_opt("tenant = ?", filter.tenant.as_ref());
-        c.add_opt("event_type = ?", filter.event_type.as_ref());
+        match filter
+            .event_type
+            .as_deref()
+            .map(|t| (t, t.strip_suffix('*')))
+        {
+            None | Some(("*", _)) => {}
+            // `CLASS_*`: a prefix, as subscriptions match (GLOB keeps the index usable).
+            Some((_, Some(prefix))) => {
+                c.add("event_type GLOB ?", format!("{}*", glob_literal(prefix)))
+            }
+            Some((exact, None)) => c.add("event_type = ?", exact.to_string()),
+        }
         if let Some(status) = filter.status {
             c.add("status = ?", status.as_str().to_string());
             if status != EventStatus::Ok {
@@ -91,6 +102,29 @@ impl SqliteStore {
             Some(seq) => self.get_event(seq),
             None => Ok(None),
         }
+    }
+
+    /// The events stored under a dedupe key (`id:<uuid>` or `sha256:<hex>`) in any
+    /// source, or only in `source`: (source, seq) pairs, by source name. The same key
+    /// can be stored once per source.
+    pub fn find_events_by_key(
+        &self,
+        dedupe_key: &str,
+        source: Option<&str>,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        self.with_reader(|conn| {
+            let sources = match source {
+                Some(source) => vec![source.to_string()],
+                None => stored_sources(conn)?,
+            };
+            let mut found = Vec::new();
+            for source in sources {
+                if let Some(seq) = dedupe::find_seq(conn, &source, dedupe_key)? {
+                    found.push((source, seq));
+                }
+            }
+            Ok(found)
+        })
     }
 
     fn query_event(
@@ -214,6 +248,37 @@ fn query_summaries(
         events.push(row??);
     }
     Ok(events)
+}
+
+/// The sources that have stored events, one index probe each (few sources, many
+/// events: never a scan of the log).
+fn stored_sources(conn: &rusqlite::Connection) -> Result<Vec<String>, StoreError> {
+    let mut next = conn.prepare_cached("SELECT min(source) FROM events WHERE source > ?1")?;
+    let mut sources: Vec<String> = Vec::new();
+    loop {
+        let after = sources.last().map_or("", String::as_str);
+        let found: Option<String> = next.query_row([after], |r| r.get(0))?;
+        match found {
+            Some(source) => sources.push(source),
+            None => return Ok(sources),
+        }
+    }
+}
+
+/// `text` as a GLOB pattern matching only itself.
+fn glob_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '*' | '?' | '[' => {
+                out.push('[');
+                out.push(c);
+                out.push(']');
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 fn parse_status(status: &str) -> Result<EventStatus, StoreError> {
