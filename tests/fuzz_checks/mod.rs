@@ -149,8 +149,19 @@ fn envelope_checks(kind: ProviderKind, body: &[u8]) -> Option<Envelope> {
         matches!(described.status_reason.as_deref(), Some(r) if r.contains("more than once"));
     for (rewritten, same_order) in [
         (serde_json::to_vec_pretty(&value).unwrap(), true),
-        (serde_json::to_vec(&reversed(value)).unwrap(), false),
+        (serde_json::to_vec(&reversed(value.clone())).unwrap(), false),
     ] {
+        if serde_json::from_slice::<serde_json::Value>(&rewritten)
+            .ok()
+            .as_ref()
+            != Some(&value)
+        {
+            // serde_json (without `float_roundtrip`) may read a float it wrote back
+            // one unit off (`123456789012345678901234567890123456789012345678901234567890`
+            // is written `1.2345678901234567e+59`, which reads as `…457e59`): the
+            // rewrite is then another value. Left so: see tests/fuzz-corpus/README.md.
+            continue;
+        }
         let reparsed = Envelope::parse(kind, &rewritten)
             .unwrap_or_else(|e| panic!("the rewritten body is refused: {e}"));
         let again = reparsed.describe();
