@@ -9,18 +9,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
-use support::{authenticated, bench_config, env_or, spawn};
+use support::{bench_config, env_or, spawn};
 
 use bytes::Bytes;
-use classhook::config::Config;
-use classhook::provider::ProviderKind;
-use classhook::provider::sample;
-use classhook::store::{Store, StoreOptions};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use serde_json::json;
 
 const TOKEN: &str = "bench-token-0123456789abcdef";
 
@@ -36,7 +30,7 @@ async fn bench() {
     let (file, config) = bench_config(dir.path(), &format!("[api]\ntokens = [\"{TOKEN}\"]\n"));
 
     let started = Instant::now();
-    let first_ms = seed(&config, events, entities).await;
+    let first_ms = support::seed(&config, events, entities).await;
     eprintln!(
         "seeded {events} events about {entities} entities in {:.1?}",
         started.elapsed()
@@ -120,60 +114,6 @@ async fn bench() {
         );
     }
     let _ = gateway.kill().await;
-}
-
-/// Appends `events` events through ingest's own authenticate path, many in flight.
-async fn seed(config: &Config, events: u64, entities: u64) -> i64 {
-    let store = Store::open(
-        &config.server.data_dir,
-        StoreOptions {
-            max_batch: 4096,
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
-    let source = Arc::new(config.sources[0].clone());
-    let first_ms = chrono::Utc::now().timestamp_millis();
-    let mut in_flight = tokio::task::JoinSet::new();
-    for n in 0..events {
-        let (source, store) = (source.clone(), store.clone());
-        in_flight.spawn(async move {
-            let entity = n % entities;
-            // The first round creates every attendance; later rounds mostly update it,
-            // with some classes, payments and (0.1 %) quarantined events mixed in.
-            let (event_type, data) = match (n < entities, n % 1000) {
-                (true, _) => (
-                    "ATTENDANCE_CREATED",
-                    sample::sample_data(ProviderKind::DreamClass, "ATTENDANCE_CREATED", entity),
-                ),
-                (false, 0..=49) => (
-                    "CLASS_UPDATED",
-                    sample::sample_data(ProviderKind::DreamClass, "CLASS_UPDATED", entity),
-                ),
-                (false, 50..=59) => (
-                    "PAYMENT_UPDATED",
-                    sample::sample_data(ProviderKind::DreamClass, "PAYMENT_UPDATED", entity),
-                ),
-                (false, 60) => (
-                    "ATTENDANCE_UPDATED",
-                    json!({"id": entity + 1, "date": "not a date"}),
-                ),
-                (false, _) => (
-                    "ATTENDANCE_UPDATED",
-                    sample::sample_data(ProviderKind::DreamClass, "ATTENDANCE_UPDATED", entity),
-                ),
-            };
-            let event = authenticated(&source, event_type, data, first_ms + n as i64);
-            store.append(event).await.unwrap();
-        });
-        if in_flight.len() >= 4096 {
-            in_flight.join_next().await.unwrap().unwrap();
-        }
-    }
-    while let Some(done) = in_flight.join_next().await {
-        done.unwrap();
-    }
-    first_ms
 }
 
 struct Client {

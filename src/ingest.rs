@@ -1,13 +1,20 @@
 //! `POST /hooks/{source}`: the checks, in a fixed order, and the one status each
 //! failure maps to. 200 `{}` is answered only after the event is committed.
 //!
+//! The first checks look at nothing but the request line and headers, so a request
+//! that is refused by them costs no body: it is answered at once with
+//! `Connection: close` and its body is never read. Only then is the body read, within
+//! its size limit, the shared body budget and the read timeout.
+//!
 //! | check                                   | answer |
 //! |-----------------------------------------|--------|
-//! | body larger than `max_body_bytes`       | 413    |
-//! | body not received within `read_timeout` | 408    |
 //! | no such source                          | 404    |
 //! | client address not in `allowed_ips`     | 403    |
 //! | Basic Auth configured, missing or wrong | 401 + `WWW-Authenticate: Basic` |
+//! | declared body larger than `max_body_bytes` | 413 |
+//! | body would not fit in `max_inflight_body_bytes` | 503 `overloaded` + `Retry-After` |
+//! | body larger than `max_body_bytes` (as it arrives) | 413 |
+//! | body not received within `read_timeout` | 408    |
 //! | not JSON, or envelope unusable          | 400    |
 //! | signature missing or wrong              | 401    |
 //! | tenant not allowed                      | 403    |
@@ -24,14 +31,14 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::clock::Clock;
 use crate::config::{BasicAuth, Source};
 use crate::crypto;
 use crate::event::NewEvent;
-use crate::http::ApiError;
+use crate::http::{ApiError, BodyBudget, LogLimiter, OverBudget, Reservation, shorten};
 use crate::metrics::Metrics;
 use crate::net::{ClientAddr, NetList};
 use crate::provider::{Envelope, EnvelopeError, SignatureError};
@@ -39,6 +46,9 @@ use crate::store::{AppendOutcome, NewRejection, REJECTION_BODY_PREFIX, Store, St
 
 /// Headers never stored with an event: they carry credentials.
 const UNSTORED_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
+
+/// How much of a source name a log line or an error message shows.
+pub const SHOWN_SOURCE_CHARS: usize = 64;
 
 /// What ingest needs, shared by every request.
 pub struct Ingest {
@@ -50,6 +60,10 @@ pub struct Ingest {
     pub metrics: Arc<Metrics>,
     /// Peers whose `X-Forwarded-For` names the client.
     pub trusted_proxies: NetList,
+    /// The bytes of bodies held at once, across all requests.
+    pub body_budget: BodyBudget,
+    /// How many "request refused" lines reach the log.
+    pub refusal_log: LogLimiter,
 }
 
 /// Why a request was refused. Each variant maps to exactly one status.
@@ -61,6 +75,11 @@ pub enum IngestError {
     ReadTimeout(Duration),
     #[error("could not read the body: {0}")]
     ReadFailed(String),
+    #[error(
+        "the gateway holds as many request bodies as it may ({0}; the budget is {limit} bytes); retry later",
+        limit = .1
+    )]
+    Overloaded(OverBudget, usize),
     #[error("no source named {0:?} is configured")]
     UnknownSource(String),
     #[error("requests from {0} are not accepted for this source")]
@@ -89,7 +108,9 @@ impl IngestError {
             IngestError::IpNotAllowed(_) | IngestError::TenantNotAllowed(_) => {
                 StatusCode::FORBIDDEN
             }
-            IngestError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Storage(_) | IngestError::Overloaded(..) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -99,6 +120,7 @@ impl IngestError {
             IngestError::TooLarge { .. } => "payload_too_large",
             IngestError::ReadTimeout(_) => "request_timeout",
             IngestError::ReadFailed(_) => "body_unreadable",
+            IngestError::Overloaded(..) => "overloaded",
             IngestError::UnknownSource(_) => "unknown_source",
             IngestError::IpNotAllowed(_) => "ip_not_allowed",
             IngestError::Unauthorized(_) => "unauthorized",
@@ -109,6 +131,27 @@ impl IngestError {
             IngestError::TenantNotAllowed(_) => "tenant_not_allowed",
             IngestError::Storage(_) => "storage_unavailable",
         }
+    }
+
+    /// Answered before the whole body was read (the rest of it is never read).
+    fn leaves_body_unread(&self) -> bool {
+        matches!(
+            self,
+            IngestError::UnknownSource(_)
+                | IngestError::IpNotAllowed(_)
+                | IngestError::Unauthorized(_)
+                | IngestError::TooLarge { .. }
+                | IngestError::ReadTimeout(_)
+                | IngestError::ReadFailed(_)
+                | IngestError::Overloaded(..)
+        )
+    }
+
+    /// Kept in the rejection log. Not when storage is down (the log cannot be written
+    /// either), nor when shedding load (a flood would push every useful entry out);
+    /// both are counted in the metrics.
+    fn is_logged(&self) -> bool {
+        !matches!(self, IngestError::Storage(_) | IngestError::Overloaded(..))
     }
 }
 
@@ -121,11 +164,15 @@ impl IntoResponse for IngestError {
                 "Basic realm=\"classhook\", charset=\"UTF-8\"",
             ),
             IngestError::Storage(_) => error.with_header(header::RETRY_AFTER, "5"),
-            // The unread rest of the body makes the connection unusable.
-            IngestError::TooLarge { .. } | IngestError::ReadTimeout(_) => {
-                error.with_header(header::CONNECTION, "close")
-            }
+            IngestError::Overloaded(..) => error.with_header(header::RETRY_AFTER, "5"),
             _ => error,
+        };
+        // The unread rest of the body makes the connection unusable; closing it means
+        // the body costs nothing.
+        let error = if self.leaves_body_unread() {
+            error.with_header(header::CONNECTION, "close")
+        } else {
+            error
         };
         error.into_response()
     }
@@ -140,15 +187,38 @@ pub async fn receive(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let body = ingest.read_body(&headers, body).await;
-    // Received = the whole request has arrived (the store bounds the time from here
-    // to the commit, which keeps receive time and commit order close).
-    let received_at_ms = ingest.clock.now_ms();
     let client = ClientAddr::resolve(remote, &headers, &ingest.trusted_proxies);
-    let response = match body {
-        Err(error) => ingest.refuse(error, &source, client, &[], received_at_ms),
-        Ok(body) => match ingest
-            .accept(&source, client, &headers, body.clone(), received_at_ms)
+    let response = ingest.handle(&source, client, &headers, body).await;
+    ingest.metrics.ingest_finished(started.elapsed());
+    response
+}
+
+impl Ingest {
+    async fn handle(
+        &self,
+        source_name: &str,
+        client: ClientAddr,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Response {
+        // From the request line and headers alone: nothing of the body is read for a
+        // request that is refused here.
+        let source = match self.admit(source_name, client.ip, headers) {
+            Ok(source) => source,
+            Err(error) => {
+                return self.refuse(error, source_name, client, &[], self.clock.now_ms());
+            }
+        };
+        // The reservation is held until the answer is made: the body lives as long.
+        let (body, _reservation) = match self.read_body(headers, body).await {
+            Ok(read) => read,
+            Err(error) => return self.refuse(error, source_name, client, &[], self.clock.now_ms()),
+        };
+        // Received = the whole request has arrived (the store bounds the time from here
+        // to the commit, which keeps receive time and commit order close).
+        let received_at_ms = self.clock.now_ms();
+        match self
+            .accept(source, client, headers, body.clone(), received_at_ms)
             .await
         {
             Ok(outcome) => {
@@ -156,7 +226,7 @@ pub async fn receive(
                 // the client's address) is worth an operator's attention.
                 if let AppendOutcome::Conflict { seq } = outcome {
                     tracing::info!(
-                        source,
+                        source = source_name,
                         client = %client.ip,
                         peer = %client.peer,
                         seq,
@@ -165,7 +235,7 @@ pub async fn receive(
                     );
                 } else {
                     tracing::debug!(
-                        source,
+                        source = source_name,
                         client = %client.ip,
                         peer = %client.peer,
                         seq = outcome.seq(),
@@ -175,28 +245,34 @@ pub async fn receive(
                 }
                 (StatusCode::OK, Json(serde_json::json!({}))).into_response()
             }
-            Err(error) => ingest.refuse(error, &source, client, &body, received_at_ms),
-        },
-    };
-    ingest.metrics.ingest_finished(started.elapsed());
-    response
-}
+            Err(error) => self.refuse(error, source_name, client, &body, received_at_ms),
+        }
+    }
 
-impl Ingest {
+    /// The checks that need only the headers: the source, the sender's address and
+    /// Basic Auth, in that order.
+    fn admit(
+        &self,
+        source_name: &str,
+        client: IpAddr,
+        headers: &HeaderMap,
+    ) -> Result<&Source, IngestError> {
+        let source = self.sources.get(source_name).ok_or_else(|| {
+            IngestError::UnknownSource(shorten(source_name, SHOWN_SOURCE_CHARS).into_owned())
+        })?;
+        check_headers(source, client, headers)?;
+        Ok(source)
+    }
+
     /// Authenticates, describes and stores one event whose body has been read.
     async fn accept(
         &self,
-        source_name: &str,
+        source: &Source,
         client: ClientAddr,
         headers: &HeaderMap,
         body: Bytes,
         received_at_ms: i64,
     ) -> Result<AppendOutcome, IngestError> {
-        let source = self
-            .sources
-            .get(source_name)
-            .ok_or_else(|| IngestError::UnknownSource(source_name.chars().take(100).collect()))?;
-        check_sender(source, client.ip)?;
         let mut event = authenticate(source, headers, body, received_at_ms)?;
         event.remote_addr = Some(client.to_string());
         let (event_type, status) = (event.event_type.clone(), event.status);
@@ -206,7 +282,8 @@ impl Ingest {
         Ok(outcome)
     }
 
-    /// Logs the refusal, keeps it in the rejection log, and answers it.
+    /// Logs the refusal (shortened, and rate-limited: a flood of refusals must not
+    /// flood the log), counts it, keeps it in the rejection log, and answers it.
     fn refuse(
         &self,
         error: IngestError,
@@ -215,17 +292,19 @@ impl Ingest {
         body: &[u8],
         at_ms: i64,
     ) -> Response {
-        tracing::info!(
-            source,
-            client = %client.ip,
-            peer = %client.peer,
-            code = error.code(),
-            %error,
-            "request refused"
-        );
+        if let Some(suppressed) = self.refusal_log.admit() {
+            tracing::info!(
+                source = %shorten(source, SHOWN_SOURCE_CHARS),
+                client = %client.ip,
+                peer = %client.peer,
+                code = error.code(),
+                %error,
+                suppressed,
+                "request refused"
+            );
+        }
         self.metrics.rejection(error.code());
-        // When storage is down, the log cannot be written either.
-        if !matches!(error, IngestError::Storage(_)) {
+        if error.is_logged() {
             self.store.record_rejection(NewRejection {
                 at_ms,
                 source: Some(source.chars().take(200).collect()),
@@ -241,7 +320,14 @@ impl Ingest {
         error.into_response()
     }
 
-    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, IngestError> {
+    /// Reads the body within `max_body_bytes`, the body budget and `read_timeout`.
+    /// The declared length is reserved before anything is read; a body without one
+    /// (chunked) reserves as it arrives.
+    async fn read_body(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<(Bytes, Reservation), IngestError> {
         let limit = self.max_body_bytes;
         let declared = headers
             .get(header::CONTENT_LENGTH)
@@ -250,40 +336,69 @@ impl Ingest {
         if declared.is_some_and(|len| len > limit as u64) {
             return Err(IngestError::TooLarge { limit });
         }
-        let collect = Limited::new(body, limit).collect();
-        match tokio::time::timeout(self.read_timeout, collect).await {
-            Err(_) => Err(IngestError::ReadTimeout(self.read_timeout)),
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(error)) if error.is::<LengthLimitError>() => {
-                Err(IngestError::TooLarge { limit })
+        let declared = declared.map_or(0, |len| len as usize);
+        let overloaded = |over| IngestError::Overloaded(over, self.body_budget.total());
+        let mut reservation = self.body_budget.reserve(declared).map_err(overloaded)?;
+        let read = async {
+            let mut body = Limited::new(body, limit);
+            let mut collected = BytesMut::with_capacity(declared);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|error| {
+                    if error.is::<LengthLimitError>() {
+                        IngestError::TooLarge { limit }
+                    } else {
+                        IngestError::ReadFailed(error.to_string())
+                    }
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    let needed = collected.len() + data.len();
+                    if needed > reservation.bytes() {
+                        let more = needed - reservation.bytes();
+                        self.body_budget
+                            .grow(&mut reservation, more)
+                            .map_err(overloaded)?;
+                    }
+                    collected.extend_from_slice(&data);
+                }
             }
-            Ok(Err(error)) => Err(IngestError::ReadFailed(error.to_string())),
+            Ok(collected.freeze())
+        };
+        match tokio::time::timeout(self.read_timeout, read).await {
+            Err(_) => Err(IngestError::ReadTimeout(self.read_timeout)),
+            Ok(Err(error)) => Err(error),
+            Ok(Ok(body)) => Ok((body, reservation)),
         }
     }
 }
 
-/// The source's `allowed_ips`, if any, must hold the client address. It looks at
-/// nothing but the address, so it can run before the body is read.
-fn check_sender(source: &Source, client: IpAddr) -> Result<(), IngestError> {
-    match &source.allowed_ips {
-        Some(allowed) if !allowed.contains(client) => Err(IngestError::IpNotAllowed(client)),
-        _ => Ok(()),
+/// The checks of a request against its source that need only the headers, before
+/// its body is read: the sender's address (`allowed_ips`), then Basic Auth.
+pub fn check_headers(
+    source: &Source,
+    client: IpAddr,
+    headers: &HeaderMap,
+) -> Result<(), IngestError> {
+    if let Some(allowed) = &source.allowed_ips
+        && !allowed.contains(client)
+    {
+        return Err(IngestError::IpNotAllowed(client));
     }
+    if let Some(expected) = &source.basic_auth {
+        check_basic_auth(headers, expected)?;
+    }
+    Ok(())
 }
 
-/// Checks a request against its source (Basic Auth, envelope, signature, tenant) and
+/// Checks a request's body against its source (envelope, signature, tenant) and
 /// turns it into the event to store. The order of the checks is the order of the
-/// answers in the table at the top of this file (the sender's address is checked
-/// before, by [`check_sender`]).
+/// answers in the table at the top of this file; the header checks
+/// ([`check_headers`]) come before and are not repeated here.
 pub fn authenticate(
     source: &Source,
     headers: &HeaderMap,
     body: Bytes,
     received_at_ms: i64,
 ) -> Result<NewEvent, IngestError> {
-    if let Some(expected) = &source.basic_auth {
-        check_basic_auth(headers, expected)?;
-    }
     let envelope = Envelope::parse(source.provider, &body)?;
     if let Some(key) = &source.signing_key {
         envelope.verify(key, headers, &body)?;

@@ -44,6 +44,8 @@ pub struct Metrics {
     commit_failures: Counter,
     mirror_rows: Family<KindLabels, Gauge>,
     rejections_dropped: Counter,
+    body_bytes_in_flight: Gauge,
+    connections_open: Gauge,
 }
 
 impl Metrics {
@@ -97,6 +99,18 @@ impl Metrics {
             "Refused requests left out of the rejection log because its buffer was full",
             rejections_dropped.clone(),
         );
+        let body_bytes_in_flight = Gauge::default();
+        registry.register(
+            "body_bytes_in_flight",
+            "Bytes of request bodies reserved in the body budget (max_inflight_body_bytes)",
+            body_bytes_in_flight.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Connections being served (at most max_connections)",
+            connections_open.clone(),
+        );
         Arc::new(Metrics {
             rejections_dropped,
             registry,
@@ -107,6 +121,8 @@ impl Metrics {
             commit_seconds,
             commit_failures,
             mirror_rows,
+            body_bytes_in_flight,
+            connections_open,
         })
     }
 
@@ -141,6 +157,14 @@ impl Metrics {
 
     pub fn ingest_finished(&self, took: Duration) {
         self.ingest_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The load right now: body bytes reserved and connections open.
+    pub fn set_load(&self, body_bytes: usize, connections: usize) {
+        self.body_bytes_in_flight
+            .set(i64::try_from(body_bytes).unwrap_or(i64::MAX));
+        self.connections_open
+            .set(i64::try_from(connections).unwrap_or(i64::MAX));
     }
 
     /// Renders the registry, after refreshing the mirror gauges from `counts` and the

@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -21,11 +20,15 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::deliver::dispatcher::{DispatchOptions, Dispatcher};
 use crate::deliver::send::Sender;
-use crate::http::{self, ApiError, ServeOptions};
+use crate::http::{self, ApiError, BodyBudget, LogLimiter, ServeOptions};
 use crate::ingest::{self, Ingest};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::{Store, StoreError, StoreOptions};
+
+/// At most this many "request refused" lines per second reach the log; the next
+/// line let through says how many were left out. Metrics count every refusal.
+const REFUSAL_LINES_PER_SECOND: u32 = 20;
 
 /// How long `/readyz` waits for the store to take a write lock.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -82,6 +85,9 @@ struct Ops {
     store: Store,
     metrics: Arc<Metrics>,
     tokens: Vec<Secret>,
+    body_budget: BodyBudget,
+    connections: Arc<tokio::sync::Semaphore>,
+    max_connections: usize,
 }
 
 /// Opens the store, binds `config.server.listen` and serves in the background.
@@ -99,6 +105,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             ..StoreOptions::default()
         },
     )?;
+    let body_budget = BodyBudget::new(server.max_inflight_body_bytes);
     let ingest = Arc::new(Ingest {
         sources: config
             .sources
@@ -111,6 +118,8 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         read_timeout: server.read_timeout,
         metrics: metrics.clone(),
         trusted_proxies: server.trusted_proxies.clone(),
+        body_budget: body_budget.clone(),
+        refusal_log: LogLimiter::new(REFUSAL_LINES_PER_SECOND, Duration::from_secs(1)),
     });
     let api = Arc::new(ApiState {
         store: store.clone(),
@@ -123,25 +132,27 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             .collect(),
         allow_private_destinations: config.delivery.allow_private_destinations,
     });
+    let options = ServeOptions::new(
+        server.read_timeout,
+        server.shutdown_grace,
+        server.max_connections,
+    );
     let ops = Arc::new(Ops {
         store: store.clone(),
         metrics: metrics.clone(),
         tokens: config.api.tokens.clone(),
+        body_budget,
+        connections: options.connections.clone(),
+        max_connections: server.max_connections,
     });
-    let listener = TcpListener::bind(server.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: server.listen,
-            source,
-        })?;
+    let listener = http::serve::listen(server.listen).map_err(|source| StartError::Bind {
+        addr: server.listen,
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
         addr: server.listen,
         source,
     })?;
-    let options = ServeOptions {
-        header_read_timeout: server.read_timeout,
-        shutdown_grace: server.shutdown_grace,
-    };
     store
         .sync_config_subscriptions(config.subscriptions.clone())
         .await?;
@@ -239,6 +250,11 @@ async fn metrics(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Resp
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
+    ops.metrics.set_load(
+        ops.body_budget.in_use(),
+        ops.max_connections
+            .saturating_sub(ops.connections.available_permits()),
+    );
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -314,9 +314,21 @@ async fn basic_auth_is_required_where_configured() {
 #[tokio::test]
 async fn checks_run_in_the_documented_order() {
     let gw = Gateway::start_with("max_body_bytes = 2048", SOURCES).await;
-    // Too large beats unknown source.
+    // The header checks come before the body: unknown source and Basic Auth beat
+    // too large.
     let big = vec![b'x'; 4096];
-    assert_eq!(gw.post_raw("/hooks/nobody", &[], big).await.status, 413);
+    assert_eq!(
+        gw.post_raw("/hooks/nobody", &[], big.clone()).await.status,
+        404
+    );
+    assert_eq!(
+        gw.post_raw("/hooks/school-auth", &[], big.clone())
+            .await
+            .status,
+        401
+    );
+    // Too large beats bad JSON.
+    assert_eq!(gw.post_raw("/hooks/school", &[], big).await.status, 413);
     // Unknown source beats bad JSON.
     assert_eq!(
         gw.post_raw("/hooks/nobody", &[], b"{".to_vec())

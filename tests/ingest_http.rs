@@ -178,10 +178,16 @@ async fn rejections_are_logged_without_credentials() {
         reasons,
         ["unknown_source", "tenant_not_allowed", "unauthorized"]
     );
+    // Refused from the headers: the body was never read, so none is kept.
     let ghost = &log[0];
     assert_eq!(
-        (ghost.source.as_deref(), ghost.status, ghost.body.as_slice()),
-        (Some("ghost"), 404, &b"hello"[..])
+        (
+            ghost.source.as_deref(),
+            ghost.status,
+            ghost.body.as_slice(),
+            ghost.body_len
+        ),
+        (Some("ghost"), 404, &b""[..], 0)
     );
     assert!(
         ghost
@@ -346,7 +352,8 @@ async fn an_allowlist_refuses_other_senders_before_any_other_check() {
         let remote = rejection.remote_addr.as_deref().unwrap();
         assert!(remote.starts_with("127.0.0.2:"), "{remote}");
     }
-    assert_eq!(log[2].body, event.body[..event.body.len().min(2048)]);
+    // Refused from the headers, before the body was read.
+    assert_eq!((log[2].body.len(), log[2].body_len), (0, 0));
     gw.stop().await;
 }
 
@@ -505,5 +512,342 @@ async fn a_dual_stack_listener_matches_ipv4_entries() {
     let log = rejections_at_least(&gw.store, 1).await;
     let remote = log[0].remote_addr.as_deref().unwrap();
     assert!(remote.starts_with("127.0.0.2:"), "{remote}");
+    gw.stop().await;
+}
+
+/// Sends a request head declaring a 1 MiB body and a few bytes of it, as a slow or
+/// malicious client would, and returns what the server answers before it closes.
+async fn head_and_a_little(
+    gw: &Gateway,
+    from: &str,
+    path: &str,
+    extra_headers: &str,
+) -> (String, Duration) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: 1048576\r\n{extra_headers}\r\n{{\"id\":"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    read_until_closed(&mut stream, Duration::from_secs(3)).await
+}
+
+#[tokio::test]
+async fn refusals_decided_by_the_headers_read_no_body_and_close() {
+    // Before, each of these waited for a body that never came (408 after read_timeout).
+    let gw = Gateway::start_with("read_timeout = \"10s\"", &format!("{SOURCES}{GUARDED}")).await;
+    let wrong = base64::engine::general_purpose::STANDARD.encode("dreamclass:guessed");
+    let cases = [
+        (
+            "127.0.0.1",
+            "/hooks/nope",
+            String::new(),
+            404,
+            "unknown_source",
+        ),
+        (
+            "127.0.0.1",
+            "/hooks/school-auth",
+            String::new(),
+            401,
+            "unauthorized",
+        ),
+        (
+            "127.0.0.1",
+            "/hooks/school-auth",
+            format!("authorization: Basic {wrong}\r\n"),
+            401,
+            "unauthorized",
+        ),
+        (
+            "127.0.0.2",
+            "/hooks/guarded",
+            String::new(),
+            403,
+            "ip_not_allowed",
+        ),
+    ];
+    for (from, path, extra, status, code) in &cases {
+        let (answer, took) = head_and_a_little(&gw, from, path, extra).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{path}: {answer}"
+        );
+        assert!(
+            answer.contains(&format!("\"error\":\"{code}\"")),
+            "{answer}"
+        );
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "{path}: answered after {took:?}"
+        );
+    }
+    let log = rejections_at_least(&gw.store, cases.len()).await;
+    assert_eq!(log.len(), cases.len());
+    assert!(log.iter().all(|r| r.body_len == 0), "{log:?}");
+    gw.stop().await;
+}
+
+/// Opens a connection that declares `len` bytes of body and sends only its head.
+async fn hold_body(gw: &Gateway, path: &str, len: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!("POST {path} HTTP/1.1\r\nhost: t\r\ncontent-length: {len}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+async fn metric(gw: &Gateway, name: &str) -> String {
+    let text = gw
+        .client
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("{name} not in {text}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_body_budget_sheds_with_503_while_small_requests_still_pass() {
+    let gw = Gateway::start_with(
+        "max_body_bytes = 4096\nmax_inflight_body_bytes = 8192\nread_timeout = \"10s\"",
+        SOURCES,
+    )
+    .await;
+    // Two slow senders hold 7000 of the 8192 budget bytes.
+    let mut slow = hold_body(&gw, "/hooks/school", 3500).await;
+    let slower = hold_body(&gw, "/hooks/school", 3500).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        metric(&gw, "classhook_body_bytes_in_flight ").await,
+        "classhook_body_bytes_in_flight 7000"
+    );
+
+    // A body that does not fit is refused at once, before it is read.
+    let mut shed = hold_body(&gw, "/hooks/school", 4000).await;
+    let (answer, took) = read_until_closed(&mut shed, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.contains("\"error\":\"overloaded\""), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("retry-after: "), "{answer}");
+    assert!(lower.contains("connection: close"), "{answer}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+
+    // A chunked body is charged as it arrives: the second chunk does not fit.
+    let mut chunked = TcpStream::connect(gw.addr).await.unwrap();
+    let chunk = "x".repeat(800);
+    let request = format!(
+        "POST /hooks/school HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n{len:x}\r\n{chunk}\r\n",
+        len = chunk.len()
+    );
+    chunked.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let more = format!("{len:x}\r\n{chunk}\r\n", len = chunk.len());
+    chunked.write_all(more.as_bytes()).await.unwrap();
+    let (answer, _) = read_until_closed(&mut chunked, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+
+    // A legitimate event that fits is stored, and the gateway stays responsive.
+    let event = dreamclass_sample("CLASS_CREATED", 1);
+    assert!(event.body.len() < 8192 - 7000, "{}", event.body.len());
+    assert_eq!(gw.post("/hooks/school", &event).await.status, 200);
+    let started = Instant::now();
+    let health = gw.client.get(gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Shed requests are counted, not kept in the rejection log.
+    assert_eq!(
+        metric(&gw, "classhook_rejections_total{reason=\"overloaded\"}").await,
+        "classhook_rejections_total{reason=\"overloaded\"} 2"
+    );
+    assert!(
+        gw.store
+            .list_rejections(100)
+            .unwrap()
+            .iter()
+            .all(|r| r.reason != "overloaded")
+    );
+
+    // When a held body is done with, its bytes are given back.
+    slow.write_all(&vec![b' '; 3500]).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), slow.read(&mut buf))
+        .await
+        .expect("an answer to the completed body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (headers, body) = raw_json(&json!({"not": "an event"}));
+    let mut body = body;
+    body.resize(4000, b' ');
+    let answer = gw.post_raw("/hooks/school", &headers, body).await;
+    assert_eq!((answer.status, answer.error()), (400, "invalid_envelope"));
+    // Hung-up senders let shutdown finish at once.
+    drop((slow, slower));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn connections_over_max_connections_wait_unread_until_a_slot_frees() {
+    let gw = Gateway::start_with("max_connections = 2\nread_timeout = \"10s\"", SOURCES).await;
+    let first = hold_body(&gw, "/hooks/school", 100).await;
+    let second = hold_body(&gw, "/hooks/school", 100).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // The third connection is queued by the kernel; nobody reads it.
+    let mut third = TcpStream::connect(gw.addr).await.unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let waited = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
+    assert!(waited.is_err(), "answered over max_connections: {waited:?}");
+
+    // A slot frees: the waiting connection is served.
+    drop(first);
+    let (answer, _) = read_until_closed(&mut third, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    drop(second);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn over_long_targets_get_414_with_the_json_error() {
+    let gw = Gateway::start().await;
+    let long = "n".repeat(9000);
+    let answer = gw
+        .post_raw(&format!("/hooks/{long}"), &[], b"{}".to_vec())
+        .await;
+    assert_eq!((answer.status, answer.error()), (414, "uri_too_long"));
+    assert!(answer.json["message"].as_str().unwrap().len() < 200);
+    let response = gw
+        .client
+        .get(gw.url(&format!("/api/v1/events?source={long}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 414);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "uri_too_long");
+
+    // Under the limit, an unknown source's name is shortened in the answer.
+    let name = "n".repeat(7000);
+    let answer = gw
+        .post_raw(&format!("/hooks/{name}"), &[], b"{}".to_vec())
+        .await;
+    assert_eq!((answer.status, answer.error()), (404, "unknown_source"));
+    let message = answer.json["message"].as_str().unwrap();
+    assert!(message.contains("…(7000 chars)"), "{message}");
+    assert!(message.len() < 200, "{message}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn refusal_logs_are_shortened_and_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::process::write_config(dir.path(), SOURCES);
+    let (mut served, log) = common::process::serve_logged(&config).await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", served.addr);
+    let long = "n".repeat(6000);
+    // One long name, then a burst: 41 refusals within a second, one more after it.
+    for i in 0..41 {
+        let path = if i == 0 {
+            format!("/hooks/{long}")
+        } else {
+            "/hooks/ghost".to_string()
+        };
+        let response = client.post(url(&path)).body("{}").send().await.unwrap();
+        assert_eq!(response.status(), 404);
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let response = client
+        .post(url("/hooks/ghost"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    // Every refusal is still counted.
+    let metrics = client
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("classhook_rejections_total{reason=\"unknown_source\"} 42"),
+        "{metrics}"
+    );
+
+    let refused = |log: &Vec<String>| -> Vec<String> {
+        log.iter()
+            .filter(|l| l.contains("request refused"))
+            .cloned()
+            .collect()
+    };
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = refused(&log.lock().unwrap());
+        if lines.len() >= 21 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    served.child.kill().await.unwrap();
+    assert_eq!(lines.len(), 21, "{lines:#?}");
+    assert!(lines[0].contains("…(6000 chars)"), "{}", lines[0]);
+    let longest = lines.iter().map(String::len).max().unwrap();
+    assert!(longest < 600, "a refusal line of {longest} bytes");
+    assert!(lines[20].contains("suppressed=21"), "{}", lines[20]);
+}
+
+#[tokio::test]
+async fn hundreds_of_waiting_connections_fit_in_the_accept_queue() {
+    // One slot, held: every other connection waits in the kernel's accept queue. The
+    // queue must hold them (and a health probe) instead of dropping their SYNs, which
+    // a client retries only a second later.
+    let gw = Gateway::start_with("max_connections = 1\nread_timeout = \"10s\"", SOURCES).await;
+    let holder = hold_body(&gw, "/hooks/school", 100).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut connecting = Vec::new();
+    for _ in 0..300 {
+        connecting.push(tokio::spawn(tokio::time::timeout(
+            Duration::from_millis(800),
+            TcpStream::connect(gw.addr),
+        )));
+    }
+    let mut waiting = Vec::new();
+    for attempt in connecting {
+        if let Ok(Ok(stream)) = attempt.await.unwrap() {
+            waiting.push(stream);
+        }
+    }
+    assert_eq!(
+        waiting.len(),
+        300,
+        "connections dropped by a full accept queue"
+    );
+    drop(waiting);
+    drop(holder);
     gw.stop().await;
 }

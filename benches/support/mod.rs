@@ -7,6 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +15,8 @@ use classhook::config::{Config, Source};
 use classhook::event::NewEvent;
 use classhook::ingest;
 use classhook::provider::{ProviderKind, sample};
-use serde_json::Value;
+use classhook::store::{Store, StoreOptions};
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -93,4 +95,60 @@ pub async fn spawn(binary: &str, args: &[&str]) -> (Child, SocketAddr) {
         }
     });
     (child, addr)
+}
+
+/// Stores `events` events about `entities` entities through ingest's own
+/// authenticate-and-append path: attendances created, then mostly updated, with some
+/// classes, payments and (0.1 %) quarantined events. Returns the first receive time.
+pub async fn seed(config: &Config, events: u64, entities: u64) -> i64 {
+    let store = Store::open(
+        &config.server.data_dir,
+        StoreOptions {
+            max_batch: 4096,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let source = Arc::new(config.sources[0].clone());
+    let first_ms = chrono::Utc::now().timestamp_millis();
+    let mut in_flight = tokio::task::JoinSet::new();
+    for n in 0..events {
+        let (source, store) = (source.clone(), store.clone());
+        in_flight.spawn(async move {
+            let entity = n % entities;
+            // The first round creates every attendance; later rounds mostly update it,
+            // with some classes, payments and (0.1 %) quarantined events mixed in.
+            let (event_type, data) = match (n < entities, n % 1000) {
+                (true, _) => (
+                    "ATTENDANCE_CREATED",
+                    sample::sample_data(ProviderKind::DreamClass, "ATTENDANCE_CREATED", entity),
+                ),
+                (false, 0..=49) => (
+                    "CLASS_UPDATED",
+                    sample::sample_data(ProviderKind::DreamClass, "CLASS_UPDATED", entity),
+                ),
+                (false, 50..=59) => (
+                    "PAYMENT_UPDATED",
+                    sample::sample_data(ProviderKind::DreamClass, "PAYMENT_UPDATED", entity),
+                ),
+                (false, 60) => (
+                    "ATTENDANCE_UPDATED",
+                    json!({"id": entity + 1, "date": "not a date"}),
+                ),
+                (false, _) => (
+                    "ATTENDANCE_UPDATED",
+                    sample::sample_data(ProviderKind::DreamClass, "ATTENDANCE_UPDATED", entity),
+                ),
+            };
+            let event = authenticated(&source, event_type, data, first_ms + n as i64);
+            store.append(event).await.unwrap();
+        });
+        if in_flight.len() >= 4096 {
+            in_flight.join_next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(done) = in_flight.join_next().await {
+        done.unwrap();
+    }
+    first_ms
 }

@@ -51,12 +51,9 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
 
 /// The benchmark's ceiling server (hidden subcommand).
 pub async fn run_null(listen: SocketAddr) -> anyhow::Result<ExitCode> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let listener = http::serve::listen(listen)?;
     tracing::info!("null server listening on http://{}", listener.local_addr()?);
-    let options = ServeOptions {
-        header_read_timeout: Duration::from_secs(10),
-        shutdown_grace: Duration::from_secs(1),
-    };
+    let options = ServeOptions::new(Duration::from_secs(10), Duration::from_secs(1), 1024);
     http::serve(listener, server::null_router(), options, shutdown_signal()).await;
     Ok(ExitCode::SUCCESS)
 }

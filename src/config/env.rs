@@ -22,6 +22,8 @@ const SERVER_KEYS: &[&str] = &[
     "listen",
     "data_dir",
     "max_body_bytes",
+    "max_inflight_body_bytes",
+    "max_connections",
     "read_timeout",
     "append_timeout",
     "shutdown_grace",

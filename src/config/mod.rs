@@ -66,6 +66,11 @@ pub struct ServerConfig {
     pub listen: std::net::SocketAddr,
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
+    /// The bytes of request bodies held at once across all connections; a request
+    /// that would go over is answered 503 before its body is read.
+    pub max_inflight_body_bytes: usize,
+    /// Connections served at once; more wait in the accept queue, unread.
+    pub max_connections: usize,
     /// How long a client may take to send its headers, and then its body.
     pub read_timeout: Duration,
     /// How long a request waits for its event to be committed before answering 503.

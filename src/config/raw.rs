@@ -131,6 +131,12 @@ pub struct RawServer {
     pub data_dir: PathBuf,
     #[serde(deserialize_with = "number_or_numeric_string")]
     pub max_body_bytes: u64,
+    /// The bytes of request bodies held at once, across all connections.
+    #[serde(deserialize_with = "number_or_numeric_string")]
+    pub max_inflight_body_bytes: u64,
+    /// Connections served at once; more wait in the accept queue, unread.
+    #[serde(deserialize_with = "number_or_numeric_string")]
+    pub max_connections: u64,
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -147,6 +153,8 @@ impl Default for RawServer {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./classhook-data"),
             max_body_bytes: 1024 * 1024,
+            max_inflight_body_bytes: 64 * 1024 * 1024,
+            max_connections: 1024,
             read_timeout: Duration::from_secs(10),
             append_timeout: Duration::from_secs(8),
             shutdown_grace: Duration::from_secs(10),

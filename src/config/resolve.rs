@@ -78,6 +78,23 @@ pub(super) fn resolve(
                 .map_err(|m| format!("{m} (leave it out to keep events forever)")),
         )?;
     }
+    if s.max_inflight_body_bytes < s.max_body_bytes {
+        return Err(ConfigError::new(
+            file,
+            "server.max_inflight_body_bytes",
+            format!(
+                "must be at least max_body_bytes ({}), or a body of the largest allowed size could never be read",
+                s.max_body_bytes
+            ),
+        ));
+    }
+    if s.max_connections == 0 {
+        return Err(ConfigError::new(
+            file,
+            "server.max_connections",
+            "must be greater than 0",
+        ));
+    }
     check(
         "delivery.poll_interval",
         duration_within(
@@ -100,6 +117,8 @@ pub(super) fn resolve(
         listen: s.listen,
         data_dir: s.data_dir,
         max_body_bytes: usize::try_from(s.max_body_bytes).unwrap_or(usize::MAX),
+        max_inflight_body_bytes: usize::try_from(s.max_inflight_body_bytes).unwrap_or(usize::MAX),
+        max_connections: usize::try_from(s.max_connections).unwrap_or(usize::MAX),
         read_timeout: s.read_timeout,
         append_timeout: s.append_timeout,
         shutdown_grace: s.shutdown_grace,

@@ -621,7 +621,7 @@ fn values_that_would_crash_are_refused_with_the_key_named() {
         "{from_env}"
     );
 
-    let edges = "[server]\nread_timeout = \"10ms\"\nappend_timeout = \"45s\"\nshutdown_grace = \"0s\"\nmax_body_bytes = 268435456\n\
+    let edges = "[server]\nread_timeout = \"10ms\"\nappend_timeout = \"45s\"\nshutdown_grace = \"0s\"\nmax_body_bytes = 268435456\nmax_inflight_body_bytes = 268435456\n\
         [retention]\nevents_days = 36500\ninterval = \"10ms\"\n\
         [delivery]\npoll_interval = \"1h\"\nlease_margin = \"0s\"\n";
     let config = parse(
@@ -634,4 +634,40 @@ fn values_that_would_crash_are_refused_with_the_key_named() {
         std::time::Duration::from_millis(10)
     );
     assert_eq!(config.server.max_body_bytes, 256 * 1024 * 1024);
+}
+
+#[test]
+fn load_limits_have_defaults_overrides_and_rules() {
+    let config = parse("", &[]).unwrap();
+    assert_eq!(config.server.max_inflight_body_bytes, 64 * 1024 * 1024);
+    assert_eq!(config.server.max_connections, 1024);
+
+    let config = parse(
+        "[server]\nmax_inflight_body_bytes = 2097152\nmax_connections = 10\n",
+        &[
+            ("CLASSHOOK_SERVER_MAX_INFLIGHT_BODY_BYTES", "4194304"),
+            ("CLASSHOOK_SERVER_MAX_CONNECTIONS", "20"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.server.max_inflight_body_bytes, 4 * 1024 * 1024);
+    assert_eq!(config.server.max_connections, 20);
+
+    let small = error_of(
+        "[server]\nmax_body_bytes = 2048\nmax_inflight_body_bytes = 1024\n",
+        &[],
+    );
+    assert!(
+        small.starts_with(
+            "test.toml: server.max_inflight_body_bytes: must be at least max_body_bytes (2048)"
+        ),
+        "{small}"
+    );
+    let none = error_of("", &[("CLASSHOOK_SERVER_MAX_CONNECTIONS", "0")]);
+    assert!(
+        none.starts_with("test.toml: server.max_connections: must be greater than 0"),
+        "{none}"
+    );
+    let typo = error_of("[server]\nmax_connection = 5\n", &[]);
+    assert!(typo.contains("max_connection"), "{typo}");
 }

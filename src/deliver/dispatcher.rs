@@ -22,7 +22,7 @@ use super::schedule::{self, Next, Outcome};
 use super::send::{self, Sender};
 use super::subscription::Subscription;
 use crate::clock::Clock;
-use crate::store::{AttemptResult, Claimed, Store};
+use crate::store::{AttemptRecorded, AttemptResult, Claimed, Store};
 
 #[derive(Debug, Clone)]
 pub struct DispatchOptions {
@@ -322,11 +322,15 @@ impl Attempt {
             outcome: attempted.outcome,
             response: attempted.response_excerpt,
             next,
-            hold_after_failures: self.hold_after_failures,
         };
         let finished = match store.record_attempt(result).await {
-            Ok(true) => Finished::Attempted,
-            Ok(false) => {
+            Ok(AttemptRecorded::Kept {
+                consecutive_failures,
+            }) => {
+                self.hold_if_failing(consecutive_failures, started_ms).await;
+                Finished::Attempted
+            }
+            Ok(AttemptRecorded::LeaseEnded) => {
                 tracing::info!(
                     subscription = spec.name,
                     delivery = self.claimed.delivery_id,
@@ -342,6 +346,22 @@ impl Attempt {
         };
         drop(slot);
         finished
+    }
+
+    /// The hold policy: a subscription that keeps failing is held for a while
+    /// (`schedule::hold_for`), so that its endpoint is not hammered.
+    async fn hold_if_failing(&self, consecutive_failures: i64, at_ms: i64) {
+        let Some(hold) = schedule::hold_for(consecutive_failures, self.hold_after_failures) else {
+            return;
+        };
+        let until_ms = at_ms + hold.as_millis() as i64;
+        if let Err(error) = self
+            .store
+            .hold_subscription(self.subscription.id, until_ms)
+            .await
+        {
+            tracing::warn!(%error, subscription = self.subscription.spec.name, "cannot hold a failing subscription");
+        }
     }
 
     /// Whether the subscription may still be sent to (fresh from the store).

@@ -3,23 +3,80 @@
 //! stalls is cut off after `header_read_timeout` instead of holding a task forever
 //! (bodies are bounded by the handlers that read them). On shutdown the listener
 //! closes, in-flight requests finish, and idle keep-alive connections are closed.
+//!
+//! At most `max_connections` connections are served at once: the loop takes a slot
+//! before it accepts, so further connections wait in the kernel's accept queue, where
+//! nothing of theirs is read and they cost the process nothing, until a connection
+//! ends. A request head (request line and headers) may take at most
+//! [`MAX_HEAD_BYTES`] of buffer (checked between reads, so about twice that at
+//! worst), which bounds what a connection not yet authenticated can make us hold.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower::ServiceExt;
+
+use super::{ApiError, LogLimiter};
+
+/// The longest request target (path and query) served; a longer one is answered 414
+/// with the JSON error body before routing. (hyper answers a target over 65,534 bytes,
+/// or a head over [`MAX_HEAD_BYTES`], itself, with an empty body: see README.)
+pub const MAX_TARGET_BYTES: usize = 8 * 1024;
+
+/// hyper's read buffer per connection, which bounds a request head: a larger head is
+/// answered 431 by hyper itself (hyper's default is ~400 KiB). hyper checks it between
+/// reads, so a head buffer can reach about twice this.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// The kernel's accept queue: connections over `max_connections` wait there, and a
+/// health probe's connection must still find room in it under a flood. The standard
+/// library's (and tokio's) 128 overflowed with 256 attacking connections: dropped
+/// SYNs, retried after 1 s. Linux caps it at `net.core.somaxconn` (4096 by default).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as tokio's own bind).
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// The connection slots; more connections wait in the accept queue.
+    pub connections: Arc<Semaphore>,
+}
+
+impl ServeOptions {
+    pub fn new(
+        header_read_timeout: Duration,
+        shutdown_grace: Duration,
+        max_connections: usize,
+    ) -> Self {
+        ServeOptions {
+            header_read_timeout,
+            shutdown_grace,
+            connections: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
+        }
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then drains.
@@ -33,10 +90,29 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
+    let router = router.layer(axum::middleware::from_fn(limit_target));
     let graceful = GracefulShutdown::new();
+    let saturated_log = LogLimiter::new(1, Duration::from_secs(10));
     tokio::pin!(shutdown);
     loop {
+        let slots = options.connections.clone();
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if let Some(suppressed) = saturated_log.admit() {
+                    tracing::warn!(
+                        suppressed,
+                        "max_connections reached: new connections wait in the accept queue"
+                    );
+                }
+                tokio::select! {
+                    slot = slots.acquire_owned() => slot.expect("the slots are never closed"),
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -63,6 +139,7 @@ pub async fn serve(
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %remote, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);
@@ -75,4 +152,28 @@ pub async fn serve(
             options.shutdown_grace
         );
     }
+}
+
+/// Answers 414 with the JSON error body for a request target over
+/// [`MAX_TARGET_BYTES`], before any route (or log line) sees it.
+async fn limit_target(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let uri = request.uri();
+    let len = uri
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len())
+        + uri
+            .authority()
+            .map_or(0, |authority| authority.as_str().len());
+    if len > MAX_TARGET_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!(
+                "the request target is {len} bytes long; at most {MAX_TARGET_BYTES} are served"
+            ),
+        )
+        .with_header(header::CONNECTION, "close")
+        .into_response();
+    }
+    next.run(request).await
 }

@@ -36,10 +36,30 @@ mod sqlite;
 use crate::event::EventStatus;
 use crate::provider::ProviderKind;
 
-pub use sqlite::{
-    AttemptResult, CommitObserver, KindCount, MAX_COMMIT_LAG, RebuildReport, SqliteStore as Store,
-    StoreOptions,
-};
+pub use sqlite::{CommitObserver, MAX_COMMIT_LAG, SqliteStore as Store, StoreOptions};
+
+/// Live and deleted entities of one kind of one platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindCount {
+    pub kind: String,
+    /// The platform: a typed kind's, or for generic entities that of the source whose
+    /// events made them (`None` once retention deleted all of that source's events).
+    pub provider: Option<ProviderKind>,
+    /// Whether the entities are in the platform's typed table for the kind.
+    pub typed: bool,
+    pub live: i64,
+    pub deleted: i64,
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub events: u64,
+    pub applied: u64,
+    /// Stored events whose kind, op, version or status this version describes
+    /// differently (corrected on the event).
+    pub redescribed: u64,
+}
 
 /// What `append` did with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,8 +97,9 @@ pub enum StoreError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// The backend's own error, as text: callers never see a driver type.
     #[error("database error: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(String),
     /// A batch could not be committed (disk full, database locked too long, …).
     #[error("could not commit: {0}")]
     Commit(String),
@@ -306,6 +327,28 @@ pub struct DeliveryFilter {
     pub state: Option<DeliveryState>,
     pub before_id: Option<i64>,
     pub limit: usize,
+}
+
+/// What a finished attempt changes, for the store to record.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub claimed: Claimed,
+    pub at_ms: i64,
+    pub duration: std::time::Duration,
+    pub outcome: crate::deliver::schedule::Outcome,
+    pub response: Option<String>,
+    pub next: crate::deliver::schedule::Next,
+}
+
+/// What became of an attempt's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptRecorded {
+    /// Recorded; the subscription has failed this many times in a row now (0 after
+    /// a success), for the hold policy to judge.
+    Kept { consecutive_failures: i64 },
+    /// The lease it was made under had ended (replayed, deleted, leased again):
+    /// nothing was recorded.
+    LeaseEnded,
 }
 
 /// A delivery leased to a worker.

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -31,6 +32,11 @@ pub struct Served {
 
 /// Starts `classhook serve` and waits (bounded) for its start line.
 pub async fn serve(config: &Path) -> Served {
+    serve_logged(config).await.0
+}
+
+/// Like [`serve`], and keeps every log line the gateway writes after starting.
+pub async fn serve_logged(config: &Path) -> (Served, Arc<Mutex<Vec<String>>>) {
     let mut child = Command::new(binary())
         .args(["serve", "--config"])
         .arg(config)
@@ -52,8 +58,14 @@ pub async fn serve(config: &Path) -> Served {
     .await
     .expect("classhook serve did not start within 20 s");
     // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Served { child, addr }
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let kept = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            kept.lock().unwrap().push(line);
+        }
+    });
+    (Served { child, addr }, log)
 }
 
 /// Runs a CLI command to completion: (exit code, stdout, stderr).

@@ -8,13 +8,16 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
 
 use super::SqliteStore;
-use super::read::Conditions;
+use super::conditions::Conditions;
 use crate::config::SecretEncoding;
-use crate::deliver::schedule::{self, Next, Outcome};
+use crate::deliver::schedule::{Next, Outcome};
 use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec};
 use crate::event::NewEvent;
 use crate::secret::Secret;
-use crate::store::{AttemptRecord, Claimed, Delivery, DeliveryFilter, DeliveryState, StoreError};
+use crate::store::{
+    AttemptRecord, AttemptRecorded, AttemptResult, Claimed, Delivery, DeliveryFilter,
+    DeliveryState, StoreError,
+};
 
 const SUBSCRIPTION_COLUMNS: &str =
     "id, name, url, events, sources, tenants, basic_username, basic_password,
@@ -170,17 +173,6 @@ fn insert_delivery(
 /// milliseconds, 74 random bits), not anything derived from row numbers.
 fn new_webhook_id() -> String {
     format!("msg_{}", uuid::Uuid::now_v7().simple())
-}
-
-/// What a finished attempt changes.
-pub struct AttemptResult {
-    pub claimed: Claimed,
-    pub at_ms: i64,
-    pub duration: Duration,
-    pub outcome: Outcome,
-    pub response: Option<String>,
-    pub next: Next,
-    pub hold_after_failures: u32,
 }
 
 impl SqliteStore {
@@ -356,25 +348,6 @@ impl SqliteStore {
         })
     }
 
-    /// Leases, for each (subscription, capacity, lease end), up to `capacity` of its
-    /// due deliveries until the lease end, in the writer's next group commit.
-    pub async fn claim_due(
-        &self,
-        capacities: Vec<(i64, usize, i64)>,
-        now_ms: i64,
-    ) -> Result<Vec<Claimed>, StoreError> {
-        self.request(|reply| super::writer::WriteOp::Claim(capacities, now_ms, reply))
-            .await
-    }
-
-    /// Records an attempt and moves the delivery (and its subscription) on, in the
-    /// writer's next group commit. Returns false when the lease it was made under had
-    /// ended (replayed, deleted, leased again): then nothing is recorded.
-    pub async fn record_attempt(&self, result: AttemptResult) -> Result<bool, StoreError> {
-        self.request(|reply| super::writer::WriteOp::Record(Box::new(result), reply))
-            .await
-    }
-
     /// Dead-letters a leased delivery without an attempt (its event is gone), if the
     /// lease still holds.
     pub async fn abandon(&self, claimed: &Claimed, reason: String) -> Result<(), StoreError> {
@@ -391,10 +364,16 @@ impl SqliteStore {
         .await
     }
 
-    /// Gives leases back without an attempt, in the writer's next group commit.
-    pub async fn release(&self, leases: Vec<(i64, i64)>) -> Result<(), StoreError> {
-        self.request(|reply| super::writer::WriteOp::Release(leases, reply))
-            .await
+    /// Holds a subscription (nothing is leased for it) until `until_ms`.
+    pub async fn hold_subscription(&self, id: i64, until_ms: i64) -> Result<(), StoreError> {
+        self.run_job(move |conn| {
+            conn.execute(
+                "UPDATE subscriptions SET hold_until_ms = max(hold_until_ms, ?2) WHERE id = ?1",
+                params![id, until_ms],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Whether a subscription may be sent to now: it exists, is not paused and not
@@ -681,7 +660,10 @@ pub(super) fn release(conn: &Connection, leases: &[(i64, i64)]) -> rusqlite::Res
 /// lease it was made under still holds: a delivery replayed, deleted or leased again
 /// meanwhile, or already delivered, is left as it is and the attempt is not recorded
 /// (returns false). A recorded success is therefore never undone.
-pub(super) fn apply_attempt(tx: &Connection, result: &AttemptResult) -> rusqlite::Result<bool> {
+pub(super) fn apply_attempt(
+    tx: &Connection,
+    result: &AttemptResult,
+) -> rusqlite::Result<AttemptRecorded> {
     let (status, error) = match &result.outcome {
         Outcome::Success { status } | Outcome::Throttled { status, .. } => (Some(*status), None),
         Outcome::Gone => (Some(410), None),
@@ -720,7 +702,7 @@ pub(super) fn apply_attempt(tx: &Connection, result: &AttemptResult) -> rusqlite
             last_error
         ])?;
     if moved == 0 {
-        return Ok(false);
+        return Ok(AttemptRecorded::LeaseEnded);
     }
     tx.prepare_cached(
         "INSERT INTO attempts (delivery_id, at_ms, duration_ms, status_code, error, response)
@@ -756,16 +738,14 @@ pub(super) fn apply_attempt(tx: &Connection, result: &AttemptResult) -> rusqlite
                      WHERE id = ?1 RETURNING consecutive_failures",
                 )?
                 .query_row([subscription], |r| r.get(0))?;
-            if let Some(hold) = schedule::hold_for(failures, result.hold_after_failures) {
-                tx.prepare_cached("UPDATE subscriptions SET hold_until_ms = ?2 WHERE id = ?1")?
-                    .execute(params![
-                        subscription,
-                        result.at_ms + hold.as_millis() as i64
-                    ])?;
-            }
+            return Ok(AttemptRecorded::Kept {
+                consecutive_failures: failures,
+            });
         }
     }
-    Ok(true)
+    Ok(AttemptRecorded::Kept {
+        consecutive_failures: 0,
+    })
 }
 
 /// Puts a delivery back in the queue, due at `?2`, with a fresh retry schedule (its

@@ -6,25 +6,12 @@ use rusqlite::{Connection, Row, params_from_iter};
 use serde_json::{Map, Value};
 
 use super::SqliteStore;
+use super::conditions::Conditions;
 use super::mirror::{GENERIC_TABLE, field_to_sql};
-use super::read::Conditions;
 use crate::mirror::kinds::{self, insert_path, to_json};
 use crate::mirror::{Field, FieldType, FieldValue, KindSpec};
 use crate::provider::ProviderKind;
-use crate::store::{Entity, EntityFilter, StoreError};
-
-/// Live and deleted entities of one kind of one platform.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KindCount {
-    pub kind: String,
-    /// The platform: a typed kind's, or for generic entities that of the source whose
-    /// events made them (`None` once retention deleted all of that source's events).
-    pub provider: Option<ProviderKind>,
-    /// Whether the entities are in the platform's typed table for the kind.
-    pub typed: bool,
-    pub live: i64,
-    pub deleted: i64,
-}
+use crate::store::{Entity, EntityFilter, KindCount, StoreError};
 
 impl SqliteStore {
     /// Entities of one kind, in the order they first appeared.

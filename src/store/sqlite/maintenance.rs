@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::read::Conditions;
+use super::conditions::Conditions;
 use super::{SqliteStore, dedupe, timeline};
 use crate::store::StoreError;
 

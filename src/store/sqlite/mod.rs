@@ -2,6 +2,7 @@
 //! writer thread doing group commits ([`writer`]), and read-only work on separate
 //! connections so readers never block the writer.
 
+mod conditions;
 mod dedupe;
 mod delivery;
 mod entities;
@@ -25,9 +26,6 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::{AppendOutcome, NewRejection, StoreError};
 use crate::deliver::subscription::Subscription;
 use crate::event::NewEvent;
-pub use delivery::AttemptResult;
-pub use entities::KindCount;
-pub use rebuild::RebuildReport;
 pub use timeline::MAX_COMMIT_LAG;
 pub use writer::CommitObserver;
 use writer::WriteOp;
@@ -365,4 +363,10 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        StoreError::Database(error.to_string())
+    }
 }

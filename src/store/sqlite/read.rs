@@ -3,6 +3,7 @@
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{OptionalExtension, Row, params, params_from_iter};
 
+use super::conditions::Conditions;
 use super::{SqliteStore, dedupe, timeline};
 use crate::event::EventStatus;
 use crate::provider::ProviderKind;
@@ -13,38 +14,6 @@ use crate::store::{
 const SUMMARY_COLUMNS: &str = "seq, source, provider, tenant, event_type, event_id, dedupe_key,
     entity_kind, entity_id, entity_op, version_ms, received_at_ms, status, status_reason,
     times_seen, last_seen_at_ms, conflicts, mirror_effect";
-
-/// Builds `WHERE a = ? AND b = ?` with its arguments.
-#[derive(Default)]
-pub(super) struct Conditions {
-    clauses: Vec<String>,
-    pub(super) args: Vec<SqlValue>,
-}
-
-impl Conditions {
-    pub(super) fn add(&mut self, clause: impl Into<String>, value: impl Into<SqlValue>) {
-        self.clauses.push(clause.into());
-        self.args.push(value.into());
-    }
-
-    pub(super) fn add_opt<T: Into<SqlValue> + Clone>(&mut self, clause: &str, value: Option<&T>) {
-        if let Some(value) = value {
-            self.add(clause, value.clone());
-        }
-    }
-
-    pub(super) fn push_raw(&mut self, clause: &str) {
-        self.clauses.push(clause.to_string());
-    }
-
-    pub(super) fn sql(&self) -> String {
-        if self.clauses.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", self.clauses.join(" AND "))
-        }
-    }
-}
 
 impl SqliteStore {
     /// Events matching `filter`, newest first.

@@ -17,23 +17,13 @@ use rusqlite::{Connection, params};
 
 use super::{SqliteStore, mirror};
 use crate::provider::{Envelope, ProviderKind};
-use crate::store::StoreError;
+use crate::store::{RebuildReport, StoreError};
 
 /// The scratch database, next to the store's.
 pub const SCRATCH_FILE: &str = "classhook-rebuild.db";
 
 /// How many events one chunk of the build reads, by default.
 pub const CHUNK: usize = 5_000;
-
-/// What a rebuild did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RebuildReport {
-    pub events: u64,
-    pub applied: u64,
-    /// Stored events whose kind, op, version or status this version describes
-    /// differently (corrected on the event).
-    pub redescribed: u64,
-}
 
 impl SqliteStore {
     /// Recomputes every mirror table from the event log, in receive order. Readers

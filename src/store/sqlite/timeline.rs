@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use super::read::Conditions;
+use super::conditions::Conditions;
 
 /// The longest an event may wait between reaching the store and being written.
 pub const MAX_COMMIT_LAG: Duration = Duration::from_secs(45);

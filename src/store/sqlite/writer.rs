@@ -9,7 +9,6 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::dedupe::{DedupeIndex, DedupeKey};
-use super::delivery::AttemptResult;
 use super::health::FileIdentity;
 use super::rejections::RejectionQueue;
 use super::timeline::MAX_COMMIT_LAG;
@@ -17,7 +16,10 @@ use super::{delivery, mirror};
 use crate::canonical;
 use crate::deliver::subscription::Subscription;
 use crate::event::{EventStatus, NewEvent};
-use crate::store::{AppendOutcome, Claimed, NewRejection, REJECTION_BODY_PREFIX, StoreError};
+use crate::store::{
+    AppendOutcome, AttemptRecorded, AttemptResult, Claimed, NewRejection, REJECTION_BODY_PREFIX,
+    StoreError,
+};
 
 /// How many rejections the log keeps; older ones are pruned.
 pub const REJECTION_LOG_CAPACITY: i64 = 10_000;
@@ -43,7 +45,7 @@ pub enum WriteOp {
     /// answers whether its lease still held (else nothing was recorded).
     Record(
         Box<AttemptResult>,
-        oneshot::Sender<Result<bool, StoreError>>,
+        oneshot::Sender<Result<AttemptRecorded, StoreError>>,
     ),
     /// Leases (delivery, token) given back without an attempt.
     Release(Vec<(i64, i64)>, oneshot::Sender<Result<(), StoreError>>),
@@ -130,7 +132,7 @@ enum Done {
     Nothing,
     Appended(AppendOutcome),
     Claimed(Vec<Claimed>),
-    Recorded(bool),
+    Recorded(AttemptRecorded),
     /// This operation failed and was rolled back alone; the rest of the batch stands.
     Failed(String),
     /// An event that waited longer than the store's `max_commit_lag`: not stored, so
@@ -520,4 +522,34 @@ fn insert_rejection(tx: &rusqlite::Transaction<'_>, r: &NewRejection) -> rusqlit
         r.body_sha256.as_ref().map(|h| &h[..]),
     ])?;
     Ok(())
+}
+
+/// What callers ask of the writer for deliveries: leases, attempt records and lease
+/// releases ride the same group commit as ingest.
+impl super::SqliteStore {
+    /// Leases, for each (subscription, capacity, lease end), up to `capacity` of its
+    /// due deliveries until the lease end, in the writer's next group commit.
+    pub async fn claim_due(
+        &self,
+        capacities: Vec<(i64, usize, i64)>,
+        now_ms: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.request(|reply| WriteOp::Claim(capacities, now_ms, reply))
+            .await
+    }
+
+    /// Records an attempt and moves the delivery (and its subscription) on, in the
+    /// writer's next group commit, if the lease it was made under still holds.
+    pub async fn record_attempt(
+        &self,
+        result: AttemptResult,
+    ) -> Result<AttemptRecorded, StoreError> {
+        self.request(|reply| WriteOp::Record(Box::new(result), reply))
+            .await
+    }
+
+    /// Gives leases back without an attempt, in the writer's next group commit.
+    pub async fn release(&self, leases: Vec<(i64, i64)>) -> Result<(), StoreError> {
+        self.request(|reply| WriteOp::Release(leases, reply)).await
+    }
 }
