@@ -137,7 +137,7 @@ impl Envelope {
                 EventStatus::UnknownType,
                 Some(format!(
                     "DreamClass type {:?} is not documented",
-                    self.event_type
+                    super::shorten(&self.event_type)
                 )),
             )
         } else {

@@ -100,7 +100,7 @@ impl Envelope {
                 EventStatus::UnknownType,
                 Some(format!(
                     "Loopwise type {:?} is not documented",
-                    self.event_type
+                    super::shorten(&self.event_type)
                 )),
             )
         } else {

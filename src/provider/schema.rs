@@ -219,6 +219,9 @@ pub fn check_loopwise(event_type: &str, data: &Map<String, Value>) -> Verdict {
     }
 }
 
+/// Characters of a mismatch's reason kept (it may quote what the sender sent).
+const REASON_MAX: usize = 300;
+
 fn fits<T: DeserializeOwned>(data: &Map<String, Value>) -> Verdict {
     // `&Map` is not a Deserializer; a borrowed `Value` view avoids copying the data.
     let value = MapRef(data);
@@ -231,7 +234,12 @@ fn fits<T: DeserializeOwned>(data: &Map<String, Value>) -> Verdict {
             } else {
                 format!(".{path}")
             };
-            Verdict::Mismatch(format!("data{path}: {}", e.into_inner()))
+            // serde quotes the value it refused whole: a reason stays short.
+            let reason = format!("data{path}: {}", e.into_inner());
+            Verdict::Mismatch(match reason.char_indices().nth(REASON_MAX) {
+                Some((end, _)) => format!("{}…", &reason[..end]),
+                None => reason,
+            })
         }
     }
 }
