@@ -344,20 +344,10 @@ async fn deleting_a_subscription_during_an_attempt_fails_nothing_else() {
     assert_eq!(status, 204);
     // The attempt to the deleted subscription ends while events keep arriving: its
     // record finds no lease and is dropped; every event is still stored.
-    let posts: Vec<_> = (100..140)
-        .map(|n| {
-            let gw_url = s.gw.url("/hooks/school");
-            let client = s.gw.client.clone();
-            let request = dreamclass_sample("CLASS_CREATED", n);
-            tokio::spawn(async move {
-                let mut builder = client.post(gw_url).body(request.body);
-                for (name, value) in &request.headers {
-                    builder = builder.header(name, value);
-                }
-                builder.send().await.unwrap().status().as_u16()
-            })
-        })
-        .collect();
+    let posts = post_concurrently(
+        &s.gw,
+        (100..140).map(|n| dreamclass_sample("CLASS_CREATED", n)),
+    );
     held.release(1);
     let mut finished = s.dispatcher.settle().await;
     finished.sort_by_key(|f| format!("{f:?}"));
@@ -369,6 +359,28 @@ async fn deleting_a_subscription_during_an_attempt_fails_nothing_else() {
     assert!(s.gw.store.get_subscription("doomed").unwrap().is_none());
     assert_eq!(deliveries(&s.gw.store, "kept").len(), 41);
     s.gw.stop().await;
+}
+
+/// Posts every request to the school source at once, each on its own task; the
+/// tasks answer with the status.
+fn post_concurrently(
+    gw: &Gateway,
+    requests: impl IntoIterator<Item = classhook::provider::sample::SignedRequest>,
+) -> Vec<tokio::task::JoinHandle<u16>> {
+    requests
+        .into_iter()
+        .map(|request| {
+            let url = gw.url("/hooks/school");
+            let client = gw.client.clone();
+            tokio::spawn(async move {
+                let mut builder = client.post(url).body(request.body);
+                for (name, value) in &request.headers {
+                    builder = builder.header(name, value);
+                }
+                builder.send().await.unwrap().status().as_u16()
+            })
+        })
+        .collect()
 }
 
 /// Holds the database's write lock from another connection until dropped, so that
@@ -398,20 +410,7 @@ async fn one_failing_operation_fails_alone_and_its_batch_commits() {
         .map(|n| dreamclass_sample("CLASS_CREATED", n))
         .collect();
     requests.insert(15, poison);
-    let posts: Vec<_> = requests
-        .into_iter()
-        .map(|request| {
-            let url = s.gw.url("/hooks/school");
-            let client = s.gw.client.clone();
-            tokio::spawn(async move {
-                let mut builder = client.post(url).body(request.body);
-                for (name, value) in &request.headers {
-                    builder = builder.header(name, value);
-                }
-                builder.send().await.unwrap().status().as_u16()
-            })
-        })
-        .collect();
+    let posts = post_concurrently(&s.gw, requests);
     // Let the requests reach the writer's queue (the writer itself holds the first
     // few, waiting for the lock), so that most share one batch; then let the writer
     // in, well before its busy timeout (5 s) would give up.
@@ -518,17 +517,22 @@ fn header_map(headers: &[(String, String)]) -> http::HeaderMap {
         .collect()
 }
 
+/// Creates a subscription to every event through the API.
+async fn create_subscription(gw: &Gateway, name: &str, url: &str) {
+    let (status, body) = api(
+        gw,
+        reqwest::Method::POST,
+        "/subscriptions",
+        Some(json!({"name": name, "url": url, "events": ["*"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+}
+
 #[tokio::test]
 async fn an_unreadable_stored_subscription_is_an_error_not_a_default() {
     let s = stepped("").await;
-    let (status, _) = api(
-        &s.gw,
-        reqwest::Method::POST,
-        "/subscriptions",
-        Some(json!({"name": "crm", "url": "https://crm.example.com/hook", "events": ["*"]})),
-    )
-    .await;
-    assert_eq!(status, 201);
+    create_subscription(&s.gw, "crm", "https://crm.example.com/hook").await;
     rusqlite::Connection::open(s.gw.store.path())
         .unwrap()
         .execute("UPDATE subscriptions SET managed_by = 'someone'", [])
@@ -549,14 +553,7 @@ async fn an_unreadable_stored_subscription_is_an_error_not_a_default() {
 #[tokio::test]
 async fn concurrent_changes_to_one_subscription_both_apply() {
     let s = stepped("").await;
-    let (status, _) = api(
-        &s.gw,
-        reqwest::Method::POST,
-        "/subscriptions",
-        Some(json!({"name": "crm", "url": "https://crm.example.com/hook", "events": ["*"]})),
-    )
-    .await;
-    assert_eq!(status, 201);
+    create_subscription(&s.gw, "crm", "https://crm.example.com/hook").await;
     for round in 1..=10u32 {
         let url = format!("https://crm.example.com/hook/{round}");
         let (a, b) = tokio::join!(
