@@ -15,6 +15,8 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("the async runtime starts");
     match runtime.block_on(classhook::cli::run(cli)) {
         Ok(code) => code,
+        // The reader went away (`classhook export … | head -1`): nothing to report.
+        Err(error) if classhook::cli::is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(2)

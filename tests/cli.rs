@@ -764,3 +764,76 @@ async fn send_warns_about_undocumented_types_touches_one_entity_and_explains_fai
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn export_into_a_pipe_that_closes_early_exits_quietly_and_dates_are_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(dir.path(), SOURCES);
+    // Enough events that the output outgrows the pipe's buffer.
+    {
+        let config = classhook::config::Config::load(&config_path).unwrap();
+        let store = classhook::store::Store::open(
+            &config.server.data_dir,
+            classhook::store::StoreOptions::default(),
+        )
+        .unwrap();
+        let source = config.sources.iter().find(|s| s.name == "school").unwrap();
+        for n in 0..400 {
+            let request = classhook::provider::sample::build_request(
+                classhook::provider::ProviderKind::DreamClass,
+                source.signing_key.as_ref(),
+                "CLASS_CREATED",
+                classhook::provider::sample::sample_data(
+                    classhook::provider::ProviderKind::DreamClass,
+                    "CLASS_CREATED",
+                    n,
+                ),
+                "my-school",
+            );
+            let event = classhook::ingest::authenticate(
+                source,
+                &http::HeaderMap::new(),
+                request.body.into(),
+                1_795_478_400_000 + n as i64,
+            )
+            .unwrap();
+            store.append(event).await.unwrap();
+        }
+    }
+    let config = config_path.to_str().unwrap();
+    let mut child = tokio::process::Command::new(common::process::binary())
+        .args(["export", "--config", config, "--events"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncBufReadExt;
+        let mut first = String::new();
+        tokio::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .await
+            .unwrap();
+        assert!(first.starts_with('{'), "{first}");
+    } // the reader goes away, like `| head -1`
+    let output = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(stderr.is_empty(), "nothing said: {stderr}");
+
+    // A date is a time: midnight UTC of that day.
+    let (code, out, err) = run(
+        &[
+            "export",
+            "--config",
+            config,
+            "--events",
+            "--since",
+            "2026-11-24",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 400);
+}

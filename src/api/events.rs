@@ -33,7 +33,7 @@ pub struct EventQuery {
     /// Only events with this status.
     #[param(inline)]
     status: Option<StatusParam>,
-    /// Received at or after this RFC 3339 time.
+    /// Received at or after this RFC 3339 time (a date alone means its midnight UTC).
     #[param(format = DateTime)]
     since: Option<String>,
     /// Received before this RFC 3339 time.

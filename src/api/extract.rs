@@ -49,13 +49,11 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
 pub fn parse_time(name: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
     value
         .map(|text| {
-            chrono::DateTime::parse_from_rfc3339(text)
-                .map(|t| t.timestamp_millis())
-                .map_err(|_| {
-                    bad_request(format!(
-                        "`{name}` must be an RFC 3339 time such as 2024-10-02T09:40:02Z"
-                    ))
-                })
+            crate::clock::parse_time(text).ok_or_else(|| {
+                bad_request(format!(
+                    "`{name}` must be an RFC 3339 time such as 2024-10-02T09:40:02Z, or a date such as 2024-10-02"
+                ))
+            })
         })
         .transpose()
 }

@@ -15,7 +15,7 @@ use crate::http::ApiError;
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StatsQuery {
-    /// Count events received at or after this RFC 3339 time.
+    /// Count events received at or after this RFC 3339 time (a date alone means its midnight UTC).
     #[param(format = DateTime)]
     since: Option<String>,
     /// Count events received before this RFC 3339 time.

@@ -87,20 +87,30 @@ impl Cli {
     }
 }
 
+/// Whether `error` comes from writing to a pipe whose reader has gone.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// `--provider` values.
 fn parse_provider(text: &str) -> Result<crate::provider::ProviderKind, String> {
     crate::provider::ProviderKind::parse(text)
         .ok_or_else(|| format!("{text:?} is not dreamclass or loopwise"))
 }
 
-/// An optional RFC 3339 time flag as epoch milliseconds.
+/// An optional time flag (RFC 3339 time or a date) as epoch milliseconds.
 fn parse_time_flag(flag: &str, value: Option<&str>) -> anyhow::Result<Option<i64>> {
-    use anyhow::Context;
     value
         .map(|t| {
-            chrono::DateTime::parse_from_rfc3339(t)
-                .map(|t| t.timestamp_millis())
-                .with_context(|| format!("--{flag} {t:?} is not an RFC 3339 time"))
+            crate::clock::parse_time(t).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--{flag} {t:?} is neither a date (2026-11-24) nor an RFC 3339 time (2026-11-24T09:40:02Z)"
+                )
+            })
         })
         .transpose()
 }
