@@ -837,3 +837,17 @@ async fn export_into_a_pipe_that_closes_early_exits_quietly_and_dates_are_times(
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 400);
 }
+
+#[tokio::test]
+async fn a_missing_choice_names_both_alternatives() {
+    for (args, both) in [
+        (&["export"][..], ["--kind", "--events"]),
+        (&["replay"][..], ["--delivery", "--subscription"]),
+    ] {
+        let (code, _, err) = run(args, None).await;
+        assert_ne!(code, 0);
+        for flag in both {
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+    }
+}

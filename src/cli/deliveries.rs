@@ -24,16 +24,14 @@ pub struct DeliveriesArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(
-    clap::ArgGroup::new("which").args(["dead", "all"]).multiple(false)
-))]
+#[command(
+    group(clap::ArgGroup::new("which").args(["dead", "all"]).multiple(false)),
+    // Exactly one target; a missing one is reported naming both.
+    group(clap::ArgGroup::new("target").args(["delivery", "subscription"]).required(true))
+)]
 pub struct ReplayArgs {
     /// Replay this one delivery.
-    #[arg(
-        long,
-        conflicts_with = "subscription",
-        required_unless_present = "subscription"
-    )]
+    #[arg(long)]
     delivery: Option<i64>,
     /// Replay this subscription's deliveries: its dead letters (--dead) or every one
     /// of them (--all).

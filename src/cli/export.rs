@@ -23,16 +23,21 @@ enum Format {
 }
 
 #[derive(Debug, Args)]
+#[command(group(
+    // Exactly one of the two; a missing one is reported naming both.
+    clap::ArgGroup::new("what").args(["kind", "events"]).required(true)
+))]
 pub struct ExportArgs {
     /// Export the mirrored entities of this kind (e.g. attendance, enrollment, payment).
-    #[arg(long, conflicts_with = "events", required_unless_present = "events")]
+    #[arg(long)]
     kind: Option<String>,
     /// Export the event log (newest first).
     #[arg(long)]
     events: bool,
     #[arg(long, value_enum, default_value = "jsonl")]
     format: Format,
-    /// Events received, or entities whose version is, at or after this RFC 3339 time.
+    /// Events received, or entities whose version is, at or after this time (RFC 3339,
+    /// or a date for its midnight UTC).
     #[arg(long)]
     since: Option<String>,
     /// Only this source.
