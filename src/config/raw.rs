@@ -1,6 +1,5 @@
 //! The configuration file's shape, exactly as written (before secrets are resolved).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -132,7 +131,8 @@ impl Default for RawRetention {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawServer {
-    pub listen: SocketAddr,
+    /// `host:port`: an address, or a host name resolved at load (`localhost:8080`).
+    pub listen: String,
     pub data_dir: PathBuf,
     #[serde(deserialize_with = "number_or_numeric_string")]
     pub max_body_bytes: u64,
@@ -155,7 +155,7 @@ pub struct RawServer {
 impl Default for RawServer {
     fn default() -> Self {
         RawServer {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from("./classhook-data"),
             max_body_bytes: 1024 * 1024,
             max_inflight_body_bytes: 64 * 1024 * 1024,

@@ -123,7 +123,8 @@ pub(super) fn resolve(
     let trusted_proxies = NetList::parse(&s.trusted_proxies)
         .map_err(|m| ConfigError::new(file, "server.trusted_proxies", m))?;
     let server = ServerConfig {
-        listen: s.listen,
+        listen: resolve_listen(&s.listen)
+            .map_err(|message| ConfigError::new(file, "server.listen", message))?,
         // A relative data_dir means "beside the config file", wherever the command
         // runs from (also when it comes from CLASSHOOK_SERVER_DATA_DIR).
         data_dir: match file.parent() {
@@ -452,4 +453,25 @@ pub(super) fn build_key(
             .map_err(|_| "secret is not valid base64 (standard alphabet, padded)".to_string())?,
     };
     Ok(Some(KeyBytes::new(bytes)))
+}
+
+/// `host:port` to the address to bind: an address as written, or the first address a
+/// host name resolves to (`localhost:8080` → 127.0.0.1:8080, or ::1 where that is all
+/// the name has).
+fn resolve_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let shown: String = text.chars().take(100).collect();
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{shown:?} is not host:port that resolves ({e})"))?
+        .collect::<Vec<_>>();
+    // Prefer IPv4 when a name has both, as most setups expect of `localhost`.
+    addrs.sort_by_key(|a| !a.is_ipv4());
+    addrs
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("{shown:?} resolves to no address"))
 }

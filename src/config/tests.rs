@@ -739,3 +739,18 @@ fn a_relative_data_dir_is_taken_from_the_config_files_directory() {
         Path::new("/etc/classhook/env-data")
     );
 }
+
+#[test]
+fn listen_takes_a_host_name() {
+    let config = parse("[server]\nlisten = \"localhost:8080\"\n", &[]).unwrap();
+    assert!(
+        config.server.listen.ip().is_loopback(),
+        "{}",
+        config.server.listen
+    );
+    assert_eq!(config.server.listen.port(), 8080);
+    let config = parse("", &[("CLASSHOOK_SERVER_LISTEN", "localhost:9")]).unwrap();
+    assert_eq!(config.server.listen.port(), 9);
+    let bad = error_of("[server]\nlisten = \"no-such-host.invalid:80\"\n", &[]);
+    assert!(bad.starts_with("test.toml: server.listen:"), "{bad}");
+}
