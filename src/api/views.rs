@@ -102,7 +102,8 @@ pub struct EventDetail {
 impl From<StoredEvent> for EventDetail {
     fn from(e: StoredEvent) -> Self {
         EventDetail {
-            body: serde_json::from_slice(&e.body).unwrap_or(Value::Null),
+            body: serde_json::from_slice(crate::canonical::json_text(&e.body))
+                .unwrap_or(Value::Null),
             raw_body: String::from_utf8_lossy(&e.body).into_owned(),
             headers: e
                 .headers
