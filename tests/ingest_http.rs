@@ -991,3 +991,70 @@ async fn a_compressed_body_is_refused_naming_its_encoding() {
     assert_eq!(answer.status, 200, "{:?}", answer.json);
     gw.stop().await;
 }
+
+/// Proxies and load balancers that speak h2c to their backends send HTTP/2 with
+/// prior knowledge: served on the same port as HTTP/1, requests in parallel on one
+/// connection, refusals with the same JSON errors.
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_served_on_the_same_port() {
+    let gw = Gateway::start().await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2.get(gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(
+        (response.version(), response.status().as_u16()),
+        (reqwest::Version::HTTP_2, 200)
+    );
+
+    // Eight requests at once: streams of one connection.
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let event = dreamclass_sample("CLASS_CREATED", i);
+            let mut request = h2.post(gw.url("/hooks/school")).body(event.body);
+            for (name, value) in &event.headers {
+                request = request.header(name, value);
+            }
+            tokio::spawn(async move {
+                let response = request.send().await.unwrap();
+                (response.version(), response.status().as_u16())
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), (reqwest::Version::HTTP_2, 200));
+    }
+    assert_eq!(gw.store.count_events().unwrap(), 8);
+
+    let answer = gw
+        .post_with(&h2, "/hooks/nobody", &[], b"{}".to_vec())
+        .await;
+    assert_eq!((answer.status, answer.error()), (404, "unknown_source"));
+    // The connection is still good after a refusal that left its body unread.
+    let event = dreamclass_sample("CLASS_CREATED", 100);
+    let answer = gw
+        .post_with(&h2, "/hooks/school", &event.headers, event.body)
+        .await;
+    assert_eq!(answer.status, 200);
+
+    // HTTP/1.1 on the same port, as before.
+    let response = gw.client.get(gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_11);
+    gw.stop().await;
+}
+
+/// A connection that sends the start of HTTP/2's preface and stalls is cut off
+/// after the read timeout, as an HTTP/1 client stalling in its headers is.
+#[tokio::test]
+async fn a_client_that_stalls_in_the_http2_preface_is_cut_off() {
+    let gw = Gateway::start_with("read_timeout = \"1s\"", SOURCES).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let (_, took) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    gw.stop().await;
+}
