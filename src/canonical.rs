@@ -15,9 +15,16 @@ pub fn to_vec(value: &Value) -> Vec<u8> {
     out
 }
 
+/// The JSON text of a body: without a leading UTF-8 byte order mark, which RFC 8259
+/// (section 8.1) lets a parser ignore. Everywhere a stored body is parsed goes
+/// through this; signatures and the stored body stay over the bytes received.
+pub fn json_text(body: &[u8]) -> &[u8] {
+    body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)
+}
+
 /// The canonical form of a JSON body, `None` if it is not JSON.
 pub fn of_body(body: &[u8]) -> Option<Vec<u8>> {
-    serde_json::from_slice::<Value>(body)
+    serde_json::from_slice::<Value>(json_text(body))
         .ok()
         .map(|value| to_vec(&value))
 }

@@ -8,9 +8,11 @@
 //!
 //! | check                                   | answer |
 //! |-----------------------------------------|--------|
-//! | no such source                          | 404    |
+//! | no such source (or any other path under `/hooks`) | 404 |
+//! | not POST                                | 405 + `Allow: POST` |
 //! | client address not in `allowed_ips`     | 403    |
 //! | Basic Auth configured, missing or wrong | 401 + `WWW-Authenticate: Basic` |
+//! | `Content-Encoding` other than `identity` | 415 `unsupported_encoding` |
 //! | declared body larger than `max_body_bytes` | 413 |
 //! | body would not fit in `max_inflight_body_bytes` | 503 `overloaded` + `Retry-After` |
 //! | body larger than `max_body_bytes` (as it arrives) | 413 |
@@ -28,7 +30,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
@@ -82,6 +84,12 @@ pub enum IngestError {
     Overloaded(OverBudget, usize),
     #[error("no source named {0:?} is configured")]
     UnknownSource(String),
+    #[error("webhooks are POST; {0} is not accepted here")]
+    MethodNotAllowed(Method),
+    #[error(
+        "the body is sent with Content-Encoding {0:?}; only uncompressed (identity) bodies are accepted"
+    )]
+    UnsupportedEncoding(String),
     #[error("requests from {0} are not accepted for this source")]
     IpNotAllowed(IpAddr),
     #[error("{0}")]
@@ -103,6 +111,8 @@ impl IngestError {
             IngestError::ReadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngestError::ReadFailed(_) => StatusCode::BAD_REQUEST,
             IngestError::UnknownSource(_) => StatusCode::NOT_FOUND,
+            IngestError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            IngestError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::Unauthorized(_) | IngestError::Signature(_) => StatusCode::UNAUTHORIZED,
             IngestError::Envelope(_) => StatusCode::BAD_REQUEST,
             IngestError::IpNotAllowed(_) | IngestError::TenantNotAllowed(_) => {
@@ -122,6 +132,8 @@ impl IngestError {
             IngestError::ReadFailed(_) => "body_unreadable",
             IngestError::Overloaded(..) => "overloaded",
             IngestError::UnknownSource(_) => "unknown_source",
+            IngestError::MethodNotAllowed(_) => "method_not_allowed",
+            IngestError::UnsupportedEncoding(_) => "unsupported_encoding",
             IngestError::IpNotAllowed(_) => "ip_not_allowed",
             IngestError::Unauthorized(_) => "unauthorized",
             IngestError::Envelope(EnvelopeError::NotJson(_)) => "invalid_json",
@@ -138,6 +150,8 @@ impl IngestError {
         matches!(
             self,
             IngestError::UnknownSource(_)
+                | IngestError::MethodNotAllowed(_)
+                | IngestError::UnsupportedEncoding(_)
                 | IngestError::IpNotAllowed(_)
                 | IngestError::Unauthorized(_)
                 | IngestError::TooLarge { .. }
@@ -163,6 +177,7 @@ impl IntoResponse for IngestError {
                 header::WWW_AUTHENTICATE,
                 "Basic realm=\"classhook\", charset=\"UTF-8\"",
             ),
+            IngestError::MethodNotAllowed(_) => error.with_header(header::ALLOW, "POST"),
             IngestError::Storage(_) => error.with_header(header::RETRY_AFTER, "5"),
             IngestError::Overloaded(..) => error.with_header(header::RETRY_AFTER, "5"),
             _ => error,
@@ -191,6 +206,30 @@ pub async fn receive(
     let response = ingest.handle(&source, client, &headers, body).await;
     ingest.metrics.ingest_finished(started.elapsed());
     response
+}
+
+/// Every other request under `/hooks` (another method, `/hooks/`, a path with more
+/// segments): refused like an unknown source, so it is logged and kept in the
+/// rejection log too. The source shown is the path after `/hooks/`.
+pub async fn refuse_other(
+    State(ingest): State<Arc<Ingest>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let client = ClientAddr::resolve(remote, &headers, &ingest.trusted_proxies);
+    let path = uri.path();
+    let source = path
+        .strip_prefix("/hooks/")
+        .or_else(|| path.strip_prefix("/hooks"))
+        .unwrap_or(path);
+    let error = if method == Method::POST {
+        IngestError::UnknownSource(shorten(source, SHOWN_SOURCE_CHARS).into_owned())
+    } else {
+        IngestError::MethodNotAllowed(method)
+    };
+    ingest.refuse(error, source, client, &[], ingest.clock.now_ms())
 }
 
 impl Ingest {
@@ -249,8 +288,8 @@ impl Ingest {
         }
     }
 
-    /// The checks that need only the headers: the source, the sender's address and
-    /// Basic Auth, in that order.
+    /// The checks that need only the headers: the source, the sender's address,
+    /// Basic Auth and the content encoding, in that order.
     fn admit(
         &self,
         source_name: &str,
@@ -372,7 +411,8 @@ impl Ingest {
 }
 
 /// The checks of a request against its source that need only the headers, before
-/// its body is read: the sender's address (`allowed_ips`), then Basic Auth.
+/// its body is read: the sender's address (`allowed_ips`), Basic Auth, then the
+/// body's `Content-Encoding`.
 pub fn check_headers(
     source: &Source,
     client: IpAddr,
@@ -385,6 +425,24 @@ pub fn check_headers(
     }
     if let Some(expected) = &source.basic_auth {
         check_basic_auth(headers, expected)?;
+    }
+    check_content_encoding(headers)
+}
+
+/// A compressed body would be refused as "not JSON" once read: say why from the
+/// headers instead, before reading it. `identity` (or no header) is accepted.
+fn check_content_encoding(headers: &HeaderMap) -> Result<(), IngestError> {
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        let unsupported = text
+            .split(',')
+            .map(str::trim)
+            .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"));
+        if unsupported {
+            return Err(IngestError::UnsupportedEncoding(
+                shorten(text.trim(), SHOWN_SOURCE_CHARS).into_owned(),
+            ));
+        }
     }
     Ok(())
 }

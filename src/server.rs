@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -209,8 +209,16 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
 /// Every route of the gateway.
 fn router(ingest: Arc<Ingest>, api: Arc<ApiState>, ops: Arc<Ops>) -> Router {
     let hooks = Router::new()
-        .route("/hooks/{source}", post(ingest::receive))
-        .with_state(ingest);
+        // A URL pasted with a trailing slash is the same source.
+        .route(
+            "/hooks/{source}",
+            post(ingest::receive).fallback(ingest::refuse_other),
+        )
+        .route(
+            "/hooks/{source}/",
+            post(ingest::receive).fallback(ingest::refuse_other),
+        )
+        .with_state(ingest.clone());
     let operations = Router::new()
         .route(
             "/healthz",
@@ -223,7 +231,21 @@ fn router(ingest: Arc<Ingest>, api: Arc<ApiState>, ops: Arc<Ops>) -> Router {
         .merge(hooks)
         .merge(operations)
         .nest("/api/v1", api::router(api))
-        .fallback(|| async { ApiError::not_found("no such route") })
+        // Everything else under /hooks is refused through ingest, so it is logged and
+        // kept in the rejection log like an unknown source.
+        .fallback(
+            move |remote: ConnectInfo<SocketAddr>, method: Method, uri: Uri, headers: HeaderMap| {
+                let ingest = ingest.clone();
+                async move {
+                    let path = uri.path();
+                    if path == "/hooks" || path.starts_with("/hooks/") {
+                        ingest::refuse_other(State(ingest), remote, method, uri, headers).await
+                    } else {
+                        ApiError::not_found("no such route").into_response()
+                    }
+                }
+            },
+        )
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -459,16 +459,24 @@ async fn stats_count_by_source_type_and_status() {
     let (status, stats) = get(&gw, "/api/v1/stats").await;
     assert_eq!(status, 200);
     assert_eq!(stats["total_events"], 3);
+    // What the platforms sent, retries included, is `received`: "deliveries" is
+    // what classhook sends (kept one release under the old name).
+    assert_eq!(stats["total_received"], 4);
     let rows = stats["rows"].as_array().unwrap();
     let class = rows.iter().find(|r| r["type"] == "CLASS_CREATED").unwrap();
     assert_eq!(
         (
             class["events"].as_i64(),
+            class["received"].as_i64(),
             class["deliveries"].as_i64(),
             class["status"].as_str()
         ),
-        (Some(2), Some(3), Some("ok"))
+        (Some(2), Some(3), Some(3), Some("ok"))
     );
+    let (_, openapi) = get(&gw, "/api/v1/openapi.json").await;
+    let row = &openapi["components"]["schemas"]["StatsRowView"]["properties"];
+    assert_eq!(row["deliveries"]["deprecated"], true, "{row}");
+    assert!(row["received"].is_object(), "{row}");
     assert!(
         rows.iter()
             .any(|r| r["type"] == "ping" && r["status"] == "unknown_type")

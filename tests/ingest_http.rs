@@ -851,3 +851,210 @@ async fn hundreds_of_waiting_connections_fit_in_the_accept_queue() {
     drop(holder);
     gw.stop().await;
 }
+
+/// What real clients send (issue 17, point 13): a URL pasted with a trailing slash
+/// is the same source, and every request refused under `/hooks` is kept in the
+/// rejection log, not only the ones the source route saw.
+#[tokio::test]
+async fn a_trailing_slash_is_the_same_source_and_every_refusal_under_hooks_is_logged() {
+    let gw = Gateway::start().await;
+    let event = dreamclass_sample("CLASS_CREATED", 1);
+    assert_eq!(gw.post("/hooks/school/", &event).await.status, 200);
+    assert!(
+        gw.store
+            .find_event("school", &format!("id:{}", id_of(&event)))
+            .unwrap()
+            .is_some()
+    );
+
+    let answer = gw
+        .post_raw("/hooks/school/extra", &[], b"{}".to_vec())
+        .await;
+    assert_eq!((answer.status, answer.error()), (404, "unknown_source"));
+    let answer = gw.post_raw("/hooks/", &[], b"{}".to_vec()).await;
+    assert_eq!((answer.status, answer.error()), (404, "unknown_source"));
+    let response = gw
+        .client
+        .get(gw.url("/hooks/school/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+
+    let log = rejections_at_least(&gw.store, 3).await;
+    let seen: Vec<(&str, Option<&str>, u16)> = log
+        .iter()
+        .map(|r| (r.reason.as_str(), r.source.as_deref(), r.status))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("method_not_allowed", Some("school/"), 405),
+            ("unknown_source", Some(""), 404),
+            ("unknown_source", Some("school/extra"), 404),
+        ]
+    );
+    gw.stop().await;
+}
+
+/// A body that starts with a UTF-8 byte order mark is JSON (RFC 8259 lets a parser
+/// ignore the mark): accepted, stored byte for byte, the Loopwise signature checked
+/// over the bytes received, and a copy without the mark is a retry of it.
+#[tokio::test]
+async fn a_body_starting_with_a_byte_order_mark_is_accepted_as_received() {
+    let gw = Gateway::start().await;
+    let plain = loopwise(
+        "course.student_enroll",
+        classhook::provider::sample::sample_data(
+            classhook::provider::ProviderKind::Loopwise,
+            "course.student_enroll",
+            1,
+        ),
+    );
+    let mut body = b"\xEF\xBB\xBF".to_vec();
+    body.extend_from_slice(&plain.body);
+    let signature = classhook::provider::loopwise::sign(COURSES_SECRET.as_bytes(), &body);
+    let headers = vec![
+        ("content-type".to_string(), "application/json".to_string()),
+        ("loopwise-webhook-signature".to_string(), signature),
+    ];
+    let answer = gw.post_raw("/hooks/courses", &headers, body.clone()).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    // The signature over the body without its mark does not hold for these bytes.
+    let mut wrong = headers.clone();
+    wrong[1].1 = classhook::provider::loopwise::sign(COURSES_SECRET.as_bytes(), &plain.body);
+    let answer = gw.post_raw("/hooks/courses", &wrong, body.clone()).await;
+    assert_eq!((answer.status, answer.error()), (401, "signature_invalid"));
+    // The same event without the mark is a retry of the stored one.
+    assert_eq!(gw.post("/hooks/courses", &plain).await.status, 200);
+
+    let events = gw
+        .store
+        .list_events(&classhook::store::EventFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].times_seen, 2);
+    let stored = gw
+        .store
+        .find_event("courses", &events[0].dedupe_key)
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.body, body, "stored byte for byte, mark included");
+
+    // DreamClass too; the API decodes the body.
+    let event = dreamclass_sample("CLASS_CREATED", 2);
+    let mut marked = b"\xEF\xBB\xBF".to_vec();
+    marked.extend_from_slice(&event.body);
+    assert_eq!(
+        gw.post_raw("/hooks/school", &event.headers, marked)
+            .await
+            .status,
+        200
+    );
+    gw.stop().await;
+}
+
+/// A compressed body is refused from its headers, 415 naming the encoding, before
+/// the body is read (not "body is not valid JSON" after reading it).
+#[tokio::test]
+async fn a_compressed_body_is_refused_naming_its_encoding() {
+    let gw = Gateway::start().await;
+    let event = dreamclass_sample("CLASS_CREATED", 1);
+    let mut headers = event.headers.clone();
+    headers.push(("content-encoding".into(), "gzip".into()));
+    let answer = gw
+        .post_raw("/hooks/school", &headers, event.body.clone())
+        .await;
+    assert_eq!(
+        (answer.status, answer.error()),
+        (415, "unsupported_encoding")
+    );
+    assert!(
+        answer.json["message"].as_str().unwrap().contains("gzip"),
+        "{:?}",
+        answer.json
+    );
+    assert_eq!(answer.headers["connection"], "close");
+    let log = rejections_at_least(&gw.store, 1).await;
+    assert_eq!(
+        (log[0].reason.as_str(), log[0].status, log[0].body_len),
+        ("unsupported_encoding", 415, 0)
+    );
+
+    // `identity` is no encoding at all.
+    headers.last_mut().unwrap().1 = "identity".into();
+    let answer = gw.post_raw("/hooks/school", &headers, event.body).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    gw.stop().await;
+}
+
+/// Proxies and load balancers that speak h2c to their backends send HTTP/2 with
+/// prior knowledge: served on the same port as HTTP/1, requests in parallel on one
+/// connection, refusals with the same JSON errors.
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_served_on_the_same_port() {
+    let gw = Gateway::start().await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2.get(gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(
+        (response.version(), response.status().as_u16()),
+        (reqwest::Version::HTTP_2, 200)
+    );
+
+    // Eight requests at once: streams of one connection.
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let event = dreamclass_sample("CLASS_CREATED", i);
+            let mut request = h2.post(gw.url("/hooks/school")).body(event.body);
+            for (name, value) in &event.headers {
+                request = request.header(name, value);
+            }
+            tokio::spawn(async move {
+                let response = request.send().await.unwrap();
+                (response.version(), response.status().as_u16())
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), (reqwest::Version::HTTP_2, 200));
+    }
+    assert_eq!(gw.store.count_events().unwrap(), 8);
+
+    let answer = gw
+        .post_with(&h2, "/hooks/nobody", &[], b"{}".to_vec())
+        .await;
+    assert_eq!((answer.status, answer.error()), (404, "unknown_source"));
+    // The connection is still good after a refusal that left its body unread.
+    let event = dreamclass_sample("CLASS_CREATED", 100);
+    let answer = gw
+        .post_with(&h2, "/hooks/school", &event.headers, event.body)
+        .await;
+    assert_eq!(answer.status, 200);
+
+    // HTTP/1.1 on the same port, as before.
+    let response = gw.client.get(gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_11);
+    gw.stop().await;
+}
+
+/// A connection that sends the start of HTTP/2's preface and stalls is cut off
+/// after the read timeout, as an HTTP/1 client stalling in its headers is.
+#[tokio::test]
+async fn a_client_that_stalls_in_the_http2_preface_is_cut_off() {
+    let gw = Gateway::start_with("read_timeout = \"1s\"", SOURCES).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let (_, took) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    gw.stop().await;
+}

@@ -23,7 +23,8 @@ pub struct StatsQuery {
     until: Option<String>,
 }
 
-/// Counts events per source, type and status.
+/// Counts events per source, type and status: distinct events, and the requests
+/// received for them (the platforms' retries included).
 #[utoipa::path(get, path = "/stats", tag = "stats", params(StatsQuery), responses(
     (status = 200, description = "The counts", body = Stats),
     (status = 400, description = "A time is malformed", body = ErrorBody),
@@ -40,6 +41,7 @@ pub async fn get_stats(
         since: q.since,
         until: q.until,
         total_events: rows.iter().map(|r| r.events).sum(),
+        total_received: rows.iter().map(|r| r.received).sum(),
         rows: rows.into_iter().map(StatsRowView::from).collect(),
     }))
 }

@@ -102,7 +102,8 @@ pub struct EventDetail {
 impl From<StoredEvent> for EventDetail {
     fn from(e: StoredEvent) -> Self {
         EventDetail {
-            body: serde_json::from_slice(&e.body).unwrap_or(Value::Null),
+            body: serde_json::from_slice(crate::canonical::json_text(&e.body))
+                .unwrap_or(Value::Null),
             raw_body: String::from_utf8_lossy(&e.body).into_owned(),
             headers: e
                 .headers
@@ -261,7 +262,13 @@ pub struct StatsRowView {
     pub status: String,
     /// Distinct events.
     pub events: i64,
-    /// Deliveries, retries included.
+    /// Requests the platform sent for these events, its retries included (an event
+    /// received twice counts 2). Not to be confused with `/deliveries`, what
+    /// classhook sends to subscribers.
+    pub received: i64,
+    /// The same number as `received`, under its former name; removed in the next
+    /// release.
+    #[schema(deprecated)]
     pub deliveries: i64,
 }
 
@@ -272,7 +279,8 @@ impl From<StatsRow> for StatsRowView {
             event_type: r.event_type,
             status: r.status.as_str().to_string(),
             events: r.events,
-            deliveries: r.deliveries,
+            received: r.received,
+            deliveries: r.received,
         }
     }
 }
@@ -282,6 +290,8 @@ pub struct Stats {
     pub since: Option<String>,
     pub until: Option<String>,
     pub total_events: i64,
+    /// Requests received for these events, the platforms' retries included.
+    pub total_received: i64,
     pub rows: Vec<StatsRowView>,
 }
 

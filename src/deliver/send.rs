@@ -69,8 +69,9 @@ pub fn build(
     ];
     let body = match provider {
         ProviderKind::DreamClass => {
-            let mut envelope: Value = serde_json::from_slice(stored_body)
-                .map_err(|e| format!("stored body is not JSON: {e}"))?;
+            let mut envelope: Value =
+                serde_json::from_slice(crate::canonical::json_text(stored_body))
+                    .map_err(|e| format!("stored body is not JSON: {e}"))?;
             let id = envelope["id"].as_str().unwrap_or_default().to_string();
             let signature = key
                 .as_deref()

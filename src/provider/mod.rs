@@ -112,8 +112,13 @@ impl Envelope {
     /// raw body may take another. A key repeated deeper (in `data`) leaves the
     /// envelope authentic but its `data` ambiguous: the event is kept, quarantined
     /// with the key's path as the reason. Both are found in the one parse.
+    ///
+    /// A UTF-8 byte order mark before the JSON is skipped.
     pub fn parse(kind: ProviderKind, body: &[u8]) -> Result<Envelope, EnvelopeError> {
-        let checked = json::parse(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
+        // A leading UTF-8 byte order mark is ignored (RFC 8259 section 8.1 lets a
+        // parser do so); signatures and the stored body stay over the bytes received.
+        let checked = json::parse(crate::canonical::json_text(body))
+            .map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
         let Value::Object(map) = checked.value else {
             return Err(EnvelopeError::Unusable(
                 "body must be a JSON object".to_string(),

@@ -267,8 +267,8 @@ pub struct StatsRow {
     pub event_type: String,
     pub status: EventStatus,
     pub events: i64,
-    /// Deliveries including retries (sum of `times_seen`).
-    pub deliveries: i64,
+    /// Requests received from the platform, retries included (sum of `times_seen`).
+    pub received: i64,
 }
 
 /// Where a delivery stands.

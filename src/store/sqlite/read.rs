@@ -182,13 +182,13 @@ impl SqliteStore {
             })?;
             let mut stats = Vec::new();
             for row in rows {
-                let (source, event_type, status, events, deliveries) = row?;
+                let (source, event_type, status, events, received) = row?;
                 stats.push(StatsRow {
                     source,
                     event_type,
                     status: parse_status(&status)?,
                     events,
-                    deliveries,
+                    received,
                 });
             }
             Ok(stats)
