@@ -37,10 +37,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum StartError {
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
-    #[error("cannot listen on {addr}: {source}")]
+    // The I/O error is part of the message, not a `source`: printed once.
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "refusing to serve the API on {0} without a token: set [api] tokens (or tokens_env), or listen on a loopback address"
@@ -94,7 +95,7 @@ struct Ops {
     max_connections: usize,
 }
 
-/// Opens the store, binds `config.server.listen` and serves in the background.
+/// Binds `config.server.listen`, opens the store and serves in the background.
 pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
     let server = &config.server;
     if config.secrets != crate::config::Secrets::Resolve {
@@ -103,6 +104,15 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     if config.api.tokens.is_empty() && !server.listen.ip().is_loopback() {
         return Err(StartError::OpenApiOnPublicAddress(server.listen));
     }
+    // Bind first: a port in use must not leave a data directory behind.
+    let listener = http::serve::listen(server.listen).map_err(|error| StartError::Bind {
+        addr: server.listen,
+        error,
+    })?;
+    let addr = listener.local_addr().map_err(|error| StartError::Bind {
+        addr: server.listen,
+        error,
+    })?;
     let metrics = Metrics::new();
     let store = Store::open(
         &server.data_dir,
@@ -152,14 +162,6 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         connections: options.connections.clone(),
         max_connections: server.max_connections,
     });
-    let listener = http::serve::listen(server.listen).map_err(|source| StartError::Bind {
-        addr: server.listen,
-        source,
-    })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: server.listen,
-        source,
-    })?;
     store
         .sync_config_subscriptions(config.subscriptions.clone())
         .await?;

@@ -851,3 +851,24 @@ async fn a_missing_choice_names_both_alternatives() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_port_in_use_is_said_once_and_leaves_nothing_behind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("classhook.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{}\"\ndata_dir = {:?}\n{SOURCES}",
+            taken.local_addr().unwrap(),
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run(&["serve", "--config", config.to_str().unwrap()], None).await;
+    assert_ne!(code, 0);
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+    assert!(!data.exists(), "no data directory created");
+}

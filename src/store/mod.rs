@@ -92,10 +92,11 @@ impl AppendOutcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot prepare the data directory {path}: {source}")]
+    // The I/O error is part of the message, not a `source`: printed once.
+    #[error("cannot prepare the data directory {path}: {error}")]
     DataDir {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The backend's own error, as text: callers never see a driver type.
     #[error("database error: {0}")]

@@ -104,9 +104,9 @@ impl SqliteStore {
     /// the writer thread.
     pub fn open(data_dir: &Path, mut options: StoreOptions) -> Result<SqliteStore, StoreError> {
         options.max_commit_lag = options.max_commit_lag.min(MAX_COMMIT_LAG);
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+        std::fs::create_dir_all(data_dir).map_err(|error| StoreError::DataDir {
             path: data_dir.to_path_buf(),
-            source,
+            error,
         })?;
         let path = data_dir.join(DATABASE_FILE);
         let mut conn = Connection::open(&path)?;
@@ -119,9 +119,9 @@ impl SqliteStore {
                 path.display()
             ))
         })?;
-        let identity = health::FileIdentity::of(&path).map_err(|source| StoreError::DataDir {
+        let identity = health::FileIdentity::of(&path).map_err(|error| StoreError::DataDir {
             path: path.clone(),
-            source,
+            error,
         })?;
         let dedupe = dedupe::DedupeIndex::load(&conn, options.dedupe_settle_after)?;
         let matchers = Arc::new(RwLock::new(delivery::load_subscriptions(&conn)?));
@@ -141,9 +141,9 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("classhook-writer".into())
             .spawn(move || writer::run(conn, dedupe, receiver, max_batch, observer, shared))
-            .map_err(|source| StoreError::DataDir {
+            .map_err(|error| StoreError::DataDir {
                 path: data_dir.to_path_buf(),
-                source,
+                error,
             })?;
         Ok(SqliteStore::with_queue(
             path,
