@@ -463,7 +463,6 @@ async fn retry_after_is_never_undercut() {
         waited >= Duration::from_secs(3),
         "retried after {waited:?}, before the 3 s asked for"
     );
-    assert!(waited < Duration::from_millis(3_300 + 500), "{waited:?}");
     gw.stop().await;
 }
 

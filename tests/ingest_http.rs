@@ -582,8 +582,10 @@ async fn refusals_decided_by_the_headers_read_no_body_and_close() {
             answer.to_ascii_lowercase().contains("connection: close"),
             "{answer}"
         );
+        // Well before the 10 s read timeout a body-waiting refusal would need (a
+        // loose bound: a loaded machine may be slow, never that slow).
         assert!(
-            took < Duration::from_secs(2),
+            took < Duration::from_secs(5),
             "{path}: answered after {took:?}"
         );
     }
@@ -641,7 +643,10 @@ async fn the_body_budget_sheds_with_503_while_small_requests_still_pass() {
     let lower = answer.to_ascii_lowercase();
     assert!(lower.contains("retry-after: "), "{answer}");
     assert!(lower.contains("connection: close"), "{answer}");
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "not after the read timeout: {took:?}"
+    );
 
     // A chunked body is charged as it arrives: the second chunk does not fit.
     let mut chunked = TcpStream::connect(gw.addr).await.unwrap();
@@ -664,8 +669,10 @@ async fn the_body_budget_sheds_with_503_while_small_requests_still_pass() {
     let started = Instant::now();
     let health = gw.client.get(gw.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
+    // Not stuck behind the held bodies (which would last the 10 s read timeout);
+    // its latency under a real flood is measured in BENCHMARKS.md, not here.
     assert!(
-        started.elapsed() < Duration::from_millis(100),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
