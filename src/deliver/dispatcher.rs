@@ -382,7 +382,7 @@ impl Attempt {
             Next::Dead => tracing::warn!(
                 subscription = name,
                 delivery,
-                ?outcome,
+                %outcome,
                 "dead-lettered after its last retry"
             ),
             Next::Pause => tracing::warn!(
@@ -392,7 +392,7 @@ impl Attempt {
             Next::RetryAt(at) => tracing::info!(
                 subscription = name,
                 delivery,
-                ?outcome,
+                %outcome,
                 retry_in_ms = at - self.clock.now_ms(),
                 "attempt failed"
             ),

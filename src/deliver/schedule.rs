@@ -28,6 +28,41 @@ pub enum Outcome {
     },
 }
 
+/// For people reading logs: `HTTP 500`, `timed out`, `HTTP 429, retry after 3s`.
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Success { status } => write!(f, "HTTP {status}"),
+            Outcome::Gone => f.write_str("HTTP 410 Gone"),
+            Outcome::Throttled {
+                status,
+                retry_after: Some(wait),
+            } => write!(
+                f,
+                "HTTP {status}, retry after {}",
+                humantime::format_duration(*wait)
+            ),
+            Outcome::Throttled { status, .. } => write!(f, "HTTP {status}"),
+            Outcome::Failed {
+                status: Some(status),
+                error: Some(error),
+            } => write!(f, "HTTP {status}: {error}"),
+            Outcome::Failed {
+                status: Some(status),
+                error: None,
+            } => write!(f, "HTTP {status}"),
+            Outcome::Failed {
+                status: None,
+                error: Some(error),
+            } => f.write_str(error),
+            Outcome::Failed {
+                status: None,
+                error: None,
+            } => f.write_str("failed"),
+        }
+    }
+}
+
 /// What to do with the delivery next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -206,6 +241,33 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    #[test]
+    fn outcomes_read_as_words_in_logs() {
+        let shown = |o: Outcome| o.to_string();
+        assert_eq!(
+            shown(Outcome::Failed {
+                status: Some(500),
+                error: None
+            }),
+            "HTTP 500"
+        );
+        assert_eq!(
+            shown(Outcome::Failed {
+                status: None,
+                error: Some("timed out".into())
+            }),
+            "timed out"
+        );
+        assert_eq!(
+            shown(Outcome::Throttled {
+                status: 429,
+                retry_after: Some(Duration::from_secs(3))
+            }),
+            "HTTP 429, retry after 3s"
+        );
+        assert_eq!(shown(Outcome::Gone), "HTTP 410 Gone");
     }
 
     #[test]
