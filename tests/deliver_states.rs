@@ -504,18 +504,6 @@ async fn an_event_that_waited_too_long_for_the_store_is_not_stored() {
     assert_eq!(store.count_events().unwrap(), 0, "not stored late");
 }
 
-fn header_map(headers: &[(String, String)]) -> http::HeaderMap {
-    headers
-        .iter()
-        .map(|(name, value)| {
-            (
-                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                http::HeaderValue::from_str(value).unwrap(),
-            )
-        })
-        .collect()
-}
-
 /// Creates a subscription to every event through the API.
 async fn create_subscription(gw: &Gateway, name: &str, url: &str) {
     let (status, body) = api(

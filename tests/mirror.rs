@@ -902,17 +902,13 @@ async fn append_all(
     for group in requests.chunks(width) {
         let mut appends = Vec::new();
         for (headers, body) in group {
-            let headers: http::HeaderMap = headers
-                .iter()
-                .map(|(n, v)| {
-                    (
-                        http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                        http::HeaderValue::from_str(v).unwrap(),
-                    )
-                })
-                .collect();
-            let event =
-                classhook::ingest::authenticate(source, &headers, body.clone().into(), 0).unwrap();
+            let event = classhook::ingest::authenticate(
+                source,
+                &header_map(headers),
+                body.clone().into(),
+                0,
+            )
+            .unwrap();
             let store = store.clone();
             appends.push(tokio::spawn(async move { store.append(event).await }));
         }

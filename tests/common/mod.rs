@@ -219,6 +219,19 @@ pub fn raw_json(value: &Value) -> (Vec<(String, String)>, Vec<u8>) {
     )
 }
 
+/// Request headers as pairs (what `SignedRequest` holds) in the form ingest reads.
+pub fn header_map(headers: &[(String, String)]) -> http::HeaderMap {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(value).unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// The `id` of a DreamClass request body.
 pub fn id_of(request: &SignedRequest) -> String {
     let body: Value = serde_json::from_slice(&request.body).unwrap();

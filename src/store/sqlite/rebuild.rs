@@ -70,7 +70,7 @@ struct Build {
 }
 
 /// The columns of an event that `describe` decides, and its mirror effect.
-#[derive(PartialEq)]
+#[derive(Clone, PartialEq)]
 struct Description {
     entity_kind: String,
     entity_op: String,
@@ -278,7 +278,7 @@ fn describe_again(
     let Ok(envelope) = Envelope::parse(provider, &row.body) else {
         return Ok(Description {
             effect: None,
-            ..row.stored.clone_fields()
+            ..row.stored.clone()
         });
     };
     let described = envelope.describe();
@@ -324,16 +324,5 @@ impl Description {
             &other.status,
             &other.status_reason,
         )
-    }
-
-    fn clone_fields(&self) -> Description {
-        Description {
-            entity_kind: self.entity_kind.clone(),
-            entity_op: self.entity_op.clone(),
-            version_ms: self.version_ms,
-            status: self.status.clone(),
-            status_reason: self.status_reason.clone(),
-            effect: self.effect,
-        }
     }
 }
