@@ -31,10 +31,15 @@
 //! - deliveries and their attempts go when retention prunes their event;
 //! - a stored row this version cannot read is an error, never a default.
 
+mod backend;
+mod ids;
 mod sqlite;
 
 use crate::event::EventStatus;
 use crate::provider::ProviderKind;
+
+pub use backend::{Backend, ClaimRequest, Lease, SpecChange};
+pub use ids::{DeliveryId, EventSeq, SubscriptionId};
 
 pub use sqlite::{CommitObserver, MAX_COMMIT_LAG, SqliteStore as Store, StoreOptions};
 
