@@ -33,6 +33,7 @@
 
 mod backend;
 mod ids;
+mod postgres;
 mod sqlite;
 
 use crate::event::EventStatus;
@@ -41,6 +42,9 @@ use crate::provider::ProviderKind;
 pub use backend::{Backend, ClaimRequest, Lease, SpecChange};
 pub use ids::{DeliveryId, EventSeq, SubscriptionId};
 
+pub use postgres::PostgresStore;
+#[doc(hidden)]
+pub use postgres::testing as postgres_testing;
 pub use sqlite::{CommitObserver, MAX_COMMIT_LAG, SqliteStore as Store, StoreOptions};
 
 /// Live and deleted entities of one kind of one platform.

@@ -1,0 +1,89 @@
+//! The schema, as numbered append-only migrations: step N is `migrations/000N_*.sql`
+//! and runs once, in its own transaction, recording its number in
+//! `classhook_schema`. The whole run holds an advisory lock, so instances starting
+//! together migrate one after the other; a database newer than this binary is refused.
+
+use tokio_postgres::NoTls;
+
+use crate::store::StoreError;
+
+/// Every step, in order. Never edit one that has shipped: add the next.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_schema.sql")];
+
+/// The advisory lock key that serializes migrations ("classhk" in ASCII).
+const LOCK_KEY: i64 = 0x0063_6c61_7373_686b;
+
+/// The schema version this binary brings a database to.
+pub fn known_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// Connects once and brings the database up to [`known_version`].
+pub async fn run(config: &tokio_postgres::Config, location: &str) -> Result<(), StoreError> {
+    let (mut client, connection) = config.connect(NoTls).await.map_err(|e| {
+        let error = StoreError::from(e);
+        match error {
+            StoreError::NotReady(message) => {
+                StoreError::NotReady(format!("{message} (at {location})"))
+            }
+            other => other,
+        }
+    })?;
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let result = migrate(&mut client).await;
+    drop(client);
+    let _ = connection.await;
+    result
+}
+
+async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
+    // Held until the session ends too, should this one fail halfway.
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await?;
+    let result = steps(client).await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await?;
+    result
+}
+
+async fn steps(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS classhook_schema (
+                 version    BIGINT NOT NULL PRIMARY KEY,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             )",
+        )
+        .await?;
+    let current: i64 = client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM classhook_schema",
+            &[],
+        )
+        .await?
+        .get(0);
+    let known = known_version();
+    if current > known {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            known,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = index as i64 + 1;
+        let tx = client.transaction().await?;
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO classhook_schema (version) VALUES ($1)",
+            &[&version],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(version, "database schema migrated");
+    }
+    Ok(())
+}

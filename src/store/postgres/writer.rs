@@ -1,0 +1,282 @@
+//! The writer task: one connection of its own, drains the queue, writes everything
+//! it drained in one transaction (group commit) and only then answers each caller.
+//! Durability costs one WAL flush per batch, not per request.
+//!
+//! A batch that fails is written again with a savepoint around each append, so that
+//! the failure is that append's alone; a lost connection fails the whole batch (the
+//! platforms retry, and dedupe recognises what did commit).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::events;
+use crate::deliver::subscription::Subscription;
+use crate::event::NewEvent;
+use crate::store::{
+    AppendOutcome, CommitObserver, MAX_COMMIT_LAG, NewRejection, REJECTION_BODY_PREFIX, StoreError,
+};
+
+/// What the writer receives.
+pub enum WriteOp {
+    /// An event to store, and the moment after which it must not be written any more.
+    Append(
+        Box<NewEvent>,
+        Instant,
+        oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    ),
+    /// Rejections are waiting in the [`RejectionQueue`]: write some.
+    RejectionsWaiting,
+}
+
+type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
+
+pub struct Writer {
+    pub pool: Pool,
+    pub max_batch: usize,
+    pub observer: Option<Arc<dyn CommitObserver>>,
+    pub matchers: Arc<RwLock<Vec<Subscription>>>,
+    pub notify: Arc<Notify>,
+    pub rejections: Arc<RejectionQueue>,
+}
+
+impl Writer {
+    /// Runs until every sender is dropped.
+    pub async fn run(self, mut queue: mpsc::Receiver<WriteOp>) {
+        let mut batch: Vec<(Box<NewEvent>, Instant, Reply)> = Vec::with_capacity(self.max_batch);
+        loop {
+            // Waiting rejections are work too: do not sleep while some are left.
+            let mut next = if self.rejections.is_empty() {
+                match queue.recv().await {
+                    Some(op) => Some(op),
+                    None => break,
+                }
+            } else {
+                queue.try_recv().ok()
+            };
+            while let Some(op) = next.take() {
+                match op {
+                    WriteOp::RejectionsWaiting => self.rejections.woken(),
+                    WriteOp::Append(event, write_by, reply) => batch.push((event, write_by, reply)),
+                }
+                if batch.len() < self.max_batch {
+                    next = queue.try_recv().ok();
+                }
+            }
+            let rejections = self.rejections.take();
+            if batch.is_empty() && rejections.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            let operations = batch.len() + rejections.len();
+            let ok = self.commit(&mut batch, &rejections).await;
+            if !ok {
+                self.rejections.count_dropped(rejections.len() as u64);
+            }
+            if let Some(observer) = &self.observer {
+                observer.batch_committed(operations, started.elapsed(), ok);
+            }
+        }
+    }
+
+    /// Commits the batch and answers its callers; returns whether it committed.
+    async fn commit(
+        &self,
+        batch: &mut Vec<(Box<NewEvent>, Instant, Reply)>,
+        rejections: &[NewRejection],
+    ) -> bool {
+        // An event that waited longer than the store's `max_commit_lag` is not
+        // stored, so that receive time and commit order never drift further apart.
+        let now = Instant::now();
+        let (expired, live): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .partition(|(_, write_by, _)| now > *write_by);
+        for (_, _, reply) in expired {
+            tracing::warn!(
+                "an event waited too long for the store and was not stored; the platform retries it"
+            );
+            let _ = reply.send(Err(StoreError::Timeout(MAX_COMMIT_LAG)));
+        }
+        let events: Vec<&NewEvent> = live.iter().map(|(event, _, _)| &**event).collect();
+        let subscriptions = self
+            .matchers
+            .read()
+            .expect("matcher lock is never poisoned")
+            .clone();
+        let mut written = self.write(&events, rejections, &subscriptions, false).await;
+        if let Err(error) = &written
+            && !matches!(error, StoreError::NotReady(_))
+        {
+            tracing::warn!(%error, operations = events.len(), "a batch failed; writing it again with each append isolated");
+            written = self.write(&events, rejections, &subscriptions, true).await;
+        }
+        match written {
+            Ok((results, queued)) => {
+                if queued > 0 {
+                    self.notify.notify_one();
+                }
+                for ((_, _, reply), result) in live.into_iter().zip(results) {
+                    if let Err(error) = &result {
+                        tracing::error!(%error, "an append failed; the rest of its batch committed");
+                    }
+                    // A caller may have given up (timeout); what it asked for is done anyway.
+                    let _ = reply.send(result);
+                }
+                true
+            }
+            Err(error) => {
+                let message = error.to_string();
+                tracing::error!(error = %message, operations = events.len(), "store commit failed");
+                for (_, _, reply) in live {
+                    let _ = reply.send(Err(match &error {
+                        StoreError::NotReady(m) => StoreError::NotReady(m.clone()),
+                        _ => StoreError::Commit(message.clone()),
+                    }));
+                }
+                false
+            }
+        }
+    }
+
+    /// Writes the batch in one transaction: all at once, or (`isolated`) each append
+    /// under its own savepoint. Returns one result per event and how many
+    /// deliveries were queued.
+    async fn write(
+        &self,
+        events: &[&NewEvent],
+        rejections: &[NewRejection],
+        subscriptions: &[Subscription],
+        isolated: bool,
+    ) -> Result<(Vec<Result<AppendOutcome, StoreError>>, u64), StoreError> {
+        let mut client = self.pool.get().await?;
+        let mut tx = client.transaction().await?;
+        // The rejection log is best effort: rows it cannot write are dropped
+        // (counted), never a reason to fail the events beside them.
+        if isolated {
+            let savepoint = tx.savepoint("rejections").await?;
+            match events::insert_rejections(&savepoint, rejections).await {
+                Ok(()) => savepoint.commit().await?,
+                Err(_) => {
+                    savepoint.rollback().await?;
+                    self.rejections.count_dropped(rejections.len() as u64);
+                }
+            }
+        } else {
+            events::insert_rejections(&tx, rejections).await?;
+        }
+        let mut results = Vec::with_capacity(events.len());
+        let mut queued = 0;
+        if isolated {
+            for event in events {
+                let savepoint = tx.savepoint("append").await?;
+                match events::write(&savepoint, &[event], subscriptions).await {
+                    Ok(written) => {
+                        savepoint.commit().await?;
+                        queued += written.queued;
+                        results.push(Ok(written.outcomes[0]));
+                    }
+                    Err(StoreError::NotReady(message)) => {
+                        return Err(StoreError::NotReady(message));
+                    }
+                    Err(error) => {
+                        savepoint.rollback().await?;
+                        results.push(Err(StoreError::Commit(error.to_string())));
+                    }
+                }
+            }
+        } else {
+            let written = events::write(&tx, events, subscriptions).await?;
+            queued = written.queued;
+            results.extend(written.outcomes.into_iter().map(Ok));
+        }
+        tx.commit().await?;
+        Ok((results, queued))
+    }
+}
+
+/// How many rejections may wait for the writer.
+const QUEUE_CAPACITY: usize = 4096;
+/// How many waiting rejections one batch writes.
+const PER_BATCH: usize = 256;
+/// Longest stored message: with the body prefix, every row has a bounded size.
+const MAX_MESSAGE: usize = 1024;
+const MAX_SHORT: usize = 200;
+
+/// The rejection log's own bounded path to the writer: refused requests never
+/// compete with authentic events for the append queue. Over the bound a rejection
+/// is dropped and counted. (A minimal twin of the SQLite backend's queue, until
+/// that one moves to `store/`.)
+#[derive(Default)]
+pub struct RejectionQueue {
+    waiting: Mutex<VecDeque<NewRejection>>,
+    dropped: AtomicU64,
+    /// A wake-up is in the writer's queue (at most one at a time).
+    wake_queued: AtomicBool,
+}
+
+impl RejectionQueue {
+    /// Adds a rejection; returns whether the writer should be woken for it.
+    pub fn push(&self, mut rejection: NewRejection) -> bool {
+        {
+            let mut waiting = self.waiting.lock().expect("rejection queue lock");
+            if waiting.len() >= QUEUE_CAPACITY {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            rejection.body.truncate(REJECTION_BODY_PREFIX);
+            cut(&mut rejection.message, MAX_MESSAGE);
+            cut(&mut rejection.reason, MAX_SHORT);
+            if let Some(source) = &mut rejection.source {
+                cut(source, MAX_SHORT);
+            }
+            if let Some(address) = &mut rejection.remote_addr {
+                cut(address, MAX_SHORT);
+            }
+            waiting.push_back(rejection);
+        }
+        !self.wake_queued.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn wake_failed(&self) {
+        self.wake_queued.store(false, Ordering::Release);
+    }
+
+    fn woken(&self) {
+        self.wake_queued.store(false, Ordering::Release);
+    }
+
+    fn take(&self) -> Vec<NewRejection> {
+        let mut waiting = self.waiting.lock().expect("rejection queue lock");
+        let n = waiting.len().min(PER_BATCH);
+        waiting.drain(..n).collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting
+            .lock()
+            .expect("rejection queue lock")
+            .is_empty()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn count_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+fn cut(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
