@@ -579,7 +579,7 @@ async fn read_only_commands_need_no_secrets_but_serving_and_sending_do() {
     let skipped =
         classhook::config::Config::load_with(&config, classhook::config::Secrets::Skip).unwrap();
     let store = classhook::store::Store::open(
-        &dir.path().join("data"),
+        &classhook::store::Location::sqlite(dir.path().join("data")),
         classhook::store::StoreOptions::default(),
     )
     .unwrap();
@@ -639,7 +639,7 @@ async fn a_relative_data_dir_is_beside_the_config_and_a_missing_database_is_name
     std::fs::write(&config, format!("[server]\ndata_dir = \"data\"\n{SOURCES}")).unwrap();
     drop(
         classhook::store::Store::open(
-            &dir.path().join("data"),
+            &classhook::store::Location::sqlite(dir.path().join("data")),
             classhook::store::StoreOptions::default(),
         )
         .unwrap(),
@@ -773,7 +773,7 @@ async fn export_into_a_pipe_that_closes_early_exits_quietly_and_dates_are_times(
     {
         let config = classhook::config::Config::load(&config_path).unwrap();
         let store = classhook::store::Store::open(
-            &config.server.data_dir,
+            &config.store_location(),
             classhook::store::StoreOptions::default(),
         )
         .unwrap();

@@ -15,7 +15,7 @@ use super::{ApiState, read};
 use crate::deliver::subscription::valid_pattern;
 use crate::event::EventStatus;
 use crate::http::ApiError;
-use crate::store::{EventFilter, RejectionFilter};
+use crate::store::{EventFilter, EventSeq, RejectionFilter};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -93,8 +93,8 @@ pub async fn list_events(
         limit: limit(q.limit)?,
     };
     let page_size = filter.limit;
-    let events = read(&state, move |store| store.list_events(&filter)).await?;
-    let (items, next_cursor) = page(events, page_size, |e| e.seq, Into::into);
+    let events = read(state.store.list_events(filter)).await?;
+    let (items, next_cursor) = page(events, page_size, |e| e.seq.get(), Into::into);
     Ok(Json(EventPage { items, next_cursor }))
 }
 
@@ -102,7 +102,7 @@ pub async fn list_events(
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum EventRef {
     /// classhook's sequence number (`id` in a list).
-    Seq(i64),
+    Seq(EventSeq),
     /// A dedupe key: `id:<uuid>` (DreamClass) or `sha256:<hex>` (Loopwise).
     Key(String),
 }
@@ -158,11 +158,7 @@ async fn find(
     let seq = match parse_event_ref(id)? {
         EventRef::Seq(seq) => seq,
         EventRef::Key(key) => {
-            let wanted = source.clone();
-            let mut found = read(state, move |store| {
-                store.find_events_by_key(&key, wanted.as_deref())
-            })
-            .await?;
+            let mut found = read(state.store.find_events_by_key(&key, source.as_deref())).await?;
             match found.len() {
                 0 => return Err(not_found()),
                 1 => found.remove(0).1,
@@ -180,7 +176,7 @@ async fn find(
             }
         }
     };
-    let event = read(state, move |store| store.get_event(seq)).await?;
+    let event = read(state.store.get_event(seq)).await?;
     event
         .filter(|e| source.as_ref().is_none_or(|s| *s == e.summary.source))
         .ok_or_else(not_found)
@@ -259,7 +255,7 @@ pub async fn list_rejections(
         limit: limit(q.limit)?,
     };
     let page_size = filter.limit;
-    let rejections = read(&state, move |store| store.find_rejections(&filter)).await?;
+    let rejections = read(state.store.find_rejections(filter)).await?;
     let (items, next_cursor) = page(rejections, page_size, |r| r.id, Into::into);
     Ok(Json(RejectionPage { items, next_cursor }))
 }
@@ -272,7 +268,10 @@ mod tests {
     fn event_ids_in_every_accepted_form() {
         let uuid = "0b7e8a4c-6a55-4c3e-9d7b-2f1f3c1a2b3c";
         let key = EventRef::Key(format!("id:{uuid}"));
-        assert_eq!(parse_event_ref("42").unwrap(), EventRef::Seq(42));
+        assert_eq!(
+            parse_event_ref("42").unwrap(),
+            EventRef::Seq(crate::store::EventSeq(42))
+        );
         assert_eq!(parse_event_ref(uuid).unwrap(), key);
         assert_eq!(parse_event_ref(&uuid.to_uppercase()).unwrap(), key);
         assert_eq!(parse_event_ref(&format!("id:{uuid}")).unwrap(), key);

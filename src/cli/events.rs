@@ -42,15 +42,17 @@ fn parse_status(text: &str) -> Result<EventStatus, String> {
         .ok_or_else(|| format!("{text:?} is not ok, unknown_type or quarantined"))
 }
 
-pub fn run(config: Config, args: &EventsArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(config: Config, args: &EventsArgs) -> anyhow::Result<ExitCode> {
     let store = super::open_for_reading(&config)?;
-    let events = store.list_events(&EventFilter {
-        source: args.source.clone(),
-        event_type: args.event_type.clone(),
-        status: args.status,
-        limit: args.limit,
-        ..EventFilter::default()
-    })?;
+    let events = store
+        .list_events(EventFilter {
+            source: args.source.clone(),
+            event_type: args.event_type.clone(),
+            status: args.status,
+            limit: args.limit,
+            ..EventFilter::default()
+        })
+        .await?;
     // Both identifiers are what `GET /api/v1/events/{id}` takes: the sequence number,
     // and the platform's (the DreamClass id, a Loopwise event's sha256 key).
     println!(

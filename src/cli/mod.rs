@@ -117,7 +117,7 @@ fn parse_time_flag(flag: &str, value: Option<&str>) -> anyhow::Result<Option<i64
 
 /// Opens the configured data directory's database for reading.
 fn open_for_reading(config: &Config) -> anyhow::Result<Store> {
-    match Store::open_read_only(&config.server.data_dir) {
+    match Store::open_read_only(&config.store_location()) {
         Err(StoreError::NoDatabase(path)) => Err(no_database(config, &path)),
         other => Ok(other?),
     }
@@ -126,14 +126,10 @@ fn open_for_reading(config: &Config) -> anyhow::Result<Store> {
 /// Opens the configured data directory's database to change it (re-queue, rebuild);
 /// unlike `serve`, never creates one.
 fn open_existing(config: &Config) -> anyhow::Result<Store> {
-    let path = Store::database_path(&config.server.data_dir);
-    if !path.exists() {
-        return Err(no_database(config, &path));
+    match Store::open_existing(&config.store_location(), StoreOptions::default()) {
+        Err(StoreError::NoDatabase(path)) => Err(no_database(config, &path)),
+        other => Ok(other?),
     }
-    Ok(Store::open(
-        &config.server.data_dir,
-        StoreOptions::default(),
-    )?)
 }
 
 /// Says plainly that there is no database, where it was looked for and why there.
@@ -154,13 +150,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => send::run(&cli, args).await,
         Command::Verify(args) => verify::run(&cli, args),
         // These neither receive nor send: they do not need (or read) any secret.
-        Command::Events(args) => events::run(cli.load_config_without_secrets()?, args),
-        Command::Deliveries(args) => deliveries::list(cli.load_config_without_secrets()?, args),
+        Command::Events(args) => events::run(cli.load_config_without_secrets()?, args).await,
+        Command::Deliveries(args) => {
+            deliveries::list(cli.load_config_without_secrets()?, args).await
+        }
         Command::Replay(args) => deliveries::replay(cli.load_config_without_secrets()?, args).await,
         Command::Mirror(command) => mirror::run(cli.load_config_without_secrets()?, command).await,
         Command::Export(args) => {
             export::check(args)?;
-            export::run(cli.load_config_without_secrets()?, args)
+            export::run(cli.load_config_without_secrets()?, args).await
         }
         Command::NullServer { listen } => serve::run_null(*listen).await,
     }

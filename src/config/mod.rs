@@ -116,6 +116,11 @@ impl ConfigError {
 }
 
 impl Config {
+    /// Where the store keeps its data.
+    pub fn store_location(&self) -> crate::store::Location {
+        crate::store::Location::sqlite(&self.server.data_dir)
+    }
+
     /// Reads `file`, applies the process environment's `CLASSHOOK_*` overrides and
     /// validates the result.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
