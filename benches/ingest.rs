@@ -171,7 +171,11 @@ async fn run_gateway(
     let rss_mib = peak_rss_mib(gateway.id().unwrap());
     let _ = gateway.kill().await;
     let _ = gateway.wait().await;
-    (report, rss_mib, stored_events(&dir.path().join("data")))
+    (
+        report,
+        rss_mib,
+        stored_events(&dir.path().join("data")).await,
+    )
 }
 
 fn signed_bodies(count: usize) -> Vec<Bytes> {
@@ -266,8 +270,10 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn stored_events(data_dir: &Path) -> i64 {
-    classhook::store::Store::open_read_only(data_dir)
-        .and_then(|s| s.count_events())
-        .unwrap_or(-1)
+async fn stored_events(data_dir: &Path) -> i64 {
+    let location = classhook::store::Location::sqlite(data_dir);
+    match classhook::store::Store::open_read_only(&location) {
+        Ok(store) => store.count_events().await.unwrap_or(-1),
+        Err(_) => -1,
+    }
 }

@@ -42,7 +42,7 @@ async fn bench() {
     prepared.reverse();
     let queue = Arc::new(std::sync::Mutex::new(prepared));
 
-    let store = Store::open(&config.server.data_dir, StoreOptions::default()).unwrap();
+    let store = Store::open(&config.store_location(), StoreOptions::default()).unwrap();
     let started = Instant::now();
     let mut callers = tokio::task::JoinSet::new();
     for _ in 0..in_flight {
@@ -60,7 +60,7 @@ async fn bench() {
         done.unwrap();
     }
     let seconds = started.elapsed().as_secs_f64();
-    let stored = store.count_events().unwrap();
+    let stored = store.count_events().await.unwrap();
     assert_eq!(stored, events as i64, "every append is stored");
     println!();
     println!(

@@ -268,7 +268,7 @@ impl Ingest {
                         source = source_name,
                         client = %client.ip,
                         peer = %client.peer,
-                        seq,
+                        seq = seq.get(),
                         code = "id_conflict",
                         "a different event under a stored event's id; the first is kept"
                     );
@@ -277,7 +277,7 @@ impl Ingest {
                         source = source_name,
                         client = %client.ip,
                         peer = %client.peer,
-                        seq = outcome.seq(),
+                        seq = outcome.seq().get(),
                         outcome = outcome.as_str(),
                         "event accepted"
                     );

@@ -115,7 +115,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     })?;
     let metrics = Metrics::new();
     let store = Store::open(
-        &server.data_dir,
+        &config.store_location(),
         StoreOptions {
             append_timeout: server.append_timeout,
             observer: Some(metrics.clone()),
@@ -275,12 +275,7 @@ async fn metrics(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Resp
     if !ops.tokens.is_empty() && !api::bearer_matches(&ops.tokens, &headers) {
         return Err(api::unauthorized());
     }
-    let store = ops.store.clone();
-    let counts = tokio::task::spawn_blocking(move || store.mirror_counts())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+    let counts = ops.store.mirror_counts().await.unwrap_or_default();
     ops.metrics.set_load(
         ops.body_budget.in_use(),
         ops.max_connections

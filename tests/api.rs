@@ -951,13 +951,14 @@ async fn subscriptions_are_managed_through_the_api_with_write_only_secrets() {
         200
     );
     receiver.wait_for(1).await;
-    common::receiver::eventually("delivered", || {
+    common::receiver::eventually_async("delivered", async || {
         gw.store
-            .list_deliveries(&classhook::store::DeliveryFilter {
+            .list_deliveries(classhook::store::DeliveryFilter {
                 subscription: Some("crm".into()),
                 limit: 10,
                 ..Default::default()
             })
+            .await
             .unwrap()
             .first()
             .is_some_and(|d| d.state == classhook::store::DeliveryState::Delivered)

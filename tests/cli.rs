@@ -579,7 +579,7 @@ async fn read_only_commands_need_no_secrets_but_serving_and_sending_do() {
     let skipped =
         classhook::config::Config::load_with(&config, classhook::config::Secrets::Skip).unwrap();
     let store = classhook::store::Store::open(
-        &dir.path().join("data"),
+        &classhook::store::Location::sqlite(dir.path().join("data")),
         classhook::store::StoreOptions::default(),
     )
     .unwrap();
@@ -639,7 +639,7 @@ async fn a_relative_data_dir_is_beside_the_config_and_a_missing_database_is_name
     std::fs::write(&config, format!("[server]\ndata_dir = \"data\"\n{SOURCES}")).unwrap();
     drop(
         classhook::store::Store::open(
-            &dir.path().join("data"),
+            &classhook::store::Location::sqlite(dir.path().join("data")),
             classhook::store::StoreOptions::default(),
         )
         .unwrap(),
@@ -773,7 +773,7 @@ async fn export_into_a_pipe_that_closes_early_exits_quietly_and_dates_are_times(
     {
         let config = classhook::config::Config::load(&config_path).unwrap();
         let store = classhook::store::Store::open(
-            &config.server.data_dir,
+            &config.store_location(),
             classhook::store::StoreOptions::default(),
         )
         .unwrap();
@@ -871,4 +871,167 @@ async fn a_port_in_use_is_said_once_and_leaves_nothing_behind() {
     assert_ne!(code, 0);
     assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
     assert!(!data.exists(), "no data directory created");
+}
+
+#[tokio::test]
+async fn scripts_get_json_lines_and_every_api_only_view_has_a_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let sources = format!(
+        "{SOURCES}\n[delivery]\nallow_private_destinations = true\npoll_interval = \"20ms\"\n\n\
+         [[subscription]]\nname = \"nowhere\"\nurl = \"http://{closed}/hook\"\nevents = [\"CLASS_*\"]\nretry_schedule = []\nsecret = \"whsec_c2VjcmV0LWtleS1mb3ItY2xp\"\n"
+    );
+    let config = write_config(dir.path(), &sources);
+    let mut served = serve(&config).await;
+    let live = config.with_file_name("live.toml");
+    std::fs::write(
+        &live,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("127.0.0.1:0", &served.addr.to_string()),
+    )
+    .unwrap();
+    let live = live.to_str().unwrap();
+    let send = |args: &'static [&'static str]| {
+        let mut all = vec!["send", "--config", live];
+        all.extend(args);
+        async move { run(&all, None).await }
+    };
+    assert_eq!(
+        send(&["--source", "school", "--event", "CLASS_CREATED"])
+            .await
+            .0,
+        0
+    );
+    assert_eq!(
+        send(&["--source", "courses", "--event", "payment.paid"])
+            .await
+            .0,
+        0
+    );
+    let url = format!("http://{}/hooks/school", served.addr);
+    let refused = run(
+        &[
+            "send",
+            "--url",
+            &url,
+            "--provider",
+            "dreamclass",
+            "--secret",
+            "wrong",
+            "--event",
+            "CLASS_CREATED",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(refused.0, 1, "{refused:?}");
+
+    // `--json`: one object per line, the API's shapes.
+    let (code, out, err) = run(&["events", "--config", live, "--json"], None).await;
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "{out}");
+    let school = events.iter().find(|e| e["source"] == "school").unwrap();
+    assert_eq!(school["type"], "CLASS_CREATED");
+    let seq = school["id"].to_string();
+    let uuid = school["event_id"].as_str().unwrap().to_string();
+
+    // `event show`, by either name: the body pretty-printed, or its exact bytes.
+    let (code, shown, err) = run(&["event", "show", &uuid, "--config", live], None).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(shown.contains(&format!("seq            {seq}")), "{shown}");
+    assert!(shown.contains("\"type\": \"CLASS_CREATED\""), "{shown}");
+    assert!(shown.to_lowercase().contains("content-type"), "{shown}");
+    let raw = reqwest::get(format!("http://{}/api/v1/events/{seq}/raw", served.addr))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let (code, bytes, _) = run(&["event", "show", &seq, "--raw", "--config", live], None).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        bytes.as_bytes(),
+        &raw[..],
+        "--raw is the body byte for byte"
+    );
+    let (_, json, _) = run(&["event", "show", &seq, "--json", "--config", live], None).await;
+    let detail: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(detail["event_id"], uuid.as_str());
+    let (code, _, err) = run(&["event", "show", "nosuch", "--config", live], None).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("is not an event id"), "{err}");
+
+    // `rejections`: the refused request, why.
+    let (code, out, _) = run(&["rejections", "--config", live, "--json"], None).await;
+    assert_eq!(code, 0);
+    let rejection: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(rejection["reason"], "signature_invalid", "{out}");
+
+    // `deliveries --json`, then `subscriptions`: list without secrets, pause, resume.
+    let mut deliveries = String::new();
+    for _ in 0..200 {
+        deliveries = run(&["deliveries", "--config", live, "--json"], None)
+            .await
+            .1;
+        if deliveries.contains("\"dead\"") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let delivery: serde_json::Value =
+        serde_json::from_str(deliveries.lines().next().unwrap()).unwrap();
+    assert_eq!(delivery["subscription"], "nowhere", "{deliveries}");
+    let (_, listed, _) = run(&["subscriptions", "list", "--config", live, "--json"], None).await;
+    let subscription: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
+    assert_eq!(subscription["name"], "nowhere");
+    assert_eq!(subscription["has_secret"], true);
+    assert!(!listed.contains("c2VjcmV0"), "no secret shown: {listed}");
+    let (code, out, err) = run(
+        &[
+            "subscriptions",
+            "pause",
+            "nowhere",
+            "--reason",
+            "maintenance",
+            "--config",
+            live,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "nowhere paused");
+    let (_, table, _) = run(&["subscriptions", "list", "--config", live], None).await;
+    assert!(table.contains("paused: maintenance"), "{table}");
+    let (code, _, _) = run(
+        &["subscriptions", "resume", "nowhere", "--config", live],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0);
+    let (_, table, _) = run(&["subscriptions", "list", "--config", live], None).await;
+    assert!(table.contains("active"), "{table}");
+    let (code, _, err) = run(
+        &["subscriptions", "pause", "nosuch", "--config", live],
+        None,
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no subscription named \"nosuch\""), "{err}");
+
+    // Completions for the usual shells.
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, script, _) = run(&["completions", shell], None).await;
+        assert_eq!(code, 0, "{shell}");
+        assert!(script.contains("subscriptions"), "{shell}");
+    }
+    served.child.start_kill().unwrap();
 }

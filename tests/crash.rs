@@ -74,11 +74,13 @@ async fn every_answered_event_survives_sigkill() {
 
     // Restart on the same data directory, then look for every acknowledged event.
     let mut restarted = serve(&config).await;
-    let store = Store::open_read_only(&dir.path().join("data")).unwrap();
+    let store = Store::open_read_only(&classhook::store::Location::sqlite(dir.path().join("data")))
+        .unwrap();
     let mut missing = Vec::new();
     for id in &acknowledged {
         if store
             .find_event("school", &format!("id:{id}"))
+            .await
             .unwrap()
             .is_none()
         {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use classhook::config::{Config, Source};
 use classhook::ingest;
 use classhook::provider::dreamclass;
-use classhook::store::{AppendOutcome, Store, StoreOptions};
+use classhook::store::{AppendOutcome, EventSeq, Store, StoreOptions};
 use common::*;
 use serde_json::json;
 
@@ -16,9 +16,9 @@ use serde_json::json;
 /// crosses many settling rounds.
 fn open(config: &Config) -> Store {
     Store::open(
-        &config.server.data_dir,
+        &config.store_location(),
         StoreOptions {
-            dedupe_settle_after: 8,
+            dedupe_settle_after: Some(8),
             ..StoreOptions::default()
         },
     )
@@ -46,7 +46,7 @@ fn school(config: &Config) -> &Source {
     config.sources.iter().find(|s| s.name == "school").unwrap()
 }
 
-async fn stored_seq(store: &Store, event: classhook::event::NewEvent) -> i64 {
+async fn stored_seq(store: &Store, event: classhook::event::NewEvent) -> EventSeq {
     match store.append(event).await.unwrap() {
         AppendOutcome::Stored { seq } => seq,
         other => panic!("expected a new event, got {other:?}"),
@@ -79,6 +79,7 @@ async fn retries_are_recognised_across_settling_rounds_and_restarts() {
         assert_eq!(outcome, AppendOutcome::Duplicate { seq: *seq }, "event {n}");
         let found = store
             .find_event("school", &format!("id:{}", id(n)))
+            .await
             .unwrap();
         assert_eq!(
             found.unwrap().summary.seq,
@@ -92,8 +93,8 @@ async fn retries_are_recognised_across_settling_rounds_and_restarts() {
         AppendOutcome::Conflict { seq: seqs[3] },
         "same id, other body"
     );
-    assert_eq!(store.count_events().unwrap(), 100);
-    let stored = store.get_event(seqs[3]).unwrap().unwrap();
+    assert_eq!(store.count_events().await.unwrap(), 100);
+    let stored = store.get_event(seqs[3]).await.unwrap().unwrap();
     // The first copy, its quick retry, late retries from events 6 and 7, and the
     // retry after the restart; the conflicting copy is counted apart.
     assert_eq!(stored.summary.times_seen, 5);
@@ -118,7 +119,7 @@ async fn the_same_key_twice_in_one_group_commit_is_stored_once() {
         }
     }
     assert_eq!(stored, 1);
-    assert_eq!(store.count_events().unwrap(), 1);
+    assert_eq!(store.count_events().await.unwrap(), 1);
 }
 
 #[tokio::test]
@@ -127,7 +128,7 @@ async fn after_retention_sequence_numbers_keep_growing_and_keys_go_with_their_ev
     let config = config_in(dir.path(), "", SOURCES);
     let source = school(&config);
     let store = open(&config);
-    let mut last = 0;
+    let mut last = EventSeq(0);
     for n in 0..20 {
         last = stored_seq(&store, request(source, &id(n), "A")).await;
     }
@@ -195,13 +196,14 @@ async fn the_same_event_with_other_spacing_or_key_order_is_a_retry_not_a_conflic
     let stored = gw
         .store
         .find_event("school", &format!("id:{id}"))
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(stored.summary.times_seen, 3);
     assert_eq!(stored.summary.conflicts, 0);
     assert_eq!(stored.body, compact, "the first copy's bytes are kept");
-    assert_eq!(gw.store.count_events().unwrap(), 1);
-    assert!(gw.store.list_rejections(10).unwrap().is_empty());
+    assert_eq!(gw.store.count_events().await.unwrap(), 1);
+    assert!(gw.store.list_rejections(10).await.unwrap().is_empty());
 
     // Different data under the same id is still a conflict, logged with its sender.
     let mut changed: serde_json::Value = serde_json::from_slice(&compact).unwrap();
@@ -214,12 +216,17 @@ async fn the_same_event_with_other_spacing_or_key_order_is_a_retry_not_a_conflic
         )
         .await;
     assert_eq!(answer.status, 200);
-    let stored = gw.store.get_event(stored.summary.seq).unwrap().unwrap();
+    let stored = gw
+        .store
+        .get_event(stored.summary.seq)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (stored.summary.times_seen, stored.summary.conflicts),
         (3, 1)
     );
-    let rejections = gw.store.list_rejections(10).unwrap();
+    let rejections = gw.store.list_rejections(10).await.unwrap();
     assert_eq!(rejections.len(), 1);
     assert_eq!(rejections[0].reason, "id_conflict");
     let remote = rejections[0].remote_addr.as_deref().unwrap_or_default();

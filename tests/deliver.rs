@@ -59,18 +59,19 @@ fn dispatcher(
     )
 }
 
-fn deliveries(store: &Store, subscription: &str) -> Vec<Delivery> {
+async fn deliveries(store: &Store, subscription: &str) -> Vec<Delivery> {
     store
-        .list_deliveries(&DeliveryFilter {
+        .list_deliveries(DeliveryFilter {
             subscription: Some(subscription.into()),
             limit: 1000,
             ..Default::default()
         })
+        .await
         .unwrap()
 }
 
-fn only(store: &Store, subscription: &str) -> Delivery {
-    let mut all = deliveries(store, subscription);
+async fn only(store: &Store, subscription: &str) -> Delivery {
+    let mut all = deliveries(store, subscription).await;
     assert_eq!(all.len(), 1, "{all:?}");
     all.remove(0)
 }
@@ -132,11 +133,11 @@ async fn a_dreamclass_receiver_gets_the_same_envelope_signed_with_its_secret() {
 
     d.step().await;
     assert!(
-        only(&gw.store, "crm").state == DeliveryState::Delivered,
+        only(&gw.store, "crm").await.state == DeliveryState::Delivered,
         "delivered"
     );
-    let delivery = only(&gw.store, "crm");
-    let (_, attempts) = gw.store.get_delivery(delivery.id).unwrap().unwrap();
+    let delivery = only(&gw.store, "crm").await;
+    let (_, attempts) = gw.store.get_delivery(delivery.id).await.unwrap().unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].status_code, Some(200));
     assert_eq!(attempts[0].response.as_deref(), Some("{\"ok\":true}"));
@@ -197,7 +198,7 @@ async fn a_loopwise_receiver_gets_the_body_byte_for_byte() {
     ));
     assert!(standard_webhooks_verifies(&got, SUB_SECRET.as_bytes()));
     // The payment made no delivery row, so nothing can ever send it.
-    assert_eq!(deliveries(&gw.store, "lms").len(), 1);
+    assert_eq!(deliveries(&gw.store, "lms").await.len(), 1);
     assert_eq!(receiver.received().len(), 1);
     gw.stop().await;
 }
@@ -216,10 +217,10 @@ async fn a_failure_is_retried_on_schedule_with_the_same_webhook_id() {
 
     d.step().await;
     assert!(
-        only(&gw.store, "crm").attempts == 1,
+        only(&gw.store, "crm").await.attempts == 1,
         "first attempt recorded"
     );
-    let delivery = only(&gw.store, "crm");
+    let delivery = only(&gw.store, "crm").await;
     assert_eq!(delivery.state, DeliveryState::Pending);
     assert_eq!(delivery.last_error.as_deref(), Some("HTTP 500"));
     let delay = delivery.next_attempt_at_ms - START_MS;
@@ -234,7 +235,7 @@ async fn a_failure_is_retried_on_schedule_with_the_same_webhook_id() {
     clock.advance(11_000);
     d.step().await;
     assert!(
-        only(&gw.store, "crm").state == DeliveryState::Delivered,
+        only(&gw.store, "crm").await.state == DeliveryState::Delivered,
         "delivered on the retry"
     );
     let got = receiver.received();
@@ -261,17 +262,20 @@ async fn timeouts_and_refused_connections_are_failed_attempts() {
         200
     );
     d.step().await;
-    assert!(only(&gw.store, "slow").attempts == 1, "timeout recorded");
+    assert!(
+        only(&gw.store, "slow").await.attempts == 1,
+        "timeout recorded"
+    );
     d.step().await;
     assert!(
-        only(&gw.store, "gone-away").attempts == 1,
+        only(&gw.store, "gone-away").await.attempts == 1,
         "refusal recorded"
     );
     assert_eq!(
-        only(&gw.store, "slow").last_error.as_deref(),
+        only(&gw.store, "slow").await.last_error.as_deref(),
         Some("timed out")
     );
-    let refused = only(&gw.store, "gone-away").last_error.unwrap();
+    let refused = only(&gw.store, "gone-away").await.last_error.unwrap();
     assert!(refused.to_lowercase().contains("connect"), "{refused}");
     gw.stop().await;
 }
@@ -289,10 +293,15 @@ async fn gone_pauses_the_subscription_until_it_is_resumed() {
     );
     d.step().await;
     assert!(
-        gw.store.get_subscription("crm").unwrap().unwrap().paused,
+        gw.store
+            .get_subscription("crm")
+            .await
+            .unwrap()
+            .unwrap()
+            .paused,
         "paused"
     );
-    let subscription = gw.store.get_subscription("crm").unwrap().unwrap();
+    let subscription = gw.store.get_subscription("crm").await.unwrap().unwrap();
     assert!(subscription.paused_reason.unwrap().contains("410"));
     assert_eq!(
         gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 2))
@@ -309,6 +318,7 @@ async fn gone_pauses_the_subscription_until_it_is_resumed() {
     d.step().await;
     assert!(
         deliveries(&gw.store, "crm")
+            .await
             .iter()
             .all(|d| d.state == DeliveryState::Delivered),
         "both delivered"
@@ -329,10 +339,10 @@ async fn retry_after_is_honoured() {
     );
     d.step().await;
     assert!(
-        only(&gw.store, "crm").attempts == 1,
+        only(&gw.store, "crm").await.attempts == 1,
         "throttled attempt recorded"
     );
-    let delay = only(&gw.store, "crm").next_attempt_at_ms - START_MS;
+    let delay = only(&gw.store, "crm").await.next_attempt_at_ms - START_MS;
     assert!(
         (120_000..=132_000).contains(&delay),
         "never before the 120 s asked for, at most 10 % later: {delay}"
@@ -359,27 +369,31 @@ async fn after_the_last_retry_it_is_a_dead_letter_and_replay_delivers_it() {
     for attempt in 1..=3 {
         d.step().await;
         assert!(
-            only(&gw.store, "crm").attempts == attempt,
+            only(&gw.store, "crm").await.attempts == attempt,
             "attempt recorded"
         );
         clock.advance(15 * 60_000);
     }
     d.step().await;
-    assert!(only(&gw.store, "crm").state == DeliveryState::Dead, "dead");
-    let dead = only(&gw.store, "crm");
+    assert!(
+        only(&gw.store, "crm").await.state == DeliveryState::Dead,
+        "dead"
+    );
+    let dead = only(&gw.store, "crm").await;
     assert_eq!(dead.attempts, 4, "the first try and three retries");
-    let (_, attempts) = gw.store.get_delivery(dead.id).unwrap().unwrap();
+    let (_, attempts) = gw.store.get_delivery(dead.id).await.unwrap().unwrap();
     assert_eq!(
         attempts.iter().map(|a| a.status_code).collect::<Vec<_>>(),
         [Some(500), Some(502), Some(500), Some(503)]
     );
     let listed = gw
         .store
-        .list_deliveries(&DeliveryFilter {
+        .list_deliveries(DeliveryFilter {
             state: Some(DeliveryState::Dead),
             limit: 10,
             ..Default::default()
         })
+        .await
         .unwrap();
     assert_eq!(listed.len(), 1);
 
@@ -391,7 +405,7 @@ async fn after_the_last_retry_it_is_a_dead_letter_and_replay_delivers_it() {
     assert_eq!(replayed, 1);
     d.step().await;
     assert!(
-        only(&gw.store, "crm").state == DeliveryState::Delivered,
+        only(&gw.store, "crm").await.state == DeliveryState::Delivered,
         "delivered after replay"
     );
     let got = receiver.received();
@@ -490,7 +504,7 @@ async fn duplicates_and_quarantined_events_create_no_delivery() {
     }
     let bad = dreamclass("CLASS_CREATED", json!({"id": 1, "name": 5}), "my-school");
     assert_eq!(gw.post("/hooks/school", &bad).await.status, 200);
-    assert_eq!(deliveries(&gw.store, "crm").len(), 1);
+    assert_eq!(deliveries(&gw.store, "crm").await.len(), 1);
     assert_eq!(d.step().await, [Finished::Attempted]);
     assert_eq!(receiver.received().len(), 1);
     gw.stop().await;
@@ -528,17 +542,20 @@ async fn private_destinations_are_refused_unless_allowed() {
     );
     d.step().await;
     assert!(
-        only(&gw.store, "crm").attempts == 1 && only(&gw.store, "by-name").attempts == 1,
+        only(&gw.store, "crm").await.attempts == 1
+            && only(&gw.store, "by-name").await.attempts == 1,
         "refusals recorded"
     );
     assert!(
         only(&gw.store, "crm")
+            .await
             .last_error
             .unwrap()
             .contains("not allowed")
     );
     assert!(
         only(&gw.store, "by-name")
+            .await
             .last_error
             .unwrap()
             .contains("not allowed")
@@ -570,7 +587,7 @@ async fn a_subscription_that_keeps_failing_is_held_then_tried_again() {
     assert_eq!(d.step().await, [Finished::Attempted], "first failure");
     clock.advance(1_200);
     assert_eq!(d.step().await, [Finished::Attempted], "second failure");
-    let held = gw.store.get_subscription("flaky").unwrap().unwrap();
+    let held = gw.store.get_subscription("flaky").await.unwrap().unwrap();
     assert_eq!(held.consecutive_failures, 2);
     assert_eq!(
         held.hold_until_ms - clock.now_ms(),
@@ -588,7 +605,7 @@ async fn a_subscription_that_keeps_failing_is_held_then_tried_again() {
         [Finished::Attempted],
         "tried again after the hold"
     );
-    assert_eq!(only(&gw.store, "flaky").attempts, 3);
+    assert_eq!(only(&gw.store, "flaky").await.attempts, 3);
     gw.stop().await;
 }
 
@@ -608,11 +625,11 @@ async fn redirects_are_not_followed_and_response_bodies_are_bounded() {
     );
     d.step().await;
     assert!(
-        only(&gw.store, "crm").attempts == 1,
+        only(&gw.store, "crm").await.attempts == 1,
         "redirect recorded as a failure"
     );
     assert_eq!(
-        only(&gw.store, "crm").last_error.as_deref(),
+        only(&gw.store, "crm").await.last_error.as_deref(),
         Some("HTTP 302")
     );
     assert_eq!(
@@ -623,12 +640,13 @@ async fn redirects_are_not_followed_and_response_bodies_are_bounded() {
     clock.advance(11_000);
     d.step().await;
     assert!(
-        only(&gw.store, "crm").state == DeliveryState::Delivered,
+        only(&gw.store, "crm").await.state == DeliveryState::Delivered,
         "delivered"
     );
     let (_, attempts) = gw
         .store
-        .get_delivery(only(&gw.store, "crm").id)
+        .get_delivery(only(&gw.store, "crm").await.id)
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(attempts[1].response.as_ref().unwrap().len(), 1024);

@@ -8,16 +8,17 @@ use std::time::Duration;
 
 use classhook::store::{DeliveryFilter, DeliveryState, Store};
 use common::process::{serve, write_config};
-use common::receiver::{Receiver, Reply, eventually, eventually_within};
+use common::receiver::{Receiver, Reply, eventually_async, eventually_async_within};
 use common::{dreamclass_sample, id_of};
 
-fn states(data: &std::path::Path) -> Vec<(String, DeliveryState)> {
-    let store = Store::open_read_only(data).unwrap();
+async fn states(data: &std::path::Path) -> Vec<(String, DeliveryState)> {
+    let store = Store::open_read_only(&classhook::store::Location::sqlite(data)).unwrap();
     store
-        .list_deliveries(&DeliveryFilter {
+        .list_deliveries(DeliveryFilter {
             limit: 1000,
             ..Default::default()
         })
+        .await
         .unwrap()
         .into_iter()
         .map(|d| (d.webhook_id, d.state))
@@ -70,15 +71,16 @@ async fn deliveries_survive_sigkill_and_successes_are_not_resent() {
             200
         );
     }
-    eventually("ten recorded as delivered", || {
+    eventually_async("ten recorded as delivered", async || {
         states(&data)
+            .await
             .iter()
             .filter(|(_, s)| *s == DeliveryState::Delivered)
             .count()
             == 10
     })
     .await;
-    let delivered_before: Vec<String> = states(&data).into_iter().map(|(id, _)| id).collect();
+    let delivered_before: Vec<String> = states(&data).await.into_iter().map(|(id, _)| id).collect();
 
     // Ten more, whose receiver hangs: the gateway dies with them in flight.
     receiver.script((0..4).map(|_| Reply::Slow(Duration::from_secs(3))));
@@ -103,11 +105,11 @@ async fn deliveries_survive_sigkill_and_successes_are_not_resent() {
 
     // The dead process's leases (timeout × 9 + lease margin = 9.5 s here) must expire.
     let mut restarted = serve(&config).await;
-    eventually_within(
+    eventually_async_within(
         "all twenty delivered after the restart",
         Duration::from_secs(20),
-        || {
-            let s = states(&data);
+        async || {
+            let s = states(&data).await;
             s.len() == 20
                 && s.iter()
                     .all(|(_, state)| *state == DeliveryState::Delivered)

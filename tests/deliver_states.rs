@@ -54,13 +54,14 @@ async fn stepped(subscriptions: &str) -> Stepped {
     }
 }
 
-fn deliveries(store: &Store, subscription: &str) -> Vec<Delivery> {
+async fn deliveries(store: &Store, subscription: &str) -> Vec<Delivery> {
     let mut all = store
-        .list_deliveries(&DeliveryFilter {
+        .list_deliveries(DeliveryFilter {
             subscription: Some(subscription.into()),
             limit: 1000,
             ..Default::default()
         })
+        .await
         .unwrap();
     all.reverse();
     all
@@ -113,11 +114,11 @@ async fn gone_is_sent_once_and_nothing_more_is_claimed_until_resume() {
         2,
         "{finished:?}"
     );
-    let subscription = s.gw.store.get_subscription("crm").unwrap().unwrap();
+    let subscription = s.gw.store.get_subscription("crm").await.unwrap().unwrap();
     assert!(subscription.paused);
     // Whichever of the three took the slot first got the 410.
     let gone_id = receiver.received()[0].header("webhook-id").to_string();
-    let all = deliveries(&s.gw.store, "crm");
+    let all = deliveries(&s.gw.store, "crm").await;
     let first = all.iter().find(|d| d.webhook_id == gone_id).unwrap();
     assert_eq!(first.state, DeliveryState::Pending);
     assert_eq!(first.attempts, 1, "the 410 is an attempt");
@@ -146,6 +147,7 @@ async fn gone_is_sent_once_and_nothing_more_is_claimed_until_resume() {
     assert_eq!(receiver.count_of(&first.webhook_id), 2, "410, then 200");
     assert!(
         deliveries(&s.gw.store, "crm")
+            .await
             .iter()
             .all(|d| d.state == DeliveryState::Delivered)
     );
@@ -177,7 +179,7 @@ async fn a_held_subscription_is_not_leased() {
     let finished = s.dispatcher.step().await;
     assert_eq!(finished, [Finished::Attempted, Finished::Released]);
     assert_eq!(receiver.received().len(), 1);
-    let held = s.gw.store.get_subscription("flaky").unwrap().unwrap();
+    let held = s.gw.store.get_subscription("flaky").await.unwrap().unwrap();
     assert_eq!(held.hold_until_ms, START_MS + 60_000);
 
     s.clock.advance(2_000);
@@ -233,7 +235,7 @@ async fn attempts_count_the_whole_attempt_log_across_replays() {
     s.dispatcher.step().await;
     s.clock.advance(2_000);
     s.dispatcher.step().await;
-    let dead = deliveries(&s.gw.store, "crm").remove(0);
+    let dead = deliveries(&s.gw.store, "crm").await.remove(0);
     assert_eq!(dead.state, DeliveryState::Dead);
     assert_eq!(dead.attempts, 2);
 
@@ -245,7 +247,7 @@ async fn attempts_count_the_whole_attempt_log_across_replays() {
     )
     .await;
     assert_eq!(status, 200);
-    let replayed = deliveries(&s.gw.store, "crm").remove(0);
+    let replayed = deliveries(&s.gw.store, "crm").await.remove(0);
     assert_eq!(replayed.attempts, 2, "a replay keeps the count");
     s.dispatcher.step().await;
     let (status, view) = api(
@@ -268,7 +270,7 @@ async fn a_replay_never_runs_beside_the_attempt_in_flight_and_a_success_stands()
     receiver.script([Reply::Held(200)]);
     let mut s = stepped(&subscription("crm", &receiver.url(), "")).await;
     post_classes(&s.gw, 0..1).await;
-    let id = deliveries(&s.gw.store, "crm")[0].id;
+    let id = deliveries(&s.gw.store, "crm").await[0].id;
 
     assert_eq!(s.dispatcher.lease_and_start().await, 1);
     receiver.wait_for(1).await;
@@ -293,7 +295,7 @@ async fn a_replay_never_runs_beside_the_attempt_in_flight_and_a_success_stands()
 
     receiver.release(1);
     assert_eq!(s.dispatcher.settle().await, [Finished::Attempted]);
-    let delivered = deliveries(&s.gw.store, "crm").remove(0);
+    let delivered = deliveries(&s.gw.store, "crm").await.remove(0);
     assert_eq!(delivered.state, DeliveryState::Delivered);
     assert_eq!(
         s.dispatcher.step().await,
@@ -355,9 +357,15 @@ async fn deleting_a_subscription_during_an_attempt_fails_nothing_else() {
     for post in posts {
         assert_eq!(post.await.unwrap(), 200);
     }
-    assert_eq!(s.gw.store.count_events().unwrap(), 41);
-    assert!(s.gw.store.get_subscription("doomed").unwrap().is_none());
-    assert_eq!(deliveries(&s.gw.store, "kept").len(), 41);
+    assert_eq!(s.gw.store.count_events().await.unwrap(), 41);
+    assert!(
+        s.gw.store
+            .get_subscription("doomed")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(deliveries(&s.gw.store, "kept").await.len(), 41);
     s.gw.stop().await;
 }
 
@@ -386,7 +394,7 @@ fn post_concurrently(
 /// Holds the database's write lock from another connection until dropped, so that
 /// the writer's next batch waits and collects everything queued meanwhile.
 fn lock_database(gw: &Gateway) -> rusqlite::Connection {
-    let conn = rusqlite::Connection::open(gw.store.path()).unwrap();
+    let conn = rusqlite::Connection::open(gw.store.location()).unwrap();
     conn.execute_batch("BEGIN IMMEDIATE").unwrap();
     conn
 }
@@ -396,7 +404,7 @@ async fn one_failing_operation_fails_alone_and_its_batch_commits() {
     let s = stepped("").await;
     let poison = dreamclass_sample("CLASS_CREATED", 666);
     // The database itself refuses this one event (as a constraint would).
-    rusqlite::Connection::open(s.gw.store.path())
+    rusqlite::Connection::open(s.gw.store.location())
         .unwrap()
         .execute_batch(&format!(
             "CREATE TRIGGER refuse_one BEFORE INSERT ON events WHEN NEW.event_id = '{}'
@@ -433,7 +441,7 @@ async fn one_failing_operation_fails_alone_and_its_batch_commits() {
             .all(|(i, s)| i == 15 || *s == 200),
         "{statuses:?}"
     );
-    assert_eq!(s.gw.store.count_events().unwrap(), 30);
+    assert_eq!(s.gw.store.count_events().await.unwrap(), 30);
     s.gw.stop().await;
 }
 
@@ -470,7 +478,7 @@ async fn retry_after_is_never_undercut() {
 async fn an_event_that_waited_too_long_for_the_store_is_not_stored() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(
-        dir.path(),
+        &classhook::store::Location::sqlite(dir.path()),
         classhook::store::StoreOptions {
             max_commit_lag: Duration::from_millis(200),
             ..Default::default()
@@ -488,7 +496,7 @@ async fn an_event_that_waited_too_long_for_the_store_is_not_stored() {
     )
     .unwrap();
 
-    let lock = rusqlite::Connection::open(store.path()).unwrap();
+    let lock = rusqlite::Connection::open(store.location()).unwrap();
     lock.execute_batch("BEGIN IMMEDIATE").unwrap();
     let append = tokio::spawn({
         let store = store.clone();
@@ -501,7 +509,7 @@ async fn an_event_that_waited_too_long_for_the_store_is_not_stored() {
         matches!(answer, Err(classhook::store::StoreError::Timeout(_))),
         "{answer:?}"
     );
-    assert_eq!(store.count_events().unwrap(), 0, "not stored late");
+    assert_eq!(store.count_events().await.unwrap(), 0, "not stored late");
 }
 
 /// Creates a subscription to every event through the API.
@@ -520,7 +528,7 @@ async fn create_subscription(gw: &Gateway, name: &str, url: &str) {
 async fn an_unreadable_stored_subscription_is_an_error_not_a_default() {
     let s = stepped("").await;
     create_subscription(&s.gw, "crm", "https://crm.example.com/hook").await;
-    rusqlite::Connection::open(s.gw.store.path())
+    rusqlite::Connection::open(s.gw.store.location())
         .unwrap()
         .execute("UPDATE subscriptions SET managed_by = 'someone'", [])
         .unwrap();
@@ -558,7 +566,7 @@ async fn concurrent_changes_to_one_subscription_both_apply() {
             ),
         );
         assert_eq!((a.0, b.0), (200, 200));
-        let stored = s.gw.store.get_subscription("crm").unwrap().unwrap();
+        let stored = s.gw.store.get_subscription("crm").await.unwrap().unwrap();
         assert_eq!(stored.spec.url, url);
         assert_eq!(stored.spec.max_in_flight, round);
     }

@@ -59,6 +59,7 @@ async fn seed_shapes_are_stored_exactly_as_received() {
         let stored = gw
             .store
             .find_event("school", &format!("id:{id}"))
+            .await
             .unwrap()
             .expect("stored");
         let s = &stored.summary;
@@ -254,6 +255,7 @@ async fn tenants_outside_the_list_are_403() {
     assert!(
         gw.store
             .find_event("school", &format!("id:{}", id_of(&stranger)))
+            .await
             .unwrap()
             .is_none()
     );
@@ -298,6 +300,7 @@ async fn basic_auth_is_required_where_configured() {
     let stored = gw
         .store
         .find_event("school-auth", &format!("id:{}", id_of(&event)))
+        .await
         .unwrap()
         .unwrap();
     assert!(
@@ -389,10 +392,11 @@ async fn fifty_concurrent_copies_store_one_event() {
     for task in tasks {
         assert_eq!(task.await.unwrap(), (200, "{}".to_string()));
     }
-    assert_eq!(gw.store.count_events().unwrap(), 1);
+    assert_eq!(gw.store.count_events().await.unwrap(), 1);
     let stored = gw
         .store
         .find_event("school", &format!("id:{}", id_of(&event)))
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(stored.summary.times_seen, 50);
@@ -424,12 +428,13 @@ async fn a_repeated_id_with_another_body_is_a_conflict_not_a_replacement() {
     let stored = gw
         .store
         .find_event("school", &format!("id:{id}"))
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(stored.body, first_body, "the first delivery wins");
     assert_eq!(stored.summary.conflicts, 1);
     assert_eq!(stored.summary.times_seen, 1);
-    let rejections = gw.store.list_rejections(10).unwrap();
+    let rejections = gw.store.list_rejections(10).await.unwrap();
     let conflict = rejections
         .iter()
         .find(|r| r.reason == "id_conflict")
@@ -451,6 +456,7 @@ async fn unknown_types_and_misshapen_data_are_kept_with_their_status() {
     let stored = gw
         .store
         .find_event("school", &format!("id:{}", id_of(&unknown)))
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(stored.summary.status, EventStatus::UnknownType);
@@ -463,6 +469,7 @@ async fn unknown_types_and_misshapen_data_are_kept_with_their_status() {
     let stored = gw
         .store
         .find_event("school", &format!("id:{}", id_of(&quarantined)))
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(stored.summary.status, EventStatus::Quarantined);
@@ -485,6 +492,7 @@ async fn unknown_types_and_misshapen_data_are_kept_with_their_status() {
     let stored = gw
         .store
         .find_event("school", &format!("id:{}", id_of(&payment)))
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(stored.summary.status, EventStatus::Ok);
@@ -522,6 +530,7 @@ async fn repeated_keys_refuse_the_envelope_or_quarantine_the_data() {
         assert!(
             gw.store
                 .find_event("school", &format!("id:{id}"))
+                .await
                 .unwrap()
                 .is_none()
         );
@@ -542,6 +551,7 @@ async fn repeated_keys_refuse_the_envelope_or_quarantine_the_data() {
     let stored = gw
         .store
         .find_event("school", &format!("id:{id}"))
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(stored.summary.status, EventStatus::Quarantined);

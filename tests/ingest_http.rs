@@ -123,10 +123,11 @@ async fn storage_that_cannot_commit_answers_503_and_a_retry_succeeds() {
     assert!(
         gw.store
             .find_event("school", &format!("id:{}", id_of(&event)))
+            .await
             .unwrap()
             .is_some()
     );
-    assert_eq!(gw.store.count_events().unwrap(), 1);
+    assert_eq!(gw.store.count_events().await.unwrap(), 1);
     gw.stop().await;
 }
 
@@ -245,6 +246,7 @@ async fn in_flight_requests_finish_on_shutdown() {
     assert!(
         gw.store
             .find_event("school", &format!("id:{}", id_of(&event)))
+            .await
             .unwrap()
             .is_some()
     );
@@ -333,7 +335,7 @@ async fn an_allowlist_refuses_other_senders_before_any_other_check() {
         )
         .await;
     assert_eq!(answer.status, 200, "{}", answer.json);
-    assert_eq!(gw.store.count_events().unwrap(), 2);
+    assert_eq!(gw.store.count_events().await.unwrap(), 2);
 
     let log = rejections_at_least(&gw.store, 3).await;
     let seen: Vec<(&str, Option<&str>, u16)> = log
@@ -685,6 +687,7 @@ async fn the_body_budget_sheds_with_503_while_small_requests_still_pass() {
     assert!(
         gw.store
             .list_rejections(100)
+            .await
             .unwrap()
             .iter()
             .all(|r| r.reason != "overloaded")
@@ -870,6 +873,7 @@ async fn a_trailing_slash_is_the_same_source_and_every_refusal_under_hooks_is_lo
     assert!(
         gw.store
             .find_event("school", &format!("id:{}", id_of(&event)))
+            .await
             .unwrap()
             .is_some()
     );
@@ -938,16 +942,18 @@ async fn a_body_starting_with_a_byte_order_mark_is_accepted_as_received() {
 
     let events = gw
         .store
-        .list_events(&classhook::store::EventFilter {
+        .list_events(classhook::store::EventFilter {
             limit: 10,
             ..Default::default()
         })
+        .await
         .unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].times_seen, 2);
     let stored = gw
         .store
         .find_event("courses", &events[0].dedupe_key)
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(stored.body, body, "stored byte for byte, mark included");
@@ -1032,7 +1038,7 @@ async fn http2_with_prior_knowledge_is_served_on_the_same_port() {
     for task in tasks {
         assert_eq!(task.await.unwrap(), (reqwest::Version::HTTP_2, 200));
     }
-    assert_eq!(gw.store.count_events().unwrap(), 8);
+    assert_eq!(gw.store.count_events().await.unwrap(), 8);
 
     let answer = gw
         .post_with(&h2, "/hooks/nobody", &[], b"{}".to_vec())

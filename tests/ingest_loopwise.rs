@@ -87,6 +87,7 @@ async fn seed_shapes_are_accepted_with_either_signature_header() {
         let stored = gw
             .store
             .find_event("courses", &dedupe_key(&body))
+            .await
             .unwrap()
             .expect("stored");
         let s = &stored.summary;
@@ -121,6 +122,7 @@ async fn the_version_falls_back_to_created_at_then_receive_time() {
     let stored = gw
         .store
         .find_event("courses", &dedupe_key(&body))
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(stored.summary.version_ms, 1704135845000);
@@ -139,6 +141,7 @@ async fn the_version_falls_back_to_created_at_then_receive_time() {
     let stored = gw
         .store
         .find_event("courses", &dedupe_key(&body))
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(stored.summary.version_ms, stored.summary.received_at_ms);
@@ -232,10 +235,11 @@ async fn a_retry_is_recognised_by_its_body() {
             200
         );
     }
-    assert_eq!(gw.store.count_events().unwrap(), 1);
+    assert_eq!(gw.store.count_events().await.unwrap(), 1);
     let stored = gw
         .store
         .find_event("courses", &dedupe_key(&body))
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(stored.summary.times_seen, 3);
@@ -261,15 +265,16 @@ async fn a_retry_is_recognised_by_its_body() {
         )
         .await;
     assert_eq!(answer.status, 200);
-    assert_eq!(gw.store.count_events().unwrap(), 1);
+    assert_eq!(gw.store.count_events().await.unwrap(), 1);
     let stored = gw
         .store
         .find_event("courses", &dedupe_key(&pretty))
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(stored.summary.times_seen, 4);
     assert_eq!(stored.body, body, "the first copy's bytes are kept");
-    assert!(gw.store.list_rejections(10).unwrap().is_empty());
+    assert!(gw.store.list_rejections(10).await.unwrap().is_empty());
     gw.stop().await;
 }
 
@@ -281,6 +286,7 @@ async fn unknown_types_and_misshapen_data_are_kept() {
     let stored = gw
         .store
         .find_event("courses", &dedupe_key(&unknown.body))
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(stored.summary.status, EventStatus::UnknownType);
@@ -295,6 +301,7 @@ async fn unknown_types_and_misshapen_data_are_kept() {
     let stored = gw
         .store
         .find_event("courses", &dedupe_key(&bad.body))
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(stored.summary.status, EventStatus::Quarantined);
@@ -316,6 +323,7 @@ async fn unknown_types_and_misshapen_data_are_kept() {
     let stored = gw
         .store
         .find_event("courses", &dedupe_key(&bad_date.body))
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(stored.summary.status, EventStatus::Quarantined);
@@ -366,6 +374,7 @@ async fn repeated_keys_refuse_the_envelope_or_quarantine_the_data() {
     let stored = gw
         .store
         .find_event("courses", &dedupe_key(body.as_bytes()))
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(stored.summary.status, EventStatus::Quarantined);

@@ -65,15 +65,16 @@ fn platform(source: &str) -> ProviderKind {
     }
 }
 
-fn one(store: &Store, kind: &str, id: &str, source: &str) -> Entity {
+async fn one(store: &Store, kind: &str, id: &str, source: &str) -> Entity {
     let mut found = store
         .find_entities(Some(platform(source)), kind, id, Some(source), None)
+        .await
         .unwrap();
     assert_eq!(found.len(), 1, "{kind} {id}: {found:?}");
     found.remove(0)
 }
 
-fn history(
+async fn history(
     store: &Store,
     kind: &str,
     id: &str,
@@ -82,6 +83,7 @@ fn history(
 ) -> Vec<(i64, String)> {
     store
         .entity_history(kind, id, source, tenant, 10_000)
+        .await
         .unwrap()
         .into_iter()
         .map(|e: EventSummary| (e.version_ms, e.mirror_effect.unwrap_or_default()))
@@ -99,14 +101,14 @@ async fn an_older_update_never_overwrites_a_newer_one() {
         dc("CLASS_UPDATED", class(7, "Late and old"), 200),
     )
     .await;
-    let entity = one(&gw.store, "class", "7", "school");
+    let entity = one(&gw.store, "class", "7", "school").await;
     assert_eq!(entity.data["name"], "Newest");
     assert_eq!(entity.version_ms, 300);
     assert_eq!(entity.tenant.as_deref(), Some("my-school"));
     assert_eq!(entity.data["startDate"], "2024-01-01");
     assert_eq!(entity.data["description"], Value::Null);
     assert_eq!(
-        history(&gw.store, "class", "7", "school", Some("my-school")),
+        history(&gw.store, "class", "7", "school", Some("my-school")).await,
         [
             (100, "applied".into()),
             (200, "stale".into()),
@@ -121,7 +123,7 @@ async fn an_older_update_never_overwrites_a_newer_one() {
     )
     .await;
     assert_eq!(
-        one(&gw.store, "class", "7", "school").data["name"],
+        one(&gw.store, "class", "7", "school").await.data["name"],
         "Same version, later"
     );
     gw.stop().await;
@@ -144,7 +146,7 @@ async fn a_tombstone_stops_late_updates_until_a_newer_create() {
         dc("CLASS_UPDATED", class(8, "Update of a deleted class"), 400),
     )
     .await;
-    let entity = one(&gw.store, "class", "8", "school");
+    let entity = one(&gw.store, "class", "8", "school").await;
     assert!(entity.deleted);
     assert_eq!(entity.version_ms, 300);
     assert_eq!(
@@ -153,11 +155,12 @@ async fn a_tombstone_stops_late_updates_until_a_newer_create() {
     );
     let listed = gw
         .store
-        .list_entities(&EntityFilter {
+        .list_entities(EntityFilter {
             kind: "class".into(),
             limit: 10,
             ..Default::default()
         })
+        .await
         .unwrap();
     assert!(
         listed.is_empty(),
@@ -170,11 +173,11 @@ async fn a_tombstone_stops_late_updates_until_a_newer_create() {
         dc("CLASS_CREATED", class(8, "Created again"), 500),
     )
     .await;
-    let entity = one(&gw.store, "class", "8", "school");
+    let entity = one(&gw.store, "class", "8", "school").await;
     assert!(!entity.deleted);
     assert_eq!(entity.data["name"], "Created again");
     assert_eq!(
-        history(&gw.store, "class", "8", "school", Some("my-school")),
+        history(&gw.store, "class", "8", "school", Some("my-school")).await,
         [
             (100, "applied".into()),
             (200, "stale".into()),
@@ -193,10 +196,10 @@ async fn quarantined_events_do_not_touch_the_mirror() {
     let mut bad = class(9, "Bad");
     bad["capacity"] = json!("twelve");
     post(&gw, "school", dc("CLASS_UPDATED", bad, 200)).await;
-    let entity = one(&gw.store, "class", "9", "school");
+    let entity = one(&gw.store, "class", "9", "school").await;
     assert_eq!(entity.data["name"], "Good");
     assert_eq!(
-        history(&gw.store, "class", "9", "school", Some("my-school")),
+        history(&gw.store, "class", "9", "school", Some("my-school")).await,
         [(100, "applied".into()), (200, String::new())]
     );
     gw.stop().await;
@@ -217,7 +220,7 @@ async fn typed_kinds_carry_their_fields_and_children() {
         lw_signed(&course("c1", "Old name", "2024-01-01T00:00:00Z", 1)),
     )
     .await;
-    let entity = one(&gw.store, "course", "c1", "courses");
+    let entity = one(&gw.store, "course", "c1", "courses").await;
     assert_eq!(entity.tenant, None);
     assert_eq!(entity.data["name"], "Rust");
     assert_eq!(entity.data["plans"].as_array().unwrap().len(), 2);
@@ -232,7 +235,7 @@ async fn typed_kinds_carry_their_fields_and_children() {
     let spec = classhook::mirror::kinds::typed_by_name("enrollment").unwrap();
     let by_email = gw
         .store
-        .list_entities(&EntityFilter {
+        .list_entities(EntityFilter {
             kind: "enrollment".into(),
             fields: vec![(
                 spec.filter_field("user_email").unwrap().column,
@@ -241,6 +244,7 @@ async fn typed_kinds_carry_their_fields_and_children() {
             limit: 10,
             ..Default::default()
         })
+        .await
         .unwrap();
     assert_eq!(by_email.len(), 1);
     assert_eq!(by_email[0].data["user"]["email"], "b@example.com");
@@ -268,11 +272,11 @@ async fn typed_kinds_carry_their_fields_and_children() {
         ),
     )
     .await;
-    let attendance = one(&gw.store, "attendance", "52", "school");
+    let attendance = one(&gw.store, "attendance", "52", "school").await;
     assert_eq!(attendance.data["classId"], 34);
     assert_eq!(attendance.data["type"], "SESSION");
     assert_eq!(
-        one(&gw.store, "student_period", "74", "school").data["active"],
+        one(&gw.store, "student_period", "74", "school").await.data["active"],
         true
     );
     gw.stop().await;
@@ -317,7 +321,10 @@ async fn other_families_go_to_the_generic_mirror() {
         dc("BRAND_NEW_THING_UPDATED", json!({"id": "x1", "v": 1}), 100),
     )
     .await;
-    assert_eq!(one(&gw.store, "payment", "5", "school").data["status"], 1);
+    assert_eq!(
+        one(&gw.store, "payment", "5", "school").await.data["status"],
+        1
+    );
     assert_eq!(
         one(
             &gw.store,
@@ -325,11 +332,12 @@ async fn other_families_go_to_the_generic_mirror() {
             "classId=3,studentPeriodId=9",
             "school"
         )
+        .await
         .data["classId"],
         3
     );
     assert_eq!(
-        one(&gw.store, "brand_new_thing", "x1", "school").data["v"],
+        one(&gw.store, "brand_new_thing", "x1", "school").await.data["v"],
         1
     );
     gw.stop().await;
@@ -425,15 +433,15 @@ async fn undocumented_loopwise_types_never_change_a_course() {
     let archived = api(&gw, "/api/v1/entities/course.deleted/c9?source=courses").await;
     assert_eq!(archived["deleted"], false, "not a tombstone: {archived}");
 
-    let live = snapshot(&gw.store);
-    let live_effects = effects_of(&gw.store);
+    let live = snapshot(&gw.store).await;
+    let live_effects = effects_of(&gw.store).await;
     let report = gw.store.rebuild_mirror().await.unwrap();
     assert_eq!(report.redescribed, 0);
-    assert_eq!(snapshot(&gw.store), live);
+    assert_eq!(snapshot(&gw.store).await, live);
 
     // What an older classhook stored: the undocumented events described as course
     // events, and the course they damaged. A rebuild repairs both.
-    let conn = rusqlite::Connection::open(gw.store.path()).unwrap();
+    let conn = rusqlite::Connection::open(gw.store.location()).unwrap();
     conn.execute_batch(
         "UPDATE events SET entity_kind = 'course', entity_op = 'archived'
              WHERE event_type = 'course.archived';
@@ -445,8 +453,8 @@ async fn undocumented_loopwise_types_never_change_a_course() {
     drop(conn);
     let report = gw.store.rebuild_mirror().await.unwrap();
     assert_eq!(report.redescribed, 2);
-    assert_eq!(snapshot(&gw.store), live);
-    assert_eq!(effects_of(&gw.store), live_effects);
+    assert_eq!(snapshot(&gw.store).await, live);
+    assert_eq!(effects_of(&gw.store).await, live_effects);
     assert_eq!(unknown_events(&gw, "courses").await.len(), 2);
     let history = api(&gw, "/api/v1/entities/course/c9/history?source=courses").await;
     assert_eq!(history["events"].as_array().unwrap().len(), 2, "{history}");
@@ -475,7 +483,7 @@ async fn undocumented_dreamclass_types_never_change_a_class() {
     assert_eq!(entity["data"]["name"], "Algebra II");
     assert_eq!(entity["data"]["code"], "c-7");
     assert_eq!(
-        history(&gw.store, "class", "7", "school", Some("my-school")),
+        history(&gw.store, "class", "7", "school", Some("my-school")).await,
         [(100, "applied".into()), (400, "applied".into())]
     );
     assert_eq!(
@@ -499,12 +507,16 @@ async fn undocumented_dreamclass_types_never_change_a_class() {
             ("GRADE_DELETED".into(), "grade".into(), "deleted".into()),
         ]
     );
-    assert!(one(&gw.store, "grade", "7", "school").deleted);
-    assert!(!one(&gw.store, "class_archived", "7", "school").deleted);
+    assert!(one(&gw.store, "grade", "7", "school").await.deleted);
+    assert!(
+        !one(&gw.store, "class_archived", "7", "school")
+            .await
+            .deleted
+    );
 
-    let live = snapshot(&gw.store);
+    let live = snapshot(&gw.store).await;
     gw.store.rebuild_mirror().await.unwrap();
-    assert_eq!(snapshot(&gw.store), live);
+    assert_eq!(snapshot(&gw.store).await, live);
     gw.stop().await;
 }
 
@@ -577,12 +589,12 @@ async fn a_refund_supersedes_its_payment_in_either_order() {
         [("payment.paid", "stale"), ("payment.refund", "applied")]
     );
 
-    let live = snapshot(&gw.store);
-    let live_effects = effects_of(&gw.store);
+    let live = snapshot(&gw.store).await;
+    let live_effects = effects_of(&gw.store).await;
     let report = gw.store.rebuild_mirror().await.unwrap();
     assert_eq!(report.redescribed, 0);
-    assert_eq!(snapshot(&gw.store), live);
-    assert_eq!(effects_of(&gw.store), live_effects);
+    assert_eq!(snapshot(&gw.store).await, live);
+    assert_eq!(effects_of(&gw.store).await, live_effects);
     gw.stop().await;
 }
 
@@ -746,25 +758,26 @@ async fn dreamclass_payments_stay_generic_beside_loopwise_payments() {
             (json!("loopwise"), json!(true))
         ]
     );
-    let live = snapshot(&gw.store);
+    let live = snapshot(&gw.store).await;
     gw.store.rebuild_mirror().await.unwrap();
-    assert_eq!(snapshot(&gw.store), live);
+    assert_eq!(snapshot(&gw.store).await, live);
     gw.stop().await;
 }
 
 /// Every entity of every kind, deleted ones included.
-fn snapshot(store: &Store) -> Vec<Entity> {
+async fn snapshot(store: &Store) -> Vec<Entity> {
     let mut all = Vec::new();
-    for count in store.mirror_counts().unwrap() {
+    for count in store.mirror_counts().await.unwrap() {
         all.extend(
             store
-                .list_entities(&EntityFilter {
+                .list_entities(EntityFilter {
                     kind: count.kind.clone(),
                     provider: count.provider,
                     include_deleted: true,
                     limit: 100_000,
                     ..Default::default()
                 })
+                .await
                 .unwrap(),
         );
     }
@@ -772,17 +785,18 @@ fn snapshot(store: &Store) -> Vec<Entity> {
     all
 }
 
-fn effects_of(store: &Store) -> Vec<(i64, Option<String>)> {
+async fn effects_of(store: &Store) -> Vec<(i64, Option<String>)> {
     let mut events = store
-        .list_events(&classhook::store::EventFilter {
+        .list_events(classhook::store::EventFilter {
             limit: 100_000,
             ..Default::default()
         })
+        .await
         .unwrap();
     events.sort_by_key(|e| e.seq);
     events
         .into_iter()
-        .map(|e| (e.seq, e.mirror_effect))
+        .map(|e| (e.seq.get(), e.mirror_effect))
         .collect()
 }
 
@@ -845,8 +859,8 @@ async fn rebuild_reproduces_live_ingestion_of_a_shuffled_stream() {
     for (source, request) in stream {
         post(&gw, source, request).await;
     }
-    let live = snapshot(&gw.store);
-    let live_effects = effects_of(&gw.store);
+    let live = snapshot(&gw.store).await;
+    let live_effects = effects_of(&gw.store).await;
     assert_eq!(live.iter().filter(|e| e.kind == "class").count(), 6);
     for entity in live.iter().filter(|e| e.kind == "class") {
         // The newest version of each class is 600 + id, written by a create and an update.
@@ -859,8 +873,8 @@ async fn rebuild_reproduces_live_ingestion_of_a_shuffled_stream() {
 
     let report = gw.store.rebuild_mirror().await.unwrap();
     assert_eq!(report.events as usize, live_effects.len());
-    assert_eq!(snapshot(&gw.store), live);
-    assert_eq!(effects_of(&gw.store), live_effects);
+    assert_eq!(snapshot(&gw.store).await, live);
+    assert_eq!(effects_of(&gw.store).await, live_effects);
     gw.stop().await;
 }
 
@@ -925,9 +939,9 @@ async fn a_rebuild_while_events_arrive_equals_a_rebuild_at_rest() {
     let source = config.sources.iter().find(|s| s.name == "school").unwrap();
     // Small chunks, so that the build runs beside ingestion for many of them.
     let store = Store::open(
-        &dir.path().join("data"),
+        &classhook::store::Location::sqlite(dir.path().join("data")),
         classhook::store::StoreOptions {
-            rebuild_chunk: 50,
+            rebuild_chunk: Some(50),
             ..Default::default()
         },
     )
@@ -940,10 +954,10 @@ async fn a_rebuild_while_events_arrive_equals_a_rebuild_at_rest() {
     append_all(&store, source, class_stream(600, 150, 2), 4).await;
     let report = rebuilding.await.unwrap().unwrap();
     assert!(report.events >= 2_000, "{report:?}");
-    let during = (snapshot(&store), effects_of(&store));
+    let during = (snapshot(&store).await, effects_of(&store).await);
 
     store.rebuild_mirror().await.unwrap();
-    let at_rest = (snapshot(&store), effects_of(&store));
+    let at_rest = (snapshot(&store).await, effects_of(&store).await);
     assert_eq!(during.0, at_rest.0, "the mirror");
     assert_eq!(during.1, at_rest.1, "every event's effect");
     assert_eq!(during.1.len(), 2_600);

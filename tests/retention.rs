@@ -44,7 +44,7 @@ async fn old_events_are_pruned_and_the_mirror_stays() {
     let store = running.store.clone();
     let mut remaining = i64::MAX;
     for _ in 0..100 {
-        remaining = store.count_events().unwrap();
+        remaining = store.count_events().await.unwrap();
         if remaining == 1 {
             break;
         }
@@ -54,11 +54,13 @@ async fn old_events_are_pruned_and_the_mirror_stays() {
     assert!(
         store
             .find_event("school", &format!("id:{}", id_of(&fresh)))
+            .await
             .unwrap()
             .is_some()
     );
     let classes = store
         .mirror_counts()
+        .await
         .unwrap()
         .into_iter()
         .find(|k| k.kind == "class")
@@ -101,13 +103,14 @@ async fn pruning_an_event_prunes_its_deliveries_and_their_attempts() {
     assert_eq!(pruned, 1);
     let left = gw
         .store
-        .list_deliveries(&classhook::store::DeliveryFilter {
+        .list_deliveries(classhook::store::DeliveryFilter {
             limit: 100,
             ..Default::default()
         })
+        .await
         .unwrap();
     assert_eq!(left.len(), 1, "only the fresh event's delivery: {left:?}");
-    let db = rusqlite::Connection::open(gw.store.path()).unwrap();
+    let db = rusqlite::Connection::open(gw.store.location()).unwrap();
     let (deliveries, attempts): (i64, i64) = db
         .query_row(
             "SELECT (SELECT count(*) FROM deliveries), (SELECT count(*) FROM attempts)",

@@ -23,7 +23,7 @@ async fn readiness_is_a_real_write() {
 }
 
 fn probed_at(gw: &Gateway) -> i64 {
-    rusqlite::Connection::open(gw.store.path())
+    rusqlite::Connection::open(gw.store.location())
         .unwrap()
         .query_row("SELECT probed_at_ms FROM readiness", [], |r| r.get(0))
         .unwrap()
@@ -56,7 +56,7 @@ async fn a_removed_data_directory_is_refused_not_acknowledged() {
 #[tokio::test]
 async fn a_replaced_database_file_is_refused_not_acknowledged() {
     let gw = Gateway::start().await;
-    let path = gw.store.path().to_path_buf();
+    let path = std::path::PathBuf::from(gw.store.location());
     let aside = path.with_extension("aside");
     std::fs::rename(&path, &aside).unwrap();
     std::fs::copy(&aside, &path).unwrap();

@@ -102,7 +102,7 @@ pub async fn spawn(binary: &str, args: &[&str]) -> (Child, SocketAddr) {
 /// classes, payments and (0.1 %) quarantined events. Returns the first receive time.
 pub async fn seed(config: &Config, events: u64, entities: u64) -> i64 {
     let store = Store::open(
-        &config.server.data_dir,
+        &config.store_location(),
         StoreOptions {
             max_batch: 4096,
             ..StoreOptions::default()

@@ -28,7 +28,7 @@ use crate::store::{Entity, EntityFilter};
 pub async fn list_kinds(
     State(state): State<Arc<ApiState>>,
 ) -> Result<Json<Vec<KindView>>, ApiError> {
-    let counts = read(&state, |store| store.mirror_counts()).await?;
+    let counts = read(state.store.mirror_counts()).await?;
     Ok(Json(counts.into_iter().map(Into::into).collect()))
 }
 
@@ -200,7 +200,7 @@ pub async fn list_entities(
     known_parameters(provider, &kind, raw_query.as_deref())?;
     if !kinds::documented(&kind) {
         let k = kind.clone();
-        let counts = read(&state, |store| store.mirror_counts()).await?;
+        let counts = read(state.store.mirror_counts()).await?;
         if !counts.iter().any(|c| c.kind == k) {
             return Err(ApiError::not_found(format!(
                 "no entity kind {kind:?}: see GET /entities for the kinds the mirror holds"
@@ -219,7 +219,7 @@ pub async fn list_entities(
         limit: limit(q.limit)?,
     };
     let page_size = filter.limit;
-    let entities = read(&state, move |store| store.list_entities(&filter)).await?;
+    let entities = read(state.store.list_entities(filter)).await?;
     let (items, next_cursor) = page(entities, page_size, |e| e.position, Into::into);
     Ok(Json(EntityPage { items, next_cursor }))
 }
@@ -239,17 +239,14 @@ async fn find_one(
     id: String,
     key: EntityKey,
 ) -> Result<Entity, ApiError> {
-    let (k, i) = (kind.clone(), id.clone());
     let provider = platform_for_request(&kind, key.source.as_deref(), &state.sources);
-    let mut found = read(state, move |store| {
-        store.find_entities(
-            provider,
-            &k,
-            &i,
-            key.source.as_deref(),
-            key.tenant.as_deref(),
-        )
-    })
+    let mut found = read(state.store.find_entities(
+        provider,
+        &kind,
+        &id,
+        key.source.as_deref(),
+        key.tenant.as_deref(),
+    ))
     .await?;
     match found.len() {
         0 => Err(ApiError::not_found(format!("no {kind} with id {id:?}"))),
@@ -298,15 +295,13 @@ pub async fn entity_history(
     Query(key): Query<EntityKey>,
 ) -> Result<Json<EntityHistory>, ApiError> {
     let entity = find_one(&state, kind, id, key).await?;
-    let (kind, id, source, tenant) = (
-        entity.kind.clone(),
-        entity.id.clone(),
-        entity.source.clone(),
-        entity.tenant.clone(),
-    );
-    let mut events = read(&state, move |store| {
-        store.entity_history(&kind, &id, &source, tenant.as_deref(), MAX_HISTORY + 1)
-    })
+    let mut events = read(state.store.entity_history(
+        &entity.kind,
+        &entity.id,
+        &entity.source,
+        entity.tenant.as_deref(),
+        MAX_HISTORY + 1,
+    ))
     .await?;
     let mut truncated = events.len() > MAX_HISTORY;
     if truncated {

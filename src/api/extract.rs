@@ -69,12 +69,13 @@ pub fn limit(value: Option<u32>) -> Result<usize, ApiError> {
 }
 
 /// Cursors are opaque to clients; inside they are a row position.
-pub fn parse_cursor(value: Option<&str>) -> Result<Option<i64>, ApiError> {
+pub fn parse_cursor<Id: From<i64>>(value: Option<&str>) -> Result<Option<Id>, ApiError> {
     value
         .map(|text| {
             text.parse::<i64>()
                 .ok()
                 .filter(|n| *n >= 0)
+                .map(Id::from)
                 .ok_or_else(|| bad_request("`cursor` is not one this API handed out"))
         })
         .transpose()

@@ -165,14 +165,9 @@ fn store_error(error: StoreError) -> ApiError {
     )
 }
 
-/// Runs a blocking store read off the async workers.
-async fn read<T: Send + 'static>(
-    state: &Arc<ApiState>,
-    query: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+/// Awaits a store read, its error as the API answers it.
+async fn read<T>(
+    query: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, ApiError> {
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || query(&store))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(store_error)
+    query.await.map_err(store_error)
 }

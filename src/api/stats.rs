@@ -36,7 +36,7 @@ pub async fn get_stats(
 ) -> Result<Json<Stats>, ApiError> {
     let since_ms = parse_time("since", q.since.as_deref())?;
     let until_ms = parse_time("until", q.until.as_deref())?;
-    let rows = read(&state, move |store| store.stats(since_ms, until_ms)).await?;
+    let rows = read(state.store.stats(since_ms, until_ms)).await?;
     Ok(Json(Stats {
         since: q.since,
         until: q.until,

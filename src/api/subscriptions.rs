@@ -19,7 +19,9 @@ use crate::deliver::send::key_bytes;
 use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec, parse_schedule};
 use crate::http::ApiError;
 use crate::secret::Secret;
-use crate::store::{AttemptRecord, Delivery, DeliveryFilter, DeliveryState, StoreError};
+use crate::store::{
+    AttemptRecord, Delivery, DeliveryFilter, DeliveryId, DeliveryState, StoreError,
+};
 
 /// A subscription as shown: secrets never appear, only whether they are set.
 #[derive(Debug, Serialize, ToSchema)]
@@ -245,10 +247,9 @@ fn change_error(error: StoreError) -> ApiError {
 }
 
 async fn find(state: &Arc<ApiState>, name: String) -> Result<Subscription, ApiError> {
-    let shown = name.clone();
-    read(state, move |store| store.get_subscription(&name))
+    read(state.store.get_subscription(&name))
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no subscription named {shown:?}")))
+        .ok_or_else(|| ApiError::not_found(format!("no subscription named {name:?}")))
 }
 
 /// Lists subscriptions.
@@ -259,7 +260,7 @@ async fn find(state: &Arc<ApiState>, name: String) -> Result<Subscription, ApiEr
 pub async fn list_subscriptions(
     State(state): State<Arc<ApiState>>,
 ) -> Result<axum::Json<Vec<SubscriptionView>>, ApiError> {
-    let all = read(&state, |store| store.list_subscriptions()).await?;
+    let all = read(state.store.list_subscriptions()).await?;
     Ok(axum::Json(all.into_iter().map(Into::into).collect()))
 }
 
@@ -321,7 +322,10 @@ pub async fn update_subscription(
     let allow_private = state.allow_private_destinations;
     let updated = state
         .store
-        .update_subscription(&name, move |current| fields.apply(current, allow_private))
+        .update_subscription(
+            &name,
+            Box::new(move |current| fields.apply(current, allow_private)),
+        )
         .await
         .map_err(change_error)?;
     Ok(axum::Json(updated.into()))
@@ -488,9 +492,9 @@ pub struct DeliveryView {
 impl From<Delivery> for DeliveryView {
     fn from(d: Delivery) -> Self {
         DeliveryView {
-            id: d.id,
+            id: d.id.get(),
             subscription: d.subscription,
-            event_id: d.event_seq,
+            event_id: d.event_seq.get(),
             webhook_id: d.webhook_id,
             state: d.state.as_str().to_string(),
             attempts: d.attempts,
@@ -582,8 +586,8 @@ pub async fn list_deliveries(
         limit: limit(q.limit)?,
     };
     let page_size = filter.limit;
-    let deliveries = read(&state, move |store| store.list_deliveries(&filter)).await?;
-    let (items, next_cursor) = page(deliveries, page_size, |d| d.id, Into::into);
+    let deliveries = read(state.store.list_deliveries(filter)).await?;
+    let (items, next_cursor) = page(deliveries, page_size, |d| d.id.get(), Into::into);
     Ok(axum::Json(DeliveryPage { items, next_cursor }))
 }
 
@@ -598,9 +602,9 @@ pub async fn list_deliveries(
     ))]
 pub async fn get_delivery(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<i64>,
+    Path(id): Path<DeliveryId>,
 ) -> Result<axum::Json<DeliveryDetail>, ApiError> {
-    let (delivery, attempts) = read(&state, move |store| store.get_delivery(id))
+    let (delivery, attempts) = read(state.store.get_delivery(id))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no delivery with id {id}")))?;
     Ok(axum::Json(DeliveryDetail {
@@ -622,7 +626,7 @@ pub async fn get_delivery(
     ))]
 pub async fn replay_delivery(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<i64>,
+    Path(id): Path<DeliveryId>,
 ) -> Result<axum::Json<Queued>, ApiError> {
     let now = state.clock.now_ms();
     state

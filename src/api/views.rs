@@ -55,7 +55,7 @@ pub struct EventView {
 impl From<EventSummary> for EventView {
     fn from(e: EventSummary) -> Self {
         EventView {
-            id: e.seq,
+            id: e.seq.get(),
             source: e.source,
             provider: e.provider.as_str().to_string(),
             tenant: e.tenant,
@@ -194,7 +194,7 @@ impl From<Entity> for EntityView {
             id: e.id,
             deleted: e.deleted,
             version_ms: e.version_ms,
-            event_id: e.event_seq,
+            event_id: e.event_seq.get(),
             data: e.data,
         }
     }
@@ -303,3 +303,5 @@ pub struct ErrorBody {
     /// What is wrong, for a person.
     pub message: String,
 }
+
+pub use super::subscriptions::{AttemptView, DeliveryDetail, DeliveryView, SubscriptionView};

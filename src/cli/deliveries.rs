@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Args;
 
+use crate::api::views::DeliveryView;
 use crate::clock::{Clock, SystemClock, format_ms};
 use crate::config::Config;
-use crate::store::{DeliveryFilter, DeliveryState, Store};
+use crate::store::{DeliveryFilter, DeliveryId, DeliveryState, Store};
 
 #[derive(Debug, Args)]
 pub struct DeliveriesArgs {
@@ -19,8 +20,12 @@ pub struct DeliveriesArgs {
     /// Only dead letters.
     #[arg(long)]
     dead: bool,
+    /// How many to show.
     #[arg(long, default_value_t = 50)]
     limit: usize,
+    /// One JSON object per line (as the API's `/api/v1/deliveries` items).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -32,7 +37,7 @@ pub struct DeliveriesArgs {
 pub struct ReplayArgs {
     /// Replay this one delivery.
     #[arg(long)]
-    delivery: Option<i64>,
+    delivery: Option<DeliveryId>,
     /// Replay this subscription's deliveries: its dead letters (--dead) or every one
     /// of them (--all).
     #[arg(long, requires = "which")]
@@ -56,19 +61,28 @@ pub struct ReplayArgs {
     until: Option<String>,
 }
 
-pub fn list(config: Config, args: &DeliveriesArgs) -> anyhow::Result<ExitCode> {
+pub async fn list(config: Config, args: &DeliveriesArgs) -> anyhow::Result<ExitCode> {
     let store = super::open_for_reading(&config)?;
     if let Some(name) = &args.subscription
-        && store.get_subscription(name)?.is_none()
+        && store.get_subscription(name).await?.is_none()
     {
         bail!("no subscription named {name:?}");
     }
-    let deliveries = store.list_deliveries(&DeliveryFilter {
-        subscription: args.subscription.clone(),
-        state: args.dead.then_some(DeliveryState::Dead),
-        before_id: None,
-        limit: args.limit,
-    })?;
+    let deliveries = store
+        .list_deliveries(DeliveryFilter {
+            subscription: args.subscription.clone(),
+            state: args.dead.then_some(DeliveryState::Dead),
+            before_id: None,
+            limit: args.limit,
+        })
+        .await?;
+    if args.json {
+        let mut out = std::io::stdout().lock();
+        for d in deliveries {
+            super::print_json_line(&mut out, &DeliveryView::from(d))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "{:>6}  {:<16}  {:>6}  {:<9}  {:>8}  {:<24}  last error",
         "id", "subscription", "event", "state", "attempts", "next / delivered"
@@ -98,7 +112,7 @@ pub async fn replay(config: Config, args: &ReplayArgs) -> anyhow::Result<ExitCod
     let until = super::parse_time_flag("until", args.until.as_deref())?;
     if let (true, Some(name)) = (args.dry_run, &args.subscription) {
         let store = super::open_for_reading(&config)?;
-        return dry_run(&store, name, args.dead, since, until);
+        return dry_run(&store, name, args.dead, since, until).await;
     }
     let store = super::open_existing(&config)?;
     let now = SystemClock.now_ms();
@@ -119,25 +133,27 @@ pub async fn replay(config: Config, args: &ReplayArgs) -> anyhow::Result<ExitCod
 }
 
 /// Lists the deliveries `replay --subscription` would queue again, and changes nothing.
-fn dry_run(
+async fn dry_run(
     store: &Store,
     name: &str,
     dead_only: bool,
     since: Option<i64>,
     until: Option<i64>,
 ) -> anyhow::Result<ExitCode> {
-    if store.get_subscription(name)?.is_none() {
+    if store.get_subscription(name).await?.is_none() {
         bail!("no subscription named {name:?}");
     }
     let mut before_id = None;
     let mut chosen = Vec::new();
     loop {
-        let page = store.list_deliveries(&DeliveryFilter {
-            subscription: Some(name.to_string()),
-            state: dead_only.then_some(DeliveryState::Dead),
-            before_id,
-            limit: 1000,
-        })?;
+        let page = store
+            .list_deliveries(DeliveryFilter {
+                subscription: Some(name.to_string()),
+                state: dead_only.then_some(DeliveryState::Dead),
+                before_id,
+                limit: 1000,
+            })
+            .await?;
         let Some(last) = page.last() else { break };
         before_id = Some(last.id);
         let full = page.len() == 1000;

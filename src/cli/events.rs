@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use crate::api::views::EventView;
 use crate::clock::format_ms;
 use crate::config::Config;
 use crate::event::EventStatus;
@@ -25,6 +26,9 @@ pub struct EventsArgs {
     /// How many events to show.
     #[arg(long, default_value_t = 20)]
     limit: usize,
+    /// One JSON object per line (as the API's `/api/v1/events` items).
+    #[arg(long)]
+    json: bool,
 }
 
 fn parse_type(text: &str) -> Result<String, String> {
@@ -42,15 +46,24 @@ fn parse_status(text: &str) -> Result<EventStatus, String> {
         .ok_or_else(|| format!("{text:?} is not ok, unknown_type or quarantined"))
 }
 
-pub fn run(config: Config, args: &EventsArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(config: Config, args: &EventsArgs) -> anyhow::Result<ExitCode> {
     let store = super::open_for_reading(&config)?;
-    let events = store.list_events(&EventFilter {
-        source: args.source.clone(),
-        event_type: args.event_type.clone(),
-        status: args.status,
-        limit: args.limit,
-        ..EventFilter::default()
-    })?;
+    let events = store
+        .list_events(EventFilter {
+            source: args.source.clone(),
+            event_type: args.event_type.clone(),
+            status: args.status,
+            limit: args.limit,
+            ..EventFilter::default()
+        })
+        .await?;
+    if args.json {
+        let mut out = std::io::stdout().lock();
+        for e in events {
+            super::print_json_line(&mut out, &EventView::from(e))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     // Both identifiers are what `GET /api/v1/events/{id}` takes: the sequence number,
     // and the platform's (the DreamClass id, a Loopwise event's sha256 key).
     println!(

@@ -48,20 +48,20 @@ pub struct ExportArgs {
     include_deleted: bool,
 }
 
-pub fn run(config: Config, args: &ExportArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(config: Config, args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let store = super::open_for_reading(&config)?;
     let since_ms = super::parse_time_flag("since", args.since.as_deref())?;
     let stdout = std::io::stdout().lock();
     let mut out = Output::new(args.format, stdout);
     match &args.kind {
-        Some(kind) => export_entities(&config, &store, &mut out, kind, args, since_ms)?,
-        None => export_events(&store, &mut out, args, since_ms)?,
+        Some(kind) => export_entities(&config, &store, &mut out, kind, args, since_ms).await?,
+        None => export_events(&store, &mut out, args, since_ms).await?,
     }
     out.finish()?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn export_events(
+async fn export_events(
     store: &Store,
     out: &mut Output<impl Write>,
     args: &ExportArgs,
@@ -75,13 +75,15 @@ fn export_events(
     )?;
     let mut before_seq = None;
     loop {
-        let page = store.list_events(&EventFilter {
-            source: args.source.clone(),
-            since_ms,
-            before_seq,
-            limit: PAGE,
-            ..EventFilter::default()
-        })?;
+        let page = store
+            .list_events(EventFilter {
+                source: args.source.clone(),
+                since_ms,
+                before_seq,
+                limit: PAGE,
+                ..EventFilter::default()
+            })
+            .await?;
         let Some(last) = page.last() else { break };
         before_seq = Some(last.seq);
         let full = page.len() == PAGE;
@@ -138,7 +140,7 @@ fn event_csv_row(e: &EventView) -> Vec<String> {
     ]
 }
 
-fn export_entities(
+async fn export_entities(
     config: &Config,
     store: &Store,
     out: &mut Output<impl Write>,
@@ -154,7 +156,7 @@ fn export_entities(
         .collect();
     let provider = platform_for_request(kind, args.source.as_deref(), &sources);
     // As the API: an unknown kind is an error, not an empty export.
-    if !kinds::documented(kind) && !store.mirror_counts()?.iter().any(|c| c.kind == kind) {
+    if !kinds::documented(kind) && !store.mirror_counts().await?.iter().any(|c| c.kind == kind) {
         bail!("no entity kind {kind:?}: neither documented nor in the mirror");
     }
     // Typed kinds get one CSV column per field; other kinds one `data` column of JSON.
@@ -181,16 +183,18 @@ fn export_entities(
     out.header(&columns)?;
     let mut after = None;
     loop {
-        let page = store.list_entities(&EntityFilter {
-            kind: kind.to_string(),
-            provider,
-            source: args.source.clone(),
-            include_deleted: args.include_deleted,
-            since_version_ms: since_ms,
-            after,
-            limit: PAGE,
-            ..EntityFilter::default()
-        })?;
+        let page = store
+            .list_entities(EntityFilter {
+                kind: kind.to_string(),
+                provider,
+                source: args.source.clone(),
+                include_deleted: args.include_deleted,
+                since_version_ms: since_ms,
+                after,
+                limit: PAGE,
+                ..EntityFilter::default()
+            })
+            .await?;
         let Some(last) = page.last() else { break };
         after = Some(last.position);
         let full = page.len() == PAGE;

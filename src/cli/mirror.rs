@@ -9,8 +9,8 @@ use crate::config::Config;
 #[derive(Debug, Subcommand)]
 pub enum MirrorCommand {
     /// Recompute every mirrored entity from the stored events, in receive order.
-    /// Runs in one transaction; a gateway writing to the same data directory waits
-    /// (and answers 503 if it waits longer than its append timeout; platforms retry).
+    /// The new mirror is built beside the live one while a running gateway keeps
+    /// ingesting, then replaces it in one short transaction.
     Rebuild,
 }
 

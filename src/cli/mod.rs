@@ -2,11 +2,14 @@
 //! the library and print; they hold no rules of their own.
 
 mod deliveries;
+mod event;
 mod events;
 mod export;
 mod mirror;
+mod rejections;
 mod send;
 mod serve;
+mod subscriptions;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +45,14 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// List the latest stored events.
     Events(events::EventsArgs),
+    /// Show one stored event in full.
+    #[command(subcommand)]
+    Event(event::EventCommand),
+    /// List the latest refused requests and why.
+    Rejections(rejections::RejectionsArgs),
+    /// List, pause and resume subscriptions.
+    #[command(subcommand)]
+    Subscriptions(subscriptions::SubscriptionsCommand),
     /// List deliveries to subscribers (the dead-letter list with --dead).
     Deliveries(deliveries::DeliveriesArgs),
     /// Queue deliveries again: one, or a subscription's dead ones (--dead) or all (--all).
@@ -51,6 +62,12 @@ pub enum Command {
     Mirror(mirror::MirrorCommand),
     /// Stream events or entities out as JSON lines or CSV.
     Export(export::ExportArgs),
+    /// Print a shell completion script, e.g. `classhook completions bash >
+    /// /etc/bash_completion.d/classhook`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Serve the benchmark's ceiling: the same HTTP stack answering `{}` without work.
     #[command(hide = true)]
     NullServer {
@@ -87,6 +104,16 @@ impl Cli {
     }
 }
 
+/// Writes `value` as one line of JSON (the `--json` output of listing commands).
+fn print_json_line(
+    out: &mut impl std::io::Write,
+    value: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
 /// Whether `error` comes from writing to a pipe whose reader has gone.
 pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
@@ -117,7 +144,7 @@ fn parse_time_flag(flag: &str, value: Option<&str>) -> anyhow::Result<Option<i64
 
 /// Opens the configured data directory's database for reading.
 fn open_for_reading(config: &Config) -> anyhow::Result<Store> {
-    match Store::open_read_only(&config.server.data_dir) {
+    match Store::open_read_only(&config.store_location()) {
         Err(StoreError::NoDatabase(path)) => Err(no_database(config, &path)),
         other => Ok(other?),
     }
@@ -126,14 +153,10 @@ fn open_for_reading(config: &Config) -> anyhow::Result<Store> {
 /// Opens the configured data directory's database to change it (re-queue, rebuild);
 /// unlike `serve`, never creates one.
 fn open_existing(config: &Config) -> anyhow::Result<Store> {
-    let path = Store::database_path(&config.server.data_dir);
-    if !path.exists() {
-        return Err(no_database(config, &path));
+    match Store::open_existing(&config.store_location(), StoreOptions::default()) {
+        Err(StoreError::NoDatabase(path)) => Err(no_database(config, &path)),
+        other => Ok(other?),
     }
-    Ok(Store::open(
-        &config.server.data_dir,
-        StoreOptions::default(),
-    )?)
 }
 
 /// Says plainly that there is no database, where it was looked for and why there.
@@ -154,13 +177,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => send::run(&cli, args).await,
         Command::Verify(args) => verify::run(&cli, args),
         // These neither receive nor send: they do not need (or read) any secret.
-        Command::Events(args) => events::run(cli.load_config_without_secrets()?, args),
-        Command::Deliveries(args) => deliveries::list(cli.load_config_without_secrets()?, args),
+        Command::Events(args) => events::run(cli.load_config_without_secrets()?, args).await,
+        Command::Event(command) => event::run(cli.load_config_without_secrets()?, command).await,
+        Command::Rejections(args) => {
+            rejections::run(cli.load_config_without_secrets()?, args).await
+        }
+        Command::Subscriptions(command) => {
+            subscriptions::run(cli.load_config_without_secrets()?, command).await
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "classhook", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deliveries(args) => {
+            deliveries::list(cli.load_config_without_secrets()?, args).await
+        }
         Command::Replay(args) => deliveries::replay(cli.load_config_without_secrets()?, args).await,
         Command::Mirror(command) => mirror::run(cli.load_config_without_secrets()?, command).await,
         Command::Export(args) => {
             export::check(args)?;
-            export::run(cli.load_config_without_secrets()?, args)
+            export::run(cli.load_config_without_secrets()?, args).await
         }
         Command::NullServer { listen } => serve::run_null(*listen).await,
     }

@@ -22,7 +22,9 @@ use super::schedule::{self, Next, Outcome};
 use super::send::{self, Sender};
 use super::subscription::Subscription;
 use crate::clock::Clock;
-use crate::store::{AttemptRecorded, AttemptResult, Claimed, Store};
+use crate::store::{
+    AttemptRecorded, AttemptResult, ClaimRequest, Claimed, Lease, Store, SubscriptionId,
+};
 
 #[derive(Debug, Clone)]
 pub struct DispatchOptions {
@@ -61,11 +63,11 @@ pub struct Dispatcher {
     sender: Sender,
     options: DispatchOptions,
     /// Leased and not yet finished, per subscription.
-    in_flight: HashMap<i64, usize>,
+    in_flight: HashMap<SubscriptionId, usize>,
     /// Per subscription: its `max_in_flight` and the semaphore enforcing it.
-    slots: HashMap<i64, (u32, Arc<Semaphore>)>,
+    slots: HashMap<SubscriptionId, (u32, Arc<Semaphore>)>,
     /// Running attempts; each ends with its subscription id and what became of it.
-    attempts: JoinSet<(i64, Finished)>,
+    attempts: JoinSet<(SubscriptionId, Finished)>,
 }
 
 impl Dispatcher {
@@ -129,7 +131,7 @@ impl Dispatcher {
         ended
     }
 
-    fn finished(&mut self, ended: Result<(i64, Finished), tokio::task::JoinError>) {
+    fn finished(&mut self, ended: Result<(SubscriptionId, Finished), tokio::task::JoinError>) {
         // A panicked attempt (a bug) keeps its place in the count; its lease expires.
         if let Ok((subscription, _)) = ended
             && let Some(count) = self.in_flight.get_mut(&subscription)
@@ -142,19 +144,15 @@ impl Dispatcher {
     /// an attempt for each leased delivery. Returns how many were leased.
     pub async fn lease_and_start(&mut self) -> usize {
         let now_ms = self.clock.now_ms();
-        let subscriptions = {
-            let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.list_subscriptions()).await
-        };
-        let subscriptions: HashMap<i64, Subscription> = match subscriptions {
-            Ok(Ok(list)) => list.into_iter().map(|s| (s.id, s)).collect(),
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "dispatcher cannot read subscriptions");
-                return 0;
-            }
-            Err(_) => return 0,
-        };
-        let capacities: Vec<(i64, usize, i64)> = subscriptions
+        let subscriptions: HashMap<SubscriptionId, Subscription> =
+            match self.store.list_subscriptions().await {
+                Ok(list) => list.into_iter().map(|s| (s.id, s)).collect(),
+                Err(error) => {
+                    tracing::warn!(%error, "dispatcher cannot read subscriptions");
+                    return 0;
+                }
+            };
+        let requests: Vec<ClaimRequest> = subscriptions
             .values()
             .filter(|s| !s.paused && s.hold_until_ms <= now_ms)
             .filter_map(|s| {
@@ -164,17 +162,17 @@ impl Dispatcher {
                 // Long enough for every prefetched delivery to wait its turn and run.
                 let lease = s.spec.timeout * (PREFETCH as u32 + 1) + self.options.lease_margin;
                 // Lease in chunks, not one delivery per freed slot.
-                (free >= width || free == limit).then_some((
-                    s.id,
-                    free,
-                    now_ms + lease.as_millis() as i64,
-                ))
+                (free >= width || free == limit).then_some(ClaimRequest {
+                    subscription: s.id,
+                    capacity: free,
+                    lease_until_ms: now_ms + lease.as_millis() as i64,
+                })
             })
             .collect();
-        if capacities.is_empty() {
+        if requests.is_empty() {
             return 0;
         }
-        let claimed = match self.store.claim_due(capacities, now_ms).await {
+        let claimed = match self.store.claim_due(requests, now_ms).await {
             Ok(claimed) => claimed,
             Err(error) => {
                 tracing::warn!(%error, "dispatcher cannot lease deliveries");
@@ -237,14 +235,9 @@ impl Attempt {
         let store = &self.store;
         let claimed = &self.claimed;
         let spec = &self.subscription.spec;
-        let event = {
-            let store = store.clone();
-            let seq = claimed.event_seq;
-            tokio::task::spawn_blocking(move || store.get_event(seq)).await
-        };
-        let event = match event {
-            Ok(Ok(Some(event))) => event,
-            Ok(Ok(None)) => {
+        let event = match store.get_event(claimed.event_seq).await {
+            Ok(Some(event)) => event,
+            Ok(None) => {
                 let reason = format!(
                     "event {} is no longer stored (retention)",
                     claimed.event_seq
@@ -266,7 +259,10 @@ impl Attempt {
             return Finished::StoreFailed;
         };
         if !self.still_open().await {
-            let lease = vec![(claimed.delivery_id, claimed.lease_token)];
+            let lease = vec![Lease {
+                delivery: claimed.delivery_id,
+                token: claimed.lease_token,
+            }];
             return match store.release(lease).await {
                 Ok(()) => Finished::Released,
                 Err(_) => Finished::StoreFailed,
@@ -333,7 +329,7 @@ impl Attempt {
             Ok(AttemptRecorded::LeaseEnded) => {
                 tracing::info!(
                     subscription = spec.name,
-                    delivery = self.claimed.delivery_id,
+                    delivery = self.claimed.delivery_id.get(),
                     "attempt not recorded: the delivery was replayed or removed while it ran"
                 );
                 Finished::LeaseLost
@@ -366,17 +362,18 @@ impl Attempt {
 
     /// Whether the subscription may still be sent to (fresh from the store).
     async fn still_open(&self) -> bool {
-        let store = self.store.clone();
-        let (id, now_ms) = (self.subscription.id, self.clock.now_ms());
+        let now_ms = self.clock.now_ms();
         matches!(
-            tokio::task::spawn_blocking(move || store.subscription_open(id, now_ms)).await,
-            Ok(Ok(true))
+            self.store
+                .subscription_open(self.subscription.id, now_ms)
+                .await,
+            Ok(true)
         )
     }
 
     fn log(&self, next: &Next, outcome: &Outcome) {
         let name = &self.subscription.spec.name;
-        let delivery = self.claimed.delivery_id;
+        let delivery = self.claimed.delivery_id.get();
         match next {
             Next::Delivered => tracing::debug!(subscription = name, delivery, "delivered"),
             Next::Dead => tracing::warn!(

@@ -82,7 +82,7 @@ impl ManagedBy {
 /// A stored subscription with its state.
 #[derive(Debug, Clone)]
 pub struct Subscription {
-    pub id: i64,
+    pub id: crate::store::SubscriptionId,
     pub spec: SubscriptionSpec,
     pub managed_by: ManagedBy,
     pub paused: bool,

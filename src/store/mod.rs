@@ -1,5 +1,9 @@
-//! The only code that knows SQL. [`Store`] keeps events, duplicates and rejections;
-//! today it is the embedded SQLite backend ([`sqlite::SqliteStore`]).
+//! The only code that knows SQL. [`Store`] keeps events, the mirror, deliveries and
+//! rejections behind one interface, [`Backend`]; each backend lives in a folder of
+//! its own (`sqlite/`, the embedded default) and is chosen by [`Location`]. Callers
+//! never learn which one runs. Rules (retry schedule, hold policy, subscription
+//! defaults and validation, the mirror's version rules) stay in their domain modules:
+//! a backend stores their decisions.
 //!
 //! Invariants every backend keeps:
 //! - `append` returns only after the event is committed durably (a 200 means on disk);
@@ -34,7 +38,12 @@
 mod backend;
 mod ids;
 mod postgres;
+mod rejection_queue;
 mod sqlite;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::event::EventStatus;
 use crate::provider::ProviderKind;
@@ -45,7 +54,125 @@ pub use ids::{DeliveryId, EventSeq, SubscriptionId};
 pub use postgres::PostgresStore;
 #[doc(hidden)]
 pub use postgres::testing as postgres_testing;
-pub use sqlite::{CommitObserver, MAX_COMMIT_LAG, SqliteStore as Store, StoreOptions};
+pub use sqlite::DATABASE_FILE;
+
+/// The longest an event may wait between reaching the store and being written.
+pub const MAX_COMMIT_LAG: Duration = Duration::from_secs(45);
+
+/// A handle to the store, whichever backend holds the data; cheap to clone. Every
+/// operation is a method of [`Backend`], reached through this handle.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+}
+
+impl std::ops::Deref for Store {
+    type Target = dyn Backend;
+
+    fn deref(&self) -> &Self::Target {
+        self.backend.as_ref()
+    }
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// The embedded default: one SQLite file in this data directory.
+    Sqlite { data_dir: PathBuf },
+}
+
+impl Location {
+    pub fn sqlite(data_dir: impl Into<PathBuf>) -> Location {
+        Location::Sqlite {
+            data_dir: data_dir.into(),
+        }
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store, runs migrations and starts its writer.
+    pub fn open(location: &Location, options: StoreOptions) -> Result<Store, StoreError> {
+        let backend = match location {
+            Location::Sqlite { data_dir } => sqlite::SqliteStore::open(data_dir, options)?,
+        };
+        Ok(Store {
+            backend: Arc::new(backend),
+        })
+    }
+
+    /// Opens an existing store to change it (re-queue, rebuild): like [`Store::open`],
+    /// but `NoDatabase` when there is none yet instead of creating one.
+    pub fn open_existing(location: &Location, options: StoreOptions) -> Result<Store, StoreError> {
+        match location {
+            Location::Sqlite { data_dir } => {
+                let file = Store::sqlite_file(data_dir);
+                if !file.exists() {
+                    return Err(StoreError::NoDatabase(file));
+                }
+            }
+        }
+        Store::open(location, options)
+    }
+
+    /// Opens an existing store for reading only (no writer, no migrations):
+    /// `NoDatabase` when there is none.
+    pub fn open_read_only(location: &Location) -> Result<Store, StoreError> {
+        let backend = match location {
+            Location::Sqlite { data_dir } => sqlite::SqliteStore::open_read_only(data_dir)?,
+        };
+        Ok(Store {
+            backend: Arc::new(backend),
+        })
+    }
+
+    /// The SQLite database file of a data directory.
+    pub fn sqlite_file(data_dir: &Path) -> PathBuf {
+        data_dir.join(DATABASE_FILE)
+    }
+}
+
+/// How a store commits; the defaults suit production, tests shorten some.
+#[derive(Clone)]
+pub struct StoreOptions {
+    /// How long a write waits on a lock held by another process before failing.
+    pub busy_timeout: Duration,
+    /// How long `append` waits for its commit before reporting a timeout.
+    pub append_timeout: Duration,
+    /// The most operations committed in one transaction.
+    pub max_batch: usize,
+    /// How many writes may wait for the writer before callers wait to enqueue.
+    pub queue_capacity: usize,
+    /// Told about every batch the writer commits.
+    pub observer: Option<Arc<dyn CommitObserver>>,
+    /// SQLite: how many recent dedupe keys the writer holds in memory before it
+    /// settles them into the database in key order; `None`: the backend's default.
+    pub dedupe_settle_after: Option<usize>,
+    /// An event not written this long after `append` was called is not stored
+    /// (at most [`MAX_COMMIT_LAG`]; shorter only in tests).
+    pub max_commit_lag: Duration,
+    /// How many events `mirror rebuild` reads per chunk; `None`: the backend's default.
+    pub rebuild_chunk: Option<usize>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            busy_timeout: Duration::from_secs(5),
+            append_timeout: Duration::from_secs(8),
+            max_batch: 1024,
+            queue_capacity: 16 * 1024,
+            observer: None,
+            dedupe_settle_after: None,
+            max_commit_lag: MAX_COMMIT_LAG,
+            rebuild_chunk: None,
+        }
+    }
+}
+
+/// Told about every committed (or failed) batch, e.g. by the metrics.
+pub trait CommitObserver: Send + Sync {
+    fn batch_committed(&self, operations: usize, duration: Duration, ok: bool);
+}
 
 /// Live and deleted entities of one kind of one platform.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,15 +201,15 @@ pub struct RebuildReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendOutcome {
     /// First time seen: stored under this sequence number.
-    Stored { seq: i64 },
+    Stored { seq: EventSeq },
     /// A retry of the event stored as `seq`, with the same body: counted.
-    Duplicate { seq: i64 },
+    Duplicate { seq: EventSeq },
     /// Same dedupe key as `seq` but a different JSON value: counted, body kept as rejection.
-    Conflict { seq: i64 },
+    Conflict { seq: EventSeq },
 }
 
 impl AppendOutcome {
-    pub fn seq(self) -> i64 {
+    pub fn seq(self) -> EventSeq {
         match self {
             AppendOutcome::Stored { seq }
             | AppendOutcome::Duplicate { seq }
@@ -176,7 +303,7 @@ pub struct Rejection {
 /// A stored event as listed (without body and headers).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventSummary {
-    pub seq: i64,
+    pub seq: EventSeq,
     pub source: String,
     pub provider: ProviderKind,
     pub tenant: Option<String>,
@@ -219,7 +346,7 @@ pub struct EventFilter {
     /// Received before (epoch ms).
     pub until_ms: Option<i64>,
     /// Only events with a smaller sequence number (the pagination cursor).
-    pub before_seq: Option<i64>,
+    pub before_seq: Option<EventSeq>,
     pub limit: usize,
 }
 
@@ -265,7 +392,7 @@ pub struct Entity {
     pub deleted: bool,
     pub version_ms: i64,
     /// The event whose data (or tombstone) the entity holds.
-    pub event_seq: i64,
+    pub event_seq: EventSeq,
     /// The entity as the platform names its fields (`null` for a bare tombstone).
     pub data: serde_json::Value,
 }
@@ -311,9 +438,9 @@ impl DeliveryState {
 /// One event on its way to one subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
-    pub id: i64,
+    pub id: DeliveryId,
     pub subscription: String,
-    pub event_seq: i64,
+    pub event_seq: EventSeq,
     /// Stable across retries and replays: receivers recognise repeats by it.
     pub webhook_id: String,
     pub state: DeliveryState,
@@ -340,7 +467,7 @@ pub struct AttemptRecord {
 pub struct DeliveryFilter {
     pub subscription: Option<String>,
     pub state: Option<DeliveryState>,
-    pub before_id: Option<i64>,
+    pub before_id: Option<DeliveryId>,
     pub limit: usize,
 }
 
@@ -369,9 +496,9 @@ pub enum AttemptRecorded {
 /// A delivery leased to a worker.
 #[derive(Debug, Clone)]
 pub struct Claimed {
-    pub delivery_id: i64,
-    pub subscription_id: i64,
-    pub event_seq: i64,
+    pub delivery_id: DeliveryId,
+    pub subscription_id: SubscriptionId,
+    pub event_seq: EventSeq,
     pub webhook_id: String,
     /// Attempts since it was last queued (created or replayed): its place in the
     /// retry schedule.

@@ -242,11 +242,11 @@ pub fn id_of(request: &SignedRequest) -> String {
 /// asynchronously, after the answer.
 pub async fn rejections_at_least(store: &Store, n: usize) -> Vec<classhook::store::Rejection> {
     for _ in 0..100 {
-        let found = store.list_rejections(1000).unwrap();
+        let found = store.list_rejections(1000).await.unwrap();
         if found.len() >= n {
             return found;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    store.list_rejections(1000).unwrap()
+    store.list_rejections(1000).await.unwrap()
 }

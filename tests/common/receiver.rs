@@ -167,6 +167,26 @@ pub async fn eventually(what: &str, check: impl FnMut() -> bool) {
     eventually_within(what, Duration::from_secs(5), check).await
 }
 
+/// Waits until the asynchronous `check` (e.g. a store read) holds, at most 5 s.
+pub async fn eventually_async(what: &str, check: impl AsyncFnMut() -> bool) {
+    eventually_async_within(what, Duration::from_secs(5), check).await
+}
+
+/// Waits until the asynchronous `check` holds, at most `limit`.
+pub async fn eventually_async_within(
+    what: &str,
+    limit: Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) {
+    for _ in 0..limit.as_millis() / 10 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
 /// Waits until `check` holds, at most `limit`.
 pub async fn eventually_within(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     for _ in 0..limit.as_millis() / 10 {

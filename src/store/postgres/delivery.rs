@@ -503,7 +503,7 @@ impl PostgresStore {
         claimed.sort_by_key(|(due, c)| {
             let request = subscriptions
                 .iter()
-                .position(|s| *s == c.subscription_id)
+                .position(|s| *s == c.subscription_id.get())
                 .unwrap_or(usize::MAX);
             (request, *due, c.delivery_id)
         });
@@ -770,7 +770,7 @@ impl PostgresStore {
                         .spec
                         .matches(&event_type, &source, tenant.as_deref())
                 {
-                    matched.push((subscription.id, row.try_get::<_, i64>(0)?, now_ms));
+                    matched.push((subscription.id.get(), row.try_get::<_, i64>(0)?, now_ms));
                 }
             }
             added += insert_deliveries(&tx, &matched).await?;
@@ -778,7 +778,7 @@ impl PostgresStore {
         }
     }
 
-    async fn subscription_id(&self, name: &str) -> Result<i64, StoreError> {
+    async fn subscription_id(&self, name: &str) -> Result<SubscriptionId, StoreError> {
         self.get_subscription(name)
             .await?
             .map(|s| s.id)

@@ -12,7 +12,7 @@ use super::mirror::{self, Item, Tables};
 use crate::canonical;
 use crate::deliver::subscription::Subscription;
 use crate::event::{EventStatus, NewEvent};
-use crate::store::{AppendOutcome, NewRejection, REJECTION_BODY_PREFIX, StoreError};
+use crate::store::{AppendOutcome, EventSeq, NewRejection, REJECTION_BODY_PREFIX, StoreError};
 
 /// How many rejections the log keeps; older ones are pruned.
 pub const REJECTION_LOG_CAPACITY: i64 = 10_000;
@@ -92,7 +92,9 @@ pub async fn write(
             ))
         })?;
         if target.stored_now && target.first == index {
-            outcomes.push(AppendOutcome::Stored { seq: target.seq });
+            outcomes.push(AppendOutcome::Stored {
+                seq: EventSeq(target.seq),
+            });
             continue;
         }
         let first = events[target.first];
@@ -106,11 +108,15 @@ pub async fn write(
         entry.last_seen = event.received_at_ms;
         if same {
             entry.duplicates += 1;
-            outcomes.push(AppendOutcome::Duplicate { seq: target.seq });
+            outcomes.push(AppendOutcome::Duplicate {
+                seq: EventSeq(target.seq),
+            });
         } else {
             entry.conflicts += 1;
             conflicts.push(conflict_rejection(event, target.seq));
-            outcomes.push(AppendOutcome::Conflict { seq: target.seq });
+            outcomes.push(AppendOutcome::Conflict {
+                seq: EventSeq(target.seq),
+            });
         }
     }
     count_copies(tx, &counts).await?;
@@ -385,7 +391,7 @@ async fn apply_mirror(
                 tenant: event.tenant.as_deref(),
                 entity: &event.entity,
                 version_ms: event.version_ms,
-                seq: *seq,
+                seq: seq.get(),
                 data,
             }),
             _ => None,
@@ -436,7 +442,7 @@ async fn enqueue(
                 .spec
                 .matches(&event.event_type, &event.source, event.tenant.as_deref())
             {
-                rows.push((subscription.id, seq, event.received_at_ms));
+                rows.push((subscription.id.get(), seq.get(), event.received_at_ms));
             }
         }
     }

@@ -19,6 +19,9 @@ use crate::store::{RebuildReport, StoreError};
 /// How many events one pruning transaction deletes at most.
 const PRUNE_CHUNK: i64 = 5_000;
 
+/// How many events one rebuild transaction replays, by default.
+const REBUILD_CHUNK: usize = 5_000;
+
 /// The shadow tables a rebuild fills.
 const SHADOW: Tables = Tables { prefix: "rebuild_" };
 
@@ -66,7 +69,13 @@ impl PostgresStore {
             ));
         }
         let mut client = client;
-        let result = rebuild(&mut client, self.inner.options.rebuild_chunk.max(1) as i64).await;
+        let chunk = self
+            .inner
+            .options
+            .rebuild_chunk
+            .unwrap_or(REBUILD_CHUNK)
+            .max(1) as i64;
+        let result = rebuild(&mut client, chunk).await;
         // The shadow tables' statements must not outlive them in this pooled client.
         client.statement_cache.clear();
         let _ = client.batch_execute(&drop_shadow_sql()).await;

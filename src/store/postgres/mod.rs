@@ -16,6 +16,7 @@ mod delivery;
 mod entities;
 mod errors;
 mod events;
+mod ids;
 mod maintenance;
 mod migrations;
 mod mirror;
@@ -71,7 +72,7 @@ struct Inner {
     pool: Pool,
     /// Leases, attempt records, releases.
     delivery: Pool,
-    rejections: Arc<writer::RejectionQueue>,
+    rejections: Arc<crate::store::rejection_queue::RejectionQueue>,
     /// The subscriptions the writer matches stored events against (the outbox).
     matchers: Arc<RwLock<Vec<Subscription>>>,
     /// Subscription changes in this process run one at a time, so that the matchers
@@ -95,7 +96,7 @@ impl PostgresStore {
             delivery::load_subscriptions(&**pool.get().await?).await?,
         ));
         let deliveries_queued = Arc::new(Notify::new());
-        let rejections = Arc::new(writer::RejectionQueue::default());
+        let rejections = Arc::new(crate::store::rejection_queue::RejectionQueue::default());
         let (queue, receiver) = mpsc::channel(options.queue_capacity.max(1));
         let task = writer::Writer {
             pool: writer_pool,

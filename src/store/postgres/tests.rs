@@ -89,7 +89,7 @@ fn class_updated(n: u64, timestamp: i64, name: &str) -> NewEvent {
     dreamclass(&uuid(n), "CLASS_UPDATED", timestamp, class(7, name, "C7"))
 }
 
-fn stored(outcome: AppendOutcome) -> i64 {
+fn stored(outcome: AppendOutcome) -> EventSeq {
     match outcome {
         AppendOutcome::Stored { seq } => seq,
         other => panic!("expected a new event, got {other:?}"),
@@ -180,7 +180,7 @@ async fn the_same_event_twice_is_one_row_seen_twice() {
         AppendOutcome::Duplicate { seq }
     );
     assert_eq!(store.count_events().await.unwrap(), 1);
-    let kept = store.get_event(EventSeq(seq)).await.unwrap().unwrap();
+    let kept = store.get_event(seq).await.unwrap().unwrap();
     assert_eq!(kept.summary.times_seen, 3);
     assert_eq!(kept.summary.last_seen_at_ms, 1_700_000_009_000);
     assert_eq!(kept.body, first.body.to_vec(), "the first body is kept");
@@ -198,7 +198,7 @@ async fn a_different_body_under_a_stored_key_is_a_conflict_never_a_replacement()
         store.append(class_updated(1, 1_000, "B")).await.unwrap(),
         AppendOutcome::Conflict { seq }
     );
-    let kept = store.get_event(EventSeq(seq)).await.unwrap().unwrap();
+    let kept = store.get_event(seq).await.unwrap().unwrap();
     assert_eq!(kept.summary.conflicts, 1);
     assert_eq!(kept.summary.times_seen, 1);
     assert!(String::from_utf8_lossy(&kept.body).contains("\"A\""));
@@ -241,7 +241,7 @@ async fn concurrent_retries_are_stored_once() {
     let seq = new[0].seq();
     assert!(outcomes.iter().all(|o| o.seq() == seq));
     assert_eq!(store.count_events().await.unwrap(), 1);
-    let kept = store.get_event(EventSeq(seq)).await.unwrap().unwrap();
+    let kept = store.get_event(seq).await.unwrap().unwrap();
     assert_eq!(kept.summary.times_seen, 32);
 }
 
@@ -451,8 +451,8 @@ async fn events_are_found_by_key() {
     assert_eq!(
         store.find_events_by_key(&key, None).await.unwrap(),
         [
-            ("another".to_string(), EventSeq(seq_b)),
-            ("school".to_string(), EventSeq(seq_a))
+            ("another".to_string(), seq_b),
+            ("school".to_string(), seq_a)
         ]
     );
     assert_eq!(
@@ -460,7 +460,7 @@ async fn events_are_found_by_key() {
             .find_events_by_key(&key, Some("school"))
             .await
             .unwrap(),
-        [("school".to_string(), EventSeq(seq_a))]
+        [("school".to_string(), seq_a)]
     );
 }
 
@@ -489,11 +489,11 @@ async fn the_mirror_keeps_the_newest_version_and_honours_tombstones() {
     assert_eq!(entities[0].event_seq, newer);
     assert_eq!(entities[0].id, "7");
     assert_eq!(entities[0].data["id"], 7);
-    let effect = |seq: i64| {
+    let effect = |seq: EventSeq| {
         let store = store.clone();
         async move {
             store
-                .get_event(EventSeq(seq))
+                .get_event(seq)
                 .await
                 .unwrap()
                 .unwrap()
@@ -774,7 +774,7 @@ async fn deliveries_are_queued_with_their_event_and_leased_once() {
         .unwrap();
     let now = 1_700_000_000_000;
     let claimed = store
-        .claim_due(vec![request(sub.id, 10, now + 30_000)], now)
+        .claim_due(vec![request(sub.id.get(), 10, now + 30_000)], now)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1, "only the matching event");
@@ -782,7 +782,7 @@ async fn deliveries_are_queued_with_their_event_and_leased_once() {
     assert!(claimed[0].webhook_id.starts_with("msg_"));
     assert!(
         store
-            .claim_due(vec![request(sub.id, 10, now + 60_000)], now + 1_000)
+            .claim_due(vec![request(sub.id.get(), 10, now + 60_000)], now + 1_000)
             .await
             .unwrap()
             .is_empty(),
@@ -790,7 +790,7 @@ async fn deliveries_are_queued_with_their_event_and_leased_once() {
     );
     // After the lease ended it is leased again, under a new token.
     let again = store
-        .claim_due(vec![request(sub.id, 10, now + 90_000)], now + 31_000)
+        .claim_due(vec![request(sub.id.get(), 10, now + 90_000)], now + 31_000)
         .await
         .unwrap();
     assert_eq!(again.len(), 1);
@@ -822,7 +822,7 @@ async fn deliveries_are_queued_with_their_event_and_leased_once() {
         }
     );
     let (delivery, attempts) = store
-        .get_delivery(DeliveryId(again[0].delivery_id))
+        .get_delivery(again[0].delivery_id)
         .await
         .unwrap()
         .unwrap();
@@ -864,39 +864,26 @@ async fn paused_or_held_subscriptions_lease_nothing_and_failures_count() {
         .set_paused("hooks", true, Some("maintenance".into()))
         .await
         .unwrap();
-    assert!(
-        !store
-            .subscription_open(SubscriptionId(sub.id), now)
-            .await
-            .unwrap()
-    );
+    assert!(!store.subscription_open(sub.id, now).await.unwrap());
     assert!(
         store
-            .claim_due(vec![request(sub.id, 5, now + 1)], now)
+            .claim_due(vec![request(sub.id.get(), 5, now + 1)], now)
             .await
             .unwrap()
             .is_empty()
     );
     store.set_paused("hooks", false, None).await.unwrap();
-    store
-        .hold_subscription(SubscriptionId(sub.id), now + 10_000)
-        .await
-        .unwrap();
-    assert!(
-        !store
-            .subscription_open(SubscriptionId(sub.id), now)
-            .await
-            .unwrap()
-    );
+    store.hold_subscription(sub.id, now + 10_000).await.unwrap();
+    assert!(!store.subscription_open(sub.id, now).await.unwrap());
     assert!(
         store
-            .claim_due(vec![request(sub.id, 5, now + 1)], now)
+            .claim_due(vec![request(sub.id.get(), 5, now + 1)], now)
             .await
             .unwrap()
             .is_empty()
     );
     let claimed = store
-        .claim_due(vec![request(sub.id, 5, now + 40_000)], now + 10_000)
+        .claim_due(vec![request(sub.id.get(), 5, now + 40_000)], now + 10_000)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
@@ -918,7 +905,7 @@ async fn paused_or_held_subscriptions_lease_nothing_and_failures_count() {
         }
     );
     let claimed = store
-        .claim_due(vec![request(sub.id, 5, now + 60_000)], now + 20_000)
+        .claim_due(vec![request(sub.id.get(), 5, now + 60_000)], now + 20_000)
         .await
         .unwrap();
     assert_eq!(claimed[0].round_attempts, 1);
@@ -939,7 +926,7 @@ async fn paused_or_held_subscriptions_lease_nothing_and_failures_count() {
         Some("the endpoint answered 410 Gone")
     );
     let (delivery, _) = store
-        .get_delivery(DeliveryId(claimed[0].delivery_id))
+        .get_delivery(claimed[0].delivery_id)
         .await
         .unwrap()
         .unwrap();
@@ -962,10 +949,10 @@ async fn releases_replays_and_abandons_follow_the_lease() {
     store.append(class_updated(1, 1_000, "A")).await.unwrap();
     let now = 1_700_000_000_000;
     let claimed = store
-        .claim_due(vec![request(sub.id, 5, now + 30_000)], now)
+        .claim_due(vec![request(sub.id.get(), 5, now + 30_000)], now)
         .await
         .unwrap();
-    let id = DeliveryId(claimed[0].delivery_id);
+    let id = claimed[0].delivery_id;
     assert!(matches!(
         store.replay_delivery(id, now).await,
         Err(StoreError::Conflict(_))
@@ -986,7 +973,7 @@ async fn releases_replays_and_abandons_follow_the_lease() {
         .await
         .unwrap();
     let claimed = store
-        .claim_due(vec![request(sub.id, 5, now + 30_000)], now + 1)
+        .claim_due(vec![request(sub.id.get(), 5, now + 30_000)], now + 1)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1, "released leases are due again");

@@ -6,9 +6,7 @@
 //! the failure is that append's alone; a lost connection fails the whole batch (the
 //! platforms retry, and dedupe recognises what did commit).
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use deadpool_postgres::Pool;
@@ -17,9 +15,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::events;
 use crate::deliver::subscription::Subscription;
 use crate::event::NewEvent;
-use crate::store::{
-    AppendOutcome, CommitObserver, MAX_COMMIT_LAG, NewRejection, REJECTION_BODY_PREFIX, StoreError,
-};
+use crate::store::rejection_queue::RejectionQueue;
+use crate::store::{AppendOutcome, CommitObserver, MAX_COMMIT_LAG, NewRejection, StoreError};
 
 /// What the writer receives.
 pub enum WriteOp {
@@ -195,88 +192,5 @@ impl Writer {
         }
         tx.commit().await?;
         Ok((results, queued))
-    }
-}
-
-/// How many rejections may wait for the writer.
-const QUEUE_CAPACITY: usize = 4096;
-/// How many waiting rejections one batch writes.
-const PER_BATCH: usize = 256;
-/// Longest stored message: with the body prefix, every row has a bounded size.
-const MAX_MESSAGE: usize = 1024;
-const MAX_SHORT: usize = 200;
-
-/// The rejection log's own bounded path to the writer: refused requests never
-/// compete with authentic events for the append queue. Over the bound a rejection
-/// is dropped and counted. (A minimal twin of the SQLite backend's queue, until
-/// that one moves to `store/`.)
-#[derive(Default)]
-pub struct RejectionQueue {
-    waiting: Mutex<VecDeque<NewRejection>>,
-    dropped: AtomicU64,
-    /// A wake-up is in the writer's queue (at most one at a time).
-    wake_queued: AtomicBool,
-}
-
-impl RejectionQueue {
-    /// Adds a rejection; returns whether the writer should be woken for it.
-    pub fn push(&self, mut rejection: NewRejection) -> bool {
-        {
-            let mut waiting = self.waiting.lock().expect("rejection queue lock");
-            if waiting.len() >= QUEUE_CAPACITY {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                return false;
-            }
-            rejection.body.truncate(REJECTION_BODY_PREFIX);
-            cut(&mut rejection.message, MAX_MESSAGE);
-            cut(&mut rejection.reason, MAX_SHORT);
-            if let Some(source) = &mut rejection.source {
-                cut(source, MAX_SHORT);
-            }
-            if let Some(address) = &mut rejection.remote_addr {
-                cut(address, MAX_SHORT);
-            }
-            waiting.push_back(rejection);
-        }
-        !self.wake_queued.swap(true, Ordering::AcqRel)
-    }
-
-    pub fn wake_failed(&self) {
-        self.wake_queued.store(false, Ordering::Release);
-    }
-
-    fn woken(&self) {
-        self.wake_queued.store(false, Ordering::Release);
-    }
-
-    fn take(&self) -> Vec<NewRejection> {
-        let mut waiting = self.waiting.lock().expect("rejection queue lock");
-        let n = waiting.len().min(PER_BATCH);
-        waiting.drain(..n).collect()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.waiting
-            .lock()
-            .expect("rejection queue lock")
-            .is_empty()
-    }
-
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
-    fn count_dropped(&self, n: u64) {
-        self.dropped.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
-fn cut(text: &mut String, max: usize) {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
     }
 }

@@ -15,8 +15,8 @@ use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec};
 use crate::event::NewEvent;
 use crate::secret::Secret;
 use crate::store::{
-    AttemptRecord, AttemptRecorded, AttemptResult, Claimed, Delivery, DeliveryFilter,
-    DeliveryState, StoreError,
+    AttemptRecord, AttemptRecorded, AttemptResult, ClaimRequest, Claimed, Delivery, DeliveryFilter,
+    DeliveryId, DeliveryState, EventSeq, Lease, StoreError, SubscriptionId,
 };
 
 const SUBSCRIPTION_COLUMNS: &str =
@@ -140,7 +140,7 @@ pub(super) fn enqueue(
     conn: &Connection,
     subscriptions: &[Subscription],
     event: &NewEvent,
-    seq: i64,
+    seq: EventSeq,
 ) -> rusqlite::Result<usize> {
     let mut added = 0;
     for subscription in subscriptions {
@@ -156,8 +156,8 @@ pub(super) fn enqueue(
 
 fn insert_delivery(
     conn: &Connection,
-    subscription_id: i64,
-    seq: i64,
+    subscription_id: SubscriptionId,
+    seq: EventSeq,
     now_ms: i64,
 ) -> rusqlite::Result<usize> {
     conn.prepare_cached(
@@ -365,7 +365,11 @@ impl SqliteStore {
     }
 
     /// Holds a subscription (nothing is leased for it) until `until_ms`.
-    pub async fn hold_subscription(&self, id: i64, until_ms: i64) -> Result<(), StoreError> {
+    pub async fn hold_subscription(
+        &self,
+        id: SubscriptionId,
+        until_ms: i64,
+    ) -> Result<(), StoreError> {
         self.run_job(move |conn| {
             conn.execute(
                 "UPDATE subscriptions SET hold_until_ms = max(hold_until_ms, ?2) WHERE id = ?1",
@@ -379,7 +383,7 @@ impl SqliteStore {
     /// Whether a subscription may be sent to now: it exists, is not paused and not
     /// held. Read fresh from the database, so a pause by another attempt, the API or
     /// another process counts at once.
-    pub fn subscription_open(&self, id: i64, now_ms: i64) -> Result<bool, StoreError> {
+    pub fn subscription_open(&self, id: SubscriptionId, now_ms: i64) -> Result<bool, StoreError> {
         self.with_reader(|conn| {
             Ok(conn
                 .prepare_cached(
@@ -394,7 +398,11 @@ impl SqliteStore {
     /// Queues one delivery again (whatever its state) with a fresh retry schedule and
     /// the same `webhook-id`. A delivery leased to a dispatcher right now (being
     /// attempted, or about to be) is a conflict: a replay never runs beside it.
-    pub async fn replay_delivery(&self, delivery_id: i64, now_ms: i64) -> Result<(), StoreError> {
+    pub async fn replay_delivery(
+        &self,
+        delivery_id: DeliveryId,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         self.run_job(move |conn| {
             let changed = conn.execute(
                 &format!("UPDATE deliveries SET {REQUEUE} WHERE id = ?1 AND NOT {LEASED}"),
@@ -475,7 +483,7 @@ impl SqliteStore {
         }
     }
 
-    fn subscription_id(&self, name: &str) -> Result<i64, StoreError> {
+    fn subscription_id(&self, name: &str) -> Result<SubscriptionId, StoreError> {
         self.get_subscription(name)?
             .map(|s| s.id)
             .ok_or_else(|| StoreError::NotFound(format!("no subscription named {name:?}")))
@@ -504,7 +512,7 @@ impl SqliteStore {
     /// One delivery with its attempts, oldest first.
     pub fn get_delivery(
         &self,
-        id: i64,
+        id: DeliveryId,
     ) -> Result<Option<(Delivery, Vec<AttemptRecord>)>, StoreError> {
         self.with_reader(|conn| {
             let Some(delivery) = conn
@@ -580,20 +588,20 @@ fn backfill_chunk(
                 .spec
                 .matches(&event_type, &source, tenant.as_deref())
         {
-            added += insert_delivery(&tx, subscription.id, seq, now_ms)? as u64;
+            added += insert_delivery(&tx, subscription.id, EventSeq(seq), now_ms)? as u64;
         }
     }
     tx.commit()?;
     Ok((added, Some(last)))
 }
 
-/// Leases due deliveries; see [`SqliteStore::claim_due`]. A delivery of a paused or
+/// Leases due deliveries; see [`crate::store::Backend::claim_due`]. A delivery of a paused or
 /// held subscription is never leased: the subscription's state is checked here, in
 /// the same statement, not from a list read earlier. Every lease carries a fresh
 /// token, and only a record made under that token counts ([`apply_attempt`]).
 pub(super) fn claim(
     conn: &Connection,
-    capacities: &[(i64, usize, i64)],
+    requests: &[ClaimRequest],
     now_ms: i64,
 ) -> rusqlite::Result<Vec<Claimed>> {
     let mut stmt = conn.prepare_cached(
@@ -606,13 +614,13 @@ pub(super) fn claim(
          RETURNING id, subscription_id, event_seq, webhook_id, round_attempts, lease_token",
     )?;
     let mut claimed = Vec::new();
-    for &(subscription_id, capacity, lease_until_ms) in capacities {
+    for request in requests {
         let rows = stmt.query_map(
             params![
-                subscription_id,
+                request.subscription,
                 now_ms,
-                lease_until_ms,
-                capacity as i64,
+                request.lease_until_ms,
+                request.capacity as i64,
                 new_lease_token()
             ],
             |r| {
@@ -645,13 +653,13 @@ fn new_lease_token() -> i64 {
 
 /// Gives leases back without an attempt (the subscription was paused or held after
 /// they were taken); a lease that has changed hands since is left alone.
-pub(super) fn release(conn: &Connection, leases: &[(i64, i64)]) -> rusqlite::Result<()> {
+pub(super) fn release(conn: &Connection, leases: &[Lease]) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "UPDATE deliveries SET lease_until_ms = 0, lease_token = 0
          WHERE id = ?1 AND lease_token = ?2 AND state = 'pending'",
     )?;
-    for (delivery_id, token) in leases {
-        stmt.execute(params![delivery_id, token])?;
+    for lease in leases {
+        stmt.execute(params![lease.delivery, lease.token])?;
     }
     Ok(())
 }

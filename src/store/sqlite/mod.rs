@@ -2,17 +2,19 @@
 //! writer thread doing group commits ([`writer`]), and read-only work on separate
 //! connections so readers never block the writer.
 
+mod backend;
 mod conditions;
 mod dedupe;
 mod delivery;
 mod entities;
 mod health;
+mod ids;
 mod maintenance;
 mod migrations;
 mod mirror;
 mod read;
 mod rebuild;
-mod rejections;
+
 mod timeline;
 mod writer;
 
@@ -23,11 +25,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{AppendOutcome, NewRejection, StoreError};
+use super::{AppendOutcome, MAX_COMMIT_LAG, NewRejection, StoreError, StoreOptions};
 use crate::deliver::subscription::Subscription;
 use crate::event::NewEvent;
-pub use timeline::MAX_COMMIT_LAG;
-pub use writer::CommitObserver;
 use writer::WriteOp;
 
 /// WAL pages between automatic checkpoints (4 KiB each).
@@ -39,43 +39,6 @@ const WRITER_STATEMENT_CACHE: usize = 256;
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "classhook.db";
-
-#[derive(Clone)]
-pub struct StoreOptions {
-    /// How long a write waits on a lock held by another process before failing.
-    pub busy_timeout: Duration,
-    /// How long `append` waits for its commit before reporting a timeout.
-    pub append_timeout: Duration,
-    /// The most operations committed in one transaction.
-    pub max_batch: usize,
-    /// How many writes may wait for the writer before callers wait to enqueue.
-    pub queue_capacity: usize,
-    /// Told about every batch the writer commits.
-    pub observer: Option<Arc<dyn CommitObserver>>,
-    /// How many recent dedupe keys the writer holds in memory before it settles them
-    /// into the database in key order (see `dedupe`); ~170 bytes each.
-    pub dedupe_settle_after: usize,
-    /// An event not written this long after `append` was called is not stored
-    /// (at most [`MAX_COMMIT_LAG`]; shorter only in tests).
-    pub max_commit_lag: Duration,
-    /// How many events `mirror rebuild` reads per chunk (see `rebuild`).
-    pub rebuild_chunk: usize,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions {
-            busy_timeout: Duration::from_secs(5),
-            append_timeout: Duration::from_secs(8),
-            max_batch: 1024,
-            queue_capacity: 16 * 1024,
-            observer: None,
-            dedupe_settle_after: dedupe::SETTLE_AFTER,
-            max_commit_lag: MAX_COMMIT_LAG,
-            rebuild_chunk: rebuild::CHUNK,
-        }
-    }
-}
 
 /// A handle to the store; cheap to clone.
 #[derive(Clone)]
@@ -90,7 +53,7 @@ struct Inner {
     queue: Option<mpsc::Sender<WriteOp>>,
     readers: Mutex<Vec<Connection>>,
     /// Rejections waiting for the writer (their own path, see `rejections`).
-    rejections: Arc<rejections::RejectionQueue>,
+    rejections: Arc<crate::store::rejection_queue::RejectionQueue>,
     /// The database file the writer opened (`None` for a read-only handle).
     identity: Option<health::FileIdentity>,
     /// The subscriptions the writer matches stored events against (the outbox).
@@ -123,13 +86,16 @@ impl SqliteStore {
             path: path.clone(),
             error,
         })?;
-        let dedupe = dedupe::DedupeIndex::load(&conn, options.dedupe_settle_after)?;
+        let dedupe = dedupe::DedupeIndex::load(
+            &conn,
+            options.dedupe_settle_after.unwrap_or(dedupe::SETTLE_AFTER),
+        )?;
         let matchers = Arc::new(RwLock::new(delivery::load_subscriptions(&conn)?));
         let deliveries_queued = Arc::new(Notify::new());
         let (sender, receiver) = mpsc::channel(options.queue_capacity);
         let max_batch = options.max_batch;
         let observer = options.observer.clone();
-        let rejections = Arc::new(rejections::RejectionQueue::default());
+        let rejections = Arc::new(crate::store::rejection_queue::RejectionQueue::default());
         let shared = writer::Shared {
             outbox: writer::Outbox {
                 matchers: matchers.clone(),
@@ -154,11 +120,6 @@ impl SqliteStore {
             rejections,
             Some(identity),
         ))
-    }
-
-    /// The database file a store in `data_dir` uses.
-    pub fn database_path(data_dir: &Path) -> PathBuf {
-        data_dir.join(DATABASE_FILE)
     }
 
     /// Opens an existing store for reading only (no writer, no migrations).
@@ -186,7 +147,7 @@ impl SqliteStore {
         queue: Option<mpsc::Sender<WriteOp>>,
         matchers: Arc<RwLock<Vec<Subscription>>>,
         deliveries_queued: Arc<Notify>,
-        rejections: Arc<rejections::RejectionQueue>,
+        rejections: Arc<crate::store::rejection_queue::RejectionQueue>,
         identity: Option<health::FileIdentity>,
     ) -> Self {
         SqliteStore {

@@ -8,7 +8,8 @@ use super::{SqliteStore, dedupe, timeline};
 use crate::event::EventStatus;
 use crate::provider::ProviderKind;
 use crate::store::{
-    EventFilter, EventSummary, Rejection, RejectionFilter, StatsRow, StoreError, StoredEvent,
+    EventFilter, EventSeq, EventSummary, Rejection, RejectionFilter, StatsRow, StoreError,
+    StoredEvent,
 };
 
 const SUMMARY_COLUMNS: &str = "seq, source, provider, tenant, event_type, event_id, dedupe_key,
@@ -87,7 +88,7 @@ impl SqliteStore {
     }
 
     /// One event with its raw body and headers.
-    pub fn get_event(&self, seq: i64) -> Result<Option<StoredEvent>, StoreError> {
+    pub fn get_event(&self, seq: EventSeq) -> Result<Option<StoredEvent>, StoreError> {
         self.query_event("seq = ?1", params![seq])
     }
 
@@ -99,7 +100,7 @@ impl SqliteStore {
     ) -> Result<Option<StoredEvent>, StoreError> {
         let seq = self.with_reader(|conn| Ok(dedupe::find_seq(conn, source, dedupe_key)?))?;
         match seq {
-            Some(seq) => self.get_event(seq),
+            Some(seq) => self.get_event(EventSeq(seq)),
             None => Ok(None),
         }
     }
@@ -111,7 +112,7 @@ impl SqliteStore {
         &self,
         dedupe_key: &str,
         source: Option<&str>,
-    ) -> Result<Vec<(String, i64)>, StoreError> {
+    ) -> Result<Vec<(String, EventSeq)>, StoreError> {
         self.with_reader(|conn| {
             let sources = match source {
                 Some(source) => vec![source.to_string()],
@@ -120,7 +121,7 @@ impl SqliteStore {
             let mut found = Vec::new();
             for source in sources {
                 if let Some(seq) = dedupe::find_seq(conn, &source, dedupe_key)? {
-                    found.push((source, seq));
+                    found.push((source, EventSeq(seq)));
                 }
             }
             Ok(found)

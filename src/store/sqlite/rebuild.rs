@@ -31,7 +31,7 @@ impl SqliteStore {
     pub async fn rebuild_mirror(&self) -> Result<RebuildReport, StoreError> {
         let live = self.path().to_path_buf();
         let scratch = live.with_file_name(SCRATCH_FILE);
-        let chunk = self.inner.options.rebuild_chunk.max(1) as i64;
+        let chunk = self.inner.options.rebuild_chunk.unwrap_or(CHUNK).max(1) as i64;
         // The build hands over to the writer once it is this close to the log's end.
         let hand_over_gap = 2 * chunk;
         let mut build = run_blocking(move || Build::start(&live, scratch, chunk)).await?;

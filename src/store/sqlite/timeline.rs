@@ -6,20 +6,15 @@
 //!
 //! Receive time is taken when a request's body has arrived and the sequence number
 //! when its batch commits, so they can disagree by the time the event waits for its
-//! commit. The writer bounds that wait: an event still queued [`MAX_COMMIT_LAG`] after
+//! commit. The writer bounds that wait: an event still queued [`crate::store::MAX_COMMIT_LAG`] after
 //! it was handed to the store, measured on the monotonic clock (which cannot run
 //! backwards), is not stored (its caller has long been answered 503 and the platform
 //! retries). The search widens the window by [`SLACK_MS`], which covers that bound
 //! plus the commit itself.
 
-use std::time::Duration;
-
 use rusqlite::{Connection, OptionalExtension};
 
 use super::conditions::Conditions;
-
-/// The longest an event may wait between reaching the store and being written.
-pub const MAX_COMMIT_LAG: Duration = Duration::from_secs(45);
 
 /// How far receive time may run ahead of sequence order.
 pub const SLACK_MS: i64 = 60_000;

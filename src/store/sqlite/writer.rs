@@ -3,22 +3,21 @@
 //! answers each caller. Durability costs one fsync per batch, not per request.
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::dedupe::{DedupeIndex, DedupeKey};
 use super::health::FileIdentity;
-use super::rejections::RejectionQueue;
-use super::timeline::MAX_COMMIT_LAG;
 use super::{delivery, mirror};
 use crate::canonical;
 use crate::deliver::subscription::Subscription;
 use crate::event::{EventStatus, NewEvent};
+use crate::store::rejection_queue::RejectionQueue;
 use crate::store::{
-    AppendOutcome, AttemptRecorded, AttemptResult, Claimed, NewRejection, REJECTION_BODY_PREFIX,
-    StoreError,
+    AppendOutcome, AttemptRecorded, AttemptResult, ClaimRequest, Claimed, CommitObserver, EventSeq,
+    Lease, NewRejection, REJECTION_BODY_PREFIX, StoreError,
 };
 
 /// How many rejections the log keeps; older ones are pruned.
@@ -37,7 +36,7 @@ pub enum WriteOp {
     /// Leases due deliveries (subscription, capacity, lease end) at a time, in the
     /// same group commit as ingest and attempt records.
     Claim(
-        Vec<(i64, usize, i64)>,
+        Vec<ClaimRequest>,
         i64,
         oneshot::Sender<Result<Vec<Claimed>, StoreError>>,
     ),
@@ -48,15 +47,10 @@ pub enum WriteOp {
         oneshot::Sender<Result<AttemptRecorded, StoreError>>,
     ),
     /// Leases (delivery, token) given back without an attempt.
-    Release(Vec<(i64, i64)>, oneshot::Sender<Result<(), StoreError>>),
+    Release(Vec<Lease>, oneshot::Sender<Result<(), StoreError>>),
     /// Exclusive work on the write connection (mirror rebuild, retention, readiness
     /// probe), run between batches in its own transaction.
     Job(Box<dyn FnOnce(&mut Connection) + Send>),
-}
-
-/// Told about every committed (or failed) batch, e.g. by the metrics.
-pub trait CommitObserver: Send + Sync {
-    fn batch_committed(&self, operations: usize, duration: Duration, ok: bool);
 }
 
 /// The subscriptions stored events are matched against, and whom to wake when a
@@ -211,7 +205,7 @@ fn commit_batch(
                         tracing::warn!(
                             "an event waited too long for the store and was not stored; the platform retries it"
                         );
-                        let _ = reply.send(Err(StoreError::Timeout(MAX_COMMIT_LAG)));
+                        let _ = reply.send(Err(StoreError::Timeout(crate::store::MAX_COMMIT_LAG)));
                     }
                     (WriteOp::Claim(_, _, reply), Done::Claimed(claimed)) => {
                         let _ = reply.send(Ok(claimed));
@@ -448,7 +442,10 @@ fn append_one(
     if let Some(planned) = &planned {
         mirror::carry_out(tx, planned, event.version_ms, seq)?;
     }
-    Ok((AppendOutcome::Stored { seq }, Some((key, seq))))
+    Ok((
+        AppendOutcome::Stored { seq: EventSeq(seq) },
+        Some((key, seq)),
+    ))
 }
 
 /// The body hash of stored event `seq`; `None` once retention has deleted it.
@@ -478,7 +475,7 @@ fn record_copy(
             "UPDATE events SET times_seen = times_seen + 1, last_seen_at_ms = ?2 WHERE seq = ?1",
         )?
         .execute(params![seq, event.received_at_ms])?;
-        return Ok(AppendOutcome::Duplicate { seq });
+        return Ok(AppendOutcome::Duplicate { seq: EventSeq(seq) });
     }
     tx.prepare_cached(
         "UPDATE events SET conflicts = conflicts + 1, last_seen_at_ms = ?2 WHERE seq = ?1",
@@ -501,7 +498,7 @@ fn record_copy(
             remote_addr: event.remote_addr.clone(),
         },
     )?;
-    Ok(AppendOutcome::Conflict { seq })
+    Ok(AppendOutcome::Conflict { seq: EventSeq(seq) })
 }
 
 fn insert_rejection(tx: &rusqlite::Transaction<'_>, r: &NewRejection) -> rusqlite::Result<()> {
@@ -531,10 +528,10 @@ impl super::SqliteStore {
     /// due deliveries until the lease end, in the writer's next group commit.
     pub async fn claim_due(
         &self,
-        capacities: Vec<(i64, usize, i64)>,
+        requests: Vec<ClaimRequest>,
         now_ms: i64,
     ) -> Result<Vec<Claimed>, StoreError> {
-        self.request(|reply| WriteOp::Claim(capacities, now_ms, reply))
+        self.request(|reply| WriteOp::Claim(requests, now_ms, reply))
             .await
     }
 
@@ -549,7 +546,7 @@ impl super::SqliteStore {
     }
 
     /// Gives leases back without an attempt, in the writer's next group commit.
-    pub async fn release(&self, leases: Vec<(i64, i64)>) -> Result<(), StoreError> {
+    pub async fn release(&self, leases: Vec<Lease>) -> Result<(), StoreError> {
         self.request(|reply| WriteOp::Release(leases, reply)).await
     }
 }
