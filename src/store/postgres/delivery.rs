@@ -4,6 +4,7 @@
 //! short transaction whose row locks keep them safe beside the writer and other
 //! instances.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::Row;
@@ -237,7 +238,7 @@ impl PostgresStore {
             .inner
             .matchers
             .write()
-            .expect("matcher lock is never poisoned") = loaded;
+            .expect("matcher lock is never poisoned") = Arc::new(loaded);
         Ok(found)
     }
 
@@ -444,7 +445,19 @@ impl PostgresStore {
         requests: Vec<ClaimRequest>,
         now_ms: i64,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let requests: Vec<&ClaimRequest> = requests.iter().filter(|r| r.capacity > 0).collect();
+        // One request per subscription: a statement must not pick a row twice (its
+        // own row locks are not skipped). A repeated subscription adds capacity.
+        let mut merged: Vec<ClaimRequest> = Vec::with_capacity(requests.len());
+        for request in requests.into_iter().filter(|r| r.capacity > 0) {
+            match merged
+                .iter_mut()
+                .find(|m| m.subscription == request.subscription)
+            {
+                Some(m) => m.capacity += request.capacity,
+                None => merged.push(request),
+            }
+        }
+        let requests = merged;
         if requests.is_empty() {
             return Ok(Vec::new());
         }

@@ -57,6 +57,10 @@ const DELIVERY_POOL_SIZE: usize = 2;
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The subscriptions the writer matches stored events against, replaced whole after
+/// every change (a batch takes the current list without copying it).
+type Matchers = Arc<RwLock<Arc<Vec<Subscription>>>>;
+
 /// A handle to the PostgreSQL store; cheap to clone.
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -74,7 +78,7 @@ struct Inner {
     delivery: Pool,
     rejections: Arc<crate::store::rejection_queue::RejectionQueue>,
     /// The subscriptions the writer matches stored events against (the outbox).
-    matchers: Arc<RwLock<Vec<Subscription>>>,
+    matchers: Matchers,
     /// Subscription changes in this process run one at a time, so that the matchers
     /// are always loaded after the last change committed.
     changes: tokio::sync::Mutex<()>,
@@ -90,11 +94,18 @@ impl PostgresStore {
         migrations::run(&config, &location).await?;
         let pool = build_pool(&config, READ_POOL_SIZE)?;
         let delivery = build_pool(&config, DELIVERY_POOL_SIZE)?;
-        // The writer's own pool of one: it reconnects after the server came back.
-        let writer_pool = build_pool(&config, 1)?;
-        let matchers = Arc::new(RwLock::new(
-            delivery::load_subscriptions(&**pool.get().await?).await?,
+        // The writer's own pool of one: it reconnects after the server came back. Its
+        // statements are bounded, so that an append never waits past its timeout on
+        // a lock another instance holds.
+        let mut writer_config = config.clone();
+        writer_config.options(format!(
+            "-c statement_timeout={}",
+            options.append_timeout.as_millis().max(1)
         ));
+        let writer_pool = build_pool(&writer_config, 1)?;
+        let matchers: Matchers = Arc::new(RwLock::new(Arc::new(
+            delivery::load_subscriptions(&**pool.get().await?).await?,
+        )));
         let deliveries_queued = Arc::new(Notify::new());
         let rejections = Arc::new(crate::store::rejection_queue::RejectionQueue::default());
         let (queue, receiver) = mpsc::channel(options.queue_capacity.max(1));
@@ -214,6 +225,9 @@ impl PostgresStore {
     }
 
     async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
+        if self.inner.queue.is_closed() {
+            return Err(StoreError::WriterGone);
+        }
         tokio::time::timeout(timeout, self.probe_write())
             .await
             .map_err(|_| StoreError::Timeout(timeout))?

@@ -1149,3 +1149,265 @@ async fn a_rebuild_replays_every_event_into_the_same_mirror() {
         .unwrap();
     assert_eq!(entity[0].data["name"], "after");
 }
+
+#[tokio::test]
+async fn an_append_that_fails_fails_alone_and_its_batch_commits() {
+    let Some((_db, store)) = open("isolation").await else {
+        return;
+    };
+    // PostgreSQL text cannot hold NUL: this append fails in the database.
+    let mut bad = class_updated(0, 1_000, "bad");
+    bad.event_id = Some("a\0b".into());
+    let mut tasks = Vec::new();
+    for n in 1..=20u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.append(class_updated(n, 1_000 + n as i64, "ok")).await
+        }));
+    }
+    let failing = {
+        let store = store.clone();
+        tokio::spawn(async move { store.append(bad).await })
+    };
+    for task in tasks {
+        stored(task.await.unwrap().unwrap());
+    }
+    assert!(matches!(failing.await.unwrap(), Err(StoreError::Commit(_))));
+    assert_eq!(store.count_events().await.unwrap(), 20);
+    let entity = store.list_entities(class_filter()).await.unwrap();
+    assert_eq!(entity[0].version_ms, 1_020);
+}
+
+#[tokio::test]
+async fn concurrent_claims_never_lease_a_delivery_twice() {
+    let Some((db, store)) = open("concurrent_claims").await else {
+        return;
+    };
+    let other = PostgresStore::open(db.url(), StoreOptions::default())
+        .await
+        .unwrap();
+    let sub = store
+        .create_subscription(subscription("hooks", &["*"]))
+        .await
+        .unwrap();
+    for n in 0..30u64 {
+        store.append(class_updated(n, 1_000, "A")).await.unwrap();
+    }
+    let now = 1_700_000_000_000;
+    let mut tasks = Vec::new();
+    for worker in 0..6 {
+        let store = if worker % 2 == 0 {
+            store.clone()
+        } else {
+            other.clone()
+        };
+        let id = sub.id.get();
+        tasks.push(tokio::spawn(async move {
+            store
+                .claim_due(vec![request(id, 4, now + 30_000)], now)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut leased = Vec::new();
+    for task in tasks {
+        leased.extend(task.await.unwrap().into_iter().map(|c| c.delivery_id));
+    }
+    assert_eq!(leased.len(), 24);
+    leased.sort();
+    leased.dedup();
+    assert_eq!(leased.len(), 24, "every lease is of a different delivery");
+}
+
+/// A TCP relay to the local server that a test can cut and restore, to play a
+/// database that goes away and comes back.
+struct Relay {
+    port: u16,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(port: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tasks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let connections = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let relay = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                connections.lock().unwrap().push(relay);
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+        Relay { port, tasks }
+    }
+
+    /// Closes every connection and stops listening.
+    fn cut(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+fn through(url: &str, port: u16) -> String {
+    let mut url = url::Url::parse(url).unwrap();
+    url.set_port(Some(port)).unwrap();
+    url.to_string()
+}
+
+#[tokio::test]
+async fn a_lost_server_is_not_ready_and_the_store_reconnects_when_it_returns() {
+    let Some(db) = TestDatabase::create("outage").await else {
+        return;
+    };
+    let relay = Relay::start(0).await;
+    let url = through(db.url(), relay.port);
+    let store = PostgresStore::open(&url, StoreOptions::default())
+        .await
+        .unwrap();
+    store.append(class_updated(1, 1_000, "A")).await.unwrap();
+    relay.cut();
+    // Let the pools' connections notice.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    match store.append(class_updated(2, 1_000, "B")).await {
+        Err(StoreError::NotReady(message)) => {
+            assert!(message.contains("unreachable"), "{message}")
+        }
+        other => panic!("expected NotReady, got {other:?}"),
+    }
+    assert!(matches!(
+        store.count_events().await,
+        Err(StoreError::NotReady(_))
+    ));
+    assert!(store.ping(Duration::from_secs(10)).await.is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "no hang past the timeouts"
+    );
+    let relay = Relay::start(relay.port).await;
+    store.append(class_updated(2, 1_000, "B")).await.unwrap();
+    store.ping(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(store.count_events().await.unwrap(), 2);
+    relay.cut();
+}
+
+#[tokio::test]
+async fn a_rebuild_corrects_descriptions_while_ingest_goes_on() {
+    let options = StoreOptions {
+        rebuild_chunk: Some(7),
+        ..StoreOptions::default()
+    };
+    let Some((_db, store)) = open_with("rebuild_live", options).await else {
+        return;
+    };
+    for n in 0..40u64 {
+        store
+            .append(dreamclass(
+                &uuid(n),
+                "CLASS_UPDATED",
+                1_000 + n as i64,
+                class(n % 9, &format!("v{n}"), "C"),
+            ))
+            .await
+            .unwrap();
+    }
+    store
+        .client()
+        .await
+        .unwrap()
+        .batch_execute(
+            "UPDATE events SET entity_kind = 'wrong' WHERE seq IN (SELECT min(seq) FROM events)",
+        )
+        .await
+        .unwrap();
+    let ingest = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for n in 100..160u64 {
+                store
+                    .append(dreamclass(
+                        &uuid(n),
+                        "CLASS_UPDATED",
+                        1_000 + n as i64,
+                        class(n % 9, &format!("v{n}"), "C"),
+                    ))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let report = store.rebuild_mirror().await.unwrap();
+    ingest.await.unwrap();
+    assert!(report.events >= 40);
+    assert_eq!(report.redescribed, 1);
+    let first = store
+        .list_events(EventFilter {
+            limit: 1000,
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(first.iter().all(|e| e.entity_kind == "class"));
+    assert_eq!(store.count_events().await.unwrap(), 100);
+    // Whatever ran during the rebuild, each entity holds its newest event.
+    for entity in store.list_entities(class_filter()).await.unwrap() {
+        let history = store
+            .entity_history("class", &entity.id, "school", Some("school"), 1)
+            .await
+            .unwrap();
+        assert_eq!(entity.event_seq, history[0].seq, "entity {}", entity.id);
+    }
+    assert!(matches!(
+        tokio::join!(store.rebuild_mirror(), store.rebuild_mirror()),
+        (Ok(_), Err(StoreError::Conflict(_)))
+            | (Err(StoreError::Conflict(_)), Ok(_))
+            | (Ok(_), Ok(_))
+    ));
+}
+
+/// Appends/s of concurrent callers, for the report: `cargo test --lib
+/// store::postgres::tests::throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput() {
+    let Some((_db, store)) = open("throughput").await else {
+        return;
+    };
+    let (callers, per_caller) = (256u64, 80u64);
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for caller in 0..callers {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..per_caller {
+                let id = caller * per_caller + n;
+                store
+                    .append(dreamclass(
+                        &uuid(id),
+                        "CLASS_UPDATED",
+                        1_000 + n as i64,
+                        class(id % 5_000, "bench", "C"),
+                    ))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let total = callers * per_caller;
+    eprintln!(
+        "{total} appends by {callers} concurrent callers in {elapsed:?}: {:.0}/s",
+        total as f64 / elapsed.as_secs_f64()
+    );
+}

@@ -36,7 +36,7 @@ pub struct Writer {
     pub pool: Pool,
     pub max_batch: usize,
     pub observer: Option<Arc<dyn CommitObserver>>,
-    pub matchers: Arc<RwLock<Vec<Subscription>>>,
+    pub matchers: Arc<RwLock<Arc<Vec<Subscription>>>>,
     pub notify: Arc<Notify>,
     pub rejections: Arc<RejectionQueue>,
 }
