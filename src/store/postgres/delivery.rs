@@ -4,7 +4,6 @@
 //! short transaction whose row locks keep them safe beside the writer and other
 //! instances.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::Row;
@@ -216,9 +215,10 @@ fn delivery_from_row(r: &Row) -> Result<Delivery, StoreError> {
 const BACKFILL_CHUNK: i64 = 10_000;
 
 impl PostgresStore {
-    /// Runs a subscription change in one transaction (one change at a time in this
-    /// process), refreshes the writer's matchers, and returns the named subscription
-    /// as it now stands (`None` once deleted).
+    /// Runs a subscription change in one transaction and returns the named
+    /// subscription as it now stands (`None` once deleted). Every change first bumps
+    /// `subscription_version`: changes run one at a time (in any instance), never
+    /// beside a batch that matches events, and writers reload what they match.
     async fn change_subscriptions<F>(&self, change: F) -> Result<Option<Subscription>, StoreError>
     where
         F: for<'t> FnOnce(
@@ -227,18 +227,21 @@ impl PostgresStore {
             Box<dyn std::future::Future<Output = Result<String, StoreError>> + Send + 't>,
         >,
     {
-        let _one_at_a_time = self.inner.changes.lock().await;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        tx.execute("UPDATE subscription_version SET version = version + 1", &[])
+            .await?;
         let name = change(&tx).await?;
-        let loaded = load_subscriptions(&*tx).await?;
+        let found = tx
+            .query_opt(
+                &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE name = $1"),
+                &[&name],
+            )
+            .await?
+            .as_ref()
+            .map(subscription_from_row)
+            .transpose()?;
         tx.commit().await?;
-        let found = loaded.iter().find(|s| s.spec.name == name).cloned();
-        *self
-            .inner
-            .matchers
-            .write()
-            .expect("matcher lock is never poisoned") = Arc::new(loaded);
         Ok(found)
     }
 
@@ -262,9 +265,6 @@ impl PostgresStore {
     ) -> Result<(), StoreError> {
         self.change_subscriptions(move |tx| {
             Box::pin(async move {
-                // Instances starting together sync one after the other.
-                tx.execute("LOCK TABLE subscriptions IN SHARE ROW EXCLUSIVE MODE", &[])
-                    .await?;
                 for spec in &specs {
                     if owner(tx, &spec.name).await?.as_deref() == Some("api") {
                         return Err(StoreError::Conflict(format!(
@@ -293,9 +293,6 @@ impl PostgresStore {
     ) -> Result<Subscription, StoreError> {
         self.change_kept(move |tx| {
             Box::pin(async move {
-                // Instances creating the same name at once: one after the other.
-                tx.execute("LOCK TABLE subscriptions IN SHARE ROW EXCLUSIVE MODE", &[])
-                    .await?;
                 if owner(tx, &spec.name).await?.is_some() {
                     return Err(StoreError::Conflict(format!(
                         "a subscription named {:?} exists",

@@ -29,7 +29,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -57,10 +57,6 @@ const DELIVERY_POOL_SIZE: usize = 2;
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The subscriptions the writer matches stored events against, replaced whole after
-/// every change (a batch takes the current list without copying it).
-type Matchers = Arc<RwLock<Arc<Vec<Subscription>>>>;
-
 /// A handle to the PostgreSQL store; cheap to clone.
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -77,11 +73,6 @@ struct Inner {
     /// Leases, attempt records, releases.
     delivery: Pool,
     rejections: Arc<crate::store::rejection_queue::RejectionQueue>,
-    /// The subscriptions the writer matches stored events against (the outbox).
-    matchers: Matchers,
-    /// Subscription changes in this process run one at a time, so that the matchers
-    /// are always loaded after the last change committed.
-    changes: tokio::sync::Mutex<()>,
     deliveries_queued: Arc<Notify>,
 }
 
@@ -103,9 +94,6 @@ impl PostgresStore {
             options.append_timeout.as_millis().max(1)
         ));
         let writer_pool = build_pool(&writer_config, 1)?;
-        let matchers: Matchers = Arc::new(RwLock::new(Arc::new(
-            delivery::load_subscriptions(&**pool.get().await?).await?,
-        )));
         let deliveries_queued = Arc::new(Notify::new());
         let rejections = Arc::new(crate::store::rejection_queue::RejectionQueue::default());
         let (queue, receiver) = mpsc::channel(options.queue_capacity.max(1));
@@ -113,7 +101,7 @@ impl PostgresStore {
             pool: writer_pool,
             max_batch: options.max_batch.max(1),
             observer: options.observer.clone(),
-            matchers: matchers.clone(),
+            subscriptions: writer::Subscriptions::default(),
             notify: deliveries_queued.clone(),
             rejections: rejections.clone(),
         };
@@ -126,8 +114,6 @@ impl PostgresStore {
                 pool,
                 delivery,
                 rejections,
-                matchers,
-                changes: tokio::sync::Mutex::new(()),
                 deliveries_queued,
             }),
         };

@@ -1411,3 +1411,121 @@ async fn throughput() {
         total as f64 / elapsed.as_secs_f64()
     );
 }
+
+#[tokio::test]
+async fn a_subscription_made_by_one_instance_gets_the_events_another_stores() {
+    let Some((db, a)) = open("shared_subscriptions").await else {
+        return;
+    };
+    let b = PostgresStore::open(db.url(), StoreOptions::default())
+        .await
+        .unwrap();
+    // B's writer has loaded the (empty) list before A creates the subscription.
+    b.append(class_updated(1, 1_000, "A")).await.unwrap();
+    let sub = a
+        .create_subscription(subscription("hooks", &["CLASS_*"]))
+        .await
+        .unwrap();
+    let seq = stored(b.append(class_updated(2, 1_000, "B")).await.unwrap());
+    let now = 1_700_000_000_000;
+    let claimed = a
+        .claim_due(vec![request(sub.id.get(), 10, now + 1_000)], now)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].event_seq, seq);
+    a.delete_subscription("hooks").await.unwrap();
+    // And a deleted one gets nothing more, nor fails B's appends.
+    b.append(class_updated(3, 1_000, "C")).await.unwrap();
+    assert!(
+        b.list_deliveries(DeliveryFilter {
+            limit: 10,
+            ..DeliveryFilter::default()
+        })
+        .await
+        .unwrap()
+        .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn quarantined_events_are_kept_but_neither_mirrored_nor_delivered() {
+    let Some((_db, store)) = open("quarantine").await else {
+        return;
+    };
+    store
+        .create_subscription(subscription("hooks", &["*"]))
+        .await
+        .unwrap();
+    // A class without its documented fields does not match its schema.
+    let odd = dreamclass(
+        &uuid(1),
+        "CLASS_UPDATED",
+        1_000,
+        json!({"id": 7, "name": 5}),
+    );
+    assert_eq!(odd.status, EventStatus::Quarantined);
+    let seq = stored(store.append(odd).await.unwrap());
+    let kept = store.get_event(seq).await.unwrap().unwrap();
+    assert_eq!(kept.summary.status, EventStatus::Quarantined);
+    assert_eq!(kept.summary.mirror_effect, None);
+    assert!(
+        store
+            .list_entities(class_filter())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let listed = store
+        .list_events(EventFilter {
+            status: Some(EventStatus::Quarantined),
+            limit: 10,
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(
+        store
+            .list_deliveries(DeliveryFilter {
+                limit: 10,
+                ..DeliveryFilter::default()
+            })
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn the_rejection_log_is_bounded() {
+    let Some((_db, store)) = open("rejection_bound").await else {
+        return;
+    };
+    store
+        .client()
+        .await
+        .unwrap()
+        .batch_execute(
+            "INSERT INTO rejections (at_ms, reason, status, message, body, body_len)
+             SELECT n, 'unknown_source', 404, 'm', '', 0 FROM generate_series(1, 10000) AS n",
+        )
+        .await
+        .unwrap();
+    store.append(class_updated(1, 1_000, "A")).await.unwrap();
+    store.append(class_updated(1, 1_000, "B")).await.unwrap();
+    let count: i64 = store
+        .client()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM rejections", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        count,
+        crate::store::postgres::events::REJECTION_LOG_CAPACITY
+    );
+    let newest = store.list_rejections(1).await.unwrap();
+    assert_eq!(newest[0].reason, "id_conflict");
+}

@@ -6,13 +6,13 @@
 //! the failure is that append's alone; a lost connection fails the whole batch (the
 //! platforms retry, and dedupe recognises what did commit).
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use deadpool_postgres::Pool;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::events;
+use super::{delivery, events};
 use crate::deliver::subscription::Subscription;
 use crate::event::NewEvent;
 use crate::store::rejection_queue::RejectionQueue;
@@ -36,14 +36,14 @@ pub struct Writer {
     pub pool: Pool,
     pub max_batch: usize,
     pub observer: Option<Arc<dyn CommitObserver>>,
-    pub matchers: Arc<RwLock<Arc<Vec<Subscription>>>>,
+    pub subscriptions: Subscriptions,
     pub notify: Arc<Notify>,
     pub rejections: Arc<RejectionQueue>,
 }
 
 impl Writer {
     /// Runs until every sender is dropped.
-    pub async fn run(self, mut queue: mpsc::Receiver<WriteOp>) {
+    pub async fn run(mut self, mut queue: mpsc::Receiver<WriteOp>) {
         let mut batch: Vec<(Box<NewEvent>, Instant, Reply)> = Vec::with_capacity(self.max_batch);
         loop {
             // Waiting rejections are work too: do not sleep while some are left.
@@ -82,7 +82,7 @@ impl Writer {
 
     /// Commits the batch and answers its callers; returns whether it committed.
     async fn commit(
-        &self,
+        &mut self,
         batch: &mut Vec<(Box<NewEvent>, Instant, Reply)>,
         rejections: &[NewRejection],
     ) -> bool {
@@ -99,17 +99,12 @@ impl Writer {
             let _ = reply.send(Err(StoreError::Timeout(MAX_COMMIT_LAG)));
         }
         let events: Vec<&NewEvent> = live.iter().map(|(event, _, _)| &**event).collect();
-        let subscriptions = self
-            .matchers
-            .read()
-            .expect("matcher lock is never poisoned")
-            .clone();
-        let mut written = self.write(&events, rejections, &subscriptions, false).await;
+        let mut written = self.write(&events, rejections, false).await;
         if let Err(error) = &written
             && !matches!(error, StoreError::NotReady(_))
         {
             tracing::warn!(%error, operations = events.len(), "a batch failed; writing it again with each append isolated");
-            written = self.write(&events, rejections, &subscriptions, true).await;
+            written = self.write(&events, rejections, true).await;
         }
         match written {
             Ok((results, queued)) => {
@@ -143,14 +138,14 @@ impl Writer {
     /// under its own savepoint. Returns one result per event and how many
     /// deliveries were queued.
     async fn write(
-        &self,
+        &mut self,
         events: &[&NewEvent],
         rejections: &[NewRejection],
-        subscriptions: &[Subscription],
         isolated: bool,
     ) -> Result<(Vec<Result<AppendOutcome, StoreError>>, u64), StoreError> {
         let mut client = self.pool.get().await?;
         let mut tx = client.transaction().await?;
+        let subscriptions = self.subscriptions.current(&tx).await?;
         // The rejection log is best effort: rows it cannot write are dropped
         // (counted), never a reason to fail the events beside them.
         if isolated {
@@ -170,7 +165,7 @@ impl Writer {
         if isolated {
             for event in events {
                 let savepoint = tx.savepoint("append").await?;
-                match events::write(&savepoint, &[event], subscriptions).await {
+                match events::write(&savepoint, &[event], &subscriptions).await {
                     Ok(written) => {
                         savepoint.commit().await?;
                         queued += written.queued;
@@ -186,11 +181,40 @@ impl Writer {
                 }
             }
         } else {
-            let written = events::write(&tx, events, subscriptions).await?;
+            let written = events::write(&tx, events, &subscriptions).await?;
             queued = written.queued;
             results.extend(written.outcomes.into_iter().map(Ok));
         }
         tx.commit().await?;
         Ok((results, queued))
+    }
+}
+
+/// The subscriptions a writer matches events against, and the version of them it
+/// loaded.
+#[derive(Default)]
+pub struct Subscriptions {
+    loaded: Option<(i64, Arc<Vec<Subscription>>)>,
+}
+
+impl Subscriptions {
+    /// The subscriptions as of now, held against changes until `tx` ends (changes
+    /// take the version row for update): reloaded when another change committed.
+    async fn current(
+        &mut self,
+        tx: &deadpool_postgres::Transaction<'_>,
+    ) -> Result<Arc<Vec<Subscription>>, StoreError> {
+        let statement = tx
+            .prepare_cached("SELECT version FROM subscription_version FOR SHARE")
+            .await?;
+        let version: i64 = tx.query_one(&statement, &[]).await?.try_get(0)?;
+        match &self.loaded {
+            Some((loaded, subscriptions)) if *loaded == version => Ok(subscriptions.clone()),
+            _ => {
+                let subscriptions = Arc::new(delivery::load_subscriptions(&**tx).await?);
+                self.loaded = Some((version, subscriptions.clone()));
+                Ok(subscriptions)
+            }
+        }
     }
 }

@@ -168,6 +168,14 @@ CREATE TABLE subscriptions (
     consecutive_failures BIGINT  NOT NULL DEFAULT 0,
     hold_until_ms        BIGINT  NOT NULL DEFAULT 0
 );
+-- Bumped by every subscription change. A writer holds it FOR SHARE while it
+-- matches a batch's events against the subscriptions, and reloads them when it has
+-- changed: a change and a batch never overlap, in one instance or several.
+CREATE TABLE subscription_version (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    version BIGINT  NOT NULL
+);
+INSERT INTO subscription_version (id, version) VALUES (1, 0);
 CREATE TABLE deliveries (
     id                 BIGINT  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     subscription_id    BIGINT  NOT NULL REFERENCES subscriptions (id) ON DELETE CASCADE,
