@@ -164,8 +164,8 @@ impl PostgresStore {
     }
 }
 
-/// `column = value`, with the value as the column's type (a value of another type
-/// matches nothing, as in SQLite where it would compare unequal).
+/// `column = value`, with the value as the column's type. NULL, or a value of
+/// another type, matches nothing (as `column = NULL` in SQL).
 fn add_field_condition(
     c: &mut Conditions,
     column: &str,
@@ -174,7 +174,6 @@ fn add_field_condition(
 ) {
     let clause = format!("{column} = $?");
     match (ty, value) {
-        (_, FieldValue::Null) => c.push_raw(&format!("{column} IS NULL AND FALSE")),
         (Some(FieldType::Integer), FieldValue::Integer(n)) => c.add(&clause, *n),
         (Some(FieldType::Bool), FieldValue::Bool(b)) => c.add(&clause, *b),
         (Some(FieldType::Number), FieldValue::Integer(n)) => {

@@ -214,14 +214,16 @@ async fn insert<'e>(
         )
         .await?;
     let rows = tx.query(&statement, &refs(&params)).await?;
+    // Keyed by the batch's own strings.
+    let by_key: HashMap<(&str, &str), usize> = firsts
+        .iter()
+        .map(|&i| ((events[i].source.as_str(), events[i].dedupe_key.as_str()), i))
+        .collect();
     let mut stored = HashMap::with_capacity(rows.len());
     for row in rows {
-        let (source, key): (String, String) = (row.try_get(1)?, row.try_get(2)?);
-        // Borrow the batch's own strings for the key.
-        if let Some(&i) = firsts
-            .iter()
-            .find(|&&i| events[i].source == source && events[i].dedupe_key == key)
-        {
+        let source: &str = row.try_get(1)?;
+        let key: &str = row.try_get(2)?;
+        if let Some(&i) = by_key.get(&(source, key)) {
             stored.insert(
                 (events[i].source.as_str(), events[i].dedupe_key.as_str()),
                 row.try_get(0)?,

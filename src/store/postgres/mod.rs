@@ -90,7 +90,8 @@ impl PostgresStore {
         // a lock another instance holds.
         let mut writer_config = config.clone();
         writer_config.options(format!(
-            "-c statement_timeout={}",
+            "{} -c statement_timeout={}",
+            config.get_options().unwrap_or(""),
             options.append_timeout.as_millis().max(1)
         ));
         let writer_pool = build_pool(&writer_config, 1)?;

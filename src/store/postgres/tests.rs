@@ -1378,7 +1378,22 @@ async fn a_rebuild_corrects_descriptions_while_ingest_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn throughput() {
-    let Some((_db, store)) = open("throughput").await else {
+    #[derive(Default)]
+    struct Batches(std::sync::Mutex<(usize, usize, Duration)>);
+    impl crate::store::CommitObserver for Batches {
+        fn batch_committed(&self, operations: usize, duration: Duration, _ok: bool) {
+            let mut b = self.0.lock().unwrap();
+            b.0 += 1;
+            b.1 += operations;
+            b.2 += duration;
+        }
+    }
+    let batches = std::sync::Arc::new(Batches::default());
+    let options = StoreOptions {
+        observer: Some(batches.clone()),
+        ..StoreOptions::default()
+    };
+    let Some((_db, store)) = open_with("throughput", options).await else {
         return;
     };
     let (callers, per_caller) = (256u64, 80u64);
@@ -1409,6 +1424,12 @@ async fn throughput() {
     eprintln!(
         "{total} appends by {callers} concurrent callers in {elapsed:?}: {:.0}/s",
         total as f64 / elapsed.as_secs_f64()
+    );
+    let (count, operations, busy) = *batches.0.lock().unwrap();
+    eprintln!(
+        "{count} batches of {} on average, {:?} each",
+        operations / count.max(1),
+        busy / count.max(1) as u32
     );
 }
 
