@@ -53,30 +53,61 @@ pub async fn write(
                 index
             });
     }
-    let inserted = insert(tx, events, &firsts).await?;
-    let mut targets: HashMap<(&str, &str), Target> = HashMap::new();
-    let mut missing = Vec::new();
-    for &index in &firsts {
-        let event = events[index];
-        let key = (event.source.as_str(), event.dedupe_key.as_str());
-        match inserted.get(&key) {
-            Some(&seq) => {
-                targets.insert(
-                    key,
-                    Target {
-                        seq,
-                        hash: None,
-                        body: None,
-                        first: index,
-                        stored_now: true,
-                    },
-                );
-            }
-            None => missing.push(index),
-        }
+    // Keys stored before this batch: their events are copies.
+    let mut targets: HashMap<(&str, &str), Target> = find_stored(tx, events, &firsts)
+        .await?
+        .into_iter()
+        .collect();
+    let mut new: Vec<usize> = firsts
+        .iter()
+        .copied()
+        .filter(|&i| !targets.contains_key(&key_of(events[i])))
+        .collect();
+    // What each new event does to the mirror, decided before it is inserted, so
+    // that its row is written once, with its effect.
+    let mut mirror = MirrorPlan::make(tx, events, &new).await?;
+    let written_effects = mirror.effects(new.len(), &new);
+    let inserted = insert(tx, events, &new, &written_effects).await?;
+    if inserted.len() < new.len() {
+        // Another instance stored some of these keys since the look-up: they are
+        // copies too, and the mirror is planned again without them.
+        let lost: Vec<usize> = new
+            .iter()
+            .copied()
+            .filter(|&i| !inserted.contains_key(&key_of(events[i])))
+            .collect();
+        targets.extend(find_stored(tx, events, &lost).await?);
+        let before: HashMap<usize, Option<&'static str>> =
+            new.iter().copied().zip(written_effects).collect();
+        new.retain(|&i| inserted.contains_key(&key_of(events[i])));
+        mirror = MirrorPlan::make(tx, events, &new).await?;
+        let now = mirror.effects(new.len(), &new);
+        let corrected: Vec<(i64, Option<&str>)> = new
+            .iter()
+            .zip(now)
+            .filter(|(i, effect)| before[*i] != *effect)
+            .map(|(i, effect)| (inserted[&key_of(events[*i])], effect))
+            .collect();
+        correct_effects(tx, &corrected).await?;
     }
-    for (key, target) in find_stored(tx, events, &missing).await? {
-        targets.insert(key, target);
+    let seqs: Vec<i64> = mirror
+        .events
+        .iter()
+        .map(|&i| inserted[&key_of(events[i])])
+        .collect();
+    mirror.plan.write(tx, Tables::LIVE, &seqs).await?;
+    for &index in &new {
+        let key = key_of(events[index]);
+        targets.insert(
+            key,
+            Target {
+                seq: inserted[&key],
+                hash: None,
+                body: None,
+                first: index,
+                stored_now: true,
+            },
+        );
     }
     let mut outcomes = Vec::with_capacity(events.len());
     let mut counts: HashMap<i64, Counts> = HashMap::new();
@@ -121,7 +152,6 @@ pub async fn write(
     }
     count_copies(tx, &counts).await?;
     insert_rejections(tx, &conflicts).await?;
-    apply_mirror(tx, events, &outcomes).await?;
     let queued = enqueue(tx, events, &outcomes, subscriptions).await?;
     Ok(Written { outcomes, queued })
 }
@@ -146,6 +176,7 @@ async fn insert<'e>(
     tx: &Transaction<'_>,
     events: &[&'e NewEvent],
     firsts: &[usize],
+    effects: &[Option<&'static str>],
 ) -> Result<HashMap<(&'e str, &'e str), i64>, StoreError> {
     if firsts.is_empty() {
         return Ok(HashMap::new());
@@ -192,22 +223,23 @@ async fn insert<'e>(
         Box::new(pick(&|e| {
             Some(serde_json::to_string(&e.headers).expect("string pairs always serialize"))
         })),
+        Box::new(effects.to_vec()),
     ];
     // Rows go in in receive order, so seqs grow with receive order.
     let statement = tx
         .prepare_cached(
             "INSERT INTO events (source, provider, dedupe_key, event_id, tenant, event_type,
                  entity_kind, entity_id, entity_op, version_ms, received_at_ms, status,
-                 status_reason, body_sha256, body, headers, last_seen_at_ms)
+                 status_reason, body_sha256, body, headers, mirror_effect, last_seen_at_ms)
              SELECT source, provider, dedupe_key, event_id, tenant, event_type, entity_kind,
                  entity_id, entity_op, version_ms, received_at_ms, status, status_reason,
-                 body_sha256, body, headers, received_at_ms
+                 body_sha256, body, headers, mirror_effect, received_at_ms
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                  $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[],
-                 $12::text[], $13::text[], $14::bytea[], $15::bytea[], $16::text[])
+                 $12::text[], $13::text[], $14::bytea[], $15::bytea[], $16::text[], $17::text[])
                  WITH ORDINALITY AS u(source, provider, dedupe_key, event_id, tenant,
                  event_type, entity_kind, entity_id, entity_op, version_ms, received_at_ms,
-                 status, status_reason, body_sha256, body, headers, ord)
+                 status, status_reason, body_sha256, body, headers, mirror_effect, ord)
              ORDER BY ord
              ON CONFLICT (source, dedupe_key) DO NOTHING
              RETURNING seq, source, dedupe_key",
@@ -217,7 +249,12 @@ async fn insert<'e>(
     // Keyed by the batch's own strings.
     let by_key: HashMap<(&str, &str), usize> = firsts
         .iter()
-        .map(|&i| ((events[i].source.as_str(), events[i].dedupe_key.as_str()), i))
+        .map(|&i| {
+            (
+                (events[i].source.as_str(), events[i].dedupe_key.as_str()),
+                i,
+            )
+        })
         .collect();
     let mut stored = HashMap::with_capacity(rows.len());
     for row in rows {
@@ -255,10 +292,15 @@ async fn find_stored<'e>(
     let ords: Vec<i64> = (0..missing.len() as i64).collect();
     let statement = tx
         .prepare_cached(
+            // One probe of the dedupe key per event, whatever the planner
+            // guesses about an array's length.
             "SELECT u.ord, e.seq, e.body_sha256,
                  CASE WHEN e.body_sha256 = u.hash THEN NULL ELSE e.body END
              FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[]) AS u(source, key, hash, ord)
-             JOIN events e ON e.source = u.source AND e.dedupe_key = u.key",
+             CROSS JOIN LATERAL (
+                 SELECT seq, body_sha256, body FROM events
+                 WHERE events.source = u.source AND events.dedupe_key = u.key
+             ) AS e",
         )
         .await?;
     let rows = tx
@@ -378,46 +420,75 @@ pub async fn insert_rejections(
     Ok(())
 }
 
-/// Applies the newly stored events to the mirror and keeps each one's effect.
-async fn apply_mirror(
-    tx: &Transaction<'_>,
-    events: &[&NewEvent],
-    outcomes: &[AppendOutcome],
-) -> Result<(), StoreError> {
-    let items: Vec<Item<'_>> = events
-        .iter()
-        .zip(outcomes)
-        .filter_map(|(event, outcome)| match (outcome, &event.mirror) {
-            (AppendOutcome::Stored { seq }, Some(data)) => Some(Item {
-                source: &event.source,
-                tenant: event.tenant.as_deref(),
-                entity: &event.entity,
-                version_ms: event.version_ms,
-                seq: seq.get(),
-                data,
-            }),
-            _ => None,
+fn key_of(event: &NewEvent) -> (&str, &str) {
+    (event.source.as_str(), event.dedupe_key.as_str())
+}
+
+/// The mirror plan of a batch's new events, and which event each of its items is.
+struct MirrorPlan {
+    plan: mirror::Plan,
+    events: Vec<usize>,
+}
+
+impl MirrorPlan {
+    async fn make(
+        tx: &Transaction<'_>,
+        events: &[&NewEvent],
+        new: &[usize],
+    ) -> Result<MirrorPlan, StoreError> {
+        let mut indexes = Vec::new();
+        let items: Vec<Item<'_>> = new
+            .iter()
+            .filter_map(|&i| {
+                let event = events[i];
+                let data = event.mirror.as_ref()?;
+                indexes.push(i);
+                Some(Item {
+                    source: &event.source,
+                    tenant: event.tenant.as_deref(),
+                    entity: &event.entity,
+                    version_ms: event.version_ms,
+                    data,
+                })
+            })
+            .collect();
+        let plan = mirror::plan(tx, Tables::LIVE, &items).await?;
+        Ok(MirrorPlan {
+            plan,
+            events: indexes,
         })
-        .collect();
-    if items.is_empty() {
+    }
+
+    /// The effect of each of `new` (events by index), in its order.
+    fn effects(&self, len: usize, new: &[usize]) -> Vec<Option<&'static str>> {
+        let by_event: HashMap<usize, &'static str> = self
+            .events
+            .iter()
+            .zip(self.plan.effects())
+            .filter_map(|(&i, effect)| effect.map(|e| (i, e.as_str())))
+            .collect();
+        let mut effects = Vec::with_capacity(len);
+        effects.extend(new.iter().map(|i| by_event.get(i).copied()));
+        effects
+    }
+}
+
+/// Rewrites the mirror effect of events whose plan changed after they were inserted.
+async fn correct_effects(
+    tx: &Transaction<'_>,
+    corrected: &[(i64, Option<&str>)],
+) -> Result<(), StoreError> {
+    if corrected.is_empty() {
         return Ok(());
     }
-    let effects = mirror::apply(tx, Tables::LIVE, &items).await?;
-    let (seqs, names): (Vec<i64>, Vec<&str>) = items
-        .iter()
-        .zip(&effects)
-        .filter_map(|(item, effect)| effect.map(|e| (item.seq, e.as_str())))
-        .unzip();
-    if seqs.is_empty() {
-        return Ok(());
-    }
-    let statement = tx
-        .prepare_cached(
-            "UPDATE events SET mirror_effect = u.effect
-             FROM UNNEST($1::bigint[], $2::text[]) AS u(seq, effect) WHERE events.seq = u.seq",
-        )
-        .await?;
-    tx.execute(&statement, &[&seqs, &names]).await?;
+    let seqs: Vec<i64> = corrected.iter().map(|c| c.0).collect();
+    let effects: Vec<Option<&str>> = corrected.iter().map(|c| c.1).collect();
+    tx.execute(
+        "UPDATE events SET mirror_effect = u.effect
+         FROM UNNEST($1::bigint[], $2::text[]) AS u(seq, effect) WHERE events.seq = u.seq",
+        &[&seqs, &effects],
+    )
+    .await?;
     Ok(())
 }
 

@@ -296,12 +296,12 @@ async fn replay_chunk(
                 tenant: r.tenant.as_deref(),
                 entity: &r.entity,
                 version_ms: r.now.version_ms,
-                seq: r.seq,
                 data,
             })
         })
         .collect();
-    let effects = mirror::apply(tx, SHADOW, &items).await?;
+    let seqs: Vec<i64> = indexes.iter().map(|&i| replayed[i].seq).collect();
+    let effects = mirror::apply(tx, SHADOW, &items, &seqs).await?;
     drop(items);
     for (i, effect) in indexes.into_iter().zip(effects) {
         if let Some(effect) = effect {

@@ -1,8 +1,10 @@
 //! Applies a batch of events to the mirror tables with a few set-based statements:
 //! per table, one query loads (and locks) the current rows of every entity the batch
-//! touches, [`crate::mirror::decide`] runs in memory in receive order, and one upsert
-//! writes each changed entity's final row. The rules are [`crate::mirror`]'s; this
-//! file only knows the SQL.
+//! touches, [`crate::mirror::decide`] runs in memory in receive order ([`plan`]), and
+//! one upsert writes each changed entity's final row ([`Plan::write`]). Planning
+//! needs no sequence numbers, so an event's effect is known before the event is
+//! inserted and written with it. The rules are [`crate::mirror`]'s; this file only
+//! knows the SQL.
 
 use std::collections::HashMap;
 
@@ -14,13 +16,12 @@ use crate::mirror::{self, Current, Effect, FieldType, FieldValue, KindSpec, Mirr
 
 pub const GENERIC_TABLE: &str = "mirror_generic";
 
-/// One stored event to apply, in receive order.
+/// One event to apply, in receive order.
 pub struct Item<'a> {
     pub source: &'a str,
     pub tenant: Option<&'a str>,
     pub entity: &'a EntityRef,
     pub version_ms: i64,
-    pub seq: i64,
     pub data: &'a MirrorData,
 }
 
@@ -53,10 +54,18 @@ struct Key {
     kind: String,
 }
 
+/// The event an entity's row holds: as loaded, or the batch's item that last
+/// changed it (whose seq is known once the event is inserted).
+#[derive(Clone, Copy)]
+enum Holder {
+    Loaded(i64),
+    Item(usize),
+}
+
 /// An entity's row as the batch leaves it.
 struct State {
     current: Option<Current>,
-    event_seq: i64,
+    holder: Holder,
     /// One value per data column (`data` for the generic table).
     values: Vec<FieldValue>,
     changed: bool,
@@ -201,13 +210,29 @@ fn param_cast(cast: &str) -> &str {
 /// A table's items of a batch: (item index, entity key), in receive order.
 type TableItems = (Option<&'static KindSpec>, Vec<(usize, Key)>);
 
-/// Applies `items` (stored events, in receive order) to the mirror inside `tx`;
-/// returns each item's effect (`None`: it could not be keyed).
-pub async fn apply(
+/// What a batch does to the mirror: each item's effect (`None`: it could not be
+/// keyed), and the final rows to write.
+pub struct Plan {
+    effects: Vec<Option<Effect>>,
+    tables: Vec<TablePlan>,
+}
+
+struct TablePlan {
+    spec: Option<&'static KindSpec>,
+    columns: Vec<(&'static str, FieldType)>,
+    /// Distinct keys in order of first appearance: new entities get positions in
+    /// receive order.
+    order: Vec<Key>,
+    states: HashMap<Key, State>,
+}
+
+/// Loads (and locks) the entities `items` touch and decides, in receive order, what
+/// each item does. Writes nothing.
+pub async fn plan(
     tx: &deadpool_postgres::Transaction<'_>,
     tables: Tables,
     items: &[Item<'_>],
-) -> Result<Vec<Option<Effect>>, tokio_postgres::Error> {
+) -> Result<Plan, tokio_postgres::Error> {
     let mut effects = vec![None; items.len()];
     // Items by table, each list in receive order.
     let mut by_table: Vec<TableItems> = Vec::new();
@@ -226,23 +251,58 @@ pub async fn apply(
         };
         by_table[slot].1.push((index, key));
     }
+    let mut planned = Vec::with_capacity(by_table.len());
     for (spec, keyed) in by_table {
-        apply_table(tx, tables, spec, items, &keyed, &mut effects).await?;
+        planned.push(plan_table(tx, tables, spec, items, &keyed, &mut effects).await?);
     }
-    Ok(effects)
+    Ok(Plan {
+        effects,
+        tables: planned,
+    })
 }
 
-async fn apply_table(
+/// Plans and writes in one step, for events already stored (`mirror rebuild`):
+/// `seqs[i]` is item `i`'s event.
+pub async fn apply(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tables: Tables,
+    items: &[Item<'_>],
+    seqs: &[i64],
+) -> Result<Vec<Option<Effect>>, tokio_postgres::Error> {
+    let plan = plan(tx, tables, items).await?;
+    plan.write(tx, tables, seqs).await?;
+    Ok(plan.effects)
+}
+
+impl Plan {
+    pub fn effects(&self) -> &[Option<Effect>] {
+        &self.effects
+    }
+
+    /// Writes the final row of every changed entity; `seqs[i]` is the stored event
+    /// of item `i` (only items that changed an entity are looked up).
+    pub async fn write(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        tables: Tables,
+        seqs: &[i64],
+    ) -> Result<(), tokio_postgres::Error> {
+        for table in &self.tables {
+            table.write(tx, tables, seqs).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn plan_table(
     tx: &deadpool_postgres::Transaction<'_>,
     tables: Tables,
     spec: Option<&'static KindSpec>,
     items: &[Item<'_>],
     keyed: &[(usize, Key)],
     effects: &mut [Option<Effect>],
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<TablePlan, tokio_postgres::Error> {
     let columns = data_columns(spec);
-    // Distinct keys in order of first appearance: new entities get positions in
-    // receive order.
     let mut order: Vec<Key> = Vec::new();
     let mut states: HashMap<Key, State> = HashMap::new();
     for (_, key) in keyed {
@@ -251,7 +311,7 @@ async fn apply_table(
                 key.clone(),
                 State {
                     current: None,
-                    event_seq: 0,
+                    holder: Holder::Loaded(0),
                     values: vec![FieldValue::Null; columns.len()],
                     changed: false,
                     children: None,
@@ -294,25 +354,42 @@ async fn apply_table(
             version_ms: item.version_ms,
             deleted: effect == Effect::Tombstoned,
         });
-        state.event_seq = item.seq;
+        state.holder = Holder::Item(*index);
         state.changed = true;
     }
-    let changed: Vec<&Key> = order.iter().filter(|k| states[*k].changed).collect();
-    if changed.is_empty() {
-        return Ok(());
-    }
-    upsert(tx, tables, spec, &columns, &changed, &states).await?;
-    if let Some(child) = spec.and_then(|s| s.child.as_ref()) {
-        let replaced: Vec<&Key> = changed
-            .iter()
-            .copied()
-            .filter(|k| states[*k].children.is_some())
-            .collect();
-        if !replaced.is_empty() {
-            replace_children(tx, tables, child, &replaced, &states).await?;
+    Ok(TablePlan {
+        spec,
+        columns,
+        order,
+        states,
+    })
+}
+
+impl TablePlan {
+    async fn write(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        tables: Tables,
+        seqs: &[i64],
+    ) -> Result<(), tokio_postgres::Error> {
+        let (spec, columns, order, states) = (self.spec, &self.columns, &self.order, &self.states);
+        let changed: Vec<&Key> = order.iter().filter(|k| states[*k].changed).collect();
+        if changed.is_empty() {
+            return Ok(());
         }
+        upsert(tx, tables, spec, columns, &changed, states, seqs).await?;
+        if let Some(child) = spec.and_then(|s| s.child.as_ref()) {
+            let replaced: Vec<&Key> = changed
+                .iter()
+                .copied()
+                .filter(|k| states[*k].children.is_some())
+                .collect();
+            if !replaced.is_empty() {
+                replace_children(tx, tables, child, &replaced, states).await?;
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Key columns as array parameters: source, tenant, id (and kind for the generic table).
@@ -391,13 +468,20 @@ async fn load(
         .map(|(i, c)| format!("${}::{c}", i + 1))
         .collect();
     let selected: Vec<String> = columns.iter().map(|(c, t)| select_column(c, *t)).collect();
+    // One index probe per entity (a LATERAL subquery), whatever the planner guesses
+    // about an array's length.
+    let matches: Vec<String> = names.iter().map(|n| format!("t.{n} = u.{n}")).collect();
     let sql = format!(
-        "SELECT {keys}, version_ms, deleted, event_seq, {data} FROM {table}
-         WHERE ({keys}) IN (SELECT * FROM UNNEST({unnest})) FOR UPDATE",
+        "SELECT m.* FROM UNNEST({unnest}) AS u({keys})
+         CROSS JOIN LATERAL (
+             SELECT {keys}, version_ms, deleted, event_seq, {data} FROM {table} AS t
+             WHERE {matches} FOR UPDATE
+         ) AS m",
         keys = names.join(", "),
         data = selected.join(", "),
         table = tables.name(table_name(spec)),
         unnest = unnest.join(", "),
+        matches = matches.join(" AND "),
     );
     let statement = tx.prepare_cached(&sql).await?;
     for row in tx.query(&statement, &refs(&params)).await? {
@@ -424,7 +508,7 @@ async fn load(
             version_ms: row.try_get(at)?,
             deleted: row.try_get(at + 1)?,
         });
-        state.event_seq = row.try_get(at + 2)?;
+        state.holder = Holder::Loaded(row.try_get(at + 2)?);
         for (i, (_, ty)) in columns.iter().enumerate() {
             state.values[i] = read_field(&row, at + 3 + i, *ty)?;
         }
@@ -441,6 +525,7 @@ async fn upsert(
     columns: &[(&'static str, FieldType)],
     keys: &[&Key],
     states: &HashMap<Key, State>,
+    seqs: &[i64],
 ) -> Result<(), tokio_postgres::Error> {
     let names = key_names(spec);
     let (mut params, mut casts) = key_arrays(spec, keys);
@@ -457,7 +542,10 @@ async fn upsert(
     ));
     params.push(Box::new(
         keys.iter()
-            .map(|k| states[*k].event_seq)
+            .map(|k| match states[*k].holder {
+                Holder::Loaded(seq) => seq,
+                Holder::Item(index) => seqs[index],
+            })
             .collect::<Vec<i64>>(),
     ));
     params.push(Box::new(
