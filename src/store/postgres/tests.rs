@@ -1550,3 +1550,54 @@ async fn the_rejection_log_is_bounded() {
     let newest = store.list_rejections(1).await.unwrap();
     assert_eq!(newest[0].reason, "id_conflict");
 }
+
+#[tokio::test]
+async fn a_key_another_instance_stores_during_the_batch_is_a_retry_and_not_mirrored() {
+    let Some((_db, store)) = open("insert_race").await else {
+        return;
+    };
+    let event = class_updated(1, 1_000, "A");
+    // Another instance's transaction holds the same key, not yet committed: the
+    // batch's look-up does not see it, its insert waits for it.
+    let mut other = store.client().await.unwrap();
+    let tx = other.transaction().await.unwrap();
+    let seq: i64 = tx
+        .query_one(
+            "INSERT INTO events (source, provider, dedupe_key, event_type, entity_kind,
+                 entity_id, entity_op, version_ms, received_at_ms, status, body_sha256, body,
+                 headers, last_seen_at_ms)
+             VALUES ('school', 'dreamclass', $1, 'CLASS_UPDATED', 'class', '7', 'updated',
+                 1000, 1, 'ok', $2, $3, '[]', 1)
+             RETURNING seq",
+            &[&event.dedupe_key, &&event.body_sha256[..], &&event.body[..]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let append = {
+        let store = store.clone();
+        tokio::spawn(async move { store.append(event).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !append.is_finished(),
+        "the insert waits for the other transaction"
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(
+        append.await.unwrap().unwrap(),
+        AppendOutcome::Duplicate { seq: EventSeq(seq) }
+    );
+    assert!(
+        store
+            .list_entities(class_filter())
+            .await
+            .unwrap()
+            .is_empty(),
+        "the event planned for the mirror was not this batch's to apply"
+    );
+    // The next event about the entity is planned against the real mirror.
+    store.append(class_updated(2, 2_000, "B")).await.unwrap();
+    let entities = store.list_entities(class_filter()).await.unwrap();
+    assert_eq!(entities[0].data["name"], "B");
+}
