@@ -184,6 +184,12 @@ pub trait Backend: Send + Sync + 'static {
 
     async fn get_subscription(&self, name: &str) -> Result<Option<Subscription>, StoreError>;
 
+    /// Seals, under the current key of [`super::StoreOptions::secrets`], every stored
+    /// subscription secret and Basic Auth password that is plain text or sealed under
+    /// another key (the previous one, while rotating), in one transaction. Returns how
+    /// many subscriptions changed; without a key, changes nothing (0).
+    async fn reseal_subscription_secrets(&self) -> Result<u64, StoreError>;
+
     /// Nothing is leased for the subscription before `until_ms`.
     async fn hold_subscription(&self, id: SubscriptionId, until_ms: i64) -> Result<(), StoreError>;
 

@@ -38,6 +38,7 @@
 mod backend;
 mod ids;
 mod rejection_queue;
+pub mod sealed;
 mod sqlite;
 
 use std::path::{Path, PathBuf};
@@ -148,6 +149,9 @@ pub struct StoreOptions {
     pub max_commit_lag: Duration,
     /// How many events `mirror rebuild` reads per chunk; `None`: the backend's default.
     pub rebuild_chunk: Option<usize>,
+    /// How subscription secrets are stored: every backend writes and reads the
+    /// `secret` and Basic Auth password columns only through it. Default: plain text.
+    pub secrets: sealed::Sealer,
 }
 
 impl Default for StoreOptions {
@@ -161,6 +165,7 @@ impl Default for StoreOptions {
             dedupe_settle_after: None,
             max_commit_lag: MAX_COMMIT_LAG,
             rebuild_chunk: None,
+            secrets: sealed::Sealer::plain(),
         }
     }
 }
@@ -254,6 +259,9 @@ pub enum StoreError {
     /// A change refused because its result would be invalid.
     #[error("{0}")]
     Invalid(String),
+    /// A stored subscription secret cannot be opened (or written) with the keys given.
+    #[error(transparent)]
+    Secrets(#[from] sealed::SealError),
     /// The store cannot safely take writes (its file was removed or replaced, the
     /// disk is full, the database is read-only).
     #[error("{0}")]

@@ -198,6 +198,10 @@ impl Backend for SqliteStore {
         self.blocking(move |s| s.get_subscription(&name)).await
     }
 
+    async fn reseal_subscription_secrets(&self) -> Result<u64, StoreError> {
+        SqliteStore::reseal_subscription_secrets(self).await
+    }
+
     async fn hold_subscription(&self, id: SubscriptionId, until_ms: i64) -> Result<(), StoreError> {
         SqliteStore::hold_subscription(self, id, until_ms).await
     }
