@@ -51,6 +51,8 @@ pub enum Command {
     Mirror(mirror::MirrorCommand),
     /// Stream events or entities out as JSON lines or CSV.
     Export(export::ExportArgs),
+    /// Print a new random key for CLASSHOOK_SECRET_KEY (base64 of 32 bytes).
+    SecretKey,
     /// Serve the benchmark's ceiling: the same HTTP stack answering `{}` without work.
     #[command(hide = true)]
     NullServer {
@@ -126,7 +128,11 @@ fn open_for_reading(config: &Config) -> anyhow::Result<Store> {
 /// Opens the configured data directory's database to change it (re-queue, rebuild);
 /// unlike `serve`, never creates one.
 fn open_existing(config: &Config) -> anyhow::Result<Store> {
-    match Store::open_existing(&config.store_location(), StoreOptions::default()) {
+    let options = StoreOptions {
+        secrets: config.server.secret_keys.clone(),
+        ..StoreOptions::default()
+    };
+    match Store::open_existing(&config.store_location(), options) {
         Err(StoreError::NoDatabase(path)) => Err(no_database(config, &path)),
         other => Ok(other?),
     }
@@ -159,6 +165,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(args) => {
             export::check(args)?;
             export::run(cli.load_config_without_secrets()?, args).await
+        }
+        Command::SecretKey => {
+            // Only the key on stdout, so that `$(classhook secret-key)` takes it.
+            println!(
+                "{}",
+                crate::store::sealed::SecretKey::generate().to_base64()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::NullServer { listen } => serve::run_null(*listen).await,
     }
