@@ -378,28 +378,15 @@ impl SqliteStore {
             return Ok(0);
         }
         self.run_job(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let rows: Vec<(i64, Option<String>, Option<String>)> = tx
-                .prepare("SELECT id, basic_password, secret FROM subscriptions ORDER BY id")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<Result<_, _>>()?;
-            let reseal = |column: &str, stored: Option<String>| {
-                stored.map(|s| sealer.reseal(column, &s)).transpose()
-            };
-            let mut changed = 0;
-            for (id, password, secret) in rows {
-                let password = reseal(sealed::SUBSCRIPTION_BASIC_PASSWORD, password)?.flatten();
-                let secret = reseal(sealed::SUBSCRIPTION_SECRET, secret)?.flatten();
-                if password.is_some() || secret.is_some() {
-                    tx.execute(
-                        "UPDATE subscriptions SET basic_password = coalesce(?2, basic_password),
-                             secret = coalesce(?3, secret) WHERE id = ?1",
-                        params![id, password, secret],
-                    )?;
-                    changed += 1;
-                }
+            // The values replaced must not linger: freed cell space is zeroed
+            // (secure_delete) and, below, the WAL holding the old pages is emptied.
+            conn.pragma_update(None, "secure_delete", true)?;
+            let changed = reseal_rows(conn, &sealer);
+            conn.pragma_update(None, "secure_delete", false)?;
+            let changed = changed?;
+            if changed > 0 {
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
             }
-            tx.commit()?;
             Ok(changed)
         })
         .await
@@ -616,6 +603,34 @@ impl SqliteStore {
             Ok(Some((delivery, attempts)))
         })
     }
+}
+
+/// Re-seals every stored secret that needs it, in one transaction; returns how many
+/// subscriptions changed.
+fn reseal_rows(conn: &mut Connection, sealer: &Sealer) -> Result<u64, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let rows: Vec<(i64, Option<String>, Option<String>)> = tx
+        .prepare("SELECT id, basic_password, secret FROM subscriptions ORDER BY id")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let reseal = |column: &str, stored: Option<String>| {
+        stored.map(|s| sealer.reseal(column, &s)).transpose()
+    };
+    let mut changed = 0;
+    for (id, password, secret) in rows {
+        let password = reseal(sealed::SUBSCRIPTION_BASIC_PASSWORD, password)?.flatten();
+        let secret = reseal(sealed::SUBSCRIPTION_SECRET, secret)?.flatten();
+        if password.is_some() || secret.is_some() {
+            tx.execute(
+                "UPDATE subscriptions SET basic_password = coalesce(?2, basic_password),
+                     secret = coalesce(?3, secret) WHERE id = ?1",
+                params![id, password, secret],
+            )?;
+            changed += 1;
+        }
+    }
+    tx.commit()?;
+    Ok(changed)
 }
 
 /// How many events one backfill job looks at.
