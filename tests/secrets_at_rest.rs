@@ -370,16 +370,27 @@ async fn plain_text_from_before_the_key_is_sealed_once_one_is_set() {
 
 /// Runs the binary with the config file and no key in its environment.
 async fn run_without_key(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_classhook"))
+    run_with_key(config, args, None).await
+}
+
+/// Runs the binary with the config file and only this key in its environment.
+async fn run_with_key(
+    config: &Path,
+    args: &[&str],
+    key: Option<&SecretKey>,
+) -> (i32, String, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_classhook"));
+    command
         .args(args)
         .arg("--config")
         .arg(config)
         .env_remove(KEY_VAR)
         .env_remove(PREVIOUS_VAR)
-        .env_remove("CLASSHOOK_CONFIG")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
+        .env_remove("CLASSHOOK_CONFIG");
+    if let Some(key) = key {
+        command.env(KEY_VAR, key.to_base64());
+    }
+    let output = command.stdin(Stdio::null()).kill_on_drop(true).output();
     let output = tokio::time::timeout(Duration::from_secs(30), output)
         .await
         .expect("the command finished within 30 s")
@@ -441,4 +452,66 @@ async fn secret_key_prints_a_fresh_usable_key() {
     assert_eq!(BASE64.decode(first).unwrap().len(), 32);
     assert!(SecretKey::from_base64(first).is_ok());
     assert_ne!(first, second.trim());
+}
+
+#[tokio::test]
+async fn after_a_lost_key_the_secrets_are_forgotten_and_set_again() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (lost, new) = (SecretKey::generate(), SecretKey::generate());
+    let first = config(dir.path(), &receiver, Some(&lost), None);
+    let gw = start(dir, &first).await;
+    create_api_subscription(&gw, &receiver).await;
+    let dir = stop(gw).await;
+    let file = dir.path().join("classhook.toml");
+    std::fs::write(&file, config_text(dir.path(), &receiver)).unwrap();
+
+    // Without --yes it only says which, and which key they need.
+    let (code, out, err) = run_with_key(&file, &["forget-secrets"], Some(&new)).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains(&format!(
+            "crm: subscription secrets are encrypted with key {}",
+            lost.id()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("from-config: "), "{out}");
+    assert!(out.contains("nothing was changed"), "{out}");
+    assert_sealed_under(dir.path(), &lost);
+
+    let (code, out, err) = run_with_key(&file, &["forget-secrets", "--yes"], Some(&new)).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("forgot the secrets of 2 subscriptions"),
+        "{out}"
+    );
+    let rows = stored_rows(dir.path());
+    assert!(rows.contains(&("crm".into(), None, None)), "{rows:?}");
+
+    // The new key starts: the config subscription has its secrets again, the API
+    // one waits, paused, until they are set again.
+    let keyed = config(dir.path(), &receiver, Some(&new), None);
+    let gw = start(dir, &keyed).await;
+    let crm = gw.store.get_subscription("crm").await.unwrap().unwrap();
+    assert!(crm.paused && crm.spec.secret.is_none() && crm.spec.basic_auth.is_none());
+    assert!(crm.paused_reason.unwrap().contains("lost key"));
+    let patched = gw
+        .client
+        .patch(gw.url("/api/v1/subscriptions/crm"))
+        .json(&json!({"secret": API_SECRET, "basic_auth": {"username": "crm", "password": API_PASSWORD}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    let resumed = gw
+        .client
+        .post(gw.url("/api/v1/subscriptions/crm/resume"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), 200);
+    assert_sealed_under(gw.dir.path(), &new);
+    assert_delivered_signed(&gw, &receiver, 1, 0).await;
+    stop(gw).await;
 }

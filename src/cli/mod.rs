@@ -5,6 +5,7 @@ mod deliveries;
 mod events;
 mod export;
 mod mirror;
+mod secrets;
 mod send;
 mod serve;
 mod verify;
@@ -53,6 +54,8 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Print a new random key for CLASSHOOK_SECRET_KEY (base64 of 32 bytes).
     SecretKey,
+    /// After losing the key: forget the subscription secrets it sealed (lists them without --yes).
+    ForgetSecrets(secrets::ForgetArgs),
     /// Serve the benchmark's ceiling: the same HTTP stack answering `{}` without work.
     #[command(hide = true)]
     NullServer {
@@ -166,14 +169,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             export::check(args)?;
             export::run(cli.load_config_without_secrets()?, args).await
         }
-        Command::SecretKey => {
-            // Only the key on stdout, so that `$(classhook secret-key)` takes it.
-            println!(
-                "{}",
-                crate::store::sealed::SecretKey::generate().to_base64()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::SecretKey => secrets::new_key(),
+        // Needs the keys `serve` has (and so its environment).
+        Command::ForgetSecrets(args) => secrets::forget(cli.load_config()?, args).await,
         Command::NullServer { listen } => serve::run_null(*listen).await,
     }
 }

@@ -160,6 +160,17 @@ pub enum SealError {
     LooksSealed { column: String, var: String },
 }
 
+/// A subscription whose stored secrets the keys given cannot open (see
+/// [`crate::store::Backend::forget_unreadable_secrets`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    pub subscription: String,
+    /// Declared in the config file: the next `serve` stores its secrets again.
+    pub from_config: bool,
+    /// Why the first of its values did not open.
+    pub reason: SealError,
+}
+
 /// Seals and opens subscription secrets; cheap to clone. `Debug` shows key ids only.
 #[derive(Clone)]
 pub struct Sealer {

@@ -392,6 +392,65 @@ impl SqliteStore {
         .await
     }
 
+    /// See [`crate::store::Backend::forget_unreadable_secrets`].
+    pub async fn forget_unreadable_secrets(
+        &self,
+        keys: Sealer,
+        dry_run: bool,
+    ) -> Result<Vec<sealed::Unreadable>, StoreError> {
+        let matchers = self.inner.matchers.clone();
+        let own = self.inner.options.secrets.clone();
+        self.run_job(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let rows: Vec<(i64, String, String, Option<String>, Option<String>)> = tx
+                .prepare(
+                    "SELECT id, name, managed_by, basic_password, secret FROM subscriptions
+                     ORDER BY id",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+                .collect::<Result<_, _>>()?;
+            let fails = |column: &str, stored: &Option<String>| {
+                stored.as_ref().and_then(|s| keys.open(column, s).err())
+            };
+            let mut forgotten = Vec::new();
+            for (id, name, managed_by, password, secret) in rows {
+                let password = fails(sealed::SUBSCRIPTION_BASIC_PASSWORD, &password);
+                let secret = fails(sealed::SUBSCRIPTION_SECRET, &secret);
+                let (forget_password, forget_secret) = (password.is_some(), secret.is_some());
+                let Some(reason) = secret.or(password) else {
+                    continue;
+                };
+                if !dry_run {
+                    tx.execute(
+                        "UPDATE subscriptions SET
+                             secret = CASE WHEN ?2 THEN NULL ELSE secret END,
+                             basic_username = CASE WHEN ?3 THEN NULL ELSE basic_username END,
+                             basic_password = CASE WHEN ?3 THEN NULL ELSE basic_password END,
+                             paused = CASE WHEN managed_by = 'api' THEN 1 ELSE paused END,
+                             paused_reason = CASE WHEN managed_by = 'api' THEN ?4 ELSE paused_reason END
+                         WHERE id = ?1",
+                        params![
+                            id,
+                            forget_secret,
+                            forget_password,
+                            "its secrets were sealed under a lost key and are forgotten: set secret and basic_auth again, then resume"
+                        ],
+                    )?;
+                }
+                forgotten.push(sealed::Unreadable {
+                    subscription: name,
+                    from_config: managed_by == "config",
+                    reason,
+                });
+            }
+            let loaded = load_subscriptions(&tx, &own)?;
+            tx.commit()?;
+            *matchers.write().expect("matcher lock is never poisoned") = loaded;
+            Ok(forgotten)
+        })
+        .await
+    }
+
     pub fn list_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
         self.with_reader(|conn| Ok(load_subscriptions(conn, &self.inner.options.secrets)?))
     }
