@@ -402,18 +402,20 @@ impl SqliteStore {
         let own = self.inner.options.secrets.clone();
         self.run_job(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let rows: Vec<(i64, String, String, Option<String>, Option<String>)> = tx
+            let rows: Vec<(i64, String, String, StoredSecrets)> = tx
                 .prepare(
                     "SELECT id, name, managed_by, basic_password, secret FROM subscriptions
                      ORDER BY id",
                 )?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, (r.get(3)?, r.get(4)?)))
+                })?
                 .collect::<Result<_, _>>()?;
             let fails = |column: &str, stored: &Option<String>| {
                 stored.as_ref().and_then(|s| keys.open(column, s).err())
             };
             let mut forgotten = Vec::new();
-            for (id, name, managed_by, password, secret) in rows {
+            for (id, name, managed_by, (password, secret)) in rows {
                 let password = fails(sealed::SUBSCRIPTION_BASIC_PASSWORD, &password);
                 let secret = fails(sealed::SUBSCRIPTION_SECRET, &secret);
                 let (forget_password, forget_secret) = (password.is_some(), secret.is_some());
@@ -664,19 +666,22 @@ impl SqliteStore {
     }
 }
 
+/// A subscription's `basic_password` and `secret` as stored.
+type StoredSecrets = (Option<String>, Option<String>);
+
 /// Re-seals every stored secret that needs it, in one transaction; returns how many
 /// subscriptions changed.
 fn reseal_rows(conn: &mut Connection, sealer: &Sealer) -> Result<u64, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let rows: Vec<(i64, Option<String>, Option<String>)> = tx
+    let rows: Vec<(i64, StoredSecrets)> = tx
         .prepare("SELECT id, basic_password, secret FROM subscriptions ORDER BY id")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?
         .collect::<Result<_, _>>()?;
     let reseal = |column: &str, stored: Option<String>| {
         stored.map(|s| sealer.reseal(column, &s)).transpose()
     };
     let mut changed = 0;
-    for (id, password, secret) in rows {
+    for (id, (password, secret)) in rows {
         let password = reseal(sealed::SUBSCRIPTION_BASIC_PASSWORD, password)?.flatten();
         let secret = reseal(sealed::SUBSCRIPTION_SECRET, secret)?.flatten();
         if password.is_some() || secret.is_some() {
