@@ -1035,3 +1035,63 @@ async fn scripts_get_json_lines_and_every_api_only_view_has_a_command() {
     }
     served.child.start_kill().unwrap();
 }
+
+#[tokio::test]
+async fn backup_copies_a_running_store_and_the_copy_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), SOURCES);
+    let mut served = serve(&config).await;
+    let live = config.with_file_name("live.toml");
+    std::fs::write(
+        &live,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("127.0.0.1:0", &served.addr.to_string()),
+    )
+    .unwrap();
+    let live = live.to_str().unwrap();
+    for _ in 0..3 {
+        let (code, _, err) = run(
+            &[
+                "send",
+                "--config",
+                live,
+                "--source",
+                "school",
+                "--event",
+                "CLASS_CREATED",
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, _, err) = run(&["healthcheck", "--config", live], None).await;
+    assert_eq!(code, 0, "the gateway is healthy: {err}");
+
+    // Taken while the gateway runs.
+    let copy = dir.path().join("copy.db");
+    let (code, out, err) = run(&["backup", copy.to_str().unwrap(), "--config", live], None).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("backed up 3 events"), "{out}");
+    let (code, _, err) = run(&["backup", copy.to_str().unwrap(), "--config", live], None).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("exists already"), "{err}");
+    served.child.start_kill().unwrap();
+    served.child.wait().await.unwrap();
+    let (code, _, _) = run(&["healthcheck", "--config", live], None).await;
+    assert_eq!(code, 1, "nothing answers any more");
+
+    // Restoring is putting the copy in place of the database.
+    let restored = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(restored.path().join("data")).unwrap();
+    std::fs::copy(&copy, restored.path().join("data").join("classhook.db")).unwrap();
+    let config = write_config(restored.path(), SOURCES);
+    let (code, out, err) = run(
+        &["events", "--config", config.to_str().unwrap(), "--json"],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+}

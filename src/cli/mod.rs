@@ -1,10 +1,12 @@
 //! The command line: argument parsing here, one file per subcommand. Subcommands call
 //! the library and print; they hold no rules of their own.
 
+mod backup;
 mod deliveries;
 mod event;
 mod events;
 mod export;
+mod healthcheck;
 mod mirror;
 mod rejections;
 mod send;
@@ -62,6 +64,11 @@ pub enum Command {
     Mirror(mirror::MirrorCommand),
     /// Stream events or entities out as JSON lines or CSV.
     Export(export::ExportArgs),
+    /// Write a consistent copy of the database to a new file, while the gateway runs.
+    Backup(backup::BackupArgs),
+    /// Exit 0 when the gateway at the configured `listen` address answers `/healthz`
+    /// (for container health checks).
+    Healthcheck,
     /// Print a shell completion script, e.g. `classhook completions bash >
     /// /etc/bash_completion.d/classhook`.
     Completions {
@@ -185,6 +192,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Subscriptions(command) => {
             subscriptions::run(cli.load_config_without_secrets()?, command).await
         }
+        Command::Backup(args) => backup::run(cli.load_config_without_secrets()?, args).await,
+        Command::Healthcheck => healthcheck::run(cli.load_config_without_secrets()?).await,
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut command, "classhook", &mut std::io::stdout());

@@ -5,13 +5,14 @@
 //! the hold policy, subscription defaults and validation, the mirror's version rules)
 //! live in their domain modules and reach a backend as decisions to store.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use super::{
-    AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, Claimed, Delivery,
+    AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, BackupReport, Claimed, Delivery,
     DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter, EventSeq, EventSummary,
     KindCount, NewRejection, RebuildReport, Rejection, RejectionFilter, StatsRow, StoreError,
     StoredEvent, SubscriptionId,
@@ -51,6 +52,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Whether the store can take a write now: a real write commits within `timeout`
     /// and the backend has room. `Err` says why not, for `/readyz`.
     async fn ping(&self, timeout: Duration) -> Result<(), StoreError>;
+
+    /// Writes a consistent copy of the whole store to a new file while the store is in
+    /// use, and checks it. A backend whose data lives elsewhere says how to back it up
+    /// instead (`Invalid`).
+    async fn backup(&self, destination: &Path) -> Result<BackupReport, StoreError>;
 
     /// Operations waiting to be committed right now (a gauge).
     fn queued_writes(&self) -> usize;

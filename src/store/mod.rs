@@ -183,6 +183,13 @@ pub struct KindCount {
     pub deleted: i64,
 }
 
+/// What a backup wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupReport {
+    pub events: i64,
+    pub bytes: u64,
+}
+
 /// What a rebuild did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RebuildReport {

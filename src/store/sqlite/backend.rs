@@ -2,6 +2,7 @@
 //! inherent async methods); reads run on a pooled read connection on a blocking
 //! thread, so an API query never stalls the async workers.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +13,10 @@ use crate::deliver::subscription::{Subscription, SubscriptionSpec};
 use crate::event::NewEvent;
 use crate::provider::ProviderKind;
 use crate::store::{
-    AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, Backend, ClaimRequest, Claimed,
-    Delivery, DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter, EventSeq,
-    EventSummary, KindCount, Lease, NewRejection, RebuildReport, Rejection, RejectionFilter,
-    SpecChange, StatsRow, StoreError, StoredEvent, SubscriptionId,
+    AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, Backend, BackupReport,
+    ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter,
+    EventSeq, EventSummary, KindCount, Lease, NewRejection, RebuildReport, Rejection,
+    RejectionFilter, SpecChange, StatsRow, StoreError, StoredEvent, SubscriptionId,
 };
 
 impl SqliteStore {
@@ -39,6 +40,11 @@ impl Backend for SqliteStore {
 
     async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
         SqliteStore::ping(self, timeout).await
+    }
+
+    async fn backup(&self, destination: &Path) -> Result<BackupReport, StoreError> {
+        let destination = destination.to_path_buf();
+        self.blocking(move |s| s.backup(&destination)).await
     }
 
     fn queued_writes(&self) -> usize {
