@@ -14,8 +14,8 @@ use tokio::sync::Notify;
 use super::{
     AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, BackupReport, Claimed, Delivery,
     DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter, EventSeq, EventSummary,
-    KindCount, NewRejection, RebuildReport, Rejection, RejectionFilter, StatsRow, StoreError,
-    StoredEvent, SubscriptionId,
+    KindCount, NewRejection, QueueDepth, RebuildReport, Rejection, RejectionFilter, StatsRow,
+    StoreError, StoredEvent, SubscriptionId,
 };
 use crate::deliver::subscription::{Subscription, SubscriptionSpec};
 use crate::event::NewEvent;
@@ -240,6 +240,9 @@ pub trait Backend: Send + Sync + 'static {
         until_ms: Option<i64>,
         now_ms: i64,
     ) -> Result<u64, StoreError>;
+
+    /// Every subscription's pending and dead deliveries, by name.
+    async fn delivery_queue(&self) -> Result<Vec<QueueDepth>, StoreError>;
 
     /// Newest first.
     async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>, StoreError>;

@@ -183,6 +183,15 @@ pub struct KindCount {
     pub deleted: i64,
 }
 
+/// One subscription's deliveries right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub subscription: String,
+    /// Waiting for their first attempt or a retry (leased ones included).
+    pub pending: i64,
+    pub dead: i64,
+}
+
 /// What a backup wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackupReport {

@@ -15,7 +15,7 @@ use crate::provider::ProviderKind;
 use crate::store::{
     AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, Backend, BackupReport,
     ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter,
-    EventSeq, EventSummary, KindCount, Lease, NewRejection, RebuildReport, Rejection,
+    EventSeq, EventSummary, KindCount, Lease, NewRejection, QueueDepth, RebuildReport, Rejection,
     RejectionFilter, SpecChange, StatsRow, StoreError, StoredEvent, SubscriptionId,
 };
 
@@ -256,6 +256,10 @@ impl Backend for SqliteStore {
         now_ms: i64,
     ) -> Result<u64, StoreError> {
         SqliteStore::backfill(self, name, since_ms, until_ms, now_ms).await
+    }
+
+    async fn delivery_queue(&self) -> Result<Vec<QueueDepth>, StoreError> {
+        self.blocking(|s| s.delivery_queue()).await
     }
 
     async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>, StoreError> {
