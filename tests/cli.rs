@@ -438,6 +438,27 @@ async fn export_and_mirror_rebuild_work_on_the_data_directory() {
         out.contains("from 4 events (4 changed an entity, 0 re-described)"),
         "{out}"
     );
+    assert_eq!(err, "", "no progress bar off a terminal");
+    // On a terminal (a pseudo-terminal from `script`), the bar is drawn on stderr.
+    if let Ok(status) = std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .map(|o| o.status)
+        && status.success()
+    {
+        let command = format!(
+            "{} mirror rebuild --config {live}",
+            common::process::binary().display()
+        );
+        let typed = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .output()
+            .unwrap();
+        let screen = String::from_utf8_lossy(&typed.stdout);
+        assert!(typed.status.success(), "{screen}");
+        assert!(screen.contains("rebuilding the mirror"), "{screen}");
+        assert!(screen.contains("mirror rebuilt from 4 events"), "{screen}");
+    }
     let (_, after, _) = run(
         &[
             "export", "--config", live, "--kind", "class", "--format", "csv",

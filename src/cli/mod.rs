@@ -8,6 +8,7 @@ mod events;
 mod export;
 mod healthcheck;
 mod mirror;
+mod progress;
 mod rejections;
 mod send;
 mod serve;

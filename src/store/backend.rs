@@ -14,8 +14,8 @@ use tokio::sync::Notify;
 use super::{
     AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, BackupReport, Claimed, Delivery,
     DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter, EventSeq, EventSummary,
-    KindCount, NewRejection, QueueDepth, RebuildReport, Rejection, RejectionFilter, StatsRow,
-    StoreError, StoredEvent, SubscriptionId,
+    KindCount, NewRejection, Progress, QueueDepth, RebuildReport, Rejection, RejectionFilter,
+    StatsRow, StoreError, StoredEvent, SubscriptionId,
 };
 use crate::deliver::subscription::{Subscription, SubscriptionSpec};
 use crate::event::NewEvent;
@@ -150,7 +150,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Replays every stored event, in receive order, into an empty mirror (with the
     /// rules of this version), while ingest goes on; corrects stored descriptions.
-    async fn rebuild_mirror(&self) -> Result<RebuildReport, StoreError>;
+    async fn rebuild_mirror(
+        &self,
+        progress: Arc<dyn Progress>,
+    ) -> Result<RebuildReport, StoreError>;
 
     // ---- subscriptions ----
 

@@ -165,6 +165,24 @@ impl Default for StoreOptions {
     }
 }
 
+/// Told how far long work has got (for progress bars). Counts are of the work's own
+/// unit (events, rows); `total` may come late or never.
+pub trait Progress: Send + Sync {
+    fn total(&self, _units: u64) {}
+    fn advanced(&self, _units: u64) {}
+}
+
+/// No one is watching.
+pub struct NoProgress;
+
+impl Progress for NoProgress {}
+
+impl NoProgress {
+    pub fn shared() -> Arc<dyn Progress> {
+        Arc::new(NoProgress)
+    }
+}
+
 /// Told about every committed (or failed) batch, e.g. by the metrics.
 pub trait CommitObserver: Send + Sync {
     fn batch_committed(&self, operations: usize, duration: Duration, ok: bool);

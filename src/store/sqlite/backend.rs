@@ -15,8 +15,8 @@ use crate::provider::ProviderKind;
 use crate::store::{
     AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, Backend, BackupReport,
     ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter,
-    EventSeq, EventSummary, KindCount, Lease, NewRejection, QueueDepth, RebuildReport, Rejection,
-    RejectionFilter, SpecChange, StatsRow, StoreError, StoredEvent, SubscriptionId,
+    EventSeq, EventSummary, KindCount, Lease, NewRejection, Progress, QueueDepth, RebuildReport,
+    Rejection, RejectionFilter, SpecChange, StatsRow, StoreError, StoredEvent, SubscriptionId,
 };
 
 impl SqliteStore {
@@ -156,8 +156,11 @@ impl Backend for SqliteStore {
             .await
     }
 
-    async fn rebuild_mirror(&self) -> Result<RebuildReport, StoreError> {
-        SqliteStore::rebuild_mirror(self).await
+    async fn rebuild_mirror(
+        &self,
+        progress: Arc<dyn Progress>,
+    ) -> Result<RebuildReport, StoreError> {
+        SqliteStore::rebuild_mirror(self, progress).await
     }
 
     async fn sync_config_subscriptions(
