@@ -15,6 +15,7 @@ pub mod deliver;
 pub mod event;
 pub mod http;
 pub mod ingest;
+pub mod lookup;
 pub mod metrics;
 pub mod mirror;
 pub mod net;

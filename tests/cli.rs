@@ -438,6 +438,27 @@ async fn export_and_mirror_rebuild_work_on_the_data_directory() {
         out.contains("from 4 events (4 changed an entity, 0 re-described)"),
         "{out}"
     );
+    assert_eq!(err, "", "no progress bar off a terminal");
+    // On a terminal (a pseudo-terminal from `script`), the bar is drawn on stderr.
+    if let Ok(status) = std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .map(|o| o.status)
+        && status.success()
+    {
+        let command = format!(
+            "{} mirror rebuild --config {live}",
+            common::process::binary().display()
+        );
+        let typed = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .output()
+            .unwrap();
+        let screen = String::from_utf8_lossy(&typed.stdout);
+        assert!(typed.status.success(), "{screen}");
+        assert!(screen.contains("rebuilding the mirror"), "{screen}");
+        assert!(screen.contains("mirror rebuilt from 4 events"), "{screen}");
+    }
     let (_, after, _) = run(
         &[
             "export", "--config", live, "--kind", "class", "--format", "csv",
@@ -871,4 +892,227 @@ async fn a_port_in_use_is_said_once_and_leaves_nothing_behind() {
     assert_ne!(code, 0);
     assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
     assert!(!data.exists(), "no data directory created");
+}
+
+#[tokio::test]
+async fn scripts_get_json_lines_and_every_api_only_view_has_a_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let sources = format!(
+        "{SOURCES}\n[delivery]\nallow_private_destinations = true\npoll_interval = \"20ms\"\n\n\
+         [[subscription]]\nname = \"nowhere\"\nurl = \"http://{closed}/hook\"\nevents = [\"CLASS_*\"]\nretry_schedule = []\nsecret = \"whsec_c2VjcmV0LWtleS1mb3ItY2xp\"\n"
+    );
+    let config = write_config(dir.path(), &sources);
+    let mut served = serve(&config).await;
+    let live = config.with_file_name("live.toml");
+    std::fs::write(
+        &live,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("127.0.0.1:0", &served.addr.to_string()),
+    )
+    .unwrap();
+    let live = live.to_str().unwrap();
+    let send = |args: &'static [&'static str]| {
+        let mut all = vec!["send", "--config", live];
+        all.extend(args);
+        async move { run(&all, None).await }
+    };
+    assert_eq!(
+        send(&["--source", "school", "--event", "CLASS_CREATED"])
+            .await
+            .0,
+        0
+    );
+    assert_eq!(
+        send(&["--source", "courses", "--event", "payment.paid"])
+            .await
+            .0,
+        0
+    );
+    let url = format!("http://{}/hooks/school", served.addr);
+    let refused = run(
+        &[
+            "send",
+            "--url",
+            &url,
+            "--provider",
+            "dreamclass",
+            "--secret",
+            "wrong",
+            "--event",
+            "CLASS_CREATED",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(refused.0, 1, "{refused:?}");
+
+    // `--json`: one object per line, the API's shapes.
+    let (code, out, err) = run(&["events", "--config", live, "--json"], None).await;
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "{out}");
+    let school = events.iter().find(|e| e["source"] == "school").unwrap();
+    assert_eq!(school["type"], "CLASS_CREATED");
+    let seq = school["id"].to_string();
+    let uuid = school["event_id"].as_str().unwrap().to_string();
+
+    // `event show`, by either name: the body pretty-printed, or its exact bytes.
+    let (code, shown, err) = run(&["event", "show", &uuid, "--config", live], None).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(shown.contains(&format!("seq            {seq}")), "{shown}");
+    assert!(shown.contains("\"type\": \"CLASS_CREATED\""), "{shown}");
+    assert!(shown.to_lowercase().contains("content-type"), "{shown}");
+    let raw = reqwest::get(format!("http://{}/api/v1/events/{seq}/raw", served.addr))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let (code, bytes, _) = run(&["event", "show", &seq, "--raw", "--config", live], None).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        bytes.as_bytes(),
+        &raw[..],
+        "--raw is the body byte for byte"
+    );
+    let (_, json, _) = run(&["event", "show", &seq, "--json", "--config", live], None).await;
+    let detail: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(detail["event_id"], uuid.as_str());
+    let (code, _, err) = run(&["event", "show", "nosuch", "--config", live], None).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("is not an event id"), "{err}");
+
+    // `rejections`: the refused request, why.
+    let (code, out, _) = run(&["rejections", "--config", live, "--json"], None).await;
+    assert_eq!(code, 0);
+    let rejection: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(rejection["reason"], "signature_invalid", "{out}");
+
+    // `deliveries --json`, then `subscriptions`: list without secrets, pause, resume.
+    let mut deliveries = String::new();
+    for _ in 0..200 {
+        deliveries = run(&["deliveries", "--config", live, "--json"], None)
+            .await
+            .1;
+        if deliveries.contains("\"dead\"") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let delivery: serde_json::Value =
+        serde_json::from_str(deliveries.lines().next().unwrap()).unwrap();
+    assert_eq!(delivery["subscription"], "nowhere", "{deliveries}");
+    let (_, listed, _) = run(&["subscriptions", "list", "--config", live, "--json"], None).await;
+    let subscription: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
+    assert_eq!(subscription["name"], "nowhere");
+    assert_eq!(subscription["has_secret"], true);
+    assert!(!listed.contains("c2VjcmV0"), "no secret shown: {listed}");
+    let (code, out, err) = run(
+        &[
+            "subscriptions",
+            "pause",
+            "nowhere",
+            "--reason",
+            "maintenance",
+            "--config",
+            live,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "nowhere paused");
+    let (_, table, _) = run(&["subscriptions", "list", "--config", live], None).await;
+    assert!(table.contains("paused: maintenance"), "{table}");
+    let (code, _, _) = run(
+        &["subscriptions", "resume", "nowhere", "--config", live],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0);
+    let (_, table, _) = run(&["subscriptions", "list", "--config", live], None).await;
+    assert!(table.contains("active"), "{table}");
+    let (code, _, err) = run(
+        &["subscriptions", "pause", "nosuch", "--config", live],
+        None,
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no subscription named \"nosuch\""), "{err}");
+
+    // Completions for the usual shells.
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, script, _) = run(&["completions", shell], None).await;
+        assert_eq!(code, 0, "{shell}");
+        assert!(script.contains("subscriptions"), "{shell}");
+    }
+    served.child.start_kill().unwrap();
+}
+
+#[tokio::test]
+async fn backup_copies_a_running_store_and_the_copy_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), SOURCES);
+    let mut served = serve(&config).await;
+    let live = config.with_file_name("live.toml");
+    std::fs::write(
+        &live,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("127.0.0.1:0", &served.addr.to_string()),
+    )
+    .unwrap();
+    let live = live.to_str().unwrap();
+    for _ in 0..3 {
+        let (code, _, err) = run(
+            &[
+                "send",
+                "--config",
+                live,
+                "--source",
+                "school",
+                "--event",
+                "CLASS_CREATED",
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, _, err) = run(&["healthcheck", "--config", live], None).await;
+    assert_eq!(code, 0, "the gateway is healthy: {err}");
+
+    // Taken while the gateway runs.
+    let copy = dir.path().join("copy.db");
+    let (code, out, err) = run(&["backup", copy.to_str().unwrap(), "--config", live], None).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("backed up 3 events"), "{out}");
+    let (code, _, err) = run(&["backup", copy.to_str().unwrap(), "--config", live], None).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("exists already"), "{err}");
+    served.child.start_kill().unwrap();
+    served.child.wait().await.unwrap();
+    let (code, _, _) = run(&["healthcheck", "--config", live], None).await;
+    assert_eq!(code, 1, "nothing answers any more");
+
+    // Restoring is putting the copy in place of the database.
+    let restored = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(restored.path().join("data")).unwrap();
+    std::fs::copy(&copy, restored.path().join("data").join("classhook.db")).unwrap();
+    let config = write_config(restored.path(), SOURCES);
+    let (code, out, err) = run(
+        &["events", "--config", config.to_str().unwrap(), "--json"],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
 }

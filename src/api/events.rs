@@ -15,7 +15,8 @@ use super::{ApiState, read};
 use crate::deliver::subscription::valid_pattern;
 use crate::event::EventStatus;
 use crate::http::ApiError;
-use crate::store::{EventFilter, EventSeq, RejectionFilter};
+use crate::lookup::{self, LookupError};
+use crate::store::{EventFilter, RejectionFilter};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -98,47 +99,6 @@ pub async fn list_events(
     Ok(Json(EventPage { items, next_cursor }))
 }
 
-/// How an event is named in `/events/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum EventRef {
-    /// classhook's sequence number (`id` in a list).
-    Seq(EventSeq),
-    /// A dedupe key: `id:<uuid>` (DreamClass) or `sha256:<hex>` (Loopwise).
-    Key(String),
-}
-
-/// What `{id}` accepts, for messages and the OpenAPI document.
-const EVENT_ID_FORMS: &str = "classhook's sequence number (`id` in a list, e.g. 42), a DreamClass event id (the envelope's UUID, also written `id:<uuid>`) or a Loopwise event's `sha256:<hex>` key (`dedupe_key`)";
-
-fn parse_event_ref(text: &str) -> Result<EventRef, ApiError> {
-    let bad = || {
-        bad_request(format!(
-            "{text:?} is not an event id: give {EVENT_ID_FORMS}"
-        ))
-    };
-    if !text.is_empty()
-        && text.bytes().all(|b| b.is_ascii_digit())
-        && let Ok(seq) = text.parse()
-    {
-        return Ok(EventRef::Seq(seq));
-    }
-    let uuid = text.strip_prefix("id:").unwrap_or(text);
-    if let Ok(uuid) = uuid::Uuid::try_parse(uuid) {
-        // Normalized as the dedupe key is: any spelling of the UUID finds it.
-        return Ok(EventRef::Key(format!("id:{}", uuid.hyphenated())));
-    }
-    if let Some(hex) = text.strip_prefix("sha256:")
-        && hex.len() == 64
-        && hex.bytes().all(|b| b.is_ascii_hexdigit())
-    {
-        return Ok(EventRef::Key(format!(
-            "sha256:{}",
-            hex.to_ascii_lowercase()
-        )));
-    }
-    Err(bad())
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EventLookup {
@@ -151,35 +111,15 @@ async fn find(
     id: &str,
     source: Option<String>,
 ) -> Result<crate::store::StoredEvent, ApiError> {
-    let not_found = || match &source {
-        Some(source) => ApiError::not_found(format!("no event {id:?} in source {source:?}")),
-        None => ApiError::not_found(format!("no event {id:?}")),
-    };
-    let seq = match parse_event_ref(id)? {
-        EventRef::Seq(seq) => seq,
-        EventRef::Key(key) => {
-            let mut found = read(state.store.find_events_by_key(&key, source.as_deref())).await?;
-            match found.len() {
-                0 => return Err(not_found()),
-                1 => found.remove(0).1,
-                _ => {
-                    let choices: Vec<String> = found
-                        .iter()
-                        .map(|(source, seq)| format!("source={source} (id {seq})"))
-                        .collect();
-                    return Err(bad_request(format!(
-                        "{} events of different sources have id {id:?}; add `?{}` or use the sequence number",
-                        found.len(),
-                        choices.join("` or `?")
-                    )));
-                }
+    lookup::find_event(&state.store, id, source.as_deref())
+        .await
+        .map_err(|error| match error {
+            LookupError::Invalid(_) | LookupError::Ambiguous { .. } => {
+                bad_request(error.to_string())
             }
-        }
-    };
-    let event = read(state.store.get_event(seq)).await?;
-    event
-        .filter(|e| source.as_ref().is_none_or(|s| *s == e.summary.source))
-        .ok_or_else(not_found)
+            LookupError::NotFound(message) => ApiError::not_found(message),
+            LookupError::Store(error) => super::store_error(error),
+        })
 }
 
 /// One event: its raw body exactly as received, decoded, its headers and status.
@@ -258,37 +198,4 @@ pub async fn list_rejections(
     let rejections = read(state.store.find_rejections(filter)).await?;
     let (items, next_cursor) = page(rejections, page_size, |r| r.id, Into::into);
     Ok(Json(RejectionPage { items, next_cursor }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{EventRef, parse_event_ref};
-
-    #[test]
-    fn event_ids_in_every_accepted_form() {
-        let uuid = "0b7e8a4c-6a55-4c3e-9d7b-2f1f3c1a2b3c";
-        let key = EventRef::Key(format!("id:{uuid}"));
-        assert_eq!(
-            parse_event_ref("42").unwrap(),
-            EventRef::Seq(crate::store::EventSeq(42))
-        );
-        assert_eq!(parse_event_ref(uuid).unwrap(), key);
-        assert_eq!(parse_event_ref(&uuid.to_uppercase()).unwrap(), key);
-        assert_eq!(parse_event_ref(&format!("id:{uuid}")).unwrap(), key);
-        let hex = "AB".repeat(32);
-        assert_eq!(
-            parse_event_ref(&format!("sha256:{hex}")).unwrap(),
-            EventRef::Key(format!("sha256:{}", "ab".repeat(32)))
-        );
-        for bad in [
-            "",
-            "-1",
-            "99999999999999999999",
-            "sha256:abc",
-            "id:nope",
-            "x",
-        ] {
-            assert!(parse_event_ref(bad).is_err(), "{bad:?}");
-        }
-    }
 }

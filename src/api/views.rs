@@ -303,3 +303,5 @@ pub struct ErrorBody {
     /// What is wrong, for a person.
     pub message: String,
 }
+
+pub use super::subscriptions::{AttemptView, DeliveryDetail, DeliveryView, SubscriptionView};

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Args;
 
+use crate::api::views::DeliveryView;
 use crate::clock::{Clock, SystemClock, format_ms};
 use crate::config::Config;
 use crate::store::{DeliveryFilter, DeliveryId, DeliveryState, Store};
@@ -19,8 +20,12 @@ pub struct DeliveriesArgs {
     /// Only dead letters.
     #[arg(long)]
     dead: bool,
+    /// How many to show.
     #[arg(long, default_value_t = 50)]
     limit: usize,
+    /// One JSON object per line (as the API's `/api/v1/deliveries` items).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +76,13 @@ pub async fn list(config: Config, args: &DeliveriesArgs) -> anyhow::Result<ExitC
             limit: args.limit,
         })
         .await?;
+    if args.json {
+        let mut out = std::io::stdout().lock();
+        for d in deliveries {
+            super::print_json_line(&mut out, &DeliveryView::from(d))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "{:>6}  {:<16}  {:>6}  {:<9}  {:>8}  {:<24}  last error",
         "id", "subscription", "event", "state", "attempts", "next / delivered"
@@ -110,9 +122,12 @@ pub async fn replay(config: Config, args: &ReplayArgs) -> anyhow::Result<ExitCod
             println!("delivery {id} queued again");
         }
         (None, Some(name)) => {
+            let bar = super::progress::Bar::spinner(&format!("queueing deliveries of {name}"));
             let queued = store
                 .replay_subscription(name, args.dead, since, until, now)
-                .await?;
+                .await;
+            bar.finish();
+            let queued = queued?;
             println!("{queued} deliveries of {name} queued again");
         }
         (None, None) => bail!("say what to replay: --delivery ID or --subscription NAME"),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use crate::api::views::EventView;
 use crate::clock::format_ms;
 use crate::config::Config;
 use crate::event::EventStatus;
@@ -25,6 +26,9 @@ pub struct EventsArgs {
     /// How many events to show.
     #[arg(long, default_value_t = 20)]
     limit: usize,
+    /// One JSON object per line (as the API's `/api/v1/events` items).
+    #[arg(long)]
+    json: bool,
 }
 
 fn parse_type(text: &str) -> Result<String, String> {
@@ -53,6 +57,13 @@ pub async fn run(config: Config, args: &EventsArgs) -> anyhow::Result<ExitCode> 
             ..EventFilter::default()
         })
         .await?;
+    if args.json {
+        let mut out = std::io::stdout().lock();
+        for e in events {
+            super::print_json_line(&mut out, &EventView::from(e))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     // Both identifiers are what `GET /api/v1/events/{id}` takes: the sequence number,
     // and the platform's (the DreamClass id, a Loopwise event's sha256 key).
     println!(

@@ -9,8 +9,8 @@ use crate::config::Config;
 #[derive(Debug, Subcommand)]
 pub enum MirrorCommand {
     /// Recompute every mirrored entity from the stored events, in receive order.
-    /// Runs in one transaction; a gateway writing to the same data directory waits
-    /// (and answers 503 if it waits longer than its append timeout; platforms retry).
+    /// The new mirror is built beside the live one while a running gateway keeps
+    /// ingesting, then replaces it in one short transaction.
     Rebuild,
 }
 
@@ -19,7 +19,10 @@ pub async fn run(config: Config, command: &MirrorCommand) -> anyhow::Result<Exit
         MirrorCommand::Rebuild => {
             let store = super::open_existing(&config)?;
             let started = std::time::Instant::now();
-            let report = store.rebuild_mirror().await?;
+            let bar = super::progress::Bar::new("rebuilding the mirror", "events").shared();
+            let report = store.rebuild_mirror(bar.clone()).await;
+            bar.finish();
+            let report = report?;
             println!(
                 "mirror rebuilt from {} events ({} changed an entity, {} re-described) in {:.1?}",
                 report.events,

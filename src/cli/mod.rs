@@ -1,13 +1,19 @@
 //! The command line: argument parsing here, one file per subcommand. Subcommands call
 //! the library and print; they hold no rules of their own.
 
+mod backup;
 mod deliveries;
+mod event;
 mod events;
 mod export;
+mod healthcheck;
 mod mirror;
+mod progress;
+mod rejections;
 mod secrets;
 mod send;
 mod serve;
+mod subscriptions;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +49,14 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// List the latest stored events.
     Events(events::EventsArgs),
+    /// Show one stored event in full.
+    #[command(subcommand)]
+    Event(event::EventCommand),
+    /// List the latest refused requests and why.
+    Rejections(rejections::RejectionsArgs),
+    /// List, pause and resume subscriptions.
+    #[command(subcommand)]
+    Subscriptions(subscriptions::SubscriptionsCommand),
     /// List deliveries to subscribers (the dead-letter list with --dead).
     Deliveries(deliveries::DeliveriesArgs),
     /// Queue deliveries again: one, or a subscription's dead ones (--dead) or all (--all).
@@ -56,6 +70,17 @@ pub enum Command {
     SecretKey,
     /// After losing the key: forget the subscription secrets it sealed (lists them without --yes).
     ForgetSecrets(secrets::ForgetArgs),
+    /// Write a consistent copy of the database to a new file, while the gateway runs.
+    Backup(backup::BackupArgs),
+    /// Exit 0 when the gateway at the configured `listen` address answers `/healthz`
+    /// (for container health checks).
+    Healthcheck,
+    /// Print a shell completion script, e.g. `classhook completions bash >
+    /// /etc/bash_completion.d/classhook`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Serve the benchmark's ceiling: the same HTTP stack answering `{}` without work.
     #[command(hide = true)]
     NullServer {
@@ -90,6 +115,16 @@ impl Cli {
         }
         Ok(Config::load_with(&file, secrets)?)
     }
+}
+
+/// Writes `value` as one line of JSON (the `--json` output of listing commands).
+fn print_json_line(
+    out: &mut impl std::io::Write,
+    value: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")?;
+    Ok(())
 }
 
 /// Whether `error` comes from writing to a pipe whose reader has gone.
@@ -160,6 +195,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify::run(&cli, args),
         // These neither receive nor send: they do not need (or read) any secret.
         Command::Events(args) => events::run(cli.load_config_without_secrets()?, args).await,
+        Command::Event(command) => event::run(cli.load_config_without_secrets()?, command).await,
+        Command::Rejections(args) => {
+            rejections::run(cli.load_config_without_secrets()?, args).await
+        }
+        Command::Subscriptions(command) => {
+            subscriptions::run(cli.load_config_without_secrets()?, command).await
+        }
+        Command::Backup(args) => backup::run(cli.load_config_without_secrets()?, args).await,
+        Command::Healthcheck => healthcheck::run(cli.load_config_without_secrets()?).await,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "classhook", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Deliveries(args) => {
             deliveries::list(cli.load_config_without_secrets()?, args).await
         }

@@ -101,10 +101,13 @@ pub struct ServerConfig {
 
 /// A configuration problem: which file, which key, what is wrong.
 #[derive(Debug, thiserror::Error)]
-#[error("{}: {key}: {message}", file.display())]
+#[error("{}: {key}{}: {message}", file.display(), named.as_ref().map(|n| format!(" (in {n})")).unwrap_or_default())]
 pub struct ConfigError {
     pub file: PathBuf,
     pub key: String,
+    /// The `[[source]]` or `[[subscription]]` the key is in, by its name
+    /// (`source "school"`), when it has one: `source[3]` alone is hard to find.
+    pub named: Option<String>,
     pub message: String,
 }
 
@@ -113,8 +116,52 @@ impl ConfigError {
         ConfigError {
             file: file.to_path_buf(),
             key: key.into(),
+            named: None,
             message: message.into(),
         }
+    }
+
+    /// Adds the name of the source or subscription the key is in.
+    fn naming(mut self, names: &EntryNames) -> Self {
+        self.named = names.of(&self.key);
+        self
+    }
+}
+
+/// The `name` of every `[[source]]` and `[[subscription]]`, by position.
+struct EntryNames {
+    sources: Vec<Option<String>>,
+    subscriptions: Vec<Option<String>>,
+}
+
+impl EntryNames {
+    fn read(table: &toml::Table) -> EntryNames {
+        let names = |section: &str| -> Vec<Option<String>> {
+            match table.get(section) {
+                Some(toml::Value::Array(entries)) => entries
+                    .iter()
+                    .map(|e| e.get("name").and_then(|n| n.as_str()).map(str::to_string))
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        EntryNames {
+            sources: names("source"),
+            subscriptions: names("subscription"),
+        }
+    }
+
+    /// `source "school"` for a key such as `source[0].secret_env`.
+    fn of(&self, key: &str) -> Option<String> {
+        let (section, rest) = key.split_once('[')?;
+        let index: usize = rest.split_once(']')?.0.parse().ok()?;
+        let names = match section {
+            "source" => &self.sources,
+            "subscription" => &self.subscriptions,
+            _ => return None,
+        };
+        let name = names.get(index)?.as_deref()?;
+        Some(format!("{section} {name:?}"))
     }
 }
 
@@ -175,14 +222,15 @@ impl Config {
             ConfigError::new(file, key, e.message().to_string())
         })?;
         env::apply_overrides(file, &mut table, vars)?;
+        let names = EntryNames::read(&table);
         let raw: RawConfig =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
                 let path = e.path().clone();
                 let message = shown_message(&path, e.into_inner().to_string());
-                ConfigError::new(file, key, message)
+                ConfigError::new(file, key, message).naming(&names)
             })?;
-        resolve::resolve(file, raw, lookup, secrets)
+        resolve::resolve(file, raw, lookup, secrets).map_err(|e| e.naming(&names))
     }
 
     pub fn source(&self, name: &str) -> Option<&Source> {

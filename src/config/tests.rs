@@ -107,7 +107,7 @@ fn error_of(text: &str, vars: &[(&str, &str)]) -> String {
 fn errors_name_file_key_and_problem() {
     let bad_provider = error_of("[[source]]\nname = \"s\"\nprovider = \"moodle\"\n", &[]);
     assert!(
-        bad_provider.starts_with("test.toml: source[0].provider:"),
+        bad_provider.starts_with("test.toml: source[0].provider (in source \"s\"):"),
         "{bad_provider}"
     );
     assert!(bad_provider.contains("dreamclass"), "{bad_provider}");
@@ -294,7 +294,8 @@ fn bad_allowlists_name_the_key_and_the_entry() {
     };
     let bad = error_of(&source(r#"["52.194.91.27", "52.194.91/24"]"#), &[]);
     assert!(
-        bad.starts_with("test.toml: source[0].allowed_ips:") && bad.contains("\"52.194.91/24\""),
+        bad.starts_with("test.toml: source[0].allowed_ips (in source \"s\"):")
+            && bad.contains("\"52.194.91/24\""),
         "{bad}"
     );
     let host_bits = error_of(&source(r#"["52.194.91.27/24"]"#), &[]);
@@ -505,12 +506,10 @@ fn errors_never_show_a_secret_value() {
         let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let error = match parse(&text, &vars) {
             Ok(_) => panic!("expected an error from\n{text}\n{vars:?}"),
-            Err(e) => e.to_string(),
+            Err(e) => e,
         };
-        assert!(
-            error.starts_with(&format!("test.toml: {key}:")),
-            "expected key {key}: {error}\n{text}"
-        );
+        assert_eq!(error.key, key, "{error}\n{text}");
+        let error = error.to_string();
         for secret in [S, N, &S[..10]] {
             assert!(
                 !error.contains(secret),
@@ -603,12 +602,9 @@ fn values_that_would_crash_are_refused_with_the_key_named() {
     for (text, key) in refused {
         let error = match parse(&text, &[]) {
             Ok(_) => panic!("expected an error from\n{text}"),
-            Err(e) => e.to_string(),
+            Err(e) => e,
         };
-        assert!(
-            error.starts_with(&format!("test.toml: {key}:")),
-            "expected key {key}: {error}"
-        );
+        assert_eq!(error.key, key, "{error}");
     }
     let from_env = error_of("", &[("CLASSHOOK_RETENTION_INTERVAL", "0s")]);
     assert!(
@@ -847,4 +843,29 @@ fn a_bad_secret_key_is_one_line_without_the_value() {
         error.to_string().contains("CLASSHOOK_SECRET_KEY is not"),
         "{error}"
     );
+}
+
+#[test]
+fn errors_in_a_list_entry_name_the_entry() {
+    let text = "[[source]]\nname = \"first\"\nprovider = \"dreamclass\"\n\n\
+                [[source]]\nname = \"school\"\nprovider = \"dreamclass\"\nsecret_env = \"NOPE\"\n";
+    let error = parse(text, &[]).unwrap_err();
+    assert_eq!(error.key, "source[1].secret_env");
+    assert_eq!(error.named.as_deref(), Some("source \"school\""));
+    assert!(
+        error
+            .to_string()
+            .starts_with("test.toml: source[1].secret_env (in source \"school\"): "),
+        "{error}"
+    );
+    let subscription = "[[subscription]]\nname = \"crm\"\nurl = \"https://crm.example.com\"\n\
+                        events = [\"*\"]\nmax_in_flight = 0\n";
+    let error = parse(subscription, &[]).unwrap_err();
+    assert!(
+        error.to_string().contains("(in subscription \"crm\")"),
+        "{error}"
+    );
+    // An entry without a name keeps its position only.
+    let nameless = parse("[[source]]\nprovider = \"dreamclass\"\n", &[]).unwrap_err();
+    assert_eq!(nameless.named, None, "{nameless}");
 }

@@ -5,16 +5,17 @@
 //! the hold policy, subscription defaults and validation, the mirror's version rules)
 //! live in their domain modules and reach a backend as decisions to store.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use super::{
-    AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, Claimed, Delivery,
+    AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, BackupReport, Claimed, Delivery,
     DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter, EventSeq, EventSummary,
-    KindCount, NewRejection, RebuildReport, Rejection, RejectionFilter, StatsRow, StoreError,
-    StoredEvent, SubscriptionId,
+    KindCount, NewRejection, Progress, QueueDepth, RebuildReport, Rejection, RejectionFilter,
+    StatsRow, StoreError, StoredEvent, SubscriptionId,
 };
 use crate::deliver::subscription::{Subscription, SubscriptionSpec};
 use crate::event::NewEvent;
@@ -51,6 +52,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Whether the store can take a write now: a real write commits within `timeout`
     /// and the backend has room. `Err` says why not, for `/readyz`.
     async fn ping(&self, timeout: Duration) -> Result<(), StoreError>;
+
+    /// Writes a consistent copy of the whole store to a new file while the store is in
+    /// use, and checks it. A backend whose data lives elsewhere says how to back it up
+    /// instead (`Invalid`).
+    async fn backup(&self, destination: &Path) -> Result<BackupReport, StoreError>;
 
     /// Operations waiting to be committed right now (a gauge).
     fn queued_writes(&self) -> usize;
@@ -144,7 +150,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Replays every stored event, in receive order, into an empty mirror (with the
     /// rules of this version), while ingest goes on; corrects stored descriptions.
-    async fn rebuild_mirror(&self) -> Result<RebuildReport, StoreError>;
+    async fn rebuild_mirror(
+        &self,
+        progress: Arc<dyn Progress>,
+    ) -> Result<RebuildReport, StoreError>;
 
     // ---- subscriptions ----
 
@@ -252,6 +261,9 @@ pub trait Backend: Send + Sync + 'static {
         until_ms: Option<i64>,
         now_ms: i64,
     ) -> Result<u64, StoreError>;
+
+    /// Every subscription's pending and dead deliveries, by name.
+    async fn delivery_queue(&self) -> Result<Vec<QueueDepth>, StoreError>;
 
     /// Newest first.
     async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>, StoreError>;

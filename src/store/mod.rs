@@ -170,6 +170,24 @@ impl Default for StoreOptions {
     }
 }
 
+/// Told how far long work has got (for progress bars). Counts are of the work's own
+/// unit (events, rows); `total` may come late or never.
+pub trait Progress: Send + Sync {
+    fn total(&self, _units: u64) {}
+    fn advanced(&self, _units: u64) {}
+}
+
+/// No one is watching.
+pub struct NoProgress;
+
+impl Progress for NoProgress {}
+
+impl NoProgress {
+    pub fn shared() -> Arc<dyn Progress> {
+        Arc::new(NoProgress)
+    }
+}
+
 /// Told about every committed (or failed) batch, e.g. by the metrics.
 pub trait CommitObserver: Send + Sync {
     fn batch_committed(&self, operations: usize, duration: Duration, ok: bool);
@@ -186,6 +204,22 @@ pub struct KindCount {
     pub typed: bool,
     pub live: i64,
     pub deleted: i64,
+}
+
+/// One subscription's deliveries right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub subscription: String,
+    /// Waiting for their first attempt or a retry (leased ones included).
+    pub pending: i64,
+    pub dead: i64,
+}
+
+/// What a backup wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupReport {
+    pub events: i64,
+    pub bytes: u64,
 }
 
 /// What a rebuild did.

@@ -16,7 +16,7 @@ use crate::event::NewEvent;
 use crate::store::sealed::{self, Sealer};
 use crate::store::{
     AttemptRecord, AttemptRecorded, AttemptResult, ClaimRequest, Claimed, Delivery, DeliveryFilter,
-    DeliveryId, DeliveryState, EventSeq, Lease, StoreError, SubscriptionId,
+    DeliveryId, DeliveryState, EventSeq, Lease, QueueDepth, StoreError, SubscriptionId,
 };
 
 const SUBSCRIPTION_COLUMNS: &str =
@@ -609,6 +609,29 @@ impl SqliteStore {
         self.get_subscription(name)?
             .map(|s| s.id)
             .ok_or_else(|| StoreError::NotFound(format!("no subscription named {name:?}")))
+    }
+
+    /// Every subscription's pending and dead deliveries (pending counted from the
+    /// due index, dead ones from the state index).
+    pub fn delivery_queue(&self) -> Result<Vec<QueueDepth>, StoreError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT s.name,
+                     (SELECT count(*) FROM deliveries d
+                      WHERE d.subscription_id = s.id AND d.state = 'pending'),
+                     (SELECT count(*) FROM deliveries d
+                      WHERE d.state = 'dead' AND d.subscription_id = s.id)
+                 FROM subscriptions s ORDER BY s.name",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(QueueDepth {
+                    subscription: r.get(0)?,
+                    pending: r.get(1)?,
+                    dead: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
     }
 
     pub fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>, StoreError> {

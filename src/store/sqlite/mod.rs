@@ -3,6 +3,7 @@
 //! connections so readers never block the writer.
 
 mod backend;
+mod backup;
 mod conditions;
 mod dedupe;
 mod delivery;
