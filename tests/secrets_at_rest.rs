@@ -414,6 +414,7 @@ async fn commands_that_never_send_work_without_the_key() {
     let dir = stop(gw).await;
     let file = dir.path().join("classhook.toml");
     std::fs::write(&file, config_text(dir.path(), &receiver)).unwrap();
+    let backup = dir.path().join("backup.db");
 
     for args in [
         &["events"][..],
@@ -423,6 +424,12 @@ async fn commands_that_never_send_work_without_the_key() {
         &["replay", "--subscription", "crm", "--all", "--dry-run"],
         &["replay", "--subscription", "crm", "--all"],
         &["mirror", "rebuild"],
+        &["event", "show", "1"],
+        &["rejections"],
+        &["subscriptions", "list"],
+        &["subscriptions", "pause", "crm"],
+        &["subscriptions", "resume", "crm"],
+        &["backup", backup.to_str().unwrap()],
     ] {
         let (code, out, err) = run_without_key(&file, args).await;
         assert_eq!(code, 0, "{args:?}: {out}\n{err}");
@@ -432,6 +439,21 @@ async fn commands_that_never_send_work_without_the_key() {
     }
     let (_, out, _) = run_without_key(&file, &["deliveries", "--subscription", "crm"]).await;
     assert!(out.contains("crm"), "{out}");
+    let copy = std::fs::read(&backup).unwrap();
+    for secret in [API_SECRET, API_PASSWORD, CONFIG_SECRET, CONFIG_PASSWORD] {
+        let found = copy.windows(secret.len()).any(|w| w == secret.as_bytes());
+        assert!(!found, "the backup holds {secret:?}");
+    }
+    // Secrets are not read, but that they are there is still told.
+    let (_, out, _) = run_without_key(&file, &["subscriptions", "list", "--json"]).await;
+    let crm: serde_json::Value = out
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|s| s["name"] == "crm")
+        .unwrap();
+    assert_eq!(crm["has_secret"], true, "{crm}");
+    assert_eq!(crm["basic_auth_username"], "crm", "{crm}");
+    assert_eq!(crm["paused"], false, "{crm}");
     // Nothing was written back: the secrets are still sealed, and still open.
     assert_sealed_under(dir.path(), &key);
     // The replay queued crm's one delivery again: it goes out beside the new two.
