@@ -171,6 +171,19 @@ pub struct Unreadable {
     pub reason: SealError,
 }
 
+/// What to clear of a subscription whose stored values no key set opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forget {
+    /// The Basic Auth password (and so its username: Basic Auth is both or none).
+    pub basic_auth: bool,
+    pub secret: bool,
+    /// Why the first of them did not open.
+    pub reason: SealError,
+}
+
+/// Why an API subscription whose secrets were forgotten is paused.
+pub const FORGOTTEN_REASON: &str = "its secrets were sealed under a lost key and are forgotten: set secret and basic_auth again, then resume";
+
 /// Seals and opens subscription secrets; cheap to clone. `Debug` shows key ids only.
 #[derive(Clone)]
 pub struct Sealer {
@@ -184,6 +197,7 @@ struct Inner {
     previous_var: String,
 }
 
+#[derive(Clone)]
 enum Mode {
     /// No key: secrets are written as plain text; sealed values cannot be opened.
     Plain,
@@ -247,21 +261,10 @@ impl Sealer {
     }
 
     /// The same sealer, naming these variables in its messages.
-    pub fn named(self, key_var: &str, previous_var: &str) -> Sealer {
-        let mode = match Arc::try_unwrap(self.inner) {
-            Ok(inner) => inner.mode,
-            Err(shared) => match &shared.mode {
-                Mode::Plain => Mode::Plain,
-                Mode::Withheld => Mode::Withheld,
-                Mode::Keys { current, previous } => Mode::Keys {
-                    current: current.clone(),
-                    previous: previous.clone(),
-                },
-            },
-        };
+    pub fn named(&self, key_var: &str, previous_var: &str) -> Sealer {
         Sealer {
             inner: Arc::new(Inner {
-                mode,
+                mode: self.inner.mode.clone(),
                 key_var: key_var.into(),
                 previous_var: previous_var.into(),
             }),
@@ -343,6 +346,46 @@ impl Sealer {
         }
         let secret = self.open(column, stored)?;
         Ok(Some(seal_with(current, column, &secret)))
+    }
+
+    /// For one subscription's stored Basic Auth password and secret: what to write
+    /// back so that both are sealed under the current key (`None` each where the
+    /// stored value is right as it is). What every backend's
+    /// `reseal_subscription_secrets` does per row.
+    pub fn reseal_subscription(
+        &self,
+        basic_password: Option<&str>,
+        secret: Option<&str>,
+    ) -> Result<(Option<String>, Option<String>), SealError> {
+        let reseal = |column: &str, stored: Option<&str>| match stored {
+            Some(stored) => self.reseal(column, stored),
+            None => Ok(None),
+        };
+        Ok((
+            reseal(SUBSCRIPTION_BASIC_PASSWORD, basic_password)?,
+            reseal(SUBSCRIPTION_SECRET, secret)?,
+        ))
+    }
+
+    /// For one subscription's stored Basic Auth password and secret: which of them
+    /// these keys cannot open (`None`: both open). What every backend's
+    /// `forget_unreadable_secrets` does per row.
+    pub fn unreadable_subscription(
+        &self,
+        basic_password: Option<&str>,
+        secret: Option<&str>,
+    ) -> Option<Forget> {
+        let fails = |column: &str, stored: Option<&str>| {
+            stored.and_then(|stored| self.open(column, stored).err())
+        };
+        let password = fails(SUBSCRIPTION_BASIC_PASSWORD, basic_password);
+        let secret = fails(SUBSCRIPTION_SECRET, secret);
+        let (basic_auth, forget_secret) = (password.is_some(), secret.is_some());
+        secret.or(password).map(|reason| Forget {
+            basic_auth,
+            secret: forget_secret,
+            reason,
+        })
     }
 
     fn key_for(&self, id: KeyId) -> Result<&SecretKey, SealError> {
@@ -588,6 +631,37 @@ mod tests {
             Sealer::with_keys(key(3), None).reseal(SUBSCRIPTION_SECRET, &stored),
             Err(SealError::UnknownKey { .. })
         ));
+    }
+
+    #[test]
+    fn per_subscription_helpers_say_what_to_write_and_what_to_forget() {
+        let old = Sealer::with_keys(key(1), None);
+        let password = old.seal(SUBSCRIPTION_BASIC_PASSWORD, &secret()).unwrap();
+        let rotating = Sealer::with_keys(key(2), Some(key(1)));
+        let (new_password, new_secret) = rotating
+            .reseal_subscription(Some(&password), Some(PLAIN))
+            .unwrap();
+        for (column, value) in [
+            (SUBSCRIPTION_BASIC_PASSWORD, new_password.unwrap()),
+            (SUBSCRIPTION_SECRET, new_secret.unwrap()),
+        ] {
+            let only_new = Sealer::with_keys(key(2), None);
+            assert_eq!(only_new.open(column, &value).unwrap(), secret());
+        }
+        assert_eq!(
+            rotating.reseal_subscription(None, None).unwrap(),
+            (None, None)
+        );
+
+        let forget = Sealer::with_keys(key(2), None)
+            .unreadable_subscription(Some(&password), Some(PLAIN))
+            .unwrap();
+        assert!(forget.basic_auth && !forget.secret, "{forget:?}");
+        assert!(matches!(forget.reason, SealError::UnknownKey { .. }));
+        assert_eq!(
+            rotating.unreadable_subscription(Some(&password), Some(PLAIN)),
+            None
+        );
     }
 
     #[test]

@@ -411,15 +411,11 @@ impl SqliteStore {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, (r.get(3)?, r.get(4)?)))
                 })?
                 .collect::<Result<_, _>>()?;
-            let fails = |column: &str, stored: &Option<String>| {
-                stored.as_ref().and_then(|s| keys.open(column, s).err())
-            };
             let mut forgotten = Vec::new();
             for (id, name, managed_by, (password, secret)) in rows {
-                let password = fails(sealed::SUBSCRIPTION_BASIC_PASSWORD, &password);
-                let secret = fails(sealed::SUBSCRIPTION_SECRET, &secret);
-                let (forget_password, forget_secret) = (password.is_some(), secret.is_some());
-                let Some(reason) = secret.or(password) else {
+                let Some(forget) =
+                    keys.unreadable_subscription(password.as_deref(), secret.as_deref())
+                else {
                     continue;
                 };
                 if !dry_run {
@@ -433,16 +429,16 @@ impl SqliteStore {
                          WHERE id = ?1",
                         params![
                             id,
-                            forget_secret,
-                            forget_password,
-                            "its secrets were sealed under a lost key and are forgotten: set secret and basic_auth again, then resume"
+                            forget.secret,
+                            forget.basic_auth,
+                            sealed::FORGOTTEN_REASON
                         ],
                     )?;
                 }
                 forgotten.push(sealed::Unreadable {
                     subscription: name,
                     from_config: managed_by == "config",
-                    reason,
+                    reason: forget.reason,
                 });
             }
             let loaded = load_subscriptions(&tx, &own)?;
@@ -700,13 +696,10 @@ fn reseal_rows(conn: &mut Connection, sealer: &Sealer) -> Result<u64, StoreError
         .prepare("SELECT id, basic_password, secret FROM subscriptions ORDER BY id")?
         .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?
         .collect::<Result<_, _>>()?;
-    let reseal = |column: &str, stored: Option<String>| {
-        stored.map(|s| sealer.reseal(column, &s)).transpose()
-    };
     let mut changed = 0;
     for (id, (password, secret)) in rows {
-        let password = reseal(sealed::SUBSCRIPTION_BASIC_PASSWORD, password)?.flatten();
-        let secret = reseal(sealed::SUBSCRIPTION_SECRET, secret)?.flatten();
+        let (password, secret) =
+            sealer.reseal_subscription(password.as_deref(), secret.as_deref())?;
         if password.is_some() || secret.is_some() {
             tx.execute(
                 "UPDATE subscriptions SET basic_password = coalesce(?2, basic_password),
