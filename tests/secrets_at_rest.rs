@@ -330,6 +330,18 @@ async fn plain_text_from_before_the_key_is_sealed_once_one_is_set() {
     let plain = config(dir.path(), &receiver, None, None);
     let gw = start(dir, &plain).await;
     create_api_subscription(&gw, &receiver).await;
+    // Without a key, a secret that looks sealed would later be read as sealed.
+    let refused = gw
+        .client
+        .post(gw.url("/api/v1/subscriptions"))
+        .json(
+            &json!({"name": "odd", "url": receiver.url(), "events": ["*"],
+            "secret": "sealed:v1:00000000:AAAA"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
     let dir = stop(gw).await;
     let rows = stored_rows(dir.path());
     assert!(

@@ -112,7 +112,8 @@ impl Store {
     }
 
     /// Opens an existing store for reading only (no writer, no migrations):
-    /// `NoDatabase` when there is none.
+    /// `NoDatabase` when there is none. Subscription secrets are not opened (they
+    /// read as empty, see [`sealed::Sealer::withheld`]): no key is needed.
     pub fn open_read_only(location: &Location) -> Result<Store, StoreError> {
         let backend = match location {
             Location::Sqlite { data_dir } => sqlite::SqliteStore::open_read_only(data_dir)?,
