@@ -130,11 +130,11 @@ impl SecretKey {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SealError {
     #[error(
-        "subscription secrets are encrypted with key {stored}, but no key is set: set {var} to that key"
+        "subscription secrets are encrypted with key {stored}, but no key is set: set {var} to that key (if it is lost: `classhook forget-secrets`)"
     )]
     NoKey { stored: KeyId, var: String },
     #[error(
-        "subscription secrets are encrypted with key {stored}, which is not the key set ({current}){previous}: set {var} to that key (or {previous_var}, with the new key in {var}, while rotating)"
+        "subscription secrets are encrypted with key {stored}, which is not the key set ({current}){previous}: set {var} to that key (or {previous_var}, with the new key in {var}, while rotating; if it is lost: `classhook forget-secrets`)"
     )]
     UnknownKey {
         stored: KeyId,
@@ -571,7 +571,7 @@ mod tests {
         assert_eq!(
             error.to_string(),
             format!(
-                "subscription secrets are encrypted with key {id}, but no key is set: set CLASSHOOK_SECRET_KEY to that key"
+                "subscription secrets are encrypted with key {id}, but no key is set: set CLASSHOOK_SECRET_KEY to that key (if it is lost: `classhook forget-secrets`)"
             )
         );
 
