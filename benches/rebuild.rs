@@ -46,7 +46,10 @@ async fn bench() {
         let store = store.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let report = store.rebuild_mirror().await.unwrap();
+            let report = store
+                .rebuild_mirror(classhook::store::NoProgress::shared())
+                .await
+                .unwrap();
             (report, started.elapsed())
         })
     };

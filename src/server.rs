@@ -114,14 +114,29 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         error,
     })?;
     let metrics = Metrics::new();
+    if server.secret_keys.writes_plain_text() {
+        tracing::warn!(
+            "subscription secrets are stored in plain text: set {} to a key (`classhook secret-key` makes one) to encrypt them",
+            server.secret_keys.key_var()
+        );
+    }
     let store = Store::open(
         &config.store_location(),
         StoreOptions {
             append_timeout: server.append_timeout,
             observer: Some(metrics.clone()),
+            secrets: server.secret_keys.clone(),
             ..StoreOptions::default()
         },
     )?;
+    // Plain text and values under the previous key move to the current key.
+    let resealed = store.reseal_subscription_secrets().await?;
+    if let (true, Some(key)) = (resealed > 0, server.secret_keys.current_key()) {
+        tracing::info!(
+            subscriptions = resealed,
+            "subscription secrets sealed under key {key}"
+        );
+    }
     let body_budget = BodyBudget::new(server.max_inflight_body_bytes);
     let ingest = Arc::new(Ingest {
         sources: config
@@ -165,7 +180,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     store
         .sync_config_subscriptions(config.subscriptions.clone())
         .await?;
-    let mut background = Vec::new();
+    let mut background = vec![tokio::spawn(summarize(metrics.clone()))];
     if config.delivery.enabled {
         let sender = Sender::with_proxy(
             config.delivery.allow_private_destinations,
@@ -178,7 +193,8 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             poll_interval: config.delivery.poll_interval,
             lease_margin: config.delivery.lease_margin,
         };
-        let dispatcher = Dispatcher::with_sender(store.clone(), clock.clone(), options, sender);
+        let dispatcher = Dispatcher::with_sender(store.clone(), clock.clone(), options, sender)
+            .with_observer(metrics.clone());
         background.push(tokio::spawn(dispatcher.run()));
     }
     if let Some(days) = config.retention.events_days {
@@ -276,6 +292,7 @@ async fn metrics(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Resp
         return Err(api::unauthorized());
     }
     let counts = ops.store.mirror_counts().await.unwrap_or_default();
+    let queue = ops.store.delivery_queue().await.unwrap_or_default();
     ops.metrics.set_load(
         ops.body_budget.in_use(),
         ops.max_connections
@@ -286,9 +303,26 @@ async fn metrics(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Resp
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        ops.metrics.render(&counts, ops.store.dropped_rejections()),
+        ops.metrics
+            .render(&counts, &queue, ops.store.dropped_rejections()),
     )
         .into_response())
+}
+
+/// How often the log gets its line of what arrived.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// One INFO line a minute saying what arrived per source (nothing when nothing did),
+/// instead of a line per event.
+async fn summarize(metrics: Arc<Metrics>) {
+    let mut ticker = tokio::time::interval(SUMMARY_INTERVAL);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        if let Some(summary) = metrics.take_summary() {
+            tracing::info!("events in the last minute: {summary}");
+        }
+    }
 }
 
 /// Prunes events older than `days`, now and then every `interval`.

@@ -831,8 +831,8 @@ async fn metrics_count_events_rejections_commits_and_mirror_rows() {
         .await
         .unwrap();
     for expected in [
-        "classhook_events_received_total{source=\"school\",type=\"CLASS_CREATED\",outcome=\"stored\"} 1",
-        "classhook_events_received_total{source=\"school\",type=\"CLASS_CREATED\",outcome=\"duplicate\"} 1",
+        "classhook_events_received_total{source=\"school\",type=\"CLASS_CREATED\",outcome=\"stored\",status=\"ok\"} 1",
+        "classhook_events_received_total{source=\"school\",type=\"CLASS_CREATED\",outcome=\"duplicate\",status=\"ok\"} 1",
         "classhook_rejections_total{reason=\"unknown_source\"} 1",
         "classhook_ingest_duration_seconds_count 3",
         "classhook_store_commit_batch_size_count",

@@ -438,6 +438,27 @@ async fn export_and_mirror_rebuild_work_on_the_data_directory() {
         out.contains("from 4 events (4 changed an entity, 0 re-described)"),
         "{out}"
     );
+    assert_eq!(err, "", "no progress bar off a terminal");
+    // On a terminal (a pseudo-terminal from `script`), the bar is drawn on stderr.
+    if let Ok(status) = std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .map(|o| o.status)
+        && status.success()
+    {
+        let command = format!(
+            "{} mirror rebuild --config {live}",
+            common::process::binary().display()
+        );
+        let typed = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .output()
+            .unwrap();
+        let screen = String::from_utf8_lossy(&typed.stdout);
+        assert!(typed.status.success(), "{screen}");
+        assert!(screen.contains("rebuilding the mirror"), "{screen}");
+        assert!(screen.contains("mirror rebuilt from 4 events"), "{screen}");
+    }
     let (_, after, _) = run(
         &[
             "export", "--config", live, "--kind", "class", "--format", "csv",
@@ -1034,4 +1055,64 @@ async fn scripts_get_json_lines_and_every_api_only_view_has_a_command() {
         assert!(script.contains("subscriptions"), "{shell}");
     }
     served.child.start_kill().unwrap();
+}
+
+#[tokio::test]
+async fn backup_copies_a_running_store_and_the_copy_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), SOURCES);
+    let mut served = serve(&config).await;
+    let live = config.with_file_name("live.toml");
+    std::fs::write(
+        &live,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("127.0.0.1:0", &served.addr.to_string()),
+    )
+    .unwrap();
+    let live = live.to_str().unwrap();
+    for _ in 0..3 {
+        let (code, _, err) = run(
+            &[
+                "send",
+                "--config",
+                live,
+                "--source",
+                "school",
+                "--event",
+                "CLASS_CREATED",
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, _, err) = run(&["healthcheck", "--config", live], None).await;
+    assert_eq!(code, 0, "the gateway is healthy: {err}");
+
+    // Taken while the gateway runs.
+    let copy = dir.path().join("copy.db");
+    let (code, out, err) = run(&["backup", copy.to_str().unwrap(), "--config", live], None).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("backed up 3 events"), "{out}");
+    let (code, _, err) = run(&["backup", copy.to_str().unwrap(), "--config", live], None).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("exists already"), "{err}");
+    served.child.start_kill().unwrap();
+    served.child.wait().await.unwrap();
+    let (code, _, _) = run(&["healthcheck", "--config", live], None).await;
+    assert_eq!(code, 1, "nothing answers any more");
+
+    // Restoring is putting the copy in place of the database.
+    let restored = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(restored.path().join("data")).unwrap();
+    std::fs::copy(&copy, restored.path().join("data").join("classhook.db")).unwrap();
+    let config = write_config(restored.path(), SOURCES);
+    let (code, out, err) = run(
+        &["events", "--config", config.to_str().unwrap(), "--json"],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
 }

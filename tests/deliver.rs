@@ -652,3 +652,43 @@ async fn redirects_are_not_followed_and_response_bodies_are_bounded() {
     assert_eq!(attempts[1].response.as_ref().unwrap().len(), 1024);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_count_attempts_dead_letters_lag_and_the_queue_per_subscription() {
+    let good = Receiver::start().await;
+    let bad = Receiver::start().await;
+    bad.script([Reply::Status(500)]);
+    let subscriptions = format!(
+        "{}{}",
+        subscription("crm", &good.url(), ""),
+        subscription("broken", &bad.url(), "").replace(
+            "retry_schedule = [\"10s\", \"1m\", \"10m\"]",
+            "retry_schedule = []"
+        )
+    );
+    let (gw, _clock, d) = start(&subscriptions).await;
+    let metrics = classhook::metrics::Metrics::new();
+    let mut d = d.with_observer(metrics.clone());
+    assert_eq!(
+        gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(d.step().await.len(), 2);
+    let queue = gw.store.delivery_queue().await.unwrap();
+    let text = metrics.render(&[], &queue, 0);
+    for expected in [
+        "classhook_delivery_attempts_total{subscription=\"crm\",result=\"success\"} 1",
+        "classhook_delivery_attempts_total{subscription=\"broken\",result=\"failed\"} 1",
+        "classhook_delivery_dead_letters_total{subscription=\"broken\"} 1",
+        "classhook_delivery_lag_seconds_count 1",
+        "classhook_delivery_attempt_duration_seconds_count 2",
+        "classhook_delivery_queue{subscription=\"broken\",state=\"dead\"} 1",
+        "classhook_delivery_queue{subscription=\"broken\",state=\"pending\"} 0",
+        "classhook_delivery_queue{subscription=\"crm\",state=\"pending\"} 0",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+    gw.stop().await;
+}

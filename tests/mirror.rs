@@ -435,7 +435,11 @@ async fn undocumented_loopwise_types_never_change_a_course() {
 
     let live = snapshot(&gw.store).await;
     let live_effects = effects_of(&gw.store).await;
-    let report = gw.store.rebuild_mirror().await.unwrap();
+    let report = gw
+        .store
+        .rebuild_mirror(classhook::store::NoProgress::shared())
+        .await
+        .unwrap();
     assert_eq!(report.redescribed, 0);
     assert_eq!(snapshot(&gw.store).await, live);
 
@@ -451,7 +455,11 @@ async fn undocumented_loopwise_types_never_change_a_course() {
     )
     .unwrap();
     drop(conn);
-    let report = gw.store.rebuild_mirror().await.unwrap();
+    let report = gw
+        .store
+        .rebuild_mirror(classhook::store::NoProgress::shared())
+        .await
+        .unwrap();
     assert_eq!(report.redescribed, 2);
     assert_eq!(snapshot(&gw.store).await, live);
     assert_eq!(effects_of(&gw.store).await, live_effects);
@@ -515,7 +523,10 @@ async fn undocumented_dreamclass_types_never_change_a_class() {
     );
 
     let live = snapshot(&gw.store).await;
-    gw.store.rebuild_mirror().await.unwrap();
+    gw.store
+        .rebuild_mirror(classhook::store::NoProgress::shared())
+        .await
+        .unwrap();
     assert_eq!(snapshot(&gw.store).await, live);
     gw.stop().await;
 }
@@ -591,7 +602,11 @@ async fn a_refund_supersedes_its_payment_in_either_order() {
 
     let live = snapshot(&gw.store).await;
     let live_effects = effects_of(&gw.store).await;
-    let report = gw.store.rebuild_mirror().await.unwrap();
+    let report = gw
+        .store
+        .rebuild_mirror(classhook::store::NoProgress::shared())
+        .await
+        .unwrap();
     assert_eq!(report.redescribed, 0);
     assert_eq!(snapshot(&gw.store).await, live);
     assert_eq!(effects_of(&gw.store).await, live_effects);
@@ -759,7 +774,10 @@ async fn dreamclass_payments_stay_generic_beside_loopwise_payments() {
         ]
     );
     let live = snapshot(&gw.store).await;
-    gw.store.rebuild_mirror().await.unwrap();
+    gw.store
+        .rebuild_mirror(classhook::store::NoProgress::shared())
+        .await
+        .unwrap();
     assert_eq!(snapshot(&gw.store).await, live);
     gw.stop().await;
 }
@@ -871,7 +889,11 @@ async fn rebuild_reproduces_live_ingestion_of_a_shuffled_stream() {
         assert_eq!(entity.data["name"], "h3", "{entity:?}");
     }
 
-    let report = gw.store.rebuild_mirror().await.unwrap();
+    let report = gw
+        .store
+        .rebuild_mirror(classhook::store::NoProgress::shared())
+        .await
+        .unwrap();
     assert_eq!(report.events as usize, live_effects.len());
     assert_eq!(snapshot(&gw.store).await, live);
     assert_eq!(effects_of(&gw.store).await, live_effects);
@@ -949,14 +971,21 @@ async fn a_rebuild_while_events_arrive_equals_a_rebuild_at_rest() {
     append_all(&store, source, class_stream(2_000, 150, 1), 64).await;
     let rebuilding = {
         let store = store.clone();
-        tokio::spawn(async move { store.rebuild_mirror().await })
+        tokio::spawn(async move {
+            store
+                .rebuild_mirror(classhook::store::NoProgress::shared())
+                .await
+        })
     };
     append_all(&store, source, class_stream(600, 150, 2), 4).await;
     let report = rebuilding.await.unwrap().unwrap();
     assert!(report.events >= 2_000, "{report:?}");
     let during = (snapshot(&store).await, effects_of(&store).await);
 
-    store.rebuild_mirror().await.unwrap();
+    store
+        .rebuild_mirror(classhook::store::NoProgress::shared())
+        .await
+        .unwrap();
     let at_rest = (snapshot(&store).await, effects_of(&store).await);
     assert_eq!(during.0, at_rest.0, "the mirror");
     assert_eq!(during.1, at_rest.1, "every event's effect");

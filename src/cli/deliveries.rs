@@ -122,9 +122,12 @@ pub async fn replay(config: Config, args: &ReplayArgs) -> anyhow::Result<ExitCod
             println!("delivery {id} queued again");
         }
         (None, Some(name)) => {
+            let bar = super::progress::Bar::spinner(&format!("queueing deliveries of {name}"));
             let queued = store
                 .replay_subscription(name, args.dead, since, until, now)
-                .await?;
+                .await;
+            bar.finish();
+            let queued = queued?;
             println!("{queued} deliveries of {name} queued again");
         }
         (None, None) => bail!("say what to replay: --delivery ID or --subscription NAME"),

@@ -8,9 +8,11 @@ use anyhow::bail;
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
+use super::progress::Bar;
 use crate::api::views::{EntityView, EventView};
 use crate::config::Config;
 use crate::mirror::kinds::{self, platform_for_request, resolve};
+use crate::store::Progress;
 use crate::store::{EntityFilter, EventFilter, Store};
 
 /// Rows read from the store per round trip.
@@ -53,10 +55,16 @@ pub async fn run(config: Config, args: &ExportArgs) -> anyhow::Result<ExitCode> 
     let since_ms = super::parse_time_flag("since", args.since.as_deref())?;
     let stdout = std::io::stdout().lock();
     let mut out = Output::new(args.format, stdout);
-    match &args.kind {
-        Some(kind) => export_entities(&config, &store, &mut out, kind, args, since_ms).await?,
-        None => export_events(&store, &mut out, args, since_ms).await?,
-    }
+    let bar = match &args.kind {
+        Some(_) => Bar::counter("exporting", "entities"),
+        None => Bar::counter("exporting", "events"),
+    };
+    let exported = match &args.kind {
+        Some(kind) => export_entities(&config, &store, &mut out, kind, args, since_ms, &bar).await,
+        None => export_events(&store, &mut out, args, since_ms, &bar).await,
+    };
+    bar.finish();
+    exported?;
     out.finish()?;
     Ok(ExitCode::SUCCESS)
 }
@@ -66,6 +74,7 @@ async fn export_events(
     out: &mut Output<impl Write>,
     args: &ExportArgs,
     since_ms: Option<i64>,
+    bar: &Bar,
 ) -> anyhow::Result<()> {
     out.header(
         &EVENT_COLUMNS
@@ -87,6 +96,7 @@ async fn export_events(
         let Some(last) = page.last() else { break };
         before_seq = Some(last.seq);
         let full = page.len() == PAGE;
+        bar.advanced(page.len() as u64);
         for event in page {
             let view = EventView::from(event);
             let json = serde_json::to_value(&view)?;
@@ -147,6 +157,7 @@ async fn export_entities(
     kind: &str,
     args: &ExportArgs,
     since_ms: Option<i64>,
+    bar: &Bar,
 ) -> anyhow::Result<()> {
     // The kind means one platform's table, decided as in the API.
     let sources: Vec<_> = config
@@ -198,6 +209,7 @@ async fn export_entities(
         let Some(last) = page.last() else { break };
         after = Some(last.position);
         let full = page.len() == PAGE;
+        bar.advanced(page.len() as u64);
         for entity in page {
             let view = EntityView::from(entity);
             let json = serde_json::to_value(&view)?;

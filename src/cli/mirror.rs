@@ -19,7 +19,10 @@ pub async fn run(config: Config, command: &MirrorCommand) -> anyhow::Result<Exit
         MirrorCommand::Rebuild => {
             let store = super::open_existing(&config)?;
             let started = std::time::Instant::now();
-            let report = store.rebuild_mirror().await?;
+            let bar = super::progress::Bar::new("rebuilding the mirror", "events").shared();
+            let report = store.rebuild_mirror(bar.clone()).await;
+            bar.finish();
+            let report = report?;
             println!(
                 "mirror rebuilt from {} events ({} changed an entity, {} re-described) in {:.1?}",
                 report.events,

@@ -28,6 +28,8 @@ const SERVER_KEYS: &[&str] = &[
     "append_timeout",
     "shutdown_grace",
     "trusted_proxies",
+    "secret_key_env",
+    "previous_secret_key_env",
 ];
 const API_KEYS: &[&str] = &["tokens", "tokens_env"];
 const RETENTION_KEYS: &[&str] = &["events_days", "interval"];

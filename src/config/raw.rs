@@ -150,6 +150,12 @@ pub struct RawServer {
     pub shutdown_grace: Duration,
     /// Peers whose `X-Forwarded-For` names the client (CIDRs or addresses).
     pub trusted_proxies: Vec<String>,
+    /// The variable holding the key subscription secrets are sealed under
+    /// (default `CLASSHOOK_SECRET_KEY`).
+    pub secret_key_env: Option<String>,
+    /// The variable holding the previous key while rotating (default
+    /// `CLASSHOOK_SECRET_KEY_PREVIOUS`).
+    pub previous_secret_key_env: Option<String>,
 }
 
 impl Default for RawServer {
@@ -164,6 +170,8 @@ impl Default for RawServer {
             append_timeout: Duration::from_secs(8),
             shutdown_grace: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
+            secret_key_env: None,
+            previous_secret_key_env: None,
         }
     }
 }

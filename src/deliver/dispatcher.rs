@@ -37,6 +37,16 @@ pub struct DispatchOptions {
     pub lease_margin: Duration,
 }
 
+/// Told about every recorded attempt, e.g. by the metrics.
+pub trait DeliveryObserver: Send + Sync {
+    /// An attempt ended with `outcome` after `took`, and was recorded.
+    fn attempted(&self, subscription: &str, outcome: &Outcome, took: Duration);
+    /// A delivery used up its retries.
+    fn dead_lettered(&self, subscription: &str);
+    /// A delivery succeeded `lag` after its event was received.
+    fn delivered(&self, lag: Duration);
+}
+
 /// How many deliveries per allowed in-flight request one subscription may hold leased.
 const PREFETCH: usize = 8;
 
@@ -68,6 +78,7 @@ pub struct Dispatcher {
     slots: HashMap<SubscriptionId, (u32, Arc<Semaphore>)>,
     /// Running attempts; each ends with its subscription id and what became of it.
     attempts: JoinSet<(SubscriptionId, Finished)>,
+    observer: Option<Arc<dyn DeliveryObserver>>,
 }
 
 impl Dispatcher {
@@ -92,7 +103,14 @@ impl Dispatcher {
             in_flight: HashMap::new(),
             slots: HashMap::new(),
             attempts: JoinSet::new(),
+            observer: None,
         }
+    }
+
+    /// Tells `observer` about every recorded attempt.
+    pub fn with_observer(mut self, observer: Arc<dyn DeliveryObserver>) -> Dispatcher {
+        self.observer = Some(observer);
+        self
     }
 
     /// Runs until the task is aborted.
@@ -191,6 +209,7 @@ impl Dispatcher {
                 clock: self.clock.clone(),
                 slots: self.slots_for(&subscription),
                 hold_after_failures: self.options.hold_after_failures,
+                observer: self.observer.clone(),
                 subscription,
                 claimed: delivery,
             };
@@ -224,6 +243,7 @@ struct Attempt {
     clock: Arc<dyn Clock>,
     slots: Arc<Semaphore>,
     hold_after_failures: u32,
+    observer: Option<Arc<dyn DeliveryObserver>>,
     subscription: Subscription,
     claimed: Claimed,
 }
@@ -311,6 +331,11 @@ impl Attempt {
             jitter,
         );
         self.log(&next, &attempted.outcome);
+        let observed = self.observer.clone().map(|observer| {
+            let lag_ms = self.clock.now_ms() - event.summary.received_at_ms;
+            let lag = Duration::from_millis(u64::try_from(lag_ms).unwrap_or(0));
+            (observer, attempted.outcome.clone(), attempted.duration, lag)
+        });
         let result = AttemptResult {
             claimed: self.claimed.clone(),
             at_ms: started_ms,
@@ -323,6 +348,15 @@ impl Attempt {
             Ok(AttemptRecorded::Kept {
                 consecutive_failures,
             }) => {
+                if let Some((observer, outcome, took, lag)) = observed {
+                    let name = &self.subscription.spec.name;
+                    observer.attempted(name, &outcome, took);
+                    match next {
+                        Next::Delivered => observer.delivered(lag),
+                        Next::Dead => observer.dead_lettered(name),
+                        Next::RetryAt(_) | Next::Pause => {}
+                    }
+                }
                 self.hold_if_failing(consecutive_failures, started_ms).await;
                 Finished::Attempted
             }

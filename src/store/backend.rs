@@ -5,16 +5,17 @@
 //! the hold policy, subscription defaults and validation, the mirror's version rules)
 //! live in their domain modules and reach a backend as decisions to store.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use super::{
-    AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, Claimed, Delivery,
+    AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, BackupReport, Claimed, Delivery,
     DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter, EventSeq, EventSummary,
-    KindCount, NewRejection, RebuildReport, Rejection, RejectionFilter, StatsRow, StoreError,
-    StoredEvent, SubscriptionId,
+    KindCount, NewRejection, Progress, QueueDepth, RebuildReport, Rejection, RejectionFilter,
+    StatsRow, StoreError, StoredEvent, SubscriptionId,
 };
 use crate::deliver::subscription::{Subscription, SubscriptionSpec};
 use crate::event::NewEvent;
@@ -51,6 +52,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Whether the store can take a write now: a real write commits within `timeout`
     /// and the backend has room. `Err` says why not, for `/readyz`.
     async fn ping(&self, timeout: Duration) -> Result<(), StoreError>;
+
+    /// Writes a consistent copy of the whole store to a new file while the store is in
+    /// use, and checks it. A backend whose data lives elsewhere says how to back it up
+    /// instead (`Invalid`).
+    async fn backup(&self, destination: &Path) -> Result<BackupReport, StoreError>;
 
     /// Operations waiting to be committed right now (a gauge).
     fn queued_writes(&self) -> usize;
@@ -144,7 +150,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Replays every stored event, in receive order, into an empty mirror (with the
     /// rules of this version), while ingest goes on; corrects stored descriptions.
-    async fn rebuild_mirror(&self) -> Result<RebuildReport, StoreError>;
+    async fn rebuild_mirror(
+        &self,
+        progress: Arc<dyn Progress>,
+    ) -> Result<RebuildReport, StoreError>;
 
     // ---- subscriptions ----
 
@@ -183,6 +192,24 @@ pub trait Backend: Send + Sync + 'static {
     async fn list_subscriptions(&self) -> Result<Vec<Subscription>, StoreError>;
 
     async fn get_subscription(&self, name: &str) -> Result<Option<Subscription>, StoreError>;
+
+    /// Seals, under the current key of [`super::StoreOptions::secrets`], every stored
+    /// subscription secret and Basic Auth password that is plain text or sealed under
+    /// another key (the previous one, while rotating), in one transaction. Returns how
+    /// many subscriptions changed; without a key, changes nothing (0).
+    async fn reseal_subscription_secrets(&self) -> Result<u64, StoreError>;
+
+    /// For a lost key: clears every stored subscription secret and Basic Auth
+    /// password (with its username) that `keys` cannot open, in one transaction. An
+    /// API subscription is also paused, saying why, until its secrets are set again;
+    /// a config subscription gets them from the config at the next start. With
+    /// `dry_run`, only says which. Open the store with
+    /// [`super::sealed::Sealer::withheld`] for this: its own keys cannot read them.
+    async fn forget_unreadable_secrets(
+        &self,
+        keys: super::sealed::Sealer,
+        dry_run: bool,
+    ) -> Result<Vec<super::sealed::Unreadable>, StoreError>;
 
     /// Nothing is leased for the subscription before `until_ms`.
     async fn hold_subscription(&self, id: SubscriptionId, until_ms: i64) -> Result<(), StoreError>;
@@ -234,6 +261,9 @@ pub trait Backend: Send + Sync + 'static {
         until_ms: Option<i64>,
         now_ms: i64,
     ) -> Result<u64, StoreError>;
+
+    /// Every subscription's pending and dead deliveries, by name.
+    async fn delivery_queue(&self) -> Result<Vec<QueueDepth>, StoreError>;
 
     /// Newest first.
     async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>, StoreError>;

@@ -39,6 +39,7 @@ mod backend;
 mod ids;
 mod postgres;
 mod rejection_queue;
+pub mod sealed;
 mod sqlite;
 
 use std::path::{Path, PathBuf};
@@ -115,7 +116,8 @@ impl Store {
     }
 
     /// Opens an existing store for reading only (no writer, no migrations):
-    /// `NoDatabase` when there is none.
+    /// `NoDatabase` when there is none. Subscription secrets are not opened (they
+    /// read as empty, see [`sealed::Sealer::withheld`]): no key is needed.
     pub fn open_read_only(location: &Location) -> Result<Store, StoreError> {
         let backend = match location {
             Location::Sqlite { data_dir } => sqlite::SqliteStore::open_read_only(data_dir)?,
@@ -152,6 +154,9 @@ pub struct StoreOptions {
     pub max_commit_lag: Duration,
     /// How many events `mirror rebuild` reads per chunk; `None`: the backend's default.
     pub rebuild_chunk: Option<usize>,
+    /// How subscription secrets are stored: every backend writes and reads the
+    /// `secret` and Basic Auth password columns only through it. Default: plain text.
+    pub secrets: sealed::Sealer,
 }
 
 impl Default for StoreOptions {
@@ -165,7 +170,26 @@ impl Default for StoreOptions {
             dedupe_settle_after: None,
             max_commit_lag: MAX_COMMIT_LAG,
             rebuild_chunk: None,
+            secrets: sealed::Sealer::plain(),
         }
+    }
+}
+
+/// Told how far long work has got (for progress bars). Counts are of the work's own
+/// unit (events, rows); `total` may come late or never.
+pub trait Progress: Send + Sync {
+    fn total(&self, _units: u64) {}
+    fn advanced(&self, _units: u64) {}
+}
+
+/// No one is watching.
+pub struct NoProgress;
+
+impl Progress for NoProgress {}
+
+impl NoProgress {
+    pub fn shared() -> Arc<dyn Progress> {
+        Arc::new(NoProgress)
     }
 }
 
@@ -185,6 +209,22 @@ pub struct KindCount {
     pub typed: bool,
     pub live: i64,
     pub deleted: i64,
+}
+
+/// One subscription's deliveries right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub subscription: String,
+    /// Waiting for their first attempt or a retry (leased ones included).
+    pub pending: i64,
+    pub dead: i64,
+}
+
+/// What a backup wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupReport {
+    pub events: i64,
+    pub bytes: u64,
 }
 
 /// What a rebuild did.
@@ -258,6 +298,9 @@ pub enum StoreError {
     /// A change refused because its result would be invalid.
     #[error("{0}")]
     Invalid(String),
+    /// A stored subscription secret cannot be opened (or written) with the keys given.
+    #[error(transparent)]
+    Secrets(#[from] sealed::SealError),
     /// The store cannot safely take writes (its file was removed or replaced, the
     /// disk is full, the database is read-only).
     #[error("{0}")]

@@ -14,10 +14,10 @@ use super::sql::Conditions;
 use crate::config::SecretEncoding;
 use crate::deliver::schedule::{Next, Outcome};
 use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec};
-use crate::secret::Secret;
+use crate::store::sealed::{self, Sealer};
 use crate::store::{
     AttemptRecord, AttemptRecorded, AttemptResult, ClaimRequest, Claimed, Delivery, DeliveryFilter,
-    DeliveryId, DeliveryState, Lease, SpecChange, StoreError, SubscriptionId,
+    DeliveryId, DeliveryState, Lease, QueueDepth, SpecChange, StoreError, SubscriptionId,
 };
 
 const SUBSCRIPTION_COLUMNS: &str = "id, name, url, events, sources, tenants, basic_username,
@@ -33,14 +33,27 @@ fn unreadable(what: String) -> StoreError {
     StoreError::Corrupt(format!("unreadable stored {what}"))
 }
 
-fn subscription_from_row(row: &Row) -> Result<Subscription, StoreError> {
+/// A stored secret column opened with `sealer`.
+fn open_secret(
+    row: &Row,
+    index: usize,
+    column: &str,
+    sealer: &Sealer,
+) -> Result<Option<crate::secret::Secret>, StoreError> {
+    Ok(row
+        .try_get::<_, Option<String>>(index)?
+        .map(|stored| sealer.open(column, &stored))
+        .transpose()?)
+}
+
+fn subscription_from_row(row: &Row, sealer: &Sealer) -> Result<Subscription, StoreError> {
     let list = |i: usize| -> Result<Option<Vec<String>>, StoreError> {
         let text: Option<String> = row.try_get(i)?;
         text.map(|t| serde_json::from_str(&t).map_err(|_| unreadable(format!("list {t:?}"))))
             .transpose()
     };
     let username: Option<String> = row.try_get(6)?;
-    let password: Option<String> = row.try_get(7)?;
+    let password = open_secret(row, 7, sealed::SUBSCRIPTION_BASIC_PASSWORD, sealer)?;
     let schedule: String = row.try_get(11)?;
     let schedule: Vec<u64> = serde_json::from_str(&schedule)
         .map_err(|_| unreadable(format!("retry schedule {schedule:?}")))?;
@@ -56,11 +69,11 @@ fn subscription_from_row(row: &Row) -> Result<Subscription, StoreError> {
             sources: list(4)?,
             tenants: list(5)?,
             basic_auth: match (username, password) {
-                (Some(u), Some(p)) => Some((u, Secret::new(p))),
+                (Some(u), Some(p)) => Some((u, p)),
                 (None, None) => None,
                 _ => return Err(unreadable("Basic Auth without both parts".into())),
             },
-            secret: row.try_get::<_, Option<String>>(8)?.map(Secret::new),
+            secret: open_secret(row, 8, sealed::SUBSCRIPTION_SECRET, sealer)?,
             secret_encoding: match encoding.as_str() {
                 "utf8" => SecretEncoding::Utf8,
                 "base64" => SecretEncoding::Base64,
@@ -85,6 +98,7 @@ fn subscription_from_row(row: &Row) -> Result<Subscription, StoreError> {
 
 pub(super) async fn load_subscriptions(
     client: &impl tokio_postgres::GenericClient,
+    sealer: &Sealer,
 ) -> Result<Vec<Subscription>, StoreError> {
     let rows = client
         .query(
@@ -92,7 +106,9 @@ pub(super) async fn load_subscriptions(
             &[],
         )
         .await?;
-    rows.iter().map(subscription_from_row).collect()
+    rows.iter()
+        .map(|row| subscription_from_row(row, sealer))
+        .collect()
 }
 
 /// Inserts or, by name, replaces a subscription's declared fields (state is kept).
@@ -100,7 +116,18 @@ async fn upsert(
     tx: &tokio_postgres::Transaction<'_>,
     spec: &SubscriptionSpec,
     managed_by: ManagedBy,
+    sealer: &Sealer,
 ) -> Result<(), StoreError> {
+    let password = spec
+        .basic_auth
+        .as_ref()
+        .map(|(_, p)| sealer.seal(sealed::SUBSCRIPTION_BASIC_PASSWORD, p))
+        .transpose()?;
+    let secret = spec
+        .secret
+        .as_ref()
+        .map(|s| sealer.seal(sealed::SUBSCRIPTION_SECRET, s))
+        .transpose()?;
     let schedule: Vec<u64> = spec
         .retry_schedule
         .iter()
@@ -124,11 +151,8 @@ async fn upsert(
             &json_list(spec.sources.as_ref()),
             &json_list(spec.tenants.as_ref()),
             &spec.basic_auth.as_ref().map(|(u, _)| u.clone()),
-            &spec
-                .basic_auth
-                .as_ref()
-                .map(|(_, p)| p.expose().to_string()),
-            &spec.secret.as_ref().map(|s| s.expose().to_string()),
+            &password,
+            &secret,
             &spec.secret_encoding.as_str(),
             &(spec.timeout.as_millis() as i64),
             &serde_json::to_string(&schedule).expect("numbers serialize"),
@@ -239,7 +263,7 @@ impl PostgresStore {
             )
             .await?
             .as_ref()
-            .map(subscription_from_row)
+            .map(|row| subscription_from_row(row, &self.inner.options.secrets))
             .transpose()?;
         tx.commit().await?;
         Ok(found)
@@ -263,6 +287,7 @@ impl PostgresStore {
         &self,
         specs: Vec<SubscriptionSpec>,
     ) -> Result<(), StoreError> {
+        let sealer = self.inner.options.secrets.clone();
         self.change_subscriptions(move |tx| {
             Box::pin(async move {
                 for spec in &specs {
@@ -272,7 +297,7 @@ impl PostgresStore {
                             spec.name
                         )));
                     }
-                    upsert(tx, spec, ManagedBy::Config).await?;
+                    upsert(tx, spec, ManagedBy::Config, &sealer).await?;
                 }
                 let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
                 tx.execute(
@@ -291,6 +316,7 @@ impl PostgresStore {
         &self,
         spec: SubscriptionSpec,
     ) -> Result<Subscription, StoreError> {
+        let sealer = self.inner.options.secrets.clone();
         self.change_kept(move |tx| {
             Box::pin(async move {
                 if owner(tx, &spec.name).await?.is_some() {
@@ -299,7 +325,7 @@ impl PostgresStore {
                         spec.name
                     )));
                 }
-                upsert(tx, &spec, ManagedBy::Api).await?;
+                upsert(tx, &spec, ManagedBy::Api, &sealer).await?;
                 Ok(spec.name)
             })
         })
@@ -312,6 +338,7 @@ impl PostgresStore {
         change: SpecChange,
     ) -> Result<Subscription, StoreError> {
         let name = name.to_string();
+        let sealer = self.inner.options.secrets.clone();
         self.change_kept(move |tx| {
             Box::pin(async move {
                 api_owned(tx, &name).await?;
@@ -323,14 +350,14 @@ impl PostgresStore {
                         &[&name],
                     )
                     .await?;
-                let current = subscription_from_row(&row)?;
+                let current = subscription_from_row(&row, &sealer)?;
                 let spec = change(current.spec).map_err(StoreError::Invalid)?;
                 if spec.name != name {
                     return Err(StoreError::Invalid(
                         "a subscription cannot be renamed".into(),
                     ));
                 }
-                upsert(tx, &spec, ManagedBy::Api).await?;
+                upsert(tx, &spec, ManagedBy::Api, &sealer).await?;
                 Ok(spec.name)
             })
         })
@@ -382,7 +409,7 @@ impl PostgresStore {
 
     pub(super) async fn list_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
         let client = self.client().await?;
-        load_subscriptions(&**client).await
+        load_subscriptions(&**client, &self.inner.options.secrets).await
     }
 
     pub(super) async fn get_subscription(
@@ -397,7 +424,7 @@ impl PostgresStore {
             )
             .await?
             .as_ref()
-            .map(subscription_from_row)
+            .map(|row| subscription_from_row(row, &self.inner.options.secrets))
             .transpose()
     }
 
@@ -860,5 +887,132 @@ impl PostgresStore {
             })
             .collect::<Result<_, StoreError>>()?;
         Ok(Some((delivery, attempts)))
+    }
+}
+
+/// A subscription's `basic_password` and `secret` as stored.
+type StoredSecrets = (Option<String>, Option<String>);
+
+impl PostgresStore {
+    /// See [`crate::store::Backend::reseal_subscription_secrets`].
+    pub(super) async fn reseal_subscription_secrets(&self) -> Result<u64, StoreError> {
+        let sealer = self.inner.options.secrets.clone();
+        if sealer.current_key().is_none() {
+            return Ok(0);
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("UPDATE subscription_version SET version = version + 1", &[])
+            .await?;
+        let rows = tx
+            .query(
+                "SELECT id, basic_password, secret FROM subscriptions ORDER BY id FOR UPDATE",
+                &[],
+            )
+            .await?;
+        let mut changed = 0;
+        for row in rows {
+            let id: i64 = row.try_get(0)?;
+            let (password, secret): StoredSecrets = (row.try_get(1)?, row.try_get(2)?);
+            let (password, secret) =
+                sealer.reseal_subscription(password.as_deref(), secret.as_deref())?;
+            if password.is_some() || secret.is_some() {
+                tx.execute(
+                    "UPDATE subscriptions SET basic_password = coalesce($2, basic_password),
+                         secret = coalesce($3, secret) WHERE id = $1",
+                    &[&id, &password, &secret],
+                )
+                .await?;
+                changed += 1;
+            }
+        }
+        tx.commit().await?;
+        if changed > 0 {
+            // The replaced values must not linger in the table's file: rewrite it
+            // (the old row versions go with the old file). The WAL and any archive
+            // of it still hold them until they are recycled.
+            client.batch_execute("VACUUM FULL subscriptions").await?;
+        }
+        Ok(changed)
+    }
+
+    /// See [`crate::store::Backend::forget_unreadable_secrets`].
+    pub(super) async fn forget_unreadable_secrets(
+        &self,
+        keys: Sealer,
+        dry_run: bool,
+    ) -> Result<Vec<sealed::Unreadable>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("UPDATE subscription_version SET version = version + 1", &[])
+            .await?;
+        let rows = tx
+            .query(
+                "SELECT id, name, managed_by, basic_password, secret FROM subscriptions
+                 ORDER BY id FOR UPDATE",
+                &[],
+            )
+            .await?;
+        let mut forgotten = Vec::new();
+        for row in rows {
+            let id: i64 = row.try_get(0)?;
+            let name: String = row.try_get(1)?;
+            let managed_by: String = row.try_get(2)?;
+            let (password, secret): StoredSecrets = (row.try_get(3)?, row.try_get(4)?);
+            let Some(forget) = keys.unreadable_subscription(password.as_deref(), secret.as_deref())
+            else {
+                continue;
+            };
+            if !dry_run {
+                tx.execute(
+                    "UPDATE subscriptions SET
+                         secret = CASE WHEN $2 THEN NULL ELSE secret END,
+                         basic_username = CASE WHEN $3 THEN NULL ELSE basic_username END,
+                         basic_password = CASE WHEN $3 THEN NULL ELSE basic_password END,
+                         paused = CASE WHEN managed_by = 'api' THEN TRUE ELSE paused END,
+                         paused_reason = CASE WHEN managed_by = 'api' THEN $4 ELSE paused_reason END
+                     WHERE id = $1",
+                    &[
+                        &id,
+                        &forget.secret,
+                        &forget.basic_auth,
+                        &sealed::FORGOTTEN_REASON,
+                    ],
+                )
+                .await?;
+            }
+            forgotten.push(sealed::Unreadable {
+                subscription: name,
+                from_config: managed_by == "config",
+                reason: forget.reason,
+            });
+        }
+        tx.commit().await?;
+        Ok(forgotten)
+    }
+
+    /// Every subscription's pending and dead deliveries.
+    pub(super) async fn delivery_queue(&self) -> Result<Vec<QueueDepth>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT s.name,
+                     (SELECT count(*) FROM deliveries d
+                      WHERE d.subscription_id = s.id AND d.state = 'pending'),
+                     (SELECT count(*) FROM deliveries d
+                      WHERE d.state = 'dead' AND d.subscription_id = s.id)
+                 FROM subscriptions s ORDER BY s.name",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QueueDepth {
+                    subscription: r.try_get(0)?,
+                    pending: r.try_get(1)?,
+                    dead: r.try_get(2)?,
+                })
+            })
+            .collect()
     }
 }

@@ -9,12 +9,14 @@
 //! the corrected descriptions on the events, in one transaction proportional to the
 //! number of entities, not of events.
 
+use std::sync::Arc;
+
 use super::PostgresStore;
 use super::mirror::{self, Item, Tables};
 use crate::event::EntityRef;
 use crate::mirror::MirrorData;
 use crate::provider::{Envelope, ProviderKind};
-use crate::store::{RebuildReport, StoreError};
+use crate::store::{Progress, RebuildReport, StoreError};
 
 /// How many events one pruning transaction deletes at most.
 const PRUNE_CHUNK: i64 = 5_000;
@@ -57,7 +59,10 @@ impl PostgresStore {
         }
     }
 
-    pub(super) async fn rebuild_mirror(&self) -> Result<RebuildReport, StoreError> {
+    pub(super) async fn rebuild_mirror(
+        &self,
+        progress: Arc<dyn Progress>,
+    ) -> Result<RebuildReport, StoreError> {
         let client = self.client().await?;
         let locked: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&REBUILD_LOCK])
@@ -75,7 +80,7 @@ impl PostgresStore {
             .rebuild_chunk
             .unwrap_or(REBUILD_CHUNK)
             .max(1) as i64;
-        let result = rebuild(&mut client, chunk).await;
+        let result = rebuild(&mut client, chunk, progress.as_ref()).await;
         // The shadow tables' statements must not outlive them in this pooled client.
         client.statement_cache.clear();
         let _ = client.batch_execute(&drop_shadow_sql()).await;
@@ -98,6 +103,7 @@ fn drop_shadow_sql() -> String {
 async fn rebuild(
     client: &mut deadpool_postgres::Object,
     chunk: i64,
+    progress: &dyn Progress,
 ) -> Result<RebuildReport, StoreError> {
     let mut setup = drop_shadow_sql();
     for table in mirror::all_tables() {
@@ -116,6 +122,11 @@ async fn rebuild(
          );",
     );
     client.batch_execute(&setup).await?;
+    let total: i64 = client
+        .query_one("SELECT count(*) FROM events", &[])
+        .await?
+        .try_get(0)?;
+    progress.total(u64::try_from(total).unwrap_or(0));
     let mut report = RebuildReport::default();
     let mut after = 0i64;
     // The build hands over to the final step once it is this close to the log's end.
@@ -123,6 +134,7 @@ async fn rebuild(
     loop {
         let tx = client.transaction().await?;
         let moved = replay_chunk(&tx, &mut after, chunk, &mut report).await?;
+        progress.advanced(moved as u64);
         let last: Option<i64> = tx
             .query_one("SELECT max(seq) FROM events", &[])
             .await?
@@ -137,7 +149,13 @@ async fn rebuild(
     // until the tables are swapped.
     tx.batch_execute("LOCK TABLE events IN EXCLUSIVE MODE")
         .await?;
-    while replay_chunk(&tx, &mut after, chunk, &mut report).await? > 0 {}
+    loop {
+        let moved = replay_chunk(&tx, &mut after, chunk, &mut report).await?;
+        progress.advanced(moved as u64);
+        if moved == 0 {
+            break;
+        }
+    }
     let mut swap = String::new();
     for table in mirror::all_tables() {
         let shadow = SHADOW.name(table);

@@ -29,6 +29,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,14 +38,16 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_postgres::NoTls;
 
 use super::{
-    AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, Backend, ClaimRequest, Claimed,
-    Delivery, DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter, EventSeq,
-    EventSummary, KindCount, Lease, MAX_COMMIT_LAG, NewRejection, RebuildReport, Rejection,
-    RejectionFilter, SpecChange, StatsRow, StoreError, StoreOptions, StoredEvent, SubscriptionId,
+    AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, Backend, BackupReport,
+    ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter,
+    EventSeq, EventSummary, KindCount, Lease, MAX_COMMIT_LAG, NewRejection, Progress, QueueDepth,
+    RebuildReport, Rejection, RejectionFilter, SpecChange, StatsRow, StoreError, StoreOptions,
+    StoredEvent, SubscriptionId,
 };
 use crate::deliver::subscription::{Subscription, SubscriptionSpec};
 use crate::event::NewEvent;
 use crate::provider::ProviderKind;
+use crate::store::sealed::{Sealer, Unreadable};
 pub use errors::redact_url;
 use writer::WriteOp;
 
@@ -257,6 +260,15 @@ impl Backend for PostgresStore {
         PostgresStore::ping(self, timeout).await
     }
 
+    /// The data lives on the server: it is backed up there (`pg_dump`, or the
+    /// server's base backups and WAL archive), not by classhook.
+    async fn backup(&self, _destination: &Path) -> Result<BackupReport, StoreError> {
+        Err(StoreError::Invalid(format!(
+            "the store is the PostgreSQL database {}: back it up on the server (pg_dump, or base backups with a WAL archive)",
+            self.inner.location
+        )))
+    }
+
     fn queued_writes(&self) -> usize {
         PostgresStore::queued_writes(self)
     }
@@ -362,8 +374,11 @@ impl Backend for PostgresStore {
         PostgresStore::entity_history(self, kind, id, source, tenant, newest).await
     }
 
-    async fn rebuild_mirror(&self) -> Result<RebuildReport, StoreError> {
-        PostgresStore::rebuild_mirror(self).await
+    async fn rebuild_mirror(
+        &self,
+        progress: Arc<dyn Progress>,
+    ) -> Result<RebuildReport, StoreError> {
+        PostgresStore::rebuild_mirror(self, progress).await
     }
 
     async fn sync_config_subscriptions(
@@ -407,6 +422,18 @@ impl Backend for PostgresStore {
 
     async fn get_subscription(&self, name: &str) -> Result<Option<Subscription>, StoreError> {
         PostgresStore::get_subscription(self, name).await
+    }
+
+    async fn reseal_subscription_secrets(&self) -> Result<u64, StoreError> {
+        PostgresStore::reseal_subscription_secrets(self).await
+    }
+
+    async fn forget_unreadable_secrets(
+        &self,
+        keys: Sealer,
+        dry_run: bool,
+    ) -> Result<Vec<Unreadable>, StoreError> {
+        PostgresStore::forget_unreadable_secrets(self, keys, dry_run).await
     }
 
     async fn hold_subscription(&self, id: SubscriptionId, until_ms: i64) -> Result<(), StoreError> {
@@ -460,6 +487,10 @@ impl Backend for PostgresStore {
         now_ms: i64,
     ) -> Result<u64, StoreError> {
         PostgresStore::backfill(self, name, since_ms, until_ms, now_ms).await
+    }
+
+    async fn delivery_queue(&self) -> Result<Vec<QueueDepth>, StoreError> {
+        PostgresStore::delivery_queue(self).await
     }
 
     async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>, StoreError> {

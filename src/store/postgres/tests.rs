@@ -1117,7 +1117,10 @@ async fn a_rebuild_replays_every_event_into_the_same_mirror() {
         )
         .await
         .unwrap();
-    let report = store.rebuild_mirror().await.unwrap();
+    let report = store
+        .rebuild_mirror(crate::store::NoProgress::shared())
+        .await
+        .unwrap();
     assert_eq!(report.events, 20);
     assert_eq!(report.redescribed, 0);
     let after = store.list_entities(all.clone()).await.unwrap();
@@ -1344,7 +1347,10 @@ async fn a_rebuild_corrects_descriptions_while_ingest_goes_on() {
             }
         })
     };
-    let report = store.rebuild_mirror().await.unwrap();
+    let report = store
+        .rebuild_mirror(crate::store::NoProgress::shared())
+        .await
+        .unwrap();
     ingest.await.unwrap();
     assert!(report.events >= 40);
     assert_eq!(report.redescribed, 1);
@@ -1366,7 +1372,10 @@ async fn a_rebuild_corrects_descriptions_while_ingest_goes_on() {
         assert_eq!(entity.event_seq, history[0].seq, "entity {}", entity.id);
     }
     assert!(matches!(
-        tokio::join!(store.rebuild_mirror(), store.rebuild_mirror()),
+        tokio::join!(
+            store.rebuild_mirror(crate::store::NoProgress::shared()),
+            store.rebuild_mirror(crate::store::NoProgress::shared())
+        ),
         (Ok(_), Err(StoreError::Conflict(_)))
             | (Err(StoreError::Conflict(_)), Ok(_))
             | (Ok(_), Ok(_))
@@ -1600,4 +1609,131 @@ async fn a_key_another_instance_stores_during_the_batch_is_a_retry_and_not_mirro
     store.append(class_updated(2, 2_000, "B")).await.unwrap();
     let entities = store.list_entities(class_filter()).await.unwrap();
     assert_eq!(entities[0].data["name"], "B");
+}
+
+/// The stored (basic_password, secret) of a subscription.
+async fn stored_secrets(store: &PostgresStore, name: &str) -> (Option<String>, Option<String>) {
+    let row = store
+        .client()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT basic_password, secret FROM subscriptions WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+fn with_secrets(name: &str) -> SubscriptionSpec {
+    let mut spec = subscription(name, &["*"]);
+    spec.secret = Some(crate::secret::Secret::new("whsec-plain"));
+    spec.basic_auth = Some(("user".into(), crate::secret::Secret::new("pass-plain")));
+    spec
+}
+
+#[tokio::test]
+async fn subscription_secrets_are_sealed_rotated_and_forgotten() {
+    use crate::store::sealed::{Sealer, SecretKey};
+    let Some(db) = TestDatabase::create("sealed").await else {
+        return;
+    };
+    let old = SecretKey::generate();
+    let options = |secrets: Sealer| StoreOptions {
+        secrets,
+        ..StoreOptions::default()
+    };
+    // Plain text from before any key.
+    let plain = PostgresStore::open(db.url(), options(Sealer::plain()))
+        .await
+        .unwrap();
+    plain
+        .create_subscription(with_secrets("early"))
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_secrets(&plain, "early").await,
+        (Some("pass-plain".into()), Some("whsec-plain".into()))
+    );
+    let first = PostgresStore::open(db.url(), options(Sealer::with_keys(old.clone(), None)))
+        .await
+        .unwrap();
+    first
+        .create_subscription(with_secrets("api"))
+        .await
+        .unwrap();
+    let (password, secret) = stored_secrets(&first, "api").await;
+    assert!(password.unwrap().starts_with("sealed:"));
+    assert!(secret.unwrap().starts_with("sealed:"));
+    let read = first.get_subscription("api").await.unwrap().unwrap();
+    assert_eq!(read.spec.secret.unwrap().expose(), "whsec-plain");
+    assert_eq!(
+        first.reseal_subscription_secrets().await.unwrap(),
+        1,
+        "the early one"
+    );
+    assert!(
+        stored_secrets(&first, "early")
+            .await
+            .1
+            .unwrap()
+            .starts_with("sealed:")
+    );
+    // Rotation: a new key, the old one as previous.
+    let new = SecretKey::generate();
+    let rotated = PostgresStore::open(
+        db.url(),
+        options(Sealer::with_keys(new.clone(), Some(old.clone()))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rotated.reseal_subscription_secrets().await.unwrap(), 2);
+    assert_eq!(rotated.reseal_subscription_secrets().await.unwrap(), 0);
+    let read = rotated.get_subscription("early").await.unwrap().unwrap();
+    assert_eq!(read.spec.basic_auth.unwrap().1.expose(), "pass-plain");
+    // The new key is lost: with only another key, nothing opens; forget them.
+    let other = Sealer::with_keys(SecretKey::generate(), None);
+    let withheld = PostgresStore::open(db.url(), options(Sealer::withheld()))
+        .await
+        .unwrap();
+    let listed = withheld
+        .forget_unreadable_secrets(other.clone(), true)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(
+        stored_secrets(&withheld, "api").await.1.is_some(),
+        "a dry run"
+    );
+    withheld
+        .forget_unreadable_secrets(other, false)
+        .await
+        .unwrap();
+    assert_eq!(stored_secrets(&withheld, "api").await, (None, None));
+    let api = withheld.get_subscription("api").await.unwrap().unwrap();
+    assert!(api.paused);
+    assert_eq!(
+        api.paused_reason.as_deref(),
+        Some(crate::store::sealed::FORGOTTEN_REASON)
+    );
+}
+
+#[tokio::test]
+async fn queue_depths_and_backups() {
+    let Some((_db, store)) = open("queue_depth").await else {
+        return;
+    };
+    store
+        .create_subscription(subscription("hooks", &["*"]))
+        .await
+        .unwrap();
+    store.append(class_updated(1, 1_000, "A")).await.unwrap();
+    let depths = store.delivery_queue().await.unwrap();
+    assert_eq!(depths.len(), 1);
+    assert_eq!((depths[0].pending, depths[0].dead), (1, 0));
+    assert!(matches!(
+        Backend::backup(&store, std::path::Path::new("/tmp/x")).await,
+        Err(StoreError::Invalid(_))
+    ));
 }

@@ -16,6 +16,7 @@ use super::{delivery, events};
 use crate::deliver::subscription::Subscription;
 use crate::event::NewEvent;
 use crate::store::rejection_queue::RejectionQueue;
+use crate::store::sealed::Sealer;
 use crate::store::{AppendOutcome, CommitObserver, MAX_COMMIT_LAG, NewRejection, StoreError};
 
 /// What the writer receives.
@@ -211,7 +212,10 @@ impl Subscriptions {
         match &self.loaded {
             Some((loaded, subscriptions)) if *loaded == version => Ok(subscriptions.clone()),
             _ => {
-                let subscriptions = Arc::new(delivery::load_subscriptions(&**tx).await?);
+                // Matching needs no secret: they stay sealed (and a value no key
+                // opens never stops ingest).
+                let subscriptions =
+                    Arc::new(delivery::load_subscriptions(&**tx, &Sealer::withheld()).await?);
                 self.loaded = Some((version, subscriptions.clone()));
                 Ok(subscriptions)
             }

@@ -2,6 +2,7 @@
 //! inherent async methods); reads run on a pooled read connection on a blocking
 //! thread, so an API query never stalls the async workers.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +13,10 @@ use crate::deliver::subscription::{Subscription, SubscriptionSpec};
 use crate::event::NewEvent;
 use crate::provider::ProviderKind;
 use crate::store::{
-    AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, Backend, ClaimRequest, Claimed,
-    Delivery, DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter, EventSeq,
-    EventSummary, KindCount, Lease, NewRejection, RebuildReport, Rejection, RejectionFilter,
-    SpecChange, StatsRow, StoreError, StoredEvent, SubscriptionId,
+    AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, Backend, BackupReport,
+    ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter,
+    EventSeq, EventSummary, KindCount, Lease, NewRejection, Progress, QueueDepth, RebuildReport,
+    Rejection, RejectionFilter, SpecChange, StatsRow, StoreError, StoredEvent, SubscriptionId,
 };
 
 impl SqliteStore {
@@ -39,6 +40,11 @@ impl Backend for SqliteStore {
 
     async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
         SqliteStore::ping(self, timeout).await
+    }
+
+    async fn backup(&self, destination: &Path) -> Result<BackupReport, StoreError> {
+        let destination = destination.to_path_buf();
+        self.blocking(move |s| s.backup(&destination)).await
     }
 
     fn queued_writes(&self) -> usize {
@@ -150,8 +156,11 @@ impl Backend for SqliteStore {
             .await
     }
 
-    async fn rebuild_mirror(&self) -> Result<RebuildReport, StoreError> {
-        SqliteStore::rebuild_mirror(self).await
+    async fn rebuild_mirror(
+        &self,
+        progress: Arc<dyn Progress>,
+    ) -> Result<RebuildReport, StoreError> {
+        SqliteStore::rebuild_mirror(self, progress).await
     }
 
     async fn sync_config_subscriptions(
@@ -196,6 +205,18 @@ impl Backend for SqliteStore {
     async fn get_subscription(&self, name: &str) -> Result<Option<Subscription>, StoreError> {
         let name = name.to_string();
         self.blocking(move |s| s.get_subscription(&name)).await
+    }
+
+    async fn reseal_subscription_secrets(&self) -> Result<u64, StoreError> {
+        SqliteStore::reseal_subscription_secrets(self).await
+    }
+
+    async fn forget_unreadable_secrets(
+        &self,
+        keys: crate::store::sealed::Sealer,
+        dry_run: bool,
+    ) -> Result<Vec<crate::store::sealed::Unreadable>, StoreError> {
+        SqliteStore::forget_unreadable_secrets(self, keys, dry_run).await
     }
 
     async fn hold_subscription(&self, id: SubscriptionId, until_ms: i64) -> Result<(), StoreError> {
@@ -250,6 +271,10 @@ impl Backend for SqliteStore {
         now_ms: i64,
     ) -> Result<u64, StoreError> {
         SqliteStore::backfill(self, name, since_ms, until_ms, now_ms).await
+    }
+
+    async fn delivery_queue(&self) -> Result<Vec<QueueDepth>, StoreError> {
+        self.blocking(|s| s.delivery_queue()).await
     }
 
     async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>, StoreError> {

@@ -12,12 +12,13 @@
 //! ingestion produced (tested on shuffled streams with duplicates).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::{Connection, params};
 
 use super::{SqliteStore, mirror};
 use crate::provider::{Envelope, ProviderKind};
-use crate::store::{RebuildReport, StoreError};
+use crate::store::{Progress, RebuildReport, StoreError};
 
 /// The scratch database, next to the store's.
 pub const SCRATCH_FILE: &str = "classhook-rebuild.db";
@@ -28,13 +29,21 @@ pub const CHUNK: usize = 5_000;
 impl SqliteStore {
     /// Recomputes every mirror table from the event log, in receive order. Readers
     /// see the old mirror until the new one replaces it in one transaction.
-    pub async fn rebuild_mirror(&self) -> Result<RebuildReport, StoreError> {
+    pub async fn rebuild_mirror(
+        &self,
+        progress: Arc<dyn Progress>,
+    ) -> Result<RebuildReport, StoreError> {
         let live = self.path().to_path_buf();
         let scratch = live.with_file_name(SCRATCH_FILE);
         let chunk = self.inner.options.rebuild_chunk.unwrap_or(CHUNK).max(1) as i64;
         // The build hands over to the writer once it is this close to the log's end.
         let hand_over_gap = 2 * chunk;
         let mut build = run_blocking(move || Build::start(&live, scratch, chunk)).await?;
+        let total = {
+            let count = self.clone();
+            run_blocking(move || count.count_events()).await?
+        };
+        progress.total(u64::try_from(total).unwrap_or(0));
         loop {
             let (returned, moved, behind) = run_blocking(move || {
                 let moved = build.chunk()?;
@@ -43,6 +52,7 @@ impl SqliteStore {
             })
             .await?;
             build = returned;
+            progress.advanced(moved as u64);
             if moved == 0 || behind <= hand_over_gap {
                 break;
             }
