@@ -43,16 +43,10 @@ pub async fn write(
     events: &[&NewEvent],
     subscriptions: &[Subscription],
 ) -> Result<Written, StoreError> {
-    let mut first_of: HashMap<(&str, &str), usize> = HashMap::new();
-    let mut firsts = Vec::new();
-    for (index, event) in events.iter().enumerate() {
-        first_of
-            .entry((event.source.as_str(), event.dedupe_key.as_str()))
-            .or_insert_with(|| {
-                firsts.push(index);
-                index
-            });
-    }
+    let mut seen = std::collections::HashSet::new();
+    let firsts: Vec<usize> = (0..events.len())
+        .filter(|&i| seen.insert(key_of(events[i])))
+        .collect();
     // Keys stored before this batch: their events are copies.
     let mut targets: HashMap<(&str, &str), Target> = find_stored(tx, events, &firsts)
         .await?
@@ -66,7 +60,7 @@ pub async fn write(
     // What each new event does to the mirror, decided before it is inserted, so
     // that its row is written once, with its effect.
     let mut mirror = MirrorPlan::make(tx, events, &new).await?;
-    let written_effects = mirror.effects(new.len(), &new);
+    let written_effects = mirror.effects(&new);
     let inserted = insert(tx, events, &new, &written_effects).await?;
     if inserted.len() < new.len() {
         // Another instance stored some of these keys since the look-up: they are
@@ -81,7 +75,7 @@ pub async fn write(
             new.iter().copied().zip(written_effects).collect();
         new.retain(|&i| inserted.contains_key(&key_of(events[i])));
         mirror = MirrorPlan::make(tx, events, &new).await?;
-        let now = mirror.effects(new.len(), &new);
+        let now = mirror.effects(&new);
         let corrected: Vec<(i64, Option<&str>)> = new
             .iter()
             .zip(now)
@@ -460,16 +454,14 @@ impl MirrorPlan {
     }
 
     /// The effect of each of `new` (events by index), in its order.
-    fn effects(&self, len: usize, new: &[usize]) -> Vec<Option<&'static str>> {
+    fn effects(&self, new: &[usize]) -> Vec<Option<&'static str>> {
         let by_event: HashMap<usize, &'static str> = self
             .events
             .iter()
             .zip(self.plan.effects())
             .filter_map(|(&i, effect)| effect.map(|e| (i, e.as_str())))
             .collect();
-        let mut effects = Vec::with_capacity(len);
-        effects.extend(new.iter().map(|i| by_event.get(i).copied()));
-        effects
+        new.iter().map(|i| by_event.get(i).copied()).collect()
     }
 }
 

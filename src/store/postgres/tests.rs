@@ -1737,3 +1737,33 @@ async fn queue_depths_and_backups() {
         Err(StoreError::Invalid(_))
     ));
 }
+
+#[tokio::test]
+async fn two_bodies_under_one_new_key_in_one_batch_keep_the_first() {
+    let Some((_db, store)) = open("batch_conflict").await else {
+        return;
+    };
+    let (a, b) = (class_updated(1, 1_000, "A"), class_updated(1, 1_000, "B"));
+    let (x, y) = tokio::join!(store.append(a), store.append(b));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(x.seq(), y.seq());
+    let kinds = [x.as_str(), y.as_str()];
+    assert!(
+        kinds.contains(&"stored") && kinds.contains(&"conflict"),
+        "{kinds:?}"
+    );
+    let kept = store.get_event(x.seq()).await.unwrap().unwrap();
+    assert_eq!(kept.summary.conflicts, 1);
+    let first = if x.as_str() == "stored" {
+        "\"A\""
+    } else {
+        "\"B\""
+    };
+    assert!(String::from_utf8_lossy(&kept.body).contains(first));
+    let entity = store.list_entities(class_filter()).await.unwrap();
+    assert_eq!(
+        entity[0].data["name"],
+        first.trim_matches('"'),
+        "the mirror holds the kept body"
+    );
+}
