@@ -19,6 +19,9 @@ use crate::store::rejection_queue::RejectionQueue;
 use crate::store::sealed::Sealer;
 use crate::store::{AppendOutcome, CommitObserver, MAX_COMMIT_LAG, NewRejection, StoreError};
 
+/// The advisory lock a batch holds until it commits ("classhk" + 2).
+const BATCH_LOCK: i64 = 0x0063_6c61_7373_686d;
+
 /// What the writer receives.
 pub enum WriteOp {
     /// An event to store, and the moment after which it must not be written any more.
@@ -146,7 +149,7 @@ impl Writer {
     ) -> Result<(Vec<Result<AppendOutcome, StoreError>>, u64), StoreError> {
         let mut client = self.pool.get().await?;
         let mut tx = client.transaction().await?;
-        let subscriptions = self.subscriptions.current(&tx).await?;
+        let subscriptions = self.subscriptions.begin_batch(&tx).await?;
         // The rejection log is best effort: rows it cannot write are dropped
         // (counted), never a reason to fail the events beside them.
         if isolated {
@@ -199,16 +202,21 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    /// The subscriptions as of now, held against changes until `tx` ends (changes
-    /// take the version row for update): reloaded when another change committed.
-    async fn current(
+    /// Starts a batch: takes the batch lock (writers of every instance commit one
+    /// batch at a time, so sequence numbers grow in commit order, as readers paging
+    /// by seq and the rebuild rely on), and returns the subscriptions as of now,
+    /// held against changes until `tx` ends (changes take the version row for
+    /// update), reloaded when another change committed.
+    async fn begin_batch(
         &mut self,
         tx: &deadpool_postgres::Transaction<'_>,
     ) -> Result<Arc<Vec<Subscription>>, StoreError> {
         let statement = tx
-            .prepare_cached("SELECT version FROM subscription_version FOR SHARE")
+            .prepare_cached(
+                "SELECT version, pg_advisory_xact_lock($1) FROM subscription_version FOR SHARE",
+            )
             .await?;
-        let version: i64 = tx.query_one(&statement, &[]).await?.try_get(0)?;
+        let version: i64 = tx.query_one(&statement, &[&BATCH_LOCK]).await?.try_get(0)?;
         match &self.loaded {
             Some((loaded, subscriptions)) if *loaded == version => Ok(subscriptions.clone()),
             _ => {
