@@ -87,3 +87,33 @@ async fn steps(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+/// For a read-only open: the database holds this binary's schema. `NoDatabase`
+/// without one; another version is refused (newer: `SchemaTooNew`; older: run
+/// `classhook migrate`).
+pub async fn check(client: &tokio_postgres::Client, location: &str) -> Result<(), StoreError> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('classhook_schema') IS NOT NULL", &[])
+        .await?
+        .try_get(0)?;
+    if !exists {
+        return Err(StoreError::NoDatabase(location.into()));
+    }
+    let found: i64 = client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM classhook_schema",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    let known = known_version();
+    if found > known {
+        return Err(StoreError::SchemaTooNew { found, known });
+    }
+    if found < known {
+        return Err(StoreError::NotReady(format!(
+            "the database {location} has schema version {found}, older than this classhook ({known}): run `classhook migrate` (or start `classhook serve`) first"
+        )));
+    }
+    Ok(())
+}

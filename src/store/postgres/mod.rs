@@ -125,6 +125,31 @@ impl PostgresStore {
         Ok(store)
     }
 
+    /// Opens an existing store for reading only: no migrations, no writer (writes
+    /// answer `WriterGone`), subscription secrets withheld. `NoDatabase` when the
+    /// database has no classhook schema; a schema of another version is refused.
+    pub async fn open_read_only(url: &str) -> Result<PostgresStore, StoreError> {
+        let config = parse_url(url)?;
+        let location = redact_url(url);
+        let pool = build_pool(&config, READ_POOL_SIZE)?;
+        migrations::check(&**pool.get().await?, &location).await?;
+        let (queue, _closed) = mpsc::channel(1);
+        Ok(PostgresStore {
+            inner: Arc::new(Inner {
+                location,
+                options: StoreOptions {
+                    secrets: crate::store::sealed::Sealer::withheld(),
+                    ..StoreOptions::default()
+                },
+                queue,
+                delivery: pool.clone(),
+                pool,
+                rejections: Arc::default(),
+                deliveries_queued: Arc::default(),
+            }),
+        })
+    }
+
     /// Brings the schema of the database at `url` up to date (`classhook migrate`).
     pub async fn migrate(url: &str) -> Result<(), StoreError> {
         let config = parse_url(url)?;
@@ -237,6 +262,11 @@ impl PostgresStore {
     }
 
     fn record_rejection(&self, rejection: NewRejection) {
+        if self.inner.queue.is_closed() {
+            // A read-only handle (or a stopped writer): nothing would write it.
+            self.inner.rejections.count_dropped(1);
+            return;
+        }
         if self.inner.rejections.push(rejection)
             && self
                 .inner

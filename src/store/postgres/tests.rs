@@ -1767,3 +1767,33 @@ async fn two_bodies_under_one_new_key_in_one_batch_keep_the_first() {
         "the mirror holds the kept body"
     );
 }
+
+#[tokio::test]
+async fn a_read_only_store_reads_and_refuses_writes() {
+    let Some(db) = TestDatabase::create("read_only").await else {
+        return;
+    };
+    assert!(matches!(
+        PostgresStore::open_read_only(db.url()).await,
+        Err(StoreError::NoDatabase(_))
+    ));
+    let store = PostgresStore::open(db.url(), StoreOptions::default())
+        .await
+        .unwrap();
+    let mut spec = subscription("hooks", &["*"]);
+    spec.secret = Some(crate::secret::Secret::new("whsec-x"));
+    store.create_subscription(spec).await.unwrap();
+    let seq = stored(store.append(class_updated(1, 1_000, "A")).await.unwrap());
+    let reader = PostgresStore::open_read_only(db.url()).await.unwrap();
+    assert!(reader.get_event(seq).await.unwrap().is_some());
+    let hooks = reader.get_subscription("hooks").await.unwrap().unwrap();
+    assert_eq!(
+        hooks.spec.secret.unwrap().expose(),
+        "",
+        "secrets are withheld"
+    );
+    assert!(matches!(
+        reader.append(class_updated(2, 1_000, "B")).await,
+        Err(StoreError::WriterGone)
+    ));
+}
