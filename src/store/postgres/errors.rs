@@ -22,10 +22,29 @@ impl From<tokio_postgres::Error> for StoreError {
             };
         }
         if error.is_closed() || has_io_source(&error) || is_connection_error(&error) {
-            return StoreError::NotReady(format!("the database is unreachable: {error}"));
+            return StoreError::NotReady(format!(
+                "the database is unreachable: {}",
+                with_causes(&error)
+            ));
         }
-        StoreError::Database(error.to_string())
+        StoreError::Database(with_causes(&error))
     }
+}
+
+/// The error's text followed by each cause its text does not already say (a TLS
+/// handshake's says only that it failed; its cause says why).
+fn with_causes(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
@@ -110,7 +129,7 @@ fn redact_key_values(text: &str) -> String {
 }
 
 /// The first `key=value` pair of `text` and what follows it.
-fn split_pair(text: &str) -> (&str, &str) {
+pub(super) fn split_pair(text: &str) -> (&str, &str) {
     let bytes = text.as_bytes();
     let mut i = 0;
     // The key, up to '=' (spaces around it are allowed).

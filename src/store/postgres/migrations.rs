@@ -5,6 +5,8 @@
 
 use tokio_postgres::NoTls;
 
+use super::tls::Target;
+
 use crate::store::StoreError;
 
 /// Every step, in order. Never edit one that has shipped: add the next.
@@ -19,19 +21,25 @@ pub fn known_version() -> i64 {
 }
 
 /// Connects once and brings the database up to [`known_version`].
-pub async fn run(config: &tokio_postgres::Config, location: &str) -> Result<(), StoreError> {
-    let (mut client, connection) = config.connect(NoTls).await.map_err(|e| {
-        let error = StoreError::from(e);
-        match error {
-            StoreError::NotReady(message) => {
-                StoreError::NotReady(format!("{message} (at {location})"))
-            }
-            other => other,
+pub async fn run(target: &Target, location: &str) -> Result<(), StoreError> {
+    let say_where = |e: tokio_postgres::Error| match StoreError::from(e) {
+        StoreError::NotReady(message) => StoreError::NotReady(format!("{message} (at {location})")),
+        other => other,
+    };
+    let (mut client, connection) = match &target.tls {
+        Some(tls) => {
+            let (client, connection) = target
+                .config
+                .connect(tls.clone())
+                .await
+                .map_err(say_where)?;
+            (client, tokio::spawn(async move { drop(connection.await) }))
         }
-    })?;
-    let connection = tokio::spawn(async move {
-        let _ = connection.await;
-    });
+        None => {
+            let (client, connection) = target.config.connect(NoTls).await.map_err(say_where)?;
+            (client, tokio::spawn(async move { drop(connection.await) }))
+        }
+    };
     let result = migrate(&mut client).await;
     drop(client);
     let _ = connection.await;

@@ -24,6 +24,7 @@ mod read;
 mod sql;
 #[doc(hidden)]
 pub mod testing;
+mod tls;
 mod writer;
 
 #[cfg(test)]
@@ -83,21 +84,21 @@ impl PostgresStore {
     /// Connects to `url`, brings the schema up to date and starts the writer.
     pub async fn open(url: &str, mut options: StoreOptions) -> Result<PostgresStore, StoreError> {
         options.max_commit_lag = options.max_commit_lag.min(MAX_COMMIT_LAG);
-        let config = parse_url(url)?;
+        let target = parse_url(url)?;
         let location = redact_url(url);
-        migrations::run(&config, &location).await?;
-        let pool = build_pool(&config, READ_POOL_SIZE)?;
-        let delivery = build_pool(&config, DELIVERY_POOL_SIZE)?;
+        migrations::run(&target, &location).await?;
+        let pool = build_pool(&target, READ_POOL_SIZE)?;
+        let delivery = build_pool(&target, DELIVERY_POOL_SIZE)?;
         // The writer's own pool of one: it reconnects after the server came back. Its
         // statements are bounded, so that an append never waits past its timeout on
         // a lock another instance holds.
-        let mut writer_config = config.clone();
-        writer_config.options(format!(
+        let mut writer_target = target.clone();
+        writer_target.config.options(format!(
             "{} -c statement_timeout={}",
-            config.get_options().unwrap_or(""),
+            target.config.get_options().unwrap_or(""),
             options.append_timeout.as_millis().max(1)
         ));
-        let writer_pool = build_pool(&writer_config, 1)?;
+        let writer_pool = build_pool(&writer_target, 1)?;
         let deliveries_queued = Arc::new(Notify::new());
         let rejections = Arc::new(crate::store::rejection_queue::RejectionQueue::default());
         let (queue, receiver) = mpsc::channel(options.queue_capacity.max(1));
@@ -129,9 +130,9 @@ impl PostgresStore {
     /// answer `WriterGone`), subscription secrets withheld. `NoDatabase` when the
     /// database has no classhook schema; a schema of another version is refused.
     pub async fn open_read_only(url: &str) -> Result<PostgresStore, StoreError> {
-        let config = parse_url(url)?;
+        let target = parse_url(url)?;
         let location = redact_url(url);
-        let pool = build_pool(&config, READ_POOL_SIZE)?;
+        let pool = build_pool(&target, READ_POOL_SIZE)?;
         migrations::check(&**pool.get().await?, &location).await?;
         let (queue, _closed) = mpsc::channel(1);
         Ok(PostgresStore {
@@ -152,8 +153,8 @@ impl PostgresStore {
 
     /// Brings the schema of the database at `url` up to date (`classhook migrate`).
     pub async fn migrate(url: &str) -> Result<(), StoreError> {
-        let config = parse_url(url)?;
-        migrations::run(&config, &redact_url(url)).await
+        let target = parse_url(url)?;
+        migrations::run(&target, &redact_url(url)).await
     }
 
     /// A connection for reads and jobs.
@@ -195,28 +196,23 @@ impl PostgresStore {
     }
 }
 
-fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
-        StoreError::Invalid(format!(
-            "the database URL {} is not valid: {e}",
-            redact_url(url)
-        ))
-    })?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(CONNECT_TIMEOUT);
+fn parse_url(url: &str) -> Result<tls::Target, StoreError> {
+    let mut target = tls::Target::parse(url)?;
+    if target.config.get_connect_timeout().is_none() {
+        target.config.connect_timeout(CONNECT_TIMEOUT);
     }
-    config.application_name("classhook");
-    Ok(config)
+    target.config.application_name("classhook");
+    Ok(target)
 }
 
-fn build_pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool, StoreError> {
-    let manager = Manager::from_config(
-        config.clone(),
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+fn build_pool(target: &tls::Target, size: usize) -> Result<Pool, StoreError> {
+    let manager_config = || ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match &target.tls {
+        Some(tls) => Manager::from_config(target.config.clone(), tls.clone(), manager_config()),
+        None => Manager::from_config(target.config.clone(), NoTls, manager_config()),
+    };
     Pool::builder(manager)
         .max_size(size)
         .wait_timeout(Some(POOL_TIMEOUT))

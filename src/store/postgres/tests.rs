@@ -1797,3 +1797,20 @@ async fn a_read_only_store_reads_and_refuses_writes() {
         Err(StoreError::WriterGone)
     ));
 }
+
+#[tokio::test]
+async fn sslmode_require_verifies_the_server_certificate() {
+    let Some(db) = TestDatabase::create("tls").await else {
+        return;
+    };
+    // The local server's certificate is self-signed: TLS is attempted and refused.
+    let url = format!("{}?sslmode=require", db.url());
+    match PostgresStore::open(&url, StoreOptions::default()).await {
+        Err(error) => {
+            let message = error.to_string();
+            assert!(message.contains("TLS handshake"), "{message}");
+            assert!(message.contains("certificate"), "says why: {message}");
+        }
+        Ok(_) => panic!("an unverifiable certificate was accepted"),
+    }
+}
