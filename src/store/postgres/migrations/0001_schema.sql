@@ -32,6 +32,7 @@ CREATE TABLE events (
 );
 CREATE INDEX events_entity ON events (entity_kind, entity_id);
 CREATE INDEX events_type ON events (event_type, seq);
+CREATE INDEX events_source ON events (source, seq);
 -- Time windows (stats, retention, listing by time).
 CREATE INDEX events_received ON events (received_at_ms);
 -- Most events are ok: only the others are indexed.
