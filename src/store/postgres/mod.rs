@@ -5,12 +5,19 @@
 //!   drains a channel, writes the whole batch with set-based statements (`UNNEST`) in
 //!   one transaction, and answers every caller after the commit (group commit).
 //!   Dedupe is the database's `UNIQUE (source, dedupe_key)`, so it holds across
-//!   instances.
+//!   instances; writers of all instances commit one batch at a time (an advisory
+//!   lock), so sequence numbers grow in commit order everywhere.
+//! - The mirror is planned per batch in memory ([`mirror`]) and written with one
+//!   upsert per table; outbox rows are inserted in the same transaction, matched
+//!   against subscriptions the writer reloads whenever `subscription_version` moved.
 //! - Delivery leases, attempt records and releases run directly on a small pool of
-//!   their own (row locks and `SKIP LOCKED` keep them safe beside the writer); API
-//!   reads and maintenance use a third pool, so neither can starve ingest or delivery.
+//!   their own (row locks and `SKIP LOCKED` keep them safe beside the writer and
+//!   other instances); API reads and maintenance use a third pool, so neither can
+//!   starve ingest or delivery.
 //! - A server that cannot be reached is [`StoreError::NotReady`], never a hang past
-//!   the pools' timeouts; the pools reconnect by themselves when it returns.
+//!   the pools' timeouts; the pools reconnect by themselves when it returns. URLs in
+//!   messages never carry a password ([`redact_url`]); `sslmode=require` means TLS
+//!   with a verified certificate ([`tls`]).
 
 mod delivery;
 mod entities;

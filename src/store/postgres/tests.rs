@@ -1814,3 +1814,69 @@ async fn sslmode_require_verifies_the_server_certificate() {
         Ok(_) => panic!("an unverifiable certificate was accepted"),
     }
 }
+
+fn course(event_type: &str, updated_at: &str, plans: &[&str]) -> NewEvent {
+    let plans: Vec<Value> = plans
+        .iter()
+        .map(|id| {
+            json!({
+                "id": id, "name": format!("plan {id}"), "description": "d", "currency": "TWD",
+                "amount": 5000, "created_at": "2023-05-15T14:35:00Z",
+                "updated_at": "2023-05-15T14:35:00Z"
+            })
+        })
+        .collect();
+    let body = json!({"type": event_type, "data": {
+        "id": "c1", "name": "Course", "description": "About", "state": "published",
+        "type": "Course", "slug": "course", "created_at": "2023-05-15T14:30:00Z",
+        "updated_at": updated_at, "plans": plans
+    }});
+    event(
+        ProviderKind::Loopwise,
+        "shop",
+        serde_json::to_vec(&body).unwrap(),
+        1_000,
+    )
+}
+
+#[tokio::test]
+async fn a_course_keeps_the_plans_of_its_newest_version() {
+    let Some((_db, store)) = open("course_plans").await else {
+        return;
+    };
+    let created = course("course.created", "2024-01-01T00:00:00Z", &["p1", "p2"]);
+    assert_eq!(
+        created.status,
+        EventStatus::Ok,
+        "{:?}",
+        created.status_reason
+    );
+    store.append(created).await.unwrap();
+    let plans = |store: PostgresStore| async move {
+        let found = store
+            .find_entities(Some(ProviderKind::Loopwise), "course", "c1", None, None)
+            .await
+            .unwrap();
+        found[0].data["plans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(plans(store.clone()).await, ["p1", "p2"]);
+    // An older update in the same batch as a newer one: the newer plans stay.
+    let (newer, older) = tokio::join!(
+        store.append(course("course.updated", "2024-03-01T00:00:00Z", &["p3"])),
+        store.append(course("course.updated", "2024-02-01T00:00:00Z", &["p9"]))
+    );
+    newer.unwrap();
+    older.unwrap();
+    assert_eq!(plans(store.clone()).await, ["p3"]);
+    let found = store
+        .find_entities(Some(ProviderKind::Loopwise), "course", "c1", None, None)
+        .await
+        .unwrap();
+    assert_eq!(found[0].data["plans"][0]["amount"], json!(5000));
+    assert_eq!(found[0].data["type"], "Course");
+}
