@@ -6,9 +6,9 @@
 use std::collections::HashMap;
 
 use deadpool_postgres::Transaction;
-use tokio_postgres::types::ToSql;
 
 use super::mirror::{self, Item, Tables};
+use super::sql::{Param, refs};
 use crate::canonical;
 use crate::deliver::subscription::Subscription;
 use crate::event::{EventStatus, NewEvent};
@@ -157,13 +157,6 @@ struct Counts {
     last_seen: i64,
 }
 
-fn refs(params: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
-    params
-        .iter()
-        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-        .collect()
-}
-
 /// Inserts the first event of each key; returns the seq of each one stored (the
 /// others' keys were stored before).
 async fn insert<'e>(
@@ -178,7 +171,7 @@ async fn insert<'e>(
     let pick = |f: &dyn Fn(&NewEvent) -> Option<String>| -> Vec<Option<String>> {
         firsts.iter().map(|&i| f(events[i])).collect()
     };
-    let params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+    let params: Vec<Param> = vec![
         Box::new(pick(&|e| Some(e.source.clone()))),
         Box::new(pick(&|e| Some(e.provider.as_str().to_string()))),
         Box::new(pick(&|e| Some(e.dedupe_key.clone()))),

@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 
 use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
 
+use super::sql::{Param, refs};
 use crate::event::EntityRef;
 use crate::mirror::{self, Current, Effect, FieldType, FieldValue, KindSpec, MirrorData};
 
@@ -140,10 +140,7 @@ pub fn read_field(
 
 /// One column of values as an array parameter of its column's type, and the cast
 /// that `UNNEST` needs.
-fn column_array(
-    ty: FieldType,
-    values: Vec<&FieldValue>,
-) -> (Box<dyn ToSql + Sync + Send>, &'static str) {
+fn column_array(ty: FieldType, values: Vec<&FieldValue>) -> (Param, &'static str) {
     match ty {
         FieldType::Integer => (
             Box::new(
@@ -393,11 +390,8 @@ impl TablePlan {
 }
 
 /// Key columns as array parameters: source, tenant, id (and kind for the generic table).
-fn key_arrays(
-    spec: Option<&'static KindSpec>,
-    keys: &[&Key],
-) -> (Vec<Box<dyn ToSql + Sync + Send>>, Vec<&'static str>) {
-    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+fn key_arrays(spec: Option<&'static KindSpec>, keys: &[&Key]) -> (Vec<Param>, Vec<&'static str>) {
+    let mut params: Vec<Param> = vec![
         Box::new(keys.iter().map(|k| k.source.clone()).collect::<Vec<_>>()),
         Box::new(keys.iter().map(|k| k.tenant.clone()).collect::<Vec<_>>()),
     ];
@@ -441,13 +435,6 @@ fn key_names(spec: Option<&'static KindSpec>) -> &'static [&'static str] {
 
 fn table_name(spec: Option<&'static KindSpec>) -> &'static str {
     spec.map_or(GENERIC_TABLE, |s| s.table)
-}
-
-fn refs(params: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
-    params
-        .iter()
-        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-        .collect()
 }
 
 /// Reads (and locks, against another instance's writer) the current rows of `keys`.
@@ -629,7 +616,7 @@ async fn replace_children(
     if rows.is_empty() {
         return Ok(());
     }
-    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+    let mut params: Vec<Param> = vec![
         Box::new(rows.iter().map(|r| r.0.source.clone()).collect::<Vec<_>>()),
         Box::new(rows.iter().map(|r| r.0.tenant.clone()).collect::<Vec<_>>()),
         Box::new(rows.iter().map(|r| text_id(r.0)).collect::<Vec<_>>()),

@@ -2,7 +2,16 @@
 
 use tokio_postgres::types::ToSql;
 
+/// One statement parameter of any type.
 pub type Param = Box<dyn ToSql + Sync + Send>;
+
+/// `params` as the driver takes them.
+pub fn refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
 
 /// Builds `WHERE a = $1 AND b = $2` with its parameters; a clause names its
 /// parameter `$?`, numbered when added.
@@ -42,10 +51,7 @@ impl Conditions {
     }
 
     pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        self.params
-            .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-            .collect()
+        refs(&self.params)
     }
 }
 
