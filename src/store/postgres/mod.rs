@@ -29,6 +29,7 @@ mod migrations;
 mod mirror;
 mod read;
 mod sql;
+mod subscriptions;
 #[doc(hidden)]
 pub mod testing;
 mod tls;

@@ -12,7 +12,7 @@ use std::time::Instant;
 use deadpool_postgres::Pool;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{delivery, events};
+use super::{events, subscriptions};
 use crate::deliver::subscription::Subscription;
 use crate::event::NewEvent;
 use crate::store::rejection_queue::RejectionQueue;
@@ -218,14 +218,14 @@ impl Subscriptions {
             .await?;
         let version: i64 = tx.query_one(&statement, &[&BATCH_LOCK]).await?.try_get(0)?;
         match &self.loaded {
-            Some((loaded, subscriptions)) if *loaded == version => Ok(subscriptions.clone()),
+            Some((loaded, current)) if *loaded == version => Ok(current.clone()),
             _ => {
                 // Matching needs no secret: they stay sealed (and a value no key
                 // opens never stops ingest).
-                let subscriptions =
-                    Arc::new(delivery::load_subscriptions(&**tx, &Sealer::withheld()).await?);
-                self.loaded = Some((version, subscriptions.clone()));
-                Ok(subscriptions)
+                let current =
+                    Arc::new(subscriptions::load_subscriptions(&**tx, &Sealer::withheld()).await?);
+                self.loaded = Some((version, current.clone()));
+                Ok(current)
             }
         }
     }
