@@ -149,16 +149,12 @@ impl PostgresStore {
         );
         let client = self.client().await?;
         let rows = client.query(&sql, &c.params()).await?;
-        let mut entities = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut entity = entity_from_row(&row, kind, spec)?;
-            if let Some(child) = spec.and_then(|s| s.child.as_ref())
-                && entity.data.is_object()
-            {
-                let children = read_children(&client, child, &entity).await?;
-                entity.data[child.array] = children;
-            }
-            entities.push(entity);
+        let mut entities = rows
+            .iter()
+            .map(|row| entity_from_row(row, kind, spec))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(child) = spec.and_then(|s| s.child.as_ref()) {
+            add_children(&client, child, &mut entities).await?;
         }
         Ok(entities)
     }
@@ -250,11 +246,29 @@ fn entity_from_row(
     })
 }
 
-async fn read_children(
+/// Puts each entity's child rows (a course's plans) into its data, read for the
+/// whole page in one query. Bare tombstones (no data) get none.
+async fn add_children(
     client: &deadpool_postgres::Client,
     child: &kinds::ChildSpec,
-    entity: &Entity,
-) -> Result<Value, StoreError> {
+    entities: &mut [Entity],
+) -> Result<(), StoreError> {
+    let with_data: Vec<usize> = (0..entities.len())
+        .filter(|&i| entities[i].data.is_object())
+        .collect();
+    if with_data.is_empty() {
+        return Ok(());
+    }
+    let sources: Vec<&str> = with_data
+        .iter()
+        .map(|&i| entities[i].source.as_str())
+        .collect();
+    let tenants: Vec<&str> = with_data
+        .iter()
+        .map(|&i| entities[i].tenant.as_deref().unwrap_or(""))
+        .collect();
+    let ids: Vec<&str> = with_data.iter().map(|&i| entities[i].id.as_str()).collect();
+    let ords: Vec<i64> = (0..with_data.len() as i64).collect();
     let columns: Vec<String> = child
         .fields
         .iter()
@@ -262,27 +276,38 @@ async fn read_children(
         .collect();
     let statement = client
         .prepare_cached(&format!(
-            "SELECT {} FROM {} WHERE source = $1 AND tenant = $2 AND {} = $3 ORDER BY position",
-            columns.join(", "),
-            child.table,
-            child.parent_column
+            "SELECT u.ord, {columns} FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
+                 AS u(source, tenant, parent, ord)
+             JOIN {table} c ON c.source = u.source AND c.tenant = u.tenant
+                 AND c.{parent} = u.parent
+             ORDER BY u.ord, c.position",
+            columns = columns
+                .iter()
+                .map(|c| format!("c.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            table = child.table,
+            parent = child.parent_column,
         ))
         .await?;
-    let tenant = entity.tenant.clone().unwrap_or_default();
     let rows = client
-        .query(&statement, &[&entity.source, &tenant, &entity.id])
+        .query(&statement, &[&sources, &tenants, &ids, &ords])
         .await?;
-    let mut items = Vec::with_capacity(rows.len());
+    let mut items: Vec<Vec<Value>> = vec![Vec::new(); with_data.len()];
     for row in rows {
+        let ord: i64 = row.try_get(0)?;
         let mut object = Map::new();
         for (i, field) in child.fields.iter().enumerate() {
             insert_path(
                 &mut object,
                 field.path,
-                to_json(read_field(&row, i, field.ty)?),
+                to_json(read_field(&row, 1 + i, field.ty)?),
             );
         }
-        items.push(Value::Object(object));
+        items[ord as usize].push(Value::Object(object));
     }
-    Ok(Value::Array(items))
+    for (index, children) in with_data.into_iter().zip(items) {
+        entities[index].data[child.array] = Value::Array(children);
+    }
+    Ok(())
 }

@@ -261,6 +261,10 @@ async fn generic_and_loopwise_entities_keep_their_values_as_given() {
 }
 
 fn course(event_type: &str, updated_at: &str, plans: &[&str]) -> NewEvent {
+    course_with_id("c1", event_type, updated_at, plans)
+}
+
+fn course_with_id(id: &str, event_type: &str, updated_at: &str, plans: &[&str]) -> NewEvent {
     let plans: Vec<Value> = plans
         .iter()
         .map(|id| {
@@ -272,7 +276,7 @@ fn course(event_type: &str, updated_at: &str, plans: &[&str]) -> NewEvent {
         })
         .collect();
     let body = json!({"type": event_type, "data": {
-        "id": "c1", "name": "Course", "description": "About", "state": "published",
+        "id": id, "name": "Course", "description": "About", "state": "published",
         "type": "Course", "slug": "course", "created_at": "2023-05-15T14:30:00Z",
         "updated_at": updated_at, "plans": plans
     }});
@@ -324,4 +328,35 @@ async fn a_course_keeps_the_plans_of_its_newest_version() {
         .unwrap();
     assert_eq!(found[0].data["plans"][0]["amount"], json!(5000));
     assert_eq!(found[0].data["type"], "Course");
+    // A page of several courses: each gets its own plans, in order.
+    store
+        .append(course_with_id(
+            "c2",
+            "course.created",
+            "2024-01-01T00:00:00Z",
+            &["q1", "q2", "q3"],
+        ))
+        .await
+        .unwrap();
+    let page = store
+        .list_entities(EntityFilter {
+            kind: "course".into(),
+            provider: Some(ProviderKind::Loopwise),
+            limit: 10,
+            ..EntityFilter::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<Vec<&str>> = page
+        .iter()
+        .map(|e| {
+            e.data["plans"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["id"].as_str().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(ids, [vec!["p3"], vec!["q1", "q2", "q3"]]);
 }
