@@ -430,12 +430,13 @@ impl PostgresStore {
         c.add_opt("d.id < $?", filter.before_id.as_ref());
         let sql = format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
-             {} ORDER BY d.id DESC LIMIT {}",
+             {} ORDER BY d.id DESC LIMIT {limit}",
             c.sql(),
-            filter.limit.max(1)
+            limit = c.param(filter.limit.max(1) as i64),
         );
         let client = self.client().await?;
-        let rows = client.query(&sql, &c.params()).await?;
+        let statement = client.prepare_cached(&sql).await?;
+        let rows = client.query(&statement, &c.params()).await?;
         rows.iter().map(delivery_from_row).collect()
     }
 

@@ -37,7 +37,7 @@ impl PostgresStore {
         }
         c.add_opt("version_ms >= $?", filter.since_version_ms.as_ref());
         c.add_opt("position > $?", filter.after.as_ref());
-        let limit = filter.limit.max(1);
+        let limit = c.param(filter.limit.max(1) as i64);
         self.query_entities(
             &filter.kind,
             spec,
@@ -148,7 +148,8 @@ impl PostgresStore {
             c.sql()
         );
         let client = self.client().await?;
-        let rows = client.query(&sql, &c.params()).await?;
+        let statement = client.prepare_cached(&sql).await?;
+        let rows = client.query(&statement, &c.params()).await?;
         let mut entities = rows
             .iter()
             .map(|row| entity_from_row(row, kind, spec))

@@ -46,10 +46,10 @@ impl PostgresStore {
         c.add_opt("received_at_ms >= $?", filter.since_ms.as_ref());
         c.add_opt("received_at_ms < $?", filter.until_ms.as_ref());
         c.add_opt("seq < $?", filter.before_seq.as_ref());
+        let limit = c.param(filter.limit.max(1) as i64);
         let sql = format!(
-            "SELECT {SUMMARY_COLUMNS} FROM events {} ORDER BY seq DESC LIMIT {}",
-            c.sql(),
-            filter.limit.max(1)
+            "SELECT {SUMMARY_COLUMNS} FROM events {} ORDER BY seq DESC LIMIT {limit}",
+            c.sql()
         );
         self.query_summaries(&sql, &c).await
     }
@@ -71,6 +71,7 @@ impl PostgresStore {
             None => c.push_raw("tenant IS NULL"),
         }
         // The newest `newest` events, returned in version order.
+        let newest = c.param(newest as i64);
         let sql = format!(
             "SELECT * FROM (SELECT {SUMMARY_COLUMNS} FROM events {} ORDER BY version_ms DESC, seq DESC
                  LIMIT {newest}) AS newest ORDER BY version_ms, seq",
@@ -85,7 +86,8 @@ impl PostgresStore {
         c: &Conditions,
     ) -> Result<Vec<EventSummary>, StoreError> {
         let client = self.client().await?;
-        let rows = client.query(sql, &c.params()).await?;
+        let statement = client.prepare_cached(sql).await?;
+        let rows = client.query(&statement, &c.params()).await?;
         rows.iter().map(summary_from_row).collect()
     }
 
@@ -148,7 +150,8 @@ impl PostgresStore {
     ) -> Result<Option<StoredEvent>, StoreError> {
         let sql = format!("SELECT {SUMMARY_COLUMNS}, body, headers FROM events WHERE {condition}");
         let client = self.client().await?;
-        let Some(row) = client.query_opt(&sql, params).await? else {
+        let statement = client.prepare_cached(&sql).await?;
+        let Some(row) = client.query_opt(&statement, params).await? else {
             return Ok(None);
         };
         let headers: String = row.try_get(19)?;
@@ -209,12 +212,13 @@ impl PostgresStore {
         let sql = format!(
             "SELECT id, at_ms, source, reason, status, message, body, body_len, remote_addr,
                  body_sha256
-             FROM rejections {} ORDER BY id DESC LIMIT {}",
+             FROM rejections {} ORDER BY id DESC LIMIT {limit}",
             c.sql(),
-            filter.limit.max(1)
+            limit = c.param(filter.limit.max(1) as i64),
         );
         let client = self.client().await?;
-        let rows = client.query(&sql, &c.params()).await?;
+        let statement = client.prepare_cached(&sql).await?;
+        let rows = client.query(&statement, &c.params()).await?;
         rows.iter()
             .map(|row| {
                 let status: i32 = row.try_get(4)?;

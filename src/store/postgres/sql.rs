@@ -38,6 +38,12 @@ impl Conditions {
         }
     }
 
+    /// A parameter outside the `WHERE` clause (a `LIMIT`): its placeholder.
+    pub fn param(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
+        self.params.push(Box::new(value));
+        format!("${}", self.params.len())
+    }
+
     pub fn push_raw(&mut self, clause: &str) {
         self.clauses.push(clause.to_string());
     }
