@@ -9,7 +9,6 @@ use super::PostgresStore;
 use super::events::insert_deliveries;
 use super::sql::Conditions;
 use super::subscriptions::unreadable;
-use crate::deliver::schedule::{Next, Outcome};
 use crate::store::{
     AttemptRecord, AttemptRecorded, AttemptResult, ClaimRequest, Claimed, Delivery, DeliveryFilter,
     DeliveryId, DeliveryState, Lease, QueueDepth, StoreError,
@@ -150,124 +149,12 @@ impl PostgresStore {
         Ok(claimed.into_iter().map(|(_, c)| c).collect())
     }
 
-    /// Records an attempt and moves the delivery (and its subscription) on, if the
-    /// lease it was made under still holds and the delivery is pending: a delivery
-    /// replayed, deleted or leased again meanwhile, or already delivered, is left as
-    /// it is and nothing is recorded. A recorded success is therefore never undone.
+    /// Records an attempt, in the recorder's next commit (see [`super::records`]).
     pub(super) async fn record_attempt(
         &self,
         result: AttemptResult,
     ) -> Result<AttemptRecorded, StoreError> {
-        let (status, error) = match &result.outcome {
-            Outcome::Success { status } | Outcome::Throttled { status, .. } => {
-                (Some(*status), None)
-            }
-            Outcome::Gone => (Some(410), None),
-            Outcome::Failed { status, error } => (*status, error.clone()),
-        };
-        let last_error = error.clone().or_else(|| {
-            status
-                .filter(|s| !(200..300).contains(s))
-                .map(|s| format!("HTTP {s}"))
-        });
-        let id = result.claimed.delivery_id;
-        let subscription = result.claimed.subscription_id;
-        // Every attempt counts in `attempts` (the attempt log); a 410 pauses without
-        // using up a retry of the schedule, so it does not count in `round_attempts`.
-        let (state, next_at, round_step, delivered_at) = match result.next {
-            Next::Delivered => ("delivered", result.at_ms, 1i64, Some(result.at_ms)),
-            Next::Pause => ("pending", result.at_ms, 0, None),
-            Next::RetryAt(at) => ("pending", at, 1, None),
-            Next::Dead => ("dead", result.at_ms, 1, None),
-        };
-        let status = status.map(i32::from);
-        let mut client = self.delivery_client().await?;
-        let tx = client.transaction().await?;
-        let moved = tx
-            .prepare_cached(
-                "UPDATE deliveries SET state = $3, attempts = attempts + 1,
-                     round_attempts = round_attempts + $4, next_attempt_at_ms = $5,
-                     lease_until_ms = 0, lease_token = 0,
-                     delivered_at_ms = coalesce($6, delivered_at_ms), last_error = $7
-                 WHERE id = $1 AND lease_token = $2 AND state = 'pending'",
-            )
-            .await?;
-        let moved = tx
-            .execute(
-                &moved,
-                &[
-                    &id,
-                    &result.claimed.lease_token,
-                    &state,
-                    &round_step,
-                    &next_at,
-                    &delivered_at,
-                    &last_error,
-                ],
-            )
-            .await?;
-        if moved == 0 {
-            tx.rollback().await?;
-            return Ok(AttemptRecorded::LeaseEnded);
-        }
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO attempts (delivery_id, at_ms, duration_ms, status_code, error, response)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .await?;
-        tx.execute(
-            &insert,
-            &[
-                &id,
-                &result.at_ms,
-                &(result.duration.as_millis() as i64),
-                &status,
-                &error,
-                &result.response,
-            ],
-        )
-        .await?;
-        let recorded = match result.next {
-            Next::Delivered => {
-                let reset = tx
-                    .prepare_cached(
-                        "UPDATE subscriptions SET consecutive_failures = 0, hold_until_ms = 0
-                         WHERE id = $1 AND (consecutive_failures <> 0 OR hold_until_ms <> 0)",
-                    )
-                    .await?;
-                tx.execute(&reset, &[&subscription]).await?;
-                AttemptRecorded::Kept {
-                    consecutive_failures: 0,
-                }
-            }
-            Next::Pause => {
-                let pause = tx
-                    .prepare_cached(
-                        "UPDATE subscriptions SET paused = TRUE,
-                             paused_reason = 'the endpoint answered 410 Gone' WHERE id = $1",
-                    )
-                    .await?;
-                tx.execute(&pause, &[&subscription]).await?;
-                AttemptRecorded::Kept {
-                    consecutive_failures: 0,
-                }
-            }
-            Next::RetryAt(_) | Next::Dead => {
-                let count = tx
-                    .prepare_cached(
-                        "UPDATE subscriptions SET consecutive_failures = consecutive_failures + 1
-                         WHERE id = $1 RETURNING consecutive_failures",
-                    )
-                    .await?;
-                let failures: i64 = tx.query_one(&count, &[&subscription]).await?.try_get(0)?;
-                AttemptRecorded::Kept {
-                    consecutive_failures: failures,
-                }
-            }
-        };
-        tx.commit().await?;
-        Ok(recorded)
+        self.inner.records.record(result).await
     }
 
     /// Gives leases back without an attempt; a lease that has changed hands since is

@@ -28,6 +28,7 @@ mod maintenance;
 mod migrations;
 mod mirror;
 mod read;
+mod records;
 mod sql;
 mod subscriptions;
 #[doc(hidden)]
@@ -63,7 +64,7 @@ use writer::WriteOp;
 /// Connections for API reads, subscription changes and maintenance.
 const READ_POOL_SIZE: usize = 8;
 /// Connections for delivery leases and attempt records.
-const DELIVERY_POOL_SIZE: usize = 2;
+const DELIVERY_POOL_SIZE: usize = 4;
 /// How long a caller waits for a pooled connection, and a new connection for the
 /// server, before the store says it is not ready.
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -82,8 +83,10 @@ struct Inner {
     queue: mpsc::Sender<WriteOp>,
     /// API reads, subscription changes, maintenance.
     pool: Pool,
-    /// Leases, attempt records, releases.
+    /// Leases, releases, holds.
     delivery: Pool,
+    /// Attempt records, committed in groups on a connection of the delivery pool.
+    records: records::Recorder,
     rejections: Arc<crate::store::rejection_queue::RejectionQueue>,
     deliveries_queued: Arc<Notify>,
 }
@@ -125,6 +128,7 @@ impl PostgresStore {
                 options,
                 queue,
                 pool,
+                records: records::Recorder::start(delivery.clone()),
                 delivery,
                 rejections,
                 deliveries_queued,
@@ -152,6 +156,7 @@ impl PostgresStore {
                 },
                 queue,
                 delivery: pool.clone(),
+                records: records::Recorder::closed(),
                 pool,
                 rejections: Arc::default(),
                 deliveries_queued: Arc::default(),

@@ -512,3 +512,59 @@ async fn queue_depths_and_backups() {
         Err(StoreError::Invalid(_))
     ));
 }
+
+#[tokio::test]
+async fn a_record_that_fails_fails_alone() {
+    let Some((_db, store)) = open("record_isolation").await else {
+        return;
+    };
+    let sub = store
+        .create_subscription(subscription("hooks", &["*"]))
+        .await
+        .unwrap();
+    for n in 0..6u64 {
+        store.append(class_updated(n, 1_000, "A")).await.unwrap();
+    }
+    let now = 1_700_000_000_000;
+    let claimed = store
+        .claim_due(vec![request(sub.id.get(), 10, now + 30_000)], now)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 6);
+    let mut records = Vec::new();
+    for (n, claimed) in claimed.into_iter().enumerate() {
+        let store = store.clone();
+        records.push(tokio::spawn(async move {
+            store
+                .record_attempt(AttemptResult {
+                    claimed,
+                    at_ms: now + 1,
+                    duration: Duration::from_millis(3),
+                    outcome: Outcome::Success { status: 200 },
+                    // PostgreSQL text cannot hold NUL: this record fails in the database.
+                    response: Some(if n == 2 { "a\0b".into() } else { "ok".into() }),
+                    next: Next::Delivered,
+                })
+                .await
+        }));
+    }
+    let mut kept = 0;
+    let mut failed = 0;
+    for record in records {
+        match record.await.unwrap() {
+            Ok(AttemptRecorded::Kept { .. }) => kept += 1,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => failed += 1,
+        }
+    }
+    assert_eq!((kept, failed), (5, 1));
+    let delivered = store
+        .list_deliveries(DeliveryFilter {
+            state: Some(DeliveryState::Delivered),
+            limit: 10,
+            ..DeliveryFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(delivered.len(), 5);
+}

@@ -245,3 +245,90 @@ async fn sslmode_require_verifies_the_server_certificate() {
         Ok(_) => panic!("an unverifiable certificate was accepted"),
     }
 }
+
+/// Deliveries leased and recorded per second by concurrent workers, for the report:
+/// `cargo test --release --lib store::postgres::tests::server::delivery_throughput
+/// -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn delivery_throughput() {
+    let Some((_db, store)) = open("delivery_throughput").await else {
+        return;
+    };
+    let sub = store
+        .create_subscription(subscription("hooks", &["*"]))
+        .await
+        .unwrap();
+    let total = 10_000u64;
+    let mut tasks = Vec::new();
+    for caller in 0..100u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..total / 100 {
+                let id = caller * (total / 100) + n;
+                store
+                    .append(dreamclass(
+                        &uuid(id),
+                        "CLASS_UPDATED",
+                        1_000,
+                        class(id, "d", "C"),
+                    ))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let now = 1_700_000_000_000;
+    let started = std::time::Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        let id = sub.id.get();
+        workers.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            loop {
+                let claimed = store
+                    .claim_due(vec![request(id, 32, now + 60_000)], now)
+                    .await
+                    .unwrap();
+                if claimed.is_empty() {
+                    return done;
+                }
+                let mut records = Vec::new();
+                for claimed in claimed {
+                    let store = store.clone();
+                    records.push(tokio::spawn(async move {
+                        store
+                            .record_attempt(AttemptResult {
+                                claimed,
+                                at_ms: now + 1,
+                                duration: Duration::from_millis(3),
+                                outcome: Outcome::Success { status: 200 },
+                                response: None,
+                                next: Next::Delivered,
+                            })
+                            .await
+                            .unwrap()
+                    }));
+                }
+                for record in records {
+                    record.await.unwrap();
+                    done += 1;
+                }
+            }
+        }));
+    }
+    let mut delivered = 0;
+    for worker in workers {
+        delivered += worker.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(delivered, total);
+    eprintln!(
+        "{delivered} deliveries leased and recorded by 8 workers in {elapsed:?}: {:.0}/s",
+        delivered as f64 / elapsed.as_secs_f64()
+    );
+}

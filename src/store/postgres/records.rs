@@ -1,0 +1,196 @@
+//! Attempt records, committed in groups: a recorder task drains a channel of
+//! records, applies each (one statement) in one transaction and answers every
+//! caller after the commit, so that a busy dispatcher costs one WAL flush per
+//! group, not per attempt. A group that fails is applied again record by record,
+//! each in its own transaction, so that a failure is that record's alone.
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::deliver::schedule::{Next, Outcome};
+use crate::store::{AttemptRecorded, AttemptResult, StoreError};
+
+/// The most records one commit holds.
+const MAX_GROUP: usize = 256;
+
+type Reply = oneshot::Sender<Result<AttemptRecorded, StoreError>>;
+
+/// The recorder's queue; cheap to clone.
+#[derive(Clone)]
+pub struct Recorder {
+    queue: mpsc::Sender<(Box<AttemptResult>, Reply)>,
+}
+
+impl Recorder {
+    /// Starts the recorder task on `pool` (it stops when every handle is gone).
+    pub fn start(pool: Pool) -> Recorder {
+        let (queue, receiver) = mpsc::channel(4 * MAX_GROUP);
+        tokio::spawn(run(pool, receiver));
+        Recorder { queue }
+    }
+
+    /// A recorder that records nothing (read-only handles): `WriterGone`.
+    pub fn closed() -> Recorder {
+        let (queue, _receiver) = mpsc::channel(1);
+        Recorder { queue }
+    }
+
+    pub async fn record(&self, result: AttemptResult) -> Result<AttemptRecorded, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((Box::new(result), reply))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+}
+
+async fn run(pool: Pool, mut receiver: mpsc::Receiver<(Box<AttemptResult>, Reply)>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = receiver.recv().await {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match receiver.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let results: Vec<&AttemptResult> = group.iter().map(|(r, _)| &**r).collect();
+        let outcomes = match apply(&pool, &results).await {
+            Ok(outcomes) => outcomes,
+            Err(StoreError::NotReady(message)) => results
+                .iter()
+                .map(|_| Err(StoreError::NotReady(message.clone())))
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, records = results.len(), "a group of attempt records failed; recording them one by one");
+                let mut one_by_one = Vec::with_capacity(results.len());
+                for result in &results {
+                    one_by_one.push(
+                        apply(&pool, &[result]).await.and_then(|mut outcomes| {
+                            outcomes.pop().expect("one outcome per record")
+                        }),
+                    );
+                }
+                one_by_one
+            }
+        };
+        for ((_, reply), outcome) in group.drain(..).zip(outcomes) {
+            // A caller may have given up; what it asked for is done anyway.
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// Applies `results` in one transaction.
+async fn apply(
+    pool: &Pool,
+    results: &[&AttemptResult],
+) -> Result<Vec<Result<AttemptRecorded, StoreError>>, StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let mut outcomes = Vec::with_capacity(results.len());
+    for result in results {
+        outcomes.push(Ok(record_one(&tx, result).await?));
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Records an attempt and moves the delivery (and its subscription) on, if the
+/// lease it was made under still holds and the delivery is pending: a delivery
+/// replayed, deleted or leased again meanwhile, or already delivered, is left as
+/// it is and nothing is recorded. A recorded success is therefore never undone.
+pub async fn record_one(
+    tx: &deadpool_postgres::Transaction<'_>,
+    result: &AttemptResult,
+) -> Result<AttemptRecorded, StoreError> {
+    let (status, error) = match &result.outcome {
+        Outcome::Success { status } | Outcome::Throttled { status, .. } => (Some(*status), None),
+        Outcome::Gone => (Some(410), None),
+        Outcome::Failed { status, error } => (*status, error.clone()),
+    };
+    let last_error = error.clone().or_else(|| {
+        status
+            .filter(|s| !(200..300).contains(s))
+            .map(|s| format!("HTTP {s}"))
+    });
+    let id = result.claimed.delivery_id;
+    let subscription = result.claimed.subscription_id;
+    // Every attempt counts in `attempts` (the attempt log); a 410 pauses without
+    // using up a retry of the schedule, so it does not count in `round_attempts`.
+    let (state, next_at, round_step, delivered_at) = match result.next {
+        Next::Delivered => ("delivered", result.at_ms, 1i64, Some(result.at_ms)),
+        Next::Pause => ("pending", result.at_ms, 0, None),
+        Next::RetryAt(at) => ("pending", at, 1, None),
+        Next::Dead => ("dead", result.at_ms, 1, None),
+    };
+    let status = status.map(i32::from);
+    // The subscription's side of the outcome (only when the record stands).
+    let (subscription_change, only_if) = match result.next {
+        Next::Delivered => (
+            "consecutive_failures = 0, hold_until_ms = 0",
+            "AND (consecutive_failures <> 0 OR hold_until_ms <> 0)",
+        ),
+        Next::Pause => (
+            "paused = TRUE, paused_reason = 'the endpoint answered 410 Gone'",
+            "",
+        ),
+        Next::RetryAt(_) | Next::Dead => ("consecutive_failures = consecutive_failures + 1", ""),
+    };
+    // One statement, one round trip: the delivery moves on only under its lease,
+    // and the attempt and the subscription's change follow only if it did.
+    let statement = tx
+        .prepare_cached(&format!(
+            "WITH moved AS (
+                 UPDATE deliveries SET state = $3::text, attempts = attempts + 1,
+                     round_attempts = round_attempts + $4::bigint,
+                     next_attempt_at_ms = $5::bigint, lease_until_ms = 0, lease_token = 0,
+                     delivered_at_ms = coalesce($6::bigint, delivered_at_ms),
+                     last_error = $7::text
+                 WHERE id = $1 AND lease_token = $2 AND state = 'pending'
+                 RETURNING id
+             ), logged AS (
+                 INSERT INTO attempts (delivery_id, at_ms, duration_ms, status_code, error,
+                     response)
+                 SELECT id, $8::bigint, $9::bigint, $10::int, $11::text, $12::text FROM moved
+             ), subscription AS (
+                 UPDATE subscriptions SET {subscription_change}
+                 WHERE id = $13 AND EXISTS (SELECT 1 FROM moved) {only_if}
+                 RETURNING consecutive_failures
+             )
+             SELECT EXISTS (SELECT 1 FROM moved),
+                 (SELECT consecutive_failures FROM subscription)"
+        ))
+        .await?;
+    let row = tx
+        .query_one(
+            &statement,
+            &[
+                &id,
+                &result.claimed.lease_token,
+                &state,
+                &round_step,
+                &next_at,
+                &delivered_at,
+                &last_error,
+                &result.at_ms,
+                &(result.duration.as_millis() as i64),
+                &status,
+                &error,
+                &result.response,
+                &subscription,
+            ],
+        )
+        .await?;
+    if !row.try_get::<_, bool>(0)? {
+        return Ok(AttemptRecorded::LeaseEnded);
+    }
+    let failures: Option<i64> = row.try_get(1)?;
+    Ok(AttemptRecorded::Kept {
+        consecutive_failures: match result.next {
+            Next::RetryAt(_) | Next::Dead => failures.unwrap_or(0),
+            Next::Delivered | Next::Pause => 0,
+        },
+    })
+}
