@@ -96,9 +96,10 @@ async fn steps(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// For a read-only open: the database holds this binary's schema. `NoDatabase`
-/// without one; another version is refused (newer: `SchemaTooNew`; older: run
-/// `classhook migrate`).
+/// For a read-only open (and `Store::open_existing`'s look before it migrates):
+/// the database holds a classhook schema this binary knows. `NoDatabase` without
+/// one, `SchemaTooNew` for a newer one; an older one is accepted, as SQLite's
+/// read-only open accepts an older file (what it lacks fails when read).
 pub async fn check(client: &tokio_postgres::Client, location: &str) -> Result<(), StoreError> {
     let exists: bool = client
         .query_one("SELECT to_regclass('classhook_schema') IS NOT NULL", &[])
@@ -117,11 +118,6 @@ pub async fn check(client: &tokio_postgres::Client, location: &str) -> Result<()
     let known = known_version();
     if found > known {
         return Err(StoreError::SchemaTooNew { found, known });
-    }
-    if found < known {
-        return Err(StoreError::NotReady(format!(
-            "the database {location} has schema version {found}, older than this classhook ({known}): run `classhook migrate` (or start `classhook serve`) first"
-        )));
     }
     Ok(())
 }

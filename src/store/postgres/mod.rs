@@ -140,7 +140,7 @@ impl PostgresStore {
 
     /// Opens an existing store for reading only: no migrations, no writer (writes
     /// answer `WriterGone`), subscription secrets withheld. `NoDatabase` when the
-    /// database has no classhook schema; a schema of another version is refused.
+    /// database has no classhook schema; a newer schema is refused.
     pub async fn open_read_only(url: &str) -> Result<PostgresStore, StoreError> {
         let target = parse_url(url)?;
         let location = redact_url(url);
