@@ -28,6 +28,7 @@ const SERVER_KEYS: &[&str] = &[
     "append_timeout",
     "shutdown_grace",
     "trusted_proxies",
+    "https",
 ];
 const API_KEYS: &[&str] = &["tokens", "tokens_env"];
 const RETENTION_KEYS: &[&str] = &["events_days", "interval"];

@@ -94,6 +94,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Peers trusted to name the client in `X-Forwarded-For` (empty: none).
     pub trusted_proxies: crate::net::NetList,
+    /// Browsers reach the gateway over HTTPS: the dashboard's cookie is `Secure`.
+    pub https: bool,
 }
 
 /// A configuration problem: which file, which key, what is wrong.

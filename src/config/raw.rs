@@ -150,6 +150,10 @@ pub struct RawServer {
     pub shutdown_grace: Duration,
     /// Peers whose `X-Forwarded-For` names the client (CIDRs or addresses).
     pub trusted_proxies: Vec<String>,
+    /// Served to browsers over HTTPS (TLS ends in front): the dashboard's session
+    /// cookie is marked `Secure`.
+    #[serde(deserialize_with = "bool_or_string")]
+    pub https: bool,
 }
 
 impl Default for RawServer {
@@ -164,6 +168,7 @@ impl Default for RawServer {
             append_timeout: Duration::from_secs(8),
             shutdown_grace: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
+            https: false,
         }
     }
 }

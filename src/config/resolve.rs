@@ -138,6 +138,7 @@ pub(super) fn resolve(
         append_timeout: s.append_timeout,
         shutdown_grace: s.shutdown_grace,
         trusted_proxies,
+        https: s.https,
     };
     let mut seen = HashSet::new();
     let mut sources = Vec::with_capacity(raw.sources.len());
