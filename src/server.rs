@@ -149,6 +149,14 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             .collect(),
         allow_private_destinations: config.delivery.allow_private_destinations,
     });
+    let dashboard = Arc::new(crate::ui::UiState {
+        store: store.clone(),
+        clock: clock.clone(),
+        tokens: config.api.tokens.clone(),
+        secure_cookies: server.https,
+        sessions: crate::ui::session::Sessions::default(),
+        sources: config.sources.clone(),
+    });
     let options = ServeOptions::new(
         server.read_timeout,
         server.shutdown_grace,
@@ -193,7 +201,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(http::serve(
         listener,
-        router(ingest, api, ops),
+        router(ingest, api, ops, dashboard),
         options,
         async {
             let _ = stopped.await;
@@ -210,7 +218,12 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
 }
 
 /// Every route of the gateway.
-fn router(ingest: Arc<Ingest>, api: Arc<ApiState>, ops: Arc<Ops>) -> Router {
+fn router(
+    ingest: Arc<Ingest>,
+    api: Arc<ApiState>,
+    ops: Arc<Ops>,
+    dashboard: Arc<crate::ui::UiState>,
+) -> Router {
     let hooks = Router::new()
         // A URL pasted with a trailing slash is the same source.
         .route(
@@ -234,6 +247,7 @@ fn router(ingest: Arc<Ingest>, api: Arc<ApiState>, ops: Arc<Ops>) -> Router {
         .merge(hooks)
         .merge(operations)
         .nest("/api/v1", api::router(api))
+        .nest("/ui", crate::ui::router(dashboard))
         // Everything else under /hooks is refused through ingest, so it is logged and
         // kept in the rejection log like an unknown source.
         .fallback(
