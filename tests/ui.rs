@@ -330,8 +330,7 @@ async fn every_page_shows_real_data() {
     assert_eq!(one.status, 200);
     assert!(one.text.contains("CLASS_CREATED"));
     assert!(
-        one.text
-            .contains("&#34;type&#34;: &#34;CLASS_CREATED&#34;"),
+        one.text.contains("&#34;type&#34;: &#34;CLASS_CREATED&#34;"),
         "pretty-printed body"
     );
     assert!(one.text.contains("crm"), "its delivery");

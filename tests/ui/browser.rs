@@ -182,6 +182,27 @@ async fn text_of(browser: &Client, css: &str) -> String {
         .unwrap()
 }
 
+/// Clicks what navigates to another page and waits (bounded) until that page has
+/// loaded, so no later lookup finds an element of the page being left.
+async fn click(browser: &Client, what: Locator<'_>) {
+    browser
+        .execute("window.__leaving = true;", vec![])
+        .await
+        .unwrap();
+    browser.find(what).await.unwrap().click().await.unwrap();
+    until("the next page loads", async || {
+        browser
+            .execute(
+                "return !window.__leaving && document.readyState === 'complete';",
+                vec![],
+            )
+            .await
+            .map(|v| v == json!(true))
+            .unwrap_or(false)
+    })
+    .await;
+}
+
 async fn count(browser: &Client, css: &str) -> i64 {
     browser
         .execute(
@@ -262,13 +283,7 @@ async fn scenario(gw: &Gateway, browser: &Client, axe_source: &str, receiver: &R
         .await
         .unwrap();
     token.send_keys("wrong-token").await.unwrap();
-    browser
-        .find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(browser, Locator::Css("main button[type=submit]")).await;
     let alert = text_of(browser, "[role=alert]").await;
     assert!(alert.contains("not one of"), "{alert}");
     inspect(browser, axe_source, "login-refused").await;
@@ -277,13 +292,7 @@ async fn scenario(gw: &Gateway, browser: &Client, axe_source: &str, receiver: &R
         .await
         .unwrap();
     token.send_keys(TOKEN).await.unwrap();
-    browser
-        .find(Locator::Css("main button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(browser, Locator::Css("main button[type=submit]")).await;
     let heading = text_of(browser, "h1").await;
     assert_eq!(heading, "Overview");
     inspect(browser, axe_source, "overview").await;
@@ -319,13 +328,7 @@ async fn scenario(gw: &Gateway, browser: &Client, axe_source: &str, receiver: &R
     assert!(status.contains("1 new event"), "{status}");
 
     // One event: its body visible, pretty-printed.
-    browser
-        .find(Locator::Css("#event-rows tr:first-child td.id a"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(browser, Locator::Css("#event-rows tr:first-child td.id a")).await;
     let body = text_of(browser, "pre.body").await;
     assert!(body.contains("\"type\": \"CLASS_UPDATED\""), "{body}");
     inspect(browser, axe_source, "event").await;
@@ -338,24 +341,14 @@ async fn scenario(gw: &Gateway, browser: &Client, axe_source: &str, receiver: &R
 
     // Dead letters, from the overview's link; replay one and see it delivered.
     browser.goto(&gw.url("/ui")).await.unwrap();
-    browser
-        .find(Locator::XPath("//a[contains(., 'Dead letters')]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(browser, Locator::XPath("//a[contains(., 'Dead letters')]")).await;
     assert_eq!(text_of(browser, "h1").await, "Dead letters");
     inspect(browser, axe_source, "dead-letters").await;
-    browser
-        .find(Locator::Css(
-            "table.list button[aria-label^='Replay delivery']",
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        browser,
+        Locator::Css("table.list button[aria-label^='Replay delivery']"),
+    )
+    .await;
     let notice = text_of(browser, "[role=status]").await;
     assert!(notice.contains("queued again"), "{notice}");
     receiver.wait_for(2).await;
@@ -372,13 +365,11 @@ async fn scenario(gw: &Gateway, browser: &Client, axe_source: &str, receiver: &R
     // Pause a subscription and see it paused in the API.
     browser.goto(&gw.url("/ui/subscriptions")).await.unwrap();
     inspect(browser, axe_source, "subscriptions").await;
-    browser
-        .find(Locator::Css("#sub-audit button[aria-label='Pause audit']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        browser,
+        Locator::Css("#sub-audit button[aria-label='Pause audit']"),
+    )
+    .await;
     let notice = text_of(browser, "[role=status]").await;
     assert!(notice.contains("\"audit\" is paused"), "{notice}");
     let api = gw
@@ -416,13 +407,7 @@ async fn scenario(gw: &Gateway, browser: &Client, axe_source: &str, receiver: &R
     );
 
     // Signing out ends the session.
-    browser
-        .find(Locator::Css("form.signout button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(browser, Locator::Css("form.signout button")).await;
     browser.goto(&gw.url("/ui")).await.unwrap();
     assert_eq!(browser.current_url().await.unwrap().path(), "/ui/login");
 }
