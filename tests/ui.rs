@@ -348,6 +348,65 @@ async fn every_page_shows_real_data() {
     );
     assert_eq!(get(&gw, "/ui/events/999999", Some(&id)).await.status, 404);
 
+    let kinds = get(&gw, "/ui/entities", Some(&id)).await;
+    assert!(
+        kinds
+            .text
+            .contains("href=\"/ui/entities/class?platform=dreamclass\""),
+        "{}",
+        kinds.text
+    );
+    let classes = get(&gw, "/ui/entities/class?platform=dreamclass", Some(&id)).await;
+    assert_eq!(classes.status, 200);
+    assert!(
+        classes
+            .text
+            .contains("<label for=\"e-f-code\">code</label>"),
+        "the kind's filters"
+    );
+    let class_id = gw
+        .store
+        .get_event(seq)
+        .await
+        .unwrap()
+        .unwrap()
+        .summary
+        .entity_id
+        .unwrap();
+    assert!(classes.text.contains(&class_id));
+    let found = get(
+        &gw,
+        &format!("/ui/entities/class?platform=dreamclass&id={class_id}"),
+        Some(&id),
+    )
+    .await;
+    assert!(
+        found
+            .text
+            .contains(&format!("/ui/entities/class/{class_id}?source=school"))
+    );
+    let entity = get(
+        &gw,
+        &format!("/ui/entities/class/{class_id}?source=school&tenant=my-school"),
+        Some(&id),
+    )
+    .await;
+    assert_eq!(entity.status, 200, "{}", entity.text);
+    assert!(
+        entity.text.contains(&format!("href=\"/ui/events/{seq}\"")),
+        "its history"
+    );
+    assert_eq!(
+        get(
+            &gw,
+            "/ui/entities/class?platform=dreamclass&classId=x",
+            Some(&id)
+        )
+        .await
+        .status,
+        200
+    );
+
     let rejections = get(&gw, "/ui/rejections", Some(&id)).await;
     assert!(rejections.text.contains("Hint:"));
     assert!(rejections.text.contains("No [[source]] has this name"));

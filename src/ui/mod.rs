@@ -11,6 +11,7 @@
 mod assets;
 pub mod csrf;
 mod deliveries;
+mod entities;
 mod events;
 mod format;
 mod login;
@@ -191,6 +192,9 @@ pub fn router(state: Shared) -> Router {
             post(deliveries::replay_dead),
         )
         .route("/rejections", get(rejections::list))
+        .route("/entities", get(entities::kinds))
+        .route("/entities/{kind}", get(entities::list))
+        .route("/entities/{kind}/{id}", get(entities::show))
         .fallback(|| async { UiError::NotFound("no such page".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state);

@@ -333,6 +333,20 @@ async fn scenario(gw: &Gateway, browser: &Client, axe_source: &str, receiver: &R
     assert!(body.contains("\"type\": \"CLASS_UPDATED\""), "{body}");
     inspect(browser, axe_source, "event").await;
 
+    // The mirror: kinds, a kind, one entity with its history.
+    browser.goto(&gw.url("/ui/entities")).await.unwrap();
+    inspect(browser, axe_source, "entities").await;
+    click(browser, Locator::Css("table.list tbody tr:first-child a")).await;
+    inspect(browser, axe_source, "entity-list").await;
+    click(
+        browser,
+        Locator::Css("table.list tbody tr:first-child td.id a"),
+    )
+    .await;
+    let history = count(browser, "table.list tbody tr").await;
+    assert!(history >= 1, "the entity's history");
+    inspect(browser, axe_source, "entity").await;
+
     // A rejection with its hint.
     browser.goto(&gw.url("/ui/rejections")).await.unwrap();
     let hint = text_of(browser, ".rejection .hint").await;
