@@ -19,6 +19,7 @@ mod overview;
 mod rejections;
 pub mod session;
 mod subscriptions;
+mod test_event;
 
 use std::sync::Arc;
 
@@ -48,6 +49,8 @@ pub struct UiState {
     /// The configured sources, for the rejections' hints (their secrets never reach
     /// a page).
     pub sources: Vec<crate::config::Source>,
+    /// Sends "Send test event" requests, as deliveries are sent.
+    pub sender: crate::deliver::send::Sender,
 }
 
 impl UiState {
@@ -185,6 +188,7 @@ pub fn router(state: Shared) -> Router {
         .route("/subscriptions", get(subscriptions::list))
         .route("/subscriptions/{name}/pause", post(subscriptions::pause))
         .route("/subscriptions/{name}/resume", post(subscriptions::resume))
+        .route("/subscriptions/{name}/test", post(test_event::send))
         .route("/deliveries", get(deliveries::list))
         .route("/deliveries/{id}/replay", post(deliveries::replay))
         .route(

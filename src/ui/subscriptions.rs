@@ -49,6 +49,21 @@ pub async fn list(
     Extension(current): Extension<Current>,
     Query(notice): Query<Notice>,
 ) -> Result<Response, UiError> {
+    // Fixed sentences only: a link cannot make the page say something else.
+    let notice = match notice.done.as_str() {
+        "paused" => format!("Subscription \"{}\" is paused.", notice.name),
+        "resumed" => format!("Subscription \"{}\" is resumed.", notice.name),
+        _ => String::new(),
+    };
+    render(&state, &current, notice).await
+}
+
+/// The page, with `notice` (if not empty) announced at its top.
+pub async fn render(
+    state: &Shared,
+    current: &Current,
+    notice: String,
+) -> Result<Response, UiError> {
     let now = state.clock.now_ms();
     let queue = state.store.delivery_queue().await?;
     let mut cards = Vec::new();
@@ -112,13 +127,8 @@ pub async fn list(
             name,
         });
     }
-    let notice = match notice.done.as_str() {
-        "paused" => format!("Subscription \"{}\" is paused.", notice.name),
-        "resumed" => format!("Subscription \"{}\" is resumed.", notice.name),
-        _ => String::new(),
-    };
     page(&SubscriptionsPage {
-        layout: Layout::new("Subscriptions", "subscriptions", &current, &state),
+        layout: Layout::new("Subscriptions", "subscriptions", current, state),
         cards,
         notice,
     })

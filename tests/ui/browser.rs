@@ -398,6 +398,13 @@ async fn scenario(gw: &Gateway, browser: &Client, axe_source: &str, receiver: &R
         .unwrap();
     assert_eq!(api["paused"], true, "{api}");
     inspect(browser, axe_source, "subscriptions-paused").await;
+    click(
+        browser,
+        Locator::Css("#sub-crm button[aria-label='Send test event to crm']"),
+    )
+    .await;
+    let notice = text_of(browser, "[role=status]").await;
+    assert!(notice.contains("the receiver answered 200"), "{notice}");
 
     // A POST from the page itself, with the cookie but without the CSRF token.
     let status = browser
