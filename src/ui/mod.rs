@@ -49,8 +49,9 @@ pub struct UiState {
     /// The configured sources, for the rejections' hints (their secrets never reach
     /// a page).
     pub sources: Vec<crate::config::Source>,
-    /// Sends "Send test event" requests, as deliveries are sent.
-    pub sender: crate::deliver::send::Sender,
+    /// Sends "Send test event" requests, as deliveries are sent (`Err`: why it
+    /// cannot, e.g. an unusable `[delivery] proxy`).
+    pub sender: Result<crate::deliver::send::Sender, String>,
 }
 
 impl UiState {

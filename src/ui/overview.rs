@@ -30,9 +30,18 @@ const COLOURS: [&str; 6] = [
 pub struct Series {
     pub source: String,
     pub colour: &'static str,
-    /// SVG polyline points.
-    pub points: String,
     pub total: i64,
+}
+
+/// One source's part of one minute's bar.
+pub struct Bar {
+    pub x: i64,
+    pub y: i64,
+    pub width: i64,
+    pub height: i64,
+    pub colour: &'static str,
+    /// Shown on hover: `north-school: 15 events at 11:02`.
+    pub title: String,
 }
 
 pub struct Chart {
@@ -40,6 +49,7 @@ pub struct Chart {
     pub height: i64,
     pub max: i64,
     pub series: Vec<Series>,
+    pub bars: Vec<Bar>,
     pub total: i64,
 }
 
@@ -192,37 +202,50 @@ async fn chart(state: &Shared, now: i64) -> Result<Chart, UiError> {
                 .or_insert_with(|| vec![0; CHART_MINUTES as usize])[minute as usize] += row.events;
         }
     }
-    let max = per_source
-        .values()
-        .flatten()
-        .copied()
+    // Bars stacked per minute: the tallest minute sets the scale.
+    let max = (0..CHART_MINUTES as usize)
+        .map(|m| per_source.values().map(|counts| counts[m]).sum::<i64>())
         .max()
         .unwrap_or(0)
         .max(1);
-    let series = per_source
-        .into_iter()
-        .enumerate()
-        .map(|(i, (source, counts))| Series {
-            colour: COLOURS[i % COLOURS.len()],
+    let slot = CHART_WIDTH / CHART_MINUTES;
+    let mut stacked = vec![0_i64; CHART_MINUTES as usize];
+    let mut bars = Vec::new();
+    let mut series = Vec::new();
+    for (i, (source, counts)) in per_source.into_iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        for (m, &n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+            let bottom = CHART_HEIGHT - stacked[m] * CHART_HEIGHT / max;
+            stacked[m] += n;
+            let top = CHART_HEIGHT - stacked[m] * CHART_HEIGHT / max;
+            let minute = start + m as i64 * MINUTE_MS;
+            bars.push(Bar {
+                x: m as i64 * slot + 1,
+                y: top,
+                width: slot - 2,
+                height: (bottom - top).max(1),
+                colour,
+                title: format!(
+                    "{source}: {n} event{} at {}",
+                    if n == 1 { "" } else { "s" },
+                    chrono::DateTime::from_timestamp_millis(minute)
+                        .map(|t| t.format("%H:%M UTC").to_string())
+                        .unwrap_or_default()
+                ),
+            });
+        }
+        series.push(Series {
             total: counts.iter().sum(),
-            points: counts
-                .iter()
-                .enumerate()
-                .map(|(m, n)| {
-                    let x = m as i64 * CHART_WIDTH / (CHART_MINUTES - 1);
-                    let y = CHART_HEIGHT - n * CHART_HEIGHT / max;
-                    format!("{x},{y}")
-                })
-                .collect::<Vec<_>>()
-                .join(" "),
+            colour,
             source,
-        })
-        .collect::<Vec<_>>();
+        });
+    }
     Ok(Chart {
         width: CHART_WIDTH,
         height: CHART_HEIGHT,
         max,
         total: series.iter().map(|s| s.total).sum(),
         series,
+        bars,
     })
 }

@@ -59,8 +59,11 @@ pub async fn send(
         .basic_auth
         .as_ref()
         .map(|(user, password)| (user.as_str(), password.expose()));
-    let attempted = state
+    let sender = state
         .sender
+        .as_ref()
+        .map_err(|e| UiError::BadRequest(format!("cannot send through [delivery] proxy: {e}")))?;
+    let attempted = sender
         .send(&spec.url, outgoing, basic_auth, spec.timeout)
         .await;
     let result = describe(&attempted.outcome, attempted.duration);
