@@ -114,14 +114,29 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         error,
     })?;
     let metrics = Metrics::new();
+    if server.secret_keys.writes_plain_text() {
+        tracing::warn!(
+            "subscription secrets are stored in plain text: set {} to a key (`classhook secret-key` makes one) to encrypt them",
+            server.secret_keys.key_var()
+        );
+    }
     let store = Store::open(
         &config.store_location(),
         StoreOptions {
             append_timeout: server.append_timeout,
             observer: Some(metrics.clone()),
+            secrets: server.secret_keys.clone(),
             ..StoreOptions::default()
         },
     )?;
+    // Plain text and values under the previous key move to the current key.
+    let resealed = store.reseal_subscription_secrets().await?;
+    if let (true, Some(key)) = (resealed > 0, server.secret_keys.current_key()) {
+        tracing::info!(
+            subscriptions = resealed,
+            "subscription secrets sealed under key {key}"
+        );
+    }
     let body_budget = BodyBudget::new(server.max_inflight_body_bytes);
     let ingest = Arc::new(Ingest {
         sources: config

@@ -1,6 +1,7 @@
 //! No secret leaves the gateway: the real binary, at debug log level, runs a realistic
 //! scenario with distinctive secrets (source secrets, Basic Auth passwords, API
-//! tokens, subscription secrets and passwords, a proxy URL with credentials) through
+//! tokens, subscription secrets and passwords, a proxy URL with credentials, the key
+//! subscription secrets are sealed under) through
 //! every route, failing auth, bad signatures, deliveries and config errors; none of
 //! them (nor their base64 forms) may appear in a log line, an answer, an error body
 //! or the rejection log.
@@ -35,6 +36,10 @@ const API_SUB_SECRET: &str = "apiSubSecret-V5b6N7m8Q9w0";
 const API_SUB_PASSWORD: &str = "apiSubPass-E1r2T3y4U5i6";
 const PATCHED_SECRET: &str = "patchedSecret-O7p8A9s0D1f2";
 const PROXY_PASSWORD: &str = "proxyPass-W3e4R5t6Y7u8";
+/// `CLASSHOOK_SECRET_KEY`: base64 of "atRestKey-0123456789abcdefghijkl".
+const AT_REST_KEY: &str = "YXRSZXN0S2V5LTAxMjM0NTY3ODlhYmNkZWZnaGlqa2w=";
+/// A key of the wrong length: base64 of "shortKey-R5t6Y7u8".
+const SHORT_KEY: &str = "c2hvcnRLZXktUjV0Nlk3dTg=";
 
 /// Every secret and the forms in which it could travel.
 fn forbidden() -> Vec<String> {
@@ -52,6 +57,10 @@ fn forbidden() -> Vec<String> {
         API_SUB_PASSWORD,
         PATCHED_SECRET,
         PROXY_PASSWORD,
+        AT_REST_KEY,
+        "atRestKey-0123456789abcdefghijkl",
+        SHORT_KEY,
+        "shortKey-R5t6Y7u8",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -187,6 +196,7 @@ secret_env = "SECRETS_TEST_COURSES_SECRET"
 const ENV: &[(&str, &str)] = &[
     ("SECRETS_TEST_TOKENS", ENV_TOKEN),
     ("SECRETS_TEST_COURSES_SECRET", COURSES_SECRET),
+    ("CLASSHOOK_SECRET_KEY", AT_REST_KEY),
 ];
 
 fn key(secret: &str) -> KeyBytes {
@@ -481,6 +491,10 @@ async fn no_secret_appears_in_any_output() {
     );
     let log = gw.stop().await;
     assert!(log.contains("DEBUG"), "debug logging was on:\n{log}");
+    assert!(
+        !log.contains("stored in plain text"),
+        "the key was set:\n{log}"
+    );
     assert_clean("the log", &log);
     for answer in &seen {
         assert_clean("an answer", answer);
@@ -587,6 +601,17 @@ async fn no_secret_appears_in_any_output() {
                 "[[subscription]]\nname = \"x\"\nurl = \"https://x.example\"\nevents = [\"*\"]\nbasic_auth = \"classhook:{SUB_PASSWORD}\"\n"
             ),
             vec![],
+        ),
+        (
+            String::new(),
+            vec![("CLASSHOOK_SECRET_KEY", SHORT_KEY.to_string())],
+        ),
+        (
+            String::new(),
+            vec![
+                ("CLASSHOOK_SECRET_KEY", AT_REST_KEY.to_string()),
+                ("CLASSHOOK_SECRET_KEY_PREVIOUS", format!("{AT_REST_KEY}!")),
+            ],
         ),
     ];
     for (text, env) in cases {

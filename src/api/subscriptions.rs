@@ -19,6 +19,7 @@ use crate::deliver::send::key_bytes;
 use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec, parse_schedule};
 use crate::http::ApiError;
 use crate::secret::Secret;
+use crate::store::sealed::SealError;
 use crate::store::{
     AttemptRecord, Delivery, DeliveryFilter, DeliveryId, DeliveryState, StoreError,
 };
@@ -242,6 +243,10 @@ fn change_error(error: StoreError) -> ApiError {
         StoreError::NotFound(message) => ApiError::not_found(message),
         StoreError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
         StoreError::Invalid(message) => bad_request(message),
+        // Only a secret that looks sealed, stored without a key, is the caller's doing.
+        StoreError::Secrets(error @ SealError::LooksSealed { .. }) => {
+            bad_request(error.to_string())
+        }
         other => store_error(other),
     }
 }

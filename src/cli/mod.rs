@@ -10,6 +10,7 @@ mod healthcheck;
 mod mirror;
 mod progress;
 mod rejections;
+mod secrets;
 mod send;
 mod serve;
 mod subscriptions;
@@ -65,6 +66,10 @@ pub enum Command {
     Mirror(mirror::MirrorCommand),
     /// Stream events or entities out as JSON lines or CSV.
     Export(export::ExportArgs),
+    /// Print a new random key for CLASSHOOK_SECRET_KEY (base64 of 32 bytes).
+    SecretKey,
+    /// After losing the key: forget the subscription secrets it sealed (lists them without --yes).
+    ForgetSecrets(secrets::ForgetArgs),
     /// Write a consistent copy of the database to a new file, while the gateway runs.
     Backup(backup::BackupArgs),
     /// Exit 0 when the gateway at the configured `listen` address answers `/healthz`
@@ -161,7 +166,11 @@ fn open_for_reading(config: &Config) -> anyhow::Result<Store> {
 /// Opens the configured data directory's database to change it (re-queue, rebuild);
 /// unlike `serve`, never creates one.
 fn open_existing(config: &Config) -> anyhow::Result<Store> {
-    match Store::open_existing(&config.store_location(), StoreOptions::default()) {
+    let options = StoreOptions {
+        secrets: config.server.secret_keys.clone(),
+        ..StoreOptions::default()
+    };
+    match Store::open_existing(&config.store_location(), options) {
         Err(StoreError::NoDatabase(path)) => Err(no_database(config, &path)),
         other => Ok(other?),
     }
@@ -209,6 +218,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             export::check(args)?;
             export::run(cli.load_config_without_secrets()?, args).await
         }
+        Command::SecretKey => secrets::new_key(),
+        // Needs the keys `serve` has (and so its environment).
+        Command::ForgetSecrets(args) => secrets::forget(cli.load_config()?, args).await,
         Command::NullServer { listen } => serve::run_null(*listen).await,
     }
 }

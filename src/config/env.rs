@@ -29,6 +29,8 @@ const SERVER_KEYS: &[&str] = &[
     "shutdown_grace",
     "trusted_proxies",
     "https",
+    "secret_key_env",
+    "previous_secret_key_env",
 ];
 const API_KEYS: &[&str] = &["tokens", "tokens_env"];
 const RETENTION_KEYS: &[&str] = &["events_days", "interval"];

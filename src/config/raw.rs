@@ -154,6 +154,12 @@ pub struct RawServer {
     /// cookie is marked `Secure`.
     #[serde(deserialize_with = "bool_or_string")]
     pub https: bool,
+    /// The variable holding the key subscription secrets are sealed under
+    /// (default `CLASSHOOK_SECRET_KEY`).
+    pub secret_key_env: Option<String>,
+    /// The variable holding the previous key while rotating (default
+    /// `CLASSHOOK_SECRET_KEY_PREVIOUS`).
+    pub previous_secret_key_env: Option<String>,
 }
 
 impl Default for RawServer {
@@ -169,6 +175,8 @@ impl Default for RawServer {
             shutdown_grace: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
             https: false,
+            secret_key_env: None,
+            previous_secret_key_env: None,
         }
     }
 }

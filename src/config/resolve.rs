@@ -15,6 +15,7 @@ use crate::deliver::subscription::{SubscriptionSpec, parse_schedule};
 use crate::net::NetList;
 use crate::provider::ProviderKind;
 use crate::secret::{KeyBytes, Secret};
+use crate::store::sealed::{Sealer, SecretKey};
 
 /// A sending account: `POST /hooks/{name}`.
 #[derive(Debug, Clone)]
@@ -122,6 +123,12 @@ pub(super) fn resolve(
     )?;
     let trusted_proxies = NetList::parse(&s.trusted_proxies)
         .map_err(|m| ConfigError::new(file, "server.trusted_proxies", m))?;
+    let secret_keys = resolve_secret_keys(
+        s.secret_key_env.as_deref(),
+        s.previous_secret_key_env.as_deref(),
+        lookup,
+    )
+    .map_err(|(key, message)| ConfigError::new(file, key, message))?;
     let server = ServerConfig {
         listen: resolve_listen(&s.listen)
             .map_err(|message| ConfigError::new(file, "server.listen", message))?,
@@ -139,6 +146,7 @@ pub(super) fn resolve(
         shutdown_grace: s.shutdown_grace,
         trusted_proxies,
         https: s.https,
+        secret_keys,
     };
     let mut seen = HashSet::new();
     let mut sources = Vec::with_capacity(raw.sources.len());
@@ -359,6 +367,58 @@ fn resolve_secret(
             .map(Secret::new)),
         (None, None) => Ok(None),
     }
+}
+
+/// The keys subscription secrets are sealed under. The current key's variable may be
+/// unset only under its default name (then secrets are stored as plain text and
+/// `serve` warns); the previous key's may always be unset (no rotation under way).
+/// Errors name the variable, never its value.
+fn resolve_secret_keys(
+    key_env: Option<&str>,
+    previous_env: Option<&str>,
+    lookup: &Env<'_>,
+) -> Result<Sealer, (&'static str, String)> {
+    use crate::store::sealed::{DEFAULT_KEY_ENV, DEFAULT_PREVIOUS_KEY_ENV};
+    if lookup.skip {
+        return Ok(Sealer::withheld());
+    }
+    let key_var = key_env.unwrap_or(DEFAULT_KEY_ENV);
+    let previous_var = previous_env.unwrap_or(DEFAULT_PREVIOUS_KEY_ENV);
+    let read = |field: &'static str, var: &str| {
+        (lookup.lookup)(var)
+            .map(|value| {
+                SecretKey::from_base64(&value).map_err(|e| {
+                    (
+                        field,
+                        format!(
+                            "{var} {e}: a key is 32 bytes in base64 (`classhook secret-key` makes one); the value is not shown"
+                        ),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let current = read("server.secret_key_env", key_var)?;
+    let previous = read("server.previous_secret_key_env", previous_var)?;
+    let sealer = match (current, previous) {
+        (None, Some(_)) => {
+            return Err((
+                "server.previous_secret_key_env",
+                format!(
+                    "{previous_var} is set but {key_var} is not: set the new key in {key_var} to rotate"
+                ),
+            ));
+        }
+        (None, None) if key_env.is_some() => {
+            return Err((
+                "server.secret_key_env",
+                format!("environment variable {key_var} is not set"),
+            ));
+        }
+        (None, None) => Sealer::plain(),
+        (Some(current), previous) => Sealer::with_keys(current, previous),
+    };
+    Ok(sealer.named(key_var, previous_var))
 }
 
 fn resolve_subscription(

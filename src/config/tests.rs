@@ -751,6 +751,100 @@ fn listen_takes_a_host_name() {
     assert!(bad.starts_with("test.toml: server.listen:"), "{bad}");
 }
 
+fn with_env(text: &str, env: &[(&str, &str)], secrets: Secrets) -> Result<Config, ConfigError> {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    Config::from_toml_str_with(Path::new("test.toml"), text, &[], &lookup, secrets)
+}
+
+#[test]
+fn the_secret_key_comes_from_the_environment() {
+    use crate::store::sealed::SecretKey;
+    let (current, previous) = (SecretKey::generate(), SecretKey::generate());
+    let (current_text, previous_text) = (current.to_base64(), previous.to_base64());
+
+    // Without a key: plain text (serve warns), not an error.
+    let config = with_env("", &[], Secrets::Resolve).unwrap();
+    assert!(config.server.secret_keys.writes_plain_text());
+
+    let config = with_env(
+        "",
+        &[
+            ("CLASSHOOK_SECRET_KEY", &current_text),
+            ("CLASSHOOK_SECRET_KEY_PREVIOUS", &previous_text),
+        ],
+        Secrets::Resolve,
+    )
+    .unwrap();
+    assert_eq!(config.server.secret_keys.current_key(), Some(current.id()));
+    let shown = format!("{config:?}");
+    assert!(!shown.contains(&current_text) && !shown.contains(&previous_text));
+
+    // Other names, from the file or an override.
+    let text = "[server]\nsecret_key_env = \"MY_KEY\"\n";
+    let config = with_env(text, &[("MY_KEY", &current_text)], Secrets::Resolve).unwrap();
+    assert_eq!(config.server.secret_keys.current_key(), Some(current.id()));
+    let error = with_env(text, &[], Secrets::Resolve).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "test.toml: server.secret_key_env: environment variable MY_KEY is not set"
+    );
+
+    // Commands that skip secrets do not read the key at all.
+    let config = with_env("", &[("CLASSHOOK_SECRET_KEY", "bad")], Secrets::Skip).unwrap();
+    assert!(config.server.secret_keys.current_key().is_none());
+    assert!(!config.server.secret_keys.writes_plain_text());
+}
+
+#[test]
+fn a_bad_secret_key_is_one_line_without_the_value() {
+    let short = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 16]);
+    for (env, key, expected) in [
+        (
+            vec![("CLASSHOOK_SECRET_KEY", short.as_str())],
+            "server.secret_key_env",
+            "CLASSHOOK_SECRET_KEY decodes to 16 bytes, but a key is 32",
+        ),
+        (
+            vec![("CLASSHOOK_SECRET_KEY", "hunter2-is-not-base64!")],
+            "server.secret_key_env",
+            "CLASSHOOK_SECRET_KEY is not base64",
+        ),
+        (
+            vec![("CLASSHOOK_SECRET_KEY", "")],
+            "server.secret_key_env",
+            "CLASSHOOK_SECRET_KEY is empty",
+        ),
+        (
+            vec![("CLASSHOOK_SECRET_KEY_PREVIOUS", short.as_str())],
+            "server.previous_secret_key_env",
+            "CLASSHOOK_SECRET_KEY_PREVIOUS decodes to 16 bytes",
+        ),
+    ] {
+        let error = with_env("", &env, Secrets::Resolve).unwrap_err();
+        let message = error.to_string();
+        assert_eq!(error.key, key, "{message}");
+        assert!(message.contains(expected), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+        assert!(!message.contains(&short) && !message.contains("hunter2"));
+    }
+    // A previous key alone cannot be right: the new one is missing.
+    let key = crate::store::sealed::SecretKey::generate().to_base64();
+    let error = with_env(
+        "",
+        &[("CLASSHOOK_SECRET_KEY_PREVIOUS", &key)],
+        Secrets::Resolve,
+    )
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("CLASSHOOK_SECRET_KEY is not"),
+        "{error}"
+    );
+}
+
 #[test]
 fn errors_in_a_list_entry_name_the_entry() {
     let text = "[[source]]\nname = \"first\"\nprovider = \"dreamclass\"\n\n\

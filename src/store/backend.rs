@@ -193,6 +193,24 @@ pub trait Backend: Send + Sync + 'static {
 
     async fn get_subscription(&self, name: &str) -> Result<Option<Subscription>, StoreError>;
 
+    /// Seals, under the current key of [`super::StoreOptions::secrets`], every stored
+    /// subscription secret and Basic Auth password that is plain text or sealed under
+    /// another key (the previous one, while rotating), in one transaction. Returns how
+    /// many subscriptions changed; without a key, changes nothing (0).
+    async fn reseal_subscription_secrets(&self) -> Result<u64, StoreError>;
+
+    /// For a lost key: clears every stored subscription secret and Basic Auth
+    /// password (with its username) that `keys` cannot open, in one transaction. An
+    /// API subscription is also paused, saying why, until its secrets are set again;
+    /// a config subscription gets them from the config at the next start. With
+    /// `dry_run`, only says which. Open the store with
+    /// [`super::sealed::Sealer::withheld`] for this: its own keys cannot read them.
+    async fn forget_unreadable_secrets(
+        &self,
+        keys: super::sealed::Sealer,
+        dry_run: bool,
+    ) -> Result<Vec<super::sealed::Unreadable>, StoreError>;
+
     /// Nothing is leased for the subscription before `until_ms`.
     async fn hold_subscription(&self, id: SubscriptionId, until_ms: i64) -> Result<(), StoreError>;
 

@@ -37,7 +37,9 @@
 
 mod backend;
 mod ids;
+mod postgres;
 mod rejection_queue;
+pub mod sealed;
 mod sqlite;
 
 use std::path::{Path, PathBuf};
@@ -50,6 +52,9 @@ use crate::provider::ProviderKind;
 pub use backend::{Backend, ClaimRequest, Lease, SpecChange};
 pub use ids::{DeliveryId, EventSeq, SubscriptionId};
 
+pub use postgres::PostgresStore;
+#[doc(hidden)]
+pub use postgres::testing as postgres_testing;
 pub use sqlite::DATABASE_FILE;
 
 /// The longest an event may wait between reaching the store and being written.
@@ -111,7 +116,8 @@ impl Store {
     }
 
     /// Opens an existing store for reading only (no writer, no migrations):
-    /// `NoDatabase` when there is none.
+    /// `NoDatabase` when there is none. Subscription secrets are not opened (they
+    /// read as empty, see [`sealed::Sealer::withheld`]): no key is needed.
     pub fn open_read_only(location: &Location) -> Result<Store, StoreError> {
         let backend = match location {
             Location::Sqlite { data_dir } => sqlite::SqliteStore::open_read_only(data_dir)?,
@@ -148,6 +154,9 @@ pub struct StoreOptions {
     pub max_commit_lag: Duration,
     /// How many events `mirror rebuild` reads per chunk; `None`: the backend's default.
     pub rebuild_chunk: Option<usize>,
+    /// How subscription secrets are stored: every backend writes and reads the
+    /// `secret` and Basic Auth password columns only through it. Default: plain text.
+    pub secrets: sealed::Sealer,
 }
 
 impl Default for StoreOptions {
@@ -161,6 +170,7 @@ impl Default for StoreOptions {
             dedupe_settle_after: None,
             max_commit_lag: MAX_COMMIT_LAG,
             rebuild_chunk: None,
+            secrets: sealed::Sealer::plain(),
         }
     }
 }
@@ -288,6 +298,9 @@ pub enum StoreError {
     /// A change refused because its result would be invalid.
     #[error("{0}")]
     Invalid(String),
+    /// A stored subscription secret cannot be opened (or written) with the keys given.
+    #[error(transparent)]
+    Secrets(#[from] sealed::SealError),
     /// The store cannot safely take writes (its file was removed or replaced, the
     /// disk is full, the database is read-only).
     #[error("{0}")]

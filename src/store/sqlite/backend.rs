@@ -207,6 +207,18 @@ impl Backend for SqliteStore {
         self.blocking(move |s| s.get_subscription(&name)).await
     }
 
+    async fn reseal_subscription_secrets(&self) -> Result<u64, StoreError> {
+        SqliteStore::reseal_subscription_secrets(self).await
+    }
+
+    async fn forget_unreadable_secrets(
+        &self,
+        keys: crate::store::sealed::Sealer,
+        dry_run: bool,
+    ) -> Result<Vec<crate::store::sealed::Unreadable>, StoreError> {
+        SqliteStore::forget_unreadable_secrets(self, keys, dry_run).await
+    }
+
     async fn hold_subscription(&self, id: SubscriptionId, until_ms: i64) -> Result<(), StoreError> {
         SqliteStore::hold_subscription(self, id, until_ms).await
     }

@@ -13,7 +13,7 @@ use crate::config::SecretEncoding;
 use crate::deliver::schedule::{Next, Outcome};
 use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec};
 use crate::event::NewEvent;
-use crate::secret::Secret;
+use crate::store::sealed::{self, Sealer};
 use crate::store::{
     AttemptRecord, AttemptRecorded, AttemptResult, ClaimRequest, Claimed, Delivery, DeliveryFilter,
     DeliveryId, DeliveryState, EventSeq, Lease, QueueDepth, StoreError, SubscriptionId,
@@ -38,14 +38,34 @@ fn unreadable(column: usize, what: String) -> rusqlite::Error {
     )
 }
 
-fn subscription_from_row(row: &Row<'_>) -> rusqlite::Result<Subscription> {
+/// A stored secret column opened with `sealer`; its error rides in a conversion
+/// error (the store turns it back into [`StoreError::Secrets`]).
+fn open_secret(
+    row: &Row<'_>,
+    index: usize,
+    column: &str,
+    sealer: &Sealer,
+) -> rusqlite::Result<Option<crate::secret::Secret>> {
+    row.get::<_, Option<String>>(index)?
+        .map(|stored| sealer.open(column, &stored))
+        .transpose()
+        .map_err(|error| {
+            rusqlite::Error::FromSqlConversionFailure(
+                index,
+                rusqlite::types::Type::Text,
+                Box::new(error),
+            )
+        })
+}
+
+fn subscription_from_row(row: &Row<'_>, sealer: &Sealer) -> rusqlite::Result<Subscription> {
     let list = |i: usize| -> rusqlite::Result<Option<Vec<String>>> {
         let text: Option<String> = row.get(i)?;
         text.map(|t| serde_json::from_str(&t).map_err(|_| unreadable(i, format!("list {t:?}"))))
             .transpose()
     };
     let username: Option<String> = row.get(6)?;
-    let password: Option<String> = row.get(7)?;
+    let password = open_secret(row, 7, sealed::SUBSCRIPTION_BASIC_PASSWORD, sealer)?;
     let schedule: String = row.get(11)?;
     let schedule: Vec<u64> = serde_json::from_str(&schedule)
         .map_err(|_| unreadable(11, format!("retry schedule {schedule:?}")))?;
@@ -60,11 +80,11 @@ fn subscription_from_row(row: &Row<'_>) -> rusqlite::Result<Subscription> {
             sources: list(4)?,
             tenants: list(5)?,
             basic_auth: match (username, password) {
-                (Some(u), Some(p)) => Some((u, Secret::new(p))),
+                (Some(u), Some(p)) => Some((u, p)),
                 (None, None) => None,
                 _ => return Err(unreadable(7, "Basic Auth without both parts".into())),
             },
-            secret: row.get::<_, Option<String>>(8)?.map(Secret::new),
+            secret: open_secret(row, 8, sealed::SUBSCRIPTION_SECRET, sealer)?,
             secret_encoding: match encoding.as_str() {
                 "utf8" => SecretEncoding::Utf8,
                 "base64" => SecretEncoding::Base64,
@@ -86,11 +106,14 @@ fn subscription_from_row(row: &Row<'_>) -> rusqlite::Result<Subscription> {
     })
 }
 
-pub(super) fn load_subscriptions(conn: &Connection) -> rusqlite::Result<Vec<Subscription>> {
+pub(super) fn load_subscriptions(
+    conn: &Connection,
+    sealer: &Sealer,
+) -> rusqlite::Result<Vec<Subscription>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions ORDER BY id"
     ))?;
-    let rows = stmt.query_map([], subscription_from_row)?;
+    let rows = stmt.query_map([], |row| subscription_from_row(row, sealer))?;
     rows.collect()
 }
 
@@ -99,7 +122,18 @@ fn upsert(
     conn: &Connection,
     spec: &SubscriptionSpec,
     managed_by: ManagedBy,
-) -> rusqlite::Result<()> {
+    sealer: &Sealer,
+) -> Result<(), StoreError> {
+    let password = spec
+        .basic_auth
+        .as_ref()
+        .map(|(_, p)| sealer.seal(sealed::SUBSCRIPTION_BASIC_PASSWORD, p))
+        .transpose()?;
+    let secret = spec
+        .secret
+        .as_ref()
+        .map(|s| sealer.seal(sealed::SUBSCRIPTION_SECRET, s))
+        .transpose()?;
     let schedule: Vec<u64> = spec
         .retry_schedule
         .iter()
@@ -122,8 +156,8 @@ fn upsert(
             json_list(spec.sources.as_ref()),
             json_list(spec.tenants.as_ref()),
             spec.basic_auth.as_ref().map(|(u, _)| u.clone()),
-            spec.basic_auth.as_ref().map(|(_, p)| p.expose().to_string()),
-            spec.secret.as_ref().map(|s| s.expose().to_string()),
+            password,
+            secret,
             spec.secret_encoding.as_str(),
             spec.timeout.as_millis() as i64,
             serde_json::to_string(&schedule).expect("numbers serialize"),
@@ -184,6 +218,7 @@ impl SqliteStore {
         specs: Vec<SubscriptionSpec>,
     ) -> Result<(), StoreError> {
         let matchers = self.inner.matchers.clone();
+        let sealer = self.inner.options.secrets.clone();
         self.run_job(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for spec in &specs {
@@ -196,15 +231,15 @@ impl SqliteStore {
                         spec.name
                     )));
                 }
-                upsert(&tx, spec, ManagedBy::Config)?;
+                upsert(&tx, spec, ManagedBy::Config, &sealer)?;
             }
             let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-            for existing in load_subscriptions(&tx)? {
+            for existing in load_subscriptions(&tx, &sealer)? {
                 if existing.managed_by == ManagedBy::Config && !names.contains(&existing.spec.name) {
                     tx.execute("DELETE FROM subscriptions WHERE id = ?1", [existing.id])?;
                 }
             }
-            let loaded = load_subscriptions(&tx)?;
+            let loaded = load_subscriptions(&tx, &sealer)?;
             tx.commit()?;
             *matchers.write().expect("matcher lock is never poisoned") = loaded;
             Ok(())
@@ -216,6 +251,7 @@ impl SqliteStore {
         &self,
         spec: SubscriptionSpec,
     ) -> Result<Subscription, StoreError> {
+        let sealer = self.inner.options.secrets.clone();
         self.change_kept(move |tx| {
             if tx
                 .query_row(
@@ -231,7 +267,7 @@ impl SqliteStore {
                     spec.name
                 )));
             }
-            upsert(tx, &spec, ManagedBy::Api)?;
+            upsert(tx, &spec, ManagedBy::Api, &sealer)?;
             Ok(spec.name)
         })
         .await
@@ -247,20 +283,21 @@ impl SqliteStore {
         change: impl FnOnce(SubscriptionSpec) -> Result<SubscriptionSpec, String> + Send + 'static,
     ) -> Result<Subscription, StoreError> {
         let name = name.to_string();
+        let sealer = self.inner.options.secrets.clone();
         self.change_kept(move |tx| {
             api_owned(tx, &name)?;
             let current = tx
                 .prepare_cached(&format!(
                     "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE name = ?1"
                 ))?
-                .query_row([&name], subscription_from_row)?;
+                .query_row([&name], |row| subscription_from_row(row, &sealer))?;
             let spec = change(current.spec).map_err(StoreError::Invalid)?;
             if spec.name != name {
                 return Err(StoreError::Invalid(
                     "a subscription cannot be renamed".into(),
                 ));
             }
-            upsert(tx, &spec, ManagedBy::Api)?;
+            upsert(tx, &spec, ManagedBy::Api, &sealer)?;
             Ok(spec.name)
         })
         .await
@@ -311,10 +348,11 @@ impl SqliteStore {
         change: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<String, StoreError> + Send + 'static,
     ) -> Result<Option<Subscription>, StoreError> {
         let matchers = self.inner.matchers.clone();
+        let sealer = self.inner.options.secrets.clone();
         self.run_job(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let name = change(&tx)?;
-            let loaded = load_subscriptions(&tx)?;
+            let loaded = load_subscriptions(&tx, &sealer)?;
             tx.commit()?;
             let found = loaded.iter().find(|s| s.spec.name == name).cloned();
             *matchers.write().expect("matcher lock is never poisoned") = loaded;
@@ -333,8 +371,86 @@ impl SqliteStore {
         })
     }
 
+    /// See [`crate::store::Backend::reseal_subscription_secrets`].
+    pub async fn reseal_subscription_secrets(&self) -> Result<u64, StoreError> {
+        let sealer = self.inner.options.secrets.clone();
+        if sealer.current_key().is_none() {
+            return Ok(0);
+        }
+        self.run_job(move |conn| {
+            // The values replaced must not linger: freed cell space is zeroed
+            // (secure_delete) and, below, the WAL holding the old pages is emptied.
+            conn.pragma_update(None, "secure_delete", true)?;
+            let changed = reseal_rows(conn, &sealer);
+            conn.pragma_update(None, "secure_delete", false)?;
+            let changed = changed?;
+            if changed > 0 {
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            }
+            Ok(changed)
+        })
+        .await
+    }
+
+    /// See [`crate::store::Backend::forget_unreadable_secrets`].
+    pub async fn forget_unreadable_secrets(
+        &self,
+        keys: Sealer,
+        dry_run: bool,
+    ) -> Result<Vec<sealed::Unreadable>, StoreError> {
+        let matchers = self.inner.matchers.clone();
+        let own = self.inner.options.secrets.clone();
+        self.run_job(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let rows: Vec<(i64, String, String, StoredSecrets)> = tx
+                .prepare(
+                    "SELECT id, name, managed_by, basic_password, secret FROM subscriptions
+                     ORDER BY id",
+                )?
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, (r.get(3)?, r.get(4)?)))
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut forgotten = Vec::new();
+            for (id, name, managed_by, (password, secret)) in rows {
+                let Some(forget) =
+                    keys.unreadable_subscription(password.as_deref(), secret.as_deref())
+                else {
+                    continue;
+                };
+                if !dry_run {
+                    tx.execute(
+                        "UPDATE subscriptions SET
+                             secret = CASE WHEN ?2 THEN NULL ELSE secret END,
+                             basic_username = CASE WHEN ?3 THEN NULL ELSE basic_username END,
+                             basic_password = CASE WHEN ?3 THEN NULL ELSE basic_password END,
+                             paused = CASE WHEN managed_by = 'api' THEN 1 ELSE paused END,
+                             paused_reason = CASE WHEN managed_by = 'api' THEN ?4 ELSE paused_reason END
+                         WHERE id = ?1",
+                        params![
+                            id,
+                            forget.secret,
+                            forget.basic_auth,
+                            sealed::FORGOTTEN_REASON
+                        ],
+                    )?;
+                }
+                forgotten.push(sealed::Unreadable {
+                    subscription: name,
+                    from_config: managed_by == "config",
+                    reason: forget.reason,
+                });
+            }
+            let loaded = load_subscriptions(&tx, &own)?;
+            tx.commit()?;
+            *matchers.write().expect("matcher lock is never poisoned") = loaded;
+            Ok(forgotten)
+        })
+        .await
+    }
+
     pub fn list_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
-        self.with_reader(|conn| Ok(load_subscriptions(conn)?))
+        self.with_reader(|conn| Ok(load_subscriptions(conn, &self.inner.options.secrets)?))
     }
 
     pub fn get_subscription(&self, name: &str) -> Result<Option<Subscription>, StoreError> {
@@ -343,7 +459,9 @@ impl SqliteStore {
                 .prepare_cached(&format!(
                     "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE name = ?1"
                 ))?
-                .query_row([name], subscription_from_row)
+                .query_row([name], |row| {
+                    subscription_from_row(row, &self.inner.options.secrets)
+                })
                 .optional()?)
         })
     }
@@ -566,6 +684,34 @@ impl SqliteStore {
             Ok(Some((delivery, attempts)))
         })
     }
+}
+
+/// A subscription's `basic_password` and `secret` as stored.
+type StoredSecrets = (Option<String>, Option<String>);
+
+/// Re-seals every stored secret that needs it, in one transaction; returns how many
+/// subscriptions changed.
+fn reseal_rows(conn: &mut Connection, sealer: &Sealer) -> Result<u64, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let rows: Vec<(i64, StoredSecrets)> = tx
+        .prepare("SELECT id, basic_password, secret FROM subscriptions ORDER BY id")?
+        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?
+        .collect::<Result<_, _>>()?;
+    let mut changed = 0;
+    for (id, (password, secret)) in rows {
+        let (password, secret) =
+            sealer.reseal_subscription(password.as_deref(), secret.as_deref())?;
+        if password.is_some() || secret.is_some() {
+            tx.execute(
+                "UPDATE subscriptions SET basic_password = coalesce(?2, basic_password),
+                     secret = coalesce(?3, secret) WHERE id = ?1",
+                params![id, password, secret],
+            )?;
+            changed += 1;
+        }
+    }
+    tx.commit()?;
+    Ok(changed)
 }
 
 /// How many events one backfill job looks at.

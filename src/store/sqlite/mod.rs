@@ -91,7 +91,10 @@ impl SqliteStore {
             &conn,
             options.dedupe_settle_after.unwrap_or(dedupe::SETTLE_AFTER),
         )?;
-        let matchers = Arc::new(RwLock::new(delivery::load_subscriptions(&conn)?));
+        let matchers = Arc::new(RwLock::new(delivery::load_subscriptions(
+            &conn,
+            &options.secrets,
+        )?));
         let deliveries_queued = Arc::new(Notify::new());
         let (sender, receiver) = mpsc::channel(options.queue_capacity);
         let max_batch = options.max_batch;
@@ -124,6 +127,7 @@ impl SqliteStore {
     }
 
     /// Opens an existing store for reading only (no writer, no migrations).
+    /// Subscription secrets are not opened: they read as empty (it never sends).
     pub fn open_read_only(data_dir: &Path) -> Result<SqliteStore, StoreError> {
         let path = data_dir.join(DATABASE_FILE);
         if !path.exists() {
@@ -131,7 +135,10 @@ impl SqliteStore {
         }
         let store = SqliteStore::with_queue(
             path,
-            StoreOptions::default(),
+            StoreOptions {
+                secrets: crate::store::sealed::Sealer::withheld(),
+                ..StoreOptions::default()
+            },
             None,
             Arc::default(),
             Arc::default(),
@@ -331,6 +338,15 @@ fn now_ms() -> i64 {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> Self {
+        // A row mapper reports a secret it cannot open inside a conversion error.
+        if let rusqlite::Error::FromSqlConversionFailure(column, kind, inner) = error {
+            return match inner.downcast::<crate::store::sealed::SealError>() {
+                Ok(sealed) => StoreError::Secrets(*sealed),
+                Err(inner) => StoreError::Database(
+                    rusqlite::Error::FromSqlConversionFailure(column, kind, inner).to_string(),
+                ),
+            };
+        }
         StoreError::Database(error.to_string())
     }
 }

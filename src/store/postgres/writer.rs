@@ -1,0 +1,232 @@
+//! The writer task: one connection of its own, drains the queue, writes everything
+//! it drained in one transaction (group commit) and only then answers each caller.
+//! Durability costs one WAL flush per batch, not per request.
+//!
+//! A batch that fails is written again with a savepoint around each append, so that
+//! the failure is that append's alone; a lost connection fails the whole batch (the
+//! platforms retry, and dedupe recognises what did commit).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::{delivery, events};
+use crate::deliver::subscription::Subscription;
+use crate::event::NewEvent;
+use crate::store::rejection_queue::RejectionQueue;
+use crate::store::sealed::Sealer;
+use crate::store::{AppendOutcome, CommitObserver, MAX_COMMIT_LAG, NewRejection, StoreError};
+
+/// The advisory lock a batch holds until it commits ("classhk" + 2).
+const BATCH_LOCK: i64 = 0x0063_6c61_7373_686d;
+
+/// What the writer receives.
+pub enum WriteOp {
+    /// An event to store, and the moment after which it must not be written any more.
+    Append(
+        Box<NewEvent>,
+        Instant,
+        oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    ),
+    /// Rejections are waiting in the [`RejectionQueue`]: write some.
+    RejectionsWaiting,
+}
+
+type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
+
+pub struct Writer {
+    pub pool: Pool,
+    pub max_batch: usize,
+    pub observer: Option<Arc<dyn CommitObserver>>,
+    pub subscriptions: Subscriptions,
+    pub notify: Arc<Notify>,
+    pub rejections: Arc<RejectionQueue>,
+}
+
+impl Writer {
+    /// Runs until every sender is dropped.
+    pub async fn run(mut self, mut queue: mpsc::Receiver<WriteOp>) {
+        let mut batch: Vec<(Box<NewEvent>, Instant, Reply)> = Vec::with_capacity(self.max_batch);
+        loop {
+            // Waiting rejections are work too: do not sleep while some are left.
+            let mut next = if self.rejections.is_empty() {
+                match queue.recv().await {
+                    Some(op) => Some(op),
+                    None => break,
+                }
+            } else {
+                queue.try_recv().ok()
+            };
+            while let Some(op) = next.take() {
+                match op {
+                    WriteOp::RejectionsWaiting => self.rejections.woken(),
+                    WriteOp::Append(event, write_by, reply) => batch.push((event, write_by, reply)),
+                }
+                if batch.len() < self.max_batch {
+                    next = queue.try_recv().ok();
+                }
+            }
+            let rejections = self.rejections.take();
+            if batch.is_empty() && rejections.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            let operations = batch.len() + rejections.len();
+            let ok = self.commit(&mut batch, &rejections).await;
+            if !ok {
+                self.rejections.count_dropped(rejections.len() as u64);
+            }
+            if let Some(observer) = &self.observer {
+                observer.batch_committed(operations, started.elapsed(), ok);
+            }
+        }
+    }
+
+    /// Commits the batch and answers its callers; returns whether it committed.
+    async fn commit(
+        &mut self,
+        batch: &mut Vec<(Box<NewEvent>, Instant, Reply)>,
+        rejections: &[NewRejection],
+    ) -> bool {
+        // An event that waited longer than the store's `max_commit_lag` is not
+        // stored, so that receive time and commit order never drift further apart.
+        let now = Instant::now();
+        let (expired, live): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .partition(|(_, write_by, _)| now > *write_by);
+        for (_, _, reply) in expired {
+            tracing::warn!(
+                "an event waited too long for the store and was not stored; the platform retries it"
+            );
+            let _ = reply.send(Err(StoreError::Timeout(MAX_COMMIT_LAG)));
+        }
+        let events: Vec<&NewEvent> = live.iter().map(|(event, _, _)| &**event).collect();
+        let mut written = self.write(&events, rejections, false).await;
+        if let Err(error) = &written
+            && !matches!(error, StoreError::NotReady(_))
+        {
+            tracing::warn!(%error, operations = events.len(), "a batch failed; writing it again with each append isolated");
+            written = self.write(&events, rejections, true).await;
+        }
+        match written {
+            Ok((results, queued)) => {
+                if queued > 0 {
+                    self.notify.notify_one();
+                }
+                for ((_, _, reply), result) in live.into_iter().zip(results) {
+                    if let Err(error) = &result {
+                        tracing::error!(%error, "an append failed; the rest of its batch committed");
+                    }
+                    // A caller may have given up (timeout); what it asked for is done anyway.
+                    let _ = reply.send(result);
+                }
+                true
+            }
+            Err(error) => {
+                let message = error.to_string();
+                tracing::error!(error = %message, operations = events.len(), "store commit failed");
+                for (_, _, reply) in live {
+                    let _ = reply.send(Err(match &error {
+                        StoreError::NotReady(m) => StoreError::NotReady(m.clone()),
+                        _ => StoreError::Commit(message.clone()),
+                    }));
+                }
+                false
+            }
+        }
+    }
+
+    /// Writes the batch in one transaction: all at once, or (`isolated`) each append
+    /// under its own savepoint. Returns one result per event and how many
+    /// deliveries were queued.
+    async fn write(
+        &mut self,
+        events: &[&NewEvent],
+        rejections: &[NewRejection],
+        isolated: bool,
+    ) -> Result<(Vec<Result<AppendOutcome, StoreError>>, u64), StoreError> {
+        let mut client = self.pool.get().await?;
+        let mut tx = client.transaction().await?;
+        let subscriptions = self.subscriptions.begin_batch(&tx).await?;
+        // The rejection log is best effort: rows it cannot write are dropped
+        // (counted), never a reason to fail the events beside them.
+        if isolated {
+            let savepoint = tx.savepoint("rejections").await?;
+            match events::insert_rejections(&savepoint, rejections).await {
+                Ok(()) => savepoint.commit().await?,
+                Err(_) => {
+                    savepoint.rollback().await?;
+                    self.rejections.count_dropped(rejections.len() as u64);
+                }
+            }
+        } else {
+            events::insert_rejections(&tx, rejections).await?;
+        }
+        let mut results = Vec::with_capacity(events.len());
+        let mut queued = 0;
+        if isolated {
+            for event in events {
+                let savepoint = tx.savepoint("append").await?;
+                match events::write(&savepoint, &[event], &subscriptions).await {
+                    Ok(written) => {
+                        savepoint.commit().await?;
+                        queued += written.queued;
+                        results.push(Ok(written.outcomes[0]));
+                    }
+                    Err(StoreError::NotReady(message)) => {
+                        return Err(StoreError::NotReady(message));
+                    }
+                    Err(error) => {
+                        savepoint.rollback().await?;
+                        results.push(Err(StoreError::Commit(error.to_string())));
+                    }
+                }
+            }
+        } else {
+            let written = events::write(&tx, events, &subscriptions).await?;
+            queued = written.queued;
+            results.extend(written.outcomes.into_iter().map(Ok));
+        }
+        tx.commit().await?;
+        Ok((results, queued))
+    }
+}
+
+/// The subscriptions a writer matches events against, and the version of them it
+/// loaded.
+#[derive(Default)]
+pub struct Subscriptions {
+    loaded: Option<(i64, Arc<Vec<Subscription>>)>,
+}
+
+impl Subscriptions {
+    /// Starts a batch: takes the batch lock (writers of every instance commit one
+    /// batch at a time, so sequence numbers grow in commit order, as readers paging
+    /// by seq and the rebuild rely on), and returns the subscriptions as of now,
+    /// held against changes until `tx` ends (changes take the version row for
+    /// update), reloaded when another change committed.
+    async fn begin_batch(
+        &mut self,
+        tx: &deadpool_postgres::Transaction<'_>,
+    ) -> Result<Arc<Vec<Subscription>>, StoreError> {
+        let statement = tx
+            .prepare_cached(
+                "SELECT version, pg_advisory_xact_lock($1) FROM subscription_version FOR SHARE",
+            )
+            .await?;
+        let version: i64 = tx.query_one(&statement, &[&BATCH_LOCK]).await?.try_get(0)?;
+        match &self.loaded {
+            Some((loaded, subscriptions)) if *loaded == version => Ok(subscriptions.clone()),
+            _ => {
+                // Matching needs no secret: they stay sealed (and a value no key
+                // opens never stops ingest).
+                let subscriptions =
+                    Arc::new(delivery::load_subscriptions(&**tx, &Sealer::withheld()).await?);
+                self.loaded = Some((version, subscriptions.clone()));
+                Ok(subscriptions)
+            }
+        }
+    }
+}
