@@ -301,7 +301,18 @@ async fn every_page_shows_real_data() {
     );
     let _ = gw.post("/hooks/school", &b64).await;
     let _ = gw.post("/hooks/nowhere", &event).await;
-    rejections_at_least(&gw.store, 2).await;
+    // Signed with the configured base64 secret's text as UTF-8 bytes: the other encoding.
+    let utf8 = sample::build_request(
+        classhook::provider::ProviderKind::DreamClass,
+        Some(&key("a2V5LWJ5dGVzLWZvci10ZXN0cw==")),
+        "CLASS_CREATED",
+        json!({"id": "c-2"}),
+        "my-school",
+    );
+    assert_eq!(gw.post("/hooks/school-b64", &utf8).await.status, 401);
+    // No Basic Auth where the source asks for it.
+    assert_eq!(gw.post("/hooks/school-auth", &event).await.status, 401);
+    rejections_at_least(&gw.store, 4).await;
     receiver.wait_for(1).await;
     let (id, csrf) = sign_in(&gw).await;
 
@@ -410,6 +421,14 @@ async fn every_page_shows_real_data() {
     let rejections = get(&gw, "/ui/rejections", Some(&id)).await;
     assert!(rejections.text.contains("Hint:"));
     assert!(rejections.text.contains("No [[source]] has this name"));
+    assert!(
+        rejections.text.contains("holds with the other DreamClass key encoding: set secret_encoding = &#34;utf8&#34; on source &#34;school-b64&#34;"),
+        "{}",
+        rejections.text
+    );
+    assert!(rejections.text.contains("holds under neither key encoding"));
+    assert!(rejections.text.contains("Basic Auth was missing or wrong"));
+    assert!(!rejections.text.contains("pa55word"), "no secret in a page");
 
     eventually_async("the delivery is dead", async || {
         gw.store
