@@ -267,7 +267,7 @@ fn router(
         .merge(hooks)
         .merge(operations)
         .nest("/api/v1", api::router(api))
-        .nest("/ui", crate::ui::router(dashboard))
+        .merge(crate::ui::router(dashboard))
         // Everything else under /hooks is refused through ingest, so it is logged and
         // kept in the rejection log like an unknown source.
         .fallback(

@@ -138,6 +138,10 @@ async fn without_a_session_the_dashboard_sends_you_to_sign_in() {
         assert_eq!(page.location(), "/ui/login", "{path}");
         assert_secure_headers(&page, path);
     }
+    let page = get(&gw, "/ui/", None).await;
+    assert_eq!((page.status, page.location()), (308, "/ui"));
+    let page = get(&gw, "/ui/no-such-page", None).await;
+    assert_eq!(page.status, 303, "signed out: to the login first");
     let page = get(&gw, "/ui", Some("made-up-session")).await;
     assert_eq!(page.location(), "/ui/login");
     // A POST without a session is refused, not performed.
@@ -245,6 +249,11 @@ async fn without_tokens_the_dashboard_is_open_but_posts_still_need_csrf() {
     assert_eq!(refused.status, 403);
     let login = get(&gw, "/ui/login", Some(&id)).await;
     assert_eq!(login.location(), "/ui");
+    let slash = get(&gw, "/ui/events/", Some(&id)).await;
+    assert_eq!((slash.status, slash.location()), (308, "/ui/events"));
+    let missing = get(&gw, "/ui/no-such-page", Some(&id)).await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.text.contains("role=\"alert\""));
     gw.stop().await;
 }
 

@@ -176,8 +176,17 @@ fn see_other(to: &str) -> Response {
 
 type Shared = Arc<UiState>;
 
-/// The `/ui` router.
+/// The dashboard's routes, `/ui` and everything under it (merged at the root).
 pub fn router(state: Shared) -> Router {
+    Router::new()
+        .nest("/ui", pages(state))
+        // `/ui/` is not under the nest: send it where the links go.
+        .route("/ui/", get(|| async { Redirect::permanent("/ui") }))
+        .layer(middleware::from_fn(headers))
+}
+
+/// The routes under `/ui`, as the nest sees them (without the prefix).
+fn pages(state: Shared) -> Router {
     let pages = Router::new()
         .route("/", get(overview::show))
         .route("/login", get(login::form).post(login::submit))
@@ -200,13 +209,22 @@ pub fn router(state: Shared) -> Router {
         .route("/entities", get(entities::kinds))
         .route("/entities/{kind}", get(entities::list))
         .route("/entities/{kind}/{id}", get(entities::show))
-        .fallback(|| async { UiError::NotFound("no such page".into()) })
+        .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state);
     Router::new()
         .route("/assets/{file}", get(assets::serve))
         .merge(pages)
-        .layer(middleware::from_fn(headers))
+}
+
+/// A path with a trailing slash is the page without it; anything else is a 404.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    match uri.path().strip_suffix('/') {
+        Some(page) if !page.is_empty() => {
+            Redirect::permanent(&format!("/ui{page}")).into_response()
+        }
+        _ => UiError::NotFound("no such page".into()).into_response(),
+    }
 }
 
 /// Finds the request's session (starting one when needed), sends people who have not
