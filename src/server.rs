@@ -164,7 +164,11 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             .collect(),
         allow_private_destinations: config.delivery.allow_private_destinations,
     });
+    // Tells the dashboard's live tails to end when shutdown begins, so an open page
+    // does not hold the shutdown for its whole grace.
+    let (dashboard_stop, dashboard_stopping) = tokio::sync::watch::channel(false);
     let dashboard = Arc::new(crate::ui::UiState {
+        stopping: dashboard_stopping,
         store: store.clone(),
         clock: clock.clone(),
         tokens: config.api.tokens.clone(),
@@ -223,8 +227,9 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         listener,
         router(ingest, api, ops, dashboard),
         options,
-        async {
+        async move {
             let _ = stopped.await;
+            let _ = dashboard_stop.send(true);
         },
     ));
     Ok(Running {

@@ -491,3 +491,43 @@ async fn every_page_shows_real_data() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn the_live_tail_streams_new_rows_and_ends_when_the_gateway_stops() {
+    let gw = Gateway::start().await;
+    let (id, _) = get(&gw, "/ui", None).await.session().unwrap();
+    let mut tail = client()
+        .get(gw.url("/ui/events/tail?after=0"))
+        .header("cookie", format!("classhook_session={id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.status(), 200);
+    assert!(
+        tail.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let event = dreamclass_sample("CLASS_CREATED", 7);
+    let uuid = id_of(&event);
+    assert_eq!(gw.post("/hooks/school", &event).await.status, 200);
+    let mut seen = String::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !seen.contains(&uuid) {
+            let chunk = tail.chunk().await.unwrap().expect("the tail stays open");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the new event reached the tail: {seen}");
+    assert!(seen.contains("event: row"));
+    // An open tail does not hold the shutdown for its grace (10 s).
+    let started = std::time::Instant::now();
+    gw.stop().await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -191,17 +191,22 @@ pub async fn tail(
     filter.before_seq = None;
     let after = filters.after.unwrap_or(0);
     let deadline = tokio::time::Instant::now() + TAIL_FOR;
+    let stopping = state.stopping.clone();
     let stream = stream::unfold(
-        (state, filter, after, Vec::<Event>::new()),
-        move |(state, filter, mut after, mut ready)| async move {
+        (state, filter, after, Vec::<Event>::new(), stopping),
+        move |(state, filter, mut after, mut ready, mut stopping)| async move {
             loop {
-                if let Some(event) = ready.pop() {
-                    return Some((Ok(event), (state, filter, after, ready)));
-                }
-                if tokio::time::Instant::now() >= deadline {
+                if *stopping.borrow() || tokio::time::Instant::now() >= deadline {
                     return None;
                 }
-                tokio::time::sleep(TAIL_EVERY).await;
+                if let Some(event) = ready.pop() {
+                    return Some((Ok(event), (state, filter, after, ready, stopping)));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(TAIL_EVERY) => {}
+                    // A closed channel (the server is gone) ends the tail too.
+                    changed = stopping.changed() => if changed.is_err() { return None },
+                }
                 // Newest first; a burst larger than a page shows its newest page.
                 let Ok(events) = state.store.list_events(filter.clone()).await else {
                     continue;

@@ -39,6 +39,8 @@ use session::{Current, Sessions};
 
 /// What the dashboard's handlers share.
 pub struct UiState {
+    /// Becomes true when the gateway begins to shut down: live tails end.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     /// `[api] tokens`; empty: the dashboard is open (loopback only).
