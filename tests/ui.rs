@@ -354,6 +354,10 @@ async fn every_page_shows_real_data() {
         "pretty-printed body"
     );
     assert!(one.text.contains("crm"), "its delivery");
+    assert!(
+        one.text.contains("href=\"/ui/entities/class/"),
+        "a link to its entity"
+    );
     let raw = get(&gw, &format!("/ui/events/{seq}/raw"), Some(&id)).await;
     assert_eq!(
         raw.text.as_bytes(),

@@ -260,6 +260,8 @@ struct EventPage {
     pretty: String,
     body_len: usize,
     deliveries: Vec<DeliveryRow>,
+    /// The entity's page, when the event names one.
+    entity_link: String,
 }
 
 fn lookup_error(error: LookupError) -> UiError {
@@ -284,6 +286,24 @@ pub async fn show(
         format::time(stored.summary.last_seen_at_ms),
     );
     let body_len = stored.body.len();
+    let summary = &stored.summary;
+    let entity_link = summary
+        .entity_id
+        .as_ref()
+        .map(|id| {
+            let mut link = format!(
+                "/ui/entities/{}/{}?source={}&platform={}",
+                format::path_segment(&summary.entity_kind),
+                format::path_segment(id),
+                format::query_value(&summary.source),
+                summary.provider.as_str()
+            );
+            if let Some(tenant) = &summary.tenant {
+                link.push_str(&format!("&tenant={}", format::query_value(tenant)));
+            }
+            link
+        })
+        .unwrap_or_default();
     let event = EventDetail::from(stored);
     let pretty = if event.body.is_null() {
         event.raw_body.clone()
@@ -319,6 +339,7 @@ pub async fn show(
         pretty,
         body_len,
         deliveries,
+        entity_link,
     })
 }
 
