@@ -288,7 +288,7 @@ fn set_cookie(response: &mut Response, id: Option<&str>, secure: bool) {
 
 /// Scripts and styles only from the gateway itself (no inline script, no inline
 /// style), no framing, no form posting elsewhere.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// The headers every dashboard answer carries.
 async fn headers(request: Request, next: Next) -> Response {
