@@ -296,6 +296,16 @@ async fn scenario(gw: &Gateway, browser: &Client, axe_source: &str, receiver: &R
     let heading = text_of(browser, "h1").await;
     assert_eq!(heading, "Overview");
     inspect(browser, axe_source, "overview").await;
+    // The keyboard: the first Tab reaches "Skip to content", which is visible then.
+    browser
+        .find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .send_keys("\u{e004}")
+        .await
+        .unwrap();
+    let focused = browser.active_element().await.unwrap();
+    assert_eq!(focused.text().await.unwrap(), "Skip to content");
 
     // Events arrive in the open page without reloading.
     browser.goto(&gw.url("/ui/events")).await.unwrap();
