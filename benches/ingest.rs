@@ -272,7 +272,7 @@ fn peak_rss_mib(pid: u32) -> f64 {
 
 async fn stored_events(data_dir: &Path) -> i64 {
     let location = classhook::store::Location::sqlite(data_dir);
-    match classhook::store::Store::open_read_only(&location) {
+    match classhook::store::Store::open_read_only(&location).await {
         Ok(store) => store.count_events().await.unwrap_or(-1),
         Err(_) => -1,
     }

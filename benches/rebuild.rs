@@ -32,7 +32,9 @@ async fn bench() {
     support::seed(&config, events, entities).await;
     eprintln!("seeded {events} events in {:.1?}", started.elapsed());
 
-    let store = Store::open(&config.store_location(), StoreOptions::default()).unwrap();
+    let store = Store::open(&config.store_location(), StoreOptions::default())
+        .await
+        .unwrap();
     let source = Arc::new(config.sources[0].clone());
     let baseline = load(
         &store,

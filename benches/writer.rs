@@ -42,7 +42,9 @@ async fn bench() {
     prepared.reverse();
     let queue = Arc::new(std::sync::Mutex::new(prepared));
 
-    let store = Store::open(&config.store_location(), StoreOptions::default()).unwrap();
+    let store = Store::open(&config.store_location(), StoreOptions::default())
+        .await
+        .unwrap();
     let started = Instant::now();
     let mut callers = tokio::task::JoinSet::new();
     for _ in 0..in_flight {

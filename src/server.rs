@@ -128,7 +128,8 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             secrets: server.secret_keys.clone(),
             ..StoreOptions::default()
         },
-    )?;
+    )
+    .await?;
     // Plain text and values under the previous key move to the current key.
     let resealed = store.reseal_subscription_secrets().await?;
     if let (true, Some(key)) = (resealed > 0, server.secret_keys.current_key()) {

@@ -74,7 +74,8 @@ async fn every_answered_event_survives_sigkill() {
 
     // Restart on the same data directory, then look for every acknowledged event.
     let mut restarted = serve(&config).await;
-    let store = Store::open_read_only(&classhook::store::Location::sqlite(dir.path().join("data")))
+    let store = Store::open_read_only(&common::process::location_of(&config))
+        .await
         .unwrap();
     let mut missing = Vec::new();
     for id in &acknowledged {

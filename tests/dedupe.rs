@@ -14,7 +14,7 @@ use serde_json::json;
 
 /// A store whose writer settles its keys after only a few events, so that a test
 /// crosses many settling rounds.
-fn open(config: &Config) -> Store {
+async fn open(config: &Config) -> Store {
     Store::open(
         &config.store_location(),
         StoreOptions {
@@ -22,6 +22,7 @@ fn open(config: &Config) -> Store {
             ..StoreOptions::default()
         },
     )
+    .await
     .unwrap()
 }
 
@@ -58,7 +59,7 @@ async fn retries_are_recognised_across_settling_rounds_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_in(dir.path(), "", SOURCES);
     let source = school(&config);
-    let store = open(&config);
+    let store = open(&config).await;
     let mut seqs = Vec::new();
     for n in 0..100 {
         seqs.push(stored_seq(&store, request(source, &id(n), "A")).await);
@@ -73,7 +74,7 @@ async fn retries_are_recognised_across_settling_rounds_and_restarts() {
     }
     // Stop in the middle of a settling round, then start again.
     drop(store);
-    let store = open(&config);
+    let store = open(&config).await;
     for (n, seq) in seqs.iter().enumerate() {
         let outcome = store.append(request(source, &id(n), "A")).await.unwrap();
         assert_eq!(outcome, AppendOutcome::Duplicate { seq: *seq }, "event {n}");
@@ -106,7 +107,7 @@ async fn the_same_key_twice_in_one_group_commit_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_in(dir.path(), "", SOURCES);
     let source = school(&config);
-    let store = open(&config);
+    let store = open(&config).await;
     let mut copies = tokio::task::JoinSet::new();
     for _ in 0..16 {
         let (store, event) = (store.clone(), request(source, &id(7), "A"));
@@ -127,7 +128,7 @@ async fn after_retention_sequence_numbers_keep_growing_and_keys_go_with_their_ev
     let dir = tempfile::tempdir().unwrap();
     let config = config_in(dir.path(), "", SOURCES);
     let source = school(&config);
-    let store = open(&config);
+    let store = open(&config).await;
     let mut last = EventSeq(0);
     for n in 0..20 {
         last = stored_seq(&store, request(source, &id(n), "A")).await;
@@ -139,7 +140,7 @@ async fn after_retention_sequence_numbers_keep_growing_and_keys_go_with_their_ev
     let again = stored_seq(&store, request(source, &id(0), "A")).await;
     assert!(again > last, "{again} > {last}");
     drop(store);
-    let store = open(&config);
+    let store = open(&config).await;
     let fresh = stored_seq(&store, request(source, &id(100), "A")).await;
     assert!(fresh > again, "{fresh} > {again}");
     let outcome = store.append(request(source, &id(0), "A")).await.unwrap();

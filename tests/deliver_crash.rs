@@ -11,8 +11,10 @@ use common::process::{serve, write_config};
 use common::receiver::{Receiver, Reply, eventually_async, eventually_async_within};
 use common::{dreamclass_sample, id_of};
 
-async fn states(data: &std::path::Path) -> Vec<(String, DeliveryState)> {
-    let store = Store::open_read_only(&classhook::store::Location::sqlite(data)).unwrap();
+async fn states(config: &std::path::Path) -> Vec<(String, DeliveryState)> {
+    let store = Store::open_read_only(&common::process::location_of(config))
+        .await
+        .unwrap();
     store
         .list_deliveries(DeliveryFilter {
             limit: 1000,
@@ -52,7 +54,6 @@ async fn deliveries_survive_sigkill_and_successes_are_not_resent() {
         receiver.url()
     );
     let config = write_config(dir.path(), &sources);
-    let data = dir.path().join("data");
     let mut served = serve(&config).await;
     let client = reqwest::Client::new();
     let url = format!("http://{}/hooks/school", served.addr);
@@ -72,7 +73,7 @@ async fn deliveries_survive_sigkill_and_successes_are_not_resent() {
         );
     }
     eventually_async("ten recorded as delivered", async || {
-        states(&data)
+        states(&config)
             .await
             .iter()
             .filter(|(_, s)| *s == DeliveryState::Delivered)
@@ -80,7 +81,11 @@ async fn deliveries_survive_sigkill_and_successes_are_not_resent() {
             == 10
     })
     .await;
-    let delivered_before: Vec<String> = states(&data).await.into_iter().map(|(id, _)| id).collect();
+    let delivered_before: Vec<String> = states(&config)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
 
     // Ten more, whose receiver hangs: the gateway dies with them in flight.
     receiver.script((0..4).map(|_| Reply::Slow(Duration::from_secs(3))));
@@ -109,7 +114,7 @@ async fn deliveries_survive_sigkill_and_successes_are_not_resent() {
         "all twenty delivered after the restart",
         Duration::from_secs(20),
         async || {
-            let s = states(&data).await;
+            let s = states(&config).await;
             s.len() == 20
                 && s.iter()
                     .all(|(_, state)| *state == DeliveryState::Delivered)

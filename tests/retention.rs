@@ -110,18 +110,11 @@ async fn pruning_an_event_prunes_its_deliveries_and_their_attempts() {
         .await
         .unwrap();
     assert_eq!(left.len(), 1, "only the fresh event's delivery: {left:?}");
-    let db = rusqlite::Connection::open(gw.store.location()).unwrap();
-    let (deliveries, attempts): (i64, i64) = db
-        .query_row(
-            "SELECT (SELECT count(*) FROM deliveries), (SELECT count(*) FROM attempts)",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    assert_eq!(
-        (deliveries, attempts),
-        (1, 0),
-        "the old attempt went with it"
-    );
+    let counts = common::backend::query_counts(
+        gw.dir.path(),
+        "SELECT (SELECT count(*) FROM deliveries), (SELECT count(*) FROM attempts)",
+    )
+    .await;
+    assert_eq!(counts, [1, 0], "the old attempt went with it");
     gw.stop().await;
 }

@@ -14,6 +14,10 @@ async fn readyz(gw: &Gateway) -> (u16, serde_json::Value) {
 
 #[tokio::test]
 async fn readiness_is_a_real_write() {
+    if common::backend::skip_unless_sqlite("readiness_is_a_real_write", "it checks the SQLite file")
+    {
+        return;
+    }
     let gw = Gateway::start().await;
     let before: i64 = probed_at(&gw);
     std::thread::sleep(std::time::Duration::from_millis(5));
@@ -31,6 +35,12 @@ fn probed_at(gw: &Gateway) -> i64 {
 
 #[tokio::test]
 async fn a_removed_data_directory_is_refused_not_acknowledged() {
+    if common::backend::skip_unless_sqlite(
+        "a_removed_data_directory_is_refused_not_acknowledged",
+        "it removes the SQLite data directory",
+    ) {
+        return;
+    }
     let gw = Gateway::start().await;
     assert_eq!(
         gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
@@ -55,6 +65,12 @@ async fn a_removed_data_directory_is_refused_not_acknowledged() {
 
 #[tokio::test]
 async fn a_replaced_database_file_is_refused_not_acknowledged() {
+    if common::backend::skip_unless_sqlite(
+        "a_replaced_database_file_is_refused_not_acknowledged",
+        "it replaces the SQLite file",
+    ) {
+        return;
+    }
     let gw = Gateway::start().await;
     let path = std::path::PathBuf::from(gw.store.location());
     let aside = path.with_extension("aside");

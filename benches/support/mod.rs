@@ -108,6 +108,7 @@ pub async fn seed(config: &Config, events: u64, entities: u64) -> i64 {
             ..StoreOptions::default()
         },
     )
+    .await
     .unwrap();
     let source = Arc::new(config.sources[0].clone());
     let first_ms = chrono::Utc::now().timestamp_millis();

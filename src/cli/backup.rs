@@ -14,7 +14,7 @@ pub struct BackupArgs {
 }
 
 pub async fn run(config: Config, args: &BackupArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_for_reading(&config)?;
+    let store = super::open_for_reading(&config).await?;
     let started = std::time::Instant::now();
     let report = store.backup(&args.to).await?;
     println!(

@@ -62,7 +62,7 @@ pub struct ReplayArgs {
 }
 
 pub async fn list(config: Config, args: &DeliveriesArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_for_reading(&config)?;
+    let store = super::open_for_reading(&config).await?;
     if let Some(name) = &args.subscription
         && store.get_subscription(name).await?.is_none()
     {
@@ -112,10 +112,10 @@ pub async fn replay(config: Config, args: &ReplayArgs) -> anyhow::Result<ExitCod
     let since = super::parse_time_flag("since", args.since.as_deref())?;
     let until = super::parse_time_flag("until", args.until.as_deref())?;
     if let (true, Some(name)) = (args.dry_run, &args.subscription) {
-        let store = super::open_for_reading(&config)?;
+        let store = super::open_for_reading(&config).await?;
         return dry_run(&store, name, args.dead, since, until).await;
     }
-    let store = super::open_existing(&config)?;
+    let store = super::open_existing(&config).await?;
     let now = SystemClock.now_ms();
     match (&args.delivery, &args.subscription) {
         (Some(id), _) => {

@@ -34,7 +34,7 @@ pub struct ShowArgs {
 
 pub async fn run(config: Config, command: &EventCommand) -> anyhow::Result<ExitCode> {
     let EventCommand::Show(args) = command;
-    let store = super::open_for_reading(&config)?;
+    let store = super::open_for_reading(&config).await?;
     let event = lookup::find_event(&store, &args.id, args.source.as_deref()).await?;
     let mut out = std::io::stdout().lock();
     if args.raw {

@@ -47,7 +47,7 @@ fn parse_status(text: &str) -> Result<EventStatus, String> {
 }
 
 pub async fn run(config: Config, args: &EventsArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_for_reading(&config)?;
+    let store = super::open_for_reading(&config).await?;
     let events = store
         .list_events(EventFilter {
             source: args.source.clone(),

@@ -51,7 +51,7 @@ pub struct ExportArgs {
 }
 
 pub async fn run(config: Config, args: &ExportArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_for_reading(&config)?;
+    let store = super::open_for_reading(&config).await?;
     let since_ms = super::parse_time_flag("since", args.since.as_deref())?;
     let stdout = std::io::stdout().lock();
     let mut out = Output::new(args.format, stdout);

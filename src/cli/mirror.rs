@@ -17,7 +17,7 @@ pub enum MirrorCommand {
 pub async fn run(config: Config, command: &MirrorCommand) -> anyhow::Result<ExitCode> {
     match command {
         MirrorCommand::Rebuild => {
-            let store = super::open_existing(&config)?;
+            let store = super::open_existing(&config).await?;
             let started = std::time::Instant::now();
             let bar = super::progress::Bar::new("rebuilding the mirror", "events").shared();
             let report = store.rebuild_mirror(bar.clone()).await;

@@ -7,6 +7,7 @@ mod event;
 mod events;
 mod export;
 mod healthcheck;
+mod migrate;
 mod mirror;
 mod progress;
 mod rejections;
@@ -43,6 +44,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve,
+    /// Create or update the database's tables and exit (serve also does this at
+    /// start); safe to run again.
+    Migrate,
     /// Send a correctly signed sample event to a source (or any URL).
     Send(send::SendArgs),
     /// Check a captured request's signature against a secret.
@@ -156,8 +160,8 @@ fn parse_time_flag(flag: &str, value: Option<&str>) -> anyhow::Result<Option<i64
 }
 
 /// Opens the configured data directory's database for reading.
-fn open_for_reading(config: &Config) -> anyhow::Result<Store> {
-    match Store::open_read_only(&config.store_location()) {
+async fn open_for_reading(config: &Config) -> anyhow::Result<Store> {
+    match Store::open_read_only(&config.store_location()).await {
         Err(StoreError::NoDatabase(path)) => Err(no_database(config, &path)),
         other => Ok(other?),
     }
@@ -165,12 +169,12 @@ fn open_for_reading(config: &Config) -> anyhow::Result<Store> {
 
 /// Opens the configured data directory's database to change it (re-queue, rebuild);
 /// unlike `serve`, never creates one.
-fn open_existing(config: &Config) -> anyhow::Result<Store> {
+async fn open_existing(config: &Config) -> anyhow::Result<Store> {
     let options = StoreOptions {
         secrets: config.server.secret_keys.clone(),
         ..StoreOptions::default()
     };
-    match Store::open_existing(&config.store_location(), options) {
+    match Store::open_existing(&config.store_location(), options).await {
         Err(StoreError::NoDatabase(path)) => Err(no_database(config, &path)),
         other => Ok(other?),
     }
@@ -178,6 +182,13 @@ fn open_existing(config: &Config) -> anyhow::Result<Store> {
 
 /// Says plainly that there is no database, where it was looked for and why there.
 fn no_database(config: &Config, path: &Path) -> anyhow::Error {
+    if let crate::store::Location::Postgres { .. } = config.store_location() {
+        return anyhow::anyhow!(
+            "the database {} holds no classhook tables yet: `classhook migrate --config {}` (or `serve`) creates them",
+            config.store_location().shown(),
+            config.file.display(),
+        );
+    }
     let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     anyhow::anyhow!(
         "there is no database at {} (data_dir of {}; a relative data_dir is taken from the config file's directory): `classhook serve --config {}` creates it on start",
@@ -191,6 +202,7 @@ fn no_database(config: &Config, path: &Path) -> anyhow::Error {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Serve => serve::run(cli.load_config()?).await,
+        Command::Migrate => migrate::run(cli.load_config_without_secrets()?).await,
         Command::Send(args) => send::run(&cli, args).await,
         Command::Verify(args) => verify::run(&cli, args),
         // These neither receive nor send: they do not need (or read) any secret.

@@ -27,7 +27,7 @@ pub struct RejectionsArgs {
 }
 
 pub async fn run(config: Config, args: &RejectionsArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_for_reading(&config)?;
+    let store = super::open_for_reading(&config).await?;
     let rejections = store
         .find_rejections(RejectionFilter {
             source: args.source.clone(),

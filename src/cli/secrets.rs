@@ -31,7 +31,7 @@ pub async fn forget(config: Config, args: &ForgetArgs) -> anyhow::Result<ExitCod
         secrets: Sealer::withheld(),
         ..StoreOptions::default()
     };
-    let store = match Store::open_existing(&config.store_location(), options) {
+    let store = match Store::open_existing(&config.store_location(), options).await {
         Err(StoreError::NoDatabase(path)) => return Err(super::no_database(&config, &path)),
         other => other?,
     };

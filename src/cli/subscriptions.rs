@@ -40,11 +40,11 @@ pub struct PauseArgs {
 pub async fn run(config: Config, command: &SubscriptionsCommand) -> anyhow::Result<ExitCode> {
     match command {
         SubscriptionsCommand::List { json } => {
-            let store = super::open_for_reading(&config)?;
+            let store = super::open_for_reading(&config).await?;
             list(store.list_subscriptions().await?, *json)
         }
         SubscriptionsCommand::Pause(args) => {
-            let store = super::open_existing(&config)?;
+            let store = super::open_existing(&config).await?;
             let paused = store
                 .set_paused(&args.name, true, args.reason.clone())
                 .await?;
@@ -52,7 +52,7 @@ pub async fn run(config: Config, command: &SubscriptionsCommand) -> anyhow::Resu
             Ok(ExitCode::SUCCESS)
         }
         SubscriptionsCommand::Resume { name } => {
-            let store = super::open_existing(&config)?;
+            let store = super::open_existing(&config).await?;
             let resumed = store.set_paused(name, false, None).await?;
             println!("{} resumed", resumed.spec.name);
             Ok(ExitCode::SUCCESS)

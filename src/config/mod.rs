@@ -49,6 +49,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub subscriptions: Vec<crate::deliver::subscription::SubscriptionSpec>,
     pub delivery: DeliveryConfig,
+    /// `Some`: a PostgreSQL URL (may hold a password); `None`: SQLite in `data_dir`.
+    pub database_url: Option<crate::secret::Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -168,9 +170,13 @@ impl EntryNames {
 }
 
 impl Config {
-    /// Where the store keeps its data.
+    /// Where the store keeps its data: the database URL's server, or SQLite in
+    /// `data_dir`.
     pub fn store_location(&self) -> crate::store::Location {
-        crate::store::Location::sqlite(&self.server.data_dir)
+        match &self.database_url {
+            Some(url) => crate::store::Location::from_url(url.clone()),
+            None => crate::store::Location::sqlite(&self.server.data_dir),
+        }
     }
 
     /// Reads `file`, applies the process environment's `CLASSHOOK_*` overrides and
@@ -242,7 +248,14 @@ impl Config {
 
 /// Keys whose values are secrets or hold them (`basic_auth` holds a password, `proxy`
 /// may hold credentials): an error at or under one never shows the value.
-const SECRET_KEYS: &[&str] = &["secret", "password", "tokens", "basic_auth", "proxy"];
+const SECRET_KEYS: &[&str] = &[
+    "secret",
+    "password",
+    "tokens",
+    "basic_auth",
+    "proxy",
+    "database",
+];
 
 /// The message a deserialization error at `path` may show. serde quotes the value
 /// it could not use (`invalid type: string "…", expected …`), so under a

@@ -24,6 +24,17 @@ pub struct RawConfig {
     pub subscriptions: Vec<RawSubscription>,
     #[serde(default)]
     pub delivery: RawDelivery,
+    #[serde(default)]
+    pub database: RawDatabase,
+}
+
+/// Where the store keeps its data.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    /// `postgres://user:password@host:port/database`; absent: SQLite in `data_dir`.
+    /// May hold a password.
+    pub url: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -220,7 +220,12 @@ pub(super) fn resolve(
         lease_margin: raw.delivery.lease_margin,
         proxy: raw.delivery.proxy,
     };
+    if let Some(url) = &raw.database.url {
+        crate::store::Location::check_url(url.expose())
+            .map_err(|m| ConfigError::new(file, "database.url", m))?;
+    }
     Ok(Config {
+        database_url: raw.database.url,
         file: file.to_path_buf(),
         secrets,
         server,

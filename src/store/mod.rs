@@ -37,7 +37,7 @@
 
 mod backend;
 mod ids;
-mod postgres;
+pub mod postgres;
 mod rejection_queue;
 pub mod sealed;
 mod sqlite;
@@ -48,6 +48,7 @@ use std::time::Duration;
 
 use crate::event::EventStatus;
 use crate::provider::ProviderKind;
+use crate::secret::Secret;
 
 pub use backend::{Backend, ClaimRequest, Lease, SpecChange};
 pub use ids::{DeliveryId, EventSeq, SubscriptionId};
@@ -80,6 +81,8 @@ impl std::ops::Deref for Store {
 pub enum Location {
     /// The embedded default: one SQLite file in this data directory.
     Sqlite { data_dir: PathBuf },
+    /// A PostgreSQL database (`postgres://…`; the URL may hold a password).
+    Postgres { url: Secret },
 }
 
 impl Location {
@@ -88,22 +91,51 @@ impl Location {
             data_dir: data_dir.into(),
         }
     }
+
+    /// The backend a database URL names.
+    pub fn from_url(url: Secret) -> Location {
+        Location::Postgres { url }
+    }
+
+    /// Whether a backend takes this database URL; the message never shows it.
+    pub fn check_url(url: &str) -> Result<(), String> {
+        postgres::check_url(url)
+    }
+
+    /// For messages: the data directory, or the URL without its password.
+    pub fn shown(&self) -> String {
+        match self {
+            Location::Sqlite { data_dir } => data_dir.display().to_string(),
+            Location::Postgres { url } => postgres::redact_url(url.expose()),
+        }
+    }
 }
 
 impl Store {
-    /// Opens (creating if needed) the store, runs migrations and starts its writer.
-    pub fn open(location: &Location, options: StoreOptions) -> Result<Store, StoreError> {
-        let backend = match location {
-            Location::Sqlite { data_dir } => sqlite::SqliteStore::open(data_dir, options)?,
-        };
-        Ok(Store {
+    fn new(backend: impl Backend) -> Store {
+        Store {
             backend: Arc::new(backend),
+        }
+    }
+
+    /// Opens (creating if needed) the store, runs migrations and starts its writer.
+    pub async fn open(location: &Location, options: StoreOptions) -> Result<Store, StoreError> {
+        Ok(match location {
+            Location::Sqlite { data_dir } => {
+                Store::new(sqlite::SqliteStore::open(data_dir, options)?)
+            }
+            Location::Postgres { url } => {
+                Store::new(postgres::PostgresStore::open(url.expose(), options).await?)
+            }
         })
     }
 
     /// Opens an existing store to change it (re-queue, rebuild): like [`Store::open`],
     /// but `NoDatabase` when there is none yet instead of creating one.
-    pub fn open_existing(location: &Location, options: StoreOptions) -> Result<Store, StoreError> {
+    pub async fn open_existing(
+        location: &Location,
+        options: StoreOptions,
+    ) -> Result<Store, StoreError> {
         match location {
             Location::Sqlite { data_dir } => {
                 let file = Store::sqlite_file(data_dir);
@@ -111,20 +143,40 @@ impl Store {
                     return Err(StoreError::NoDatabase(file));
                 }
             }
+            Location::Postgres { url } => {
+                postgres::PostgresStore::open_read_only(url.expose()).await?;
+            }
         }
-        Store::open(location, options)
+        Store::open(location, options).await
     }
 
     /// Opens an existing store for reading only (no writer, no migrations):
     /// `NoDatabase` when there is none. Subscription secrets are not opened (they
     /// read as empty, see [`sealed::Sealer::withheld`]): no key is needed.
-    pub fn open_read_only(location: &Location) -> Result<Store, StoreError> {
-        let backend = match location {
-            Location::Sqlite { data_dir } => sqlite::SqliteStore::open_read_only(data_dir)?,
-        };
-        Ok(Store {
-            backend: Arc::new(backend),
+    pub async fn open_read_only(location: &Location) -> Result<Store, StoreError> {
+        Ok(match location {
+            Location::Sqlite { data_dir } => {
+                Store::new(sqlite::SqliteStore::open_read_only(data_dir)?)
+            }
+            Location::Postgres { url } => {
+                Store::new(postgres::PostgresStore::open_read_only(url.expose()).await?)
+            }
         })
+    }
+
+    /// Brings the schema up to date without starting anything (`classhook migrate`);
+    /// safe to run again, and beside running instances.
+    pub async fn migrate(location: &Location) -> Result<(), StoreError> {
+        match location {
+            Location::Sqlite { data_dir } => {
+                drop(sqlite::SqliteStore::open(
+                    data_dir,
+                    StoreOptions::default(),
+                )?);
+                Ok(())
+            }
+            Location::Postgres { url } => postgres::PostgresStore::migrate(url.expose()).await,
+        }
     }
 
     /// The SQLite database file of a data directory.

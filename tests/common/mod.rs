@@ -1,6 +1,7 @@
 //! Test harness: the real gateway on a free loopback port with a fresh data directory.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod process;
 pub mod proxy;
 pub mod receiver;
@@ -145,8 +146,9 @@ pub fn client_from(ip: &str) -> reqwest::Client {
 
 pub fn config_in(dir: &Path, server_extra: &str, sources: &str) -> Config {
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n{server_extra}\n{sources}",
-        dir.join("data").display().to_string()
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n{server_extra}\n{}\n{sources}",
+        dir.join("data").display().to_string(),
+        backend::database_section(dir)
     );
     Config::from_toml_str(Path::new("test.toml"), &text, &[], &|_| None).unwrap()
 }

@@ -18,8 +18,9 @@ pub fn binary() -> PathBuf {
 pub fn write_config(dir: &Path, sources: &str) -> PathBuf {
     let file = dir.join("classhook.toml");
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n{sources}",
-        dir.join("data").display().to_string()
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n{}\n{sources}",
+        dir.join("data").display().to_string(),
+        super::backend::database_section(dir)
     );
     std::fs::write(&file, text).unwrap();
     file
@@ -97,4 +98,11 @@ pub async fn run(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// Where the gateway a config file describes keeps its data.
+pub fn location_of(config: &Path) -> classhook::store::Location {
+    classhook::config::Config::load_with(config, classhook::config::Secrets::Skip)
+        .unwrap()
+        .store_location()
 }

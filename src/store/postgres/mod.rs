@@ -203,6 +203,19 @@ impl PostgresStore {
     }
 }
 
+/// Whether `url` is a PostgreSQL URL this backend can use; the message shows the URL
+/// only without its password.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let trimmed = url.trim();
+    if !(trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://")) {
+        return Err(
+            "must be a postgres:// (or postgresql://) URL; leave it out to keep the data in SQLite under data_dir"
+                .into(),
+        );
+    }
+    parse_url(url).map(drop).map_err(|error| error.to_string())
+}
+
 fn parse_url(url: &str) -> Result<tls::Target, StoreError> {
     let mut target = tls::Target::parse(url)?;
     if target.config.get_connect_timeout().is_none() {
