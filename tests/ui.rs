@@ -346,7 +346,32 @@ async fn every_page_shows_real_data() {
         .summary
         .seq;
 
+    // Another event's delivery, which the first event's page must not list.
+    let other = dreamclass_sample("CLASS_UPDATED", 2);
+    assert_eq!(gw.post("/hooks/school", &other).await.status, 200);
+    let mut deliveries = Vec::new();
+    eventually_async("both events have a delivery", async || {
+        deliveries = gw
+            .store
+            .list_deliveries(classhook::store::DeliveryFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        deliveries.len() == 2
+    })
+    .await;
     let one = get(&gw, &format!("/ui/events/{seq}"), Some(&id)).await;
+    for d in &deliveries {
+        assert_eq!(
+            one.text.contains(&d.webhook_id),
+            d.event_seq == seq,
+            "delivery {} of event {} on the page of event {seq}",
+            d.id,
+            d.event_seq
+        );
+    }
     assert_eq!(one.status, 200);
     assert!(one.text.contains("CLASS_CREATED"));
     assert!(
