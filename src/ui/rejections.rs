@@ -191,3 +191,40 @@ fn holding_encoding(r: &Rejection, source: &Source) -> Option<SecretEncoding> {
             )
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(reason: &str) -> Rejection {
+        Rejection {
+            id: 1,
+            at_ms: 0,
+            source: Some("school".into()),
+            reason: reason.into(),
+            status: 403,
+            message: String::new(),
+            body: Vec::new(),
+            body_len: 0,
+            body_sha256: None,
+            remote_addr: None,
+        }
+    }
+
+    #[test]
+    fn every_refusal_a_platform_can_cause_has_a_hint() {
+        for (reason, says) in [
+            ("tenant_not_allowed", "tenants list of source \"school\""),
+            ("ip_not_allowed", "allowed_ips"),
+            ("unauthorized", "basic_auth"),
+            ("signature_missing", "Turn signing on"),
+            ("unknown_source", "No [[source]]"),
+            ("payload_too_large", "max_body_bytes"),
+            ("id_conflict", "first body is kept"),
+        ] {
+            let hint = hint(&refused(reason), None);
+            assert!(hint.contains(says), "{reason}: {hint}");
+        }
+        assert_eq!(hint(&refused("something_new"), None), "");
+    }
+}
