@@ -234,36 +234,23 @@ async fn not_found(uri: axum::http::Uri) -> Response {
 async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Response {
     // Nested under `/ui`, the router sees paths without that prefix.
     let login = request.uri().path() == "/login";
-    let existing = session::id_from(request.headers())
-        .and_then(|id| state.sessions.get(&id).map(|current| (id, current)));
+    let reads = request.method() == Method::GET || request.method() == Method::HEAD;
     let mut new_cookie = None;
-    let current = match existing {
-        Some((_, current)) if current.signed_in || login => current,
-        Some(_) | None if state.open() => {
-            let (id, current) = state.sessions.create(true);
-            new_cookie = Some(id);
-            current
-        }
-        Some((_, current)) => current,
-        None if login && request.method() == Method::GET => {
-            let (id, current) = state.sessions.create(false);
-            new_cookie = Some(id);
-            current
-        }
-        None => {
-            return if request.method() == Method::GET || request.method() == Method::HEAD {
-                Redirect::to("/ui/login").into_response()
-            } else {
-                UiError::SignedOut.into_response()
-            };
-        }
+    let mut start = |signed_in: bool| {
+        let (id, current) = state.sessions.create(signed_in);
+        new_cookie = Some(id);
+        current
+    };
+    let current = match session::id_from(request.headers()).and_then(|id| state.sessions.get(&id)) {
+        Some(current) => current,
+        // Open (no tokens): everyone is signed in; the session carries the CSRF token.
+        None if state.open() => start(true),
+        // The login form needs a session for its own CSRF token.
+        None if login && reads => start(false),
+        None => return sign_in_first(reads),
     };
     if !current.signed_in && !login {
-        return if request.method() == Method::GET || request.method() == Method::HEAD {
-            Redirect::to("/ui/login").into_response()
-        } else {
-            UiError::SignedOut.into_response()
-        };
+        return sign_in_first(reads);
     }
     let mut request = request;
     if request.method() == Method::POST {
@@ -278,6 +265,15 @@ async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Res
         set_cookie(&mut response, Some(&id), state.secure_cookies);
     }
     response
+}
+
+/// A page asked for without a session goes to the login form; an action is refused.
+fn sign_in_first(reads: bool) -> Response {
+    if reads {
+        Redirect::to("/ui/login").into_response()
+    } else {
+        UiError::SignedOut.into_response()
+    }
 }
 
 fn set_cookie(response: &mut Response, id: Option<&str>, secure: bool) {
