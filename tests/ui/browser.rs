@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use std::panic::AssertUnwindSafe;
+
 use fantoccini::{Client, ClientBuilder, Locator};
+use futures_util::FutureExt;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
@@ -54,8 +57,8 @@ fn missing() -> Option<String> {
 }
 
 struct Driver {
-    // Held so chromedriver is killed when the test ends (kill_on_drop).
-    _child: Child,
+    // Killed when dropped (kill_on_drop), should `stop` not have ended it.
+    child: Child,
     url: String,
 }
 
@@ -82,7 +85,13 @@ impl Driver {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Driver { _child: child, url }
+        Driver { child, url }
+    }
+
+    /// Asks chromedriver to quit (it closes any browser left), then makes sure.
+    async fn stop(mut self) {
+        let _ = reqwest::get(format!("{}/shutdown", self.url)).await;
+        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
     }
 
     async fn browser(&self) -> Client {
@@ -265,12 +274,16 @@ async fn the_dashboard_in_a_real_browser() {
 
     let driver = Driver::start().await;
     let browser = driver.browser().await;
-    let result = scenario(&gw, &browser, &axe_source, &receiver).await;
-    // Close the browser first: its live tail keeps a connection open.
+    // A failed step must not leave Chromium running: catch it, close, then fail.
+    let outcome = AssertUnwindSafe(scenario(&gw, &browser, &axe_source, &receiver))
+        .catch_unwind()
+        .await;
     let _ = browser.close().await;
-    drop(driver);
+    driver.stop().await;
     gw.stop().await;
-    result
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 async fn scenario(gw: &Gateway, browser: &Client, axe_source: &str, receiver: &Receiver) {
