@@ -35,8 +35,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot open the store: {0}")]
-    Store(#[from] StoreError),
+    // The store's error is part of the message, not a `source`: printed once.
+    #[error("cannot open the store at {location}: {error}")]
+    Open { location: String, error: StoreError },
+    #[error("the store failed at start: {0}")]
+    Store(StoreError),
     // The I/O error is part of the message, not a `source`: printed once.
     #[error("cannot listen on {addr}: {error}")]
     Bind {
@@ -57,6 +60,12 @@ pub enum StartError {
     /// serving it would accept unsigned requests on sources that have a secret.
     #[error("this configuration was loaded without its secrets and cannot serve")]
     SecretsNotLoaded,
+}
+
+impl From<StoreError> for StartError {
+    fn from(error: StoreError) -> Self {
+        StartError::Store(error)
+    }
 }
 
 /// A gateway serving in the background.
@@ -129,7 +138,11 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             ..StoreOptions::default()
         },
     )
-    .await?;
+    .await
+    .map_err(|error| StartError::Open {
+        location: config.store_location().shown(),
+        error,
+    })?;
     // Plain text and values under the previous key move to the current key.
     let resealed = store.reseal_subscription_secrets().await?;
     if let (true, Some(key)) = (resealed > 0, server.secret_keys.current_key()) {

@@ -36,6 +36,7 @@
 //! - a stored row this version cannot read is an error, never a default.
 
 mod backend;
+pub mod copy;
 mod ids;
 pub mod postgres;
 mod rejection_queue;
