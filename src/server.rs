@@ -178,6 +178,23 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             .collect(),
         allow_private_destinations: config.delivery.allow_private_destinations,
     });
+    // Tells the dashboard's live tails to end when shutdown begins, so an open page
+    // does not hold the shutdown for its whole grace.
+    let (dashboard_stop, dashboard_stopping) = tokio::sync::watch::channel(false);
+    let dashboard = Arc::new(crate::ui::UiState {
+        stopping: dashboard_stopping,
+        store: store.clone(),
+        clock: clock.clone(),
+        tokens: config.api.tokens.clone(),
+        secure_cookies: server.https,
+        sessions: crate::ui::session::Sessions::default(),
+        sources: config.sources.clone(),
+        // With delivery off a bad proxy does not stop the start; the test button says why.
+        sender: Sender::with_proxy(
+            config.delivery.allow_private_destinations,
+            config.delivery.proxy.as_ref(),
+        ),
+    });
     let options = ServeOptions::new(
         server.read_timeout,
         server.shutdown_grace,
@@ -222,10 +239,11 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(http::serve(
         listener,
-        router(ingest, api, ops),
+        router(ingest, api, ops, dashboard),
         options,
-        async {
+        async move {
             let _ = stopped.await;
+            let _ = dashboard_stop.send(true);
         },
     ));
     Ok(Running {
@@ -239,7 +257,12 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
 }
 
 /// Every route of the gateway.
-fn router(ingest: Arc<Ingest>, api: Arc<ApiState>, ops: Arc<Ops>) -> Router {
+fn router(
+    ingest: Arc<Ingest>,
+    api: Arc<ApiState>,
+    ops: Arc<Ops>,
+    dashboard: Arc<crate::ui::UiState>,
+) -> Router {
     let hooks = Router::new()
         // A URL pasted with a trailing slash is the same source.
         .route(
@@ -263,6 +286,7 @@ fn router(ingest: Arc<Ingest>, api: Arc<ApiState>, ops: Arc<Ops>) -> Router {
         .merge(hooks)
         .merge(operations)
         .nest("/api/v1", api::router(api))
+        .merge(crate::ui::router(dashboard))
         // Everything else under /hooks is refused through ingest, so it is logged and
         // kept in the rejection log like an unknown source.
         .fallback(

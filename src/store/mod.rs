@@ -562,6 +562,8 @@ pub struct AttemptRecord {
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
     pub subscription: Option<String>,
+    /// Only the deliveries of this event (the dashboard's event page).
+    pub event: Option<EventSeq>,
     pub state: Option<DeliveryState>,
     pub before_id: Option<DeliveryId>,
     pub limit: usize,
