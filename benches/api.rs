@@ -5,6 +5,7 @@
 //! append path as ingest, then starts the release gateway on it and measures, over
 //! one keep-alive HTTP connection, the latency of listing a page of events with a
 //! filter and of reading one entity (BENCH_REQUESTS each, default 1000).
+//! BENCH_BACKEND=postgres seeds and serves a fresh PostgreSQL database instead.
 
 mod support;
 
@@ -27,7 +28,22 @@ async fn bench() {
     let entities = env_or("BENCH_ENTITIES", 100_000);
     let requests = env_or("BENCH_REQUESTS", 1000) as usize;
     let dir = tempfile::tempdir().unwrap();
-    let (file, config) = bench_config(dir.path(), &format!("[api]\ntokens = [\"{TOKEN}\"]\n"));
+    let database = match std::env::var("BENCH_BACKEND").as_deref() {
+        Ok("postgres") => Some(
+            classhook::store::postgres::testing::TestDatabase::create("api_bench")
+                .await
+                .expect("BENCH_BACKEND=postgres needs the server at 127.0.0.1:5432"),
+        ),
+        _ => None,
+    };
+    let database_section = database
+        .as_ref()
+        .map(|d| format!("[database]\nurl = {:?}\n", d.url()))
+        .unwrap_or_default();
+    let (file, config) = bench_config(
+        dir.path(),
+        &format!("{database_section}[api]\ntokens = [\"{TOKEN}\"]\n"),
+    );
 
     let started = Instant::now();
     let first_ms = support::seed(&config, events, entities).await;

@@ -8,6 +8,9 @@
 //! 2. Lag: events are sent at BENCH_RATE per second (default 1000) for BENCH_SECONDS
 //!    (default 10) to a gateway delivering live; lag is the time from the 200 that
 //!    accepted an event to its arrival at the receiver.
+//!
+//! BENCH_BACKEND=postgres runs both on a fresh PostgreSQL database of the local server
+//! (a new one for the lag part) instead of SQLite.
 
 mod support;
 
@@ -23,6 +26,7 @@ use axum::extract::State;
 use axum::routing::post;
 use classhook::provider::{ProviderKind, sample};
 use classhook::secret::KeyBytes;
+use classhook::store::postgres::testing::TestDatabase;
 
 const SECRET: &str = "bench-secret";
 const IN_FLIGHT: usize = 8;
@@ -78,9 +82,16 @@ async fn bench() {
     arrivals.lock().unwrap().clear();
 
     // Throughput: store with delivery off, then drain.
-    let config = |data: &std::path::Path, enabled: bool| {
+    let postgres = std::env::var("BENCH_BACKEND").as_deref() == Ok("postgres");
+    let throughput_db = database(postgres).await;
+    let lag_db = database(postgres).await;
+    let config = |data: &std::path::Path, database: &Option<TestDatabase>, enabled: bool| {
+        let database = database
+            .as_ref()
+            .map(|d| format!("[database]\nurl = {:?}\n", d.url()))
+            .unwrap_or_default();
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[delivery]\nenabled = {enabled}\nallow_private_destinations = true\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n{database}\n[delivery]\nenabled = {enabled}\nallow_private_destinations = true\n\n\
              [[source]]\nname = \"bench\"\nprovider = \"dreamclass\"\nsecret = \"{SECRET}\"\n\n\
              [[subscription]]\nname = \"sink\"\nurl = \"http://{receiver}/sink\"\nevents = [\"*\"]\nsecret = \"sink-secret\"\nmax_in_flight = {IN_FLIGHT}\n",
             data.display().to_string()
@@ -89,12 +100,12 @@ async fn bench() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let file = dir.path().join("bench.toml");
-    std::fs::write(&file, config(&data, false)).unwrap();
+    std::fs::write(&file, config(&data, &throughput_db, false)).unwrap();
     let (mut gateway, addr) = serve(&file).await;
     post_all(addr, &bodies, 32).await;
     let _ = gateway.kill().await;
     let _ = gateway.wait().await;
-    std::fs::write(&file, config(&data, true)).unwrap();
+    std::fs::write(&file, config(&data, &throughput_db, true)).unwrap();
     let started = Instant::now();
     let (mut gateway, _) = serve(&file).await;
     while arrivals.lock().unwrap().len() < events {
@@ -111,7 +122,7 @@ async fn bench() {
     // Lag at a steady rate, on a fresh store.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bench.toml");
-    std::fs::write(&file, config(&dir.path().join("data"), true)).unwrap();
+    std::fs::write(&file, config(&dir.path().join("data"), &lag_db, true)).unwrap();
     arrivals.lock().unwrap().clear();
     let (mut gateway, addr) = serve(&file).await;
     let accepted = paced(addr, rate, seconds).await;
@@ -135,6 +146,7 @@ async fn bench() {
     let _ = gateway.kill().await;
 
     println!();
+    println!("store: {}", if postgres { "PostgreSQL" } else { "SQLite" });
     println!("| measure | value |");
     println!("|---|---:|");
     println!(
@@ -155,6 +167,18 @@ async fn bench() {
         lags.len(),
         accepted.len()
     );
+}
+
+/// A fresh PostgreSQL database when asked for one (dropped at the end).
+async fn database(postgres: bool) -> Option<TestDatabase> {
+    if !postgres {
+        return None;
+    }
+    Some(
+        TestDatabase::create("deliver_bench")
+            .await
+            .expect("BENCH_BACKEND=postgres needs the server at 127.0.0.1:5432"),
+    )
 }
 
 fn signed_body(n: u64) -> Bytes {

@@ -11,11 +11,13 @@
 //! the same run under the same load, to see what a change costs), BENCH_ROUNDS
 //! (default 1; each round measures the ceiling and both gateways again, alternating
 //! which gateway goes first, and the medians of the per-round ratios are reported).
+//!
+//! When PostgreSQL answers at 127.0.0.1:5432 (or CLASSHOOK_TEST_POSTGRES), each round
+//! also runs the gateway on a fresh PostgreSQL database (BENCH_POSTGRES=0 skips it).
 
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -64,6 +66,8 @@ async fn bench() {
 
     let mut rows = Vec::new();
     let (mut to_ceiling, mut to_compared) = (Vec::new(), Vec::new());
+    let mut postgres_to_ceiling = Vec::new();
+    let with_postgres = env_or("BENCH_POSTGRES", 1) == 1;
     for round in 1..=rounds {
         let (mut ceiling, ceiling_addr) =
             spawn(binary, &["null-server", "--listen", "127.0.0.1:0"]).await;
@@ -75,9 +79,9 @@ async fn bench() {
         let mut compared = None;
         for slot in 0..2 {
             if (slot + round) % 2 == 1 {
-                gateway = Some(run_gateway(binary, &bodies, connections, seconds).await);
+                gateway = Some(run_gateway(binary, &bodies, connections, seconds, None).await);
             } else if let Some(other) = &compare {
-                compared = Some(run_gateway(other, &bodies, connections, seconds).await);
+                compared = Some(run_gateway(other, &bodies, connections, seconds, None).await);
             }
         }
         let (gateway_report, rss_mib, stored) = gateway.expect("the gateway ran");
@@ -85,7 +89,8 @@ async fn bench() {
             stored, gateway_report.accepted as i64,
             "the store holds exactly the events answered 200"
         );
-        to_ceiling.push(gateway_report.rate() / ceiling_report.rate());
+        let ceiling_rate = ceiling_report.rate();
+        to_ceiling.push(gateway_report.rate() / ceiling_rate);
         rows.push((round, "ceiling (empty handler)".to_string(), ceiling_report));
         if let Some((report, _, _)) = compared {
             to_compared.push(gateway_report.rate() / report.rate());
@@ -94,9 +99,26 @@ async fn bench() {
         }
         rows.push((
             round,
-            format!("classhook, peak RSS {rss_mib:.1} MiB"),
+            format!("classhook on SQLite, peak RSS {rss_mib:.1} MiB"),
             gateway_report,
         ));
+        if with_postgres
+            && let Some(database) =
+                classhook::store::postgres::testing::TestDatabase::create("bench").await
+        {
+            let (report, rss_mib, stored) =
+                run_gateway(binary, &bodies, connections, seconds, Some(database.url())).await;
+            assert_eq!(
+                stored, report.accepted as i64,
+                "PostgreSQL holds exactly the events answered 200"
+            );
+            postgres_to_ceiling.push(report.rate() / ceiling_rate);
+            rows.push((
+                round,
+                format!("classhook on PostgreSQL, peak RSS {rss_mib:.1} MiB (gateway only)"),
+                report,
+            ));
+        }
     }
 
     println!();
@@ -113,10 +135,17 @@ async fn bench() {
     }
     println!();
     println!(
-        "ratio to ceiling, per round: {}; median {:.2}x",
+        "SQLite: ratio to ceiling, per round: {}; median {:.2}x",
         list(&to_ceiling),
         median(&to_ceiling)
     );
+    if !postgres_to_ceiling.is_empty() {
+        println!(
+            "PostgreSQL: ratio to ceiling, per round: {}; median {:.2}x",
+            list(&postgres_to_ceiling),
+            median(&postgres_to_ceiling)
+        );
+    }
     if !to_compared.is_empty() {
         println!(
             "ratio to the compared binary, per round: {}; median {:.2}x",
@@ -148,20 +177,25 @@ fn median(ratios: &[f64]) -> f64 {
     }
 }
 
-/// Starts `binary serve` on a fresh data directory, drives it, and returns the
-/// report, its peak RSS in MiB and the number of events it stored.
+/// Starts `binary serve` on a fresh data directory (or the PostgreSQL database at
+/// `database`), drives it, and returns the report, its peak RSS in MiB and the
+/// number of events it stored.
 async fn run_gateway(
     binary: &str,
     bodies: &Arc<Vec<Bytes>>,
     connections: usize,
     seconds: u64,
+    database: Option<&str>,
 ) -> (Report, f64, i64) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bench.toml");
+    let database_section = database
+        .map(|url| format!("[database]\nurl = {url:?}\n"))
+        .unwrap_or_default();
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[[source]]\nname = \"bench\"\nprovider = \"dreamclass\"\nsecret = \"{SECRET}\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n{database_section}\n[[source]]\nname = \"bench\"\nprovider = \"dreamclass\"\nsecret = \"{SECRET}\"\n",
             dir.path().join("data").display().to_string()
         ),
     )
@@ -171,11 +205,11 @@ async fn run_gateway(
     let rss_mib = peak_rss_mib(gateway.id().unwrap());
     let _ = gateway.kill().await;
     let _ = gateway.wait().await;
-    (
-        report,
-        rss_mib,
-        stored_events(&dir.path().join("data")).await,
-    )
+    let location = match database {
+        Some(url) => classhook::store::Location::from_url(classhook::secret::Secret::new(url)),
+        None => classhook::store::Location::sqlite(dir.path().join("data")),
+    };
+    (report, rss_mib, stored_events(&location).await)
 }
 
 fn signed_bodies(count: usize) -> Vec<Bytes> {
@@ -270,9 +304,8 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-async fn stored_events(data_dir: &Path) -> i64 {
-    let location = classhook::store::Location::sqlite(data_dir);
-    match classhook::store::Store::open_read_only(&location).await {
+async fn stored_events(location: &classhook::store::Location) -> i64 {
+    match classhook::store::Store::open_read_only(location).await {
         Ok(store) => store.count_events().await.unwrap_or(-1),
         Err(_) => -1,
     }

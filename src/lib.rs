@@ -23,3 +23,4 @@ pub mod provider;
 pub mod secret;
 pub mod server;
 pub mod store;
+pub mod ui;

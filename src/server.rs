@@ -35,8 +35,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot open the store: {0}")]
-    Store(#[from] StoreError),
+    // The store's error is part of the message, not a `source`: printed once.
+    #[error("cannot open the store at {location}: {error}")]
+    Open { location: String, error: StoreError },
+    #[error("the store failed at start: {0}")]
+    Store(StoreError),
     // The I/O error is part of the message, not a `source`: printed once.
     #[error("cannot listen on {addr}: {error}")]
     Bind {
@@ -57,6 +60,12 @@ pub enum StartError {
     /// serving it would accept unsigned requests on sources that have a secret.
     #[error("this configuration was loaded without its secrets and cannot serve")]
     SecretsNotLoaded,
+}
+
+impl From<StoreError> for StartError {
+    fn from(error: StoreError) -> Self {
+        StartError::Store(error)
+    }
 }
 
 /// A gateway serving in the background.
@@ -129,7 +138,11 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             ..StoreOptions::default()
         },
     )
-    .await?;
+    .await
+    .map_err(|error| StartError::Open {
+        location: config.store_location().shown(),
+        error,
+    })?;
     // Plain text and values under the previous key move to the current key.
     let resealed = store.reseal_subscription_secrets().await?;
     if let (true, Some(key)) = (resealed > 0, server.secret_keys.current_key()) {
@@ -164,6 +177,23 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             .map(|s| (s.name.clone(), s.provider))
             .collect(),
         allow_private_destinations: config.delivery.allow_private_destinations,
+    });
+    // Tells the dashboard's live tails to end when shutdown begins, so an open page
+    // does not hold the shutdown for its whole grace.
+    let (dashboard_stop, dashboard_stopping) = tokio::sync::watch::channel(false);
+    let dashboard = Arc::new(crate::ui::UiState {
+        stopping: dashboard_stopping,
+        store: store.clone(),
+        clock: clock.clone(),
+        tokens: config.api.tokens.clone(),
+        secure_cookies: server.https,
+        sessions: crate::ui::session::Sessions::default(),
+        sources: config.sources.clone(),
+        // With delivery off a bad proxy does not stop the start; the test button says why.
+        sender: Sender::with_proxy(
+            config.delivery.allow_private_destinations,
+            config.delivery.proxy.as_ref(),
+        ),
     });
     let options = ServeOptions::new(
         server.read_timeout,
@@ -209,10 +239,11 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(http::serve(
         listener,
-        router(ingest, api, ops),
+        router(ingest, api, ops, dashboard),
         options,
-        async {
+        async move {
             let _ = stopped.await;
+            let _ = dashboard_stop.send(true);
         },
     ));
     Ok(Running {
@@ -226,7 +257,12 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
 }
 
 /// Every route of the gateway.
-fn router(ingest: Arc<Ingest>, api: Arc<ApiState>, ops: Arc<Ops>) -> Router {
+fn router(
+    ingest: Arc<Ingest>,
+    api: Arc<ApiState>,
+    ops: Arc<Ops>,
+    dashboard: Arc<crate::ui::UiState>,
+) -> Router {
     let hooks = Router::new()
         // A URL pasted with a trailing slash is the same source.
         .route(
@@ -250,6 +286,7 @@ fn router(ingest: Arc<Ingest>, api: Arc<ApiState>, ops: Arc<Ops>) -> Router {
         .merge(hooks)
         .merge(operations)
         .nest("/api/v1", api::router(api))
+        .merge(crate::ui::router(dashboard))
         // Everything else under /hooks is refused through ingest, so it is logged and
         // kept in the rejection log like an unknown source.
         .fallback(

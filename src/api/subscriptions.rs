@@ -581,6 +581,7 @@ pub async fn list_deliveries(
     Query(q): Query<DeliveryQuery>,
 ) -> Result<axum::Json<DeliveryPage>, ApiError> {
     let filter = DeliveryFilter {
+        event: None,
         subscription: q.subscription,
         state: q.state.map(|s| match s {
             StateParam::Pending => DeliveryState::Pending,

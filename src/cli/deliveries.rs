@@ -70,6 +70,7 @@ pub async fn list(config: Config, args: &DeliveriesArgs) -> anyhow::Result<ExitC
     }
     let deliveries = store
         .list_deliveries(DeliveryFilter {
+            event: None,
             subscription: args.subscription.clone(),
             state: args.dead.then_some(DeliveryState::Dead),
             before_id: None,
@@ -151,6 +152,7 @@ async fn dry_run(
     loop {
         let page = store
             .list_deliveries(DeliveryFilter {
+                event: None,
                 subscription: Some(name.to_string()),
                 state: dead_only.then_some(DeliveryState::Dead),
                 before_id,

@@ -2,6 +2,7 @@
 //! the library and print; they hold no rules of their own.
 
 mod backup;
+mod db;
 mod deliveries;
 mod event;
 mod events;
@@ -44,6 +45,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve,
+    /// Work on the database itself (copy an SQLite store into PostgreSQL).
+    #[command(subcommand)]
+    Db(db::DbCommand),
     /// Create or update the database's tables and exit (serve also does this at
     /// start); safe to run again.
     Migrate,
@@ -202,6 +206,7 @@ fn no_database(config: &Config, path: &Path) -> anyhow::Error {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Serve => serve::run(cli.load_config()?).await,
+        Command::Db(command) => db::run(cli.load_config_without_secrets()?, command).await,
         Command::Migrate => migrate::run(cli.load_config_without_secrets()?).await,
         Command::Send(args) => send::run(&cli, args).await,
         Command::Verify(args) => verify::run(&cli, args),

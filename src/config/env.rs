@@ -28,6 +28,7 @@ const SERVER_KEYS: &[&str] = &[
     "append_timeout",
     "shutdown_grace",
     "trusted_proxies",
+    "https",
     "secret_key_env",
     "previous_secret_key_env",
 ];

@@ -96,6 +96,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Peers trusted to name the client in `X-Forwarded-For` (empty: none).
     pub trusted_proxies: crate::net::NetList,
+    /// Browsers reach the gateway over HTTPS: the dashboard's cookie is `Secure`.
+    pub https: bool,
     /// How subscription secrets are stored: sealed under the key from
     /// `secret_key_env`, plain text without one, withheld when secrets are skipped.
     pub secret_keys: crate::store::sealed::Sealer,

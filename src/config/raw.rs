@@ -161,6 +161,10 @@ pub struct RawServer {
     pub shutdown_grace: Duration,
     /// Peers whose `X-Forwarded-For` names the client (CIDRs or addresses).
     pub trusted_proxies: Vec<String>,
+    /// Served to browsers over HTTPS (TLS ends in front): the dashboard's session
+    /// cookie is marked `Secure`.
+    #[serde(deserialize_with = "bool_or_string")]
+    pub https: bool,
     /// The variable holding the key subscription secrets are sealed under
     /// (default `CLASSHOOK_SECRET_KEY`).
     pub secret_key_env: Option<String>,
@@ -181,6 +185,7 @@ impl Default for RawServer {
             append_timeout: Duration::from_secs(8),
             shutdown_grace: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
+            https: false,
             secret_key_env: None,
             previous_secret_key_env: None,
         }

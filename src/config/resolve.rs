@@ -145,6 +145,7 @@ pub(super) fn resolve(
         append_timeout: s.append_timeout,
         shutdown_grace: s.shutdown_grace,
         trusted_proxies,
+        https: s.https,
         secret_keys,
     };
     let mut seen = HashSet::new();

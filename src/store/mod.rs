@@ -36,6 +36,7 @@
 //! - a stored row this version cannot read is an error, never a default.
 
 mod backend;
+pub mod copy;
 mod ids;
 pub mod postgres;
 mod rejection_queue;
@@ -561,6 +562,8 @@ pub struct AttemptRecord {
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
     pub subscription: Option<String>,
+    /// Only the deliveries of this event (the dashboard's event page).
+    pub event: Option<EventSeq>,
     pub state: Option<DeliveryState>,
     pub before_id: Option<DeliveryId>,
     pub limit: usize,

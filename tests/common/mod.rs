@@ -5,6 +5,7 @@ pub mod backend;
 pub mod process;
 pub mod proxy;
 pub mod receiver;
+pub mod relay;
 
 use std::net::IpAddr;
 use std::path::Path;

@@ -311,6 +311,7 @@ impl PostgresStore {
     ) -> Result<Vec<Delivery>, StoreError> {
         let mut c = Conditions::default();
         c.add_opt("s.name = $?", filter.subscription.as_ref());
+        c.add_opt("d.event_seq = $?", filter.event.as_ref());
         if let Some(state) = filter.state {
             c.add("d.state = $?", state.as_str().to_string());
         }

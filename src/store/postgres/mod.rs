@@ -24,6 +24,7 @@ mod entities;
 mod errors;
 mod events;
 mod ids;
+pub(crate) mod import;
 mod maintenance;
 mod migrations;
 mod mirror;
@@ -99,6 +100,11 @@ impl PostgresStore {
         let location = redact_url(url);
         migrations::run(&target, &location).await?;
         let pool = build_pool(&target, READ_POOL_SIZE)?;
+        if let Some(source) = import::unfinished_copy(&pool).await? {
+            return Err(StoreError::NotReady(format!(
+                "{location} is half-way through `classhook db copy` from {source}: run it again to finish before starting a gateway on it"
+            )));
+        }
         let delivery = build_pool(&target, DELIVERY_POOL_SIZE)?;
         // The writer's own pool of one: it reconnects after the server came back. Its
         // statements are bounded, so that an append never waits past its timeout on

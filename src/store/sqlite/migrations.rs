@@ -249,6 +249,11 @@ const MIGRATIONS: &[&str] = &[
     ",
 ];
 
+/// The schema version this binary brings a database to.
+pub fn known_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
 /// Brings the database up to the newest schema, in one transaction per step.
 pub fn run(conn: &mut Connection) -> Result<(), StoreError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;

@@ -474,6 +474,15 @@ fn replace_children(
     Ok(())
 }
 
+/// Whether `table` holds a typed kind's child rows (a course's plans), keyed by its
+/// parent and position rather than a rowid.
+pub fn is_child_table(table: &str) -> bool {
+    mirror::kinds::TYPED
+        .iter()
+        .filter_map(|s| s.child.as_ref())
+        .any(|c| c.table == table)
+}
+
 /// Every mirror table, for rebuilds and counts.
 pub fn all_tables() -> Vec<&'static str> {
     let mut tables: Vec<&'static str> = mirror::kinds::TYPED.iter().map(|s| s.table).collect();

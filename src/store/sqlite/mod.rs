@@ -8,6 +8,7 @@ mod conditions;
 mod dedupe;
 mod delivery;
 mod entities;
+pub(crate) mod export;
 mod health;
 mod ids;
 mod maintenance;
