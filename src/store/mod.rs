@@ -381,6 +381,48 @@ pub struct NewRejection {
 /// How many bytes of a rejected body the log keeps.
 pub const REJECTION_BODY_PREFIX: usize = 2048;
 
+/// How many rejections the log keeps; older ones are pruned.
+pub const REJECTION_LOG_CAPACITY: i64 = 10_000;
+
+impl NewRejection {
+    /// The log entry for a copy of stored event `seq` whose JSON value differs: the
+    /// first body is kept, this one goes to the log (its prefix and hash).
+    pub fn conflict(event: &crate::event::NewEvent, seq: i64) -> NewRejection {
+        NewRejection {
+            at_ms: event.received_at_ms,
+            source: Some(event.source.clone()),
+            reason: "id_conflict".into(),
+            status: 200,
+            message: format!(
+                "event {} was already stored (seq {seq}) with different content; the first body is kept",
+                event.event_id.as_deref().unwrap_or(&event.dedupe_key)
+            ),
+            body: event.body[..event.body.len().min(REJECTION_BODY_PREFIX)].to_vec(),
+            body_len: event.body.len(),
+            body_sha256: Some(event.body_sha256),
+            remote_addr: event.remote_addr.clone(),
+        }
+    }
+}
+
+/// A fresh Standard Webhooks id for a new delivery row, kept for every retry and
+/// replay of it. Receivers de-duplicate on this id, so it must never repeat across
+/// databases, restored backups or instances: a time-ordered UUID (48 bits of
+/// milliseconds, 74 random bits), not anything derived from row numbers.
+pub(crate) fn new_webhook_id() -> String {
+    format!("msg_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A lease token: random, never 0 (0 means "not leased").
+pub(crate) fn new_lease_token() -> i64 {
+    loop {
+        let token = rand::random::<i64>();
+        if token != 0 {
+            return token;
+        }
+    }
+}
+
 /// A stored rejection.
 #[derive(Debug, Clone)]
 pub struct Rejection {
@@ -578,6 +620,58 @@ pub struct AttemptResult {
     pub outcome: crate::deliver::schedule::Outcome,
     pub response: Option<String>,
     pub next: crate::deliver::schedule::Next,
+}
+
+/// The columns an attempt record writes, the same on every backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAttempt {
+    /// The HTTP status the receiver answered, if it answered.
+    pub status_code: Option<u16>,
+    /// Why there was no usable answer (timeout, refused, guard).
+    pub error: Option<String>,
+    /// What the delivery shows as its last error (the error, or a non-2xx status).
+    pub last_error: Option<String>,
+    pub state: DeliveryState,
+    pub next_attempt_at_ms: i64,
+    /// Added to `round_attempts`: a 410 pauses without using up a retry.
+    pub round_step: i64,
+    pub delivered_at_ms: Option<i64>,
+}
+
+impl AttemptResult {
+    /// What recording this attempt writes on its delivery and attempt rows.
+    pub fn stored(&self) -> StoredAttempt {
+        use crate::deliver::schedule::{Next, Outcome};
+        let (status_code, error) = match &self.outcome {
+            Outcome::Success { status } | Outcome::Throttled { status, .. } => {
+                (Some(*status), None)
+            }
+            Outcome::Gone => (Some(410), None),
+            Outcome::Failed { status, error } => (*status, error.clone()),
+        };
+        let last_error = error.clone().or_else(|| {
+            status_code
+                .filter(|s| !(200..300).contains(s))
+                .map(|s| format!("HTTP {s}"))
+        });
+        // Every attempt counts in `attempts` (the attempt log); a 410 pauses without
+        // using up a retry of the schedule, so it does not count in `round_attempts`.
+        let (state, next_attempt_at_ms, round_step, delivered_at_ms) = match self.next {
+            Next::Delivered => (DeliveryState::Delivered, self.at_ms, 1, Some(self.at_ms)),
+            Next::Pause => (DeliveryState::Pending, self.at_ms, 0, None),
+            Next::RetryAt(at) => (DeliveryState::Pending, at, 1, None),
+            Next::Dead => (DeliveryState::Dead, self.at_ms, 1, None),
+        };
+        StoredAttempt {
+            status_code,
+            error,
+            last_error,
+            state,
+            next_attempt_at_ms,
+            round_step,
+            delivered_at_ms,
+        }
+    }
 }
 
 /// What became of an attempt's record.

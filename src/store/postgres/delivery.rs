@@ -14,16 +14,6 @@ use crate::store::{
     DeliveryId, DeliveryState, Lease, QueueDepth, StoreError,
 };
 
-/// A lease token: random, never 0 (0 means "not leased").
-fn new_lease_token() -> i64 {
-    loop {
-        let token = rand::random::<i64>();
-        if token != 0 {
-            return token;
-        }
-    }
-}
-
 /// Puts a delivery back in the queue, due at parameter `now`, with a fresh retry
 /// schedule (its attempt log and `attempts` stay).
 fn requeue(now: &str) -> String {
@@ -90,7 +80,10 @@ impl PostgresStore {
         let subscriptions: Vec<i64> = requests.iter().map(|r| r.subscription.get()).collect();
         let capacities: Vec<i64> = requests.iter().map(|r| r.capacity as i64).collect();
         let lease_ends: Vec<i64> = requests.iter().map(|r| r.lease_until_ms).collect();
-        let tokens: Vec<i64> = requests.iter().map(|_| new_lease_token()).collect();
+        let tokens: Vec<i64> = requests
+            .iter()
+            .map(|_| crate::store::new_lease_token())
+            .collect();
         let client = self.delivery_client().await?;
         let statement = client
             .prepare_cached(

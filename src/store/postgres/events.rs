@@ -14,9 +14,6 @@ use crate::deliver::subscription::Subscription;
 use crate::event::{EventStatus, NewEvent};
 use crate::store::{AppendOutcome, EventSeq, NewRejection, REJECTION_BODY_PREFIX, StoreError};
 
-/// How many rejections the log keeps; older ones are pruned.
-pub const REJECTION_LOG_CAPACITY: i64 = 10_000;
-
 /// What a batch of appends did: one outcome per event, and how many deliveries it
 /// queued.
 pub struct Written {
@@ -138,7 +135,7 @@ pub async fn write(
             });
         } else {
             entry.conflicts += 1;
-            conflicts.push(conflict_rejection(event, target.seq));
+            conflicts.push(NewRejection::conflict(event, target.seq));
             outcomes.push(AppendOutcome::Conflict {
                 seq: EventSeq(target.seq),
             });
@@ -338,23 +335,6 @@ async fn count_copies(
     Ok(())
 }
 
-fn conflict_rejection(event: &NewEvent, seq: i64) -> NewRejection {
-    NewRejection {
-        at_ms: event.received_at_ms,
-        source: Some(event.source.clone()),
-        reason: "id_conflict".into(),
-        status: 200,
-        message: format!(
-            "event {} was already stored (seq {seq}) with different content; the first body is kept",
-            event.event_id.as_deref().unwrap_or(&event.dedupe_key)
-        ),
-        body: event.body[..event.body.len().min(REJECTION_BODY_PREFIX)].to_vec(),
-        body_len: event.body.len(),
-        body_sha256: Some(event.body_sha256),
-        remote_addr: event.remote_addr.clone(),
-    }
-}
-
 /// Adds rows to the rejection log and keeps it within its capacity.
 pub async fn insert_rejections(
     tx: &Transaction<'_>,
@@ -403,7 +383,8 @@ pub async fn insert_rejections(
     let prune = tx
         .prepare_cached("DELETE FROM rejections WHERE id <= (SELECT max(id) FROM rejections) - $1")
         .await?;
-    tx.execute(&prune, &[&REJECTION_LOG_CAPACITY]).await?;
+    tx.execute(&prune, &[&crate::store::REJECTION_LOG_CAPACITY])
+        .await?;
     Ok(())
 }
 
@@ -518,7 +499,10 @@ pub async fn insert_deliveries(
     }
     let subscriptions: Vec<i64> = rows.iter().map(|r| r.0).collect();
     let seqs: Vec<i64> = rows.iter().map(|r| r.1).collect();
-    let ids: Vec<String> = rows.iter().map(|_| new_webhook_id()).collect();
+    let ids: Vec<String> = rows
+        .iter()
+        .map(|_| crate::store::new_webhook_id())
+        .collect();
     let at: Vec<i64> = rows.iter().map(|r| r.2).collect();
     let statement = tx
         .prepare_cached(
@@ -535,11 +519,4 @@ pub async fn insert_deliveries(
     Ok(tx
         .execute(&statement, &[&subscriptions, &seqs, &ids, &at])
         .await?)
-}
-
-/// A fresh Standard Webhooks id for a new delivery row, kept for every retry and
-/// replay of it: a time-ordered UUID, never derived from row numbers, so that it
-/// never repeats across databases, restored backups or instances.
-fn new_webhook_id() -> String {
-    format!("msg_{}", uuid::Uuid::now_v7().simple())
 }

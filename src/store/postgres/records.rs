@@ -7,7 +7,7 @@
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::deliver::schedule::{Next, Outcome};
+use crate::deliver::schedule::Next;
 use crate::store::{AttemptRecorded, AttemptResult, StoreError};
 
 /// The most records one commit holds.
@@ -105,27 +105,10 @@ pub async fn record_one(
     tx: &deadpool_postgres::Transaction<'_>,
     result: &AttemptResult,
 ) -> Result<AttemptRecorded, StoreError> {
-    let (status, error) = match &result.outcome {
-        Outcome::Success { status } | Outcome::Throttled { status, .. } => (Some(*status), None),
-        Outcome::Gone => (Some(410), None),
-        Outcome::Failed { status, error } => (*status, error.clone()),
-    };
-    let last_error = error.clone().or_else(|| {
-        status
-            .filter(|s| !(200..300).contains(s))
-            .map(|s| format!("HTTP {s}"))
-    });
+    let stored = result.stored();
     let id = result.claimed.delivery_id;
     let subscription = result.claimed.subscription_id;
-    // Every attempt counts in `attempts` (the attempt log); a 410 pauses without
-    // using up a retry of the schedule, so it does not count in `round_attempts`.
-    let (state, next_at, round_step, delivered_at) = match result.next {
-        Next::Delivered => ("delivered", result.at_ms, 1i64, Some(result.at_ms)),
-        Next::Pause => ("pending", result.at_ms, 0, None),
-        Next::RetryAt(at) => ("pending", at, 1, None),
-        Next::Dead => ("dead", result.at_ms, 1, None),
-    };
-    let status = status.map(i32::from);
+    let status = stored.status_code.map(i32::from);
     // The subscription's side of the outcome (only when the record stands).
     let (subscription_change, only_if) = match result.next {
         Next::Delivered => (
@@ -169,15 +152,15 @@ pub async fn record_one(
             &[
                 &id,
                 &result.claimed.lease_token,
-                &state,
-                &round_step,
-                &next_at,
-                &delivered_at,
-                &last_error,
+                &stored.state.as_str(),
+                &stored.round_step,
+                &stored.next_attempt_at_ms,
+                &stored.delivered_at_ms,
+                &stored.last_error,
                 &result.at_ms,
                 &(result.duration.as_millis() as i64),
                 &status,
-                &error,
+                &stored.error,
                 &result.response,
                 &subscription,
             ],

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, 
 use super::SqliteStore;
 use super::conditions::Conditions;
 use crate::config::SecretEncoding;
-use crate::deliver::schedule::{Next, Outcome};
+use crate::deliver::schedule::Next;
 use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec};
 use crate::event::NewEvent;
 use crate::store::sealed::{self, Sealer};
@@ -198,15 +198,7 @@ fn insert_delivery(
         "INSERT INTO deliveries (subscription_id, event_seq, webhook_id, state, next_attempt_at_ms, created_at_ms)
          VALUES (?1, ?2, ?3, 'pending', ?4, ?4) ON CONFLICT (subscription_id, event_seq) DO NOTHING",
     )?
-    .execute(params![subscription_id, seq, new_webhook_id(), now_ms])
-}
-
-/// A fresh Standard Webhooks id for a new delivery row, kept for every retry and
-/// replay of it. Receivers de-duplicate on this id, so it must never repeat across
-/// databases, restored backups or instances: a time-ordered UUID (48 bits of
-/// milliseconds, 74 random bits), not anything derived from row numbers.
-fn new_webhook_id() -> String {
-    format!("msg_{}", uuid::Uuid::now_v7().simple())
+    .execute(params![subscription_id, seq, crate::store::new_webhook_id(), now_ms])
 }
 
 impl SqliteStore {
@@ -791,7 +783,7 @@ pub(super) fn claim(
                 now_ms,
                 request.lease_until_ms,
                 request.capacity as i64,
-                new_lease_token()
+                crate::store::new_lease_token()
             ],
             |r| {
                 Ok(Claimed {
@@ -809,16 +801,6 @@ pub(super) fn claim(
         }
     }
     Ok(claimed)
-}
-
-/// A lease token: random, never 0 (0 means "not leased").
-fn new_lease_token() -> i64 {
-    loop {
-        let token = rand::random::<i64>();
-        if token != 0 {
-            return token;
-        }
-    }
 }
 
 /// Gives leases back without an attempt (the subscription was paused or held after
@@ -842,26 +824,9 @@ pub(super) fn apply_attempt(
     tx: &Connection,
     result: &AttemptResult,
 ) -> rusqlite::Result<AttemptRecorded> {
-    let (status, error) = match &result.outcome {
-        Outcome::Success { status } | Outcome::Throttled { status, .. } => (Some(*status), None),
-        Outcome::Gone => (Some(410), None),
-        Outcome::Failed { status, error } => (*status, error.clone()),
-    };
-    let last_error = error.clone().or_else(|| {
-        status
-            .filter(|s| !(200..300).contains(s))
-            .map(|s| format!("HTTP {s}"))
-    });
+    let stored = result.stored();
     let id = result.claimed.delivery_id;
     let subscription = result.claimed.subscription_id;
-    // Every attempt counts in `attempts` (the attempt log); a 410 pauses without
-    // using up a retry of the schedule, so it does not count in `round_attempts`.
-    let (state, next_at, round_step, delivered_at) = match result.next {
-        Next::Delivered => ("delivered", result.at_ms, 1, Some(result.at_ms)),
-        Next::Pause => ("pending", result.at_ms, 0, None),
-        Next::RetryAt(at) => ("pending", at, 1, None),
-        Next::Dead => ("dead", result.at_ms, 1, None),
-    };
     let moved = tx
         .prepare_cached(
             "UPDATE deliveries SET state = ?3, attempts = attempts + 1,
@@ -873,11 +838,11 @@ pub(super) fn apply_attempt(
         .execute(params![
             id,
             result.claimed.lease_token,
-            state,
-            round_step,
-            next_at,
-            delivered_at,
-            last_error
+            stored.state.as_str(),
+            stored.round_step,
+            stored.next_attempt_at_ms,
+            stored.delivered_at_ms,
+            stored.last_error
         ])?;
     if moved == 0 {
         return Ok(AttemptRecorded::LeaseEnded);
@@ -890,8 +855,8 @@ pub(super) fn apply_attempt(
         id,
         result.at_ms,
         result.duration.as_millis() as i64,
-        status,
-        error,
+        stored.status_code,
+        stored.error,
         result.response
     ])?;
     match result.next {

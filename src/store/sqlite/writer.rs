@@ -20,9 +20,6 @@ use crate::store::{
     Lease, NewRejection, REJECTION_BODY_PREFIX, StoreError,
 };
 
-/// How many rejections the log keeps; older ones are pruned.
-pub const REJECTION_LOG_CAPACITY: i64 = 10_000;
-
 /// What the writer receives.
 pub enum WriteOp {
     /// An event to store, and the moment after which it must not be written any more.
@@ -333,7 +330,7 @@ fn write_batch(
     if rejected {
         tx.execute(
             "DELETE FROM rejections WHERE id <= (SELECT max(id) FROM rejections) - ?1",
-            [REJECTION_LOG_CAPACITY],
+            [crate::store::REJECTION_LOG_CAPACITY],
         )?;
     }
     dedupe.settle_step(&tx, appended)?;
@@ -481,23 +478,7 @@ fn record_copy(
         "UPDATE events SET conflicts = conflicts + 1, last_seen_at_ms = ?2 WHERE seq = ?1",
     )?
     .execute(params![seq, event.received_at_ms])?;
-    insert_rejection(
-        tx,
-        &NewRejection {
-            at_ms: event.received_at_ms,
-            source: Some(event.source.clone()),
-            reason: "id_conflict".into(),
-            status: 200,
-            message: format!(
-                "event {} was already stored (seq {seq}) with different content; the first body is kept",
-                event.event_id.as_deref().unwrap_or(&event.dedupe_key)
-            ),
-            body: event.body[..event.body.len().min(REJECTION_BODY_PREFIX)].to_vec(),
-            body_len: event.body.len(),
-            body_sha256: Some(event.body_sha256),
-            remote_addr: event.remote_addr.clone(),
-        },
-    )?;
+    insert_rejection(tx, &NewRejection::conflict(event, seq))?;
     Ok(AppendOutcome::Conflict { seq: EventSeq(seq) })
 }
 

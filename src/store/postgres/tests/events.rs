@@ -415,10 +415,7 @@ async fn the_rejection_log_is_bounded() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(
-        count,
-        crate::store::postgres::events::REJECTION_LOG_CAPACITY
-    );
+    assert_eq!(count, crate::store::REJECTION_LOG_CAPACITY);
     let newest = store.list_rejections(1).await.unwrap();
     assert_eq!(newest[0].reason, "id_conflict");
 }
