@@ -16,43 +16,46 @@ pub struct Bar {
 
 impl Bar {
     pub fn new(message: &str, unit: &str) -> Bar {
-        let bar = ProgressBar::with_draw_target(None, target());
-        let template =
-            format!("{{msg}} {{bar:30}} {{pos}}/{{len}} {unit} ({{per_sec}}, {{eta}} left)");
-        bar.set_style(
-            ProgressStyle::with_template(&template)
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.set_message(message.to_string());
-        bar.tick();
-        bar.enable_steady_tick(Duration::from_millis(200));
-        Bar { bar }
+        Bar::drawn(
+            &format!("{{msg}} {{bar:30}} {{pos}}/{{len}} {unit} ({{per_sec}}, {{eta}} left)"),
+            ProgressStyle::default_bar,
+            message,
+            Duration::from_millis(200),
+        )
     }
 
     /// A running count, for work whose size is not known in advance.
     pub fn counter(message: &str, unit: &str) -> Bar {
-        let bar = ProgressBar::with_draw_target(None, target());
-        let template = format!("{{spinner}} {{msg}} {{pos}} {unit} ({{per_sec}})");
-        bar.set_style(
-            ProgressStyle::with_template(&template)
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        bar.set_message(message.to_string());
-        bar.tick();
-        bar.enable_steady_tick(Duration::from_millis(120));
-        Bar { bar }
+        Bar::drawn(
+            &format!("{{spinner}} {{msg}} {{pos}} {unit} ({{per_sec}})"),
+            ProgressStyle::default_spinner,
+            message,
+            Duration::from_millis(120),
+        )
     }
 
     /// A spinner for work that reports nothing until it ends.
     pub fn spinner(message: &str) -> Bar {
+        Bar::drawn(
+            "{spinner} {msg} ({elapsed})",
+            ProgressStyle::default_spinner,
+            message,
+            Duration::from_millis(120),
+        )
+    }
+
+    /// Drawn at once (short work would otherwise never show), then every `tick`.
+    fn drawn(
+        template: &str,
+        fallback: fn() -> ProgressStyle,
+        message: &str,
+        tick: Duration,
+    ) -> Bar {
         let bar = ProgressBar::with_draw_target(None, target());
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
+        bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| fallback()));
         bar.set_message(message.to_string());
         bar.tick();
-        bar.enable_steady_tick(Duration::from_millis(120));
+        bar.enable_steady_tick(tick);
         Bar { bar }
     }
 
