@@ -181,6 +181,11 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     // Tells the dashboard's live tails to end when shutdown begins, so an open page
     // does not hold the shutdown for its whole grace.
     let (dashboard_stop, dashboard_stopping) = tokio::sync::watch::channel(false);
+    // One client for deliveries and the dashboard's test sends.
+    let sender = Sender::with_proxy(
+        config.delivery.allow_private_destinations,
+        config.delivery.proxy.as_ref(),
+    );
     let dashboard = Arc::new(crate::ui::UiState {
         stopping: dashboard_stopping,
         store: store.clone(),
@@ -190,10 +195,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         sessions: crate::ui::session::Sessions::default(),
         sources: config.sources.clone(),
         // With delivery off a bad proxy does not stop the start; the test button says why.
-        sender: Sender::with_proxy(
-            config.delivery.allow_private_destinations,
-            config.delivery.proxy.as_ref(),
-        ),
+        sender: sender.clone(),
     });
     let options = ServeOptions::new(
         server.read_timeout,
@@ -213,11 +215,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         .await?;
     let mut background = vec![tokio::spawn(summarize(metrics.clone()))];
     if config.delivery.enabled {
-        let sender = Sender::with_proxy(
-            config.delivery.allow_private_destinations,
-            config.delivery.proxy.as_ref(),
-        )
-        .map_err(StartError::Proxy)?;
+        let sender = sender.map_err(StartError::Proxy)?;
         let options = DispatchOptions {
             allow_private_destinations: config.delivery.allow_private_destinations,
             hold_after_failures: config.delivery.hold_after_failures,
