@@ -23,18 +23,23 @@ secret = "courses-key"
 basic_auth = { username = "lw", password = "pw" }
 "#;
 
+/// A copy of `config` beside it naming the port the gateway really listens on (the
+/// config says port 0), for commands that talk to it.
+fn live_config(config: &std::path::Path, addr: std::net::SocketAddr) -> String {
+    let live = config.with_file_name("live.toml");
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .replace("127.0.0.1:0", &addr.to_string());
+    std::fs::write(&live, text).unwrap();
+    live.to_str().unwrap().to_string()
+}
+
 #[tokio::test]
 async fn send_stores_an_event_that_events_lists() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), SOURCES);
     let mut served = serve(&config).await;
-    // The config says port 0; `send` must reach the real port, so point it there.
-    let live = write_config(dir.path(), SOURCES).with_file_name("live.toml");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("127.0.0.1:0", &served.addr.to_string());
-    std::fs::write(&live, text).unwrap();
-    let live = live.to_str().unwrap();
+    let live = &live_config(&config, served.addr);
 
     for (source, event_type) in [
         ("school", "CLASS_CREATED"),
@@ -324,15 +329,7 @@ async fn export_and_mirror_rebuild_work_on_the_data_directory() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), SOURCES);
     let mut served = serve(&config).await;
-    let live = config.with_file_name("live.toml");
-    std::fs::write(
-        &live,
-        std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("127.0.0.1:0", &served.addr.to_string()),
-    )
-    .unwrap();
-    let live = live.to_str().unwrap();
+    let live = &live_config(&config, served.addr);
     for event in [
         "CLASS_CREATED",
         "CLASS_CREATED",
@@ -486,15 +483,7 @@ async fn deliveries_and_replay_work_from_the_command_line() {
     );
     let config = write_config(dir.path(), &sources);
     let mut served = serve(&config).await;
-    let live = config.with_file_name("live.toml");
-    std::fs::write(
-        &live,
-        std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("127.0.0.1:0", &served.addr.to_string()),
-    )
-    .unwrap();
-    let live = live.to_str().unwrap();
+    let live = &live_config(&config, served.addr);
     let (code, _, _) = run(
         &[
             "send",
@@ -910,15 +899,7 @@ async fn scripts_get_json_lines_and_every_api_only_view_has_a_command() {
     );
     let config = write_config(dir.path(), &sources);
     let mut served = serve(&config).await;
-    let live = config.with_file_name("live.toml");
-    std::fs::write(
-        &live,
-        std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("127.0.0.1:0", &served.addr.to_string()),
-    )
-    .unwrap();
-    let live = live.to_str().unwrap();
+    let live = &live_config(&config, served.addr);
     let send = |args: &'static [&'static str]| {
         let mut all = vec!["send", "--config", live];
         all.extend(args);
@@ -1065,15 +1046,7 @@ async fn backup_copies_a_running_store_and_the_copy_restores() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), SOURCES);
     let mut served = serve(&config).await;
-    let live = config.with_file_name("live.toml");
-    std::fs::write(
-        &live,
-        std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("127.0.0.1:0", &served.addr.to_string()),
-    )
-    .unwrap();
-    let live = live.to_str().unwrap();
+    let live = &live_config(&config, served.addr);
     for _ in 0..3 {
         let (code, _, err) = run(
             &[
