@@ -104,11 +104,7 @@ pub async fn sqlite_to_postgres(
     let tables = Export::tables();
     let mut total = 0u64;
     for table in &tables {
-        let count = read(&export, {
-            let table = table.clone();
-            move |e| e.count(&table)
-        })
-        .await?;
+        let count = source_count(&export, table).await?;
         total += count as u64;
     }
     progress.total(total);
@@ -149,11 +145,8 @@ pub async fn sqlite_to_postgres(
     target.finish(floor).await?;
     let mut counts = Vec::new();
     for table in &tables {
-        let source = read(&export, {
-            let table = table.clone();
-            move |e| e.count(&table)
-        })
-        .await?;
+        // Counted again: rows added to the source meanwhile show as a difference.
+        let source = source_count(&export, table).await?;
         counts.push(TableCount {
             table: table.name,
             source,
@@ -175,6 +168,14 @@ fn last_key(chunk: &Chunk, key: &str) -> Result<i64, StoreError> {
         .and_then(|row| row[index].as_deref())
         .and_then(|text| text.parse().ok())
         .ok_or_else(|| StoreError::Corrupt(format!("a copied row has no integer {key}")))
+}
+
+async fn source_count(
+    export: &Arc<std::sync::Mutex<Export>>,
+    table: &CopiedTable,
+) -> Result<i64, StoreError> {
+    let table = table.clone();
+    read(export, move |e| e.count(&table)).await
 }
 
 async fn read<T: Send + 'static>(
