@@ -89,8 +89,21 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Metrics without an `instance` label (one process, tests).
     pub fn new() -> Arc<Metrics> {
-        let mut registry = Registry::with_prefix("classhook");
+        Metrics::build(Registry::with_prefix("classhook"))
+    }
+
+    /// Metrics whose every series carries `instance="<name>"`, so that the series of
+    /// several instances on one database stay apart wherever they are gathered.
+    pub fn for_instance(name: &str) -> Arc<Metrics> {
+        Metrics::build(Registry::with_prefix_and_labels(
+            "classhook",
+            [("instance".into(), name.to_string().into())].into_iter(),
+        ))
+    }
+
+    fn build(mut registry: Registry) -> Arc<Metrics> {
         let events = Family::<EventLabels, Counter>::default();
         registry.register(
             "events_received",

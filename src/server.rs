@@ -71,26 +71,42 @@ impl From<StoreError> for StartError {
 /// A gateway serving in the background.
 pub struct Running {
     pub addr: SocketAddr,
+    /// This instance's name among several on one database.
+    pub instance: String,
     pub store: Store,
     pub metrics: Arc<Metrics>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
+    /// The dispatcher's stop trigger and task.
+    dispatcher: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    shutdown_grace: Duration,
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish, and returns when done.
+    /// Stops accepting, lets in-flight requests finish, lets the deliveries on the
+    /// wire finish and be recorded (both within the shutdown grace) and gives this
+    /// instance's share of the delivery work to the others; returns when done.
     pub async fn stop(self) {
         for job in &self.background {
             job.abort();
         }
         let _ = self.stop.send(());
-        let _ = self.task.await;
-    }
-
-    /// Hands out the stop trigger and the server task, e.g. to a signal handler.
-    pub fn into_parts(self) -> (oneshot::Sender<()>, JoinHandle<()>) {
-        (self.stop, self.task)
+        let dispatcher = async {
+            if let Some((stop, mut task)) = self.dispatcher {
+                let _ = stop.send(());
+                if tokio::time::timeout(self.shutdown_grace, &mut task)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        "deliveries still on the wire at the end of the shutdown grace; their leases expire and they are sent again"
+                    );
+                    task.abort();
+                }
+            }
+        };
+        let _ = tokio::join!(self.task, dispatcher);
     }
 }
 
@@ -122,7 +138,11 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         addr: server.listen,
         error,
     })?;
-    let metrics = Metrics::new();
+    let instance = server
+        .instance
+        .clone()
+        .unwrap_or_else(|| default_instance_name(addr.port()));
+    let metrics = Metrics::for_instance(&instance);
     if server.secret_keys.writes_plain_text() {
         tracing::warn!(
             "subscription secrets are stored in plain text: set {} to a key (`classhook secret-key` makes one) to encrypt them",
@@ -210,10 +230,10 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         connections: options.connections.clone(),
         max_connections: server.max_connections,
     });
-    store
-        .sync_config_subscriptions(config.subscriptions.clone())
+    crate::deliver::config_sync::sync_config_subscriptions(&store, config.subscriptions.clone())
         .await?;
     let mut background = vec![tokio::spawn(summarize(metrics.clone()))];
+    let mut dispatcher_task = None;
     if config.delivery.enabled {
         let sender = sender.map_err(StartError::Proxy)?;
         let options = DispatchOptions {
@@ -224,7 +244,11 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         };
         let dispatcher = Dispatcher::with_sender(store.clone(), clock.clone(), options, sender)
             .with_observer(metrics.clone());
-        background.push(tokio::spawn(dispatcher.run()));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(dispatcher.run(async move {
+            let _ = stopped.await;
+        }));
+        dispatcher_task = Some((stop, task));
     }
     if let Some(days) = config.retention.events_days {
         background.push(tokio::spawn(retention(
@@ -246,11 +270,14 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     ));
     Ok(Running {
         addr,
+        instance,
         store,
         metrics,
         stop,
         task,
         background,
+        dispatcher: dispatcher_task,
+        shutdown_grace: server.shutdown_grace,
     })
 }
 
@@ -343,6 +370,23 @@ async fn metrics(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Resp
             .render(&counts, &queue, ops.store.dropped_rejections()),
     )
         .into_response())
+}
+
+/// `<host name>:<port>`: unique among instances on different hosts, and among
+/// instances of one host on different ports.
+fn default_instance_name(port: u16) -> String {
+    let host: String = gethostname::gethostname()
+        .to_string_lossy()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(58)
+        .collect();
+    let host = if host.is_empty() {
+        "classhook".into()
+    } else {
+        host
+    };
+    format!("{host}:{port}")
 }
 
 /// How often the log gets its line of what arrived.

@@ -31,20 +31,19 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         .map(|s| format!("{} ({})", s.name, s.provider))
         .collect();
     tracing::info!(
-        "classhook listening on http://{} with data in {} and sources: {}",
+        "classhook {} listening on http://{} with data in {} and sources: {}",
+        running.instance,
         running.addr,
-        config.server.data_dir.display(),
+        config.store_location().shown(),
         if sources.is_empty() {
             "none".to_string()
         } else {
             sources.join(", ")
         }
     );
-    let (stop, task) = running.into_parts();
     shutdown_signal().await;
-    tracing::info!("shutting down: finishing in-flight requests");
-    let _ = stop.send(());
-    task.await.context("the server task failed")?;
+    tracing::info!("shutting down: finishing in-flight requests and deliveries");
+    running.stop().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

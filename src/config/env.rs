@@ -31,6 +31,7 @@ const SERVER_KEYS: &[&str] = &[
     "https",
     "secret_key_env",
     "previous_secret_key_env",
+    "instance",
 ];
 const API_KEYS: &[&str] = &["tokens", "tokens_env"];
 const RETENTION_KEYS: &[&str] = &["events_days", "interval"];

@@ -101,6 +101,9 @@ pub struct ServerConfig {
     /// How subscription secrets are stored: sealed under the key from
     /// `secret_key_env`, plain text without one, withheld when secrets are skipped.
     pub secret_keys: crate::store::sealed::Sealer,
+    /// This instance's name among several on one database (the `instance` label of
+    /// its metrics); `None`: `<host name>:<port>`.
+    pub instance: Option<String>,
 }
 
 /// A configuration problem: which file, which key, what is wrong.

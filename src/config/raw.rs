@@ -171,6 +171,9 @@ pub struct RawServer {
     /// The variable holding the previous key while rotating (default
     /// `CLASSHOOK_SECRET_KEY_PREVIOUS`).
     pub previous_secret_key_env: Option<String>,
+    /// This instance's name among several on one database (metrics, logs); default
+    /// `<host name>:<port>`.
+    pub instance: Option<String>,
 }
 
 impl Default for RawServer {
@@ -188,6 +191,7 @@ impl Default for RawServer {
             https: false,
             secret_key_env: None,
             previous_secret_key_env: None,
+            instance: None,
         }
     }
 }

@@ -129,9 +129,14 @@ pub(super) fn resolve(
         lookup,
     )
     .map_err(|(key, message)| ConfigError::new(file, key, message))?;
+    let listen = resolve_listen(&s.listen)
+        .map_err(|message| ConfigError::new(file, "server.listen", message))?;
+    if let Some(name) = &s.instance {
+        check_instance_name(name)
+            .map_err(|message| ConfigError::new(file, "server.instance", message))?;
+    }
     let server = ServerConfig {
-        listen: resolve_listen(&s.listen)
-            .map_err(|message| ConfigError::new(file, "server.listen", message))?,
+        listen,
         // A relative data_dir means "beside the config file", wherever the command
         // runs from (also when it comes from CLASSHOOK_SERVER_DATA_DIR).
         data_dir: match file.parent() {
@@ -147,6 +152,7 @@ pub(super) fn resolve(
         trusted_proxies,
         https: s.https,
         secret_keys,
+        instance: s.instance,
     };
     let mut seen = HashSet::new();
     let mut sources = Vec::with_capacity(raw.sources.len());
@@ -540,4 +546,15 @@ fn resolve_listen(text: &str) -> Result<std::net::SocketAddr, String> {
         .into_iter()
         .next()
         .ok_or_else(|| format!("{shown:?} resolves to no address"))
+}
+
+/// An instance name fit for a metrics label and a log line.
+fn check_instance_name(name: &str) -> Result<(), String> {
+    let fits = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(fits) {
+        return Err(format!(
+            "{name:?} is not an instance name: 1 to 64 letters, digits, '.', '_', ':' or '-'"
+        ));
+    }
+    Ok(())
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::ownership::{Owned, Owners};
 use super::schedule::{self, Next, Outcome};
 use super::send::{self, Sender};
 use super::subscription::Subscription;
@@ -79,6 +80,8 @@ pub struct Dispatcher {
     /// Running attempts; each ends with its subscription id and what became of it.
     attempts: JoinSet<(SubscriptionId, Finished)>,
     observer: Option<Arc<dyn DeliveryObserver>>,
+    /// Which subscriptions this instance dispatches (all of them, alone on a store).
+    owners: Owners,
 }
 
 impl Dispatcher {
@@ -104,6 +107,7 @@ impl Dispatcher {
             slots: HashMap::new(),
             attempts: JoinSet::new(),
             observer: None,
+            owners: Owners::default(),
         }
     }
 
@@ -113,20 +117,28 @@ impl Dispatcher {
         self
     }
 
-    /// Runs until the task is aborted.
-    pub async fn run(mut self) {
+    /// Runs until `stop` completes, then stops cleanly: leases nothing more, gives
+    /// back the leases of deliveries not yet sent, lets the attempts on the wire
+    /// finish and be recorded, and gives its subscriptions back to the other
+    /// instances.
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         let queued = self.store.deliveries_queued();
+        tokio::pin!(stop);
         loop {
             while let Some(ended) = self.attempts.try_join_next() {
                 self.finished(ended);
             }
             self.lease_and_start().await;
             tokio::select! {
+                () = &mut stop => break,
                 () = queued.notified() => {}
                 Some(ended) = self.attempts.join_next() => self.finished(ended),
                 () = tokio::time::sleep(self.options.poll_interval) => {}
             }
         }
+        self.owners.stop_sending();
+        self.settle().await;
+        self.owners.resign(&self.store).await;
     }
 
     /// One round, to the end: leases what is due now and waits until every attempt
@@ -170,9 +182,14 @@ impl Dispatcher {
                     return 0;
                 }
             };
+        let margin = self.options.lease_margin;
+        self.owners
+            .round(&self.store, &subscriptions, &self.in_flight, now_ms, margin)
+            .await;
         let requests: Vec<ClaimRequest> = subscriptions
             .values()
             .filter(|s| !s.paused && s.hold_until_ms <= now_ms)
+            .filter(|s| self.owners.may_lease(s, now_ms, margin))
             .filter_map(|s| {
                 let width = s.spec.max_in_flight as usize;
                 let limit = width * PREFETCH;
@@ -208,6 +225,8 @@ impl Dispatcher {
                 sender: self.sender.clone(),
                 clock: self.clock.clone(),
                 slots: self.slots_for(&subscription),
+                owned: self.owners.of(subscription.id),
+                lease_margin: self.options.lease_margin,
                 hold_after_failures: self.options.hold_after_failures,
                 observer: self.observer.clone(),
                 subscription,
@@ -242,6 +261,10 @@ struct Attempt {
     sender: Sender,
     clock: Arc<dyn Clock>,
     slots: Arc<Semaphore>,
+    /// This instance's ownership of the subscription: no attempt starts unless it
+    /// outlasts the attempt.
+    owned: Owned,
+    lease_margin: Duration,
     hold_after_failures: u32,
     observer: Option<Arc<dyn DeliveryObserver>>,
     subscription: Subscription,
@@ -278,7 +301,8 @@ impl Attempt {
         let Ok(slot) = self.slots.acquire().await else {
             return Finished::StoreFailed;
         };
-        if !self.still_open().await {
+        let longest = spec.timeout + self.lease_margin;
+        if !self.owned.outlasts(self.clock.now_ms(), longest) || !self.still_open().await {
             let lease = vec![Lease {
                 delivery: claimed.delivery_id,
                 token: claimed.lease_token,

@@ -7,8 +7,10 @@
 //! - [`guard`]: refuses private and internal destinations after DNS resolution;
 //! - [`dispatcher`]: leases due deliveries per subscription and runs the attempts.
 
+pub mod config_sync;
 pub mod dispatcher;
 pub mod guard;
+pub mod ownership;
 pub mod schedule;
 pub mod send;
 pub mod subscription;

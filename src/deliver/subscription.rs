@@ -43,6 +43,39 @@ pub mod defaults {
 }
 
 impl SubscriptionSpec {
+    /// The names of the fields whose values differ from `other`'s (secrets are
+    /// compared, never shown). Every field is named here: a new one must be added.
+    pub fn differences(&self, other: &SubscriptionSpec) -> Vec<&'static str> {
+        let SubscriptionSpec {
+            name: _,
+            url,
+            events,
+            sources,
+            tenants,
+            basic_auth,
+            secret,
+            secret_encoding,
+            timeout,
+            retry_schedule,
+            max_in_flight,
+        } = self;
+        [
+            ("url", *url != other.url),
+            ("events", *events != other.events),
+            ("sources", *sources != other.sources),
+            ("tenants", *tenants != other.tenants),
+            ("basic_auth", *basic_auth != other.basic_auth),
+            ("secret", *secret != other.secret),
+            ("secret_encoding", *secret_encoding != other.secret_encoding),
+            ("timeout", *timeout != other.timeout),
+            ("retry_schedule", *retry_schedule != other.retry_schedule),
+            ("max_in_flight", *max_in_flight != other.max_in_flight),
+        ]
+        .into_iter()
+        .filter_map(|(field, differs)| differs.then_some(field))
+        .collect()
+    }
+
     /// A subscription of `name` with every optional field at its default (its url and
     /// events still to be set).
     pub fn with_defaults(name: String) -> SubscriptionSpec {

@@ -35,6 +35,29 @@ pub struct ClaimRequest {
     pub lease_until_ms: i64,
 }
 
+/// One round of sharing the delivery work between instances: see
+/// [`Backend::own_subscriptions`].
+#[derive(Debug, Clone, Default)]
+pub struct OwnershipRequest {
+    pub now_ms: i64,
+    /// Every subscription, each with the end of an ownership taken or renewed now.
+    pub candidates: Vec<(SubscriptionId, i64)>,
+    /// Owned subscriptions this instance gives back; it has nothing of theirs in
+    /// flight any more.
+    pub give_up: Vec<SubscriptionId>,
+}
+
+/// What this instance dispatches after a round.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ownership {
+    /// The subscriptions it owns, each with the moment its ownership ends unless
+    /// renewed.
+    pub owned: Vec<(SubscriptionId, i64)>,
+    /// How many subscriptions each live instance should own: above it, an instance
+    /// gives some back so that a new instance gets its part.
+    pub fair_share: usize,
+}
+
 /// A lease given back without an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
@@ -218,6 +241,26 @@ pub trait Backend: Send + Sync + 'static {
     async fn subscription_open(&self, id: SubscriptionId, now_ms: i64) -> Result<bool, StoreError>;
 
     // ---- deliveries ----
+
+    /// Which subscriptions this instance dispatches. Each subscription is
+    /// dispatched by one instance at a time, so that its limits (`max_in_flight`,
+    /// holds, the order of its deliveries) hold for all instances together. A store
+    /// that one process uses alone grants every candidate (this default); a shared
+    /// store renews this instance's ownerships, takes back those in `give_up`,
+    /// spreads the free ones over the live instances, and lets an ownership pass to
+    /// another instance only after it has ended.
+    async fn own_subscriptions(&self, request: OwnershipRequest) -> Result<Ownership, StoreError> {
+        Ok(Ownership {
+            fair_share: request.candidates.len(),
+            owned: request.candidates,
+        })
+    }
+
+    /// This instance stops dispatching (nothing of it is in flight any more): its
+    /// ownerships pass to the others at once.
+    async fn resign(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Leases up to each request's capacity of its subscription's due deliveries
     /// (oldest due first), only while the subscription is neither paused nor held.

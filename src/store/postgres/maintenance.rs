@@ -30,35 +30,58 @@ const SHADOW: Tables = Tables { prefix: "rebuild_" };
 /// Only one rebuild at a time, across instances ("classhk" + 1).
 const REBUILD_LOCK: i64 = 0x0063_6c61_7373_686c;
 
+/// Only one instance prunes at a time ("classhk" + 3).
+const PRUNE_LOCK: i64 = 0x0063_6c61_7373_686e;
+
 impl PostgresStore {
+    /// Deletes events received before `before_ms`, in chunks. While another instance
+    /// prunes, this one leaves it to that one (0).
     pub(super) async fn prune_events(&self, before_ms: i64) -> Result<u64, StoreError> {
         let mut client = self.client().await?;
-        let mut total = 0;
-        loop {
-            let tx = client.transaction().await?;
-            let seqs: Vec<i64> = tx
-                .query(
-                    "SELECT seq FROM events WHERE received_at_ms < $1 ORDER BY seq LIMIT $2",
-                    &[&before_ms, &PRUNE_CHUNK],
-                )
-                .await?
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<Result<_, _>>()?;
-            // Attempts go with their deliveries (ON DELETE CASCADE).
-            tx.execute("DELETE FROM deliveries WHERE event_seq = ANY($1)", &[&seqs])
-                .await?;
-            let deleted = tx
-                .execute("DELETE FROM events WHERE seq = ANY($1)", &[&seqs])
-                .await?;
-            tx.commit().await?;
-            total += deleted;
-            if (seqs.len() as i64) < PRUNE_CHUNK {
-                return Ok(total);
-            }
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&PRUNE_LOCK])
+            .await?
+            .try_get(0)?;
+        if !locked {
+            return Ok(0);
+        }
+        let pruned = prune(&mut client, before_ms).await;
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&PRUNE_LOCK])
+            .await?;
+        pruned
+    }
+}
+
+/// Deletes in chunks, each its own short transaction, so that appends interleave.
+async fn prune(client: &mut deadpool_postgres::Object, before_ms: i64) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let tx = client.transaction().await?;
+        let seqs: Vec<i64> = tx
+            .query(
+                "SELECT seq FROM events WHERE received_at_ms < $1 ORDER BY seq LIMIT $2",
+                &[&before_ms, &PRUNE_CHUNK],
+            )
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        // Attempts go with their deliveries (ON DELETE CASCADE).
+        tx.execute("DELETE FROM deliveries WHERE event_seq = ANY($1)", &[&seqs])
+            .await?;
+        let deleted = tx
+            .execute("DELETE FROM events WHERE seq = ANY($1)", &[&seqs])
+            .await?;
+        tx.commit().await?;
+        total += deleted;
+        if (seqs.len() as i64) < PRUNE_CHUNK {
+            return Ok(total);
         }
     }
+}
 
+impl PostgresStore {
     pub(super) async fn rebuild_mirror(
         &self,
         progress: Arc<dyn Progress>,

@@ -28,6 +28,7 @@ pub(crate) mod import;
 mod maintenance;
 mod migrations;
 mod mirror;
+mod owners;
 mod read;
 mod records;
 mod sql;
@@ -35,6 +36,7 @@ mod subscriptions;
 #[doc(hidden)]
 pub mod testing;
 mod tls;
+mod wakeups;
 mod writer;
 
 #[cfg(test)]
@@ -51,9 +53,9 @@ use tokio_postgres::NoTls;
 use super::{
     AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, Backend, BackupReport,
     ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter,
-    EventSeq, EventSummary, KindCount, Lease, MAX_COMMIT_LAG, NewRejection, Progress, QueueDepth,
-    RebuildReport, Rejection, RejectionFilter, SpecChange, StatsRow, StoreError, StoreOptions,
-    StoredEvent, SubscriptionId,
+    EventSeq, EventSummary, KindCount, Lease, MAX_COMMIT_LAG, NewRejection, Ownership,
+    OwnershipRequest, Progress, QueueDepth, RebuildReport, Rejection, RejectionFilter, SpecChange,
+    StatsRow, StoreError, StoreOptions, StoredEvent, SubscriptionId,
 };
 use crate::deliver::subscription::{Subscription, SubscriptionSpec};
 use crate::event::NewEvent;
@@ -90,6 +92,22 @@ struct Inner {
     records: records::Recorder,
     rejections: Arc<crate::store::rejection_queue::RejectionQueue>,
     deliveries_queued: Arc<Notify>,
+    /// This process among the instances sharing the database (random at start).
+    instance: i64,
+    /// The tasks that live as long as the store (wakeups across instances).
+    _tasks: AbortOnDrop,
+}
+
+/// Aborts its tasks when dropped, so that a closed store keeps no connection open.
+#[derive(Default)]
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 impl PostgresStore {
@@ -117,6 +135,23 @@ impl PostgresStore {
         ));
         let writer_pool = build_pool(&writer_target, 1)?;
         let deliveries_queued = Arc::new(Notify::new());
+        // The writer wakes the notifier, which wakes this instance's dispatcher and
+        // then the others'.
+        let committed = Arc::new(Notify::new());
+        let instance = crate::store::new_lease_token();
+        let tasks = AbortOnDrop(vec![
+            tokio::spawn(wakeups::notifier(
+                pool.clone(),
+                committed.clone(),
+                deliveries_queued.clone(),
+                instance.to_string(),
+            )),
+            tokio::spawn(wakeups::listener(
+                target.clone(),
+                deliveries_queued.clone(),
+                instance.to_string(),
+            )),
+        ]);
         let rejections = Arc::new(crate::store::rejection_queue::RejectionQueue::default());
         let (queue, receiver) = mpsc::channel(options.queue_capacity.max(1));
         let task = writer::Writer {
@@ -124,7 +159,7 @@ impl PostgresStore {
             max_batch: options.max_batch.max(1),
             observer: options.observer.clone(),
             subscriptions: writer::Subscriptions::default(),
-            notify: deliveries_queued.clone(),
+            notify: committed,
             rejections: rejections.clone(),
         };
         tokio::spawn(task.run(receiver));
@@ -138,6 +173,8 @@ impl PostgresStore {
                 delivery,
                 rejections,
                 deliveries_queued,
+                instance,
+                _tasks: tasks,
             }),
         };
         store.probe_write().await?;
@@ -166,6 +203,8 @@ impl PostgresStore {
                 pool,
                 rejections: Arc::default(),
                 deliveries_queued: Arc::default(),
+                instance: 0,
+                _tasks: AbortOnDrop::default(),
             }),
         })
     }
@@ -500,6 +539,14 @@ impl Backend for PostgresStore {
 
     async fn subscription_open(&self, id: SubscriptionId, now_ms: i64) -> Result<bool, StoreError> {
         PostgresStore::subscription_open(self, id, now_ms).await
+    }
+
+    async fn own_subscriptions(&self, request: OwnershipRequest) -> Result<Ownership, StoreError> {
+        PostgresStore::own_subscriptions(self, request).await
+    }
+
+    async fn resign(&self) -> Result<(), StoreError> {
+        PostgresStore::resign(self).await
     }
 
     async fn claim_due(
