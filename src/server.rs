@@ -243,7 +243,8 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             lease_margin: config.delivery.lease_margin,
         };
         let dispatcher = Dispatcher::with_sender(store.clone(), clock.clone(), options, sender)
-            .with_observer(metrics.clone());
+            .with_observer(metrics.clone())
+            .named(&instance);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(dispatcher.run(async move {
             let _ = stopped.await;

@@ -111,6 +111,13 @@ impl Dispatcher {
         }
     }
 
+    /// Names this instance among several on one store (shown beside the
+    /// subscriptions it dispatches).
+    pub fn named(mut self, instance: &str) -> Dispatcher {
+        self.owners = Owners::named(instance);
+        self
+    }
+
     /// Tells `observer` about every recorded attempt.
     pub fn with_observer(mut self, observer: Arc<dyn DeliveryObserver>) -> Dispatcher {
         self.observer = Some(observer);

@@ -52,9 +52,18 @@ pub struct Owners {
     /// The subscriptions of the last round, and when it ran (by the monotonic clock
     /// and by the gateway's, which tests move by hand).
     last: Option<(Vec<SubscriptionId>, Instant, i64)>,
+    /// This instance's name, for people looking at the store.
+    name: String,
 }
 
 impl Owners {
+    pub fn named(name: &str) -> Owners {
+        Owners {
+            name: name.to_string(),
+            ..Owners::default()
+        }
+    }
+
     /// The ownership of `id` as its attempts see it.
     pub fn of(&mut self, id: SubscriptionId) -> Owned {
         self.owned.entry(id).or_default().clone()
@@ -100,6 +109,7 @@ impl Owners {
             })
             .collect();
         let request = OwnershipRequest {
+            instance_name: self.name.clone(),
             now_ms,
             candidates,
             give_up: give_up.clone(),

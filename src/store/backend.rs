@@ -39,6 +39,8 @@ pub struct ClaimRequest {
 /// [`Backend::own_subscriptions`].
 #[derive(Debug, Clone, Default)]
 pub struct OwnershipRequest {
+    /// This instance's name (for people looking at the store).
+    pub instance_name: String,
     pub now_ms: i64,
     /// Every subscription, each with the end of an ownership taken or renewed now.
     pub candidates: Vec<(SubscriptionId, i64)>,

@@ -16,6 +16,16 @@ pub fn is_postgres() -> bool {
     std::env::var("CLASSHOOK_TEST_BACKEND").as_deref() == Ok("postgres")
 }
 
+/// Says that a test needs PostgreSQL (it runs in the PostgreSQL pass); the caller
+/// returns.
+pub fn skip_unless_postgres(test: &str, why: &str) -> bool {
+    if !is_postgres() {
+        eprintln!("SKIPPED {test} on SQLite (it runs in the PostgreSQL pass): {why}");
+        return true;
+    }
+    false
+}
+
 /// Says that a test does not apply to this run's backend; the caller returns.
 pub fn skip_unless_sqlite(test: &str, why: &str) -> bool {
     if is_postgres() {
@@ -67,7 +77,7 @@ extern "C" fn drop_databases() {
 }
 
 /// The URL of `dir`'s PostgreSQL database, if this run made one.
-fn database_url(dir: &Path) -> Option<String> {
+pub fn database_url(dir: &Path) -> Option<String> {
     DATABASES
         .lock()
         .unwrap()

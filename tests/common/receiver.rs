@@ -32,6 +32,9 @@ pub struct Received {
     pub body: Vec<u8>,
     /// When the request arrived.
     pub at: Instant,
+    /// When the request arrived, in milliseconds since the Unix epoch (the
+    /// gateway's clock, to compare with what it stores).
+    pub at_ms: i64,
 }
 
 impl Received {
@@ -48,6 +51,9 @@ struct Inner {
     received: Mutex<Vec<Received>>,
     /// One permit per held request the test has released.
     released: tokio::sync::Semaphore,
+    /// Requests being answered now, and the most there ever were at once.
+    concurrent: std::sync::atomic::AtomicUsize,
+    most_concurrent: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Inner {
@@ -56,6 +62,8 @@ impl Default for Inner {
             script: Mutex::default(),
             received: Mutex::default(),
             released: tokio::sync::Semaphore::new(0),
+            concurrent: Default::default(),
+            most_concurrent: Default::default(),
         }
     }
 }
@@ -97,6 +105,13 @@ impl Receiver {
         self.inner.released.add_permits(n);
     }
 
+    /// The most requests this receiver was answering at one moment.
+    pub fn most_concurrent(&self) -> usize {
+        self.inner
+            .most_concurrent
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// How many requests carried this `webhook-id`.
     pub fn count_of(&self, webhook_id: &str) -> usize {
         self.received()
@@ -124,11 +139,37 @@ impl Receiver {
     }
 }
 
+/// Counts a request as being answered while it lives.
+struct Answering(Arc<Inner>);
+
+impl Answering {
+    fn new(inner: &Arc<Inner>) -> Answering {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = inner.concurrent.fetch_add(1, SeqCst) + 1;
+        inner.most_concurrent.fetch_max(now, SeqCst);
+        Answering(inner.clone())
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0
+            .concurrent
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    let _answering = Answering::new(&inner);
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     inner.received.lock().unwrap().push(Received {
         headers,
         body: body.to_vec(),
         at: Instant::now(),
+        at_ms,
     });
     let reply = inner
         .script

@@ -27,9 +27,9 @@ impl PostgresStore {
         let mut client = self.delivery_client().await?;
         let tx = client.transaction().await?;
         tx.execute(
-            "INSERT INTO instances (id, seen_at_ms) VALUES ($1, $2)
+            "INSERT INTO instances (id, name, seen_at_ms) VALUES ($1, $3, $2)
              ON CONFLICT (id) DO UPDATE SET seen_at_ms = excluded.seen_at_ms",
-            &[&me, &now],
+            &[&me, &now, &request.instance_name],
         )
         .await?;
         let alive: i64 = tx

@@ -4,6 +4,7 @@
 -- limits (max_in_flight, holds) hold for the cluster as they do for one process.
 CREATE TABLE instances (
     id         BIGINT PRIMARY KEY,
+    name       TEXT   NOT NULL,
     seen_at_ms BIGINT NOT NULL
 );
 
