@@ -14,24 +14,16 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::load::{Arrivals, SECRET, lags, paced, quantile, signed_body, start_receiver};
 use support::{env_or, spawn};
 
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::routing::post;
-use classhook::provider::{ProviderKind, sample};
-use classhook::secret::KeyBytes;
 use classhook::store::postgres::testing::TestDatabase;
 
-const SECRET: &str = "bench-secret";
 const IN_FLIGHT: usize = 8;
-
-type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -125,24 +117,13 @@ async fn bench() {
     std::fs::write(&file, config(&dir.path().join("data"), &lag_db, true)).unwrap();
     arrivals.lock().unwrap().clear();
     let (mut gateway, addr) = serve(&file).await;
-    let accepted = paced(addr, rate, seconds).await;
+    let accepted = paced(&[addr], rate, seconds).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while arrivals.lock().unwrap().len() < accepted.len() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let arrived = arrivals.lock().unwrap().clone();
-    let mut lags: Vec<Duration> = accepted
-        .iter()
-        .filter_map(|(id, at)| {
-            arrived
-                .get(id)
-                .map(|got| got.saturating_duration_since(*at))
-        })
-        .collect();
-    lags.sort_unstable();
-    let pct = |p: f64| {
-        lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)].as_secs_f64() * 1000.0
-    };
+    let lags = lags(&accepted, &arrivals);
+    let pct = |p: f64| quantile(&lags, p).as_secs_f64() * 1000.0;
     let _ = gateway.kill().await;
 
     println!();
@@ -181,43 +162,6 @@ async fn database(postgres: bool) -> Option<TestDatabase> {
     )
 }
 
-fn signed_body(n: u64) -> Bytes {
-    let key = KeyBytes::new(SECRET.as_bytes().to_vec());
-    let data = sample::sample_data(ProviderKind::DreamClass, "ATTENDANCE_UPDATED", n);
-    Bytes::from(
-        sample::build_request(
-            ProviderKind::DreamClass,
-            Some(&key),
-            "ATTENDANCE_UPDATED",
-            data,
-            "bench-school",
-        )
-        .body,
-    )
-}
-
-fn event_id(body: &[u8]) -> String {
-    let value: serde_json::Value = serde_json::from_slice(body).unwrap();
-    value["id"].as_str().unwrap_or_default().to_string()
-}
-
-async fn start_receiver(arrivals: Arrivals) -> SocketAddr {
-    async fn record(State(arrivals): State<Arrivals>, body: Bytes) -> &'static str {
-        arrivals
-            .lock()
-            .unwrap()
-            .insert(event_id(&body), Instant::now());
-        "{}"
-    }
-    let app = Router::new()
-        .route("/{name}", post(record))
-        .with_state(arrivals);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
 async fn post_all(addr: SocketAddr, bodies: &Arc<Vec<Bytes>>, concurrency: usize) {
     let client = reqwest::Client::new();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -241,34 +185,6 @@ async fn post_all(addr: SocketAddr, bodies: &Arc<Vec<Bytes>>, concurrency: usize
     for w in workers {
         w.await.unwrap();
     }
-}
-
-/// Sends fresh events at `rate` per second; returns when each was accepted.
-async fn paced(addr: SocketAddr, rate: u64, seconds: u64) -> Vec<(String, Instant)> {
-    let client = reqwest::Client::new();
-    let accepted = Arc::new(Mutex::new(Vec::new()));
-    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
-    let mut tasks = Vec::new();
-    for n in 0..rate * seconds {
-        ticker.tick().await;
-        let body = signed_body(1_000_000 + n);
-        let (client, accepted) = (client.clone(), accepted.clone());
-        tasks.push(tokio::spawn(async move {
-            let id = event_id(&body);
-            let response = client
-                .post(format!("http://{addr}/hooks/bench"))
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
-            accepted.lock().unwrap().push((id, Instant::now()));
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    accepted.lock().unwrap().clone()
 }
 
 /// Starts the release gateway on `config`.

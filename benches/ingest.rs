@@ -17,34 +17,11 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use support::load::{Report, SECRET, drive, signed_bodies};
 use support::{env_or, spawn};
 
 use bytes::Bytes;
-use classhook::provider::ProviderKind;
-use classhook::provider::sample;
-use classhook::secret::KeyBytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-
-const SECRET: &str = "bench-secret";
-
-struct Report {
-    accepted: usize,
-    failed: usize,
-    seconds: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-impl Report {
-    fn rate(&self) -> f64 {
-        self.accepted as f64 / self.seconds
-    }
-}
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -71,7 +48,7 @@ async fn bench() {
     for round in 1..=rounds {
         let (mut ceiling, ceiling_addr) =
             spawn(binary, &["null-server", "--listen", "127.0.0.1:0"]).await;
-        let ceiling_report = drive(ceiling_addr, &bodies, connections, seconds).await;
+        let ceiling_report = drive(&[ceiling_addr], &bodies, connections, seconds).await;
         let _ = ceiling.kill().await;
         // Alternate which gateway runs first: the machine's state drifts within a
         // round (page cache, disk), and neither side should always get the same slot.
@@ -201,7 +178,7 @@ async fn run_gateway(
     )
     .unwrap();
     let (mut gateway, addr) = spawn(binary, &["serve", "--config", config.to_str().unwrap()]).await;
-    let report = drive(addr, bodies, connections, seconds).await;
+    let report = drive(&[addr], bodies, connections, seconds).await;
     let rss_mib = peak_rss_mib(gateway.id().unwrap());
     let _ = gateway.kill().await;
     let _ = gateway.wait().await;
@@ -210,89 +187,6 @@ async fn run_gateway(
         None => classhook::store::Location::sqlite(dir.path().join("data")),
     };
     (report, rss_mib, stored_events(&location).await)
-}
-
-fn signed_bodies(count: usize) -> Vec<Bytes> {
-    let key = KeyBytes::new(SECRET.as_bytes().to_vec());
-    (0..count as u64)
-        .map(|n| {
-            let data = sample::sample_data(ProviderKind::DreamClass, "ATTENDANCE_UPDATED", n);
-            let request = sample::build_request(
-                ProviderKind::DreamClass,
-                Some(&key),
-                "ATTENDANCE_UPDATED",
-                data,
-                "bench-school",
-            );
-            Bytes::from(request.body)
-        })
-        .collect()
-}
-
-/// Sends bodies over `connections` keep-alive connections for `seconds`.
-async fn drive(
-    addr: SocketAddr,
-    bodies: &Arc<Vec<Bytes>>,
-    connections: usize,
-    seconds: u64,
-) -> Report {
-    let next = Arc::new(AtomicUsize::new(0));
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..connections {
-        let (bodies, next) = (bodies.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            stream.set_nodelay(true).unwrap();
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .unwrap();
-            tokio::spawn(connection);
-            let (mut latencies, mut accepted, mut failed) = (Vec::new(), 0usize, 0usize);
-            while Instant::now() < deadline {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                let Some(body) = bodies.get(n) else { break };
-                let request = hyper::Request::post(format!("http://{addr}/hooks/bench"))
-                    .header("content-type", "application/json")
-                    .header("host", addr.to_string())
-                    .body(Full::new(body.clone()))
-                    .unwrap();
-                let sent = Instant::now();
-                sender.ready().await.unwrap();
-                let response = sender.send_request(request).await.unwrap();
-                let ok = response.status() == 200;
-                response.into_body().collect().await.unwrap();
-                latencies.push(sent.elapsed().as_micros() as u32);
-                if ok { accepted += 1 } else { failed += 1 }
-            }
-            (latencies, accepted, failed)
-        }));
-    }
-    let (mut latencies, mut accepted, mut failed) = (Vec::new(), 0, 0);
-    for task in tasks {
-        let (l, a, f) = task.await.unwrap();
-        latencies.extend(l);
-        accepted += a;
-        failed += f;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
-    Report {
-        accepted,
-        failed,
-        seconds: elapsed,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-    }
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {

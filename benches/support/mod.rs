@@ -3,6 +3,8 @@
 //! binary as a child process.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

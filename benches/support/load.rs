@@ -1,0 +1,194 @@
+//! Load for the HTTP benchmarks: distinct signed DreamClass events, sent over
+//! keep-alive connections as fast as answers come (throughput), or at a fixed rate
+//! with the moment each was accepted (lag).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use classhook::provider::{ProviderKind, sample};
+use classhook::secret::KeyBytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+/// The key of the benchmarks' `bench` source.
+pub const SECRET: &str = "bench-secret";
+
+pub struct Report {
+    pub accepted: usize,
+    pub failed: usize,
+    pub seconds: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl Report {
+    pub fn rate(&self) -> f64 {
+        self.accepted as f64 / self.seconds
+    }
+}
+
+/// A distinct signed DreamClass attendance update, number `n`.
+pub fn signed_body(n: u64) -> Bytes {
+    let key = KeyBytes::new(SECRET.as_bytes().to_vec());
+    let data = sample::sample_data(ProviderKind::DreamClass, "ATTENDANCE_UPDATED", n);
+    Bytes::from(
+        sample::build_request(
+            ProviderKind::DreamClass,
+            Some(&key),
+            "ATTENDANCE_UPDATED",
+            data,
+            "bench-school",
+        )
+        .body,
+    )
+}
+
+pub fn signed_bodies(count: usize) -> Vec<Bytes> {
+    (0..count as u64).map(signed_body).collect()
+}
+
+/// The envelope id of a DreamClass body.
+pub fn event_id(body: &[u8]) -> String {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap();
+    value["id"].as_str().unwrap_or_default().to_string()
+}
+
+/// The `p` quantile of sorted values.
+pub fn quantile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
+/// Sends bodies over `connections` keep-alive connections for `seconds`, the
+/// connections spread evenly over `targets` (one gateway, or several instances).
+pub async fn drive(
+    targets: &[SocketAddr],
+    bodies: &Arc<Vec<Bytes>>,
+    connections: usize,
+    seconds: u64,
+) -> Report {
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let addr = targets[c % targets.len()];
+        let (bodies, next) = (bodies.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            let (mut latencies, mut accepted, mut failed) = (Vec::new(), 0usize, 0usize);
+            while Instant::now() < deadline {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(n) else { break };
+                let request = hyper::Request::post(format!("http://{addr}/hooks/bench"))
+                    .header("content-type", "application/json")
+                    .header("host", addr.to_string())
+                    .body(Full::new(body.clone()))
+                    .unwrap();
+                let sent = Instant::now();
+                sender.ready().await.unwrap();
+                let response = sender.send_request(request).await.unwrap();
+                let ok = response.status() == 200;
+                response.into_body().collect().await.unwrap();
+                latencies.push(sent.elapsed().as_micros() as u32);
+                if ok { accepted += 1 } else { failed += 1 }
+            }
+            (latencies, accepted, failed)
+        }));
+    }
+    let (mut latencies, mut accepted, mut failed) = (Vec::new(), 0, 0);
+    for task in tasks {
+        let (l, a, f) = task.await.unwrap();
+        latencies.extend(l);
+        accepted += a;
+        failed += f;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    Report {
+        accepted,
+        failed,
+        seconds: elapsed,
+        p50_ms: quantile(&latencies, 0.50) as f64 / 1000.0,
+        p99_ms: quantile(&latencies, 0.99) as f64 / 1000.0,
+    }
+}
+
+/// Sends fresh events at `rate` per second for `seconds`, in turn to each of
+/// `targets`; returns when each was accepted, by envelope id.
+pub async fn paced(targets: &[SocketAddr], rate: u64, seconds: u64) -> Vec<(String, Instant)> {
+    let client = reqwest::Client::new();
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let mut tasks = Vec::new();
+    for n in 0..rate * seconds {
+        ticker.tick().await;
+        let body = signed_body(1_000_000 + n);
+        let addr = targets[n as usize % targets.len()];
+        let (client, accepted) = (client.clone(), accepted.clone());
+        tasks.push(tokio::spawn(async move {
+            let id = event_id(&body);
+            let response = client
+                .post(format!("http://{addr}/hooks/bench"))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            accepted.lock().unwrap().push((id, Instant::now()));
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    accepted.lock().unwrap().clone()
+}
+
+/// When each event arrived at the receiver, by envelope id.
+pub type Arrivals = Arc<Mutex<std::collections::HashMap<String, Instant>>>;
+
+/// A receiver on loopback that answers 200 at once and notes each arrival.
+pub async fn start_receiver(arrivals: Arrivals) -> SocketAddr {
+    use axum::extract::State;
+    async fn record(State(arrivals): State<Arrivals>, body: Bytes) -> &'static str {
+        arrivals
+            .lock()
+            .unwrap()
+            .insert(event_id(&body), Instant::now());
+        "{}"
+    }
+    let app = axum::Router::new()
+        .route("/{name}", axum::routing::post(record))
+        .with_state(arrivals);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// Lag per accepted event (accepted → arrived), sorted; events that never arrived
+/// are left out and counted by the caller.
+pub fn lags(accepted: &[(String, Instant)], arrivals: &Arrivals) -> Vec<Duration> {
+    let arrivals = arrivals.lock().unwrap();
+    let mut lags: Vec<Duration> = accepted
+        .iter()
+        .filter_map(|(id, at)| {
+            arrivals
+                .get(id)
+                .map(|arrived| arrived.saturating_duration_since(*at))
+        })
+        .collect();
+    lags.sort_unstable();
+    lags
+}
