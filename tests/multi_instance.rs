@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use classhook::provider::dreamclass;
 use common::backend::{database_url, skip_unless_postgres};
-use common::process::{Served, serve, write_config};
+use common::process::{Served, serve, serve_logged, write_config};
 use common::receiver::{Receiver, Reply, eventually_async_within};
 use common::{SCHOOL_SECRET, raw_json};
 use serde_json::{Value, json};
@@ -384,4 +384,122 @@ async fn max_in_flight_one_holds_across_three_instances() {
         1,
         "two requests of a max_in_flight = 1 subscription at once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_with_another_config_file_says_what_it_changed() {
+    if skip_unless_postgres(
+        "an_instance_with_another_config…",
+        "several instances share one PostgreSQL",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (Receiver::start().await, Receiver::start().await);
+    let first = cluster_config(dir.path(), &old, "");
+    let text = std::fs::read_to_string(&first).unwrap();
+    let second = dir.path().join("newer.toml");
+    std::fs::write(
+        &second,
+        text.replace(&old.url(), &new.url())
+            .replace("timeout = \"1s\"", "timeout = \"2s\""),
+    )
+    .unwrap();
+    let db = database(dir.path()).await;
+
+    let (_a, _) = serve_logged(&first).await;
+    let version = "SELECT version FROM subscription_version";
+    let before = count(&db, version).await;
+    // The same file again: nothing written, nothing said.
+    let (_b, same_log) = serve_logged(&first).await;
+    assert_eq!(
+        count(&db, version).await,
+        before,
+        "a start with the same file wrote"
+    );
+    assert!(
+        !same_log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("other values")),
+        "{:?}",
+        same_log.lock().unwrap()
+    );
+    // Another file: it applies, and the log names the subscription and fields.
+    let (_c, other_log) = serve_logged(&second).await;
+    let warned = other_log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("WARN") && l.contains("crm") && l.contains("url, timeout"));
+    assert!(warned, "{:?}", other_log.lock().unwrap());
+    let url: String = db
+        .query_one("SELECT url FROM subscriptions WHERE name = 'crm'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(url, new.url());
+    for line in other_log.lock().unwrap().iter() {
+        assert!(!line.contains(SCHOOL_SECRET), "a secret in the log: {line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_names_its_instance() {
+    if skip_unless_postgres(
+        "every_metric_names…",
+        "several instances share one PostgreSQL",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    let config = cluster_config(dir.path(), &receiver, "");
+    let instances = start_cluster(&config, 2).await;
+    let client = reqwest::Client::new();
+    let db = database(dir.path()).await;
+    for served in &instances {
+        // The name it goes by among the instances (default `<host>:<port>`).
+        let name = instance_name(&db, served.addr).await;
+        let text = client
+            .get(format!("http://{}/metrics", served.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let label = format!("instance=\"{name}\"");
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .collect();
+        assert!(!samples.is_empty());
+        for sample in samples {
+            assert!(sample.contains(&label), "{sample} lacks {label}");
+        }
+    }
+}
+
+/// The name under which the instance listening on `addr` registered (waits for its
+/// first round, bounded).
+async fn instance_name(db: &tokio_postgres::Client, addr: SocketAddr) -> String {
+    for _ in 0..500 {
+        let names: Vec<String> = db
+            .query("SELECT name FROM instances", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if let Some(name) = names
+            .into_iter()
+            .find(|n| n.ends_with(&format!(":{}", addr.port())))
+        {
+            return name;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no instance registered for {addr}");
 }

@@ -36,7 +36,7 @@ pub async fn serve(config: &Path) -> Served {
     serve_logged(config).await.0
 }
 
-/// Like [`serve`], and keeps every log line the gateway writes after starting.
+/// Like [`serve`], and keeps every log line the gateway writes, from the start.
 pub async fn serve_logged(config: &Path) -> (Served, Arc<Mutex<Vec<String>>>) {
     let mut child = Command::new(binary())
         .args(["serve", "--config"])
@@ -48,8 +48,10 @@ pub async fn serve_logged(config: &Path) -> (Served, Arc<Mutex<Vec<String>>>) {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let log = Arc::new(Mutex::new(Vec::new()));
     let addr = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(line) = lines.next_line().await.unwrap() {
+            log.lock().unwrap().push(line.clone());
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 return rest.split_whitespace().next().unwrap().parse().unwrap();
             }
@@ -59,7 +61,6 @@ pub async fn serve_logged(config: &Path) -> (Served, Arc<Mutex<Vec<String>>>) {
     .await
     .expect("classhook serve did not start within 20 s");
     // Keep draining stderr so the child never blocks on a full pipe.
-    let log = Arc::new(Mutex::new(Vec::new()));
     let kept = log.clone();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
