@@ -831,13 +831,13 @@ async fn metrics_count_events_rejections_commits_and_mirror_rows() {
         .await
         .unwrap();
     for expected in [
-        "classhook_events_received_total{source=\"school\",type=\"CLASS_CREATED\",outcome=\"stored\",status=\"ok\"} 1",
-        "classhook_events_received_total{source=\"school\",type=\"CLASS_CREATED\",outcome=\"duplicate\",status=\"ok\"} 1",
-        "classhook_rejections_total{reason=\"unknown_source\"} 1",
-        "classhook_ingest_duration_seconds_count 3",
+        "classhook_events_received_total{instance=\"gw\",source=\"school\",type=\"CLASS_CREATED\",outcome=\"stored\",status=\"ok\"} 1",
+        "classhook_events_received_total{instance=\"gw\",source=\"school\",type=\"CLASS_CREATED\",outcome=\"duplicate\",status=\"ok\"} 1",
+        "classhook_rejections_total{instance=\"gw\",reason=\"unknown_source\"} 1",
+        "classhook_ingest_duration_seconds_count{instance=\"gw\"} 3",
         "classhook_store_commit_batch_size_count",
         "classhook_store_commit_duration_seconds_bucket",
-        "classhook_mirror_rows{kind=\"class\",provider=\"dreamclass\",state=\"live\"} 1",
+        "classhook_mirror_rows{instance=\"gw\",kind=\"class\",provider=\"dreamclass\",state=\"live\"} 1",
     ] {
         assert!(text.contains(expected), "{expected} missing from:\n{text}");
     }

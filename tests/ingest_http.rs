@@ -639,8 +639,8 @@ async fn the_body_budget_sheds_with_503_while_small_requests_still_pass() {
     let slower = hold_body(&gw, "/hooks/school", 3500).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
-        metric(&gw, "classhook_body_bytes_in_flight ").await,
-        "classhook_body_bytes_in_flight 7000"
+        metric(&gw, "classhook_body_bytes_in_flight{instance=\"gw\"} ").await,
+        "classhook_body_bytes_in_flight{instance=\"gw\"} 7000"
     );
 
     // A body that does not fit is refused at once, before it is read.
@@ -687,8 +687,12 @@ async fn the_body_budget_sheds_with_503_while_small_requests_still_pass() {
 
     // Shed requests are counted, not kept in the rejection log.
     assert_eq!(
-        metric(&gw, "classhook_rejections_total{reason=\"overloaded\"}").await,
-        "classhook_rejections_total{reason=\"overloaded\"} 2"
+        metric(
+            &gw,
+            "classhook_rejections_total{instance=\"gw\",reason=\"overloaded\"}"
+        )
+        .await,
+        "classhook_rejections_total{instance=\"gw\",reason=\"overloaded\"} 2"
     );
     assert!(
         gw.store
@@ -811,7 +815,10 @@ async fn refusal_logs_are_shortened_and_rate_limited() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("classhook_rejections_total{reason=\"unknown_source\"} 42"),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("classhook_rejections_total{")
+                && l.ends_with(",reason=\"unknown_source\"} 42")),
         "{metrics}"
     );
 

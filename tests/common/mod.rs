@@ -147,7 +147,7 @@ pub fn client_from(ip: &str) -> reqwest::Client {
 
 pub fn config_in(dir: &Path, server_extra: &str, sources: &str) -> Config {
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n{server_extra}\n{}\n{sources}",
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\ninstance = \"gw\"\n{server_extra}\n{}\n{sources}",
         dir.join("data").display().to_string(),
         backend::database_section(dir)
     );
