@@ -92,6 +92,9 @@ struct Inner {
     records: records::Recorder,
     rejections: Arc<crate::store::rejection_queue::RejectionQueue>,
     deliveries_queued: Arc<Notify>,
+    /// Woken after a commit that queued deliveries: the notifier wakes the
+    /// dispatchers of this and the other instances.
+    committed: Arc<Notify>,
     /// This process among the instances sharing the database (random at start).
     instance: i64,
     /// The tasks that live as long as the store (wakeups across instances).
@@ -159,7 +162,7 @@ impl PostgresStore {
             max_batch: options.max_batch.max(1),
             observer: options.observer.clone(),
             subscriptions: writer::Subscriptions::default(),
-            notify: committed,
+            notify: committed.clone(),
             rejections: rejections.clone(),
         };
         tokio::spawn(task.run(receiver));
@@ -173,6 +176,7 @@ impl PostgresStore {
                 delivery,
                 rejections,
                 deliveries_queued,
+                committed,
                 instance,
                 _tasks: tasks,
             }),
@@ -203,6 +207,7 @@ impl PostgresStore {
                 pool,
                 rejections: Arc::default(),
                 deliveries_queued: Arc::default(),
+                committed: Arc::default(),
                 instance: 0,
                 _tasks: AbortOnDrop::default(),
             }),
@@ -213,6 +218,12 @@ impl PostgresStore {
     pub async fn migrate(url: &str) -> Result<(), StoreError> {
         let target = parse_url(url)?;
         migrations::run(&target, &redact_url(url)).await
+    }
+
+    /// Deliveries were queued or made due outside the writer (replay, backfill,
+    /// resume): wake the dispatchers of every instance, as a commit does.
+    fn deliveries_may_be_due(&self) {
+        self.inner.committed.notify_one();
     }
 
     /// A connection for reads and jobs.
@@ -510,7 +521,11 @@ impl Backend for PostgresStore {
         paused: bool,
         reason: Option<String>,
     ) -> Result<Subscription, StoreError> {
-        PostgresStore::set_paused(self, name, paused, reason).await
+        let changed = PostgresStore::set_paused(self, name, paused, reason).await?;
+        if !paused {
+            self.deliveries_may_be_due();
+        }
+        Ok(changed)
     }
 
     async fn list_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
@@ -570,7 +585,9 @@ impl Backend for PostgresStore {
     }
 
     async fn replay_delivery(&self, id: DeliveryId, now_ms: i64) -> Result<(), StoreError> {
-        PostgresStore::replay_delivery(self, id, now_ms).await
+        PostgresStore::replay_delivery(self, id, now_ms).await?;
+        self.deliveries_may_be_due();
+        Ok(())
     }
 
     async fn replay_subscription(
@@ -581,7 +598,11 @@ impl Backend for PostgresStore {
         until_ms: Option<i64>,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        PostgresStore::replay_subscription(self, name, dead_only, since_ms, until_ms, now_ms).await
+        let replayed =
+            PostgresStore::replay_subscription(self, name, dead_only, since_ms, until_ms, now_ms)
+                .await?;
+        self.deliveries_may_be_due();
+        Ok(replayed)
     }
 
     async fn backfill(
@@ -591,7 +612,9 @@ impl Backend for PostgresStore {
         until_ms: Option<i64>,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        PostgresStore::backfill(self, name, since_ms, until_ms, now_ms).await
+        let created = PostgresStore::backfill(self, name, since_ms, until_ms, now_ms).await?;
+        self.deliveries_may_be_due();
+        Ok(created)
     }
 
     async fn delivery_queue(&self) -> Result<Vec<QueueDepth>, StoreError> {
