@@ -158,6 +158,26 @@ impl Dispatcher {
         }
     }
 
+    /// Deletes replaced keys whose grace period is over, when the subscriptions just
+    /// read hold one (signing already skips them; this takes them out of the store).
+    async fn forget_expired_keys(
+        &self,
+        subscriptions: &HashMap<SubscriptionId, Subscription>,
+        now_ms: i64,
+    ) {
+        let expired = subscriptions
+            .values()
+            .flat_map(|s| &s.previous_keys)
+            .any(|k| k.expires_at_ms <= now_ms);
+        if !expired {
+            return;
+        }
+        match self.store.forget_expired_keys(now_ms).await {
+            Ok(n) => tracing::info!(keys = n, "expired signing keys forgotten"),
+            Err(error) => tracing::warn!(%error, "cannot forget expired signing keys"),
+        }
+    }
+
     /// Reads the subscriptions, leases what is due for those with room, and starts
     /// an attempt for each leased delivery. Returns how many were leased.
     pub async fn lease_and_start(&mut self) -> usize {
@@ -170,6 +190,7 @@ impl Dispatcher {
                     return 0;
                 }
             };
+        self.forget_expired_keys(&subscriptions, now_ms).await;
         let requests: Vec<ClaimRequest> = subscriptions
             .values()
             .filter(|s| !s.paused && s.hold_until_ms <= now_ms)
@@ -293,6 +314,7 @@ impl Attempt {
             event.summary.provider,
             &event.body,
             spec,
+            &self.subscription.previous_keys,
             &claimed.webhook_id,
             started_ms / 1000,
         ) {

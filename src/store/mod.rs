@@ -51,7 +51,7 @@ use crate::event::EventStatus;
 use crate::provider::ProviderKind;
 use crate::secret::Secret;
 
-pub use backend::{Backend, ClaimRequest, Lease, SpecChange};
+pub use backend::{Backend, ClaimRequest, Lease, RotateChange, SpecChange};
 pub use ids::{DeliveryId, EventSeq, SubscriptionId};
 
 pub use postgres::PostgresStore;

@@ -52,7 +52,7 @@ use super::{
     AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, Backend, BackupReport,
     ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter,
     EventSeq, EventSummary, KindCount, Lease, MAX_COMMIT_LAG, NewRejection, Progress, QueueDepth,
-    RebuildReport, Rejection, RejectionFilter, SpecChange, StatsRow, StoreError, StoreOptions,
+    RebuildReport, Rejection, RejectionFilter, RotateChange, SpecChange, StatsRow, StoreError, StoreOptions,
     StoredEvent, SubscriptionId,
 };
 use crate::deliver::subscription::{Subscription, SubscriptionSpec};
@@ -472,6 +472,18 @@ impl Backend for PostgresStore {
         reason: Option<String>,
     ) -> Result<Subscription, StoreError> {
         PostgresStore::set_paused(self, name, paused, reason).await
+    }
+
+    async fn rotate_secret(
+        &self,
+        name: &str,
+        rotate: RotateChange,
+    ) -> Result<Subscription, StoreError> {
+        PostgresStore::rotate_secret(self, name, rotate).await
+    }
+
+    async fn forget_expired_keys(&self, now_ms: i64) -> Result<u64, StoreError> {
+        PostgresStore::forget_expired_keys(self, now_ms).await
     }
 
     async fn list_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {

@@ -16,7 +16,7 @@ use crate::store::{
     AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, Backend, BackupReport,
     ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter,
     EventSeq, EventSummary, KindCount, Lease, NewRejection, Progress, QueueDepth, RebuildReport,
-    Rejection, RejectionFilter, SpecChange, StatsRow, StoreError, StoredEvent, SubscriptionId,
+    Rejection, RejectionFilter, RotateChange, SpecChange, StatsRow, StoreError, StoredEvent, SubscriptionId,
 };
 
 impl SqliteStore {
@@ -196,6 +196,18 @@ impl Backend for SqliteStore {
         reason: Option<String>,
     ) -> Result<Subscription, StoreError> {
         SqliteStore::set_paused(self, name, paused, reason).await
+    }
+
+    async fn rotate_secret(
+        &self,
+        name: &str,
+        rotate: RotateChange,
+    ) -> Result<Subscription, StoreError> {
+        SqliteStore::rotate_secret(self, name, rotate).await
+    }
+
+    async fn forget_expired_keys(&self, now_ms: i64) -> Result<u64, StoreError> {
+        SqliteStore::forget_expired_keys(self, now_ms).await
     }
 
     async fn list_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
