@@ -417,7 +417,7 @@ mod tests {
         spec.signing = signing;
         spec.secret = Some(Secret::new(secret));
         Subscription {
-            id: crate::store::SubscriptionId::new(1),
+            id: crate::store::SubscriptionId(1),
             spec,
             managed_by,
             paused: false,
