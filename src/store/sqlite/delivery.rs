@@ -201,8 +201,8 @@ fn upsert(
     conn.execute(
         "INSERT INTO subscriptions (name, url, events, sources, tenants, basic_username, basic_password,
              secret, secret_encoding, timeout_ms, retry_schedule_ms, max_in_flight, managed_by,
-             signing)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+             signing, public_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
          ON CONFLICT (name) DO UPDATE SET url = excluded.url, events = excluded.events,
              sources = excluded.sources, tenants = excluded.tenants,
              basic_username = excluded.basic_username, basic_password = excluded.basic_password,
