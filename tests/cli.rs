@@ -1076,7 +1076,13 @@ async fn scripts_get_json_lines_and_every_api_only_view_has_a_command() {
     let (_, table, _) = run(&["subscriptions", "list", "--config", live], None).await;
     assert!(table.contains(&format!("public key {new_key}")), "{table}");
     let (code, _, err) = run(
-        &["subscriptions", "rotate-secret", "nowhere", "--config", live],
+        &[
+            "subscriptions",
+            "rotate-secret",
+            "nowhere",
+            "--config",
+            live,
+        ],
         None,
     )
     .await;
@@ -1096,7 +1102,10 @@ async fn scripts_get_json_lines_and_every_api_only_view_has_a_command() {
     )
     .await;
     assert_ne!(code, 0);
-    assert!(err.contains("--grace-period") && err.contains("7 days"), "{err}");
+    assert!(
+        err.contains("--grace-period") && err.contains("7 days"),
+        "{err}"
+    );
 
     // Completions for the usual shells.
     for shell in ["bash", "zsh", "fish"] {

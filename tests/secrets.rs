@@ -584,7 +584,10 @@ async fn no_secret_appears_in_any_output() {
     for key in &keys {
         assert!(!log.contains(key.as_str()), "the log shows a signing key");
         for answer in &seen {
-            assert!(!answer.contains(key.as_str()), "an answer shows a signing key: {answer}");
+            assert!(
+                !answer.contains(key.as_str()),
+                "an answer shows a signing key: {answer}"
+            );
         }
     }
 

@@ -74,8 +74,8 @@ fn verifies(received: &Received, key: &str) -> bool {
 }
 
 fn verify_all(cases: &[(&Received, &str)]) -> Vec<bool> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/signing/verify_standard_webhooks.py");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/signing/verify_standard_webhooks.py");
     let mut child = Command::new(python())
         .arg(script)
         .stdin(Stdio::piped())
@@ -168,7 +168,14 @@ async fn the_independent_verifier_refuses_what_it_must() {
     let receiver = Receiver::start().await;
     let create = json!({"name": "crm", "url": receiver.url(), "events": ["*"],
         "secret": whsec(OLD_KEY)});
-    let (status, _) = api(&gw, TOKEN, reqwest::Method::POST, "/subscriptions", Some(create)).await;
+    let (status, _) = api(
+        &gw,
+        TOKEN,
+        reqwest::Method::POST,
+        "/subscriptions",
+        Some(create),
+    )
+    .await;
     assert_eq!(status, 201);
     let got = deliver_one(&gw, &receiver, 1).await;
     let mut tampered = got.clone();
@@ -197,7 +204,14 @@ async fn an_hmac_receiver_with_the_old_secret_verifies_during_the_grace_period_o
     let receiver = Receiver::start().await;
     let create = json!({"name": "crm", "url": receiver.url(), "events": ["*"],
         "secret": whsec(OLD_KEY)});
-    let (status, _) = api(&gw, TOKEN, reqwest::Method::POST, "/subscriptions", Some(create)).await;
+    let (status, _) = api(
+        &gw,
+        TOKEN,
+        reqwest::Method::POST,
+        "/subscriptions",
+        Some(create),
+    )
+    .await;
     assert_eq!(status, 201);
     let before = deliver_one(&gw, &receiver, 1).await;
     assert!(verifies(&before, &whsec(OLD_KEY)));
@@ -260,8 +274,14 @@ async fn ed25519_signatures_verify_independently_and_rotate_with_a_grace_period(
     let receiver = Receiver::start().await;
     let create = json!({"name": "crm", "url": receiver.url(), "events": ["*"],
         "signing": "ed25519"});
-    let (status, created) =
-        api(&gw, TOKEN, reqwest::Method::POST, "/subscriptions", Some(create)).await;
+    let (status, created) = api(
+        &gw,
+        TOKEN,
+        reqwest::Method::POST,
+        "/subscriptions",
+        Some(create),
+    )
+    .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["signing"], "ed25519");
     assert_eq!(created["has_secret"], true);
@@ -272,7 +292,11 @@ async fn ed25519_signatures_verify_independently_and_rotate_with_a_grace_period(
 
     let first = deliver_one(&gw, &receiver, 1).await;
     assert_eq!(entries(&first).len(), 1);
-    assert!(entries(&first)[0].starts_with("v1a,"), "{:?}", entries(&first));
+    assert!(
+        entries(&first)[0].starts_with("v1a,"),
+        "{:?}",
+        entries(&first)
+    );
     let mut tampered = first.clone();
     tampered.body[0] = b' ';
     assert_eq!(
@@ -286,10 +310,16 @@ async fn ed25519_signatures_verify_independently_and_rotate_with_a_grace_period(
     let (status, rotated) = rotate(&gw, "crm", json!({"grace_period": "2s"})).await;
     let rotated_at = Instant::now();
     assert_eq!(status, 200, "{rotated}");
-    assert!(rotated.get("secret").is_none(), "no secret is shown: {rotated}");
+    assert!(
+        rotated.get("secret").is_none(),
+        "no secret is shown: {rotated}"
+    );
     let new_public = rotated["public_key"].as_str().unwrap().to_string();
     assert_ne!(new_public, old_public);
-    assert_eq!(rotated["previous_keys"][0]["public_key"], old_public.as_str());
+    assert_eq!(
+        rotated["previous_keys"][0]["public_key"],
+        old_public.as_str()
+    );
 
     let during = deliver_one(&gw, &receiver, 2).await;
     assert!(
@@ -340,7 +370,14 @@ async fn rotations_are_bounded_and_checked() {
     let receiver = Receiver::start().await;
     let create = json!({"name": "crm", "url": receiver.url(), "events": ["*"],
         "secret": whsec(OLD_KEY)});
-    let (status, _) = api(&gw, TOKEN, reqwest::Method::POST, "/subscriptions", Some(create)).await;
+    let (status, _) = api(
+        &gw,
+        TOKEN,
+        reqwest::Method::POST,
+        "/subscriptions",
+        Some(create),
+    )
+    .await;
     assert_eq!(status, 201);
     for (body, says) in [
         (json!({"grace_period": "8d"}), "7 days"),
@@ -348,7 +385,10 @@ async fn rotations_are_bounded_and_checked() {
         (json!({"grace_period": "-1s"}), "grace_period"),
         (json!({"signing": "rsa"}), "signing"),
         (json!({"secret": ""}), "secret"),
-        (json!({"signing": "ed25519", "secret": "chosen"}), "generates"),
+        (
+            json!({"signing": "ed25519", "secret": "chosen"}),
+            "generates",
+        ),
         (json!({"grace": "1h"}), "unknown field"),
     ] {
         let (status, answer) = rotate(&gw, "crm", body.clone()).await;
@@ -382,7 +422,14 @@ async fn rotations_are_bounded_and_checked() {
     // An ed25519 subscription's secret is its generated key: not set by PATCH.
     let create = json!({"name": "ed", "url": receiver.url(), "events": ["X"],
         "signing": "ed25519"});
-    let (status, _) = api(&gw, TOKEN, reqwest::Method::POST, "/subscriptions", Some(create)).await;
+    let (status, _) = api(
+        &gw,
+        TOKEN,
+        reqwest::Method::POST,
+        "/subscriptions",
+        Some(create),
+    )
+    .await;
     assert_eq!(status, 201);
     let (status, answer) = api(
         &gw,
@@ -393,10 +440,22 @@ async fn rotations_are_bounded_and_checked() {
     )
     .await;
     assert_eq!(status, 400, "{answer}");
-    assert!(answer["message"].as_str().unwrap().contains("rotate-secret"));
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("rotate-secret")
+    );
     let create = json!({"name": "ed2", "url": receiver.url(), "events": ["X"],
         "signing": "ed25519", "secret": "mine"});
-    let (status, _) = api(&gw, TOKEN, reqwest::Method::POST, "/subscriptions", Some(create)).await;
+    let (status, _) = api(
+        &gw,
+        TOKEN,
+        reqwest::Method::POST,
+        "/subscriptions",
+        Some(create),
+    )
+    .await;
     assert_eq!(status, 400);
     gw.stop().await;
 }
@@ -417,15 +476,19 @@ async fn config_subscriptions_keep_generated_keys_and_refuse_file_secrets() {
     let (status, answer) = rotate(&gw, "file-hmac", json!({})).await;
     assert_eq!(status, 409, "{answer}");
     assert!(
-        answer["message"]
-            .as_str()
-            .unwrap()
-            .contains("config file"),
+        answer["message"].as_str().unwrap().contains("config file"),
         "{answer}"
     );
     assert!(!answer.to_string().contains("file-secret"));
 
-    let (_, view) = api(&gw, TOKEN, reqwest::Method::GET, "/subscriptions/file-ed", None).await;
+    let (_, view) = api(
+        &gw,
+        TOKEN,
+        reqwest::Method::GET,
+        "/subscriptions/file-ed",
+        None,
+    )
+    .await;
     let generated = view["public_key"].as_str().unwrap().to_string();
     let got = deliver_one(&gw, &receiver, 1).await;
     assert!(verifies(&got, &generated));
@@ -433,7 +496,14 @@ async fn config_subscriptions_keep_generated_keys_and_refuse_file_secrets() {
     // A restart keeps the key pair (the file holds none).
     gw.running.take().unwrap().stop().await;
     let gw2 = Gateway::start_config(gw.dir, &config, Arc::new(SystemClock)).await;
-    let (_, view) = api(&gw2, TOKEN, reqwest::Method::GET, "/subscriptions/file-ed", None).await;
+    let (_, view) = api(
+        &gw2,
+        TOKEN,
+        reqwest::Method::GET,
+        "/subscriptions/file-ed",
+        None,
+    )
+    .await;
     assert_eq!(view["public_key"], generated.as_str());
 
     let (status, rotated) = rotate(&gw2, "file-ed", json!({"grace_period": "0s"})).await;
@@ -444,8 +514,19 @@ async fn config_subscriptions_keep_generated_keys_and_refuse_file_secrets() {
     let mut gw2 = gw2;
     gw2.running.take().unwrap().stop().await;
     let gw3 = Gateway::start_config(gw2.dir, &config, Arc::new(SystemClock)).await;
-    let (_, view) = api(&gw3, TOKEN, reqwest::Method::GET, "/subscriptions/file-ed", None).await;
-    assert_eq!(view["public_key"], rotated_key.as_str(), "the rotated key stays");
+    let (_, view) = api(
+        &gw3,
+        TOKEN,
+        reqwest::Method::GET,
+        "/subscriptions/file-ed",
+        None,
+    )
+    .await;
+    assert_eq!(
+        view["public_key"],
+        rotated_key.as_str(),
+        "the rotated key stays"
+    );
     assert_eq!(view["last_rotation"]["by"], "api token #2");
     let got = deliver_one(&gw3, &receiver, 2).await;
     assert_eq!(

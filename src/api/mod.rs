@@ -161,10 +161,13 @@ fn bearer_index(tokens: &[Secret], headers: &axum::http::HeaderMap) -> Option<us
     else {
         return None;
     };
-    tokens.iter().enumerate().fold(None, |found, (index, token)| {
-        let equal = crypto::secrets_equal(given.trim().as_bytes(), token.expose().as_bytes());
-        found.or(equal.then_some(index))
-    })
+    tokens
+        .iter()
+        .enumerate()
+        .fold(None, |found, (index, token)| {
+            let equal = crypto::secrets_equal(given.trim().as_bytes(), token.expose().as_bytes());
+            found.or(equal.then_some(index))
+        })
 }
 
 pub fn unauthorized() -> ApiError {

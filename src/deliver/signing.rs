@@ -112,9 +112,9 @@ impl SigningKey {
         if text.starts_with("whsk_") {
             return ed25519_from_secret(text).map(|k| SigningKey::Ed25519(Box::new(k)));
         }
-        let encoded = text
-            .strip_prefix("whsec_")
-            .ok_or_else(|| "a stored previous key has neither prefix whsec_ nor whsk_".to_string())?;
+        let encoded = text.strip_prefix("whsec_").ok_or_else(|| {
+            "a stored previous key has neither prefix whsec_ nor whsk_".to_string()
+        })?;
         BASE64
             .decode(encoded)
             .map(SigningKey::Hmac)
@@ -259,8 +259,12 @@ pub fn public_key(spec: &SubscriptionSpec) -> Option<String> {
 /// Parses a grace period like the other durations (`24h`, `90m`, `0s`), at most 7
 /// days. The error names the field and never repeats more than the caller sent.
 pub fn parse_grace(text: &str) -> Result<Duration, String> {
-    let grace = humantime::parse_duration(text)
-        .map_err(|e| format!("`grace_period` {:?}: {e} (e.g. \"24h\", \"0s\")", short(text)))?;
+    let grace = humantime::parse_duration(text).map_err(|e| {
+        format!(
+            "`grace_period` {:?}: {e} (e.g. \"24h\", \"0s\")",
+            short(text)
+        )
+    })?;
     if grace > limits::GRACE_MAX {
         return Err(format!(
             "`grace_period` {} is longer than the longest allowed, 7 days",
@@ -444,14 +448,18 @@ mod tests {
     /// the empty message.
     #[test]
     fn ed25519_matches_rfc8032_test_1() {
-        let seed =
-            hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
-                .unwrap();
-        let key = SigningKey::from_canonical(&Secret::new(format!("whsk_{}", BASE64.encode(&seed))))
+        let seed = hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
             .unwrap();
+        let key =
+            SigningKey::from_canonical(&Secret::new(format!("whsk_{}", BASE64.encode(&seed))))
+                .unwrap();
         let public = key.public_key().unwrap();
         assert_eq!(
-            hex::encode(BASE64.decode(public.strip_prefix("whpk_").unwrap()).unwrap()),
+            hex::encode(
+                BASE64
+                    .decode(public.strip_prefix("whpk_").unwrap())
+                    .unwrap()
+            ),
             "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
         );
         let SigningKey::Ed25519(inner) = &key else {
@@ -492,7 +500,10 @@ mod tests {
         next.spec.secret = Some(set.secret.clone());
         next.previous_keys = set.previous.clone();
         let spec = &next.spec;
-        assert_eq!(valid_keys(spec, &next.previous_keys, 2_000).unwrap().len(), 2);
+        assert_eq!(
+            valid_keys(spec, &next.previous_keys, 2_000).unwrap().len(),
+            2
+        );
         assert_eq!(
             valid_keys(spec, &next.previous_keys, 1_000 + 3_600_000)
                 .unwrap()

@@ -202,8 +202,11 @@ pub trait Backend: Send + Sync + 'static {
     /// decision refuses what it must): the current key, the replaced keys still
     /// valid (every other stored one is deleted), and who rotated when.
     /// `NotFound`, or the decision's error.
-    async fn rotate_secret(&self, name: &str, rotate: RotateChange)
-    -> Result<Subscription, StoreError>;
+    async fn rotate_secret(
+        &self,
+        name: &str,
+        rotate: RotateChange,
+    ) -> Result<Subscription, StoreError>;
 
     /// Deletes every replaced key that expired at or before `now_ms` (not just
     /// ignored: their values leave the store). Returns how many.

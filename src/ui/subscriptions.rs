@@ -217,10 +217,7 @@ pub async fn rotate(
         ));
     }
     if let Some(secret) = generated {
-        notice.push_str(&format!(
-            " New secret, shown only now: {}",
-            secret.expose()
-        ));
+        notice.push_str(&format!(" New secret, shown only now: {}", secret.expose()));
     }
     if let Some(public_key) = &rotated.public_key {
         notice.push_str(&format!(" New public key: {public_key}"));

@@ -52,8 +52,8 @@ use super::{
     AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, Backend, BackupReport,
     ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter,
     EventSeq, EventSummary, KindCount, Lease, MAX_COMMIT_LAG, NewRejection, Progress, QueueDepth,
-    RebuildReport, Rejection, RejectionFilter, RotateChange, SpecChange, StatsRow, StoreError, StoreOptions,
-    StoredEvent, SubscriptionId,
+    RebuildReport, Rejection, RejectionFilter, RotateChange, SpecChange, StatsRow, StoreError,
+    StoreOptions, StoredEvent, SubscriptionId,
 };
 use crate::deliver::subscription::{Subscription, SubscriptionSpec};
 use crate::event::NewEvent;

@@ -207,7 +207,12 @@ async fn write_keys(
         tx.execute(
             "INSERT INTO subscription_keys (subscription_id, secret, expires_at_ms, public_key)
              VALUES ($1, $2, $3, $4)",
-            &[&id.get(), &sealed, &previous.expires_at_ms, &previous.public_key],
+            &[
+                &id.get(),
+                &sealed,
+                &previous.expires_at_ms,
+                &previous.public_key,
+            ],
         )
         .await?;
     }
@@ -397,7 +402,9 @@ impl PostgresStore {
                 api_owned(tx, &name).await?;
                 let current = load_subscription(tx, &name, &sealer, false)
                     .await?
-                    .ok_or_else(|| StoreError::NotFound(format!("no subscription named {name:?}")))?;
+                    .ok_or_else(|| {
+                        StoreError::NotFound(format!("no subscription named {name:?}"))
+                    })?;
                 let spec = change(current.spec).map_err(StoreError::Invalid)?;
                 if spec.name != name {
                     return Err(StoreError::Invalid(
@@ -686,7 +693,10 @@ impl PostgresStore {
                 .await?;
             for row in previous {
                 let (id, stored): (i64, String) = (row.try_get(0)?, row.try_get(1)?);
-                if keys.open(sealed::SUBSCRIPTION_PREVIOUS_KEY, &stored).is_err() {
+                if keys
+                    .open(sealed::SUBSCRIPTION_PREVIOUS_KEY, &stored)
+                    .is_err()
+                {
                     tx.execute("DELETE FROM subscription_keys WHERE id = $1", &[&id])
                         .await?;
                 }

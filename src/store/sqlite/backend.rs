@@ -16,7 +16,8 @@ use crate::store::{
     AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, Backend, BackupReport,
     ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter,
     EventSeq, EventSummary, KindCount, Lease, NewRejection, Progress, QueueDepth, RebuildReport,
-    Rejection, RejectionFilter, RotateChange, SpecChange, StatsRow, StoreError, StoredEvent, SubscriptionId,
+    Rejection, RejectionFilter, RotateChange, SpecChange, StatsRow, StoreError, StoredEvent,
+    SubscriptionId,
 };
 
 impl SqliteStore {

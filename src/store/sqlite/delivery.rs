@@ -253,7 +253,10 @@ fn write_keys(
             keys.public_key
         ],
     )?;
-    tx.execute("DELETE FROM subscription_keys WHERE subscription_id = ?1", [id])?;
+    tx.execute(
+        "DELETE FROM subscription_keys WHERE subscription_id = ?1",
+        [id],
+    )?;
     for previous in &keys.previous {
         tx.execute(
             "INSERT INTO subscription_keys (subscription_id, secret, expires_at_ms, public_key)
@@ -556,13 +559,7 @@ impl SqliteStore {
     }
 
     pub fn get_subscription(&self, name: &str) -> Result<Option<Subscription>, StoreError> {
-        self.with_reader(|conn| {
-            Ok(load_subscription(
-                conn,
-                name,
-                &self.inner.options.secrets,
-            )?)
-        })
+        self.with_reader(|conn| Ok(load_subscription(conn, name, &self.inner.options.secrets)?))
     }
 
     /// See [`crate::store::Backend::rotate_secret`].
