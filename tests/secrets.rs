@@ -560,7 +560,7 @@ async fn no_secret_appears_in_any_output() {
     // the at-rest key) appear nowhere either.
     let mut keys = vec![generated["whsec_".len()..].to_string()];
     let store = classhook::store::Store::open_existing(
-        &classhook::store::Location::sqlite(&dir.path().join("data")),
+        &classhook::store::Location::sqlite(dir.path().join("data")),
         classhook::store::StoreOptions {
             secrets: classhook::store::sealed::Sealer::with_keys(
                 classhook::store::sealed::SecretKey::from_base64(AT_REST_KEY).unwrap(),

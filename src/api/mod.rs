@@ -151,16 +151,13 @@ pub fn bearer_matches(tokens: &[Secret], headers: &axum::http::HeaderMap) -> boo
 
 /// Which of `tokens` the request carries (every one is compared, in constant time).
 fn bearer_index(tokens: &[Secret], headers: &axum::http::HeaderMap) -> Option<usize> {
-    let Some(given) = headers
+    let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
-        })
-    else {
-        return None;
-    };
+        })?;
     tokens
         .iter()
         .enumerate()
