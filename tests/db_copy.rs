@@ -225,7 +225,11 @@ async fn an_sqlite_store_moves_into_postgresql_and_the_api_answers_the_same() {
     }
     assert_eq!(events["items"].as_array().unwrap().len(), 4, "{events}");
     let signed = get(&on_postgres, "/subscriptions/signed").await;
-    assert_eq!(signed["previous_keys"].as_array().unwrap().len(), 1, "{signed}");
+    assert_eq!(
+        signed["previous_keys"].as_array().unwrap().len(),
+        1,
+        "{signed}"
+    );
     assert!(signed["public_key"].as_str().unwrap().starts_with("whpk_"));
     let delivery = get(&on_sqlite, "/deliveries?limit=100").await["items"][0]["id"].clone();
     assert_eq!(

@@ -548,3 +548,46 @@ async fn config_subscriptions_keep_generated_keys_and_refuse_file_secrets() {
         .to_string();
     assert!(error.contains("signing"), "{error}");
 }
+
+/// A delivery leased before a rotation and sent after it (it waited for the
+/// subscription's one slot) is signed with the keys of the moment it is sent: with a
+/// `0s` grace period the old key no longer signs it.
+#[tokio::test]
+async fn a_delivery_waiting_for_a_slot_is_signed_with_the_keys_after_a_rotation() {
+    let gw = start("").await;
+    let receiver = Receiver::start().await;
+    let create = json!({"name": "crm", "url": receiver.url(), "events": ["*"],
+        "secret": whsec(OLD_KEY), "max_in_flight": 1});
+    let (status, _) = api(
+        &gw,
+        TOKEN,
+        reqwest::Method::POST,
+        "/subscriptions",
+        Some(create),
+    )
+    .await;
+    assert_eq!(status, 201);
+    receiver.script([common::receiver::Reply::Held(200)]);
+    let held = gw
+        .post("/hooks/school", &dreamclass_sample("CLASS_UPDATED", 1))
+        .await;
+    assert_eq!(held.status, 200);
+    receiver.wait_for(1).await;
+    let waiting = gw
+        .post("/hooks/school", &dreamclass_sample("CLASS_UPDATED", 2))
+        .await;
+    assert_eq!(waiting.status, 200);
+    // Leased (prefetched) behind the held request: the dispatcher polls every 10 ms.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, rotated) = rotate(&gw, "crm", json!({"grace_period": "0s"})).await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_secret = rotated["secret"].as_str().unwrap().to_string();
+    receiver.release(1);
+    let got = receiver.wait_for(2).await;
+    assert_eq!(entries(&got[1]).len(), 1, "{:?}", entries(&got[1]));
+    assert_eq!(
+        verify_all(&[(&got[1], &new_secret), (&got[1], &whsec(OLD_KEY))]),
+        [true, false]
+    );
+    gw.stop().await;
+}

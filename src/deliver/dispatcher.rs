@@ -299,7 +299,7 @@ impl Attempt {
         let Ok(slot) = self.slots.acquire().await else {
             return Finished::StoreFailed;
         };
-        if !self.still_open().await {
+        let Some(rotated_at_ms) = self.still_open().await else {
             let lease = vec![Lease {
                 delivery: claimed.delivery_id,
                 token: claimed.lease_token,
@@ -308,13 +308,14 @@ impl Attempt {
                 Ok(()) => Finished::Released,
                 Err(_) => Finished::StoreFailed,
             };
-        }
+        };
+        let keys = self.current_keys(rotated_at_ms).await;
         let started_ms = self.clock.now_ms();
         let attempted = match send::build(
             event.summary.provider,
             &event.body,
-            spec,
-            &self.subscription.previous_keys,
+            &keys.spec,
+            &keys.previous_keys,
             &claimed.webhook_id,
             started_ms / 1000,
         ) {
@@ -417,14 +418,33 @@ impl Attempt {
     }
 
     /// Whether the subscription may still be sent to (fresh from the store).
-    async fn still_open(&self) -> bool {
+    /// Whether the subscription may still be sent to, read fresh: `Some` with when
+    /// its signing keys were last rotated (0: never).
+    async fn still_open(&self) -> Option<i64> {
         let now_ms = self.clock.now_ms();
-        matches!(
-            self.store
-                .subscription_open(self.subscription.id, now_ms)
-                .await,
-            Ok(true)
-        )
+        self.store
+            .subscription_open(self.subscription.id, now_ms)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The subscription to sign with: the one leased with, unless its keys were
+    /// rotated since (a delivery leased before a rotation waits for a slot and must
+    /// not go out under a key the rotation ended). Read again only then.
+    async fn current_keys(&self, rotated_at_ms: i64) -> std::borrow::Cow<'_, Subscription> {
+        let held = self.subscription.rotated.as_ref().map_or(0, |r| r.at_ms);
+        if held == rotated_at_ms {
+            return std::borrow::Cow::Borrowed(&self.subscription);
+        }
+        match self
+            .store
+            .get_subscription(&self.subscription.spec.name)
+            .await
+        {
+            Ok(Some(fresh)) if fresh.id == self.subscription.id => std::borrow::Cow::Owned(fresh),
+            _ => std::borrow::Cow::Borrowed(&self.subscription),
+        }
     }
 
     fn log(&self, next: &Next, outcome: &Outcome) {

@@ -238,7 +238,13 @@ pub trait Backend: Send + Sync + 'static {
     async fn hold_subscription(&self, id: SubscriptionId, until_ms: i64) -> Result<(), StoreError>;
 
     /// Whether it may be sent to now: it exists, is not paused, not held. Read fresh.
-    async fn subscription_open(&self, id: SubscriptionId, now_ms: i64) -> Result<bool, StoreError>;
+    /// `Some` with when its signing keys were last rotated (0: never), so that an
+    /// attempt can tell whether the keys it holds are still the current ones.
+    async fn subscription_open(
+        &self,
+        id: SubscriptionId,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError>;
 
     // ---- deliveries ----
 

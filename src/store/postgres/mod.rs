@@ -510,7 +510,11 @@ impl Backend for PostgresStore {
         PostgresStore::hold_subscription(self, id, until_ms).await
     }
 
-    async fn subscription_open(&self, id: SubscriptionId, now_ms: i64) -> Result<bool, StoreError> {
+    async fn subscription_open(
+        &self,
+        id: SubscriptionId,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
         PostgresStore::subscription_open(self, id, now_ms).await
     }
 

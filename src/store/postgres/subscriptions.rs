@@ -545,17 +545,19 @@ impl PostgresStore {
         &self,
         id: SubscriptionId,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<i64>, StoreError> {
         let client = self.delivery_client().await?;
         let statement = client
             .prepare_cached(
-                "SELECT 1 FROM subscriptions WHERE id = $1 AND NOT paused AND hold_until_ms <= $2",
+                "SELECT coalesce(rotated_at_ms, 0) FROM subscriptions
+                 WHERE id = $1 AND NOT paused AND hold_until_ms <= $2",
             )
             .await?;
         Ok(client
             .query_opt(&statement, &[&id.get(), &now_ms])
             .await?
-            .is_some())
+            .map(|row| row.try_get(0))
+            .transpose()?)
     }
 
     pub(super) async fn subscription_id(&self, name: &str) -> Result<SubscriptionId, StoreError> {

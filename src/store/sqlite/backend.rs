@@ -236,7 +236,11 @@ impl Backend for SqliteStore {
         SqliteStore::hold_subscription(self, id, until_ms).await
     }
 
-    async fn subscription_open(&self, id: SubscriptionId, now_ms: i64) -> Result<bool, StoreError> {
+    async fn subscription_open(
+        &self,
+        id: SubscriptionId,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
         self.blocking(move |s| s.subscription_open(id, now_ms))
             .await
     }

@@ -660,16 +660,20 @@ impl SqliteStore {
 
     /// Whether a subscription may be sent to now: it exists, is not paused and not
     /// held. Read fresh from the database, so a pause by another attempt, the API or
-    /// another process counts at once.
-    pub fn subscription_open(&self, id: SubscriptionId, now_ms: i64) -> Result<bool, StoreError> {
+    /// another process counts at once. `Some` with when its keys were last rotated.
+    pub fn subscription_open(
+        &self,
+        id: SubscriptionId,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
         self.with_reader(|conn| {
             Ok(conn
                 .prepare_cached(
-                    "SELECT 1 FROM subscriptions WHERE id = ?1 AND paused = 0 AND hold_until_ms <= ?2",
+                    "SELECT coalesce(rotated_at_ms, 0) FROM subscriptions
+                     WHERE id = ?1 AND paused = 0 AND hold_until_ms <= ?2",
                 )?
-                .query_row(params![id, now_ms], |_| Ok(()))
-                .optional()?
-                .is_some())
+                .query_row(params![id, now_ms], |r| r.get(0))
+                .optional()?)
         })
     }
 
