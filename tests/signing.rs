@@ -160,10 +160,28 @@ async fn stored_previous_keys(gw: &Gateway) -> i64 {
     backend::query_counts(gw.dir.path(), "SELECT count(*) FROM subscription_keys").await[0]
 }
 
-/// The verifier is not a rubber stamp: a changed body, another key, a missing
-/// header all fail.
+/// The verifier is not a rubber stamp: it accepts the spec's published test vector,
+/// and a changed body, another key, a missing header all fail.
 #[tokio::test]
 async fn the_independent_verifier_refuses_what_it_must() {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in [
+        ("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
+        ("webhook-timestamp", "1614265330"),
+        (
+            "webhook-signature",
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+        ),
+    ] {
+        headers.insert(name, value.parse().unwrap());
+    }
+    let vector = Received {
+        headers,
+        body: br#"{"test": 2432232314}"#.to_vec(),
+        at: Instant::now(),
+    };
+    assert!(verifies(&vector, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+
     let gw = start("").await;
     let receiver = Receiver::start().await;
     let create = json!({"name": "crm", "url": receiver.url(), "events": ["*"],

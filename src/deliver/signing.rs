@@ -471,6 +471,22 @@ mod tests {
         );
     }
 
+    /// The Standard Webhooks spec's published `v1` test vector.
+    #[test]
+    fn hmac_matches_the_standard_webhooks_test_vector() {
+        let key =
+            SigningKey::from_canonical(&Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"))
+                .unwrap();
+        assert_eq!(
+            key.sign(
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1_614_265_330,
+                br#"{"test": 2432232314}"#
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
     #[test]
     fn entries_name_their_scheme() {
         let hmac = SigningKey::Hmac(b"key".to_vec());
