@@ -496,7 +496,7 @@ impl PostgresStore {
                 })
             })
             .await?;
-        self.vacuum_secrets().await?;
+        self.vacuum_secrets().await;
         Ok(rotated)
     }
 
@@ -511,19 +511,25 @@ impl PostgresStore {
             .await?;
         drop(client);
         if deleted > 0 {
-            self.vacuum_secrets().await?;
+            self.vacuum_secrets().await;
         }
         Ok(deleted)
     }
 
     /// Rewrites the tables that hold keys, so that replaced and deleted values do not
     /// linger in their files (as reseal does; the WAL keeps them until recycled).
-    async fn vacuum_secrets(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .batch_execute("VACUUM FULL subscriptions, subscription_keys")
-            .await?;
-        Ok(())
+    /// The change it follows is committed: a failure here is logged, not returned.
+    async fn vacuum_secrets(&self) {
+        let vacuum = async {
+            self.client()
+                .await?
+                .batch_execute("VACUUM FULL subscriptions, subscription_keys")
+                .await
+                .map_err(StoreError::from)
+        };
+        if let Err(error) = vacuum.await {
+            tracing::warn!(%error, "cannot rewrite the tables of replaced signing keys");
+        }
     }
 
     pub(super) async fn hold_subscription(
