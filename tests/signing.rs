@@ -36,8 +36,14 @@ async fn start(subscriptions: &str) -> Gateway {
 }
 
 /// The independent verifier: Python with `cryptography` in a venv of its own under
-/// `target/` (installed on first use, as scripts/api-conformance installs its tool).
+/// `target/` (installed on first use, as scripts/api-conformance installs its tool;
+/// once per test process, whichever test asks first).
 fn python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(install_python).clone()
+}
+
+fn install_python() -> PathBuf {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sig-venv");
     let python = venv.join("bin/python");
     let has = |python: &Path| {
