@@ -250,6 +250,13 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             let _ = stopped.await;
         }));
         dispatcher_task = Some((stop, task));
+    } else {
+        // No dispatcher reads the keys (it forgets expired ones as it goes): expired
+        // replaced keys still leave the store.
+        background.push(tokio::spawn(forget_expired_keys(
+            store.clone(),
+            clock.clone(),
+        )));
     }
     if let Some(days) = config.retention.events_days {
         background.push(tokio::spawn(retention(
@@ -402,6 +409,20 @@ async fn summarize(metrics: Arc<Metrics>) {
         ticker.tick().await;
         if let Some(summary) = metrics.take_summary() {
             tracing::info!("events in the last minute: {summary}");
+        }
+    }
+}
+
+/// With delivery off: deletes signing keys whose grace period is over, now and then
+/// every minute.
+async fn forget_expired_keys(store: Store, clock: Arc<dyn Clock>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        ticker.tick().await;
+        match store.forget_expired_keys(clock.now_ms()).await {
+            Ok(0) => {}
+            Ok(keys) => tracing::info!(keys, "expired signing keys forgotten"),
+            Err(error) => tracing::warn!(%error, "cannot forget expired signing keys"),
         }
     }
 }

@@ -589,6 +589,10 @@ async fn the_openapi_document_covers_every_route() {
             json!({"dead_only": false}),
         ),
         (("post", "/subscriptions/{name}/backfill"), json!({})),
+        (
+            ("post", "/subscriptions/{name}/rotate-secret"),
+            json!({"grace_period": "1h"}),
+        ),
     ]);
 
     // Documented operations, with creation first and deletion last so that every

@@ -895,7 +895,8 @@ async fn scripts_get_json_lines_and_every_api_only_view_has_a_command() {
         .unwrap();
     let sources = format!(
         "{SOURCES}\n[delivery]\nallow_private_destinations = true\npoll_interval = \"20ms\"\n\n\
-         [[subscription]]\nname = \"nowhere\"\nurl = \"http://{closed}/hook\"\nevents = [\"CLASS_*\"]\nretry_schedule = []\nsecret = \"whsec_c2VjcmV0LWtleS1mb3ItY2xp\"\n"
+         [[subscription]]\nname = \"nowhere\"\nurl = \"http://{closed}/hook\"\nevents = [\"CLASS_*\"]\nretry_schedule = []\nsecret = \"whsec_c2VjcmV0LWtleS1mb3ItY2xp\"\n\n\
+         [[subscription]]\nname = \"signed\"\nurl = \"http://{closed}/hook\"\nevents = [\"none.*\"]\nsigning = \"ed25519\"\n"
     );
     let config = write_config(dir.path(), &sources);
     let mut served = serve(&config).await;
@@ -995,7 +996,8 @@ async fn scripts_get_json_lines_and_every_api_only_view_has_a_command() {
         serde_json::from_str(deliveries.lines().next().unwrap()).unwrap();
     assert_eq!(delivery["subscription"], "nowhere", "{deliveries}");
     let (_, listed, _) = run(&["subscriptions", "list", "--config", live, "--json"], None).await;
-    let subscription: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
+    let subscription: serde_json::Value =
+        serde_json::from_str(listed.lines().next().unwrap()).unwrap();
     assert_eq!(subscription["name"], "nowhere");
     assert_eq!(subscription["has_secret"], true);
     assert!(!listed.contains("c2VjcmV0"), "no secret shown: {listed}");
@@ -1031,6 +1033,79 @@ async fn scripts_get_json_lines_and_every_api_only_view_has_a_command() {
     .await;
     assert_ne!(code, 0);
     assert!(err.contains("no subscription named \"nosuch\""), "{err}");
+
+    // `subscriptions rotate-secret`: an ed25519 config subscription gets a new key
+    // pair (its public key printed and listed, the old one kept for the grace
+    // period); a config HMAC secret is changed in the file; a bad grace is named.
+    let listed_public = |listed: &str| -> serde_json::Value {
+        listed
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|s| s["name"] == "signed")
+            .unwrap()
+    };
+    let (_, listed, _) = run(&["subscriptions", "list", "--config", live, "--json"], None).await;
+    let before = listed_public(&listed)["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(before.starts_with("whpk_"), "{listed}");
+    let (code, out, err) = run(
+        &[
+            "subscriptions",
+            "rotate-secret",
+            "signed",
+            "--grace-period",
+            "1h",
+            "--config",
+            live,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("signed: signing key rotated"), "{out}");
+    assert!(!out.contains("whsk_"), "{out}");
+    let (_, listed, _) = run(&["subscriptions", "list", "--config", live, "--json"], None).await;
+    let after = listed_public(&listed);
+    let new_key = after["public_key"].as_str().unwrap();
+    assert_ne!(new_key, before);
+    assert!(out.contains(&format!("public key: {new_key}")), "{out}");
+    assert_eq!(after["previous_keys"][0]["public_key"], before.as_str());
+    assert_eq!(after["last_rotation"]["by"], "command line");
+    let (_, table, _) = run(&["subscriptions", "list", "--config", live], None).await;
+    assert!(table.contains(&format!("public key {new_key}")), "{table}");
+    let (code, _, err) = run(
+        &[
+            "subscriptions",
+            "rotate-secret",
+            "nowhere",
+            "--config",
+            live,
+        ],
+        None,
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("config file"), "{err}");
+    let (code, _, err) = run(
+        &[
+            "subscriptions",
+            "rotate-secret",
+            "signed",
+            "--grace-period",
+            "9days",
+            "--config",
+            live,
+        ],
+        None,
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--grace-period") && err.contains("7 days"),
+        "{err}"
+    );
 
     // Completions for the usual shells.
     for shell in ["bash", "zsh", "fish"] {

@@ -100,6 +100,26 @@ async fn an_sqlite_store_moves_into_postgresql_and_the_api_answers_the_same() {
     })
     .await;
     rejections_at_least(&gw.store, 2).await;
+    // An ed25519 subscription whose key was rotated: its replaced key moves too.
+    let created = gw
+        .client
+        .post(gw.url("/api/v1/subscriptions"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"name": "signed", "url": receiver.url(),
+            "events": ["none.*"], "signing": "ed25519"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let rotated = gw
+        .client
+        .post(gw.url("/api/v1/subscriptions/signed/rotate-secret"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"grace_period": "1h"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), 200);
     gw.stop().await;
 
     // The target: an empty database; the copy in two sittings.
@@ -153,6 +173,7 @@ async fn an_sqlite_store_moves_into_postgresql_and_the_api_answers_the_same() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("copied and verified"), "{out}");
     for table in [
+        "subscription_keys",
         "events",
         "deliveries",
         "attempts",
@@ -203,6 +224,13 @@ async fn an_sqlite_store_moves_into_postgresql_and_the_api_answers_the_same() {
         );
     }
     assert_eq!(events["items"].as_array().unwrap().len(), 4, "{events}");
+    let signed = get(&on_postgres, "/subscriptions/signed").await;
+    assert_eq!(
+        signed["previous_keys"].as_array().unwrap().len(),
+        1,
+        "{signed}"
+    );
+    assert!(signed["public_key"].as_str().unwrap().starts_with("whpk_"));
     let delivery = get(&on_sqlite, "/deliveries?limit=100").await["items"][0]["id"].clone();
     assert_eq!(
         get(&on_sqlite, &format!("/deliveries/{delivery}")).await,

@@ -1,7 +1,8 @@
 //! No secret leaves the gateway: the real binary, at debug log level, runs a realistic
 //! scenario with distinctive secrets (source secrets, Basic Auth passwords, API
-//! tokens, subscription secrets and passwords, a proxy URL with credentials, the key
-//! subscription secrets are sealed under) through
+//! tokens, subscription secrets and passwords, rotated and generated signing keys
+//! with ed25519 secret keys, a proxy URL with credentials, the key subscription
+//! secrets are sealed under) through
 //! every route, failing auth, bad signatures, deliveries and config errors; none of
 //! them (nor their base64 forms) may appear in a log line, an answer, an error body
 //! or the rejection log.
@@ -35,6 +36,7 @@ const SUB_PASSWORD: &str = "subPass-J7k8L9z0X1c2";
 const API_SUB_SECRET: &str = "apiSubSecret-V5b6N7m8Q9w0";
 const API_SUB_PASSWORD: &str = "apiSubPass-E1r2T3y4U5i6";
 const PATCHED_SECRET: &str = "patchedSecret-O7p8A9s0D1f2";
+const ROTATED_SECRET: &str = "rotatedSecret-G3h4J5k6L7z8";
 const PROXY_PASSWORD: &str = "proxyPass-W3e4R5t6Y7u8";
 /// `CLASSHOOK_SECRET_KEY`: base64 of "atRestKey-0123456789abcdefghijkl".
 const AT_REST_KEY: &str = "YXRSZXN0S2V5LTAxMjM0NTY3ODlhYmNkZWZnaGlqa2w=";
@@ -56,6 +58,7 @@ fn forbidden() -> Vec<String> {
         API_SUB_SECRET,
         API_SUB_PASSWORD,
         PATCHED_SECRET,
+        ROTATED_SECRET,
         PROXY_PASSWORD,
         AT_REST_KEY,
         "atRestKey-0123456789abcdefghijkl",
@@ -74,7 +77,13 @@ fn forbidden() -> Vec<String> {
     ] {
         all.push(BASE64.encode(format!("{user}:{password}")));
     }
-    for secret in [SCHOOL_SECRET, SUB_SECRET, API_SUB_SECRET, PATCHED_SECRET] {
+    for secret in [
+        SCHOOL_SECRET,
+        SUB_SECRET,
+        API_SUB_SECRET,
+        PATCHED_SECRET,
+        ROTATED_SECRET,
+    ] {
         all.push(BASE64.encode(secret));
     }
     all
@@ -424,6 +433,54 @@ async fn no_secret_appears_in_any_output() {
     )
     .await;
     assert_eq!(status, 200);
+    // Rotations: with a given secret, then a generated one (shown once, in that
+    // answer only), an ed25519 subscription's key pair, and a config subscription
+    // whose secret is in the file (409).
+    let (status, rotated) = call(
+        &client,
+        api(M::POST, "/subscriptions/crm/rotate-secret")
+            .json(&json!({"secret": ROTATED_SECRET, "grace_period": "1h"})),
+        &mut seen,
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    assert_eq!(rotated["last_rotation"]["by"], "api token #1");
+    assert!(rotated.get("secret").is_none(), "{rotated}");
+    let generated = client
+        .post(gw.url("/api/v1/subscriptions/crm/rotate-secret"))
+        .bearer_auth(ENV_TOKEN)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(generated.status(), 200);
+    let generated: Value = generated.json().await.unwrap();
+    let generated = generated["secret"].as_str().unwrap().to_string();
+    let (status, conflict) = call(
+        &client,
+        api(M::POST, "/subscriptions/from-config/rotate-secret").json(&json!({})),
+        &mut seen,
+    )
+    .await;
+    assert_eq!(status, 409, "{conflict}");
+    let signer = json!({"name": "signer", "url": receiver.url(), "events": ["*"],
+        "signing": "ed25519"});
+    let (status, _) = call(
+        &client,
+        api(M::POST, "/subscriptions").json(&signer),
+        &mut seen,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _) = call(
+        &client,
+        api(M::POST, "/subscriptions/signer/rotate-secret").json(&json!({"grace_period": "1h"})),
+        &mut seen,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = call(&client, api(M::GET, "/subscriptions/signer"), &mut seen).await;
+    assert_eq!(status, 200);
     for path in [
         "/subscriptions/crm",
         "/subscriptions/crm/pause",
@@ -498,6 +555,40 @@ async fn no_secret_appears_in_any_output() {
     assert_clean("the log", &log);
     for answer in &seen {
         assert_clean("an answer", answer);
+    }
+    // The generated secret and the ed25519 secret keys (read from the store with
+    // the at-rest key) appear nowhere either.
+    let mut keys = vec![generated["whsec_".len()..].to_string()];
+    let store = classhook::store::Store::open_existing(
+        &classhook::store::Location::sqlite(dir.path().join("data")),
+        classhook::store::StoreOptions {
+            secrets: classhook::store::sealed::Sealer::with_keys(
+                classhook::store::sealed::SecretKey::from_base64(AT_REST_KEY).unwrap(),
+                None,
+            ),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let signer = store.get_subscription("signer").await.unwrap().unwrap();
+    assert_eq!(signer.previous_keys.len(), 1);
+    for secret in std::iter::once(signer.spec.secret.as_ref().unwrap())
+        .chain(signer.previous_keys.iter().map(|k| &k.secret))
+    {
+        let text = secret.expose();
+        assert!(text.starts_with("whsk_"), "an ed25519 secret key");
+        keys.push(text["whsk_".len()..].to_string());
+    }
+    drop(store);
+    for key in &keys {
+        assert!(!log.contains(key.as_str()), "the log shows a signing key");
+        for answer in &seen {
+            assert!(
+                !answer.contains(key.as_str()),
+                "an answer shows a signing key: {answer}"
+            );
+        }
     }
 
     // A delivery through a proxy with credentials that cannot be reached: the

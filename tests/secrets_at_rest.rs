@@ -25,6 +25,7 @@ const CONFIG_PASSWORD: &str = "cfgSubPass-Q2w3E4r5";
 const API_SECRET: &str = "apiSubSecret-Z1x2C3v4";
 const API_PASSWORD: &str = "apiSubPass-B5n6M7q8";
 const PATCHED_SECRET: &str = "patchedSubSecret-T9y8U7i6";
+const ROTATED_SECRET: &str = "rotatedSubSecret-P4o5I6u7";
 
 const KEY_VAR: &str = "CLASSHOOK_SECRET_KEY";
 const PREVIOUS_VAR: &str = "CLASSHOOK_SECRET_KEY_PREVIOUS";
@@ -122,7 +123,7 @@ fn stored_rows(dir: &Path) -> Vec<(String, Option<String>, Option<String>)> {
         .unwrap()
 }
 
-/// Every stored secret is sealed under `key`.
+/// Every stored secret is sealed under `key`, the keys kept after a rotation too.
 fn assert_sealed_under(dir: &Path, key: &SecretKey) {
     let prefix = format!("sealed:v1:{}:", key.id());
     let rows = stored_rows(dir);
@@ -132,6 +133,37 @@ fn assert_sealed_under(dir: &Path, key: &SecretKey) {
             assert!(value.starts_with(&prefix), "{name}: {value}");
         }
     }
+    for value in stored_previous_keys(dir) {
+        assert!(value.starts_with(&prefix), "a previous key: {value}");
+    }
+}
+
+/// The stored keys a rotation replaced, read straight from the database file.
+fn stored_previous_keys(dir: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open_with_flags(
+        dir.join("data").join(classhook::store::DATABASE_FILE),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut stmt = conn
+        .prepare("SELECT secret FROM subscription_keys ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Rotates crm's secret to `secret`, keeping the old one for an hour.
+async fn rotate_api_subscription(gw: &Gateway, secret: &str) {
+    let rotated = gw
+        .client
+        .post(gw.url("/api/v1/subscriptions/crm/rotate-secret"))
+        .json(&json!({"secret": secret, "grace_period": "1h"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), 200, "{}", rotated.text().await.unwrap());
 }
 
 /// None of `secrets` is anywhere in the bytes of the database file or its WAL.
@@ -260,12 +292,18 @@ async fn with_a_key_no_subscription_secret_is_in_the_database_files() {
         .unwrap();
     assert!(signed_with(to_crm, PATCHED_SECRET));
 
+    // A rotation keeps the replaced secret (in its whsec_ form), sealed as well.
+    rotate_api_subscription(&gw, ROTATED_SECRET).await;
+    assert_eq!(stored_previous_keys(gw.dir.path()).len(), 1);
+    let patched_canonical = BASE64.encode(PATCHED_SECRET);
     let secrets = [
         CONFIG_SECRET,
         CONFIG_PASSWORD,
         API_SECRET,
         API_PASSWORD,
         PATCHED_SECRET,
+        patched_canonical.as_str(),
+        ROTATED_SECRET,
     ];
     // While it runs (the WAL holds the latest pages), then after it stopped.
     assert_sealed_under(gw.dir.path(), &key);
@@ -284,8 +322,10 @@ async fn the_key_rotates_and_a_forgotten_key_is_named() {
     let first = config(dir.path(), &receiver, Some(&old), None);
     let gw = start(dir, &first).await;
     create_api_subscription(&gw, &receiver).await;
+    rotate_api_subscription(&gw, ROTATED_SECRET).await;
     let dir = stop(gw).await;
     assert_sealed_under(dir.path(), &old);
+    assert_eq!(stored_previous_keys(dir.path()).len(), 1);
 
     // Only the new key: the old one is forgotten, and the error says which one is
     // needed (never a secret).

@@ -560,3 +560,113 @@ async fn the_live_tail_streams_new_rows_and_ends_when_the_gateway_stops() {
         started.elapsed()
     );
 }
+
+/// The subscriptions page rotates signing keys through a form with the session's
+/// CSRF token: an ed25519 key pair (new public key shown), an API HMAC secret
+/// (generated, shown in that answer only); a config HMAC secret is not rotatable.
+#[tokio::test]
+async fn signing_keys_rotate_from_the_subscriptions_page() {
+    let receiver = receiver::Receiver::start().await;
+    let config = format!(
+        "[delivery]\nallow_private_destinations = true\n{tokens}\n\
+         [[subscription]]\nname = \"signed\"\nurl = \"{url}\"\nevents = [\"X\"]\nsigning = \"ed25519\"\n\n\
+         [[subscription]]\nname = \"filed\"\nurl = \"{url}\"\nevents = [\"X\"]\nsecret = \"file-secret\"\n",
+        tokens = with_tokens(""),
+        url = receiver.url()
+    );
+    let gw = Gateway::start_with("", &config).await;
+    let created = gw
+        .client
+        .post(gw.url("/api/v1/subscriptions"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "crm", "url": receiver.url(), "events": ["X"], "secret": "first"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let (id, csrf) = sign_in(&gw).await;
+    let stored = |name: &'static str| {
+        let store = gw.store.clone();
+        async move { store.get_subscription(name).await.unwrap().unwrap() }
+    };
+
+    let page = get(&gw, "/ui/subscriptions", Some(&id)).await;
+    let before = stored("signed").await.public_key.unwrap();
+    assert!(page.text.contains(&before), "the public key is shown");
+    assert!(
+        page.text
+            .contains("aria-label=\"Rotate the signing key of signed\"")
+    );
+    assert!(
+        page.text
+            .contains("aria-label=\"Rotate the signing key of crm\"")
+    );
+    assert!(
+        !page
+            .text
+            .contains("aria-label=\"Rotate the signing key of filed\""),
+        "a config HMAC secret is changed in the file"
+    );
+
+    let refused = post(
+        &gw,
+        "/ui/subscriptions/signed/rotate-secret",
+        Some(&id),
+        &[("grace_period", "1h")],
+    )
+    .await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(stored("signed").await.public_key.unwrap(), before);
+
+    let done = post(
+        &gw,
+        "/ui/subscriptions/signed/rotate-secret",
+        Some(&id),
+        &[("csrf_token", &csrf), ("grace_period", "2h")],
+    )
+    .await;
+    assert_eq!(done.status, 200, "{}", done.text);
+    let after = stored("signed").await;
+    let new_key = after.public_key.clone().unwrap();
+    assert_ne!(new_key, before);
+    assert!(
+        done.text.contains(&format!("New public key: {new_key}")),
+        "{}",
+        done.text
+    );
+    assert!(done.text.contains("Replaced keys keep signing until"));
+    assert_eq!(after.rotated.unwrap().by, "dashboard");
+    assert_eq!(after.previous_keys.len(), 1);
+
+    let done = post(
+        &gw,
+        "/ui/subscriptions/crm/rotate-secret",
+        Some(&id),
+        &[("csrf_token", &csrf), ("grace_period", "0s")],
+    )
+    .await;
+    assert_eq!(done.status, 200, "{}", done.text);
+    let secret = stored("crm").await.spec.secret.unwrap();
+    assert!(secret.expose().starts_with("whsec_"));
+    assert!(
+        done.text.contains("New secret, shown only now"),
+        "{}",
+        done.text
+    );
+    assert!(done.text.contains(secret.expose()), "shown once");
+    let later = get(&gw, "/ui/subscriptions", Some(&id)).await;
+    assert!(!later.text.contains(secret.expose()), "and never again");
+    assert!(later.text.contains("by dashboard"));
+
+    for (name, grace, status) in [("filed", "1h", 409), ("signed", "9days", 400)] {
+        let page = post(
+            &gw,
+            &format!("/ui/subscriptions/{name}/rotate-secret"),
+            Some(&id),
+            &[("csrf_token", &csrf), ("grace_period", grace)],
+        )
+        .await;
+        assert_eq!(page.status, status, "{name}: {}", page.text);
+    }
+    gw.stop().await;
+}

@@ -9,6 +9,8 @@ mod stats;
 mod subscriptions;
 pub mod views;
 
+pub use subscriptions::{RotateInput, rotate, rotation_request};
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -89,6 +91,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         ))
         .routes(routes!(subscriptions::pause_subscription))
         .routes(routes!(subscriptions::resume_subscription))
+        .routes(routes!(subscriptions::rotate_secret))
         .routes(routes!(subscriptions::replay_subscription))
         .routes(routes!(subscriptions::backfill_subscription))
         .routes(routes!(subscriptions::list_deliveries))
@@ -116,34 +119,52 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(authenticated)
 }
 
+/// Who made an API request, as a rotation records it: the token's place among the
+/// configured ones (`api token #2`: `[api] tokens` first, then `tokens_env`), never
+/// the token itself; `open API` when no token is configured.
+#[derive(Debug, Clone)]
+pub struct Caller(pub String);
+
 /// Checks `Authorization: Bearer <token>` against every configured token, in
-/// constant time.
+/// constant time, and tells the handlers which one it was ([`Caller`]).
 async fn require_token(
     State(state): State<Arc<ApiState>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if state.tokens.is_empty() || bearer_matches(&state.tokens, request.headers()) {
-        return Ok(next.run(request).await);
-    }
-    Err(unauthorized())
+    let caller = if state.tokens.is_empty() {
+        "open API".to_string()
+    } else {
+        match bearer_index(&state.tokens, request.headers()) {
+            Some(index) => format!("api token #{}", index + 1),
+            None => return Err(unauthorized()),
+        }
+    };
+    request.extensions_mut().insert(Caller(caller));
+    Ok(next.run(request).await)
 }
 
 /// Whether the request carries one of `tokens` (all are compared, in constant time).
 pub fn bearer_matches(tokens: &[Secret], headers: &axum::http::HeaderMap) -> bool {
-    let Some(given) = headers
+    bearer_index(tokens, headers).is_some()
+}
+
+/// Which of `tokens` the request carries (every one is compared, in constant time).
+fn bearer_index(tokens: &[Secret], headers: &axum::http::HeaderMap) -> Option<usize> {
+    let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
+        })?;
+    tokens
+        .iter()
+        .enumerate()
+        .fold(None, |found, (index, token)| {
+            let equal = crypto::secrets_equal(given.trim().as_bytes(), token.expose().as_bytes());
+            found.or(equal.then_some(index))
         })
-    else {
-        return false;
-    };
-    tokens.iter().fold(false, |found, token| {
-        found | crypto::secrets_equal(given.trim().as_bytes(), token.expose().as_bytes())
-    })
 }
 
 pub fn unauthorized() -> ApiError {

@@ -15,7 +15,7 @@ use super::{ApiState, read, store_error};
 use crate::clock::format_ms;
 use crate::config::SecretEncoding;
 use crate::deliver::guard;
-use crate::deliver::send::key_bytes;
+use crate::deliver::signing::{self, RotationError, RotationRequest, Signing};
 use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec, parse_schedule};
 use crate::http::ApiError;
 use crate::secret::Secret;
@@ -35,6 +35,14 @@ pub struct SubscriptionView {
     pub basic_auth_username: Option<String>,
     pub has_secret: bool,
     pub secret_encoding: String,
+    /// `hmac` (`v1` signatures) or `ed25519` (`v1a`).
+    pub signing: Signing,
+    /// With ed25519 signing: the public key (`whpk_…`) receivers verify with.
+    pub public_key: Option<String>,
+    /// Keys replaced by a rotation that still sign, until they expire.
+    pub previous_keys: Vec<PreviousKeyView>,
+    /// The last rotation of its key (`POST …/rotate-secret`).
+    pub last_rotation: Option<RotationView>,
     pub timeout_ms: u64,
     pub retry_schedule_ms: Vec<u64>,
     pub max_in_flight: u32,
@@ -47,8 +55,33 @@ pub struct SubscriptionView {
     pub on_hold_until: Option<String>,
 }
 
+/// A replaced key still in its grace period; never the key itself.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PreviousKeyView {
+    pub expires_at: String,
+    /// An ed25519 key's public key (`whpk_…`).
+    pub public_key: Option<String>,
+}
+
+/// When a key was rotated and by whom: `api token #N` (its place among the
+/// configured tokens), `dashboard`, or `command line`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotationView {
+    pub at: String,
+    pub by: String,
+}
+
 impl From<Subscription> for SubscriptionView {
     fn from(s: Subscription) -> Self {
+        let public_key = s.public_key;
+        let previous_keys = s
+            .previous_keys
+            .into_iter()
+            .map(|p| PreviousKeyView {
+                expires_at: format_ms(p.expires_at_ms),
+                public_key: p.public_key,
+            })
+            .collect();
         SubscriptionView {
             name: s.spec.name,
             url: s.spec.url,
@@ -58,6 +91,13 @@ impl From<Subscription> for SubscriptionView {
             basic_auth_username: s.spec.basic_auth.map(|(u, _)| u),
             has_secret: s.spec.secret.is_some(),
             secret_encoding: s.spec.secret_encoding.as_str().to_string(),
+            signing: s.spec.signing,
+            public_key,
+            previous_keys,
+            last_rotation: s.rotated.map(|r| RotationView {
+                at: format_ms(r.at_ms),
+                by: r.by,
+            }),
             timeout_ms: s.spec.timeout.as_millis() as u64,
             retry_schedule_ms: s
                 .spec
@@ -110,6 +150,11 @@ pub struct SubscriptionInput {
     /// `utf8` (default) or `base64`.
     #[schema(pattern = "^(utf8|base64)$")]
     pub secret_encoding: Option<String>,
+    /// `hmac` (default: `v1` signatures under `secret`) or `ed25519` (`v1a`
+    /// signatures; classhook generates the key pair, so `secret` must be absent; the
+    /// public key is in the answer).
+    #[schema(pattern = "^(hmac|ed25519)$")]
+    pub signing: Option<String>,
     /// Default `10s`; between 1ms and 5 minutes.
     pub timeout: Option<String>,
     /// Default `["10s", "1m", "10m"]`; each step at most 7 days.
@@ -134,6 +179,20 @@ pub struct ListText(String);
 
 impl SubscriptionInput {
     fn into_spec(self, allow_private: bool) -> Result<SubscriptionSpec, ApiError> {
+        let signing = self
+            .signing
+            .as_deref()
+            .map(Signing::parse)
+            .transpose()
+            .map_err(|m| bad_request(format!("`signing` {m}")))?
+            .unwrap_or_default();
+        if signing == Signing::Ed25519 && self.secret.is_some() {
+            return Err(bad_request(
+                "`secret` cannot be given with signing \"ed25519\": classhook generates the key pair (its public key is in the answer)",
+            ));
+        }
+        let mut spec = SubscriptionSpec::with_defaults(self.name);
+        spec.signing = signing;
         let fields = SubscriptionFields {
             url: Some(self.url),
             events: Some(self.events),
@@ -146,9 +205,11 @@ impl SubscriptionInput {
             retry_schedule: self.retry_schedule,
             max_in_flight: self.max_in_flight,
         };
-        fields
-            .apply(SubscriptionSpec::with_defaults(self.name), allow_private)
-            .map_err(bad_request)
+        let mut spec = fields.apply(spec, allow_private).map_err(bad_request)?;
+        if spec.signing == Signing::Ed25519 {
+            spec.secret = Some(signing::generate_ed25519_secret());
+        }
+        Ok(spec)
     }
 }
 
@@ -208,6 +269,9 @@ impl SubscriptionFields {
             spec.basic_auth = Some((auth.username, Secret::new(auth.password)));
         }
         if let Some(secret) = self.secret {
+            if spec.signing == Signing::Ed25519 {
+                return Err("`secret` of an ed25519 subscription is its generated key: make a new one with POST /subscriptions/{name}/rotate-secret".into());
+            }
             spec.secret = (!secret.is_empty()).then(|| Secret::new(secret));
         }
         if let Some(encoding) = self.secret_encoding {
@@ -233,7 +297,7 @@ impl SubscriptionFields {
             .map_err(|e| format!("`{}` {}", e.field, e.message))?;
         let url = reqwest::Url::parse(&spec.url).map_err(|e| format!("url: {e}"))?;
         guard::check_literal(&url, allow_private).map_err(|m| format!("url: {m}"))?;
-        key_bytes(&spec)?;
+        signing::current_key(&spec)?;
         Ok(spec)
     }
 }
@@ -395,6 +459,121 @@ pub async fn resume_subscription(
         .await
         .map_err(change_error)?;
     Ok(axum::Json(resumed.into()))
+}
+
+/// A rotation of a subscription's signing key.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateInput {
+    /// The new HMAC secret (write-only); absent: one is generated (`whsec_…`) and
+    /// shown once in the answer. Not allowed with ed25519 signing, whose key pair
+    /// classhook always generates.
+    #[schema(max_length = 1024)]
+    pub secret: Option<String>,
+    /// How long the replaced key keeps signing: default `24h`, `0s` ends it at once,
+    /// at most 7 days.
+    pub grace_period: Option<String>,
+    /// Switch the scheme with the rotation (`hmac` or `ed25519`); absent: keep it.
+    /// The replaced key of the other scheme still signs for the grace period.
+    #[schema(pattern = "^(hmac|ed25519)$")]
+    pub signing: Option<String>,
+}
+
+/// A subscription after a rotation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotatedView {
+    #[serde(flatten)]
+    pub subscription: SubscriptionView,
+    /// The generated HMAC secret, shown this once (absent when the caller gave one,
+    /// and with ed25519, whose receivers need only `public_key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// Rotates a subscription's signing key: a new key signs from now on, and the
+/// replaced one keeps signing beside it for the grace period (`webhook-signature`
+/// carries one entry per valid key), so receivers can switch without losing a
+/// delivery. The platform-faithful signatures (DreamClass `signature`, Loopwise
+/// header) carry the new key only. A config subscription's HMAC secret lives in the
+/// file: change it there (409).
+#[utoipa::path(post, path = "/subscriptions/{name}/rotate-secret", tag = "delivery", request_body = RotateInput,
+    params(("name" = String, Path, description = "The subscription's name")),
+    responses(
+        (status = 200, description = "Rotated", body = RotatedView),
+        (status = 400, description = "A field is invalid", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 404, description = "No such subscription", body = ErrorBody),
+        (status = 409, description = "Its secret is declared in the config file", body = ErrorBody),
+    ))]
+pub async fn rotate_secret(
+    State(state): State<Arc<ApiState>>,
+    axum::Extension(caller): axum::Extension<super::Caller>,
+    Path(name): Path<String>,
+    Json(input): Json<RotateInput>,
+) -> Result<axum::Json<RotatedView>, ApiError> {
+    let request = rotation_request(input, state.clock.now_ms(), caller.0).map_err(bad_request)?;
+    let (rotated, generated) = rotate(&state.store, &name, request)
+        .await
+        .map_err(change_error)?;
+    Ok(axum::Json(RotatedView {
+        subscription: rotated.into(),
+        secret: generated.map(|s| s.expose().to_string()),
+    }))
+}
+
+/// A rotation as the API, the dashboard and the CLI ask for it.
+pub fn rotation_request(
+    input: RotateInput,
+    now_ms: i64,
+    by: String,
+) -> Result<RotationRequest, String> {
+    let grace = match input.grace_period.as_deref() {
+        Some(text) => signing::parse_grace(text)?,
+        None => signing::limits::DEFAULT_GRACE,
+    };
+    let signing = input
+        .signing
+        .as_deref()
+        .map(Signing::parse)
+        .transpose()
+        .map_err(|m| format!("`signing` {m}"))?;
+    if input.secret.as_deref() == Some("") {
+        return Err("`secret` must not be empty (leave it out to have one generated)".into());
+    }
+    Ok(RotationRequest {
+        secret: input.secret.map(Secret::new),
+        signing,
+        grace,
+        now_ms,
+        by,
+    })
+}
+
+/// Rotates in the store; also returns the HMAC secret when it was generated (to be
+/// shown once).
+pub async fn rotate(
+    store: &crate::store::Store,
+    name: &str,
+    request: RotationRequest,
+) -> Result<(Subscription, Option<Secret>), StoreError> {
+    let given = request.secret.is_some();
+    let by = request.by.clone();
+    let rotated = store
+        .rotate_secret(
+            name,
+            Box::new(move |current| {
+                signing::rotate(current, request).map_err(|e| match e {
+                    RotationError::Invalid(m) => StoreError::Invalid(m),
+                    RotationError::Conflict(m) => StoreError::Conflict(m),
+                })
+            }),
+        )
+        .await?;
+    tracing::info!(subscription = name, by, "subscription signing key rotated");
+    let generated = (!given && rotated.spec.signing == Signing::Hmac)
+        .then(|| rotated.spec.secret.clone())
+        .flatten();
+    Ok((rotated, generated))
 }
 
 /// A time window; both ends optional, RFC 3339.

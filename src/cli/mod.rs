@@ -217,7 +217,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rejections::run(cli.load_config_without_secrets()?, args).await
         }
         Command::Subscriptions(command) => {
-            subscriptions::run(cli.load_config_without_secrets()?, command).await
+            let config = if command.needs_secrets() {
+                cli.load_config()?
+            } else {
+                cli.load_config_without_secrets()?
+            };
+            subscriptions::run(config, command).await
         }
         Command::Backup(args) => backup::run(cli.load_config_without_secrets()?, args).await,
         Command::Healthcheck => healthcheck::run(cli.load_config_without_secrets()?).await,

@@ -1,4 +1,4 @@
-//! `classhook subscriptions list|pause|resume`.
+//! `classhook subscriptions list|pause|resume|rotate-secret`.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -26,6 +26,31 @@ pub enum SubscriptionsCommand {
         /// The subscription's name.
         name: String,
     },
+    /// Make a new signing key; the replaced one keeps signing beside it for the
+    /// grace period. A new HMAC secret is generated and printed once; an ed25519
+    /// subscription gets a new key pair and its public key is printed. Needs the
+    /// keys `serve` has (CLASSHOOK_SECRET_KEY).
+    RotateSecret(RotateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// The subscription's name.
+    name: String,
+    /// How long the replaced key keeps signing (`24h` by default, `0s` ends it at
+    /// once, at most 7 days).
+    #[arg(long, default_value = "24h")]
+    grace_period: String,
+    /// Switch to this scheme with the rotation (`hmac` or `ed25519`).
+    #[arg(long)]
+    signing: Option<String>,
+}
+
+impl SubscriptionsCommand {
+    /// Whether the command opens stored secrets (and so needs the secret keys).
+    pub fn needs_secrets(&self) -> bool {
+        matches!(self, SubscriptionsCommand::RotateSecret(_))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -57,7 +82,41 @@ pub async fn run(config: Config, command: &SubscriptionsCommand) -> anyhow::Resu
             println!("{} resumed", resumed.spec.name);
             Ok(ExitCode::SUCCESS)
         }
+        SubscriptionsCommand::RotateSecret(args) => rotate(&config, args).await,
     }
+}
+
+async fn rotate(config: &Config, args: &RotateArgs) -> anyhow::Result<ExitCode> {
+    let input = crate::api::RotateInput {
+        secret: None,
+        grace_period: Some(args.grace_period.clone()),
+        signing: args.signing.clone(),
+    };
+    let now_ms = crate::clock::SystemClock.now_ms();
+    let request = crate::api::rotation_request(input, now_ms, "command line".into())
+        .map_err(|m| anyhow::anyhow!(m.replace("`grace_period`", "--grace-period")))?;
+    let store = super::open_existing(config).await?;
+    let (rotated, generated) = crate::api::rotate(&store, &args.name, request).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}: signing key rotated", rotated.spec.name)?;
+    if let Some(secret) = generated {
+        writeln!(
+            out,
+            "new secret (shown once; give it to the receiver): {}",
+            secret.expose()
+        )?;
+    }
+    if let Some(public_key) = &rotated.public_key {
+        writeln!(out, "public key: {public_key}")?;
+    }
+    for previous in &rotated.previous_keys {
+        writeln!(
+            out,
+            "a replaced key still signs until {}",
+            format_ms(previous.expires_at_ms)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn list(subscriptions: Vec<Subscription>, json: bool) -> anyhow::Result<ExitCode> {
@@ -70,8 +129,8 @@ fn list(subscriptions: Vec<Subscription>, json: bool) -> anyhow::Result<ExitCode
     }
     writeln!(
         out,
-        "{:<20}  {:<7}  {:<28}  {:>8}  url",
-        "name", "managed", "state", "failures"
+        "{:<20}  {:<7}  {:<28}  {:>8}  {:<7}  url",
+        "name", "managed", "state", "failures", "signing"
     )?;
     let now_ms = crate::clock::SystemClock.now_ms();
     for s in subscriptions {
@@ -87,13 +146,17 @@ fn list(subscriptions: Vec<Subscription>, json: bool) -> anyhow::Result<ExitCode
         };
         writeln!(
             out,
-            "{:<20}  {:<7}  {:<28}  {:>8}  {}",
+            "{:<20}  {:<7}  {:<28}  {:>8}  {:<7}  {}",
             s.spec.name,
             s.managed_by.as_str(),
             state,
             s.consecutive_failures,
+            s.spec.signing.as_str(),
             s.spec.url
         )?;
+        if let Some(public_key) = &s.public_key {
+            writeln!(out, "{:<20}  public key {public_key}", "")?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

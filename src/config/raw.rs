@@ -51,6 +51,8 @@ pub struct RawSubscription {
     pub secret_env: Option<String>,
     #[serde(default)]
     pub secret_encoding: SecretEncoding,
+    /// `hmac` (default) or `ed25519`.
+    pub signing: Option<String>,
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     #[serde(default = "default_retry_schedule")]

@@ -11,6 +11,7 @@ use super::raw::{RawBasicAuth, RawConfig, RawSource, RawSubscription, SecretEnco
 use super::{
     ApiConfig, Config, ConfigError, DeliveryConfig, RetentionConfig, Secrets, ServerConfig,
 };
+use crate::deliver::signing::Signing;
 use crate::deliver::subscription::{SubscriptionSpec, parse_schedule};
 use crate::net::NetList;
 use crate::provider::ProviderKind;
@@ -437,6 +438,19 @@ fn resolve_subscription(
     allow_private_destinations: bool,
     lookup: &Env<'_>,
 ) -> Result<SubscriptionSpec, FieldError> {
+    let signing = raw
+        .signing
+        .as_deref()
+        .map(Signing::parse)
+        .transpose()
+        .map_err(|m| ("signing", m))?
+        .unwrap_or_default();
+    if signing == Signing::Ed25519 && (raw.secret.is_some() || raw.secret_env.is_some()) {
+        return Err((
+            "secret",
+            "cannot be set with signing = \"ed25519\": classhook generates the key pair and keeps its secret key in the store (the public key is in `classhook subscriptions list`)".into(),
+        ));
+    }
     let secret = resolve_secret(raw.secret, raw.secret_env, lookup)?;
     let basic_auth = raw
         .basic_auth
@@ -452,6 +466,7 @@ fn resolve_subscription(
         basic_auth,
         secret,
         secret_encoding: raw.secret_encoding,
+        signing,
         timeout: raw.timeout,
         retry_schedule: parse_schedule(&raw.retry_schedule).map_err(|e| (e.field, e.message))?,
         max_in_flight: raw.max_in_flight,
@@ -465,7 +480,7 @@ fn resolve_subscription(
             format!("{m} (set [delivery] allow_private_destinations = true to allow it)"),
         )
     })?;
-    crate::deliver::send::key_bytes(&spec).map_err(|m| ("secret", m))?;
+    crate::deliver::signing::current_key(&spec).map_err(|m| ("secret", m))?;
     Ok(spec)
 }
 

@@ -7,7 +7,8 @@
 
 use std::collections::HashMap;
 
-use super::subscription::{ManagedBy, SubscriptionSpec};
+use super::signing;
+use super::subscription::{ManagedBy, Subscription, SubscriptionSpec};
 use crate::store::{Store, StoreError};
 
 /// Syncs `specs` (the config file's subscriptions) into `store`, by name.
@@ -16,10 +17,8 @@ pub async fn sync_config_subscriptions(
     specs: Vec<SubscriptionSpec>,
 ) -> Result<(), StoreError> {
     let stored = store.list_subscriptions().await?;
-    let stored: HashMap<&str, (&SubscriptionSpec, ManagedBy)> = stored
-        .iter()
-        .map(|s| (s.spec.name.as_str(), (&s.spec, s.managed_by)))
-        .collect();
+    let stored: HashMap<&str, &Subscription> =
+        stored.iter().map(|s| (s.spec.name.as_str(), s)).collect();
     let mut changes = 0;
     for spec in &specs {
         match stored.get(spec.name.as_str()) {
@@ -30,8 +29,11 @@ pub async fn sync_config_subscriptions(
                 );
                 changes += 1;
             }
-            Some((current, ManagedBy::Config)) => {
-                let fields = current.differences(spec);
+            Some(current) if current.managed_by == ManagedBy::Config => {
+                // An ed25519 key pair classhook generated is not in the file.
+                let mut declared = spec.clone();
+                signing::keep_generated_key(Some(current), &mut declared);
+                let fields = current.spec.differences(&declared);
                 if !fields.is_empty() {
                     tracing::warn!(
                         subscription = spec.name,
@@ -42,11 +44,11 @@ pub async fn sync_config_subscriptions(
                 }
             }
             // The store refuses it with a message saying so.
-            Some((_, ManagedBy::Api)) => changes += 1,
+            Some(_) => changes += 1,
         }
     }
-    for (name, (_, managed_by)) in &stored {
-        if *managed_by == ManagedBy::Config && !specs.iter().any(|s| s.name == *name) {
+    for (name, current) in &stored {
+        if current.managed_by == ManagedBy::Config && !specs.iter().any(|s| s.name == *name) {
             tracing::warn!(
                 subscription = name,
                 "subscription removed with its deliveries: it is no longer in this instance's config file (if another instance's file still has it, give every instance the same file)"

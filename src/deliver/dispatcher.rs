@@ -177,6 +177,26 @@ impl Dispatcher {
         }
     }
 
+    /// Deletes replaced keys whose grace period is over, when the subscriptions just
+    /// read hold one (signing already skips them; this takes them out of the store).
+    async fn forget_expired_keys(
+        &self,
+        subscriptions: &HashMap<SubscriptionId, Subscription>,
+        now_ms: i64,
+    ) {
+        let expired = subscriptions
+            .values()
+            .flat_map(|s| &s.previous_keys)
+            .any(|k| k.expires_at_ms <= now_ms);
+        if !expired {
+            return;
+        }
+        match self.store.forget_expired_keys(now_ms).await {
+            Ok(n) => tracing::info!(keys = n, "expired signing keys forgotten"),
+            Err(error) => tracing::warn!(%error, "cannot forget expired signing keys"),
+        }
+    }
+
     /// Reads the subscriptions, leases what is due for those with room, and starts
     /// an attempt for each leased delivery. Returns how many were leased.
     pub async fn lease_and_start(&mut self) -> usize {
@@ -193,6 +213,7 @@ impl Dispatcher {
         self.owners
             .round(&self.store, &subscriptions, &self.in_flight, now_ms, margin)
             .await;
+        self.forget_expired_keys(&subscriptions, now_ms).await;
         let requests: Vec<ClaimRequest> = subscriptions
             .values()
             .filter(|s| !s.paused && s.hold_until_ms <= now_ms)
@@ -309,7 +330,11 @@ impl Attempt {
             return Finished::StoreFailed;
         };
         let longest = spec.timeout + self.lease_margin;
-        if !self.owned.outlasts(self.clock.now_ms(), longest) || !self.still_open().await {
+        let open = match self.owned.outlasts(self.clock.now_ms(), longest) {
+            true => self.still_open().await,
+            false => None,
+        };
+        let Some(rotated_at_ms) = open else {
             let lease = vec![Lease {
                 delivery: claimed.delivery_id,
                 token: claimed.lease_token,
@@ -318,12 +343,14 @@ impl Attempt {
                 Ok(()) => Finished::Released,
                 Err(_) => Finished::StoreFailed,
             };
-        }
+        };
+        let keys = self.current_keys(rotated_at_ms).await;
         let started_ms = self.clock.now_ms();
         let attempted = match send::build(
             event.summary.provider,
             &event.body,
-            spec,
+            &keys.spec,
+            &keys.previous_keys,
             &claimed.webhook_id,
             started_ms / 1000,
         ) {
@@ -426,14 +453,33 @@ impl Attempt {
     }
 
     /// Whether the subscription may still be sent to (fresh from the store).
-    async fn still_open(&self) -> bool {
+    /// Whether the subscription may still be sent to, read fresh: `Some` with when
+    /// its signing keys were last rotated (0: never).
+    async fn still_open(&self) -> Option<i64> {
         let now_ms = self.clock.now_ms();
-        matches!(
-            self.store
-                .subscription_open(self.subscription.id, now_ms)
-                .await,
-            Ok(true)
-        )
+        self.store
+            .subscription_open(self.subscription.id, now_ms)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The subscription to sign with: the one leased with, unless its keys were
+    /// rotated since (a delivery leased before a rotation waits for a slot and must
+    /// not go out under a key the rotation ended). Read again only then.
+    async fn current_keys(&self, rotated_at_ms: i64) -> std::borrow::Cow<'_, Subscription> {
+        let held = self.subscription.rotated.as_ref().map_or(0, |r| r.at_ms);
+        if held == rotated_at_ms {
+            return std::borrow::Cow::Borrowed(&self.subscription);
+        }
+        match self
+            .store
+            .get_subscription(&self.subscription.spec.name)
+            .await
+        {
+            Ok(Some(fresh)) if fresh.id == self.subscription.id => std::borrow::Cow::Owned(fresh),
+            _ => std::borrow::Cow::Borrowed(&self.subscription),
+        }
     }
 
     fn log(&self, next: &Next, outcome: &Outcome) {

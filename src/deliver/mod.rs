@@ -4,6 +4,7 @@
 //! - [`subscription`]: what a subscriber declares and which events match it;
 //! - [`schedule`]: what follows an attempt (pure: retry time, dead letter, pause);
 //! - [`send`]: the request a subscriber receives and the guarded HTTP client;
+//! - [`signing`]: the signing schemes (HMAC `v1`, ed25519 `v1a`) and key rotation;
 //! - [`guard`]: refuses private and internal destinations after DNS resolution;
 //! - [`dispatcher`]: leases due deliveries per subscription and runs the attempts.
 
@@ -13,4 +14,5 @@ pub mod guard;
 pub mod ownership;
 pub mod schedule;
 pub mod send;
+pub mod signing;
 pub mod subscription;

@@ -4,20 +4,18 @@
 //! the same envelope with `signature` recomputed under the subscription's secret; a
 //! Loopwise event arrives byte for byte with `Loopwise-Webhook-Signature` recomputed.
 //! Every delivery also carries Standard Webhooks headers (`webhook-id`,
-//! `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC of "id.timestamp.body">`).
+//! `webhook-timestamp`, `webhook-signature`: `v1,<base64 HMAC of "id.timestamp.body">`
+//! or `v1a,<base64 ed25519 signature>`, one entry per valid key; see [`super::signing`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::Value;
 
 use super::guard::{self, GuardedResolver};
 use super::schedule::{self, Outcome};
+use super::signing::{self, PreviousKey, SigningKey};
 use super::subscription::SubscriptionSpec;
-use crate::config::SecretEncoding;
-use crate::crypto;
 use crate::provider::{ProviderKind, dreamclass, loopwise};
 use crate::secret::Secret;
 
@@ -32,37 +30,21 @@ pub struct Outgoing {
     pub body: Vec<u8>,
 }
 
-/// The subscription's key bytes (`None` without a secret). A Standard Webhooks
-/// secret (`whsec_<base64>`) is decoded as that standard says.
-pub fn key_bytes(spec: &SubscriptionSpec) -> Result<Option<Vec<u8>>, String> {
-    let Some(secret) = &spec.secret else {
-        return Ok(None);
-    };
-    let text = secret.expose();
-    if let Some(encoded) = text.strip_prefix("whsec_") {
-        return BASE64
-            .decode(encoded)
-            .map(Some)
-            .map_err(|_| "a whsec_ secret must be base64 after the prefix".to_string());
-    }
-    match spec.secret_encoding {
-        SecretEncoding::Utf8 => Ok(Some(text.as_bytes().to_vec())),
-        SecretEncoding::Base64 => BASE64
-            .decode(text.trim())
-            .map(Some)
-            .map_err(|_| "secret is not valid base64 (standard alphabet, padded)".to_string()),
-    }
-}
-
-/// Builds the request for a stored event, as its platform would send it.
+/// Builds the request for a stored event, as its platform would send it. The
+/// platform-faithful signature (DreamClass body field, Loopwise header) holds one
+/// signature only: the current HMAC key's (none with ed25519 signing).
+/// `webhook-signature` carries one entry per key valid at `now_secs`: the current
+/// one, then the replaced keys still in their grace period.
 pub fn build(
     provider: ProviderKind,
     stored_body: &[u8],
     spec: &SubscriptionSpec,
+    previous: &[PreviousKey],
     webhook_id: &str,
     now_secs: i64,
 ) -> Result<Outgoing, String> {
-    let key = key_bytes(spec)?;
+    let keys = signing::valid_keys(spec, previous, now_secs.saturating_mul(1000))?;
+    let platform_key = keys.first().and_then(SigningKey::hmac_bytes);
     let mut headers = vec![
         ("content-type".to_string(), "application/json".to_string()),
         ("user-agent".to_string(), USER_AGENT.to_string()),
@@ -73,14 +55,12 @@ pub fn build(
                 serde_json::from_slice(crate::canonical::json_text(stored_body))
                     .map_err(|e| format!("stored body is not JSON: {e}"))?;
             let id = envelope["id"].as_str().unwrap_or_default().to_string();
-            let signature = key
-                .as_deref()
-                .map_or_else(String::new, |k| dreamclass::sign(k, &id));
+            let signature = platform_key.map_or_else(String::new, |k| dreamclass::sign(k, &id));
             envelope["signature"] = Value::String(signature);
             serde_json::to_vec(&envelope).expect("a JSON value serializes")
         }
         ProviderKind::Loopwise => {
-            if let Some(k) = &key {
+            if let Some(k) = platform_key {
                 headers.push((
                     loopwise::SIGNATURE_HEADER.to_string(),
                     loopwise::sign(k, stored_body),
@@ -91,20 +71,14 @@ pub fn build(
     };
     headers.push(("webhook-id".to_string(), webhook_id.to_string()));
     headers.push(("webhook-timestamp".to_string(), now_secs.to_string()));
-    if let Some(k) = &key {
-        headers.push((
-            "webhook-signature".to_string(),
-            standard_signature(k, webhook_id, now_secs, &body),
-        ));
+    if !keys.is_empty() {
+        let entries: Vec<String> = keys
+            .iter()
+            .map(|k| k.sign(webhook_id, now_secs, &body))
+            .collect();
+        headers.push(("webhook-signature".to_string(), entries.join(" ")));
     }
     Ok(Outgoing { headers, body })
-}
-
-/// `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`.
-pub fn standard_signature(key: &[u8], webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut signed = format!("{webhook_id}.{timestamp}.").into_bytes();
-    signed.extend_from_slice(body);
-    format!("v1,{}", BASE64.encode(crypto::hmac_sha256(key, &signed)))
 }
 
 /// The outgoing HTTP client: no redirects, guarded destinations, bounded reads.

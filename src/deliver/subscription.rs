@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::signing::{PreviousKey, Rotated, Signing};
 use crate::config::SecretEncoding;
 use crate::secret::Secret;
 
@@ -20,8 +21,11 @@ pub struct SubscriptionSpec {
     pub sources: Option<Vec<String>>,
     pub tenants: Option<Vec<String>>,
     pub basic_auth: Option<(String, Secret)>,
+    /// HMAC: the shared secret. Ed25519: the `whsk_` secret key classhook generated.
     pub secret: Option<Secret>,
     pub secret_encoding: SecretEncoding,
+    /// How `webhook-signature` is signed (`v1` HMAC or `v1a` ed25519).
+    pub signing: Signing,
     pub timeout: Duration,
     pub retry_schedule: Vec<Duration>,
     pub max_in_flight: u32,
@@ -55,6 +59,7 @@ impl SubscriptionSpec {
             basic_auth,
             secret,
             secret_encoding,
+            signing,
             timeout,
             retry_schedule,
             max_in_flight,
@@ -67,6 +72,7 @@ impl SubscriptionSpec {
             ("basic_auth", *basic_auth != other.basic_auth),
             ("secret", *secret != other.secret),
             ("secret_encoding", *secret_encoding != other.secret_encoding),
+            ("signing", *signing != other.signing),
             ("timeout", *timeout != other.timeout),
             ("retry_schedule", *retry_schedule != other.retry_schedule),
             ("max_in_flight", *max_in_flight != other.max_in_flight),
@@ -88,6 +94,7 @@ impl SubscriptionSpec {
             basic_auth: None,
             secret: None,
             secret_encoding: SecretEncoding::Utf8,
+            signing: Signing::Hmac,
             timeout: defaults::TIMEOUT,
             retry_schedule: defaults::RETRY_SCHEDULE.to_vec(),
             max_in_flight: defaults::MAX_IN_FLIGHT,
@@ -123,6 +130,13 @@ pub struct Subscription {
     pub consecutive_failures: i64,
     /// Put on hold after repeated failures: nothing is sent before this time.
     pub hold_until_ms: i64,
+    /// With ed25519 signing: the public key (`whpk_…`), stored in plain text so
+    /// that it shows without opening secrets.
+    pub public_key: Option<String>,
+    /// Keys replaced by a rotation, still valid until they expire.
+    pub previous_keys: Vec<PreviousKey>,
+    /// The last rotation of its key.
+    pub rotated: Option<Rotated>,
 }
 
 /// Limits on what a subscription declares, the same in the config and the API (the
@@ -444,6 +458,7 @@ mod tests {
             basic_auth: None,
             secret: None,
             secret_encoding: SecretEncoding::Utf8,
+            signing: Signing::Hmac,
             timeout: Duration::from_secs(10),
             retry_schedule: vec![],
             max_in_flight: 8,
@@ -582,6 +597,7 @@ mod tests {
             basic_auth: None,
             secret: None,
             secret_encoding: SecretEncoding::Utf8,
+            signing: Signing::Hmac,
             timeout: Duration::from_secs(10),
             retry_schedule: vec![],
             max_in_flight: 8,

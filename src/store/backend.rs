@@ -26,6 +26,15 @@ use crate::provider::ProviderKind;
 pub type SpecChange =
     Box<dyn FnOnce(SubscriptionSpec) -> Result<SubscriptionSpec, String> + Send + 'static>;
 
+/// A rotation of a subscription's key, decided from the stored subscription under
+/// the store's lock ([`crate::deliver::signing::rotate`]): the keys to write, or
+/// why not (`Invalid`, `Conflict`).
+pub type RotateChange = Box<
+    dyn FnOnce(&Subscription) -> Result<crate::deliver::signing::KeySet, StoreError>
+        + Send
+        + 'static,
+>;
+
 /// For each subscription: how many deliveries may be leased now, and when the lease
 /// ends (epoch ms).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +223,20 @@ pub trait Backend: Send + Sync + 'static {
         reason: Option<String>,
     ) -> Result<Subscription, StoreError>;
 
+    /// Writes the keys `rotate` decides for the named subscription (any owner: the
+    /// decision refuses what it must): the current key, the replaced keys still
+    /// valid (every other stored one is deleted), and who rotated when.
+    /// `NotFound`, or the decision's error.
+    async fn rotate_secret(
+        &self,
+        name: &str,
+        rotate: RotateChange,
+    ) -> Result<Subscription, StoreError>;
+
+    /// Deletes every replaced key that expired at or before `now_ms` (not just
+    /// ignored: their values leave the store). Returns how many.
+    async fn forget_expired_keys(&self, now_ms: i64) -> Result<u64, StoreError>;
+
     async fn list_subscriptions(&self) -> Result<Vec<Subscription>, StoreError>;
 
     async fn get_subscription(&self, name: &str) -> Result<Option<Subscription>, StoreError>;
@@ -240,7 +263,13 @@ pub trait Backend: Send + Sync + 'static {
     async fn hold_subscription(&self, id: SubscriptionId, until_ms: i64) -> Result<(), StoreError>;
 
     /// Whether it may be sent to now: it exists, is not paused, not held. Read fresh.
-    async fn subscription_open(&self, id: SubscriptionId, now_ms: i64) -> Result<bool, StoreError>;
+    /// `Some` with when its signing keys were last rotated (0: never), so that an
+    /// attempt can tell whether the keys it holds are still the current ones.
+    async fn subscription_open(
+        &self,
+        id: SubscriptionId,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError>;
 
     // ---- deliveries ----
 

@@ -51,7 +51,9 @@ use crate::event::EventStatus;
 use crate::provider::ProviderKind;
 use crate::secret::Secret;
 
-pub use backend::{Backend, ClaimRequest, Lease, Ownership, OwnershipRequest, SpecChange};
+pub use backend::{
+    Backend, ClaimRequest, Lease, Ownership, OwnershipRequest, RotateChange, SpecChange,
+};
 pub use ids::{DeliveryId, EventSeq, SubscriptionId};
 
 pub use postgres::PostgresStore;

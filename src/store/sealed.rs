@@ -1,4 +1,5 @@
-//! Subscription secrets at rest. Every backend stores a subscription's `secret` and
+//! Subscription secrets at rest. Every backend stores a subscription's `secret` (an
+//! HMAC secret or an ed25519 `whsk_` key), the keys a rotation replaced, and its
 //! Basic Auth password through [`Sealer`]: sealed with XChaCha20-Poly1305 under the
 //! operator's key (`CLASSHOOK_SECRET_KEY`), or as plain text when no key is set.
 //!
@@ -23,6 +24,8 @@ use crate::secret::Secret;
 /// the same on every backend so that a row copied between them still opens.
 pub const SUBSCRIPTION_SECRET: &str = "subscriptions.secret";
 pub const SUBSCRIPTION_BASIC_PASSWORD: &str = "subscriptions.basic_password";
+/// A key replaced by a rotation, kept for its grace period.
+pub const SUBSCRIPTION_PREVIOUS_KEY: &str = "subscription_keys.secret";
 
 /// The variables the keys come from unless `[server] secret_key_env` /
 /// `previous_secret_key_env` name others.

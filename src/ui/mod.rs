@@ -201,6 +201,10 @@ fn pages(state: Shared) -> Router {
         .route("/subscriptions/{name}/pause", post(subscriptions::pause))
         .route("/subscriptions/{name}/resume", post(subscriptions::resume))
         .route("/subscriptions/{name}/test", post(test_event::send))
+        .route(
+            "/subscriptions/{name}/rotate-secret",
+            post(subscriptions::rotate),
+        )
         .route("/deliveries", get(deliveries::list))
         .route("/deliveries/{id}/replay", post(deliveries::replay))
         .route(

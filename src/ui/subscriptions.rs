@@ -1,13 +1,15 @@
 //! `/ui/subscriptions`: each subscription's state, success rate, last error and
-//! queue, with Pause / Resume.
+//! queue, with Pause / Resume and the rotation of its signing key.
 
 use askama::Template;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Form, Path, Query, State};
 use axum::response::Response;
 use serde::Deserialize;
 
 use super::session::Current;
 use super::{Layout, Shared, UiError, format, page, see_other};
+use crate::deliver::signing::Signing;
+use crate::deliver::subscription::ManagedBy;
 use crate::store::{DeliveryFilter, DeliveryState};
 
 /// The success rate is over this many of the newest deliveries.
@@ -26,6 +28,15 @@ pub struct Card {
     /// `97% of the last 200 finished`, or empty when none finished.
     pub success: String,
     pub last_error: String,
+    /// `HMAC (v1)` or `ed25519 (v1a)`.
+    pub signing: &'static str,
+    pub public_key: String,
+    /// When the replaced keys stop signing, e.g. `until 2026-01-01 10:00:00 UTC`.
+    pub previous_keys: Vec<String>,
+    /// `2026-01-01 09:00:00 UTC by api token #1`, or empty.
+    pub last_rotation: String,
+    /// The key can be rotated here (not an HMAC secret from the config file).
+    pub rotatable: bool,
 }
 
 #[derive(Template)]
@@ -111,8 +122,8 @@ pub async fn render(
             paused: s.paused,
             state: state_text,
             managed_by: match s.managed_by {
-                crate::deliver::subscription::ManagedBy::Config => "config file",
-                crate::deliver::subscription::ManagedBy::Api => "API",
+                ManagedBy::Config => "config file",
+                ManagedBy::Api => "API",
             },
             pending: depth.map(|q| q.pending).unwrap_or(0),
             dead: depth.map(|q| q.dead).unwrap_or(0),
@@ -124,6 +135,23 @@ pub async fn render(
                 .iter()
                 .find_map(|d| d.last_error.clone())
                 .unwrap_or_default(),
+            signing: match s.spec.signing {
+                Signing::Hmac => "HMAC (v1)",
+                Signing::Ed25519 => "ed25519 (v1a)",
+            },
+            public_key: s.public_key.clone().unwrap_or_default(),
+            previous_keys: s
+                .previous_keys
+                .iter()
+                .filter(|k| k.expires_at_ms > now)
+                .map(|k| format!("until {}", format::time(k.expires_at_ms)))
+                .collect(),
+            last_rotation: s
+                .rotated
+                .as_ref()
+                .map(|r| format!("{} by {}", format::time(r.at_ms), r.by))
+                .unwrap_or_default(),
+            rotatable: s.managed_by == ManagedBy::Api || s.spec.signing == Signing::Ed25519,
             name,
         });
     }
@@ -157,4 +185,42 @@ pub async fn resume(
         "/ui/subscriptions?done=resumed&name={}",
         format::query_value(&name)
     )))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RotateForm {
+    #[serde(default)]
+    grace_period: String,
+}
+
+/// Rotates the signing key. The answer is the page itself, not a redirect: a
+/// generated HMAC secret is shown this once, and never goes into a URL.
+pub async fn rotate(
+    State(state): State<Shared>,
+    Extension(current): Extension<Current>,
+    Path(name): Path<String>,
+    Form(form): Form<RotateForm>,
+) -> Result<Response, UiError> {
+    let input = crate::api::RotateInput {
+        secret: None,
+        grace_period: Some(form.grace_period).filter(|g| !g.trim().is_empty()),
+        signing: None,
+    };
+    let request = crate::api::rotation_request(input, state.clock.now_ms(), "dashboard".into())
+        .map_err(UiError::BadRequest)?;
+    let (rotated, generated) = crate::api::rotate(&state.store, &name, request).await?;
+    let mut notice = format!("The signing key of \"{name}\" is rotated.");
+    if let Some(until) = rotated.previous_keys.iter().map(|k| k.expires_at_ms).max() {
+        notice.push_str(&format!(
+            " Replaced keys keep signing until {}.",
+            format::time(until)
+        ));
+    }
+    if let Some(secret) = generated {
+        notice.push_str(&format!(" New secret, shown only now: {}", secret.expose()));
+    }
+    if let Some(public_key) = &rotated.public_key {
+        notice.push_str(&format!(" New public key: {public_key}"));
+    }
+    render(&state, &current, notice).await
 }

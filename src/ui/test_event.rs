@@ -35,7 +35,7 @@ pub async fn send(
         .get_subscription(&name)
         .await?
         .ok_or_else(|| UiError::NotFound(format!("no subscription {name:?}")))?;
-    let spec = subscription.spec;
+    let (spec, previous) = (subscription.spec, subscription.previous_keys);
     // Shaped as the platform of the first configured source (subscriptions are not
     // tied to one platform).
     let provider = state
@@ -53,8 +53,15 @@ pub async fn send(
     };
     let body = serde_json::to_vec(&body).expect("a JSON value serializes");
     let webhook_id = format!("msg_test_{}", uuid::Uuid::new_v4().simple());
-    let outgoing = send::build(provider, &body, &spec, &webhook_id, now_ms / 1000)
-        .map_err(|e| UiError::BadRequest(format!("cannot build the test event: {e}")))?;
+    let outgoing = send::build(
+        provider,
+        &body,
+        &spec,
+        &previous,
+        &webhook_id,
+        now_ms / 1000,
+    )
+    .map_err(|e| UiError::BadRequest(format!("cannot build the test event: {e}")))?;
     let basic_auth = spec
         .basic_auth
         .as_ref()

@@ -629,6 +629,7 @@ pub fn check_patterns(patterns: Vec<String>, mut types: Vec<String>) {
         basic_auth: None,
         secret: None,
         secret_encoding: SecretEncoding::Utf8,
+        signing: Default::default(),
         timeout: std::time::Duration::from_secs(10),
         retry_schedule: vec![],
         max_in_flight: 1,

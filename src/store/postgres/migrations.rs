@@ -13,7 +13,8 @@ use crate::store::StoreError;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_schema.sql"),
     include_str!("migrations/0002_db_copy.sql"),
-    include_str!("migrations/0003_dispatch_owners.sql"),
+    include_str!("migrations/0003_signing_keys.sql"),
+    include_str!("migrations/0004_dispatch_owners.sql"),
 ];
 
 /// The advisory lock key that serializes migrations ("classhk" in ASCII).

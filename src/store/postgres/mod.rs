@@ -54,8 +54,8 @@ use super::{
     AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, Backend, BackupReport,
     ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter,
     EventSeq, EventSummary, KindCount, Lease, MAX_COMMIT_LAG, NewRejection, Ownership,
-    OwnershipRequest, Progress, QueueDepth, RebuildReport, Rejection, RejectionFilter, SpecChange,
-    StatsRow, StoreError, StoreOptions, StoredEvent, SubscriptionId,
+    OwnershipRequest, Progress, QueueDepth, RebuildReport, Rejection, RejectionFilter,
+    RotateChange, SpecChange, StatsRow, StoreError, StoreOptions, StoredEvent, SubscriptionId,
 };
 use crate::deliver::subscription::{Subscription, SubscriptionSpec};
 use crate::event::NewEvent;
@@ -528,6 +528,18 @@ impl Backend for PostgresStore {
         Ok(changed)
     }
 
+    async fn rotate_secret(
+        &self,
+        name: &str,
+        rotate: RotateChange,
+    ) -> Result<Subscription, StoreError> {
+        PostgresStore::rotate_secret(self, name, rotate).await
+    }
+
+    async fn forget_expired_keys(&self, now_ms: i64) -> Result<u64, StoreError> {
+        PostgresStore::forget_expired_keys(self, now_ms).await
+    }
+
     async fn list_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
         PostgresStore::list_subscriptions(self).await
     }
@@ -552,7 +564,11 @@ impl Backend for PostgresStore {
         PostgresStore::hold_subscription(self, id, until_ms).await
     }
 
-    async fn subscription_open(&self, id: SubscriptionId, now_ms: i64) -> Result<bool, StoreError> {
+    async fn subscription_open(
+        &self,
+        id: SubscriptionId,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
         PostgresStore::subscription_open(self, id, now_ms).await
     }
 

@@ -8,13 +8,15 @@ use tokio_postgres::Row;
 
 use super::PostgresStore;
 use crate::config::SecretEncoding;
+use crate::deliver::signing::{self, KeySet, PreviousKey, Rotated, Signing};
 use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec};
 use crate::store::sealed::{self, Sealer};
-use crate::store::{SpecChange, StoreError, SubscriptionId};
+use crate::store::{RotateChange, SpecChange, StoreError, SubscriptionId};
 
 const SUBSCRIPTION_COLUMNS: &str = "id, name, url, events, sources, tenants, basic_username,
     basic_password, secret, secret_encoding, timeout_ms, retry_schedule_ms, max_in_flight,
-    managed_by, paused, paused_reason, consecutive_failures, hold_until_ms";
+    managed_by, paused, paused_reason, consecutive_failures, hold_until_ms, signing,
+    rotated_at_ms, rotated_by, public_key";
 
 fn json_list(list: Option<&Vec<String>>) -> Option<String> {
     list.map(|l| serde_json::to_string(l).expect("strings serialize"))
@@ -52,6 +54,9 @@ fn subscription_from_row(row: &Row, sealer: &Sealer) -> Result<Subscription, Sto
     let encoding: String = row.try_get(9)?;
     let managed_by: String = row.try_get(13)?;
     let max_in_flight: i64 = row.try_get(12)?;
+    let signing: String = row.try_get(18)?;
+    let rotated_at_ms: Option<i64> = row.try_get(19)?;
+    let rotated_by: Option<String> = row.try_get(20)?;
     Ok(Subscription {
         id: row.try_get(0)?,
         spec: SubscriptionSpec {
@@ -71,6 +76,8 @@ fn subscription_from_row(row: &Row, sealer: &Sealer) -> Result<Subscription, Sto
                 "base64" => SecretEncoding::Base64,
                 _ => return Err(unreadable(format!("secret encoding {encoding:?}"))),
             },
+            signing: Signing::parse(&signing)
+                .map_err(|_| unreadable(format!("signing {signing:?}")))?,
             timeout: Duration::from_millis(row.try_get::<_, i64>(10)? as u64),
             retry_schedule: schedule.into_iter().map(Duration::from_millis).collect(),
             max_in_flight: u32::try_from(max_in_flight)
@@ -85,6 +92,12 @@ fn subscription_from_row(row: &Row, sealer: &Sealer) -> Result<Subscription, Sto
         paused_reason: row.try_get(15)?,
         consecutive_failures: row.try_get(16)?,
         hold_until_ms: row.try_get(17)?,
+        public_key: row.try_get(21)?,
+        previous_keys: Vec::new(),
+        rotated: rotated_at_ms.map(|at_ms| Rotated {
+            at_ms,
+            by: rotated_by.unwrap_or_default(),
+        }),
     })
 }
 
@@ -98,9 +111,112 @@ pub(super) async fn load_subscriptions(
             &[],
         )
         .await?;
-    rows.iter()
+    let mut subscriptions = rows
+        .iter()
         .map(|row| subscription_from_row(row, sealer))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    attach_previous_keys(client, &mut subscriptions, sealer).await?;
+    Ok(subscriptions)
+}
+
+/// One subscription by name with its previous keys (`FOR UPDATE` locks its row).
+async fn load_subscription(
+    client: &impl tokio_postgres::GenericClient,
+    name: &str,
+    sealer: &Sealer,
+    for_update: bool,
+) -> Result<Option<Subscription>, StoreError> {
+    let lock = if for_update { " FOR UPDATE" } else { "" };
+    let Some(row) = client
+        .query_opt(
+            &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE name = $1{lock}"),
+            &[&name],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut found = vec![subscription_from_row(&row, sealer)?];
+    attach_previous_keys(client, &mut found, sealer).await?;
+    Ok(found.pop())
+}
+
+/// Fills each subscription's `previous_keys` (expired ones included until they are
+/// forgotten: signing skips them), in one query.
+async fn attach_previous_keys(
+    client: &impl tokio_postgres::GenericClient,
+    subscriptions: &mut [Subscription],
+    sealer: &Sealer,
+) -> Result<(), StoreError> {
+    if subscriptions.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = subscriptions.iter().map(|s| s.id.get()).collect();
+    let rows = client
+        .query(
+            "SELECT subscription_id, secret, expires_at_ms, public_key FROM subscription_keys
+             WHERE subscription_id = ANY($1) ORDER BY expires_at_ms DESC",
+            &[&ids],
+        )
+        .await?;
+    for row in rows {
+        let id: i64 = row.try_get(0)?;
+        let key = PreviousKey {
+            secret: open_secret(&row, 1, sealed::SUBSCRIPTION_PREVIOUS_KEY, sealer)?
+                .unwrap_or_else(|| crate::secret::Secret::new("")),
+            expires_at_ms: row.try_get(2)?,
+            public_key: row.try_get(3)?,
+        };
+        if let Some(s) = subscriptions.iter_mut().find(|s| s.id.get() == id) {
+            s.previous_keys.push(key);
+        }
+    }
+    Ok(())
+}
+
+/// Writes a rotation's keys: the current key on the row, the replaced keys still
+/// valid in `subscription_keys` (every other one of the subscription deleted).
+async fn write_keys(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: SubscriptionId,
+    keys: &KeySet,
+    sealer: &Sealer,
+) -> Result<(), StoreError> {
+    let secret = sealer.seal(sealed::SUBSCRIPTION_SECRET, &keys.secret)?;
+    tx.execute(
+        "UPDATE subscriptions SET signing = $2, secret = $3, secret_encoding = $4,
+             rotated_at_ms = $5, rotated_by = $6, public_key = $7 WHERE id = $1",
+        &[
+            &id.get(),
+            &keys.signing.as_str(),
+            &secret,
+            &keys.secret_encoding.as_str(),
+            &keys.rotated.at_ms,
+            &keys.rotated.by,
+            &keys.public_key,
+        ],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM subscription_keys WHERE subscription_id = $1",
+        &[&id.get()],
+    )
+    .await?;
+    for previous in &keys.previous {
+        let sealed = sealer.seal(sealed::SUBSCRIPTION_PREVIOUS_KEY, &previous.secret)?;
+        tx.execute(
+            "INSERT INTO subscription_keys (subscription_id, secret, expires_at_ms, public_key)
+             VALUES ($1, $2, $3, $4)",
+            &[
+                &id.get(),
+                &sealed,
+                &previous.expires_at_ms,
+                &previous.public_key,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Inserts or, by name, replaces a subscription's declared fields (state is kept).
@@ -128,14 +244,15 @@ async fn upsert(
     tx.execute(
         "INSERT INTO subscriptions (name, url, events, sources, tenants, basic_username,
              basic_password, secret, secret_encoding, timeout_ms, retry_schedule_ms,
-             max_in_flight, managed_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             max_in_flight, managed_by, signing, public_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
          ON CONFLICT (name) DO UPDATE SET url = excluded.url, events = excluded.events,
              sources = excluded.sources, tenants = excluded.tenants,
              basic_username = excluded.basic_username, basic_password = excluded.basic_password,
              secret = excluded.secret, secret_encoding = excluded.secret_encoding,
              timeout_ms = excluded.timeout_ms, retry_schedule_ms = excluded.retry_schedule_ms,
-             max_in_flight = excluded.max_in_flight, managed_by = excluded.managed_by",
+             max_in_flight = excluded.max_in_flight, managed_by = excluded.managed_by,
+             signing = excluded.signing, public_key = excluded.public_key",
         &[
             &spec.name,
             &spec.url,
@@ -150,6 +267,8 @@ async fn upsert(
             &serde_json::to_string(&schedule).expect("numbers serialize"),
             &i64::from(spec.max_in_flight),
             &managed_by.as_str(),
+            &spec.signing.as_str(),
+            &signing::public_key(spec),
         ],
     )
     .await?;
@@ -201,15 +320,7 @@ impl PostgresStore {
         tx.execute("UPDATE subscription_version SET version = version + 1", &[])
             .await?;
         let name = change(&tx).await?;
-        let found = tx
-            .query_opt(
-                &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE name = $1"),
-                &[&name],
-            )
-            .await?
-            .as_ref()
-            .map(|row| subscription_from_row(row, &self.inner.options.secrets))
-            .transpose()?;
+        let found = load_subscription(&*tx, &name, &self.inner.options.secrets, false).await?;
         tx.commit().await?;
         Ok(found)
     }
@@ -235,16 +346,18 @@ impl PostgresStore {
         let sealer = self.inner.options.secrets.clone();
         self.change_subscriptions(move |tx| {
             Box::pin(async move {
-                for spec in &specs {
-                    if owner(tx, &spec.name).await?.as_deref() == Some("api") {
+                let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+                for mut spec in specs {
+                    let stored = load_subscription(tx, &spec.name, &sealer, true).await?;
+                    if stored.as_ref().is_some_and(|s| s.managed_by == ManagedBy::Api) {
                         return Err(StoreError::Conflict(format!(
                             "subscription {:?} is in the config but was created through the API; rename one of them",
                             spec.name
                         )));
                     }
-                    upsert(tx, spec, ManagedBy::Config, &sealer).await?;
+                    signing::keep_generated_key(stored.as_ref(), &mut spec);
+                    upsert(tx, &spec, ManagedBy::Config, &sealer).await?;
                 }
-                let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
                 tx.execute(
                     "DELETE FROM subscriptions WHERE managed_by = 'config' AND NOT (name = ANY($1))",
                     &[&names],
@@ -287,15 +400,11 @@ impl PostgresStore {
         self.change_kept(move |tx| {
             Box::pin(async move {
                 api_owned(tx, &name).await?;
-                let row = tx
-                    .query_one(
-                        &format!(
-                            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE name = $1"
-                        ),
-                        &[&name],
-                    )
-                    .await?;
-                let current = subscription_from_row(&row, &sealer)?;
+                let current = load_subscription(tx, &name, &sealer, false)
+                    .await?
+                    .ok_or_else(|| {
+                        StoreError::NotFound(format!("no subscription named {name:?}"))
+                    })?;
                 let spec = change(current.spec).map_err(StoreError::Invalid)?;
                 if spec.name != name {
                     return Err(StoreError::Invalid(
@@ -362,15 +471,65 @@ impl PostgresStore {
         name: &str,
     ) -> Result<Option<Subscription>, StoreError> {
         let client = self.client().await?;
-        client
-            .query_opt(
-                &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE name = $1"),
-                &[&name],
+        load_subscription(&**client, name, &self.inner.options.secrets, false).await
+    }
+
+    /// See [`crate::store::Backend::rotate_secret`].
+    pub(super) async fn rotate_secret(
+        &self,
+        name: &str,
+        rotate: RotateChange,
+    ) -> Result<Subscription, StoreError> {
+        let name = name.to_string();
+        let sealer = self.inner.options.secrets.clone();
+        let rotated = self
+            .change_kept(move |tx| {
+                Box::pin(async move {
+                    let current = load_subscription(tx, &name, &sealer, true)
+                        .await?
+                        .ok_or_else(|| {
+                            StoreError::NotFound(format!("no subscription named {name:?}"))
+                        })?;
+                    let keys = rotate(&current)?;
+                    write_keys(tx, current.id, &keys, &sealer).await?;
+                    Ok(name)
+                })
+            })
+            .await?;
+        self.vacuum_secrets().await;
+        Ok(rotated)
+    }
+
+    /// See [`crate::store::Backend::forget_expired_keys`].
+    pub(super) async fn forget_expired_keys(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let deleted = client
+            .execute(
+                "DELETE FROM subscription_keys WHERE expires_at_ms <= $1",
+                &[&now_ms],
             )
-            .await?
-            .as_ref()
-            .map(|row| subscription_from_row(row, &self.inner.options.secrets))
-            .transpose()
+            .await?;
+        drop(client);
+        if deleted > 0 {
+            self.vacuum_secrets().await;
+        }
+        Ok(deleted)
+    }
+
+    /// Rewrites the tables that hold keys, so that replaced and deleted values do not
+    /// linger in their files (as reseal does; the WAL keeps them until recycled).
+    /// The change it follows is committed: a failure here is logged, not returned.
+    async fn vacuum_secrets(&self) {
+        let vacuum = async {
+            self.client()
+                .await?
+                .batch_execute("VACUUM FULL subscriptions, subscription_keys")
+                .await
+                .map_err(StoreError::from)
+        };
+        if let Err(error) = vacuum.await {
+            tracing::warn!(%error, "cannot rewrite the tables of replaced signing keys");
+        }
     }
 
     pub(super) async fn hold_subscription(
@@ -392,17 +551,19 @@ impl PostgresStore {
         &self,
         id: SubscriptionId,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<i64>, StoreError> {
         let client = self.delivery_client().await?;
         let statement = client
             .prepare_cached(
-                "SELECT 1 FROM subscriptions WHERE id = $1 AND NOT paused AND hold_until_ms <= $2",
+                "SELECT coalesce(rotated_at_ms, 0) FROM subscriptions
+                 WHERE id = $1 AND NOT paused AND hold_until_ms <= $2",
             )
             .await?;
         Ok(client
             .query_opt(&statement, &[&id.get(), &now_ms])
             .await?
-            .is_some())
+            .map(|row| row.try_get(0))
+            .transpose()?)
     }
 
     pub(super) async fn subscription_id(&self, name: &str) -> Result<SubscriptionId, StoreError> {
@@ -449,12 +610,31 @@ impl PostgresStore {
                 changed += 1;
             }
         }
+        let keys = tx
+            .query(
+                "SELECT id, secret FROM subscription_keys ORDER BY id FOR UPDATE",
+                &[],
+            )
+            .await?;
+        for row in keys {
+            let (id, stored): (i64, String) = (row.try_get(0)?, row.try_get(1)?);
+            if let Some(sealed) = sealer.reseal(sealed::SUBSCRIPTION_PREVIOUS_KEY, &stored)? {
+                tx.execute(
+                    "UPDATE subscription_keys SET secret = $2 WHERE id = $1",
+                    &[&id, &sealed],
+                )
+                .await?;
+                changed += 1;
+            }
+        }
         tx.commit().await?;
         if changed > 0 {
             // The replaced values must not linger in the table's file: rewrite it
             // (the old row versions go with the old file). The WAL and any archive
             // of it still hold them until they are recycled.
-            client.batch_execute("VACUUM FULL subscriptions").await?;
+            client
+                .batch_execute("VACUUM FULL subscriptions, subscription_keys")
+                .await?;
         }
         Ok(changed)
     }
@@ -509,6 +689,26 @@ impl PostgresStore {
                 from_config: managed_by == "config",
                 reason: forget.reason,
             });
+        }
+        // Keys kept after a rotation only widen what verifies: one that no key opens
+        // is dropped (its subscription signs with its current key).
+        if !dry_run {
+            let previous = tx
+                .query(
+                    "SELECT id, secret FROM subscription_keys ORDER BY id FOR UPDATE",
+                    &[],
+                )
+                .await?;
+            for row in previous {
+                let (id, stored): (i64, String) = (row.try_get(0)?, row.try_get(1)?);
+                if keys
+                    .open(sealed::SUBSCRIPTION_PREVIOUS_KEY, &stored)
+                    .is_err()
+                {
+                    tx.execute("DELETE FROM subscription_keys WHERE id = $1", &[&id])
+                        .await?;
+                }
+            }
         }
         tx.commit().await?;
         Ok(forgotten)

@@ -16,7 +16,8 @@ use crate::store::{
     AppendOutcome, AttemptRecord, AttemptRecorded, AttemptResult, Backend, BackupReport,
     ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId, Entity, EntityFilter, EventFilter,
     EventSeq, EventSummary, KindCount, Lease, NewRejection, Progress, QueueDepth, RebuildReport,
-    Rejection, RejectionFilter, SpecChange, StatsRow, StoreError, StoredEvent, SubscriptionId,
+    Rejection, RejectionFilter, RotateChange, SpecChange, StatsRow, StoreError, StoredEvent,
+    SubscriptionId,
 };
 
 impl SqliteStore {
@@ -198,6 +199,18 @@ impl Backend for SqliteStore {
         SqliteStore::set_paused(self, name, paused, reason).await
     }
 
+    async fn rotate_secret(
+        &self,
+        name: &str,
+        rotate: RotateChange,
+    ) -> Result<Subscription, StoreError> {
+        SqliteStore::rotate_secret(self, name, rotate).await
+    }
+
+    async fn forget_expired_keys(&self, now_ms: i64) -> Result<u64, StoreError> {
+        SqliteStore::forget_expired_keys(self, now_ms).await
+    }
+
     async fn list_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
         self.blocking(|s| s.list_subscriptions()).await
     }
@@ -223,7 +236,11 @@ impl Backend for SqliteStore {
         SqliteStore::hold_subscription(self, id, until_ms).await
     }
 
-    async fn subscription_open(&self, id: SubscriptionId, now_ms: i64) -> Result<bool, StoreError> {
+    async fn subscription_open(
+        &self,
+        id: SubscriptionId,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
         self.blocking(move |s| s.subscription_open(id, now_ms))
             .await
     }

@@ -11,18 +11,21 @@ use super::SqliteStore;
 use super::conditions::Conditions;
 use crate::config::SecretEncoding;
 use crate::deliver::schedule::Next;
+use crate::deliver::signing::{self, KeySet, PreviousKey, Rotated, Signing};
 use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec};
 use crate::event::NewEvent;
 use crate::store::sealed::{self, Sealer};
 use crate::store::{
     AttemptRecord, AttemptRecorded, AttemptResult, ClaimRequest, Claimed, Delivery, DeliveryFilter,
-    DeliveryId, DeliveryState, EventSeq, Lease, QueueDepth, StoreError, SubscriptionId,
+    DeliveryId, DeliveryState, EventSeq, Lease, QueueDepth, RotateChange, StoreError,
+    SubscriptionId,
 };
 
 const SUBSCRIPTION_COLUMNS: &str =
     "id, name, url, events, sources, tenants, basic_username, basic_password,
     secret, secret_encoding, timeout_ms, retry_schedule_ms, max_in_flight, managed_by, paused,
-    paused_reason, consecutive_failures, hold_until_ms";
+    paused_reason, consecutive_failures, hold_until_ms, signing, rotated_at_ms, rotated_by,
+    public_key";
 
 fn json_list(list: Option<&Vec<String>>) -> Option<String> {
     list.map(|l| serde_json::to_string(l).expect("strings serialize"))
@@ -71,6 +74,9 @@ fn subscription_from_row(row: &Row<'_>, sealer: &Sealer) -> rusqlite::Result<Sub
         .map_err(|_| unreadable(11, format!("retry schedule {schedule:?}")))?;
     let encoding: String = row.get(9)?;
     let managed_by: String = row.get(13)?;
+    let signing: String = row.get(18)?;
+    let rotated_at_ms: Option<i64> = row.get(19)?;
+    let rotated_by: Option<String> = row.get(20)?;
     Ok(Subscription {
         id: row.get(0)?,
         spec: SubscriptionSpec {
@@ -90,6 +96,8 @@ fn subscription_from_row(row: &Row<'_>, sealer: &Sealer) -> rusqlite::Result<Sub
                 "base64" => SecretEncoding::Base64,
                 _ => return Err(unreadable(9, format!("secret encoding {encoding:?}"))),
             },
+            signing: Signing::parse(&signing)
+                .map_err(|_| unreadable(18, format!("signing {signing:?}")))?,
             timeout: Duration::from_millis(row.get::<_, i64>(10)? as u64),
             retry_schedule: schedule.into_iter().map(Duration::from_millis).collect(),
             max_in_flight: row.get(12)?,
@@ -103,6 +111,12 @@ fn subscription_from_row(row: &Row<'_>, sealer: &Sealer) -> rusqlite::Result<Sub
         paused_reason: row.get(15)?,
         consecutive_failures: row.get(16)?,
         hold_until_ms: row.get(17)?,
+        public_key: row.get(21)?,
+        previous_keys: Vec::new(),
+        rotated: rotated_at_ms.map(|at_ms| Rotated {
+            at_ms,
+            by: rotated_by.unwrap_or_default(),
+        }),
     })
 }
 
@@ -114,7 +128,52 @@ pub(super) fn load_subscriptions(
         "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions ORDER BY id"
     ))?;
     let rows = stmt.query_map([], |row| subscription_from_row(row, sealer))?;
-    rows.collect()
+    let mut subscriptions = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    attach_previous_keys(conn, &mut subscriptions, sealer)?;
+    Ok(subscriptions)
+}
+
+/// One subscription by name, with its previous keys.
+fn load_subscription(
+    conn: &Connection,
+    name: &str,
+    sealer: &Sealer,
+) -> rusqlite::Result<Option<Subscription>> {
+    let found = conn
+        .prepare_cached(&format!(
+            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE name = ?1"
+        ))?
+        .query_row([name], |row| subscription_from_row(row, sealer))
+        .optional()?;
+    let mut found: Vec<Subscription> = found.into_iter().collect();
+    attach_previous_keys(conn, &mut found, sealer)?;
+    Ok(found.pop())
+}
+
+/// Fills each subscription's `previous_keys` (expired ones included until they are
+/// forgotten: signing skips them).
+fn attach_previous_keys(
+    conn: &Connection,
+    subscriptions: &mut [Subscription],
+    sealer: &Sealer,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT secret, expires_at_ms, public_key FROM subscription_keys
+         WHERE subscription_id = ?1 ORDER BY expires_at_ms DESC",
+    )?;
+    for subscription in subscriptions {
+        subscription.previous_keys = stmt
+            .query_map([subscription.id], |row| {
+                Ok(PreviousKey {
+                    secret: open_secret(row, 0, sealed::SUBSCRIPTION_PREVIOUS_KEY, sealer)?
+                        .unwrap_or_else(|| crate::secret::Secret::new("")),
+                    expires_at_ms: row.get(1)?,
+                    public_key: row.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(())
 }
 
 /// Inserts or, by name, replaces a subscription's declared fields (state is kept).
@@ -141,14 +200,16 @@ fn upsert(
         .collect();
     conn.execute(
         "INSERT INTO subscriptions (name, url, events, sources, tenants, basic_username, basic_password,
-             secret, secret_encoding, timeout_ms, retry_schedule_ms, max_in_flight, managed_by)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             secret, secret_encoding, timeout_ms, retry_schedule_ms, max_in_flight, managed_by,
+             signing, public_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
          ON CONFLICT (name) DO UPDATE SET url = excluded.url, events = excluded.events,
              sources = excluded.sources, tenants = excluded.tenants,
              basic_username = excluded.basic_username, basic_password = excluded.basic_password,
              secret = excluded.secret, secret_encoding = excluded.secret_encoding,
              timeout_ms = excluded.timeout_ms, retry_schedule_ms = excluded.retry_schedule_ms,
-             max_in_flight = excluded.max_in_flight, managed_by = excluded.managed_by",
+             max_in_flight = excluded.max_in_flight, managed_by = excluded.managed_by,
+             signing = excluded.signing, public_key = excluded.public_key",
         params![
             spec.name,
             spec.url,
@@ -163,8 +224,51 @@ fn upsert(
             serde_json::to_string(&schedule).expect("numbers serialize"),
             spec.max_in_flight,
             managed_by.as_str(),
+            spec.signing.as_str(),
+            signing::public_key(spec),
         ],
     )?;
+    Ok(())
+}
+
+/// Writes a rotation's keys: the current key on the row, the replaced keys still
+/// valid in `subscription_keys` (every other one of the subscription deleted).
+fn write_keys(
+    tx: &rusqlite::Transaction<'_>,
+    id: SubscriptionId,
+    keys: &KeySet,
+    sealer: &Sealer,
+) -> Result<(), StoreError> {
+    let secret = sealer.seal(sealed::SUBSCRIPTION_SECRET, &keys.secret)?;
+    tx.execute(
+        "UPDATE subscriptions SET signing = ?2, secret = ?3, secret_encoding = ?4,
+             rotated_at_ms = ?5, rotated_by = ?6, public_key = ?7 WHERE id = ?1",
+        params![
+            id,
+            keys.signing.as_str(),
+            secret,
+            keys.secret_encoding.as_str(),
+            keys.rotated.at_ms,
+            keys.rotated.by,
+            keys.public_key
+        ],
+    )?;
+    tx.execute(
+        "DELETE FROM subscription_keys WHERE subscription_id = ?1",
+        [id],
+    )?;
+    for previous in &keys.previous {
+        tx.execute(
+            "INSERT INTO subscription_keys (subscription_id, secret, expires_at_ms, public_key)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                id,
+                sealer.seal(sealed::SUBSCRIPTION_PREVIOUS_KEY, &previous.secret)?,
+                previous.expires_at_ms,
+                previous.public_key
+            ],
+        )?;
+    }
     Ok(())
 }
 
@@ -213,19 +317,18 @@ impl SqliteStore {
         let sealer = self.inner.options.secrets.clone();
         self.run_job(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            for spec in &specs {
-                let owner: Option<String> = tx
-                    .query_row("SELECT managed_by FROM subscriptions WHERE name = ?1", [&spec.name], |r| r.get(0))
-                    .optional()?;
-                if owner.as_deref() == Some("api") {
+            let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+            for mut spec in specs {
+                let stored = load_subscription(&tx, &spec.name, &sealer)?;
+                if stored.as_ref().is_some_and(|s| s.managed_by == ManagedBy::Api) {
                     return Err(StoreError::Conflict(format!(
                         "subscription {:?} is in the config but was created through the API; rename one of them",
                         spec.name
                     )));
                 }
-                upsert(&tx, spec, ManagedBy::Config, &sealer)?;
+                signing::keep_generated_key(stored.as_ref(), &mut spec);
+                upsert(&tx, &spec, ManagedBy::Config, &sealer)?;
             }
-            let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
             for existing in load_subscriptions(&tx, &sealer)? {
                 if existing.managed_by == ManagedBy::Config && !names.contains(&existing.spec.name) {
                     tx.execute("DELETE FROM subscriptions WHERE id = ?1", [existing.id])?;
@@ -278,11 +381,8 @@ impl SqliteStore {
         let sealer = self.inner.options.secrets.clone();
         self.change_kept(move |tx| {
             api_owned(tx, &name)?;
-            let current = tx
-                .prepare_cached(&format!(
-                    "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE name = ?1"
-                ))?
-                .query_row([&name], |row| subscription_from_row(row, &sealer))?;
+            let current = load_subscription(tx, &name, &sealer)?
+                .ok_or_else(|| StoreError::NotFound(format!("no subscription named {name:?}")))?;
             let spec = change(current.spec).map_err(StoreError::Invalid)?;
             if spec.name != name {
                 return Err(StoreError::Invalid(
@@ -433,6 +533,19 @@ impl SqliteStore {
                     reason: forget.reason,
                 });
             }
+            // Keys kept after a rotation only widen what verifies: one that no key
+            // opens is dropped (its subscription signs with its current key).
+            if !dry_run {
+                let previous: Vec<(i64, String)> = tx
+                    .prepare("SELECT id, secret FROM subscription_keys ORDER BY id")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                for (id, stored) in previous {
+                    if keys.open(sealed::SUBSCRIPTION_PREVIOUS_KEY, &stored).is_err() {
+                        tx.execute("DELETE FROM subscription_keys WHERE id = ?1", [id])?;
+                    }
+                }
+            }
             let loaded = load_subscriptions(&tx, &own)?;
             tx.commit()?;
             *matchers.write().expect("matcher lock is never poisoned") = loaded;
@@ -446,16 +559,71 @@ impl SqliteStore {
     }
 
     pub fn get_subscription(&self, name: &str) -> Result<Option<Subscription>, StoreError> {
-        self.with_reader(|conn| {
-            Ok(conn
-                .prepare_cached(&format!(
-                    "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE name = ?1"
-                ))?
-                .query_row([name], |row| {
-                    subscription_from_row(row, &self.inner.options.secrets)
+        self.with_reader(|conn| Ok(load_subscription(conn, name, &self.inner.options.secrets)?))
+    }
+
+    /// See [`crate::store::Backend::rotate_secret`].
+    pub async fn rotate_secret(
+        &self,
+        name: &str,
+        rotate: RotateChange,
+    ) -> Result<Subscription, StoreError> {
+        let name = name.to_string();
+        let matchers = self.inner.matchers.clone();
+        let sealer = self.inner.options.secrets.clone();
+        self.run_job(move |conn| {
+            // The replaced values must not linger in freed space (as in reseal).
+            conn.pragma_update(None, "secure_delete", true)?;
+            let result = (|| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let current = load_subscription(&tx, &name, &sealer)?.ok_or_else(|| {
+                    StoreError::NotFound(format!("no subscription named {name:?}"))
+                })?;
+                let keys = rotate(&current)?;
+                write_keys(&tx, current.id, &keys, &sealer)?;
+                let loaded = load_subscriptions(&tx, &sealer)?;
+                tx.commit()?;
+                let found = loaded.iter().find(|s| s.spec.name == name).cloned();
+                *matchers.write().expect("matcher lock is never poisoned") = loaded;
+                found.ok_or_else(|| {
+                    StoreError::NotFound("the subscription vanished while it changed".into())
                 })
-                .optional()?)
+            })();
+            conn.pragma_update(None, "secure_delete", false)?;
+            let rotated = result?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(rotated)
         })
+        .await
+    }
+
+    /// See [`crate::store::Backend::forget_expired_keys`].
+    pub async fn forget_expired_keys(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let matchers = self.inner.matchers.clone();
+        let sealer = self.inner.options.secrets.clone();
+        self.run_job(move |conn| {
+            conn.pragma_update(None, "secure_delete", true)?;
+            let deleted = (|| -> Result<u64, StoreError> {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let deleted = tx.execute(
+                    "DELETE FROM subscription_keys WHERE expires_at_ms <= ?1",
+                    [now_ms],
+                )?;
+                if deleted > 0 {
+                    let loaded = load_subscriptions(&tx, &sealer)?;
+                    tx.commit()?;
+                    *matchers.write().expect("matcher lock is never poisoned") = loaded;
+                }
+                Ok(deleted as u64)
+            })();
+            conn.pragma_update(None, "secure_delete", false)?;
+            let deleted = deleted?;
+            if deleted > 0 {
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            }
+            Ok(deleted)
+        })
+        .await
     }
 
     /// Dead-letters a leased delivery without an attempt (its event is gone), if the
@@ -492,16 +660,20 @@ impl SqliteStore {
 
     /// Whether a subscription may be sent to now: it exists, is not paused and not
     /// held. Read fresh from the database, so a pause by another attempt, the API or
-    /// another process counts at once.
-    pub fn subscription_open(&self, id: SubscriptionId, now_ms: i64) -> Result<bool, StoreError> {
+    /// another process counts at once. `Some` with when its keys were last rotated.
+    pub fn subscription_open(
+        &self,
+        id: SubscriptionId,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
         self.with_reader(|conn| {
             Ok(conn
                 .prepare_cached(
-                    "SELECT 1 FROM subscriptions WHERE id = ?1 AND paused = 0 AND hold_until_ms <= ?2",
+                    "SELECT coalesce(rotated_at_ms, 0) FROM subscriptions
+                     WHERE id = ?1 AND paused = 0 AND hold_until_ms <= ?2",
                 )?
-                .query_row(params![id, now_ms], |_| Ok(()))
-                .optional()?
-                .is_some())
+                .query_row(params![id, now_ms], |r| r.get(0))
+                .optional()?)
         })
     }
 
@@ -698,6 +870,19 @@ fn reseal_rows(conn: &mut Connection, sealer: &Sealer) -> Result<u64, StoreError
                 "UPDATE subscriptions SET basic_password = coalesce(?2, basic_password),
                      secret = coalesce(?3, secret) WHERE id = ?1",
                 params![id, password, secret],
+            )?;
+            changed += 1;
+        }
+    }
+    let keys: Vec<(i64, String)> = tx
+        .prepare("SELECT id, secret FROM subscription_keys ORDER BY id")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, stored) in keys {
+        if let Some(sealed) = sealer.reseal(sealed::SUBSCRIPTION_PREVIOUS_KEY, &stored)? {
+            tx.execute(
+                "UPDATE subscription_keys SET secret = ?2 WHERE id = ?1",
+                params![id, sealed],
             )?;
             changed += 1;
         }

@@ -41,6 +41,7 @@ impl Export {
     pub fn tables() -> Vec<CopiedTable> {
         let mut tables = vec![
             CopiedTable::keyed("subscriptions", "id"),
+            CopiedTable::keyed("subscription_keys", "id"),
             CopiedTable::keyed("events", "seq"),
             CopiedTable::keyed("deliveries", "id"),
             CopiedTable::keyed("attempts", "id"),

@@ -119,7 +119,13 @@ async fn paused_or_held_subscriptions_lease_nothing_and_failures_count() {
         .set_paused("hooks", true, Some("maintenance".into()))
         .await
         .unwrap();
-    assert!(!store.subscription_open(sub.id, now).await.unwrap());
+    assert!(
+        store
+            .subscription_open(sub.id, now)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(
         store
             .claim_due(vec![request(sub.id.get(), 5, now + 1)], now)
@@ -129,7 +135,13 @@ async fn paused_or_held_subscriptions_lease_nothing_and_failures_count() {
     );
     store.set_paused("hooks", false, None).await.unwrap();
     store.hold_subscription(sub.id, now + 10_000).await.unwrap();
-    assert!(!store.subscription_open(sub.id, now).await.unwrap());
+    assert!(
+        store
+            .subscription_open(sub.id, now)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(
         store
             .claim_due(vec![request(sub.id.get(), 5, now + 1)], now)

@@ -1,4 +1,4 @@
--- 3: several instances share the delivery work by subscription. Each instance says
+-- 4: several instances share the delivery work by subscription. Each instance says
 -- it is alive in `instances`; each subscription is dispatched by one instance at a
 -- time, its owner in `dispatch_owners` until `until_ms`, so that a subscription's
 -- limits (max_in_flight, holds) hold for the cluster as they do for one process.
