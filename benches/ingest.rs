@@ -14,6 +14,12 @@
 //!
 //! When PostgreSQL answers at 127.0.0.1:5432 (or CLASSHOOK_TEST_POSTGRES), each round
 //! also runs the gateway on a fresh PostgreSQL database (BENCH_POSTGRES=0 skips it).
+//!
+//! Each round also runs the SQLite gateway with tracing on (`[telemetry]
+//! otlp_endpoint` towards an OTLP sink in this process that reads each export and
+//! answers 200), right before or after the run without tracing, alternating, and
+//! reports the ratio of the two and how many spans were exported or dropped
+//! (BENCH_TRACING=0 skips it; BENCH_SAMPLE_RATIO sets `sample_ratio`, default 1).
 
 mod support;
 
@@ -38,6 +44,8 @@ struct Report {
     seconds: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// With tracing on: spans exported and dropped, from the gateway's metrics.
+    spans: Option<(u64, u64)>,
 }
 
 impl Report {
@@ -67,7 +75,14 @@ async fn bench() {
     let mut rows = Vec::new();
     let (mut to_ceiling, mut to_compared) = (Vec::new(), Vec::new());
     let mut postgres_to_ceiling = Vec::new();
+    let mut traced_to_untraced = Vec::new();
     let with_postgres = env_or("BENCH_POSTGRES", 1) == 1;
+    let sink = if env_or("BENCH_TRACING", 1) == 1 {
+        Some(OtlpSink::start().await)
+    } else {
+        None
+    };
+    let sample_ratio = std::env::var("BENCH_SAMPLE_RATIO").unwrap_or_else(|_| "1".into());
     for round in 1..=rounds {
         let (mut ceiling, ceiling_addr) =
             spawn(binary, &["null-server", "--listen", "127.0.0.1:0"]).await;
@@ -77,11 +92,30 @@ async fn bench() {
         // round (page cache, disk), and neither side should always get the same slot.
         let mut gateway = None;
         let mut compared = None;
+        let mut traced = None;
         for slot in 0..2 {
             if (slot + round) % 2 == 1 {
-                gateway = Some(run_gateway(binary, &bodies, connections, seconds, None).await);
+                // Tracing on runs right beside tracing off, alternating which is first.
+                let telemetry = sink.as_ref().map(|sink| {
+                    format!(
+                        "[telemetry]\notlp_endpoint = \"http://{}\"\nsample_ratio = {sample_ratio}\n",
+                        sink.addr
+                    )
+                });
+                let traced_first = round % 2 == 1;
+                if let (Some(telemetry), true) = (&telemetry, traced_first) {
+                    traced = Some(
+                        run_gateway(binary, &bodies, connections, seconds, None, telemetry).await,
+                    );
+                }
+                gateway = Some(run_gateway(binary, &bodies, connections, seconds, None, "").await);
+                if let (Some(telemetry), false) = (&telemetry, traced_first) {
+                    traced = Some(
+                        run_gateway(binary, &bodies, connections, seconds, None, telemetry).await,
+                    );
+                }
             } else if let Some(other) = &compare {
-                compared = Some(run_gateway(other, &bodies, connections, seconds, None).await);
+                compared = Some(run_gateway(other, &bodies, connections, seconds, None, "").await);
             }
         }
         let (gateway_report, rss_mib, stored) = gateway.expect("the gateway ran");
@@ -97,6 +131,22 @@ async fn bench() {
             let name = format!("compared binary ({})", compare.as_deref().unwrap_or(""));
             rows.push((round, name, report));
         }
+        if let Some((report, traced_rss, stored)) = traced {
+            assert_eq!(
+                stored, report.accepted as i64,
+                "with tracing on, the store holds exactly the events answered 200"
+            );
+            traced_to_untraced.push(report.rate() / gateway_report.rate());
+            let spans = report.spans.unwrap_or_default();
+            rows.push((
+                round,
+                format!(
+                    "classhook on SQLite, tracing on (sample_ratio {sample_ratio}; {} spans exported, {} dropped), peak RSS {traced_rss:.1} MiB",
+                    spans.0, spans.1
+                ),
+                report,
+            ));
+        }
         rows.push((
             round,
             format!("classhook on SQLite, peak RSS {rss_mib:.1} MiB"),
@@ -106,8 +156,15 @@ async fn bench() {
             && let Some(database) =
                 classhook::store::postgres::testing::TestDatabase::create("bench").await
         {
-            let (report, rss_mib, stored) =
-                run_gateway(binary, &bodies, connections, seconds, Some(database.url())).await;
+            let (report, rss_mib, stored) = run_gateway(
+                binary,
+                &bodies,
+                connections,
+                seconds,
+                Some(database.url()),
+                "",
+            )
+            .await;
             assert_eq!(
                 stored, report.accepted as i64,
                 "PostgreSQL holds exactly the events answered 200"
@@ -146,6 +203,20 @@ async fn bench() {
             median(&postgres_to_ceiling)
         );
     }
+    if !traced_to_untraced.is_empty() {
+        println!(
+            "tracing on / off (SQLite), per round: {}; median {:.2}x",
+            list(&traced_to_untraced),
+            median(&traced_to_untraced)
+        );
+    }
+    if let Some(sink) = &sink {
+        println!(
+            "OTLP sink: {} export requests, {:.1} MiB received",
+            sink.requests.load(Ordering::Relaxed),
+            sink.bytes.load(Ordering::Relaxed) as f64 / 1048576.0
+        );
+    }
     if !to_compared.is_empty() {
         println!(
             "ratio to the compared binary, per round: {}; median {:.2}x",
@@ -178,14 +249,15 @@ fn median(ratios: &[f64]) -> f64 {
 }
 
 /// Starts `binary serve` on a fresh data directory (or the PostgreSQL database at
-/// `database`), drives it, and returns the report, its peak RSS in MiB and the
-/// number of events it stored.
+/// `database`) with `sections` added to its config, drives it, and returns the
+/// report, its peak RSS in MiB and the number of events it stored.
 async fn run_gateway(
     binary: &str,
     bodies: &Arc<Vec<Bytes>>,
     connections: usize,
     seconds: u64,
     database: Option<&str>,
+    sections: &str,
 ) -> (Report, f64, i64) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bench.toml");
@@ -195,14 +267,17 @@ async fn run_gateway(
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n{database_section}\n[[source]]\nname = \"bench\"\nprovider = \"dreamclass\"\nsecret = \"{SECRET}\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n{database_section}\n{sections}\n[[source]]\nname = \"bench\"\nprovider = \"dreamclass\"\nsecret = \"{SECRET}\"\n",
             dir.path().join("data").display().to_string()
         ),
     )
     .unwrap();
     let (mut gateway, addr) = spawn(binary, &["serve", "--config", config.to_str().unwrap()]).await;
-    let report = drive(addr, bodies, connections, seconds).await;
+    let mut report = drive(addr, bodies, connections, seconds).await;
     let rss_mib = peak_rss_mib(gateway.id().unwrap());
+    if !sections.is_empty() {
+        report.spans = Some(span_counts(addr).await);
+    }
     let _ = gateway.kill().await;
     let _ = gateway.wait().await;
     let location = match database {
@@ -292,6 +367,59 @@ async fn drive(
         seconds: elapsed,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
+        spans: None,
+    }
+}
+
+/// Spans exported and dropped so far, from the gateway's `/metrics` (after a second
+/// for the last export to go out).
+async fn span_counts(addr: SocketAddr) -> (u64, u64) {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counter = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        counter("classhook_trace_spans_exported_total"),
+        counter("classhook_trace_spans_dropped_total"),
+    )
+}
+
+/// An OTLP/HTTP collector that reads every export and answers 200, counting.
+struct OtlpSink {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl OtlpSink {
+    async fn start() -> OtlpSink {
+        let requests = Arc::new(AtomicUsize::new(0));
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let (r, b) = (requests.clone(), bytes.clone());
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                r.fetch_add(1, Ordering::Relaxed);
+                b.fetch_add(body.len(), Ordering::Relaxed);
+                async { "" }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        OtlpSink {
+            addr,
+            requests,
+            bytes,
+        }
     }
 }
 

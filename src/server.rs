@@ -25,6 +25,7 @@ use crate::ingest::{self, Ingest};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::{Store, StoreError, StoreOptions};
+use crate::telemetry::{Telemetry, TelemetryError};
 
 /// At most this many "request refused" lines per second reach the log; the next
 /// line let through says how many were left out. Metrics count every refusal.
@@ -60,6 +61,8 @@ pub enum StartError {
     /// serving it would accept unsigned requests on sources that have a secret.
     #[error("this configuration was loaded without its secrets and cannot serve")]
     SecretsNotLoaded,
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
 }
 
 impl From<StoreError> for StartError {
@@ -151,6 +154,13 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             "subscription secrets sealed under key {key}"
         );
     }
+    let telemetry = Telemetry::start(&config.telemetry, metrics.clone())?;
+    if let (Some(url), Some(_)) = (&config.telemetry.traces_url, &telemetry) {
+        tracing::info!(
+            "exporting traces to {url} (OTLP/HTTP) as service {}",
+            config.telemetry.service_name
+        );
+    }
     let body_budget = BodyBudget::new(server.max_inflight_body_bytes);
     let ingest = Arc::new(Ingest {
         sources: config
@@ -166,6 +176,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         trusted_proxies: server.trusted_proxies.clone(),
         body_budget: body_budget.clone(),
         refusal_log: LogLimiter::new(REFUSAL_LINES_PER_SECOND, Duration::from_secs(1)),
+        telemetry: telemetry.clone(),
     });
     let api = Arc::new(ApiState {
         store: store.clone(),
@@ -214,6 +225,9 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         .sync_config_subscriptions(config.subscriptions.clone())
         .await?;
     let mut background = vec![tokio::spawn(summarize(metrics.clone()))];
+    if let Some(telemetry) = &telemetry {
+        background.push(tokio::spawn(telemetry.clone().report_drops()));
+    }
     if config.delivery.enabled {
         let sender = sender.map_err(StartError::Proxy)?;
         let options = DispatchOptions {
@@ -223,7 +237,8 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             lease_margin: config.delivery.lease_margin,
         };
         let dispatcher = Dispatcher::with_sender(store.clone(), clock.clone(), options, sender)
-            .with_observer(metrics.clone());
+            .with_observer(metrics.clone())
+            .with_telemetry(telemetry.clone());
         background.push(tokio::spawn(dispatcher.run()));
     }
     if let Some(days) = config.retention.events_days {
@@ -235,7 +250,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         )));
     }
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(http::serve(
+    let serving = http::serve(
         listener,
         router(ingest, api, ops, dashboard),
         options,
@@ -243,7 +258,14 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             let _ = stopped.await;
             let _ = dashboard_stop.send(true);
         },
-    ));
+    );
+    // The last spans (the requests shutdown let finish) are sent before the task ends.
+    let task = tokio::spawn(async move {
+        serving.await;
+        if let Some(telemetry) = telemetry {
+            telemetry.shutdown().await;
+        }
+    });
     Ok(Running {
         addr,
         store,

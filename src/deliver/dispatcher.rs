@@ -25,6 +25,7 @@ use crate::clock::Clock;
 use crate::store::{
     AttemptRecorded, AttemptResult, ClaimRequest, Claimed, Lease, Store, SubscriptionId,
 };
+use crate::telemetry::{AttemptAbout, AttemptTrace, Telemetry};
 
 #[derive(Debug, Clone)]
 pub struct DispatchOptions {
@@ -79,6 +80,7 @@ pub struct Dispatcher {
     /// Running attempts; each ends with its subscription id and what became of it.
     attempts: JoinSet<(SubscriptionId, Finished)>,
     observer: Option<Arc<dyn DeliveryObserver>>,
+    telemetry: Option<Telemetry>,
 }
 
 impl Dispatcher {
@@ -104,7 +106,14 @@ impl Dispatcher {
             slots: HashMap::new(),
             attempts: JoinSet::new(),
             observer: None,
+            telemetry: None,
         }
+    }
+
+    /// Makes a span of every attempt and sends `traceparent` with it.
+    pub fn with_telemetry(mut self, telemetry: Option<Telemetry>) -> Dispatcher {
+        self.telemetry = telemetry;
+        self
     }
 
     /// Tells `observer` about every recorded attempt.
@@ -210,6 +219,7 @@ impl Dispatcher {
                 slots: self.slots_for(&subscription),
                 hold_after_failures: self.options.hold_after_failures,
                 observer: self.observer.clone(),
+                telemetry: self.telemetry.clone(),
                 subscription,
                 claimed: delivery,
             };
@@ -244,6 +254,7 @@ struct Attempt {
     slots: Arc<Semaphore>,
     hold_after_failures: u32,
     observer: Option<Arc<dyn DeliveryObserver>>,
+    telemetry: Option<Telemetry>,
     subscription: Subscription,
     claimed: Claimed,
 }
@@ -289,6 +300,19 @@ impl Attempt {
             };
         }
         let started_ms = self.clock.now_ms();
+        let trace = AttemptTrace::start(
+            self.telemetry.as_ref(),
+            event.trace_parent.as_deref(),
+            AttemptAbout {
+                subscription: &spec.name,
+                delivery_id: claimed.delivery_id.get(),
+                webhook_id: &claimed.webhook_id,
+                event_seq: claimed.event_seq.get(),
+                event_type: &event.summary.event_type,
+                attempt: claimed.round_attempts + 1,
+                url: &spec.url,
+            },
+        );
         let attempted = match send::build(
             event.summary.provider,
             &event.body,
@@ -296,7 +320,10 @@ impl Attempt {
             &claimed.webhook_id,
             started_ms / 1000,
         ) {
-            Ok(request) => {
+            Ok(mut request) => {
+                if let Some(traceparent) = trace.traceparent() {
+                    request.headers.push(("traceparent".into(), traceparent));
+                }
                 let basic_auth = spec
                     .basic_auth
                     .as_ref()
@@ -330,6 +357,7 @@ impl Attempt {
             self.clock.now_ms(),
             jitter,
         );
+        trace.finish(&attempted.outcome, &next, attempted.duration);
         self.log(&next, &attempted.outcome);
         let observed = self.observer.clone().map(|observer| {
             let lag_ms = self.clock.now_ms() - event.summary.received_at_ms;

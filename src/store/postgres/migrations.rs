@@ -13,6 +13,7 @@ use crate::store::StoreError;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_schema.sql"),
     include_str!("migrations/0002_db_copy.sql"),
+    include_str!("migrations/0003_trace_parent.sql"),
 ];
 
 /// The advisory lock key that serializes migrations ("classhk" in ASCII).

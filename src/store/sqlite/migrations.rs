@@ -247,6 +247,11 @@ const MIGRATIONS: &[&str] = &[
         FROM (SELECT DISTINCT value FROM json_each(subscriptions.events))
     );
     ",
+    // 10: the W3C traceparent of the span that received the event (tracing on), so
+    // that its delivery attempts continue that trace, later or on another instance.
+    "
+    ALTER TABLE events ADD COLUMN trace_parent TEXT;
+    ",
 ];
 
 /// The schema version this binary brings a database to.
