@@ -46,6 +46,8 @@ struct Report {
     p99_ms: f64,
     /// With tracing on: spans exported and dropped, from the gateway's metrics.
     spans: Option<(u64, u64)>,
+    /// The gateway's CPU time (user + system, all threads) per accepted event.
+    cpu_us_per_event: f64,
 }
 
 impl Report {
@@ -76,6 +78,7 @@ async fn bench() {
     let (mut to_ceiling, mut to_compared) = (Vec::new(), Vec::new());
     let mut postgres_to_ceiling = Vec::new();
     let mut traced_to_untraced = Vec::new();
+    let mut traced_cpu = Vec::new();
     let with_postgres = env_or("BENCH_POSTGRES", 1) == 1;
     let sink = if env_or("BENCH_TRACING", 1) == 1 {
         Some(OtlpSink::start().await)
@@ -137,6 +140,7 @@ async fn bench() {
                 "with tracing on, the store holds exactly the events answered 200"
             );
             traced_to_untraced.push(report.rate() / gateway_report.rate());
+            traced_cpu.push(report.cpu_us_per_event / gateway_report.cpu_us_per_event);
             let spans = report.spans.unwrap_or_default();
             rows.push((
                 round,
@@ -179,15 +183,16 @@ async fn bench() {
     }
 
     println!();
-    println!("| round | run | events/s | p50 ms | p99 ms | failed |");
-    println!("|---:|---|---:|---:|---:|---:|");
+    println!("| round | run | events/s | p50 ms | p99 ms | failed | gateway CPU µs/event |");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
     for (round, name, r) in &rows {
         println!(
-            "| {round} | {name} | {:.0} | {:.2} | {:.2} | {} |",
+            "| {round} | {name} | {:.0} | {:.2} | {:.2} | {} | {:.0} |",
             r.rate(),
             r.p50_ms,
             r.p99_ms,
-            r.failed
+            r.failed,
+            r.cpu_us_per_event
         );
     }
     println!();
@@ -208,6 +213,11 @@ async fn bench() {
             "tracing on / off (SQLite), per round: {}; median {:.2}x",
             list(&traced_to_untraced),
             median(&traced_to_untraced)
+        );
+        println!(
+            "tracing on / off (SQLite), gateway CPU per event, per round: {}; median {:.2}x",
+            list(&traced_cpu),
+            median(&traced_cpu)
         );
     }
     if let Some(sink) = &sink {
@@ -273,7 +283,10 @@ async fn run_gateway(
     )
     .unwrap();
     let (mut gateway, addr) = spawn(binary, &["serve", "--config", config.to_str().unwrap()]).await;
+    let cpu_before = cpu_seconds(gateway.id().unwrap());
     let mut report = drive(addr, bodies, connections, seconds).await;
+    let cpu = cpu_seconds(gateway.id().unwrap()) - cpu_before;
+    report.cpu_us_per_event = cpu * 1e6 / report.accepted.max(1) as f64;
     let rss_mib = peak_rss_mib(gateway.id().unwrap());
     if !sections.is_empty() {
         report.spans = Some(span_counts(addr).await);
@@ -368,7 +381,28 @@ async fn drive(
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         spans: None,
+        cpu_us_per_event: 0.0,
     }
+}
+
+/// CPU seconds (user + system) the process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at the state.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    // In clock ticks: USER_HZ, 100 a second on every Linux the project runs on.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Spans exported and dropped so far, from the gateway's `/metrics` (after a second

@@ -261,8 +261,9 @@ impl AttemptTrace {
         };
         span.set_attribute(KeyValue::new("classhook.delivery.next", next));
         if result != "success" {
-            // The error's text may quote the URL (and its token): only its kind.
-            let kind = status.map_or_else(|| "transport".to_string(), |s| s.to_string());
+            // The error's text may quote the URL (and its token): only the status, or
+            // that none came (refused, timed out, TLS, the destination guard).
+            let kind = status.map_or_else(|| "no_response".to_string(), |s| s.to_string());
             span.set_attribute(KeyValue::new("error.type", kind));
             span.set_status(Status::error(result));
         }
