@@ -421,6 +421,11 @@ async fn a_retry_on_another_dispatcher_later_continues_the_same_trace() {
     clock.advance(12_000);
     assert_eq!(dispatcher.step().await, [Finished::Attempted]);
     telemetry.shutdown().await;
+    assert_eq!(
+        collector.named("delivery attempt").len(),
+        2,
+        "shutting the pipeline down sends what it held"
+    );
 
     let spans = collector
         .wait("a receive and two attempts", |spans| {
@@ -585,4 +590,28 @@ async fn without_an_endpoint_nothing_is_traced_and_no_traceparent_is_sent() {
     let event = gw.store.get_event(listed[0].seq).await.unwrap().unwrap();
     assert_eq!(event.trace_parent, None, "nothing is kept for tracing");
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_receive_left_out_by_sampling_exports_nothing_and_says_so_downstream() {
+    let (collector, collector_addr) = Collector::start().await;
+    let receiver = Receiver::start().await;
+    let text = config(Some(collector_addr), &receiver, "")
+        .replace("service_name = \"classhook-test\"", "sample_ratio = 0");
+    let gw = Gateway::start_with("", &text).await;
+    assert_eq!(
+        gw.post("/hooks/school", &dreamclass_sample("CLASS_CREATED", 1))
+            .await
+            .status,
+        200
+    );
+    let delivered = receiver.wait_for(1).await;
+    let traceparent = delivered[0].header("traceparent").to_string();
+    assert!(
+        traceparent.starts_with("00-") && traceparent.ends_with("-00"),
+        "the subscriber is told the trace was not sampled: {traceparent:?}"
+    );
+    // Stopping sends whatever was queued (as the retry test shows): nothing was.
+    gw.stop().await;
+    assert!(collector.spans().is_empty(), "{:#?}", collector.spans());
 }
