@@ -14,10 +14,19 @@
 //!
 //! When PostgreSQL answers at 127.0.0.1:5432 (or CLASSHOOK_TEST_POSTGRES), each round
 //! also runs the gateway on a fresh PostgreSQL database (BENCH_POSTGRES=0 skips it).
+//!
+//! Each round also runs the SQLite gateway with tracing on (`[telemetry]
+//! otlp_endpoint` towards an OTLP sink in this process that reads each export and
+//! answers 200), right before or after the run without tracing, alternating, and
+//! reports the ratio of the two and how many spans were exported or dropped
+//! (BENCH_TRACING=0 skips it; BENCH_SAMPLE_RATIO sets `sample_ratio`, default 1).
 
 mod support;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 use support::load::{Report, SECRET, drive, signed_bodies};
 use support::{env_or, spawn};
 
@@ -44,7 +53,15 @@ async fn bench() {
     let mut rows = Vec::new();
     let (mut to_ceiling, mut to_compared) = (Vec::new(), Vec::new());
     let mut postgres_to_ceiling = Vec::new();
+    let mut traced_to_untraced = Vec::new();
+    let mut traced_cpu = Vec::new();
     let with_postgres = env_or("BENCH_POSTGRES", 1) == 1;
+    let sink = if env_or("BENCH_TRACING", 1) == 1 {
+        Some(OtlpSink::start().await)
+    } else {
+        None
+    };
+    let sample_ratio = std::env::var("BENCH_SAMPLE_RATIO").unwrap_or_else(|_| "1".into());
     for round in 1..=rounds {
         let (mut ceiling, ceiling_addr) =
             spawn(binary, &["null-server", "--listen", "127.0.0.1:0"]).await;
@@ -54,11 +71,30 @@ async fn bench() {
         // round (page cache, disk), and neither side should always get the same slot.
         let mut gateway = None;
         let mut compared = None;
+        let mut traced = None;
         for slot in 0..2 {
             if (slot + round) % 2 == 1 {
-                gateway = Some(run_gateway(binary, &bodies, connections, seconds, None).await);
+                // Tracing on runs right beside tracing off, alternating which is first.
+                let telemetry = sink.as_ref().map(|sink| {
+                    format!(
+                        "[telemetry]\notlp_endpoint = \"http://{}\"\nsample_ratio = {sample_ratio}\n",
+                        sink.addr
+                    )
+                });
+                let traced_first = round % 2 == 1;
+                if let (Some(telemetry), true) = (&telemetry, traced_first) {
+                    traced = Some(
+                        run_gateway(binary, &bodies, connections, seconds, None, telemetry).await,
+                    );
+                }
+                gateway = Some(run_gateway(binary, &bodies, connections, seconds, None, "").await);
+                if let (Some(telemetry), false) = (&telemetry, traced_first) {
+                    traced = Some(
+                        run_gateway(binary, &bodies, connections, seconds, None, telemetry).await,
+                    );
+                }
             } else if let Some(other) = &compare {
-                compared = Some(run_gateway(other, &bodies, connections, seconds, None).await);
+                compared = Some(run_gateway(other, &bodies, connections, seconds, None, "").await);
             }
         }
         let (gateway_report, rss_mib, stored) = gateway.expect("the gateway ran");
@@ -74,6 +110,23 @@ async fn bench() {
             let name = format!("compared binary ({})", compare.as_deref().unwrap_or(""));
             rows.push((round, name, report));
         }
+        if let Some((report, traced_rss, stored)) = traced {
+            assert_eq!(
+                stored, report.accepted as i64,
+                "with tracing on, the store holds exactly the events answered 200"
+            );
+            traced_to_untraced.push(report.rate() / gateway_report.rate());
+            traced_cpu.push(report.cpu_us_per_event / gateway_report.cpu_us_per_event);
+            let spans = report.spans.unwrap_or_default();
+            rows.push((
+                round,
+                format!(
+                    "classhook on SQLite, tracing on (sample_ratio {sample_ratio}; {} spans exported, {} dropped), peak RSS {traced_rss:.1} MiB",
+                    spans.0, spans.1
+                ),
+                report,
+            ));
+        }
         rows.push((
             round,
             format!("classhook on SQLite, peak RSS {rss_mib:.1} MiB"),
@@ -83,8 +136,15 @@ async fn bench() {
             && let Some(database) =
                 classhook::store::postgres::testing::TestDatabase::create("bench").await
         {
-            let (report, rss_mib, stored) =
-                run_gateway(binary, &bodies, connections, seconds, Some(database.url())).await;
+            let (report, rss_mib, stored) = run_gateway(
+                binary,
+                &bodies,
+                connections,
+                seconds,
+                Some(database.url()),
+                "",
+            )
+            .await;
             assert_eq!(
                 stored, report.accepted as i64,
                 "PostgreSQL holds exactly the events answered 200"
@@ -99,15 +159,16 @@ async fn bench() {
     }
 
     println!();
-    println!("| round | run | events/s | p50 ms | p99 ms | failed |");
-    println!("|---:|---|---:|---:|---:|---:|");
+    println!("| round | run | events/s | p50 ms | p99 ms | failed | gateway CPU µs/event |");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
     for (round, name, r) in &rows {
         println!(
-            "| {round} | {name} | {:.0} | {:.2} | {:.2} | {} |",
+            "| {round} | {name} | {:.0} | {:.2} | {:.2} | {} | {:.0} |",
             r.rate(),
             r.p50_ms,
             r.p99_ms,
-            r.failed
+            r.failed,
+            r.cpu_us_per_event
         );
     }
     println!();
@@ -121,6 +182,25 @@ async fn bench() {
             "PostgreSQL: ratio to ceiling, per round: {}; median {:.2}x",
             list(&postgres_to_ceiling),
             median(&postgres_to_ceiling)
+        );
+    }
+    if !traced_to_untraced.is_empty() {
+        println!(
+            "tracing on / off (SQLite), per round: {}; median {:.2}x",
+            list(&traced_to_untraced),
+            median(&traced_to_untraced)
+        );
+        println!(
+            "tracing on / off (SQLite), gateway CPU per event, per round: {}; median {:.2}x",
+            list(&traced_cpu),
+            median(&traced_cpu)
+        );
+    }
+    if let Some(sink) = &sink {
+        println!(
+            "OTLP sink: {} export requests, {:.1} MiB received",
+            sink.requests.load(Ordering::Relaxed),
+            sink.bytes.load(Ordering::Relaxed) as f64 / 1048576.0
         );
     }
     if !to_compared.is_empty() {
@@ -155,14 +235,15 @@ fn median(ratios: &[f64]) -> f64 {
 }
 
 /// Starts `binary serve` on a fresh data directory (or the PostgreSQL database at
-/// `database`), drives it, and returns the report, its peak RSS in MiB and the
-/// number of events it stored.
+/// `database`) with `sections` added to its config, drives it, and returns the
+/// report, its peak RSS in MiB and the number of events it stored.
 async fn run_gateway(
     binary: &str,
     bodies: &Arc<Vec<Bytes>>,
     connections: usize,
     seconds: u64,
     database: Option<&str>,
+    sections: &str,
 ) -> (Report, f64, i64) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bench.toml");
@@ -172,14 +253,20 @@ async fn run_gateway(
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n{database_section}\n[[source]]\nname = \"bench\"\nprovider = \"dreamclass\"\nsecret = \"{SECRET}\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n{database_section}\n{sections}\n[[source]]\nname = \"bench\"\nprovider = \"dreamclass\"\nsecret = \"{SECRET}\"\n",
             dir.path().join("data").display().to_string()
         ),
     )
     .unwrap();
     let (mut gateway, addr) = spawn(binary, &["serve", "--config", config.to_str().unwrap()]).await;
-    let report = drive(&[addr], bodies, connections, seconds).await;
+    let cpu_before = cpu_seconds(gateway.id().unwrap());
+    let mut report = drive(&[addr], bodies, connections, seconds).await;
+    let cpu = cpu_seconds(gateway.id().unwrap()) - cpu_before;
+    report.cpu_us_per_event = cpu * 1e6 / report.accepted.max(1) as f64;
     let rss_mib = peak_rss_mib(gateway.id().unwrap());
+    if !sections.is_empty() {
+        report.spans = Some(span_counts(addr).await);
+    }
     let _ = gateway.kill().await;
     let _ = gateway.wait().await;
     let location = match database {
@@ -187,6 +274,78 @@ async fn run_gateway(
         None => classhook::store::Location::sqlite(dir.path().join("data")),
     };
     (report, rss_mib, stored_events(&location).await)
+}
+
+/// CPU seconds (user + system) the process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at the state.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    // In clock ticks: USER_HZ, 100 a second on every Linux the project runs on.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Spans exported and dropped so far, from the gateway's `/metrics` (after a second
+/// for the last export to go out).
+async fn span_counts(addr: SocketAddr) -> (u64, u64) {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counter = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        counter("classhook_trace_spans_exported_total"),
+        counter("classhook_trace_spans_dropped_total"),
+    )
+}
+
+/// An OTLP/HTTP collector that reads every export and answers 200, counting.
+struct OtlpSink {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl OtlpSink {
+    async fn start() -> OtlpSink {
+        let requests = Arc::new(AtomicUsize::new(0));
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let (r, b) = (requests.clone(), bytes.clone());
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                r.fetch_add(1, Ordering::Relaxed);
+                b.fetch_add(body.len(), Ordering::Relaxed);
+                async { "" }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        OtlpSink {
+            addr,
+            requests,
+            bytes,
+        }
+    }
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {

@@ -74,4 +74,7 @@ pub struct NewEvent {
     pub status_reason: Option<String>,
     /// What the event writes into the mirror; `None` if it must not touch it.
     pub mirror: Option<MirrorData>,
+    /// The W3C `traceparent` of the span that received it (tracing on): its delivery
+    /// attempts continue that trace.
+    pub trace_parent: Option<String>,
 }

@@ -45,6 +45,7 @@ use crate::metrics::Metrics;
 use crate::net::{ClientAddr, NetList};
 use crate::provider::{Envelope, EnvelopeError, SignatureError};
 use crate::store::{AppendOutcome, NewRejection, REJECTION_BODY_PREFIX, Store, StoreError};
+use crate::telemetry::{ReceiveTrace, Telemetry};
 
 /// Headers never stored with an event: they carry credentials.
 const UNSTORED_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
@@ -66,6 +67,8 @@ pub struct Ingest {
     pub body_budget: BodyBudget,
     /// How many "request refused" lines reach the log.
     pub refusal_log: LogLimiter,
+    /// Where spans go; `None`: tracing is off and no span is made.
+    pub telemetry: Option<Telemetry>,
 }
 
 /// Why a request was refused. Each variant maps to exactly one status.
@@ -203,7 +206,9 @@ pub async fn receive(
 ) -> Response {
     let started = Instant::now();
     let client = ClientAddr::resolve(remote, &headers, &ingest.trusted_proxies);
-    let response = ingest.handle(&source, client, &headers, body).await;
+    let trace = ReceiveTrace::start(ingest.telemetry.as_ref(), &source, client.ip);
+    let response = ingest.handle(&source, client, &headers, body, &trace).await;
+    trace.finish(response.status().as_u16());
     ingest.metrics.ingest_finished(started.elapsed());
     response
 }
@@ -239,25 +244,31 @@ impl Ingest {
         client: ClientAddr,
         headers: &HeaderMap,
         body: Body,
+        trace: &ReceiveTrace,
     ) -> Response {
         // From the request line and headers alone: nothing of the body is read for a
         // request that is refused here.
         let source = match self.admit(source_name, client.ip, headers) {
             Ok(source) => source,
             Err(error) => {
+                trace.refused(error.code());
                 return self.refuse(error, source_name, client, &[], self.clock.now_ms());
             }
         };
         // The reservation is held until the answer is made: the body lives as long.
         let (body, _reservation) = match self.read_body(headers, body).await {
             Ok(read) => read,
-            Err(error) => return self.refuse(error, source_name, client, &[], self.clock.now_ms()),
+            Err(error) => {
+                trace.refused(error.code());
+                return self.refuse(error, source_name, client, &[], self.clock.now_ms());
+            }
         };
+        trace.body_read(body.len());
         // Received = the whole request has arrived (the store bounds the time from here
         // to the commit, which keeps receive time and commit order close).
         let received_at_ms = self.clock.now_ms();
         match self
-            .accept(source, client, headers, body.clone(), received_at_ms)
+            .accept(source, client, headers, body.clone(), received_at_ms, trace)
             .await
         {
             Ok(outcome) => {
@@ -284,7 +295,10 @@ impl Ingest {
                 }
                 (StatusCode::OK, Json(serde_json::json!({}))).into_response()
             }
-            Err(error) => self.refuse(error, source_name, client, &body, received_at_ms),
+            Err(error) => {
+                trace.refused(error.code());
+                self.refuse(error, source_name, client, &body, received_at_ms)
+            }
         }
     }
 
@@ -311,11 +325,34 @@ impl Ingest {
         headers: &HeaderMap,
         body: Bytes,
         received_at_ms: i64,
+        trace: &ReceiveTrace,
     ) -> Result<AppendOutcome, IngestError> {
-        let mut event = authenticate(source, headers, body, received_at_ms)?;
+        let step = trace.step("authenticate");
+        let mut event = match authenticate(source, headers, body, received_at_ms) {
+            Ok(event) => event,
+            Err(error) => {
+                step.failed(error.code());
+                return Err(error);
+            }
+        };
+        drop(step);
+        trace.described(&event);
         event.remote_addr = Some(client.to_string());
+        event.trace_parent = trace.traceparent();
         let (event_type, status) = (event.event_type.clone(), event.status);
-        let outcome = self.store.append(event).await?;
+        // From the hand-over to the writer to its commit (WAL fsync, or the
+        // PostgreSQL COMMIT) being acknowledged: the 200 follows at once.
+        let step = trace.step("store");
+        let outcome = match self.store.append(event).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                let error = IngestError::from(error);
+                step.failed(error.code());
+                return Err(error);
+            }
+        };
+        step.committed(&outcome);
+        trace.stored(&outcome);
         self.metrics
             .event(&source.name, &event_type, status, outcome);
         Ok(outcome)
@@ -487,6 +524,7 @@ pub fn authenticate(
         status: described.status,
         status_reason: described.status_reason,
         mirror: described.mirror,
+        trace_parent: None,
     })
 }
 

@@ -23,4 +23,5 @@ pub mod provider;
 pub mod secret;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod ui;

@@ -15,6 +15,7 @@ use crate::deliver::dispatcher::DeliveryObserver;
 use crate::deliver::schedule::Outcome;
 use crate::event::EventStatus;
 use crate::store::{AppendOutcome, CommitObserver, KindCount, QueueDepth};
+use crate::telemetry::ExportObserver;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
@@ -84,6 +85,8 @@ pub struct Metrics {
     dead_letters: Family<SubscriptionLabels, Counter>,
     delivery_lag_seconds: Histogram,
     queue: Family<QueueLabels, Gauge>,
+    trace_spans_exported: Counter,
+    trace_spans_dropped: Counter,
     /// Per source, for the periodic summary line.
     summary: Mutex<BTreeMap<String, SourceMinute>>,
 }
@@ -194,7 +197,21 @@ impl Metrics {
             "Deliveries per subscription now: pending (waiting or retrying) or dead",
             queue.clone(),
         );
+        let trace_spans_exported = Counter::default();
+        registry.register(
+            "trace_spans_exported",
+            "Trace spans the collector accepted ([telemetry] otlp_endpoint)",
+            trace_spans_exported.clone(),
+        );
+        let trace_spans_dropped = Counter::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Trace spans dropped: the export queue was full, or the collector failed or refused their batch",
+            trace_spans_dropped.clone(),
+        );
         Arc::new(Metrics {
+            trace_spans_exported,
+            trace_spans_dropped,
             attempts,
             attempt_seconds,
             dead_letters,
@@ -341,6 +358,16 @@ impl CommitObserver for Metrics {
         if !ok {
             self.commit_failures.inc();
         }
+    }
+}
+
+impl ExportObserver for Metrics {
+    fn spans_exported(&self, count: u64) {
+        self.trace_spans_exported.inc_by(count);
+    }
+
+    fn spans_dropped(&self, count: u64) {
+        self.trace_spans_dropped.inc_by(count);
     }
 }
 

@@ -25,6 +25,7 @@ use crate::ingest::{self, Ingest};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::{Store, StoreError, StoreOptions};
+use crate::telemetry::{Telemetry, TelemetryError};
 
 /// At most this many "request refused" lines per second reach the log; the next
 /// line let through says how many were left out. Metrics count every refusal.
@@ -60,6 +61,8 @@ pub enum StartError {
     /// serving it would accept unsigned requests on sources that have a secret.
     #[error("this configuration was loaded without its secrets and cannot serve")]
     SecretsNotLoaded,
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
 }
 
 impl From<StoreError> for StartError {
@@ -171,6 +174,13 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             "subscription secrets sealed under key {key}"
         );
     }
+    let telemetry = Telemetry::start(&config.telemetry, metrics.clone())?;
+    if let (Some(url), Some(_)) = (&config.telemetry.traces_url, &telemetry) {
+        tracing::info!(
+            "exporting traces to {url} (OTLP/HTTP) as service {}",
+            config.telemetry.service_name
+        );
+    }
     let body_budget = BodyBudget::new(server.max_inflight_body_bytes);
     let ingest = Arc::new(Ingest {
         sources: config
@@ -186,6 +196,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         trusted_proxies: server.trusted_proxies.clone(),
         body_budget: body_budget.clone(),
         refusal_log: LogLimiter::new(REFUSAL_LINES_PER_SECOND, Duration::from_secs(1)),
+        telemetry: telemetry.clone(),
     });
     let api = Arc::new(ApiState {
         store: store.clone(),
@@ -233,6 +244,9 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     crate::deliver::config_sync::sync_config_subscriptions(&store, config.subscriptions.clone())
         .await?;
     let mut background = vec![tokio::spawn(summarize(metrics.clone()))];
+    if let Some(telemetry) = &telemetry {
+        background.push(tokio::spawn(telemetry.clone().report_drops()));
+    }
     let mut dispatcher_task = None;
     if config.delivery.enabled {
         let sender = sender.map_err(StartError::Proxy)?;
@@ -244,7 +258,8 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         };
         let dispatcher = Dispatcher::with_sender(store.clone(), clock.clone(), options, sender)
             .with_observer(metrics.clone())
-            .named(&instance);
+            .named(&instance)
+            .with_telemetry(telemetry.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(dispatcher.run(async move {
             let _ = stopped.await;
@@ -267,7 +282,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         )));
     }
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(http::serve(
+    let serving = http::serve(
         listener,
         router(ingest, api, ops, dashboard),
         options,
@@ -275,7 +290,14 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             let _ = stopped.await;
             let _ = dashboard_stop.send(true);
         },
-    ));
+    );
+    // The last spans (the requests shutdown let finish) are sent before the task ends.
+    let task = tokio::spawn(async move {
+        serving.await;
+        if let Some(telemetry) = telemetry {
+            telemetry.shutdown().await;
+        }
+    });
     Ok(Running {
         addr,
         instance,

@@ -1,7 +1,7 @@
 //! `CLASSHOOK_*` environment overrides, written into the parsed TOML table.
 //!
 //! - `CLASSHOOK_SERVER_<KEY>` sets `[server] <key>`, e.g. `CLASSHOOK_SERVER_LISTEN`
-//!   (`CLASSHOOK_SERVER_TRUSTED_PROXIES` is comma-separated); likewise `CLASSHOOK_API_TOKENS` (comma-separated), `CLASSHOOK_RETENTION_<KEY>`, `CLASSHOOK_DELIVERY_<KEY>` (e.g. `CLASSHOOK_DELIVERY_PROXY`) and `CLASSHOOK_DATABASE_URL`.
+//!   (`CLASSHOOK_SERVER_TRUSTED_PROXIES` is comma-separated); likewise `CLASSHOOK_API_TOKENS` (comma-separated), `CLASSHOOK_RETENTION_<KEY>`, `CLASSHOOK_DELIVERY_<KEY>` (e.g. `CLASSHOOK_DELIVERY_PROXY`), `CLASSHOOK_TELEMETRY_<KEY>` (e.g. `CLASSHOOK_TELEMETRY_OTLP_ENDPOINT`; empty turns tracing off) and `CLASSHOOK_DATABASE_URL`.
 //! - `CLASSHOOK_SOURCE_<NAME>_<KEY>` sets a key of the `[[source]]` called NAME, where
 //!   NAME is the source name upper-cased with every character other than a letter or
 //!   digit written as `_` (`demo-school` → `DEMO_SCHOOL`). Keys: `PROVIDER`, `SECRET`,
@@ -36,6 +36,7 @@ const SERVER_KEYS: &[&str] = &[
 const API_KEYS: &[&str] = &["tokens", "tokens_env"];
 const RETENTION_KEYS: &[&str] = &["events_days", "interval"];
 const DATABASE_KEYS: &[&str] = &["url"];
+const TELEMETRY_KEYS: &[&str] = &["otlp_endpoint", "service_name", "sample_ratio"];
 const DELIVERY_KEYS: &[&str] = &[
     "enabled",
     "allow_private_destinations",
@@ -89,6 +90,8 @@ pub fn apply_overrides(
             apply_table(file, table, "delivery", DELIVERY_KEYS, name, key, value)?;
         } else if let Some(key) = rest.strip_prefix("DATABASE_") {
             apply_table(file, table, "database", DATABASE_KEYS, name, key, value)?;
+        } else if let Some(key) = rest.strip_prefix("TELEMETRY_") {
+            apply_table(file, table, "telemetry", TELEMETRY_KEYS, name, key, value)?;
         } else if let Some(key) = rest.strip_prefix("RETENTION_") {
             apply_table(file, table, "retention", RETENTION_KEYS, name, key, value)?;
         } else if let Some(rest) = rest.strip_prefix("SOURCE_") {

@@ -51,6 +51,19 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// `Some`: a PostgreSQL URL (may hold a password); `None`: SQLite in `data_dir`.
     pub database_url: Option<crate::secret::Secret>,
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: where traces go, if anywhere.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// The collector's traces URL (`<otlp_endpoint>/v1/traces`); `None`: tracing off.
+    pub traces_url: Option<url::Url>,
+    /// The `service.name` resource attribute of every span.
+    pub service_name: String,
+    /// The share of received webhooks traced, 0 to 1 (their delivery attempts follow
+    /// the receive's decision).
+    pub sample_ratio: f64,
 }
 
 #[derive(Debug, Clone)]

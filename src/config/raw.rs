@@ -26,6 +26,49 @@ pub struct RawConfig {
     pub delivery: RawDelivery,
     #[serde(default)]
     pub database: RawDatabase,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+}
+
+/// Exporting traces; absent `otlp_endpoint`: off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTelemetry {
+    /// An OTLP/HTTP collector's base URL (`http://collector:4318`); spans go to
+    /// `<otlp_endpoint>/v1/traces`. Absent or empty: no tracing.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` the spans carry.
+    pub service_name: String,
+    /// The share of received webhooks traced (0 to 1); their attempts follow.
+    #[serde(deserialize_with = "float_or_numeric_string")]
+    pub sample_ratio: f64,
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        RawTelemetry {
+            otlp_endpoint: None,
+            service_name: "classhook".into(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
+/// Environment overrides arrive as strings; fractional keys accept both forms.
+fn float_or_numeric_string<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Number(f64),
+        Text(String),
+    }
+    match Either::deserialize(d)? {
+        Either::Number(n) => Ok(n),
+        Either::Text(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("expected a number, got {s:?}"))),
+    }
 }
 
 /// Where the store keeps its data.

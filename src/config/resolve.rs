@@ -10,6 +10,7 @@ use base64::Engine;
 use super::raw::{RawBasicAuth, RawConfig, RawSource, RawSubscription, SecretEncoding};
 use super::{
     ApiConfig, Config, ConfigError, DeliveryConfig, RetentionConfig, Secrets, ServerConfig,
+    TelemetryConfig,
 };
 use crate::deliver::signing::Signing;
 use crate::deliver::subscription::{SubscriptionSpec, parse_schedule};
@@ -231,7 +232,10 @@ pub(super) fn resolve(
         crate::store::Location::check_url(url.expose())
             .map_err(|m| ConfigError::new(file, "database.url", m))?;
     }
+    let telemetry = resolve_telemetry(raw.telemetry)
+        .map_err(|(key, message)| ConfigError::new(file, key, message))?;
     Ok(Config {
+        telemetry,
         database_url: raw.database.url,
         file: file.to_path_buf(),
         secrets,
@@ -248,6 +252,34 @@ pub(super) fn resolve(
 }
 
 type FieldError = (&'static str, String);
+
+/// `[telemetry]`: an empty endpoint (e.g. `CLASSHOOK_TELEMETRY_OTLP_ENDPOINT=`) is off.
+fn resolve_telemetry(raw: super::raw::RawTelemetry) -> Result<TelemetryConfig, FieldError> {
+    let traces_url = match raw.otlp_endpoint.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(endpoint) => Some(
+            crate::telemetry::traces_url(endpoint).map_err(|m| ("telemetry.otlp_endpoint", m))?,
+        ),
+    };
+    let service_name = raw.service_name.trim().to_string();
+    if service_name.is_empty() || service_name.len() > 200 {
+        return Err((
+            "telemetry.service_name",
+            "must be 1 to 200 characters".into(),
+        ));
+    }
+    if !(0.0..=1.0).contains(&raw.sample_ratio) {
+        return Err((
+            "telemetry.sample_ratio",
+            format!("must be between 0 and 1, got {}", raw.sample_ratio),
+        ));
+    }
+    Ok(TelemetryConfig {
+        traces_url,
+        service_name,
+        sample_ratio: raw.sample_ratio,
+    })
+}
 
 /// How `*_env` indirections are resolved: through `lookup`, or (`skip`) not at all,
 /// leaving the secret out.

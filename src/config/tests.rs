@@ -869,3 +869,64 @@ fn errors_in_a_list_entry_name_the_entry() {
     let nameless = parse("[[source]]\nprovider = \"dreamclass\"\n", &[]).unwrap_err();
     assert_eq!(nameless.named, None, "{nameless}");
 }
+
+#[test]
+fn telemetry_is_off_by_default_and_set_from_the_file_or_the_environment() {
+    let off = parse("", &[]).unwrap().telemetry;
+    assert!(off.traces_url.is_none(), "tracing is off unless asked for");
+    assert_eq!(off.service_name, "classhook");
+    assert_eq!(off.sample_ratio, 1.0);
+
+    let file = "[telemetry]\notlp_endpoint = \"http://collector:4318\"\n";
+    let on = parse(file, &[]).unwrap().telemetry;
+    assert_eq!(
+        on.traces_url.unwrap().as_str(),
+        "http://collector:4318/v1/traces"
+    );
+
+    let from_env = parse(
+        "",
+        &[
+            (
+                "CLASSHOOK_TELEMETRY_OTLP_ENDPOINT",
+                "https://otel.internal/",
+            ),
+            ("CLASSHOOK_TELEMETRY_SERVICE_NAME", "classhook-eu"),
+            ("CLASSHOOK_TELEMETRY_SAMPLE_RATIO", "0.25"),
+        ],
+    )
+    .unwrap()
+    .telemetry;
+    assert_eq!(
+        from_env.traces_url.unwrap().as_str(),
+        "https://otel.internal/v1/traces"
+    );
+    assert_eq!(from_env.service_name, "classhook-eu");
+    assert_eq!(from_env.sample_ratio, 0.25);
+
+    let turned_off = parse(file, &[("CLASSHOOK_TELEMETRY_OTLP_ENDPOINT", "")]).unwrap();
+    assert!(
+        turned_off.telemetry.traces_url.is_none(),
+        "an empty override turns tracing off"
+    );
+}
+
+#[test]
+fn bad_telemetry_settings_name_the_key_and_never_show_credentials() {
+    let credentials = error_of(
+        "[telemetry]\notlp_endpoint = \"http://user:hunter2@collector:4318\"\n",
+        &[],
+    );
+    assert!(
+        credentials.starts_with("test.toml: telemetry.otlp_endpoint:"),
+        "{credentials}"
+    );
+    assert!(!credentials.contains("hunter2"), "{credentials}");
+    let ratio = error_of("[telemetry]\nsample_ratio = 2\n", &[]);
+    assert!(
+        ratio.starts_with("test.toml: telemetry.sample_ratio:"),
+        "{ratio}"
+    );
+    let typo = error_of("", &[("CLASSHOOK_TELEMETRY_ENDPOINT", "http://c:4318")]);
+    assert!(typo.contains("unknown override"), "{typo}");
+}

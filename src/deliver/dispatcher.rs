@@ -26,6 +26,7 @@ use crate::clock::Clock;
 use crate::store::{
     AttemptRecorded, AttemptResult, ClaimRequest, Claimed, Lease, Store, SubscriptionId,
 };
+use crate::telemetry::{AttemptAbout, AttemptTrace, Telemetry};
 
 #[derive(Debug, Clone)]
 pub struct DispatchOptions {
@@ -82,6 +83,8 @@ pub struct Dispatcher {
     observer: Option<Arc<dyn DeliveryObserver>>,
     /// Which subscriptions this instance dispatches (all of them, alone on a store).
     owners: Owners,
+    /// Spans of attempts and `traceparent` (tracing on).
+    telemetry: Option<Telemetry>,
 }
 
 impl Dispatcher {
@@ -108,6 +111,7 @@ impl Dispatcher {
             attempts: JoinSet::new(),
             observer: None,
             owners: Owners::default(),
+            telemetry: None,
         }
     }
 
@@ -115,6 +119,12 @@ impl Dispatcher {
     /// subscriptions it dispatches).
     pub fn named(mut self, instance: &str) -> Dispatcher {
         self.owners = Owners::named(instance);
+        self
+    }
+
+    /// Makes a span of every attempt and sends `traceparent` with it.
+    pub fn with_telemetry(mut self, telemetry: Option<Telemetry>) -> Dispatcher {
+        self.telemetry = telemetry;
         self
     }
 
@@ -257,6 +267,7 @@ impl Dispatcher {
                 lease_margin: self.options.lease_margin,
                 hold_after_failures: self.options.hold_after_failures,
                 observer: self.observer.clone(),
+                telemetry: self.telemetry.clone(),
                 subscription,
                 claimed: delivery,
             };
@@ -295,6 +306,7 @@ struct Attempt {
     lease_margin: Duration,
     hold_after_failures: u32,
     observer: Option<Arc<dyn DeliveryObserver>>,
+    telemetry: Option<Telemetry>,
     subscription: Subscription,
     claimed: Claimed,
 }
@@ -346,6 +358,19 @@ impl Attempt {
         };
         let keys = self.current_keys(rotated_at_ms).await;
         let started_ms = self.clock.now_ms();
+        let trace = AttemptTrace::start(
+            self.telemetry.as_ref(),
+            event.trace_parent.as_deref(),
+            AttemptAbout {
+                subscription: &spec.name,
+                delivery_id: claimed.delivery_id.get(),
+                webhook_id: &claimed.webhook_id,
+                event_seq: claimed.event_seq.get(),
+                event_type: &event.summary.event_type,
+                attempt: claimed.round_attempts + 1,
+                url: &spec.url,
+            },
+        );
         let attempted = match send::build(
             event.summary.provider,
             &event.body,
@@ -354,7 +379,10 @@ impl Attempt {
             &claimed.webhook_id,
             started_ms / 1000,
         ) {
-            Ok(request) => {
+            Ok(mut request) => {
+                if let Some(traceparent) = trace.traceparent() {
+                    request.headers.push(("traceparent".into(), traceparent));
+                }
                 let basic_auth = spec
                     .basic_auth
                     .as_ref()
@@ -388,6 +416,7 @@ impl Attempt {
             self.clock.now_ms(),
             jitter,
         );
+        trace.finish(&attempted.outcome, &next, attempted.duration);
         self.log(&next, &attempted.outcome);
         let observed = self.observer.clone().map(|observer| {
             let lag_ms = self.clock.now_ms() - event.summary.received_at_ms;

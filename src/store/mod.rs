@@ -470,6 +470,8 @@ pub struct StoredEvent {
     pub summary: EventSummary,
     pub body: Vec<u8>,
     pub headers: Vec<(String, String)>,
+    /// The `traceparent` of the span that received it, when tracing was on.
+    pub trace_parent: Option<String>,
 }
 
 /// Which events to list, newest first.

@@ -208,22 +208,26 @@ async fn insert<'e>(
             Some(serde_json::to_string(&e.headers).expect("string pairs always serialize"))
         })),
         Box::new(effects.to_vec()),
+        Box::new(pick(&|e| e.trace_parent.clone())),
     ];
     // Rows go in in receive order, so seqs grow with receive order.
     let statement = tx
         .prepare_cached(
             "INSERT INTO events (source, provider, dedupe_key, event_id, tenant, event_type,
                  entity_kind, entity_id, entity_op, version_ms, received_at_ms, status,
-                 status_reason, body_sha256, body, headers, mirror_effect, last_seen_at_ms)
+                 status_reason, body_sha256, body, headers, mirror_effect, last_seen_at_ms,
+                 trace_parent)
              SELECT source, provider, dedupe_key, event_id, tenant, event_type, entity_kind,
                  entity_id, entity_op, version_ms, received_at_ms, status, status_reason,
-                 body_sha256, body, headers, mirror_effect, received_at_ms
+                 body_sha256, body, headers, mirror_effect, received_at_ms, trace_parent
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                  $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[],
-                 $12::text[], $13::text[], $14::bytea[], $15::bytea[], $16::text[], $17::text[])
+                 $12::text[], $13::text[], $14::bytea[], $15::bytea[], $16::text[], $17::text[],
+                 $18::text[])
                  WITH ORDINALITY AS u(source, provider, dedupe_key, event_id, tenant,
                  event_type, entity_kind, entity_id, entity_op, version_ms, received_at_ms,
-                 status, status_reason, body_sha256, body, headers, mirror_effect, ord)
+                 status, status_reason, body_sha256, body, headers, mirror_effect,
+                 trace_parent, ord)
              ORDER BY ord
              ON CONFLICT (source, dedupe_key) DO NOTHING
              RETURNING seq, source, dedupe_key",

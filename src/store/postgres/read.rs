@@ -148,7 +148,9 @@ impl PostgresStore {
         condition: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Option<StoredEvent>, StoreError> {
-        let sql = format!("SELECT {SUMMARY_COLUMNS}, body, headers FROM events WHERE {condition}");
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS}, body, headers, trace_parent FROM events WHERE {condition}"
+        );
         let client = self.client().await?;
         let statement = client.prepare_cached(&sql).await?;
         let Some(row) = client.query_opt(&statement, params).await? else {
@@ -161,6 +163,7 @@ impl PostgresStore {
             summary: summary_from_row(&row)?,
             body: row.try_get(18)?,
             headers,
+            trace_parent: row.try_get(20)?,
         }))
     }
 

@@ -267,6 +267,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX subscription_keys_by_subscription ON subscription_keys (subscription_id);
     CREATE INDEX subscription_keys_by_expiry ON subscription_keys (expires_at_ms);
     ",
+    // 11: the W3C traceparent of the span that received the event (tracing on), so
+    // that its delivery attempts continue that trace, later or on another instance.
+    "
+    ALTER TABLE events ADD COLUMN trace_parent TEXT;
+    ",
 ];
 
 /// The schema version this binary brings a database to.

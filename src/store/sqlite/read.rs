@@ -133,17 +133,20 @@ impl SqliteStore {
         condition: &str,
         args: impl rusqlite::Params,
     ) -> Result<Option<StoredEvent>, StoreError> {
-        let sql = format!("SELECT {SUMMARY_COLUMNS}, body, headers FROM events WHERE {condition}");
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS}, body, headers, trace_parent FROM events WHERE {condition}"
+        );
         self.with_reader(|conn| {
             let found = conn
                 .prepare_cached(&sql)?
                 .query_row(args, |row| {
                     let body: Vec<u8> = row.get(18)?;
                     let headers: String = row.get(19)?;
-                    Ok((summary_from_row(row), body, headers))
+                    let trace_parent: Option<String> = row.get(20)?;
+                    Ok((summary_from_row(row), body, headers, trace_parent))
                 })
                 .optional()?;
-            let Some((summary, body, headers)) = found else {
+            let Some((summary, body, headers, trace_parent)) = found else {
                 return Ok(None);
             };
             let headers = serde_json::from_str(&headers)
@@ -152,6 +155,7 @@ impl SqliteStore {
                 summary: summary?,
                 body,
                 headers,
+                trace_parent,
             }))
         })
     }

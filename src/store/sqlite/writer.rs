@@ -412,9 +412,10 @@ fn append_one(
     tx.prepare_cached(
         "INSERT INTO events (seq, source, provider, dedupe_key, event_id, tenant, event_type,
              entity_kind, entity_id, entity_op, version_ms, received_at_ms, status,
-             status_reason, body_sha256, body, headers, last_seen_at_ms, mirror_effect)
+             status_reason, body_sha256, body, headers, last_seen_at_ms, mirror_effect,
+             trace_parent)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-             ?12, ?18)",
+             ?12, ?18, ?19)",
     )?
     .execute(params![
         seq,
@@ -435,6 +436,7 @@ fn append_one(
         &event.body[..],
         headers,
         planned.as_ref().map(|p| p.effect.as_str()),
+        event.trace_parent,
     ])?;
     if let Some(planned) = &planned {
         mirror::carry_out(tx, planned, event.version_ms, seq)?;

@@ -67,6 +67,7 @@ pub(super) fn event(
         status: described.status,
         status_reason: described.status_reason,
         mirror: described.mirror,
+        trace_parent: None,
     }
 }
 
