@@ -8,7 +8,9 @@
 //!
 //! Knobs (environment): BENCH_SECONDS (default 10), BENCH_CONNECTIONS (default 32),
 //! BENCH_COMPARE_BIN (another classhook binary, e.g. an older commit's, measured in
-//! the same run under the same load, to see what a change costs), BENCH_ROUNDS
+//! the same run under the same load, to see what a change costs; on PostgreSQL too,
+//! right after this build's PostgreSQL run), BENCH_METRICS=1 (print each gateway's
+//! group commits: batches, mean size, mean time), BENCH_ROUNDS
 //! (default 1; each round measures the ceiling and both gateways again, alternating
 //! which gateway goes first, and the medians of the per-round ratios are reported).
 //!
@@ -53,6 +55,7 @@ async fn bench() {
     let mut rows = Vec::new();
     let (mut to_ceiling, mut to_compared) = (Vec::new(), Vec::new());
     let mut postgres_to_ceiling = Vec::new();
+    let mut compared_postgres_to_ceiling = Vec::new();
     let mut traced_to_untraced = Vec::new();
     let mut traced_cpu = Vec::new();
     let with_postgres = env_or("BENCH_POSTGRES", 1) == 1;
@@ -155,6 +158,26 @@ async fn bench() {
                 format!("classhook on PostgreSQL, peak RSS {rss_mib:.1} MiB (gateway only)"),
                 report,
             ));
+            if let Some(other) = &compare
+                && let Some(database) =
+                    classhook::store::postgres::testing::TestDatabase::create("bench").await
+            {
+                let (report, _, _) = run_gateway(
+                    other,
+                    &bodies,
+                    connections,
+                    seconds,
+                    Some(database.url()),
+                    "",
+                )
+                .await;
+                compared_postgres_to_ceiling.push(report.rate() / ceiling_rate);
+                rows.push((
+                    round,
+                    format!("compared binary on PostgreSQL ({other})"),
+                    report,
+                ));
+            }
         }
     }
 
@@ -182,6 +205,13 @@ async fn bench() {
             "PostgreSQL: ratio to ceiling, per round: {}; median {:.2}x",
             list(&postgres_to_ceiling),
             median(&postgres_to_ceiling)
+        );
+    }
+    if !compared_postgres_to_ceiling.is_empty() {
+        println!(
+            "compared binary on PostgreSQL: ratio to ceiling, per round: {}; median {:.2}x",
+            list(&compared_postgres_to_ceiling),
+            median(&compared_postgres_to_ceiling)
         );
     }
     if !traced_to_untraced.is_empty() {
@@ -261,6 +291,9 @@ async fn run_gateway(
     let (mut gateway, addr) = spawn(binary, &["serve", "--config", config.to_str().unwrap()]).await;
     let cpu_before = cpu_seconds(gateway.id().unwrap());
     let mut report = drive(&[addr], bodies, connections, seconds).await;
+    if env_or("BENCH_METRICS", 0) == 1 {
+        print_batches(addr).await;
+    }
     let cpu = cpu_seconds(gateway.id().unwrap()) - cpu_before;
     report.cpu_us_per_event = cpu * 1e6 / report.accepted.max(1) as f64;
     let rss_mib = peak_rss_mib(gateway.id().unwrap());
@@ -361,5 +394,32 @@ async fn stored_events(location: &classhook::store::Location) -> i64 {
     match classhook::store::Store::open_read_only(location).await {
         Ok(store) => store.count_events().await.unwrap_or(-1),
         Err(_) => -1,
+    }
+}
+
+/// The gateway's group commits so far (BENCH_METRICS=1): batches, their mean size
+/// and mean time.
+async fn print_batches(addr: SocketAddr) {
+    let Ok(response) = reqwest::get(format!("http://{addr}/metrics")).await else {
+        return;
+    };
+    let text = response.text().await.unwrap_or_default();
+    // A sample's value, whatever labels (such as the instance's) it carries.
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let batches = value("classhook_store_commit_batch_size_count");
+    if batches > 0.0 {
+        eprintln!(
+            "{batches} batches, mean {:.1} operations, mean {:.2} ms",
+            value("classhook_store_commit_batch_size_sum") / batches,
+            1000.0 * value("classhook_store_commit_duration_seconds_sum") / batches
+        );
     }
 }
