@@ -169,7 +169,14 @@ async fn rebuild(
     }
     let tx = client.transaction().await?;
     // Writers wait from here to the commit; readers go on with the old mirror
-    // until the tables are swapped.
+    // until the tables are swapped. The batch lock first, as every writer takes it
+    // before it touches a table: taken after the table lock, a writer already
+    // holding mirror rows and this swap would wait for each other (a deadlock).
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&super::writer::BATCH_LOCK],
+    )
+    .await?;
     tx.batch_execute("LOCK TABLE events IN EXCLUSIVE MODE")
         .await?;
     loop {

@@ -20,7 +20,7 @@ use crate::store::sealed::Sealer;
 use crate::store::{AppendOutcome, CommitObserver, MAX_COMMIT_LAG, NewRejection, StoreError};
 
 /// The advisory lock a batch holds until it commits ("classhk" + 2).
-const BATCH_LOCK: i64 = 0x0063_6c61_7373_686d;
+pub(super) const BATCH_LOCK: i64 = 0x0063_6c61_7373_686d;
 
 /// What the writer receives.
 pub enum WriteOp {
