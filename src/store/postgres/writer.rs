@@ -7,7 +7,7 @@
 //! platforms retry, and dedupe recognises what did commit).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -21,6 +21,10 @@ use crate::store::{AppendOutcome, CommitObserver, MAX_COMMIT_LAG, NewRejection, 
 
 /// The advisory lock a batch holds until it commits ("classhk" + 2).
 pub(super) const BATCH_LOCK: i64 = 0x0063_6c61_7373_686d;
+
+/// The longest a writer lets its next batch gather after it had to wait for
+/// another instance's batch (see [`Writer::run`]).
+const MAX_GATHER: Duration = Duration::from_millis(2);
 
 /// What the writer receives.
 pub enum WriteOp {
@@ -59,6 +63,15 @@ impl Writer {
             } else {
                 queue.try_recv().ok()
             };
+            // Another instance held the batch lock when this writer last took it:
+            // its next batch would wait for that instance's commit anyway, so it
+            // lets the requests arriving meanwhile join first (as long as it waited
+            // then, at most MAX_GATHER), rather than commit a small batch behind
+            // the other instance's and leave the rest for one more turn.
+            let waited = std::mem::take(&mut self.subscriptions.lock_wait);
+            if next.is_some() && waited > Duration::from_micros(500) {
+                tokio::time::sleep(waited.min(MAX_GATHER)).await;
+            }
             while let Some(op) = next.take() {
                 match op {
                     WriteOp::RejectionsWaiting => self.rejections.woken(),
@@ -199,6 +212,8 @@ impl Writer {
 #[derive(Default)]
 pub struct Subscriptions {
     loaded: Option<(i64, Arc<Vec<Subscription>>)>,
+    /// How long the last batch waited for the batch lock.
+    lock_wait: Duration,
 }
 
 impl Subscriptions {
@@ -216,7 +231,9 @@ impl Subscriptions {
                 "SELECT version, pg_advisory_xact_lock($1) FROM subscription_version FOR SHARE",
             )
             .await?;
+        let asked = Instant::now();
         let version: i64 = tx.query_one(&statement, &[&BATCH_LOCK]).await?.try_get(0)?;
+        self.lock_wait = asked.elapsed();
         match &self.loaded {
             Some((loaded, current)) if *loaded == version => Ok(current.clone()),
             _ => {
