@@ -19,6 +19,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_postgres::AsyncMessage;
 
 use super::tls::Target;
@@ -32,12 +33,24 @@ pub const NOTIFY_EVERY: Duration = Duration::from_millis(5);
 /// How long the listener waits before connecting again after a failure.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
-/// Sends a `NOTIFY` whenever `committed` is woken, at most one per [`NOTIFY_EVERY`];
-/// wakes `local` first, every time.
+/// Wakes `local` whenever `committed` is woken, at once, and sends a `NOTIFY` for
+/// it, at most one per [`NOTIFY_EVERY`] (the last of a burst is sent when the
+/// interval is over, never dropped).
 pub async fn notifier(pool: Pool, committed: Arc<Notify>, local: Arc<Notify>, token: String) {
+    let mut pending = false;
+    let mut next_send = Instant::now();
     loop {
-        committed.notified().await;
-        local.notify_one();
+        tokio::select! {
+            () = committed.notified() => {
+                local.notify_one();
+                pending = true;
+            }
+            () = tokio::time::sleep_until(next_send), if pending => {}
+        }
+        if !pending || Instant::now() < next_send {
+            continue;
+        }
+        pending = false;
         let sent = async {
             let client = pool.get().await.ok()?;
             client
@@ -49,7 +62,7 @@ pub async fn notifier(pool: Pool, committed: Arc<Notify>, local: Arc<Notify>, to
             // Other instances fall back on their poll; nothing is lost.
             tracing::debug!("could not notify other instances of queued deliveries");
         }
-        tokio::time::sleep(NOTIFY_EVERY).await;
+        next_send = Instant::now() + NOTIFY_EVERY;
     }
 }
 
