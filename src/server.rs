@@ -84,6 +84,7 @@ pub struct Running {
     /// The dispatcher's stop trigger and task.
     dispatcher: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     shutdown_grace: Duration,
+    telemetry: Option<Telemetry>,
 }
 
 impl Running {
@@ -110,6 +111,11 @@ impl Running {
             }
         };
         let _ = tokio::join!(self.task, dispatcher);
+        // The last spans (of the requests and deliveries shutdown let finish) are
+        // sent once both have ended.
+        if let Some(telemetry) = self.telemetry {
+            telemetry.shutdown().await;
+        }
     }
 }
 
@@ -291,14 +297,9 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             let _ = dashboard_stop.send(true);
         },
     );
-    // The last spans (the requests shutdown let finish) are sent before the task ends.
-    let task = tokio::spawn(async move {
-        serving.await;
-        if let Some(telemetry) = telemetry {
-            telemetry.shutdown().await;
-        }
-    });
+    let task = tokio::spawn(serving);
     Ok(Running {
+        telemetry,
         addr,
         instance,
         store,
