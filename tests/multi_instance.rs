@@ -503,3 +503,53 @@ async fn instance_name(db: &tokio_postgres::Client, addr: SocketAddr) -> String 
     }
     panic!("no instance registered for {addr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_hands_its_subscriptions_over_at_once() {
+    if skip_unless_postgres(
+        "a_clean_stop_hands…",
+        "several instances share one PostgreSQL",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    let config = cluster_config(dir.path(), &receiver, "");
+    let mut instances = start_cluster(&config, 2).await;
+    let db = database(dir.path()).await;
+    let owner = owner_of(&db, "crm").await;
+    let (leaving, staying) = if instances[0].addr.port() == owner.port() {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    // SIGTERM: a clean stop.
+    let pid = instances[leaving].child.id().unwrap() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    tokio::time::timeout(Duration::from_secs(15), instances[leaving].child.wait())
+        .await
+        .expect("the instance stops within its shutdown grace")
+        .unwrap();
+    // Taken over within a round or two, not after the ownership would have ended
+    // (timeout 1 s + lease margin 1 s + 5 s).
+    let survivor = instances[staying].addr;
+    let started = std::time::Instant::now();
+    while owner_of(&db, "crm").await.port() != survivor.port() {
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "the stopped instance's subscription was not taken over at once"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = class_event(
+        &uuid::Uuid::new_v4().to_string(),
+        1,
+        "after the stop",
+        1_000,
+    );
+    assert_eq!(
+        post(&reqwest::Client::new(), survivor, &body).await,
+        Some(200)
+    );
+    receiver.wait_for_within(1, Duration::from_secs(4)).await;
+}
