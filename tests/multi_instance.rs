@@ -74,6 +74,20 @@ async fn post(client: &reqwest::Client, at: SocketAddr, body: &[u8]) -> Option<u
         .map(|r| r.status().as_u16())
 }
 
+/// A class of the school source as the API of the instance at `at` shows it.
+async fn class_at(client: &reqwest::Client, at: SocketAddr, id: i64) -> Value {
+    client
+        .get(format!(
+            "http://{at}/api/v1/entities/class/{id}?source=school"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Connects to the test directory's database.
 async fn database(dir: &Path) -> tokio_postgres::Client {
     let url = database_url(dir).expect("the PostgreSQL pass made a database");
@@ -279,16 +293,7 @@ async fn three_instances_store_once_deliver_all_and_survive_a_sigkill() {
     // The mirror, as each survivor's API shows it.
     for at in &live {
         for i in [0usize, distinct / 2, distinct - 1] {
-            let entity: Value = client
-                .get(format!(
-                    "http://{at}/api/v1/entities/class/{i}?source=school"
-                ))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let entity = class_at(&client, *at, i as i64).await;
             assert_eq!(entity["data"]["name"], format!("class {i}"), "{entity}");
         }
     }
@@ -331,17 +336,7 @@ async fn interleaved_versions_at_two_instances_end_in_version_order() {
     let last = versions - 1;
     for class in 0..classes {
         for served in &instances {
-            let entity: Value = client
-                .get(format!(
-                    "http://{}/api/v1/entities/class/{class}?source=school",
-                    served.addr
-                ))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let entity = class_at(&client, served.addr, class).await;
             assert_eq!(entity["data"]["name"], format!("v{last}"), "{entity}");
             assert_eq!(entity["version_ms"], 10_000 + last, "{entity}");
         }

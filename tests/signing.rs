@@ -116,6 +116,20 @@ fn verify_all(cases: &[(&Received, &str)]) -> Vec<bool> {
     answers
 }
 
+/// Creates a subscription through the API; it must answer 201. Returns its view.
+async fn create(gw: &Gateway, body: Value) -> Value {
+    let (status, created) = api(
+        gw,
+        TOKEN,
+        reqwest::Method::POST,
+        "/subscriptions",
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    created
+}
+
 async fn api(
     gw: &Gateway,
     token: &str,
@@ -191,17 +205,9 @@ async fn the_independent_verifier_refuses_what_it_must() {
 
     let gw = start("").await;
     let receiver = Receiver::start().await;
-    let create = json!({"name": "crm", "url": receiver.url(), "events": ["*"],
+    let create_body = json!({"name": "crm", "url": receiver.url(), "events": ["*"],
         "secret": whsec(OLD_KEY)});
-    let (status, _) = api(
-        &gw,
-        TOKEN,
-        reqwest::Method::POST,
-        "/subscriptions",
-        Some(create),
-    )
-    .await;
-    assert_eq!(status, 201);
+    create(&gw, create_body).await;
     let got = deliver_one(&gw, &receiver, 1).await;
     let mut tampered = got.clone();
     tampered.body.push(b' ');
@@ -227,17 +233,9 @@ async fn the_independent_verifier_refuses_what_it_must() {
 async fn an_hmac_receiver_with_the_old_secret_verifies_during_the_grace_period_only() {
     let gw = start("").await;
     let receiver = Receiver::start().await;
-    let create = json!({"name": "crm", "url": receiver.url(), "events": ["*"],
+    let create_body = json!({"name": "crm", "url": receiver.url(), "events": ["*"],
         "secret": whsec(OLD_KEY)});
-    let (status, _) = api(
-        &gw,
-        TOKEN,
-        reqwest::Method::POST,
-        "/subscriptions",
-        Some(create),
-    )
-    .await;
-    assert_eq!(status, 201);
+    create(&gw, create_body).await;
     let before = deliver_one(&gw, &receiver, 1).await;
     assert!(verifies(&before, &whsec(OLD_KEY)));
 
@@ -297,17 +295,9 @@ async fn an_hmac_receiver_with_the_old_secret_verifies_during_the_grace_period_o
 async fn ed25519_signatures_verify_independently_and_rotate_with_a_grace_period() {
     let gw = start("").await;
     let receiver = Receiver::start().await;
-    let create = json!({"name": "crm", "url": receiver.url(), "events": ["*"],
+    let create_body = json!({"name": "crm", "url": receiver.url(), "events": ["*"],
         "signing": "ed25519"});
-    let (status, created) = api(
-        &gw,
-        TOKEN,
-        reqwest::Method::POST,
-        "/subscriptions",
-        Some(create),
-    )
-    .await;
-    assert_eq!(status, 201, "{created}");
+    let created = create(&gw, create_body).await;
     assert_eq!(created["signing"], "ed25519");
     assert_eq!(created["has_secret"], true);
     let old_public = created["public_key"].as_str().unwrap().to_string();
@@ -393,17 +383,9 @@ async fn ed25519_signatures_verify_independently_and_rotate_with_a_grace_period(
 async fn rotations_are_bounded_and_checked() {
     let gw = start("").await;
     let receiver = Receiver::start().await;
-    let create = json!({"name": "crm", "url": receiver.url(), "events": ["*"],
+    let create_body = json!({"name": "crm", "url": receiver.url(), "events": ["*"],
         "secret": whsec(OLD_KEY)});
-    let (status, _) = api(
-        &gw,
-        TOKEN,
-        reqwest::Method::POST,
-        "/subscriptions",
-        Some(create),
-    )
-    .await;
-    assert_eq!(status, 201);
+    create(&gw, create_body).await;
     for (body, says) in [
         (json!({"grace_period": "8d"}), "7 days"),
         (json!({"grace_period": "soon"}), "grace_period"),
@@ -445,17 +427,9 @@ async fn rotations_are_bounded_and_checked() {
     assert!(verifies(&got, &newest));
 
     // An ed25519 subscription's secret is its generated key: not set by PATCH.
-    let create = json!({"name": "ed", "url": receiver.url(), "events": ["X"],
+    let create_body = json!({"name": "ed", "url": receiver.url(), "events": ["X"],
         "signing": "ed25519"});
-    let (status, _) = api(
-        &gw,
-        TOKEN,
-        reqwest::Method::POST,
-        "/subscriptions",
-        Some(create),
-    )
-    .await;
-    assert_eq!(status, 201);
+    create(&gw, create_body).await;
     let (status, answer) = api(
         &gw,
         TOKEN,
@@ -581,17 +555,9 @@ async fn config_subscriptions_keep_generated_keys_and_refuse_file_secrets() {
 async fn a_delivery_waiting_for_a_slot_is_signed_with_the_keys_after_a_rotation() {
     let gw = start("").await;
     let receiver = Receiver::start().await;
-    let create = json!({"name": "crm", "url": receiver.url(), "events": ["*"],
+    let create_body = json!({"name": "crm", "url": receiver.url(), "events": ["*"],
         "secret": whsec(OLD_KEY), "max_in_flight": 1});
-    let (status, _) = api(
-        &gw,
-        TOKEN,
-        reqwest::Method::POST,
-        "/subscriptions",
-        Some(create),
-    )
-    .await;
-    assert_eq!(status, 201);
+    create(&gw, create_body).await;
     receiver.script([common::receiver::Reply::Held(200)]);
     let held = gw
         .post("/hooks/school", &dreamclass_sample("CLASS_UPDATED", 1))
