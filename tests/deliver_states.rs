@@ -580,3 +580,225 @@ async fn concurrent_changes_to_one_subscription_both_apply() {
     }
     s.gw.stop().await;
 }
+
+/// What a DreamClass delivery is about: its type and the class id.
+fn about(received: &common::receiver::Received) -> (String, u64) {
+    let body: Value = serde_json::from_slice(&received.body).unwrap();
+    (
+        body["type"].as_str().unwrap().to_string(),
+        body["data"]["id"].as_u64().unwrap(),
+    )
+}
+
+fn abouts(receiver: &Receiver) -> Vec<(String, u64)> {
+    receiver.received().iter().map(about).collect()
+}
+
+/// The requests about class `id`, in the order they arrived.
+fn of_class(receiver: &Receiver, id: u64) -> Vec<String> {
+    abouts(receiver)
+        .into_iter()
+        .filter(|(_, class)| *class == id)
+        .map(|(event_type, _)| event_type)
+        .collect()
+}
+
+/// Created, updated, deleted for classes 1 and 2, interleaved.
+async fn post_two_class_lives(gw: &Gateway) {
+    for event_type in ["CLASS_CREATED", "CLASS_UPDATED", "CLASS_DELETED"] {
+        for class in [1, 2] {
+            let answer = gw
+                .post("/hooks/school", &dreamclass_sample(event_type, class - 1))
+                .await;
+            assert_eq!(answer.status, 200);
+        }
+    }
+}
+
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn ordered_deliveries_of_one_entity_wait_for_the_one_before_while_others_flow_on() {
+    let ordered = Receiver::start().await;
+    ordered.fail_first_attempt_of(|r| about(r) == ("CLASS_CREATED".into(), 1));
+    let unordered = Receiver::start().await;
+    let subs = subscription("crm", &ordered.url(), "ordering = \"entity\"")
+        + &subscription("audit", &unordered.url(), "");
+    let mut s = stepped(&subs).await;
+    post_two_class_lives(&s.gw).await;
+
+    // Only the first delivery of each class is leased; the unordered subscription
+    // gets everything at once.
+    s.dispatcher.step().await;
+    let mut first = abouts(&ordered);
+    first.sort();
+    assert_eq!(
+        first,
+        [("CLASS_CREATED".into(), 1), ("CLASS_CREATED".into(), 2)]
+    );
+    assert_eq!(unordered.received().len(), 6);
+
+    // Class 2 flows on, one at a time, while class 1 waits for its retry (10 s).
+    for _ in 0..3 {
+        s.dispatcher.step().await;
+    }
+    assert_eq!(
+        of_class(&ordered, 2),
+        strings(&["CLASS_CREATED", "CLASS_UPDATED", "CLASS_DELETED"])
+    );
+    assert_eq!(of_class(&ordered, 1), strings(&["CLASS_CREATED"]));
+    let waiting: Vec<(i64, DeliveryState)> = deliveries(&s.gw.store, "crm")
+        .await
+        .iter()
+        .filter(|d| d.state == DeliveryState::Pending)
+        .map(|d| (d.attempts, d.state))
+        .collect();
+    assert_eq!(
+        waiting,
+        [
+            (1, DeliveryState::Pending),
+            (0, DeliveryState::Pending),
+            (0, DeliveryState::Pending)
+        ],
+        "the failed one waits for its retry, the two after it have not been tried"
+    );
+
+    // After the retry, class 1's later events follow in stored order.
+    s.clock.advance(11_000);
+    for _ in 0..4 {
+        s.dispatcher.step().await;
+    }
+    assert_eq!(
+        of_class(&ordered, 1),
+        strings(&[
+            "CLASS_CREATED",
+            "CLASS_CREATED",
+            "CLASS_UPDATED",
+            "CLASS_DELETED"
+        ])
+    );
+    assert!(
+        ordered.most_concurrent() <= 2,
+        "at most one request per class at once"
+    );
+    assert!(
+        deliveries(&s.gw.store, "crm")
+            .await
+            .iter()
+            .all(|d| d.state == DeliveryState::Delivered)
+    );
+    s.gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_releases_the_entity_and_a_replay_keeps_the_order() {
+    let receiver = Receiver::start().await;
+    receiver.fail_first_attempt_of(|r| about(r) == ("CLASS_CREATED".into(), 1));
+    let extra = "ordering = \"entity\"\nretry_schedule = []";
+    let mut s = stepped(&subscription("crm", &receiver.url(), extra)).await;
+    post_two_class_lives(&s.gw).await;
+    for _ in 0..4 {
+        s.dispatcher.step().await;
+    }
+    // No retries: the failed first event of class 1 is a dead letter, and the
+    // events after it were delivered.
+    assert_eq!(
+        of_class(&receiver, 1),
+        strings(&["CLASS_CREATED", "CLASS_UPDATED", "CLASS_DELETED"])
+    );
+    let dead: Vec<DeliveryState> = deliveries(&s.gw.store, "crm")
+        .await
+        .iter()
+        .map(|d| d.state)
+        .filter(|state| *state == DeliveryState::Dead)
+        .collect();
+    assert_eq!(dead.len(), 1);
+
+    // A replay of everything sends each class's events again, in stored order, one
+    // at a time.
+    let (status, _) = api(
+        &s.gw,
+        reqwest::Method::POST,
+        "/subscriptions/crm/replay",
+        Some(json!({"dead_only": false})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    s.dispatcher.step().await;
+    assert_eq!(
+        receiver.received().len(),
+        6 + 2,
+        "only the first of each class"
+    );
+    for _ in 0..3 {
+        s.dispatcher.step().await;
+    }
+    let lives = strings(&["CLASS_CREATED", "CLASS_UPDATED", "CLASS_DELETED"]);
+    for class in [1, 2] {
+        let got = of_class(&receiver, class);
+        assert_eq!(got[got.len() - 3..], lives[..], "class {class}: {got:?}");
+    }
+    s.gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_subscription_changed_to_ordered_orders_what_is_already_queued() {
+    let receiver = Receiver::start().await;
+    let mut s = stepped("").await;
+    let (status, _) = api(
+        &s.gw,
+        reqwest::Method::POST,
+        "/subscriptions",
+        Some(json!({"name": "crm", "url": receiver.url(), "events": ["*"], "secret": "s3cret"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    post_two_class_lives(&s.gw).await;
+
+    let (status, view) = api(
+        &s.gw,
+        reqwest::Method::PATCH,
+        "/subscriptions/crm",
+        Some(json!({"ordering": "entity"})),
+    )
+    .await;
+    assert_eq!((status, &view["ordering"]), (200, &json!("entity")));
+    assert_eq!(
+        s.dispatcher.step().await.len(),
+        2,
+        "the first of each class"
+    );
+    assert_eq!(s.dispatcher.step().await.len(), 2);
+    assert_eq!(s.dispatcher.step().await.len(), 2);
+    for class in [1, 2] {
+        assert_eq!(
+            of_class(&receiver, class),
+            strings(&["CLASS_CREATED", "CLASS_UPDATED", "CLASS_DELETED"])
+        );
+    }
+
+    // Back to no order: everything queued goes at once.
+    let (status, view) = api(
+        &s.gw,
+        reqwest::Method::PATCH,
+        "/subscriptions/crm",
+        Some(json!({"ordering": "none"})),
+    )
+    .await;
+    assert_eq!((status, &view["ordering"]), (200, &json!("none")));
+    post_two_class_lives(&s.gw).await;
+    assert_eq!(s.dispatcher.step().await.len(), 6);
+
+    let (status, error) = api(
+        &s.gw,
+        reqwest::Method::PATCH,
+        "/subscriptions/crm",
+        Some(json!({"ordering": "fifo"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(error.to_string().contains("ordering"), "{error}");
+    s.gw.stop().await;
+}

@@ -15,6 +15,7 @@ use super::{ApiState, read, store_error};
 use crate::clock::format_ms;
 use crate::config::SecretEncoding;
 use crate::deliver::guard;
+use crate::deliver::ordering::Ordering;
 use crate::deliver::signing::{self, RotationError, RotationRequest, Signing};
 use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec, parse_schedule};
 use crate::http::ApiError;
@@ -46,6 +47,8 @@ pub struct SubscriptionView {
     pub timeout_ms: u64,
     pub retry_schedule_ms: Vec<u64>,
     pub max_in_flight: u32,
+    /// `none` or `entity` (one entity's deliveries one at a time, in stored order).
+    pub ordering: Ordering,
     /// `config` (declared in the file; only pause/resume here) or `api`.
     pub managed_by: ManagedBy,
     pub paused: bool,
@@ -106,6 +109,7 @@ impl From<Subscription> for SubscriptionView {
                 .map(|d| d.as_millis() as u64)
                 .collect(),
             max_in_flight: s.spec.max_in_flight,
+            ordering: s.spec.ordering,
             managed_by: s.managed_by,
             paused: s.paused,
             paused_reason: s.paused_reason,
@@ -163,6 +167,10 @@ pub struct SubscriptionInput {
     /// Default 8.
     #[schema(minimum = 1, maximum = 256)]
     pub max_in_flight: Option<u32>,
+    /// `none` (default) or `entity`: the deliveries of one entity (source, kind,
+    /// id) reach the receiver one at a time, in the order the events were stored.
+    #[schema(pattern = "^(none|entity)$")]
+    pub ordering: Option<String>,
 }
 
 /// An event pattern: an exact type, a prefix ending in `*`, or `*`.
@@ -204,6 +212,7 @@ impl SubscriptionInput {
             timeout: self.timeout,
             retry_schedule: self.retry_schedule,
             max_in_flight: self.max_in_flight,
+            ordering: self.ordering,
         };
         let mut spec = fields.apply(spec, allow_private).map_err(bad_request)?;
         if spec.signing == Signing::Ed25519 {
@@ -243,6 +252,9 @@ pub struct SubscriptionFields {
     pub retry_schedule: Option<Vec<String>>,
     #[schema(minimum = 1, maximum = 256)]
     pub max_in_flight: Option<u32>,
+    /// `none` or `entity`. Deliveries already queued follow the new choice.
+    #[schema(pattern = "^(none|entity)$")]
+    pub ordering: Option<String>,
 }
 
 impl SubscriptionFields {
@@ -291,6 +303,9 @@ impl SubscriptionFields {
         }
         if let Some(max) = self.max_in_flight {
             spec.max_in_flight = max;
+        }
+        if let Some(ordering) = self.ordering {
+            spec.ordering = Ordering::parse(&ordering).map_err(|m| format!("`ordering` {m}"))?;
         }
         spec.normalize();
         spec.validate()

@@ -102,6 +102,8 @@ pub struct RawSubscription {
     pub retry_schedule: Vec<String>,
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u32,
+    /// `none` (default) or `entity`.
+    pub ordering: Option<String>,
 }
 
 fn default_timeout() -> Duration {

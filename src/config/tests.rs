@@ -209,6 +209,7 @@ secret_env = "SCHOOL_SECRET"
     assert_eq!(crm.timeout, std::time::Duration::from_secs(10));
     assert_eq!(crm.retry_schedule.len(), 3);
     assert_eq!(crm.max_in_flight, 8);
+    assert_eq!(crm.ordering, crate::deliver::ordering::Ordering::None);
     assert_eq!(crm.secret.as_ref().unwrap().expose(), "from-env");
     assert!(config.delivery.enabled && !config.delivery.allow_private_destinations);
 
@@ -597,6 +598,10 @@ fn values_that_would_crash_are_refused_with_the_key_named() {
         (
             subscription("max_in_flight = 0"),
             "subscription[0].max_in_flight",
+        ),
+        (
+            subscription("ordering = \"fifo\""),
+            "subscription[0].ordering",
         ),
     ];
     for (text, key) in refused {

@@ -5,12 +5,14 @@
 //! - [`schedule`]: what follows an attempt (pure: retry time, dead letter, pause);
 //! - [`send`]: the request a subscriber receives and the guarded HTTP client;
 //! - [`signing`]: the signing schemes (HMAC `v1`, ed25519 `v1a`) and key rotation;
+//! - [`ordering`]: order per entity (which deliveries wait for an earlier one);
 //! - [`guard`]: refuses private and internal destinations after DNS resolution;
 //! - [`dispatcher`]: leases due deliveries per subscription and runs the attempts.
 
 pub mod config_sync;
 pub mod dispatcher;
 pub mod guard;
+pub mod ordering;
 pub mod ownership;
 pub mod schedule;
 pub mod send;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::ordering::Ordering;
 use super::signing::{PreviousKey, Rotated, Signing};
 use crate::config::SecretEncoding;
 use crate::secret::Secret;
@@ -29,6 +30,8 @@ pub struct SubscriptionSpec {
     pub timeout: Duration,
     pub retry_schedule: Vec<Duration>,
     pub max_in_flight: u32,
+    /// Whether one entity's deliveries go one at a time, in stored order.
+    pub ordering: Ordering,
 }
 
 /// What a subscription gets for a field its declaration leaves out (config file
@@ -63,6 +66,7 @@ impl SubscriptionSpec {
             timeout,
             retry_schedule,
             max_in_flight,
+            ordering,
         } = self;
         [
             ("url", *url != other.url),
@@ -76,6 +80,7 @@ impl SubscriptionSpec {
             ("timeout", *timeout != other.timeout),
             ("retry_schedule", *retry_schedule != other.retry_schedule),
             ("max_in_flight", *max_in_flight != other.max_in_flight),
+            ("ordering", *ordering != other.ordering),
         ]
         .into_iter()
         .filter_map(|(field, differs)| differs.then_some(field))
@@ -98,6 +103,7 @@ impl SubscriptionSpec {
             timeout: defaults::TIMEOUT,
             retry_schedule: defaults::RETRY_SCHEDULE.to_vec(),
             max_in_flight: defaults::MAX_IN_FLIGHT,
+            ordering: Ordering::None,
         }
     }
 }
@@ -334,6 +340,46 @@ impl SubscriptionSpec {
     }
 }
 
+/// What a backfill knows of a stored event.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub event_type: String,
+    pub source: String,
+    pub tenant: Option<String>,
+    pub quarantined: bool,
+    pub received_at_ms: i64,
+    pub entity_kind: String,
+    pub entity_id: Option<String>,
+}
+
+impl Subscription {
+    /// Whether a backfill over `[since, until)` queues `event` for this subscription:
+    /// `Some` with the delivery's entity key (see [`crate::deliver::ordering`]).
+    pub fn backfills(
+        &self,
+        event: &StoredEvent,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+    ) -> Option<Option<String>> {
+        let in_window = since_ms.is_none_or(|since| event.received_at_ms >= since)
+            && until_ms.is_none_or(|until| event.received_at_ms < until);
+        (in_window
+            && !event.quarantined
+            && self
+                .spec
+                .matches(&event.event_type, &event.source, event.tenant.as_deref()))
+        .then(|| {
+            super::ordering::delivery_key(
+                self.spec.ordering,
+                &event.source,
+                &event.entity_kind,
+                event.entity_id.as_deref(),
+            )
+        })
+    }
+}
+
 /// Whether any of `sorted` (patterns sorted by bytes) matches `event_type`, without
 /// looking at every pattern. Patterns that start with the same bytes are neighbours
 /// in sorted order, so walking the type byte by byte narrows a range of candidates:
@@ -438,6 +484,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_backfill_queues_matching_events_in_the_window_with_the_ordering_key() {
+        let mut spec = SubscriptionSpec::with_defaults("crm".into());
+        spec.events = vec!["CLASS_*".into()];
+        let mut subscription = Subscription {
+            id: crate::store::SubscriptionId(1),
+            spec,
+            managed_by: ManagedBy::Api,
+            paused: false,
+            paused_reason: None,
+            consecutive_failures: 0,
+            hold_until_ms: 0,
+            public_key: None,
+            previous_keys: Vec::new(),
+            rotated: None,
+        };
+        let event = StoredEvent {
+            seq: 7,
+            event_type: "CLASS_UPDATED".into(),
+            source: "school".into(),
+            tenant: None,
+            quarantined: false,
+            received_at_ms: 1_000,
+            entity_kind: "class".into(),
+            entity_id: Some("3".into()),
+        };
+        assert_eq!(subscription.backfills(&event, None, None), Some(None));
+        assert_eq!(subscription.backfills(&event, Some(1_001), None), None);
+        assert_eq!(subscription.backfills(&event, None, Some(1_000)), None);
+        let quarantined = StoredEvent {
+            quarantined: true,
+            ..event.clone()
+        };
+        assert_eq!(subscription.backfills(&quarantined, None, None), None);
+        let other = StoredEvent {
+            event_type: "PAYMENT_CREATED".into(),
+            ..event.clone()
+        };
+        assert_eq!(subscription.backfills(&other, None, None), None);
+        subscription.spec.ordering = super::super::ordering::Ordering::Entity;
+        assert_eq!(
+            subscription.backfills(&event, None, None),
+            Some(super::super::ordering::entity_key(
+                "school",
+                "class",
+                Some("3")
+            ))
+        );
+    }
+
+    #[test]
     fn patterns_match_exactly_by_prefix_or_all() {
         assert!(pattern_matches("*", "anything"));
         assert!(pattern_matches("CLASS_*", "CLASS_UPDATED"));
@@ -462,6 +558,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             retry_schedule: vec![],
             max_in_flight: 8,
+            ordering: Ordering::None,
         };
         spec.normalize();
         spec
@@ -601,6 +698,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             retry_schedule: vec![],
             max_in_flight: 8,
+            ordering: Ordering::None,
         };
         assert!(spec.validate().is_ok());
         assert!(spec.matches("CLASS_CREATED", "school", Some("my-school")));

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::session::Current;
 use super::{Layout, Shared, UiError, format, page, see_other};
+use crate::deliver::ordering::Ordering;
 use crate::deliver::signing::Signing;
 use crate::deliver::subscription::ManagedBy;
 use crate::store::{DeliveryFilter, DeliveryState};
@@ -30,6 +31,8 @@ pub struct Card {
     pub last_error: String,
     /// `HMAC (v1)` or `ed25519 (v1a)`.
     pub signing: &'static str,
+    /// `any order` or `one at a time per entity, in stored order`.
+    pub ordering: &'static str,
     pub public_key: String,
     /// When the replaced keys stop signing, e.g. `until 2026-01-01 10:00:00 UTC`.
     pub previous_keys: Vec<String>,
@@ -138,6 +141,10 @@ pub async fn render(
             signing: match s.spec.signing {
                 Signing::Hmac => "HMAC (v1)",
                 Signing::Ed25519 => "ed25519 (v1a)",
+            },
+            ordering: match s.spec.ordering {
+                Ordering::None => "any order",
+                Ordering::Entity => "one at a time per entity, in stored order",
             },
             public_key: s.public_key.clone().unwrap_or_default(),
             previous_keys: s

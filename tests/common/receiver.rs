@@ -54,7 +54,13 @@ struct Inner {
     /// Requests being answered now, and the most there ever were at once.
     concurrent: std::sync::atomic::AtomicUsize,
     most_concurrent: std::sync::atomic::AtomicUsize,
+    /// Requests this picks fail (500) the first time their `webhook-id` comes.
+    fail_first: Mutex<Option<FailFirst>>,
+    /// The `webhook-id`s that failed once.
+    failed_once: Mutex<std::collections::HashSet<String>>,
 }
+
+type FailFirst = Arc<dyn Fn(&Received) -> bool + Send + Sync>;
 
 impl Default for Inner {
     fn default() -> Self {
@@ -64,6 +70,8 @@ impl Default for Inner {
             released: tokio::sync::Semaphore::new(0),
             concurrent: Default::default(),
             most_concurrent: Default::default(),
+            fail_first: Mutex::default(),
+            failed_once: Mutex::default(),
         }
     }
 }
@@ -94,6 +102,12 @@ impl Receiver {
     /// The next requests get these replies, in order; after them, 200.
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.inner.script.lock().unwrap().extend(replies);
+    }
+
+    /// The first attempt of every delivery that `pick` chooses is answered 500 (its
+    /// retries as scripted, or 200), whatever the order in which requests come.
+    pub fn fail_first_attempt_of(&self, pick: impl Fn(&Received) -> bool + Send + Sync + 'static) {
+        *self.inner.fail_first.lock().unwrap() = Some(Arc::new(pick));
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -165,12 +179,23 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    inner.received.lock().unwrap().push(Received {
+    let received = Received {
         headers,
         body: body.to_vec(),
         at: Instant::now(),
         at_ms,
-    });
+    };
+    let pick = inner.fail_first.lock().unwrap().clone();
+    let fails_first = pick.is_some_and(|pick| pick(&received))
+        && inner
+            .failed_once
+            .lock()
+            .unwrap()
+            .insert(received.header("webhook-id").to_string());
+    inner.received.lock().unwrap().push(received);
+    if fails_first {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "first attempt fails").into_response();
+    }
     let reply = inner
         .script
         .lock()

@@ -621,18 +621,10 @@ pub fn patterns(data: &[u8]) {
 
 pub fn check_patterns(patterns: Vec<String>, mut types: Vec<String>) {
     let mut spec = SubscriptionSpec {
-        name: "fuzz".into(),
         url: "https://example.com/hooks".into(),
         events: patterns.clone(),
-        sources: None,
-        tenants: None,
-        basic_auth: None,
-        secret: None,
-        secret_encoding: SecretEncoding::Utf8,
-        signing: Default::default(),
-        timeout: std::time::Duration::from_secs(10),
-        retry_schedule: vec![],
         max_in_flight: 1,
+        ..SubscriptionSpec::with_defaults("fuzz".into())
     };
     spec.normalize();
     assert!(spec.events.is_sorted());

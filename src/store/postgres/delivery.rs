@@ -6,9 +6,11 @@
 use tokio_postgres::Row;
 
 use super::PostgresStore;
-use super::events::insert_deliveries;
+use super::events::{NewDelivery, insert_deliveries};
 use super::sql::Conditions;
 use super::subscriptions::unreadable;
+use crate::deliver::subscription::StoredEvent;
+use crate::event::EventStatus;
 use crate::store::{
     AttemptRecord, AttemptRecorded, AttemptResult, ClaimRequest, Claimed, Delivery, DeliveryFilter,
     DeliveryId, DeliveryState, Lease, QueueDepth, StoreError,
@@ -19,9 +21,16 @@ use crate::store::{
 fn requeue(now: &str) -> String {
     format!(
         "state = 'pending', round_attempts = 0, next_attempt_at_ms = {now},
-         lease_until_ms = 0, lease_token = 0"
+         lease_until_ms = 0, lease_token = 0, entity_key = {ORDERED_KEY}"
     )
 }
+
+/// The entity key (`deliver::ordering::entity_key`) of the delivery row
+/// `deliveries` if its subscription is ordered, else NULL.
+pub(super) const ORDERED_KEY: &str =
+    "(SELECT e.source || chr(31) || e.entity_kind || chr(31) || e.entity_id
+     FROM events e JOIN subscriptions s ON s.id = deliveries.subscription_id
+     WHERE e.seq = deliveries.event_seq AND s.ordering = 'entity')";
 
 /// Leased to a dispatcher at parameter `now`: it may be on the wire right now.
 fn leased(now: &str) -> String {
@@ -94,9 +103,15 @@ impl PostgresStore {
                      JOIN subscriptions s ON s.id = r.subscription
                          AND NOT s.paused AND s.hold_until_ms <= $5
                      CROSS JOIN LATERAL (
-                         SELECT id FROM deliveries
+                         SELECT id FROM deliveries q
                          WHERE subscription_id = r.subscription AND state = 'pending'
                            AND next_attempt_at_ms <= $5 AND lease_until_ms <= $5
+                           AND (q.entity_key IS NULL OR NOT EXISTS (
+                               SELECT 1 FROM deliveries p
+                               WHERE p.subscription_id = r.subscription
+                                 AND p.entity_key IS NOT NULL AND p.state = 'pending'
+                                 AND p.entity_key = q.entity_key
+                                 AND p.event_seq < q.event_seq))
                          ORDER BY next_attempt_at_ms, id
                          LIMIT r.capacity
                          FOR UPDATE SKIP LOCKED
@@ -266,8 +281,9 @@ impl PostgresStore {
             let tx = client.transaction().await?;
             let rows = tx
                 .query(
-                    "SELECT seq, event_type, source, tenant, status, received_at_ms FROM events
-                     WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    "SELECT seq, event_type, source, tenant, status, received_at_ms,
+                         entity_kind, entity_id
+                     FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
                     &[&after, &BACKFILL_CHUNK],
                 )
                 .await?;
@@ -277,20 +293,23 @@ impl PostgresStore {
             after = last.try_get(0)?;
             let mut matched = Vec::new();
             for row in &rows {
-                let received_at_ms: i64 = row.try_get(5)?;
-                let status: String = row.try_get(4)?;
-                let event_type: String = row.try_get(1)?;
-                let source: String = row.try_get(2)?;
-                let tenant: Option<String> = row.try_get(3)?;
-                let in_window = since_ms.is_none_or(|since| received_at_ms >= since)
-                    && until_ms.is_none_or(|until| received_at_ms < until);
-                if in_window
-                    && status != "quarantined"
-                    && subscription
-                        .spec
-                        .matches(&event_type, &source, tenant.as_deref())
-                {
-                    matched.push((subscription.id.get(), row.try_get::<_, i64>(0)?, now_ms));
+                let event = StoredEvent {
+                    seq: row.try_get(0)?,
+                    event_type: row.try_get(1)?,
+                    source: row.try_get(2)?,
+                    tenant: row.try_get(3)?,
+                    quarantined: row.try_get::<_, &str>(4)? == EventStatus::Quarantined.as_str(),
+                    received_at_ms: row.try_get(5)?,
+                    entity_kind: row.try_get(6)?,
+                    entity_id: row.try_get(7)?,
+                };
+                if let Some(entity_key) = subscription.backfills(&event, since_ms, until_ms) {
+                    matched.push(NewDelivery {
+                        subscription: subscription.id.get(),
+                        seq: event.seq,
+                        at_ms: now_ms,
+                        entity_key,
+                    });
                 }
             }
             added += insert_deliveries(&tx, &matched).await?;

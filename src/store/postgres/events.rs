@@ -10,6 +10,7 @@ use deadpool_postgres::Transaction;
 use super::mirror::{self, Item, Tables};
 use super::sql::{Param, refs};
 use crate::canonical;
+use crate::deliver::ordering;
 use crate::deliver::subscription::Subscription;
 use crate::event::{EventStatus, NewEvent};
 use crate::store::{AppendOutcome, EventSeq, NewRejection, REJECTION_BODY_PREFIX, StoreError};
@@ -485,42 +486,63 @@ async fn enqueue(
                 .spec
                 .matches(&event.event_type, &event.source, event.tenant.as_deref())
             {
-                rows.push((subscription.id.get(), seq.get(), event.received_at_ms));
+                rows.push(NewDelivery {
+                    subscription: subscription.id.get(),
+                    seq: seq.get(),
+                    at_ms: event.received_at_ms,
+                    entity_key: ordering::delivery_key(
+                        subscription.spec.ordering,
+                        &event.source,
+                        &event.entity.kind,
+                        event.entity.id.as_deref(),
+                    ),
+                });
             }
         }
     }
     insert_deliveries(tx, &rows).await
 }
 
-/// Inserts pending deliveries (subscription, event seq, created at), each with a
-/// fresh webhook id; existing pairs and subscriptions deleted meanwhile are skipped.
+/// A delivery to queue.
+pub struct NewDelivery {
+    pub subscription: i64,
+    pub seq: i64,
+    /// When it was created (and is first due).
+    pub at_ms: i64,
+    /// Set for an ordered subscription (`deliver::ordering`).
+    pub entity_key: Option<String>,
+}
+
+/// Inserts pending deliveries, each with a fresh webhook id; existing pairs and
+/// subscriptions deleted meanwhile are skipped.
 pub async fn insert_deliveries(
     tx: &Transaction<'_>,
-    rows: &[(i64, i64, i64)],
+    rows: &[NewDelivery],
 ) -> Result<u64, StoreError> {
     if rows.is_empty() {
         return Ok(0);
     }
-    let subscriptions: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    let seqs: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    let subscriptions: Vec<i64> = rows.iter().map(|r| r.subscription).collect();
+    let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
     let ids: Vec<String> = rows
         .iter()
         .map(|_| crate::store::new_webhook_id())
         .collect();
-    let at: Vec<i64> = rows.iter().map(|r| r.2).collect();
+    let at: Vec<i64> = rows.iter().map(|r| r.at_ms).collect();
+    let keys: Vec<Option<&str>> = rows.iter().map(|r| r.entity_key.as_deref()).collect();
     let statement = tx
         .prepare_cached(
             "INSERT INTO deliveries (subscription_id, event_seq, webhook_id, state,
-                 next_attempt_at_ms, created_at_ms)
-             SELECT u.subscription, u.seq, u.webhook_id, 'pending', u.at, u.at
-             FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[])
-                 WITH ORDINALITY AS u(subscription, seq, webhook_id, at, ord)
+                 next_attempt_at_ms, created_at_ms, entity_key)
+             SELECT u.subscription, u.seq, u.webhook_id, 'pending', u.at, u.at, u.entity_key
+             FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::text[])
+                 WITH ORDINALITY AS u(subscription, seq, webhook_id, at, entity_key, ord)
              WHERE EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = u.subscription)
              ORDER BY u.ord
              ON CONFLICT (subscription_id, event_seq) DO NOTHING",
         )
         .await?;
     Ok(tx
-        .execute(&statement, &[&subscriptions, &seqs, &ids, &at])
+        .execute(&statement, &[&subscriptions, &seqs, &ids, &at, &keys])
         .await?)
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use tokio_postgres::Row;
 
 use super::PostgresStore;
+use super::delivery::ORDERED_KEY;
 use crate::config::SecretEncoding;
+use crate::deliver::ordering::Ordering;
 use crate::deliver::signing::{self, KeySet, PreviousKey, Rotated, Signing};
 use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec};
 use crate::store::sealed::{self, Sealer};
@@ -16,7 +18,7 @@ use crate::store::{RotateChange, SpecChange, StoreError, SubscriptionId};
 const SUBSCRIPTION_COLUMNS: &str = "id, name, url, events, sources, tenants, basic_username,
     basic_password, secret, secret_encoding, timeout_ms, retry_schedule_ms, max_in_flight,
     managed_by, paused, paused_reason, consecutive_failures, hold_until_ms, signing,
-    rotated_at_ms, rotated_by, public_key";
+    rotated_at_ms, rotated_by, public_key, ordering";
 
 fn json_list(list: Option<&Vec<String>>) -> Option<String> {
     list.map(|l| serde_json::to_string(l).expect("strings serialize"))
@@ -57,6 +59,7 @@ fn subscription_from_row(row: &Row, sealer: &Sealer) -> Result<Subscription, Sto
     let signing: String = row.try_get(18)?;
     let rotated_at_ms: Option<i64> = row.try_get(19)?;
     let rotated_by: Option<String> = row.try_get(20)?;
+    let ordering: String = row.try_get(22)?;
     Ok(Subscription {
         id: row.try_get(0)?,
         spec: SubscriptionSpec {
@@ -82,6 +85,8 @@ fn subscription_from_row(row: &Row, sealer: &Sealer) -> Result<Subscription, Sto
             retry_schedule: schedule.into_iter().map(Duration::from_millis).collect(),
             max_in_flight: u32::try_from(max_in_flight)
                 .map_err(|_| unreadable(format!("max_in_flight {max_in_flight}")))?,
+            ordering: Ordering::parse(&ordering)
+                .map_err(|_| unreadable(format!("ordering {ordering:?}")))?,
         },
         managed_by: match managed_by.as_str() {
             "config" => ManagedBy::Config,
@@ -244,15 +249,16 @@ async fn upsert(
     tx.execute(
         "INSERT INTO subscriptions (name, url, events, sources, tenants, basic_username,
              basic_password, secret, secret_encoding, timeout_ms, retry_schedule_ms,
-             max_in_flight, managed_by, signing, public_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             max_in_flight, managed_by, signing, public_key, ordering)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
          ON CONFLICT (name) DO UPDATE SET url = excluded.url, events = excluded.events,
              sources = excluded.sources, tenants = excluded.tenants,
              basic_username = excluded.basic_username, basic_password = excluded.basic_password,
              secret = excluded.secret, secret_encoding = excluded.secret_encoding,
              timeout_ms = excluded.timeout_ms, retry_schedule_ms = excluded.retry_schedule_ms,
              max_in_flight = excluded.max_in_flight, managed_by = excluded.managed_by,
-             signing = excluded.signing, public_key = excluded.public_key",
+             signing = excluded.signing, public_key = excluded.public_key,
+             ordering = excluded.ordering",
         &[
             &spec.name,
             &spec.url,
@@ -269,7 +275,23 @@ async fn upsert(
             &managed_by.as_str(),
             &spec.signing.as_str(),
             &signing::public_key(spec),
+            &spec.ordering.as_str(),
         ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Gives the pending deliveries of a subscription whose ordering just changed the
+/// keys that ordering asks for.
+async fn rekey_pending(tx: &tokio_postgres::Transaction<'_>, name: &str) -> Result<(), StoreError> {
+    tx.execute(
+        &format!(
+            "UPDATE deliveries SET entity_key = {ORDERED_KEY}
+             WHERE state = 'pending'
+               AND subscription_id = (SELECT id FROM subscriptions WHERE name = $1)"
+        ),
+        &[&name],
     )
     .await?;
     Ok(())
@@ -357,6 +379,9 @@ impl PostgresStore {
                     }
                     signing::keep_generated_key(stored.as_ref(), &mut spec);
                     upsert(tx, &spec, ManagedBy::Config, &sealer).await?;
+                    if stored.is_some_and(|s| s.spec.ordering != spec.ordering) {
+                        rekey_pending(tx, &spec.name).await?;
+                    }
                 }
                 tx.execute(
                     "DELETE FROM subscriptions WHERE managed_by = 'config' AND NOT (name = ANY($1))",
@@ -405,6 +430,7 @@ impl PostgresStore {
                     .ok_or_else(|| {
                         StoreError::NotFound(format!("no subscription named {name:?}"))
                     })?;
+                let was_ordered = current.spec.ordering;
                 let spec = change(current.spec).map_err(StoreError::Invalid)?;
                 if spec.name != name {
                     return Err(StoreError::Invalid(
@@ -412,6 +438,9 @@ impl PostgresStore {
                     ));
                 }
                 upsert(tx, &spec, ManagedBy::Api, &sealer).await?;
+                if spec.ordering != was_ordered {
+                    rekey_pending(tx, &spec.name).await?;
+                }
                 Ok(spec.name)
             })
         })

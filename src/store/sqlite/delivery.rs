@@ -10,10 +10,11 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, 
 use super::SqliteStore;
 use super::conditions::Conditions;
 use crate::config::SecretEncoding;
+use crate::deliver::ordering::{self, Ordering};
 use crate::deliver::schedule::Next;
 use crate::deliver::signing::{self, KeySet, PreviousKey, Rotated, Signing};
-use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec};
-use crate::event::NewEvent;
+use crate::deliver::subscription::{ManagedBy, StoredEvent, Subscription, SubscriptionSpec};
+use crate::event::{EventStatus, NewEvent};
 use crate::store::sealed::{self, Sealer};
 use crate::store::{
     AttemptRecord, AttemptRecorded, AttemptResult, ClaimRequest, Claimed, Delivery, DeliveryFilter,
@@ -25,7 +26,7 @@ const SUBSCRIPTION_COLUMNS: &str =
     "id, name, url, events, sources, tenants, basic_username, basic_password,
     secret, secret_encoding, timeout_ms, retry_schedule_ms, max_in_flight, managed_by, paused,
     paused_reason, consecutive_failures, hold_until_ms, signing, rotated_at_ms, rotated_by,
-    public_key";
+    public_key, ordering";
 
 fn json_list(list: Option<&Vec<String>>) -> Option<String> {
     list.map(|l| serde_json::to_string(l).expect("strings serialize"))
@@ -77,6 +78,7 @@ fn subscription_from_row(row: &Row<'_>, sealer: &Sealer) -> rusqlite::Result<Sub
     let signing: String = row.get(18)?;
     let rotated_at_ms: Option<i64> = row.get(19)?;
     let rotated_by: Option<String> = row.get(20)?;
+    let ordering: String = row.get(22)?;
     Ok(Subscription {
         id: row.get(0)?,
         spec: SubscriptionSpec {
@@ -101,6 +103,8 @@ fn subscription_from_row(row: &Row<'_>, sealer: &Sealer) -> rusqlite::Result<Sub
             timeout: Duration::from_millis(row.get::<_, i64>(10)? as u64),
             retry_schedule: schedule.into_iter().map(Duration::from_millis).collect(),
             max_in_flight: row.get(12)?,
+            ordering: Ordering::parse(&ordering)
+                .map_err(|_| unreadable(22, format!("ordering {ordering:?}")))?,
         },
         managed_by: match managed_by.as_str() {
             "config" => ManagedBy::Config,
@@ -201,15 +205,16 @@ fn upsert(
     conn.execute(
         "INSERT INTO subscriptions (name, url, events, sources, tenants, basic_username, basic_password,
              secret, secret_encoding, timeout_ms, retry_schedule_ms, max_in_flight, managed_by,
-             signing, public_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+             signing, public_key, ordering)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
          ON CONFLICT (name) DO UPDATE SET url = excluded.url, events = excluded.events,
              sources = excluded.sources, tenants = excluded.tenants,
              basic_username = excluded.basic_username, basic_password = excluded.basic_password,
              secret = excluded.secret, secret_encoding = excluded.secret_encoding,
              timeout_ms = excluded.timeout_ms, retry_schedule_ms = excluded.retry_schedule_ms,
              max_in_flight = excluded.max_in_flight, managed_by = excluded.managed_by,
-             signing = excluded.signing, public_key = excluded.public_key",
+             signing = excluded.signing, public_key = excluded.public_key,
+             ordering = excluded.ordering",
         params![
             spec.name,
             spec.url,
@@ -226,7 +231,28 @@ fn upsert(
             managed_by.as_str(),
             spec.signing.as_str(),
             signing::public_key(spec),
+            spec.ordering.as_str(),
         ],
+    )?;
+    Ok(())
+}
+
+/// The entity key (`deliver::ordering::entity_key`) of the delivery row
+/// `deliveries` if its subscription is ordered, else NULL.
+const ORDERED_KEY: &str = "(SELECT e.source || char(31) || e.entity_kind || char(31) || e.entity_id
+     FROM events e JOIN subscriptions s ON s.id = deliveries.subscription_id
+     WHERE e.seq = deliveries.event_seq AND s.ordering = 'entity')";
+
+/// Gives the pending deliveries of a subscription whose ordering just changed the
+/// keys that ordering asks for.
+fn rekey_pending(conn: &Connection, name: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        &format!(
+            "UPDATE deliveries SET entity_key = {ORDERED_KEY}
+             WHERE state = 'pending'
+               AND subscription_id = (SELECT id FROM subscriptions WHERE name = ?1)"
+        ),
+        [name],
     )?;
     Ok(())
 }
@@ -286,7 +312,13 @@ pub(super) fn enqueue(
             .spec
             .matches(&event.event_type, &event.source, event.tenant.as_deref())
         {
-            added += insert_delivery(conn, subscription.id, seq, event.received_at_ms)?;
+            let key = ordering::delivery_key(
+                subscription.spec.ordering,
+                &event.source,
+                &event.entity.kind,
+                event.entity.id.as_deref(),
+            );
+            added += insert_delivery(conn, subscription.id, seq, key, event.received_at_ms)?;
         }
     }
     Ok(added)
@@ -296,13 +328,21 @@ fn insert_delivery(
     conn: &Connection,
     subscription_id: SubscriptionId,
     seq: EventSeq,
+    entity_key: Option<String>,
     now_ms: i64,
 ) -> rusqlite::Result<usize> {
     conn.prepare_cached(
-        "INSERT INTO deliveries (subscription_id, event_seq, webhook_id, state, next_attempt_at_ms, created_at_ms)
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?4) ON CONFLICT (subscription_id, event_seq) DO NOTHING",
+        "INSERT INTO deliveries (subscription_id, event_seq, webhook_id, state, next_attempt_at_ms,
+             created_at_ms, entity_key)
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?5) ON CONFLICT (subscription_id, event_seq) DO NOTHING",
     )?
-    .execute(params![subscription_id, seq, crate::store::new_webhook_id(), now_ms])
+    .execute(params![
+        subscription_id,
+        seq,
+        crate::store::new_webhook_id(),
+        now_ms,
+        entity_key
+    ])
 }
 
 impl SqliteStore {
@@ -328,6 +368,9 @@ impl SqliteStore {
                 }
                 signing::keep_generated_key(stored.as_ref(), &mut spec);
                 upsert(&tx, &spec, ManagedBy::Config, &sealer)?;
+                if stored.is_some_and(|s| s.spec.ordering != spec.ordering) {
+                    rekey_pending(&tx, &spec.name)?;
+                }
             }
             for existing in load_subscriptions(&tx, &sealer)? {
                 if existing.managed_by == ManagedBy::Config && !names.contains(&existing.spec.name) {
@@ -383,6 +426,7 @@ impl SqliteStore {
             api_owned(tx, &name)?;
             let current = load_subscription(tx, &name, &sealer)?
                 .ok_or_else(|| StoreError::NotFound(format!("no subscription named {name:?}")))?;
+            let was_ordered = current.spec.ordering;
             let spec = change(current.spec).map_err(StoreError::Invalid)?;
             if spec.name != name {
                 return Err(StoreError::Invalid(
@@ -390,6 +434,9 @@ impl SqliteStore {
                 ));
             }
             upsert(tx, &spec, ManagedBy::Api, &sealer)?;
+            if spec.ordering != was_ordered {
+                rekey_pending(tx, &spec.name)?;
+            }
             Ok(spec.name)
         })
         .await
@@ -687,7 +734,10 @@ impl SqliteStore {
     ) -> Result<(), StoreError> {
         self.run_job(move |conn| {
             let changed = conn.execute(
-                &format!("UPDATE deliveries SET {REQUEUE} WHERE id = ?1 AND NOT {LEASED}"),
+                &format!(
+                    "UPDATE deliveries SET {REQUEUE}, entity_key = {ORDERED_KEY}
+                     WHERE id = ?1 AND NOT {LEASED}"
+                ),
                 params![delivery_id, now_ms],
             )?;
             if changed == 1 {
@@ -722,7 +772,7 @@ impl SqliteStore {
         self.run_job(move |conn| {
             let changed = conn.execute(
                 &format!(
-                    "UPDATE deliveries SET {REQUEUE}
+                    "UPDATE deliveries SET {REQUEUE}, entity_key = {ORDERED_KEY}
                      WHERE subscription_id = ?3 AND NOT {LEASED} AND (?4 = 0 OR state = 'dead')
                        AND created_at_ms >= coalesce(?5, created_at_ms)
                        AND created_at_ms < coalesce(?6, created_at_ms + 1)"
@@ -906,36 +956,32 @@ fn backfill_chunk(
     now_ms: i64,
 ) -> Result<(u64, Option<i64>), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let rows: Vec<(i64, String, String, Option<String>, String, i64)> = tx
+    let rows: Vec<StoredEvent> = tx
         .prepare_cached(
-            "SELECT seq, event_type, source, tenant, status, received_at_ms FROM events
-             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            "SELECT seq, event_type, source, tenant, status, received_at_ms, entity_kind, entity_id
+             FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?
         .query_map(params![after, BACKFILL_CHUNK], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
+            Ok(StoredEvent {
+                seq: r.get(0)?,
+                event_type: r.get(1)?,
+                source: r.get(2)?,
+                tenant: r.get(3)?,
+                quarantined: r.get::<_, String>(4)? == EventStatus::Quarantined.as_str(),
+                received_at_ms: r.get(5)?,
+                entity_kind: r.get(6)?,
+                entity_id: r.get(7)?,
+            })
         })?
         .collect::<Result<_, _>>()?;
-    let Some(last) = rows.last().map(|row| row.0) else {
+    let Some(last) = rows.last().map(|row| row.seq) else {
         return Ok((0, None));
     };
     let mut added = 0u64;
-    for (seq, event_type, source, tenant, status, received_at_ms) in rows {
-        let in_window = since_ms.is_none_or(|since| received_at_ms >= since)
-            && until_ms.is_none_or(|until| received_at_ms < until);
-        if in_window
-            && status != "quarantined"
-            && subscription
-                .spec
-                .matches(&event_type, &source, tenant.as_deref())
-        {
-            added += insert_delivery(&tx, subscription.id, EventSeq(seq), now_ms)? as u64;
+    for event in rows {
+        if let Some(key) = subscription.backfills(&event, since_ms, until_ms) {
+            added +=
+                insert_delivery(&tx, subscription.id, EventSeq(event.seq), key, now_ms)? as u64;
         }
     }
     tx.commit()?;
@@ -953,10 +999,14 @@ pub(super) fn claim(
 ) -> rusqlite::Result<Vec<Claimed>> {
     let mut stmt = conn.prepare_cached(
         "UPDATE deliveries SET lease_until_ms = ?3, lease_token = ?5 WHERE id IN (
-             SELECT id FROM deliveries WHERE subscription_id = ?1 AND state = 'pending'
+             SELECT id FROM deliveries d WHERE subscription_id = ?1 AND state = 'pending'
                AND next_attempt_at_ms <= ?2 AND lease_until_ms <= ?2
                AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = ?1 AND s.paused = 0
                            AND s.hold_until_ms <= ?2)
+               AND (d.entity_key IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM deliveries p WHERE p.subscription_id = ?1
+                     AND p.entity_key IS NOT NULL AND p.state = 'pending'
+                     AND p.entity_key = d.entity_key AND p.event_seq < d.event_seq))
              ORDER BY next_attempt_at_ms, id LIMIT ?4)
          RETURNING id, subscription_id, event_seq, webhook_id, round_attempts, lease_token",
     )?;

@@ -272,6 +272,17 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE events ADD COLUMN trace_parent TEXT;
     ",
+    // 12: order per entity. A subscription's `ordering`; the deliveries of an
+    // ordered one carry their event's entity key (`deliver::ordering::entity_key`),
+    // and the pending ones are indexed by it, so that a claim finds whether an
+    // earlier delivery of the same entity is still pending. Unordered deliveries
+    // carry no key and stay out of the index.
+    "
+    ALTER TABLE subscriptions ADD COLUMN ordering TEXT NOT NULL DEFAULT 'none';
+    ALTER TABLE deliveries ADD COLUMN entity_key TEXT;
+    CREATE INDEX deliveries_entity_order ON deliveries (subscription_id, entity_key, event_seq)
+        WHERE state = 'pending' AND entity_key IS NOT NULL;
+    ",
 ];
 
 /// The schema version this binary brings a database to.
