@@ -5,6 +5,8 @@
 //!    that answers 200 at once. Compared, in the same run, with the same HTTP client
 //!    stack (reqwest, as the dispatcher uses it, same concurrency) posting the same
 //!    bodies to the receiver directly.
+//!    Then the same number of events over 1,000 entities (attendance records), drained
+//!    by an unordered subscription and by one with `ordering = "entity"`.
 //! 2. Lag: events are sent at BENCH_RATE per second (default 1000) for BENCH_SECONDS
 //!    (default 10) to a gateway delivering live; lag is the time from the 200 that
 //!    accepted an event to its arrival at the receiver.
@@ -24,6 +26,8 @@ use axum::body::Bytes;
 use classhook::store::postgres::testing::TestDatabase;
 
 const IN_FLIGHT: usize = 8;
+/// Entities of the order-per-entity comparison.
+const ENTITIES: u64 = 1_000;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -75,46 +79,34 @@ async fn bench() {
 
     // Throughput: store with delivery off, then drain.
     let postgres = std::env::var("BENCH_BACKEND").as_deref() == Ok("postgres");
-    let throughput_db = database(postgres).await;
-    let lag_db = database(postgres).await;
-    let config = |data: &std::path::Path, database: &Option<TestDatabase>, enabled: bool| {
-        let database = database
-            .as_ref()
-            .map(|d| format!("[database]\nurl = {:?}\n", d.url()))
-            .unwrap_or_default();
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n{database}\n[delivery]\nenabled = {enabled}\nallow_private_destinations = true\n\n\
-             [[source]]\nname = \"bench\"\nprovider = \"dreamclass\"\nsecret = \"{SECRET}\"\n\n\
-             [[subscription]]\nname = \"sink\"\nurl = \"http://{receiver}/sink\"\nevents = [\"*\"]\nsecret = \"sink-secret\"\nmax_in_flight = {IN_FLIGHT}\n",
-            data.display().to_string()
-        )
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let file = dir.path().join("bench.toml");
-    std::fs::write(&file, config(&data, &throughput_db, false)).unwrap();
-    let (mut gateway, addr) = serve(&file).await;
-    post_all(addr, &bodies, 32).await;
-    let _ = gateway.kill().await;
-    let _ = gateway.wait().await;
-    std::fs::write(&file, config(&data, &throughput_db, true)).unwrap();
-    let started = Instant::now();
-    let (mut gateway, _) = serve(&file).await;
-    while arrivals.lock().unwrap().len() < events {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "drain took too long"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let delivery_rate = events as f64 / started.elapsed().as_secs_f64();
-    let _ = gateway.kill().await;
-    let _ = gateway.wait().await;
+    let delivery_rate = drain(postgres, receiver, &arrivals, &bodies, "").await;
+
+    // Order per entity: the same number of events over ENTITIES entities, drained
+    // unordered and then ordered, each from a fresh store.
+    let entity_bodies: Arc<Vec<Bytes>> = Arc::new(
+        (0..events as u64)
+            .map(|n| signed_body(n % ENTITIES))
+            .collect(),
+    );
+    let unordered_rate = drain(postgres, receiver, &arrivals, &entity_bodies, "").await;
+    let ordered_rate = drain(
+        postgres,
+        receiver,
+        &arrivals,
+        &entity_bodies,
+        "ordering = \"entity\"\n",
+    )
+    .await;
 
     // Lag at a steady rate, on a fresh store.
+    let lag_db = database(postgres).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bench.toml");
-    std::fs::write(&file, config(&dir.path().join("data"), &lag_db, true)).unwrap();
+    std::fs::write(
+        &file,
+        config(receiver, &dir.path().join("data"), &lag_db, true, ""),
+    )
+    .unwrap();
     arrivals.lock().unwrap().clear();
     let (mut gateway, addr) = serve(&file).await;
     let accepted = paced(&[addr], rate, seconds).await;
@@ -138,6 +130,10 @@ async fn bench() {
     );
     println!("| ratio | {:.2}x |", delivery_rate / direct_rate);
     println!(
+        "| the same count over {ENTITIES} entities: unordered / ordering = \"entity\" | {unordered_rate:.0} / {ordered_rate:.0} deliveries/s ({:.2}x) |",
+        ordered_rate / unordered_rate
+    );
+    println!(
         "| lag at {rate} events/s for {seconds} s: p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |",
         pct(0.5),
         pct(0.99),
@@ -148,6 +144,62 @@ async fn bench() {
         lags.len(),
         accepted.len()
     );
+}
+
+/// The gateway's config: one source, one subscription to the receiver (with
+/// `extra` lines), delivery on or off.
+fn config(
+    receiver: SocketAddr,
+    data: &std::path::Path,
+    database: &Option<TestDatabase>,
+    enabled: bool,
+    extra: &str,
+) -> String {
+    let database = database
+        .as_ref()
+        .map(|d| format!("[database]\nurl = {:?}\n", d.url()))
+        .unwrap_or_default();
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n{database}\n[delivery]\nenabled = {enabled}\nallow_private_destinations = true\n\n\
+         [[source]]\nname = \"bench\"\nprovider = \"dreamclass\"\nsecret = \"{SECRET}\"\n\n\
+         [[subscription]]\nname = \"sink\"\nurl = \"http://{receiver}/sink\"\nevents = [\"*\"]\nsecret = \"sink-secret\"\nmax_in_flight = {IN_FLIGHT}\n{extra}",
+        data.display().to_string()
+    )
+}
+
+/// Stores `bodies` with delivery off in a fresh store, then restarts the gateway
+/// with delivery on and returns how many deliveries per second drained them.
+async fn drain(
+    postgres: bool,
+    receiver: SocketAddr,
+    arrivals: &Arrivals,
+    bodies: &Arc<Vec<Bytes>>,
+    extra: &str,
+) -> f64 {
+    let database = database(postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("bench.toml");
+    std::fs::write(&file, config(receiver, &data, &database, false, extra)).unwrap();
+    let (mut gateway, addr) = serve(&file).await;
+    post_all(addr, bodies, 32).await;
+    let _ = gateway.kill().await;
+    let _ = gateway.wait().await;
+    arrivals.lock().unwrap().clear();
+    std::fs::write(&file, config(receiver, &data, &database, true, extra)).unwrap();
+    let started = Instant::now();
+    let (mut gateway, _) = serve(&file).await;
+    while arrivals.lock().unwrap().len() < bodies.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "drain took too long"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = bodies.len() as f64 / started.elapsed().as_secs_f64();
+    let _ = gateway.kill().await;
+    let _ = gateway.wait().await;
+    rate
 }
 
 /// A fresh PostgreSQL database when asked for one (dropped at the end).
