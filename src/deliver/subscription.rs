@@ -375,6 +375,7 @@ impl Subscription {
                 &event.source,
                 &event.entity_kind,
                 event.entity_id.as_deref(),
+                event.seq,
             )
         })
     }
@@ -525,11 +526,12 @@ mod tests {
         subscription.spec.ordering = super::super::ordering::Ordering::Entity;
         assert_eq!(
             subscription.backfills(&event, None, None),
-            Some(super::super::ordering::entity_key(
+            Some(Some(super::super::ordering::entity_key(
                 "school",
                 "class",
-                Some("3")
-            ))
+                Some("3"),
+                7
+            )))
         );
     }
 

@@ -495,6 +495,7 @@ async fn enqueue(
                         &event.source,
                         &event.entity.kind,
                         event.entity.id.as_deref(),
+                        seq.get(),
                     ),
                 });
             }
