@@ -18,7 +18,6 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::ordering::Ordering;
 use super::ownership::{Owned, Owners};
 use super::schedule::{self, Next, Outcome};
 use super::send::{self, Sender};
@@ -240,7 +239,6 @@ impl Dispatcher {
                     subscription: s.id,
                     capacity: free,
                     lease_until_ms: now_ms + lease.as_millis() as i64,
-                    ordered: s.spec.ordering == Ordering::Entity,
                 })
             })
             .collect();

@@ -5,9 +5,8 @@
 //! subscription may be leased only when no delivery of the same subscription and
 //! the same entity key with a lower event seq is still pending (waiting, leased or
 //! waiting for a retry). A delivered or dead-lettered one no longer holds the
-//! entity up. Every delivery of an ordered subscription carries a key (an event
-//! without an entity gets one of its own, so it waits for nothing); deliveries of an
-//! unordered subscription carry none, so that the default costs nothing.
+//! entity up. Deliveries of an unordered subscription carry no key, so that the
+//! default costs nothing.
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -44,30 +43,25 @@ impl Ordering {
 /// source name or entity kind contains).
 pub const KEY_SEPARATOR: char = '\u{1f}';
 
-/// The key that orders the deliveries of event `seq`: its source, entity kind and
-/// entity id; for an event without an entity id, a key of its own (the separator
-/// and its seq), so that it waits for nothing. The backends compute the same key
-/// in SQL when a subscription becomes ordered:
-/// `coalesce(source || SEP || entity_kind || SEP || entity_id, SEP || seq)`.
-pub fn entity_key(source: &str, kind: &str, entity_id: Option<&str>, seq: i64) -> String {
-    match entity_id {
-        Some(id) => format!("{source}{KEY_SEPARATOR}{kind}{KEY_SEPARATOR}{id}"),
-        None => format!("{KEY_SEPARATOR}{seq}"),
-    }
+/// The key that orders an event's deliveries: its source, entity kind and entity id.
+/// `None` for an event without an entity, which is ordered after nothing. The
+/// backends compute the same key in SQL when a subscription becomes ordered
+/// (`source || KEY_SEPARATOR || entity_kind || KEY_SEPARATOR || entity_id`, NULL
+/// when the id is).
+pub fn entity_key(source: &str, kind: &str, entity_id: Option<&str>) -> Option<String> {
+    entity_id.map(|id| format!("{source}{KEY_SEPARATOR}{kind}{KEY_SEPARATOR}{id}"))
 }
 
-/// The key a delivery of event `seq` to a subscription with `ordering` carries
-/// (none when unordered).
+/// The key a delivery of an event to a subscription with `ordering` carries.
 pub fn delivery_key(
     ordering: Ordering,
     source: &str,
     kind: &str,
     entity_id: Option<&str>,
-    seq: i64,
 ) -> Option<String> {
     match ordering {
         Ordering::None => None,
-        Ordering::Entity => Some(entity_key(source, kind, entity_id, seq)),
+        Ordering::Entity => entity_key(source, kind, entity_id),
     }
 }
 
@@ -86,34 +80,22 @@ mod tests {
 
     #[test]
     fn the_key_tells_sources_kinds_and_ids_apart() {
-        let a = entity_key("dc", "class", Some("1"), 10);
-        assert_eq!(a, entity_key("dc", "class", Some("1"), 11), "one entity");
-        assert_ne!(a, entity_key("dc2", "class", Some("1"), 10));
-        assert_ne!(a, entity_key("dc", "student_period", Some("1"), 10));
-        assert_ne!(a, entity_key("dc", "class", Some("2"), 10));
+        let a = entity_key("dc", "class", Some("1"));
+        assert_eq!(a, entity_key("dc", "class", Some("1")));
+        assert_ne!(a, entity_key("dc2", "class", Some("1")));
+        assert_ne!(a, entity_key("dc", "student_period", Some("1")));
+        assert_ne!(a, entity_key("dc", "class", Some("2")));
         // The separator keeps "a"+"bc" apart from "ab"+"c".
         assert_ne!(
-            entity_key("a", "bc", Some("1"), 10),
-            entity_key("ab", "c", Some("1"), 10)
+            entity_key("a", "bc", Some("1")),
+            entity_key("ab", "c", Some("1"))
         );
-    }
-
-    #[test]
-    fn an_event_without_an_entity_is_its_own_key() {
-        assert_ne!(
-            entity_key("dc", "payment", None, 10),
-            entity_key("dc", "payment", None, 11)
-        );
-        // No entity key starts with the separator: a source name cannot be empty.
-        assert!(entity_key("dc", "payment", None, 10).starts_with(KEY_SEPARATOR));
+        assert_eq!(entity_key("dc", "class", None), None);
     }
 
     #[test]
     fn unordered_deliveries_carry_no_key() {
-        assert_eq!(
-            delivery_key(Ordering::None, "dc", "class", Some("1"), 1),
-            None
-        );
-        assert!(delivery_key(Ordering::Entity, "dc", "class", Some("1"), 1).is_some());
+        assert_eq!(delivery_key(Ordering::None, "dc", "class", Some("1")), None);
+        assert!(delivery_key(Ordering::Entity, "dc", "class", Some("1")).is_some());
     }
 }

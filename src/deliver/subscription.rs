@@ -375,7 +375,6 @@ impl Subscription {
                 &event.source,
                 &event.entity_kind,
                 event.entity_id.as_deref(),
-                event.seq,
             )
         })
     }
@@ -526,12 +525,11 @@ mod tests {
         subscription.spec.ordering = super::super::ordering::Ordering::Entity;
         assert_eq!(
             subscription.backfills(&event, None, None),
-            Some(Some(super::super::ordering::entity_key(
+            Some(super::super::ordering::entity_key(
                 "school",
                 "class",
-                Some("3"),
-                7
-            )))
+                Some("3")
+            ))
         );
     }
 

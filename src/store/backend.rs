@@ -42,10 +42,6 @@ pub struct ClaimRequest {
     pub subscription: SubscriptionId,
     pub capacity: usize,
     pub lease_until_ms: i64,
-    /// The subscription orders per entity (`ordering = "entity"`): a backend may
-    /// look for the first pending delivery of each entity instead of scanning in due
-    /// order. The order rule holds either way.
-    pub ordered: bool,
 }
 
 /// One round of sharing the delivery work between instances: see

@@ -13,7 +13,7 @@ use crate::deliver::subscription::StoredEvent;
 use crate::event::EventStatus;
 use crate::store::{
     AttemptRecord, AttemptRecorded, AttemptResult, ClaimRequest, Claimed, Delivery, DeliveryFilter,
-    DeliveryId, DeliveryState, Lease, QueueDepth, StoreError, SubscriptionId,
+    DeliveryId, DeliveryState, Lease, QueueDepth, StoreError,
 };
 
 /// Puts a delivery back in the queue, due at parameter `now`, with a fresh retry
@@ -28,8 +28,7 @@ fn requeue(now: &str) -> String {
 /// The entity key (`deliver::ordering::entity_key`) of the delivery row
 /// `deliveries` if its subscription is ordered, else NULL.
 pub(super) const ORDERED_KEY: &str =
-    "(SELECT coalesce(e.source || chr(31) || e.entity_kind || chr(31) || e.entity_id,
-         chr(31) || e.seq)
+    "(SELECT e.source || chr(31) || e.entity_kind || chr(31) || e.entity_id
      FROM events e JOIN subscriptions s ON s.id = deliveries.subscription_id
      WHERE e.seq = deliveries.event_seq AND s.ordering = 'entity')";
 
@@ -56,146 +55,6 @@ fn delivery_from_row(r: &Row) -> Result<Delivery, StoreError> {
         delivered_at_ms: r.try_get(8)?,
         last_error: r.try_get(9)?,
     })
-}
-
-/// What a lease statement returns: `RETURNING id, subscription_id, event_seq,
-/// webhook_id, round_attempts, lease_token, next_attempt_at_ms`, as (due, claimed).
-fn claimed_from_rows(rows: &[Row]) -> Result<Vec<(i64, Claimed)>, StoreError> {
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get(6)?,
-                Claimed {
-                    delivery_id: r.try_get(0)?,
-                    subscription_id: r.try_get(1)?,
-                    event_seq: r.try_get(2)?,
-                    webhook_id: r.try_get(3)?,
-                    round_attempts: r.try_get(4)?,
-                    lease_token: r.try_get(5)?,
-                },
-            ))
-        })
-        .collect()
-}
-
-/// Leases for every request in one statement, oldest due first. The order rule
-/// holds here too (deliveries with a key wait for an earlier pending one), though
-/// an ordered subscription's requests normally go to [`claim_heads`].
-async fn claim_unordered(
-    client: &deadpool_postgres::Client,
-    requests: &[ClaimRequest],
-    now_ms: i64,
-) -> Result<Vec<(i64, Claimed)>, StoreError> {
-    if requests.is_empty() {
-        return Ok(Vec::new());
-    }
-    let subscriptions: Vec<i64> = requests.iter().map(|r| r.subscription.get()).collect();
-    let capacities: Vec<i64> = requests.iter().map(|r| r.capacity as i64).collect();
-    let lease_ends: Vec<i64> = requests.iter().map(|r| r.lease_until_ms).collect();
-    let tokens: Vec<i64> = requests
-        .iter()
-        .map(|_| crate::store::new_lease_token())
-        .collect();
-    let statement = client
-        .prepare_cached(
-            "WITH picked AS (
-                 SELECT d.id, r.lease_until, r.token
-                 FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
-                     AS r(subscription, capacity, lease_until, token)
-                 JOIN subscriptions s ON s.id = r.subscription
-                     AND NOT s.paused AND s.hold_until_ms <= $5
-                 CROSS JOIN LATERAL (
-                     SELECT id FROM deliveries q
-                     WHERE subscription_id = r.subscription AND state = 'pending'
-                       AND next_attempt_at_ms <= $5 AND lease_until_ms <= $5
-                       AND (q.entity_key IS NULL OR NOT EXISTS (
-                           SELECT 1 FROM deliveries p
-                           WHERE p.subscription_id = r.subscription
-                             AND p.entity_key IS NOT NULL AND p.state = 'pending'
-                             AND p.entity_key = q.entity_key
-                             AND p.event_seq < q.event_seq))
-                     ORDER BY next_attempt_at_ms, id
-                     LIMIT r.capacity
-                     FOR UPDATE SKIP LOCKED
-                 ) d
-             )
-             UPDATE deliveries SET lease_until_ms = p.lease_until, lease_token = p.token
-             FROM picked p WHERE deliveries.id = p.id
-             RETURNING deliveries.id, deliveries.subscription_id, deliveries.event_seq,
-                 deliveries.webhook_id, deliveries.round_attempts, deliveries.lease_token,
-                 deliveries.next_attempt_at_ms",
-        )
-        .await?;
-    let rows = client
-        .query(
-            &statement,
-            &[&subscriptions, &capacities, &lease_ends, &tokens, &now_ms],
-        )
-        .await?;
-    claimed_from_rows(&rows)
-}
-
-/// Leases for an ordered subscription: walks its pending keys (one index probe per
-/// key, skipping from each key to the next) and takes each key's first pending
-/// delivery if it is due and not leased. A scan in due order would test every
-/// waiting delivery behind a pending one on every claim: O(pending) instead of
-/// O(keys).
-async fn claim_heads(
-    client: &deadpool_postgres::Client,
-    request: &ClaimRequest,
-    now_ms: i64,
-) -> Result<Vec<(i64, Claimed)>, StoreError> {
-    let statement = client
-        .prepare_cached(
-            "WITH RECURSIVE keys AS (
-                 (SELECT entity_key FROM deliveries
-                  WHERE subscription_id = $1 AND state = 'pending' AND entity_key IS NOT NULL
-                  ORDER BY entity_key LIMIT 1)
-                 UNION ALL
-                 SELECT (SELECT d.entity_key FROM deliveries d
-                         WHERE d.subscription_id = $1 AND d.state = 'pending'
-                           AND d.entity_key IS NOT NULL AND d.entity_key > k.entity_key
-                         ORDER BY d.entity_key LIMIT 1)
-                 FROM keys k WHERE k.entity_key IS NOT NULL
-             ),
-             heads AS (
-                 SELECT h.id FROM keys k CROSS JOIN LATERAL (
-                     SELECT id, next_attempt_at_ms, lease_until_ms FROM deliveries d
-                     WHERE d.subscription_id = $1 AND d.state = 'pending'
-                       AND d.entity_key = k.entity_key
-                     ORDER BY d.event_seq LIMIT 1
-                 ) h
-                 WHERE h.next_attempt_at_ms <= $2 AND h.lease_until_ms <= $2
-                 ORDER BY h.next_attempt_at_ms, h.id
-                 LIMIT $3
-             ),
-             picked AS (
-                 SELECT d.id FROM deliveries d JOIN heads USING (id)
-                 JOIN subscriptions s ON s.id = d.subscription_id
-                     AND NOT s.paused AND s.hold_until_ms <= $2
-                 WHERE d.state = 'pending' AND d.lease_until_ms <= $2
-                 FOR UPDATE OF d SKIP LOCKED
-             )
-             UPDATE deliveries SET lease_until_ms = $4, lease_token = $5
-             FROM picked p WHERE deliveries.id = p.id
-             RETURNING deliveries.id, deliveries.subscription_id, deliveries.event_seq,
-                 deliveries.webhook_id, deliveries.round_attempts, deliveries.lease_token,
-                 deliveries.next_attempt_at_ms",
-        )
-        .await?;
-    let rows = client
-        .query(
-            &statement,
-            &[
-                &request.subscription.get(),
-                &now_ms,
-                &(request.capacity as i64),
-                &request.lease_until_ms,
-                &crate::store::new_lease_token(),
-            ],
-        )
-        .await?;
-    claimed_from_rows(&rows)
 }
 
 /// How many events one backfill transaction looks at.
@@ -227,19 +86,71 @@ impl PostgresStore {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        let order: Vec<SubscriptionId> = requests.iter().map(|r| r.subscription).collect();
-        let (ordered, unordered): (Vec<ClaimRequest>, Vec<ClaimRequest>) =
-            requests.into_iter().partition(|r| r.ordered);
+        let subscriptions: Vec<i64> = requests.iter().map(|r| r.subscription.get()).collect();
+        let capacities: Vec<i64> = requests.iter().map(|r| r.capacity as i64).collect();
+        let lease_ends: Vec<i64> = requests.iter().map(|r| r.lease_until_ms).collect();
+        let tokens: Vec<i64> = requests
+            .iter()
+            .map(|_| crate::store::new_lease_token())
+            .collect();
         let client = self.delivery_client().await?;
-        let mut claimed = claim_unordered(&client, &unordered, now_ms).await?;
-        for request in &ordered {
-            claimed.extend(claim_heads(&client, request, now_ms).await?);
-        }
+        let statement = client
+            .prepare_cached(
+                "WITH picked AS (
+                     SELECT d.id, r.lease_until, r.token
+                     FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
+                         AS r(subscription, capacity, lease_until, token)
+                     JOIN subscriptions s ON s.id = r.subscription
+                         AND NOT s.paused AND s.hold_until_ms <= $5
+                     CROSS JOIN LATERAL (
+                         SELECT id FROM deliveries q
+                         WHERE subscription_id = r.subscription AND state = 'pending'
+                           AND next_attempt_at_ms <= $5 AND lease_until_ms <= $5
+                           AND (q.entity_key IS NULL OR NOT EXISTS (
+                               SELECT 1 FROM deliveries p
+                               WHERE p.subscription_id = r.subscription
+                                 AND p.entity_key IS NOT NULL AND p.state = 'pending'
+                                 AND p.entity_key = q.entity_key
+                                 AND p.event_seq < q.event_seq))
+                         ORDER BY next_attempt_at_ms, id
+                         LIMIT r.capacity
+                         FOR UPDATE SKIP LOCKED
+                     ) d
+                 )
+                 UPDATE deliveries SET lease_until_ms = p.lease_until, lease_token = p.token
+                 FROM picked p WHERE deliveries.id = p.id
+                 RETURNING deliveries.id, deliveries.subscription_id, deliveries.event_seq,
+                     deliveries.webhook_id, deliveries.round_attempts, deliveries.lease_token,
+                     deliveries.next_attempt_at_ms",
+            )
+            .await?;
+        let rows = client
+            .query(
+                &statement,
+                &[&subscriptions, &capacities, &lease_ends, &tokens, &now_ms],
+            )
+            .await?;
+        let mut claimed: Vec<(i64, Claimed)> = rows
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(6)?,
+                    Claimed {
+                        delivery_id: r.try_get(0)?,
+                        subscription_id: r.try_get(1)?,
+                        event_seq: r.try_get(2)?,
+                        webhook_id: r.try_get(3)?,
+                        round_attempts: r.try_get(4)?,
+                        lease_token: r.try_get(5)?,
+                    },
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
         // In request order, oldest due first (RETURNING has no order of its own).
         claimed.sort_by_key(|(due, c)| {
-            let request = order
+            let request = subscriptions
                 .iter()
-                .position(|s| *s == c.subscription_id)
+                .position(|s| *s == c.subscription_id.get())
                 .unwrap_or(usize::MAX);
             (request, *due, c.delivery_id)
         });

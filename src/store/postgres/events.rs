@@ -495,7 +495,6 @@ async fn enqueue(
                         &event.source,
                         &event.entity.kind,
                         event.entity.id.as_deref(),
-                        seq.get(),
                     ),
                 });
             }

@@ -239,9 +239,7 @@ fn upsert(
 
 /// The entity key (`deliver::ordering::entity_key`) of the delivery row
 /// `deliveries` if its subscription is ordered, else NULL.
-const ORDERED_KEY: &str =
-    "(SELECT coalesce(e.source || char(31) || e.entity_kind || char(31) || e.entity_id,
-         char(31) || e.seq)
+const ORDERED_KEY: &str = "(SELECT e.source || char(31) || e.entity_kind || char(31) || e.entity_id
      FROM events e JOIN subscriptions s ON s.id = deliveries.subscription_id
      WHERE e.seq = deliveries.event_seq AND s.ordering = 'entity')";
 
@@ -319,7 +317,6 @@ pub(super) fn enqueue(
                 &event.source,
                 &event.entity.kind,
                 event.entity.id.as_deref(),
-                seq.get(),
             );
             added += insert_delivery(conn, subscription.id, seq, key, event.received_at_ms)?;
         }

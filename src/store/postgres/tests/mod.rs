@@ -134,6 +134,5 @@ pub(super) fn request(id: i64, capacity: usize, lease_until_ms: i64) -> ClaimReq
         subscription: SubscriptionId(id),
         capacity,
         lease_until_ms,
-        ordered: false,
     }
 }
