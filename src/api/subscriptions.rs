@@ -15,6 +15,7 @@ use super::{ApiState, read, store_error};
 use crate::clock::format_ms;
 use crate::config::SecretEncoding;
 use crate::deliver::guard;
+use crate::deliver::rate::RateLimit;
 use crate::deliver::signing::{self, RotationError, RotationRequest, Signing};
 use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec, parse_schedule};
 use crate::http::ApiError;
@@ -46,6 +47,9 @@ pub struct SubscriptionView {
     pub timeout_ms: u64,
     pub retry_schedule_ms: Vec<u64>,
     pub max_in_flight: u32,
+    /// The most requests this subscriber gets, across all instances (`20/s`,
+    /// `600/min`, `5/h`); `null`: none beyond `max_in_flight`.
+    pub rate_limit: Option<String>,
     /// `config` (declared in the file; only pause/resume here) or `api`.
     pub managed_by: ManagedBy,
     pub paused: bool,
@@ -106,6 +110,7 @@ impl From<Subscription> for SubscriptionView {
                 .map(|d| d.as_millis() as u64)
                 .collect(),
             max_in_flight: s.spec.max_in_flight,
+            rate_limit: s.spec.rate_limit.map(|r| r.to_string()),
             managed_by: s.managed_by,
             paused: s.paused,
             paused_reason: s.paused_reason,
@@ -163,6 +168,10 @@ pub struct SubscriptionInput {
     /// Default 8.
     #[schema(minimum = 1, maximum = 256)]
     pub max_in_flight: Option<u32>,
+    /// e.g. `20/s`, `600/min`, `1000/h`: the most requests this subscriber gets,
+    /// across all instances (at most 1000/s). Default: none.
+    #[schema(pattern = "^[0-9]+ */ *(s|sec|second|m|min|minute|h|hour)$")]
+    pub rate_limit: Option<String>,
 }
 
 /// An event pattern: an exact type, a prefix ending in `*`, or `*`.
@@ -204,6 +213,7 @@ impl SubscriptionInput {
             timeout: self.timeout,
             retry_schedule: self.retry_schedule,
             max_in_flight: self.max_in_flight,
+            rate_limit: self.rate_limit.map(Some),
         };
         let mut spec = fields.apply(spec, allow_private).map_err(bad_request)?;
         if spec.signing == Signing::Ed25519 {
@@ -243,6 +253,19 @@ pub struct SubscriptionFields {
     pub retry_schedule: Option<Vec<String>>,
     #[schema(minimum = 1, maximum = 256)]
     pub max_in_flight: Option<u32>,
+    /// e.g. `20/s`, `600/min`, `1000/h` (at most 1000/s); `null` removes the limit.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, pattern = "^[0-9]+ */ *(s|sec|second|m|min|minute|h|hour)$")]
+    pub rate_limit: Option<Option<String>>,
+}
+
+/// A field that may be `null` on purpose: absent is `None`, `null` is `Some(None)`.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 impl SubscriptionFields {
@@ -291,6 +314,13 @@ impl SubscriptionFields {
         }
         if let Some(max) = self.max_in_flight {
             spec.max_in_flight = max;
+        }
+        if let Some(limit) = self.rate_limit {
+            spec.rate_limit = limit
+                .as_deref()
+                .map(RateLimit::parse)
+                .transpose()
+                .map_err(|m| format!("`rate_limit` {m}"))?;
         }
         spec.normalize();
         spec.validate()

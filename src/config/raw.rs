@@ -102,6 +102,8 @@ pub struct RawSubscription {
     pub retry_schedule: Vec<String>,
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u32,
+    /// `20/s`, `600/min`, `1000/h`: the most requests this subscriber gets.
+    pub rate_limit: Option<String>,
 }
 
 fn default_timeout() -> Duration {

@@ -12,6 +12,7 @@ use super::{
     ApiConfig, Config, ConfigError, DeliveryConfig, RetentionConfig, Secrets, ServerConfig,
     TelemetryConfig,
 };
+use crate::deliver::rate::RateLimit;
 use crate::deliver::signing::Signing;
 use crate::deliver::subscription::{SubscriptionSpec, parse_schedule};
 use crate::net::NetList;
@@ -502,6 +503,12 @@ fn resolve_subscription(
         timeout: raw.timeout,
         retry_schedule: parse_schedule(&raw.retry_schedule).map_err(|e| (e.field, e.message))?,
         max_in_flight: raw.max_in_flight,
+        rate_limit: raw
+            .rate_limit
+            .as_deref()
+            .map(RateLimit::parse)
+            .transpose()
+            .map_err(|m| ("rate_limit", m))?,
     };
     spec.normalize();
     spec.validate().map_err(|e| (e.field, e.message))?;

@@ -6,12 +6,14 @@
 //! - [`send`]: the request a subscriber receives and the guarded HTTP client;
 //! - [`signing`]: the signing schemes (HMAC `v1`, ed25519 `v1a`) and key rotation;
 //! - [`guard`]: refuses private and internal destinations after DNS resolution;
+//! - [`rate`]: a subscription's rate limit and the slow-down after a 429 (pure);
 //! - [`dispatcher`]: leases due deliveries per subscription and runs the attempts.
 
 pub mod config_sync;
 pub mod dispatcher;
 pub mod guard;
 pub mod ownership;
+pub mod rate;
 pub mod schedule;
 pub mod send;
 pub mod signing;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::rate::RateLimit;
 use super::signing::{PreviousKey, Rotated, Signing};
 use crate::config::SecretEncoding;
 use crate::secret::Secret;
@@ -29,6 +30,9 @@ pub struct SubscriptionSpec {
     pub timeout: Duration,
     pub retry_schedule: Vec<Duration>,
     pub max_in_flight: u32,
+    /// At most this many requests per second or minute (across all instances);
+    /// `None`: only `max_in_flight` bounds them.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// What a subscription gets for a field its declaration leaves out (config file
@@ -63,6 +67,7 @@ impl SubscriptionSpec {
             timeout,
             retry_schedule,
             max_in_flight,
+            rate_limit,
         } = self;
         [
             ("url", *url != other.url),
@@ -76,6 +81,7 @@ impl SubscriptionSpec {
             ("timeout", *timeout != other.timeout),
             ("retry_schedule", *retry_schedule != other.retry_schedule),
             ("max_in_flight", *max_in_flight != other.max_in_flight),
+            ("rate_limit", *rate_limit != other.rate_limit),
         ]
         .into_iter()
         .filter_map(|(field, differs)| differs.then_some(field))
@@ -98,6 +104,7 @@ impl SubscriptionSpec {
             timeout: defaults::TIMEOUT,
             retry_schedule: defaults::RETRY_SCHEDULE.to_vec(),
             max_in_flight: defaults::MAX_IN_FLIGHT,
+            rate_limit: None,
         }
     }
 }
@@ -462,6 +469,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             retry_schedule: vec![],
             max_in_flight: 8,
+            rate_limit: None,
         };
         spec.normalize();
         spec
@@ -601,6 +609,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             retry_schedule: vec![],
             max_in_flight: 8,
+            rate_limit: None,
         };
         assert!(spec.validate().is_ok());
         assert!(spec.matches("CLASS_CREATED", "school", Some("my-school")));

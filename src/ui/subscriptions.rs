@@ -30,6 +30,8 @@ pub struct Card {
     pub last_error: String,
     /// `HMAC (v1)` or `ed25519 (v1a)`.
     pub signing: &'static str,
+    /// `20/s`, or empty: none.
+    pub rate_limit: String,
     pub public_key: String,
     /// When the replaced keys stop signing, e.g. `until 2026-01-01 10:00:00 UTC`.
     pub previous_keys: Vec<String>,
@@ -139,6 +141,11 @@ pub async fn render(
                 Signing::Hmac => "HMAC (v1)",
                 Signing::Ed25519 => "ed25519 (v1a)",
             },
+            rate_limit: s
+                .spec
+                .rate_limit
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
             public_key: s.public_key.clone().unwrap_or_default(),
             previous_keys: s
                 .previous_keys

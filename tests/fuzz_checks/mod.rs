@@ -633,6 +633,7 @@ pub fn check_patterns(patterns: Vec<String>, mut types: Vec<String>) {
         timeout: std::time::Duration::from_secs(10),
         retry_schedule: vec![],
         max_in_flight: 1,
+        rate_limit: None,
     };
     spec.normalize();
     assert!(spec.events.is_sorted());

@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_signing_keys.sql"),
     include_str!("migrations/0004_dispatch_owners.sql"),
     include_str!("migrations/0005_trace_parent.sql"),
+    include_str!("migrations/0006_rate_limit.sql"),
 ];
 
 /// The advisory lock key that serializes migrations ("classhk" in ASCII).

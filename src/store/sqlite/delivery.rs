@@ -10,6 +10,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, 
 use super::SqliteStore;
 use super::conditions::Conditions;
 use crate::config::SecretEncoding;
+use crate::deliver::rate::RateLimit;
 use crate::deliver::schedule::Next;
 use crate::deliver::signing::{self, KeySet, PreviousKey, Rotated, Signing};
 use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec};
@@ -25,7 +26,7 @@ const SUBSCRIPTION_COLUMNS: &str =
     "id, name, url, events, sources, tenants, basic_username, basic_password,
     secret, secret_encoding, timeout_ms, retry_schedule_ms, max_in_flight, managed_by, paused,
     paused_reason, consecutive_failures, hold_until_ms, signing, rotated_at_ms, rotated_by,
-    public_key";
+    public_key, rate_limit";
 
 fn json_list(list: Option<&Vec<String>>) -> Option<String> {
     list.map(|l| serde_json::to_string(l).expect("strings serialize"))
@@ -77,6 +78,7 @@ fn subscription_from_row(row: &Row<'_>, sealer: &Sealer) -> rusqlite::Result<Sub
     let signing: String = row.get(18)?;
     let rotated_at_ms: Option<i64> = row.get(19)?;
     let rotated_by: Option<String> = row.get(20)?;
+    let rate_limit: Option<String> = row.get(22)?;
     Ok(Subscription {
         id: row.get(0)?,
         spec: SubscriptionSpec {
@@ -101,6 +103,9 @@ fn subscription_from_row(row: &Row<'_>, sealer: &Sealer) -> rusqlite::Result<Sub
             timeout: Duration::from_millis(row.get::<_, i64>(10)? as u64),
             retry_schedule: schedule.into_iter().map(Duration::from_millis).collect(),
             max_in_flight: row.get(12)?,
+            rate_limit: rate_limit
+                .map(|r| RateLimit::parse(&r).map_err(|_| unreadable(22, format!("rate limit {r:?}"))))
+                .transpose()?,
         },
         managed_by: match managed_by.as_str() {
             "config" => ManagedBy::Config,
@@ -201,15 +206,16 @@ fn upsert(
     conn.execute(
         "INSERT INTO subscriptions (name, url, events, sources, tenants, basic_username, basic_password,
              secret, secret_encoding, timeout_ms, retry_schedule_ms, max_in_flight, managed_by,
-             signing, public_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+             signing, public_key, rate_limit)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
          ON CONFLICT (name) DO UPDATE SET url = excluded.url, events = excluded.events,
              sources = excluded.sources, tenants = excluded.tenants,
              basic_username = excluded.basic_username, basic_password = excluded.basic_password,
              secret = excluded.secret, secret_encoding = excluded.secret_encoding,
              timeout_ms = excluded.timeout_ms, retry_schedule_ms = excluded.retry_schedule_ms,
              max_in_flight = excluded.max_in_flight, managed_by = excluded.managed_by,
-             signing = excluded.signing, public_key = excluded.public_key",
+             signing = excluded.signing, public_key = excluded.public_key,
+             rate_limit = excluded.rate_limit",
         params![
             spec.name,
             spec.url,
@@ -226,6 +232,7 @@ fn upsert(
             managed_by.as_str(),
             spec.signing.as_str(),
             signing::public_key(spec),
+            spec.rate_limit.map(|r| r.to_string()),
         ],
     )?;
     Ok(())

@@ -272,6 +272,11 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE events ADD COLUMN trace_parent TEXT;
     ",
+    // 12: a subscription's rate limit in its canonical form (`20/s`, `600/min`,
+    // `5/h`); NULL: none.
+    "
+    ALTER TABLE subscriptions ADD COLUMN rate_limit TEXT;
+    ",
 ];
 
 /// The schema version this binary brings a database to.
