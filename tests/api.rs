@@ -1128,8 +1128,10 @@ async fn a_rate_limit_is_set_changed_and_removed_through_the_api() {
     let created: Value = client
         .post(gw.url("/api/v1/subscriptions"))
         .bearer_auth(TOKEN)
-        .json(&json!({"name": "crm", "url": "https://crm.example/hook", "events": ["*"],
-            "rate_limit": "20 / second"}))
+        .json(
+            &json!({"name": "crm", "url": "https://crm.example/hook", "events": ["*"],
+            "rate_limit": "20/second"}),
+        )
         .send()
         .await
         .unwrap()
@@ -1142,7 +1144,10 @@ async fn a_rate_limit_is_set_changed_and_removed_through_the_api() {
         let request = client.patch(&url).bearer_auth(TOKEN).json(&body);
         async move {
             let response = request.send().await.unwrap();
-            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
         }
     };
     let (status, changed) = patch(json!({"rate_limit": "600/m"})).await;
@@ -1156,7 +1161,10 @@ async fn a_rate_limit_is_set_changed_and_removed_through_the_api() {
     let (status, refused) = patch(json!({"rate_limit": "fast"})).await;
     assert_eq!(status, 400);
     assert!(
-        refused["message"].as_str().unwrap().contains("`rate_limit`"),
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("`rate_limit`"),
         "{refused}"
     );
     let (status, cleared) = patch(json!({"rate_limit": null})).await;

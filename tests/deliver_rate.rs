@@ -136,6 +136,22 @@ async fn a_429_slows_a_limited_subscription_down_and_nothing_is_lost() {
     assert_eq!(retried, 2, "the two throttled deliveries were retried once");
     assert!(delivered.iter().all(|d| d.attempts <= 2));
     eprintln!("after two 429s: {after} requests in the next second");
+    let metrics = gw
+        .client
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains("classhook_delivery_slowdowns_total{instance=\"gw\",subscription=\"crm\"}")
+            && metrics
+                .contains("classhook_delivery_rate_waiting{instance=\"gw\",subscription=\"crm\"}"),
+        "{metrics}"
+    );
     gw.stop().await;
 }
 

@@ -170,7 +170,7 @@ pub struct SubscriptionInput {
     pub max_in_flight: Option<u32>,
     /// e.g. `20/s`, `600/min`, `1000/h`: the most requests this subscriber gets,
     /// across all instances (at most 1000/s). Default: none.
-    #[schema(pattern = "^[0-9]+ */ *(s|sec|second|m|min|minute|h|hour)$")]
+    #[schema(pattern = "^[0-9]+/(s|sec|second|m|min|minute|h|hour)$")]
     pub rate_limit: Option<String>,
 }
 
@@ -255,7 +255,7 @@ pub struct SubscriptionFields {
     pub max_in_flight: Option<u32>,
     /// e.g. `20/s`, `600/min`, `1000/h` (at most 1000/s); `null` removes the limit.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, pattern = "^[0-9]+ */ *(s|sec|second|m|min|minute|h|hour)$")]
+    #[schema(value_type = Option<String>, pattern = "^[0-9]+/(s|sec|second|m|min|minute|h|hour)$")]
     pub rate_limit: Option<Option<String>>,
 }
 

@@ -608,7 +608,10 @@ fn values_that_would_crash_are_refused_with_the_key_named() {
             subscription("rate_limit = \"20 per second\""),
             "subscription[0].rate_limit",
         ),
-        (subscription("rate_limit = \"0/s\""), "subscription[0].rate_limit"),
+        (
+            subscription("rate_limit = \"0/s\""),
+            "subscription[0].rate_limit",
+        ),
     ];
     for (text, key) in refused {
         let error = match parse(&text, &[]) {

@@ -54,6 +54,11 @@ pub trait DeliveryObserver: Send + Sync {
     fn dead_lettered(&self, subscription: &str);
     /// A delivery succeeded `lag` after its event was received.
     fn delivered(&self, lag: Duration);
+    /// How many deliveries of `subscription` wait for its rate limit now (told
+    /// every round).
+    fn waiting_for_rate(&self, _subscription: &str, _waiting: usize) {}
+    /// A 429 halved the subscription's rate.
+    fn slowed_down(&self, _subscription: &str) {}
 }
 
 /// How many deliveries per allowed in-flight request one subscription may hold leased.
@@ -236,7 +241,10 @@ impl Dispatcher {
         self.forget_expired_keys(&subscriptions, now_ms).await;
         self.gates.retain(|id, _| subscriptions.contains_key(id));
         for s in subscriptions.values() {
-            self.gate_for(s);
+            let gate = self.gate_for(s);
+            if let Some(observer) = &self.observer {
+                observer.waiting_for_rate(&s.spec.name, gate.waiting());
+            }
         }
         let requests: Vec<ClaimRequest> = subscriptions
             .values()
@@ -283,10 +291,7 @@ impl Dispatcher {
                 clock: self.clock.clone(),
                 slots: self.slots_for(&subscription),
                 gate: self.gate_for(&subscription),
-                lease_until_ms: leases
-                    .get(&subscription.id)
-                    .copied()
-                    .unwrap_or(now_ms),
+                lease_until_ms: leases.get(&subscription.id).copied().unwrap_or(now_ms),
                 owned: self.owners.of(subscription.id),
                 lease_margin: self.options.lease_margin,
                 hold_after_failures: self.options.hold_after_failures,
@@ -314,7 +319,8 @@ impl Dispatcher {
         let Some(rate) = pace.rate(now_ms) else {
             return Some(usize::MAX);
         };
-        let last_start_ms = lease_until_ms - (s.spec.timeout + self.options.lease_margin).as_millis() as i64;
+        let last_start_ms =
+            lease_until_ms - (s.spec.timeout + self.options.lease_margin).as_millis() as i64;
         let span_ms = last_start_ms - pace.ready_at(now_ms).max(now_ms);
         (span_ms >= 0).then(|| (span_ms as f64 / 1000.0 * rate) as usize + 1)
     }
@@ -460,6 +466,9 @@ impl Attempt {
         if let Outcome::Throttled { status: 429, .. } = attempted.outcome {
             let slowed = self.gate.pace().throttled(started_ms, self.clock.now_ms());
             if let Some(rate) = slowed {
+                if let Some(observer) = &self.observer {
+                    observer.slowed_down(&spec.name);
+                }
                 tracing::info!(
                     subscription = spec.name,
                     per_minute = (rate * 60.0).round(),

@@ -58,13 +58,20 @@ pub struct RateLimit {
 
 impl RateLimit {
     /// Reads `20/s`, `600/min`, `1000/h` (also `/sec`, `/second`, `/m`, `/minute`,
-    /// `/hour`). The error says what is wrong, without the key (the caller names it).
+    /// `/hour`; no spaces). The error says what is wrong, without the key (the caller names it).
     pub fn parse(text: &str) -> Result<RateLimit, String> {
         let shown: String = text.chars().take(32).collect();
-        let form = || format!("{shown:?} must be a whole number per unit, such as \"20/s\", \"600/min\" or \"1000/h\"");
-        let (count, unit) = text.trim().split_once('/').ok_or_else(form)?;
-        let count: u32 = count.trim().parse().map_err(|_| form())?;
-        let per = match unit.trim() {
+        let form = || {
+            format!(
+                "{shown:?} must be a whole number per unit, such as \"20/s\", \"600/min\" or \"1000/h\""
+            )
+        };
+        let (count, unit) = text.split_once('/').ok_or_else(form)?;
+        if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(form());
+        }
+        let count: u32 = count.parse().map_err(|_| form())?;
+        let per = match unit {
             "s" | "sec" | "second" => Per::Second,
             "m" | "min" | "minute" => Per::Minute,
             "h" | "hour" => Per::Hour,
@@ -327,7 +334,7 @@ mod tests {
         for (text, shown, per_s) in [
             ("20/s", "20/s", 20.0),
             ("600/min", "600/min", 10.0),
-            (" 600 / m ", "600/min", 10.0),
+            ("600/m", "600/min", 10.0),
             ("3600/hour", "3600/h", 1.0),
             ("1/second", "1/s", 1.0),
             ("1000/s", "1000/s", 1000.0),
@@ -338,12 +345,34 @@ mod tests {
             assert_eq!(RateLimit::parse(shown).unwrap(), parsed);
         }
         for bad in [
-            "", "20", "20/", "/s", "0/s", "-1/s", "1.5/s", "20/d", "1001/s", "x/s", "20/s/s",
+            "",
+            "20",
+            "20/",
+            "/s",
+            "0/s",
+            "-1/s",
+            "+1/s",
+            " 1/s",
+            "1 /s",
+            "1.5/s",
+            "20/d",
+            "1001/s",
+            "x/s",
+            "20/s/s",
+            "99999999999/s",
         ] {
             assert!(RateLimit::parse(bad).is_err(), "{bad:?} accepted");
         }
-        assert!(RateLimit::parse("0/s").unwrap_err().contains("at least one"));
-        assert!(RateLimit::parse("20/d").unwrap_err().contains("\"600/min\""));
+        assert!(
+            RateLimit::parse("0/s")
+                .unwrap_err()
+                .contains("at least one")
+        );
+        assert!(
+            RateLimit::parse("20/d")
+                .unwrap_err()
+                .contains("\"600/min\"")
+        );
     }
 
     /// Takes every request as early as the pace allows, from `from_ms`, until
@@ -375,7 +404,11 @@ mod tests {
     fn requests_are_spaced_and_no_second_holds_more_than_the_limit_and_one() {
         let mut pace = Pace::new(limit("20/s"));
         let started = run(&mut pace, 0, 10_000);
-        assert_eq!(started.len(), 201, "20/s over 10 s, and the one of tolerance");
+        assert_eq!(
+            started.len(),
+            201,
+            "20/s over 10 s, and the one of tolerance"
+        );
         assert_eq!(most_in_a_second(&started), 21, "{started:?}");
         assert!(started[1..].windows(2).all(|w| w[1] - w[0] == 50));
 

@@ -141,11 +141,7 @@ pub async fn render(
                 Signing::Hmac => "HMAC (v1)",
                 Signing::Ed25519 => "ed25519 (v1a)",
             },
-            rate_limit: s
-                .spec
-                .rate_limit
-                .map(|r| r.to_string())
-                .unwrap_or_default(),
+            rate_limit: s.spec.rate_limit.map(|r| r.to_string()).unwrap_or_default(),
             public_key: s.public_key.clone().unwrap_or_default(),
             previous_keys: s
                 .previous_keys

@@ -104,7 +104,9 @@ fn subscription_from_row(row: &Row<'_>, sealer: &Sealer) -> rusqlite::Result<Sub
             retry_schedule: schedule.into_iter().map(Duration::from_millis).collect(),
             max_in_flight: row.get(12)?,
             rate_limit: rate_limit
-                .map(|r| RateLimit::parse(&r).map_err(|_| unreadable(22, format!("rate limit {r:?}"))))
+                .map(|r| {
+                    RateLimit::parse(&r).map_err(|_| unreadable(22, format!("rate limit {r:?}")))
+                })
                 .transpose()?,
         },
         managed_by: match managed_by.as_str() {
