@@ -182,3 +182,32 @@ async fn a_429_slows_down_a_subscription_without_a_rate_limit_too() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_rate_never_lets_a_lease_expire_under_a_waiting_delivery() {
+    let receiver = Receiver::start().await;
+    let events = 12;
+    // Leases of 100 ms × 9 + 100 ms: at 5/s, a few turns fit in one, not all twelve.
+    let gw = Gateway::start_with_clock(
+        "",
+        &config(&receiver, "rate_limit = \"5/s\"\ntimeout = \"100ms\"")
+            .replace("poll_interval", "lease_margin = \"100ms\"\npoll_interval"),
+        Arc::new(SystemClock),
+    )
+    .await;
+    post_classes(&gw, 0..events).await;
+    let delivered = wait_until_all_delivered(&gw.store, events as usize).await;
+    assert!(delivered.iter().all(|d| d.attempts == 1), "{delivered:?}");
+    let got = receiver.received();
+    for d in &delivered {
+        assert_eq!(
+            receiver.count_of(&d.webhook_id),
+            1,
+            "sent again after its lease ran out while it waited"
+        );
+    }
+    assert_eq!(got.len(), events as usize);
+    let most = most_in_one_second(&got);
+    assert!(most <= 10, "{most} requests within one second at 5/s");
+    gw.stop().await;
+}

@@ -312,17 +312,18 @@ impl Dispatcher {
     /// `lease_until_ms` would leave too little time for the last one to finish
     /// (`usize::MAX`: no limit); `None` when its next turn is later than that.
     fn turns_before(&self, s: &Subscription, lease_until_ms: i64, now_ms: i64) -> Option<usize> {
-        let Some(gate) = self.gates.get(&s.id) else {
-            return Some(usize::MAX);
-        };
-        let mut pace = gate.pace();
-        let Some(rate) = pace.rate(now_ms) else {
-            return Some(usize::MAX);
-        };
         let last_start_ms =
             lease_until_ms - (s.spec.timeout + self.options.lease_margin).as_millis() as i64;
-        let span_ms = last_start_ms - pace.ready_at(now_ms).max(now_ms);
-        (span_ms >= 0).then(|| (span_ms as f64 / 1000.0 * rate) as usize + 1)
+        let turns = self
+            .gates
+            .get(&s.id)?
+            .pace()
+            .turns_until(now_ms, last_start_ms);
+        match turns {
+            None => Some(usize::MAX),
+            Some(0) => None,
+            Some(n) => Some(n),
+        }
     }
 
     /// The pace of a subscription's requests (its limit updated when it changed).

@@ -189,6 +189,18 @@ impl Pace {
         }
     }
 
+    /// How many requests may start from `now_ms` until `until_ms`, after those
+    /// already given turns: `None` without a limit, `Some(0)` when the next turn is
+    /// later than that. Counted at the rate in force now (a slow-down only climbs).
+    pub fn turns_until(&mut self, now_ms: i64, until_ms: i64) -> Option<usize> {
+        let rate = self.rate(now_ms)?;
+        let span_ms = until_ms - self.ready_at(now_ms).max(now_ms);
+        if span_ms < 0 {
+            return Some(0);
+        }
+        Some((span_ms as f64 / 1000.0 * rate) as usize + 1)
+    }
+
     /// A request wants to start at `now_ms`: `Ok` takes its turn, `Err` says when to
     /// ask again.
     pub fn take(&mut self, now_ms: i64) -> Result<(), i64> {
@@ -436,6 +448,26 @@ mod tests {
         assert_eq!(pace.take(10_000), Ok(()));
         assert_eq!(pace.take(10_000), Err(10_100));
         assert_eq!(pace.ready_at(10_050), 10_100);
+    }
+
+    #[test]
+    fn turns_are_counted_for_what_may_be_leased() {
+        let mut pace = Pace::new(limit("20/s"));
+        assert_eq!(pace.turns_until(0, 1000), Some(21));
+        assert_eq!(pace.turns_until(0, 0), Some(1));
+        pace.take(0).unwrap();
+        pace.take(0).unwrap();
+        pace.take(50).unwrap();
+        // The next turn is at 100.
+        assert_eq!(pace.turns_until(60, 99), Some(0));
+        assert_eq!(pace.turns_until(60, 100), Some(1));
+        assert_eq!(pace.turns_until(60, 1100), Some(21));
+        let mut slow = Pace::new(limit("1/min"));
+        slow.take(0).unwrap();
+        slow.take(0).unwrap();
+        assert_eq!(slow.turns_until(1000, 30_000), Some(0), "next turn at 60 s");
+        assert_eq!(slow.turns_until(1000, 60_000), Some(1));
+        assert_eq!(Pace::new(None).turns_until(0, 1000), None);
     }
 
     #[test]
