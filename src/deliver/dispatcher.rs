@@ -55,7 +55,7 @@ pub trait DeliveryObserver: Send + Sync {
     /// A delivery succeeded `lag` after its event was received.
     fn delivered(&self, lag: Duration);
     /// How many deliveries of `subscription` wait for its rate limit now (told
-    /// every round).
+    /// when it changed, at the next round).
     fn waiting_for_rate(&self, _subscription: &str, _waiting: usize) {}
     /// A 429 halved the subscription's rate.
     fn slowed_down(&self, _subscription: &str) {}
@@ -242,8 +242,8 @@ impl Dispatcher {
         self.gates.retain(|id, _| subscriptions.contains_key(id));
         for s in subscriptions.values() {
             let gate = self.gate_for(s);
-            if let Some(observer) = &self.observer {
-                observer.waiting_for_rate(&s.spec.name, gate.waiting());
+            if let (Some(observer), Some(waiting)) = (&self.observer, gate.waiting_changed()) {
+                observer.waiting_for_rate(&s.spec.name, waiting);
             }
         }
         let requests: Vec<ClaimRequest> = subscriptions

@@ -276,6 +276,8 @@ pub struct Gate {
     line: tokio::sync::Mutex<()>,
     /// Attempts waiting for their turn now (shown in the metrics).
     waiting: AtomicUsize,
+    /// What was last reported of `waiting`, plus one (0: never).
+    reported: AtomicUsize,
 }
 
 impl Gate {
@@ -304,6 +306,14 @@ impl Gate {
     /// How many attempts wait for their turn now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// How many attempts wait now, if that changed since the last call (so that the
+    /// metrics are told only of changes).
+    pub fn waiting_changed(&self) -> Option<usize> {
+        let now = self.waiting();
+        let before = self.reported.swap(now + 1, Ordering::Relaxed);
+        (before != now + 1).then_some(now)
     }
 }
 
@@ -468,6 +478,21 @@ mod tests {
         assert_eq!(slow.turns_until(1000, 30_000), Some(0), "next turn at 60 s");
         assert_eq!(slow.turns_until(1000, 60_000), Some(1));
         assert_eq!(Pace::new(None).turns_until(0, 1000), None);
+    }
+
+    #[tokio::test]
+    async fn the_gate_lets_one_up_at_a_time_and_counts_who_waits() {
+        let gate = Gate::new(limit("1/s"));
+        assert_eq!(gate.waiting_changed(), Some(0));
+        assert_eq!(gate.waiting_changed(), None, "told once");
+        let first = gate.line_up().await;
+        assert_eq!(gate.waiting_changed(), Some(1));
+        let behind = tokio::time::timeout(Duration::from_millis(20), gate.line_up()).await;
+        assert!(behind.is_err(), "a second one up while the first is");
+        assert_eq!(gate.waiting(), 1, "a wait given up is not counted");
+        drop(first);
+        assert_eq!(gate.waiting_changed(), Some(0));
+        let _next = gate.line_up().await;
     }
 
     #[test]
