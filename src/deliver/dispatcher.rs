@@ -71,7 +71,9 @@ pub enum Finished {
     Attempted,
     /// Sent, but the lease had ended meanwhile (replayed, deleted): not recorded.
     LeaseLost,
-    /// Not sent: the subscription was paused or held after the lease was taken.
+    /// Not sent: the subscription was paused or held after the lease was taken, this
+    /// instance no longer dispatches it, or its turn under the rate limit would have
+    /// come too late for its lease.
     Released,
     /// Not sent: its event is no longer stored (retention); dead-lettered.
     Abandoned,
@@ -174,7 +176,9 @@ impl Dispatcher {
     }
 
     /// One round, to the end: leases what is due now and waits until every attempt
-    /// started has finished. Returns what became of each leased delivery.
+    /// started has finished. Returns what became of each leased delivery. (Turns
+    /// under a rate limit are waited for by the gateway's clock: with a clock that a
+    /// test moves by hand, a round with a waiting turn ends when the clock moves.)
     pub async fn step(&mut self) -> Vec<Finished> {
         self.lease_and_start().await;
         self.settle().await
