@@ -1,7 +1,8 @@
 //! How fast one subscriber is sent to: its declared `rate_limit` ("20/s",
-//! "600/min"), and the slow-down a 429 from the receiver asks for. Pure: time comes
-//! in as arguments; the dispatcher keeps one [`Pace`] per subscription it owns (a
-//! subscription has one owner at a time, so the limit holds across instances).
+//! "600/min"), and the slow-down a 429 from the receiver asks for. [`Pace`] is pure
+//! (time comes in as arguments); the dispatcher keeps one per subscription, in a
+//! [`Gate`] its attempts line up at (a subscription has one dispatching instance at
+//! a time, so the limit holds across instances).
 //!
 //! Requests are spaced evenly (GCRA with a tolerance of one interval): "20/s" lets
 //! one request start every 50 ms, two back to back at most after a pause, so no
@@ -137,9 +138,9 @@ pub struct Pace {
 }
 
 impl Pace {
-    /// A pace for a subscription newly dispatched here: its first request may start
-    /// at once, the next one an interval later (so a hand-over from another instance
-    /// adds at most one request to any second).
+    /// A pace for a subscription newly dispatched here: its first two requests may
+    /// start at once (the interval of tolerance), then one per interval, so a
+    /// hand-over from another instance adds at most a couple of requests to a second.
     pub fn new(limit: Option<RateLimit>) -> Pace {
         Pace {
             limit,
@@ -156,10 +157,6 @@ impl Pace {
                 slowed.rate = slowed.rate.min(slowed.ceiling);
             }
         }
-    }
-
-    pub fn limit(&self) -> Option<RateLimit> {
-        self.limit
     }
 
     /// The rate in force at `now_ms` (requests per second), or `None`: no limit.
