@@ -85,6 +85,8 @@ pub struct Metrics {
     dead_letters: Family<SubscriptionLabels, Counter>,
     delivery_lag_seconds: Histogram,
     queue: Family<QueueLabels, Gauge>,
+    rate_waiting: Family<SubscriptionLabels, Gauge>,
+    slowdowns: Family<SubscriptionLabels, Counter>,
     trace_spans_exported: Counter,
     trace_spans_dropped: Counter,
     /// Per source, for the periodic summary line.
@@ -197,6 +199,18 @@ impl Metrics {
             "Deliveries per subscription now: pending (waiting or retrying) or dead",
             queue.clone(),
         );
+        let rate_waiting = Family::<SubscriptionLabels, Gauge>::default();
+        registry.register(
+            "delivery_rate_waiting",
+            "Deliveries waiting on this instance for their subscription's rate limit (or a slow-down after a 429)",
+            rate_waiting.clone(),
+        );
+        let slowdowns = Family::<SubscriptionLabels, Counter>::default();
+        registry.register(
+            "delivery_slowdowns",
+            "Times a 429 from the receiver halved a subscription's rate",
+            slowdowns.clone(),
+        );
         let trace_spans_exported = Counter::default();
         registry.register(
             "trace_spans_exported",
@@ -217,6 +231,8 @@ impl Metrics {
             dead_letters,
             delivery_lag_seconds,
             queue,
+            rate_waiting,
+            slowdowns,
             summary: Mutex::default(),
             rejections_dropped,
             registry,
@@ -398,6 +414,22 @@ impl DeliveryObserver for Metrics {
 
     fn delivered(&self, lag: Duration) {
         self.delivery_lag_seconds.observe(lag.as_secs_f64());
+    }
+
+    fn waiting_for_rate(&self, subscription: &str, waiting: usize) {
+        self.rate_waiting
+            .get_or_create(&SubscriptionLabels {
+                subscription: subscription.to_string(),
+            })
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    }
+
+    fn slowed_down(&self, subscription: &str) {
+        self.slowdowns
+            .get_or_create(&SubscriptionLabels {
+                subscription: subscription.to_string(),
+            })
+            .inc();
     }
 }
 

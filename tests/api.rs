@@ -1070,6 +1070,9 @@ async fn subscription_limits_are_stated_and_enforced() {
         (json!({"timeout": "1000000000years"}), "timeout"),
         (json!({"max_in_flight": 0}), "max_in_flight"),
         (json!({"max_in_flight": 257}), "max_in_flight"),
+        (json!({"rate_limit": "20/d"}), "rate_limit"),
+        (json!({"rate_limit": "0/s"}), "rate_limit"),
+        (json!({"rate_limit": "5000/s"}), "rate_limit"),
         (json!({"secret": "k".repeat(1025)}), "secret"),
     ] {
         let (status, body) = post(base(extra.clone())).await;
@@ -1115,5 +1118,58 @@ async fn subscription_limits_are_stated_and_enforced() {
         .await
         .unwrap();
     assert_eq!(patched.status(), 400);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_rate_limit_is_set_changed_and_removed_through_the_api() {
+    let gw = Gateway::start_with("", &with_api("")).await;
+    let client = &gw.client;
+    let created: Value = client
+        .post(gw.url("/api/v1/subscriptions"))
+        .bearer_auth(TOKEN)
+        .json(
+            &json!({"name": "crm", "url": "https://crm.example/hook", "events": ["*"],
+            "rate_limit": "20/second"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["rate_limit"], "20/s", "{created}");
+    let url = gw.url("/api/v1/subscriptions/crm");
+    let patch = |body: Value| {
+        let request = client.patch(&url).bearer_auth(TOKEN).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, changed) = patch(json!({"rate_limit": "600/m"})).await;
+    assert_eq!((status, &changed["rate_limit"]), (200, &json!("600/min")));
+    let (status, kept) = patch(json!({"max_in_flight": 2})).await;
+    assert_eq!(
+        (status, &kept["rate_limit"]),
+        (200, &json!("600/min")),
+        "a PATCH without it keeps it"
+    );
+    let (status, refused) = patch(json!({"rate_limit": "fast"})).await;
+    assert_eq!(status, 400);
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("`rate_limit`"),
+        "{refused}"
+    );
+    let (status, cleared) = patch(json!({"rate_limit": null})).await;
+    assert_eq!((status, &cleared["rate_limit"]), (200, &Value::Null));
+    let stored = gw.store.get_subscription("crm").await.unwrap().unwrap();
+    assert_eq!(stored.spec.rate_limit, None);
     gw.stop().await;
 }

@@ -895,7 +895,7 @@ async fn scripts_get_json_lines_and_every_api_only_view_has_a_command() {
         .unwrap();
     let sources = format!(
         "{SOURCES}\n[delivery]\nallow_private_destinations = true\npoll_interval = \"20ms\"\n\n\
-         [[subscription]]\nname = \"nowhere\"\nurl = \"http://{closed}/hook\"\nevents = [\"CLASS_*\"]\nretry_schedule = []\nsecret = \"whsec_c2VjcmV0LWtleS1mb3ItY2xp\"\n\n\
+         [[subscription]]\nname = \"nowhere\"\nurl = \"http://{closed}/hook\"\nevents = [\"CLASS_*\"]\nretry_schedule = []\nsecret = \"whsec_c2VjcmV0LWtleS1mb3ItY2xp\"\nrate_limit = \"600/min\"\n\n\
          [[subscription]]\nname = \"signed\"\nurl = \"http://{closed}/hook\"\nevents = [\"none.*\"]\nsigning = \"ed25519\"\n"
     );
     let config = write_config(dir.path(), &sources);
@@ -1001,6 +1001,7 @@ async fn scripts_get_json_lines_and_every_api_only_view_has_a_command() {
     assert_eq!(subscription["name"], "nowhere");
     assert_eq!(subscription["has_secret"], true);
     assert!(!listed.contains("c2VjcmV0"), "no secret shown: {listed}");
+    assert_eq!(subscription["rate_limit"], "600/min");
     let (code, out, err) = run(
         &[
             "subscriptions",
@@ -1018,6 +1019,7 @@ async fn scripts_get_json_lines_and_every_api_only_view_has_a_command() {
     assert_eq!(out.trim(), "nowhere paused");
     let (_, table, _) = run(&["subscriptions", "list", "--config", live], None).await;
     assert!(table.contains("paused: maintenance"), "{table}");
+    assert!(table.contains("rate limit 600/min"), "{table}");
     let (code, _, _) = run(
         &["subscriptions", "resume", "nowhere", "--config", live],
         None,

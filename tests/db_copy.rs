@@ -100,13 +100,14 @@ async fn an_sqlite_store_moves_into_postgresql_and_the_api_answers_the_same() {
     })
     .await;
     rejections_at_least(&gw.store, 2).await;
-    // An ed25519 subscription whose key was rotated: its replaced key moves too.
+    // An ed25519 subscription whose key was rotated: its replaced key moves too, and
+    // its rate limit.
     let created = gw
         .client
         .post(gw.url("/api/v1/subscriptions"))
         .bearer_auth(TOKEN)
         .json(&serde_json::json!({"name": "signed", "url": receiver.url(),
-            "events": ["none.*"], "signing": "ed25519"}))
+            "events": ["none.*"], "signing": "ed25519", "rate_limit": "600/min"}))
         .send()
         .await
         .unwrap();
@@ -231,6 +232,7 @@ async fn an_sqlite_store_moves_into_postgresql_and_the_api_answers_the_same() {
         "{signed}"
     );
     assert!(signed["public_key"].as_str().unwrap().starts_with("whpk_"));
+    assert_eq!(signed["rate_limit"], "600/min", "{signed}");
     let delivery = get(&on_sqlite, "/deliveries?limit=100").await["items"][0]["id"].clone();
     assert_eq!(
         get(&on_sqlite, &format!("/deliveries/{delivery}")).await,

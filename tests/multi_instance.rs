@@ -2,7 +2,7 @@
 //! classhook: every acknowledged event stored once, every matching event
 //! delivered, a recorded success never sent again, one instance killed with
 //! SIGKILL mid-run, the mirror right from every survivor, and a subscription's
-//! `max_in_flight` and order per entity held across all instances together.
+//! `max_in_flight`, rate limit and order per entity held across all instances together.
 //!
 //! These run in the PostgreSQL pass of the suite (`CLASSHOOK_TEST_BACKEND=postgres`).
 
@@ -547,6 +547,72 @@ async fn a_clean_stop_hands_its_subscriptions_over_at_once() {
         Some(200)
     );
     receiver.wait_for_within(1, Duration::from_secs(4)).await;
+}
+
+/// The most requests that arrived within any one second (a window starting at each
+/// arrival).
+fn most_in_one_second(received: &[common::receiver::Received]) -> usize {
+    let mut at: Vec<i64> = received.iter().map(|r| r.at_ms).collect();
+    at.sort_unstable();
+    (0..at.len())
+        .map(|i| at[i..].partition_point(|&t| t < at[i] + 1000))
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_across_three_instances_and_a_hand_over() {
+    if skip_unless_postgres(
+        "a_rate_limit_holds…",
+        "several instances share one PostgreSQL",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    let events = 60usize;
+    let config = cluster_config(dir.path(), &receiver, "rate_limit = \"20/s\"");
+    let mut instances = start_cluster(&config, 3).await;
+    let db = database(dir.path()).await;
+    let client = reqwest::Client::new();
+    let posts = (0..events).map(|i| {
+        let body = class_event(&uuid::Uuid::new_v4().to_string(), i as i64, "x", 1_000);
+        let at = instances[i % 3].addr;
+        let client = client.clone();
+        async move { post(&client, at, &body).await }
+    });
+    let answers = futures_util::future::join_all(posts).await;
+    assert!(answers.iter().all(|a| *a == Some(200)), "{answers:?}");
+    // Half way, the instance sending stops cleanly and another takes over, starting
+    // its own pace.
+    receiver
+        .wait_for_within(events / 2, Duration::from_secs(30))
+        .await;
+    let owner = owner_of(&db, "crm").await;
+    let leaving = instances
+        .iter()
+        .position(|s| s.addr.port() == owner.port())
+        .unwrap();
+    let pid = instances[leaving].child.id().unwrap() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    tokio::time::timeout(Duration::from_secs(15), instances[leaving].child.wait())
+        .await
+        .expect("the instance stops within its shutdown grace")
+        .unwrap();
+    let got = receiver
+        .wait_for_within(events, Duration::from_secs(30))
+        .await;
+    let ids: HashSet<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!(ids.len(), events, "every event delivered");
+    let most = most_in_one_second(&got);
+    // The bound: never more than one second's worth over the limit.
+    assert!(
+        most <= 40,
+        "{most} requests within one second under rate_limit = \"20/s\" on 3 instances"
+    );
+    let new_owner = owner_of(&db, "crm").await;
+    assert_ne!(new_owner.port(), owner.port(), "handed over");
+    eprintln!("3 instances, rate_limit 20/s, one hand-over: at most {most} requests in one second");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -291,7 +291,7 @@ async fn assets_are_compiled_in_and_cached_for_long() {
 async fn every_page_shows_real_data() {
     let receiver = receiver::Receiver::start().await;
     let config = format!(
-        "[delivery]\nallow_private_destinations = true\npoll_interval = \"50ms\"\n{}\n[[subscription]]\nname = \"crm\"\nurl = \"{}\"\nevents = [\"*\"]\nretry_schedule = []\n",
+        "[delivery]\nallow_private_destinations = true\npoll_interval = \"50ms\"\n{}\n[[subscription]]\nname = \"crm\"\nurl = \"{}\"\nevents = [\"*\"]\nretry_schedule = []\nrate_limit = \"600/min\"\n",
         with_tokens(""),
         receiver.url()
     );
@@ -479,6 +479,11 @@ async fn every_page_shows_real_data() {
     .await;
     let subs = get(&gw, "/ui/subscriptions", Some(&id)).await;
     assert!(subs.text.contains("crm") && subs.text.contains(">Pause</button>"));
+    assert!(
+        subs.text.contains("<dt>Rate limit</dt><dd>600/min</dd>"),
+        "{}",
+        subs.text
+    );
     let dead = get(&gw, "/ui/deliveries?state=dead", Some(&id)).await;
     assert!(dead.text.contains("<h1>Dead letters</h1>"));
     assert!(dead.text.contains("Replay all dead letters"));

@@ -16,6 +16,7 @@ use crate::clock::format_ms;
 use crate::config::SecretEncoding;
 use crate::deliver::guard;
 use crate::deliver::ordering::Ordering;
+use crate::deliver::rate::RateLimit;
 use crate::deliver::signing::{self, RotationError, RotationRequest, Signing};
 use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec, parse_schedule};
 use crate::http::ApiError;
@@ -49,6 +50,9 @@ pub struct SubscriptionView {
     pub max_in_flight: u32,
     /// `none` or `entity` (one entity's deliveries one at a time, in stored order).
     pub ordering: Ordering,
+    /// The most requests this subscriber gets, across all instances (`20/s`,
+    /// `600/min`, `5/h`); `null`: none beyond `max_in_flight`.
+    pub rate_limit: Option<String>,
     /// `config` (declared in the file; only pause/resume here) or `api`.
     pub managed_by: ManagedBy,
     pub paused: bool,
@@ -110,6 +114,7 @@ impl From<Subscription> for SubscriptionView {
                 .collect(),
             max_in_flight: s.spec.max_in_flight,
             ordering: s.spec.ordering,
+            rate_limit: s.spec.rate_limit.map(|r| r.to_string()),
             managed_by: s.managed_by,
             paused: s.paused,
             paused_reason: s.paused_reason,
@@ -171,6 +176,10 @@ pub struct SubscriptionInput {
     /// id) reach the receiver one at a time, in the order the events were stored.
     #[schema(pattern = "^(none|entity)$")]
     pub ordering: Option<String>,
+    /// e.g. `20/s`, `600/min`, `1000/h`: the most requests this subscriber gets,
+    /// across all instances (at most 1000/s). Default: none.
+    #[schema(pattern = "^[0-9]+/(s|sec|second|m|min|minute|h|hour)$")]
+    pub rate_limit: Option<String>,
 }
 
 /// An event pattern: an exact type, a prefix ending in `*`, or `*`.
@@ -213,6 +222,7 @@ impl SubscriptionInput {
             retry_schedule: self.retry_schedule,
             max_in_flight: self.max_in_flight,
             ordering: self.ordering,
+            rate_limit: self.rate_limit.map(Some),
         };
         let mut spec = fields.apply(spec, allow_private).map_err(bad_request)?;
         if spec.signing == Signing::Ed25519 {
@@ -255,6 +265,19 @@ pub struct SubscriptionFields {
     /// `none` or `entity`. Deliveries already queued follow the new choice.
     #[schema(pattern = "^(none|entity)$")]
     pub ordering: Option<String>,
+    /// e.g. `20/s`, `600/min`, `1000/h` (at most 1000/s); `null` removes the limit.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, pattern = "^[0-9]+/(s|sec|second|m|min|minute|h|hour)$")]
+    pub rate_limit: Option<Option<String>>,
+}
+
+/// A field that may be `null` on purpose: absent is `None`, `null` is `Some(None)`.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 impl SubscriptionFields {
@@ -306,6 +329,13 @@ impl SubscriptionFields {
         }
         if let Some(ordering) = self.ordering {
             spec.ordering = Ordering::parse(&ordering).map_err(|m| format!("`ordering` {m}"))?;
+        }
+        if let Some(limit) = self.rate_limit {
+            spec.rate_limit = limit
+                .as_deref()
+                .map(RateLimit::parse)
+                .transpose()
+                .map_err(|m| format!("`rate_limit` {m}"))?;
         }
         spec.normalize();
         spec.validate()

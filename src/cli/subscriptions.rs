@@ -157,6 +157,9 @@ fn list(subscriptions: Vec<Subscription>, json: bool) -> anyhow::Result<ExitCode
         if let Some(public_key) = &s.public_key {
             writeln!(out, "{:<20}  public key {public_key}", "")?;
         }
+        if let Some(limit) = s.spec.rate_limit {
+            writeln!(out, "{:<20}  rate limit {limit}", "")?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

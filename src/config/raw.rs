@@ -104,6 +104,8 @@ pub struct RawSubscription {
     pub max_in_flight: u32,
     /// `none` (default) or `entity`.
     pub ordering: Option<String>,
+    /// `20/s`, `600/min`, `1000/h`: the most requests this subscriber gets.
+    pub rate_limit: Option<String>,
 }
 
 fn default_timeout() -> Duration {

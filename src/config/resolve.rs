@@ -13,6 +13,7 @@ use super::{
     TelemetryConfig,
 };
 use crate::deliver::ordering::Ordering;
+use crate::deliver::rate::RateLimit;
 use crate::deliver::signing::Signing;
 use crate::deliver::subscription::{SubscriptionSpec, parse_schedule};
 use crate::net::NetList;
@@ -510,6 +511,12 @@ fn resolve_subscription(
             .transpose()
             .map_err(|m| ("ordering", m))?
             .unwrap_or_default(),
+        rate_limit: raw
+            .rate_limit
+            .as_deref()
+            .map(RateLimit::parse)
+            .transpose()
+            .map_err(|m| ("rate_limit", m))?,
     };
     spec.normalize();
     spec.validate().map_err(|e| (e.field, e.message))?;

@@ -210,7 +210,13 @@ secret_env = "SCHOOL_SECRET"
     assert_eq!(crm.retry_schedule.len(), 3);
     assert_eq!(crm.max_in_flight, 8);
     assert_eq!(crm.ordering, crate::deliver::ordering::Ordering::None);
+    assert_eq!(crm.rate_limit, None, "no rate limit unless declared");
     assert_eq!(crm.secret.as_ref().unwrap().expose(), "from-env");
+    let limited = parse(&format!("{text}rate_limit = \"600/min\"\n"), &[]).unwrap();
+    assert_eq!(
+        limited.subscriptions[0].rate_limit.map(|r| r.to_string()),
+        Some("600/min".into())
+    );
     assert!(config.delivery.enabled && !config.delivery.allow_private_destinations);
 
     let bad_url = error_of(
@@ -602,6 +608,14 @@ fn values_that_would_crash_are_refused_with_the_key_named() {
         (
             subscription("ordering = \"fifo\""),
             "subscription[0].ordering",
+        ),
+        (
+            subscription("rate_limit = \"20 per second\""),
+            "subscription[0].rate_limit",
+        ),
+        (
+            subscription("rate_limit = \"0/s\""),
+            "subscription[0].rate_limit",
         ),
     ];
     for (text, key) in refused {

@@ -5,6 +5,12 @@
 //! that is never recorded (the process died) expires and the delivery is taken
 //! again: at-least-once, and nothing that was recorded as delivered is sent again.
 //!
+//! A subscription with a rate limit (or slowed down by a 429, see [`super::rate`])
+//! makes each attempt, once it has its slot, wait for its turn before it sends:
+//! waiting is not an attempt (nothing is recorded). Only as many deliveries are
+//! leased as can start before their lease ends, and one whose turn would come too
+//! late gives its lease back unsent.
+//!
 //! A paused or held subscription is never leased (the store checks its state in the
 //! lease itself). Deliveries leased before a pause or hold took hold check the
 //! subscription again once they have a slot, and give their lease back unsent. An
@@ -19,6 +25,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::ownership::{Owned, Owners};
+use super::rate::Gate;
 use super::schedule::{self, Next, Outcome};
 use super::send::{self, Sender};
 use super::subscription::Subscription;
@@ -47,6 +54,11 @@ pub trait DeliveryObserver: Send + Sync {
     fn dead_lettered(&self, subscription: &str);
     /// A delivery succeeded `lag` after its event was received.
     fn delivered(&self, lag: Duration);
+    /// How many deliveries of `subscription` wait for its rate limit now (told
+    /// when it changed, at the next round).
+    fn waiting_for_rate(&self, _subscription: &str, _waiting: usize) {}
+    /// A 429 halved the subscription's rate.
+    fn slowed_down(&self, _subscription: &str) {}
 }
 
 /// How many deliveries per allowed in-flight request one subscription may hold leased.
@@ -59,7 +71,9 @@ pub enum Finished {
     Attempted,
     /// Sent, but the lease had ended meanwhile (replayed, deleted): not recorded.
     LeaseLost,
-    /// Not sent: the subscription was paused or held after the lease was taken.
+    /// Not sent: the subscription was paused or held after the lease was taken, this
+    /// instance no longer dispatches it, or its turn under the rate limit would have
+    /// come too late for its lease.
     Released,
     /// Not sent: its event is no longer stored (retention); dead-lettered.
     Abandoned,
@@ -78,6 +92,8 @@ pub struct Dispatcher {
     in_flight: HashMap<SubscriptionId, usize>,
     /// Per subscription: its `max_in_flight` and the semaphore enforcing it.
     slots: HashMap<SubscriptionId, (u32, Arc<Semaphore>)>,
+    /// Per subscription: its pace (rate limit, slow-down after a 429).
+    gates: HashMap<SubscriptionId, Arc<Gate>>,
     /// Running attempts; each ends with its subscription id and what became of it.
     attempts: JoinSet<(SubscriptionId, Finished)>,
     observer: Option<Arc<dyn DeliveryObserver>>,
@@ -108,6 +124,7 @@ impl Dispatcher {
             options,
             in_flight: HashMap::new(),
             slots: HashMap::new(),
+            gates: HashMap::new(),
             attempts: JoinSet::new(),
             observer: None,
             owners: Owners::default(),
@@ -159,7 +176,9 @@ impl Dispatcher {
     }
 
     /// One round, to the end: leases what is due now and waits until every attempt
-    /// started has finished. Returns what became of each leased delivery.
+    /// started has finished. Returns what became of each leased delivery. (Turns
+    /// under a rate limit are waited for by the gateway's clock: with a clock that a
+    /// test moves by hand, a round with a waiting turn ends when the clock moves.)
     pub async fn step(&mut self) -> Vec<Finished> {
         self.lease_and_start().await;
         self.settle().await
@@ -224,27 +243,39 @@ impl Dispatcher {
             .round(&self.store, &subscriptions, &self.in_flight, now_ms, margin)
             .await;
         self.forget_expired_keys(&subscriptions, now_ms).await;
+        self.gates.retain(|id, _| subscriptions.contains_key(id));
+        for s in subscriptions.values() {
+            let gate = self.gate_for(s);
+            if let (Some(observer), Some(waiting)) = (&self.observer, gate.waiting_changed()) {
+                observer.waiting_for_rate(&s.spec.name, waiting);
+            }
+        }
         let requests: Vec<ClaimRequest> = subscriptions
             .values()
             .filter(|s| !s.paused && s.hold_until_ms <= now_ms)
             .filter(|s| self.owners.may_lease(s, now_ms, margin))
             .filter_map(|s| {
                 let width = s.spec.max_in_flight as usize;
-                let limit = width * PREFETCH;
-                let free = limit.saturating_sub(*self.in_flight.get(&s.id).unwrap_or(&0));
                 // Long enough for every prefetched delivery to wait its turn and run.
                 let lease = s.spec.timeout * (PREFETCH as u32 + 1) + self.options.lease_margin;
+                let lease_until_ms = now_ms + lease.as_millis() as i64;
+                let limit = (width * PREFETCH).min(self.turns_before(s, lease_until_ms, now_ms)?);
+                let free = limit.saturating_sub(*self.in_flight.get(&s.id).unwrap_or(&0));
                 // Lease in chunks, not one delivery per freed slot.
-                (free >= width || free == limit).then_some(ClaimRequest {
+                (free > 0 && (free >= width || free == limit)).then_some(ClaimRequest {
                     subscription: s.id,
                     capacity: free,
-                    lease_until_ms: now_ms + lease.as_millis() as i64,
+                    lease_until_ms,
                 })
             })
             .collect();
         if requests.is_empty() {
             return 0;
         }
+        let leases: HashMap<SubscriptionId, i64> = requests
+            .iter()
+            .map(|r| (r.subscription, r.lease_until_ms))
+            .collect();
         let claimed = match self.store.claim_due(requests, now_ms).await {
             Ok(claimed) => claimed,
             Err(error) => {
@@ -263,6 +294,8 @@ impl Dispatcher {
                 sender: self.sender.clone(),
                 clock: self.clock.clone(),
                 slots: self.slots_for(&subscription),
+                gate: self.gate_for(&subscription),
+                lease_until_ms: leases.get(&subscription.id).copied().unwrap_or(now_ms),
                 owned: self.owners.of(subscription.id),
                 lease_margin: self.options.lease_margin,
                 hold_after_failures: self.options.hold_after_failures,
@@ -277,6 +310,35 @@ impl Dispatcher {
             });
         }
         leased
+    }
+
+    /// How many requests of `s` its pace lets start from now until a lease ending at
+    /// `lease_until_ms` would leave too little time for the last one to finish
+    /// (`usize::MAX`: no limit); `None` when its next turn is later than that.
+    fn turns_before(&self, s: &Subscription, lease_until_ms: i64, now_ms: i64) -> Option<usize> {
+        let last_start_ms =
+            lease_until_ms - (s.spec.timeout + self.options.lease_margin).as_millis() as i64;
+        let turns = self
+            .gates
+            .get(&s.id)?
+            .pace()
+            .turns_until(now_ms, last_start_ms);
+        match turns {
+            None => Some(usize::MAX),
+            Some(0) => None,
+            Some(n) => Some(n),
+        }
+    }
+
+    /// The pace of a subscription's requests (its limit updated when it changed).
+    fn gate_for(&mut self, subscription: &Subscription) -> Arc<Gate> {
+        let limit = subscription.spec.rate_limit;
+        let gate = self
+            .gates
+            .entry(subscription.id)
+            .or_insert_with(|| Arc::new(Gate::new(limit)));
+        gate.pace().set_limit(limit);
+        gate.clone()
     }
 
     /// The semaphore bounding a subscription's concurrent requests (renewed when its
@@ -300,6 +362,10 @@ struct Attempt {
     sender: Sender,
     clock: Arc<dyn Clock>,
     slots: Arc<Semaphore>,
+    /// The subscription's pace: each attempt waits for its turn.
+    gate: Arc<Gate>,
+    /// When this delivery's lease ends: it must have started and finished by then.
+    lease_until_ms: i64,
     /// This instance's ownership of the subscription: no attempt starts unless it
     /// outlasts the attempt.
     owned: Owned,
@@ -342,7 +408,9 @@ impl Attempt {
             return Finished::StoreFailed;
         };
         let longest = spec.timeout + self.lease_margin;
-        let open = match self.owned.outlasts(self.clock.now_ms(), longest) {
+        let open = match self.wait_for_turn(longest).await
+            && self.owned.outlasts(self.clock.now_ms(), longest)
+        {
             true => self.still_open().await,
             false => None,
         };
@@ -400,6 +468,19 @@ impl Attempt {
                 response_excerpt: None,
             },
         };
+        if let Outcome::Throttled { status: 429, .. } = attempted.outcome {
+            let slowed = self.gate.pace().throttled(started_ms, self.clock.now_ms());
+            if let Some(rate) = slowed {
+                if let Some(observer) = &self.observer {
+                    observer.slowed_down(&spec.name);
+                }
+                tracing::info!(
+                    subscription = spec.name,
+                    per_minute = (rate * 60.0).round(),
+                    "the receiver answered 429: slowing down"
+                );
+            }
+        }
         let slot = match attempted.outcome {
             Outcome::Success { .. } => {
                 drop(slot);
@@ -463,6 +544,39 @@ impl Attempt {
         };
         drop(slot);
         finished
+    }
+
+    /// Waits until the subscription's pace lets this attempt start, and takes that
+    /// turn. False when it cannot start in time: its lease or this instance's
+    /// ownership would end before it could finish (the caller gives the lease back).
+    /// Waiting is not an attempt: nothing is recorded.
+    async fn wait_for_turn(&self, longest: Duration) -> bool {
+        let longest_ms = longest.as_millis() as i64;
+        {
+            let mut pace = self.gate.pace();
+            let now_ms = self.clock.now_ms();
+            if pace.rate(now_ms).is_none() {
+                return pace.take(now_ms).is_ok();
+            }
+        }
+        let _first = self.gate.line_up().await;
+        loop {
+            let now_ms = self.clock.now_ms();
+            if !self.owned.outlasts(now_ms, longest) {
+                return false;
+            }
+            let turn = self.gate.pace().take(now_ms);
+            let Err(at_ms) = turn else {
+                return true;
+            };
+            if at_ms + longest_ms > self.lease_until_ms {
+                return false;
+            }
+            // In steps of at most a second, so that a lost ownership or a stop is
+            // noticed while waiting.
+            let wait = (at_ms - now_ms).clamp(1, 1000) as u64;
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
     }
 
     /// The hold policy: a subscription that keeps failing is held for a while

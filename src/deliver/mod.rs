@@ -7,6 +7,7 @@
 //! - [`signing`]: the signing schemes (HMAC `v1`, ed25519 `v1a`) and key rotation;
 //! - [`ordering`]: order per entity (which deliveries wait for an earlier one);
 //! - [`guard`]: refuses private and internal destinations after DNS resolution;
+//! - [`rate`]: a subscription's rate limit and the slow-down after a 429 (pure);
 //! - [`dispatcher`]: leases due deliveries per subscription and runs the attempts.
 
 pub mod config_sync;
@@ -14,6 +15,7 @@ pub mod dispatcher;
 pub mod guard;
 pub mod ordering;
 pub mod ownership;
+pub mod rate;
 pub mod schedule;
 pub mod send;
 pub mod signing;

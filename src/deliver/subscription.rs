@@ -8,6 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::ordering::Ordering;
+use super::rate::RateLimit;
 use super::signing::{PreviousKey, Rotated, Signing};
 use crate::config::SecretEncoding;
 use crate::secret::Secret;
@@ -32,6 +33,9 @@ pub struct SubscriptionSpec {
     pub max_in_flight: u32,
     /// Whether one entity's deliveries go one at a time, in stored order.
     pub ordering: Ordering,
+    /// At most this many requests per second or minute (across all instances);
+    /// `None`: only `max_in_flight` bounds them.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// What a subscription gets for a field its declaration leaves out (config file
@@ -67,6 +71,7 @@ impl SubscriptionSpec {
             retry_schedule,
             max_in_flight,
             ordering,
+            rate_limit,
         } = self;
         [
             ("url", *url != other.url),
@@ -81,6 +86,7 @@ impl SubscriptionSpec {
             ("retry_schedule", *retry_schedule != other.retry_schedule),
             ("max_in_flight", *max_in_flight != other.max_in_flight),
             ("ordering", *ordering != other.ordering),
+            ("rate_limit", *rate_limit != other.rate_limit),
         ]
         .into_iter()
         .filter_map(|(field, differs)| differs.then_some(field))
@@ -104,6 +110,7 @@ impl SubscriptionSpec {
             retry_schedule: defaults::RETRY_SCHEDULE.to_vec(),
             max_in_flight: defaults::MAX_IN_FLIGHT,
             ordering: Ordering::None,
+            rate_limit: None,
         }
     }
 }
@@ -559,6 +566,7 @@ mod tests {
             retry_schedule: vec![],
             max_in_flight: 8,
             ordering: Ordering::None,
+            rate_limit: None,
         };
         spec.normalize();
         spec
@@ -699,6 +707,7 @@ mod tests {
             retry_schedule: vec![],
             max_in_flight: 8,
             ordering: Ordering::None,
+            rate_limit: None,
         };
         assert!(spec.validate().is_ok());
         assert!(spec.matches("CLASS_CREATED", "school", Some("my-school")));

@@ -33,6 +33,8 @@ pub struct Card {
     pub signing: &'static str,
     /// `any order` or `one at a time per entity, in stored order`.
     pub ordering: &'static str,
+    /// `20/s`, or empty: none.
+    pub rate_limit: String,
     pub public_key: String,
     /// When the replaced keys stop signing, e.g. `until 2026-01-01 10:00:00 UTC`.
     pub previous_keys: Vec<String>,
@@ -146,6 +148,7 @@ pub async fn render(
                 Ordering::None => "any order",
                 Ordering::Entity => "one at a time per entity, in stored order",
             },
+            rate_limit: s.spec.rate_limit.map(|r| r.to_string()).unwrap_or_default(),
             public_key: s.public_key.clone().unwrap_or_default(),
             previous_keys: s
                 .previous_keys

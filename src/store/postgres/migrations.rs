@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_dispatch_owners.sql"),
     include_str!("migrations/0005_trace_parent.sql"),
     include_str!("migrations/0006_entity_order.sql"),
+    include_str!("migrations/0007_rate_limit.sql"),
 ];
 
 /// The advisory lock key that serializes migrations ("classhk" in ASCII).

@@ -10,6 +10,7 @@ use super::PostgresStore;
 use super::delivery::ORDERED_KEY;
 use crate::config::SecretEncoding;
 use crate::deliver::ordering::Ordering;
+use crate::deliver::rate::RateLimit;
 use crate::deliver::signing::{self, KeySet, PreviousKey, Rotated, Signing};
 use crate::deliver::subscription::{ManagedBy, Subscription, SubscriptionSpec};
 use crate::store::sealed::{self, Sealer};
@@ -18,7 +19,7 @@ use crate::store::{RotateChange, SpecChange, StoreError, SubscriptionId};
 const SUBSCRIPTION_COLUMNS: &str = "id, name, url, events, sources, tenants, basic_username,
     basic_password, secret, secret_encoding, timeout_ms, retry_schedule_ms, max_in_flight,
     managed_by, paused, paused_reason, consecutive_failures, hold_until_ms, signing,
-    rotated_at_ms, rotated_by, public_key, ordering";
+    rotated_at_ms, rotated_by, public_key, ordering, rate_limit";
 
 fn json_list(list: Option<&Vec<String>>) -> Option<String> {
     list.map(|l| serde_json::to_string(l).expect("strings serialize"))
@@ -60,6 +61,7 @@ fn subscription_from_row(row: &Row, sealer: &Sealer) -> Result<Subscription, Sto
     let rotated_at_ms: Option<i64> = row.try_get(19)?;
     let rotated_by: Option<String> = row.try_get(20)?;
     let ordering: String = row.try_get(22)?;
+    let rate_limit: Option<String> = row.try_get(23)?;
     Ok(Subscription {
         id: row.try_get(0)?,
         spec: SubscriptionSpec {
@@ -87,6 +89,9 @@ fn subscription_from_row(row: &Row, sealer: &Sealer) -> Result<Subscription, Sto
                 .map_err(|_| unreadable(format!("max_in_flight {max_in_flight}")))?,
             ordering: Ordering::parse(&ordering)
                 .map_err(|_| unreadable(format!("ordering {ordering:?}")))?,
+            rate_limit: rate_limit
+                .map(|r| RateLimit::parse(&r).map_err(|_| unreadable(format!("rate limit {r:?}"))))
+                .transpose()?,
         },
         managed_by: match managed_by.as_str() {
             "config" => ManagedBy::Config,
@@ -249,8 +254,8 @@ async fn upsert(
     tx.execute(
         "INSERT INTO subscriptions (name, url, events, sources, tenants, basic_username,
              basic_password, secret, secret_encoding, timeout_ms, retry_schedule_ms,
-             max_in_flight, managed_by, signing, public_key, ordering)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+             max_in_flight, managed_by, signing, public_key, ordering, rate_limit)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
          ON CONFLICT (name) DO UPDATE SET url = excluded.url, events = excluded.events,
              sources = excluded.sources, tenants = excluded.tenants,
              basic_username = excluded.basic_username, basic_password = excluded.basic_password,
@@ -258,7 +263,7 @@ async fn upsert(
              timeout_ms = excluded.timeout_ms, retry_schedule_ms = excluded.retry_schedule_ms,
              max_in_flight = excluded.max_in_flight, managed_by = excluded.managed_by,
              signing = excluded.signing, public_key = excluded.public_key,
-             ordering = excluded.ordering",
+             ordering = excluded.ordering, rate_limit = excluded.rate_limit",
         &[
             &spec.name,
             &spec.url,
@@ -276,6 +281,7 @@ async fn upsert(
             &spec.signing.as_str(),
             &signing::public_key(spec),
             &spec.ordering.as_str(),
+            &spec.rate_limit.map(|r| r.to_string()),
         ],
     )
     .await?;

@@ -11,6 +11,7 @@ use super::SqliteStore;
 use super::conditions::Conditions;
 use crate::config::SecretEncoding;
 use crate::deliver::ordering::{self, Ordering};
+use crate::deliver::rate::RateLimit;
 use crate::deliver::schedule::Next;
 use crate::deliver::signing::{self, KeySet, PreviousKey, Rotated, Signing};
 use crate::deliver::subscription::{ManagedBy, StoredEvent, Subscription, SubscriptionSpec};
@@ -26,7 +27,7 @@ const SUBSCRIPTION_COLUMNS: &str =
     "id, name, url, events, sources, tenants, basic_username, basic_password,
     secret, secret_encoding, timeout_ms, retry_schedule_ms, max_in_flight, managed_by, paused,
     paused_reason, consecutive_failures, hold_until_ms, signing, rotated_at_ms, rotated_by,
-    public_key, ordering";
+    public_key, ordering, rate_limit";
 
 fn json_list(list: Option<&Vec<String>>) -> Option<String> {
     list.map(|l| serde_json::to_string(l).expect("strings serialize"))
@@ -79,6 +80,7 @@ fn subscription_from_row(row: &Row<'_>, sealer: &Sealer) -> rusqlite::Result<Sub
     let rotated_at_ms: Option<i64> = row.get(19)?;
     let rotated_by: Option<String> = row.get(20)?;
     let ordering: String = row.get(22)?;
+    let rate_limit: Option<String> = row.get(23)?;
     Ok(Subscription {
         id: row.get(0)?,
         spec: SubscriptionSpec {
@@ -105,6 +107,11 @@ fn subscription_from_row(row: &Row<'_>, sealer: &Sealer) -> rusqlite::Result<Sub
             max_in_flight: row.get(12)?,
             ordering: Ordering::parse(&ordering)
                 .map_err(|_| unreadable(22, format!("ordering {ordering:?}")))?,
+            rate_limit: rate_limit
+                .map(|r| {
+                    RateLimit::parse(&r).map_err(|_| unreadable(23, format!("rate limit {r:?}")))
+                })
+                .transpose()?,
         },
         managed_by: match managed_by.as_str() {
             "config" => ManagedBy::Config,
@@ -205,8 +212,8 @@ fn upsert(
     conn.execute(
         "INSERT INTO subscriptions (name, url, events, sources, tenants, basic_username, basic_password,
              secret, secret_encoding, timeout_ms, retry_schedule_ms, max_in_flight, managed_by,
-             signing, public_key, ordering)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+             signing, public_key, ordering, rate_limit)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
          ON CONFLICT (name) DO UPDATE SET url = excluded.url, events = excluded.events,
              sources = excluded.sources, tenants = excluded.tenants,
              basic_username = excluded.basic_username, basic_password = excluded.basic_password,
@@ -214,7 +221,7 @@ fn upsert(
              timeout_ms = excluded.timeout_ms, retry_schedule_ms = excluded.retry_schedule_ms,
              max_in_flight = excluded.max_in_flight, managed_by = excluded.managed_by,
              signing = excluded.signing, public_key = excluded.public_key,
-             ordering = excluded.ordering",
+             ordering = excluded.ordering, rate_limit = excluded.rate_limit",
         params![
             spec.name,
             spec.url,
@@ -232,6 +239,7 @@ fn upsert(
             spec.signing.as_str(),
             signing::public_key(spec),
             spec.ordering.as_str(),
+            spec.rate_limit.map(|r| r.to_string()),
         ],
     )?;
     Ok(())

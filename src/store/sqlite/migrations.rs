@@ -283,6 +283,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_entity_order ON deliveries (subscription_id, entity_key, event_seq)
         WHERE state = 'pending' AND entity_key IS NOT NULL;
     ",
+    // 13: a subscription's rate limit in its canonical form (`20/s`, `600/min`,
+    // `5/h`); NULL: none.
+    "
+    ALTER TABLE subscriptions ADD COLUMN rate_limit TEXT;
+    ",
 ];
 
 /// The schema version this binary brings a database to.
