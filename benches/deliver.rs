@@ -25,9 +25,9 @@ use support::load::{Arrivals, SECRET, lags, paced, quantile, signed_body, start_
 use support::{env_or, spawn};
 
 use axum::body::Bytes;
+use classhook::store::postgres::testing::TestDatabase;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use classhook::store::postgres::testing::TestDatabase;
 
 const IN_FLIGHT: usize = 8;
 /// Entities of the order-per-entity comparison.
@@ -114,7 +114,10 @@ async fn bench() {
         "| classhook draining {events} stored events, max_in_flight {IN_FLIGHT} | {delivery_rate:.0} deliveries/s |"
     );
     println!("| ratio to reqwest | {:.2}x |", delivery_rate / direct_rate);
-    println!("| ratio to bare hyper | {:.2}x |", delivery_rate / hyper_rate);
+    println!(
+        "| ratio to bare hyper | {:.2}x |",
+        delivery_rate / hyper_rate
+    );
     println!(
         "| the same count over {ENTITIES} entities: unordered / ordering = \"entity\" | {unordered_rate:.0} / {ordered_rate:.0} deliveries/s ({:.2}x) |",
         ordered_rate / unordered_rate

@@ -52,9 +52,12 @@ async fn bench() {
     let store = Store::open(&config.store_location(), StoreOptions::default())
         .await
         .unwrap();
-    classhook::deliver::config_sync::sync_config_subscriptions(&store, config.subscriptions.clone())
-        .await
-        .unwrap();
+    classhook::deliver::config_sync::sync_config_subscriptions(
+        &store,
+        config.subscriptions.clone(),
+    )
+    .await
+    .unwrap();
     let writer_before = WriterThread::sample();
     let started = Instant::now();
     let mut callers = tokio::task::JoinSet::new();
