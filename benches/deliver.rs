@@ -2,9 +2,10 @@
 //!
 //! 1. Throughput: BENCH_EVENTS (default 20,000) events are stored with delivery off,
 //!    then the gateway restarts with delivery on and drains them to a local receiver
-//!    that answers 200 at once. Compared, in the same run, with the same HTTP client
-//!    stack (reqwest, as the dispatcher uses it, same concurrency) posting the same
-//!    bodies to the receiver directly.
+//!    that answers 200 at once. Compared, in the same run, with two clients posting
+//!    the same bodies to the receiver directly at the same concurrency: the same HTTP
+//!    client stack (reqwest, as the dispatcher uses it), and a bare hyper HTTP/1
+//!    client (one keep-alive connection per worker), the lean limit.
 //!    Then the same number of events over 1,000 entities (attendance records), drained
 //!    by an unordered subscription and by one with `ordering = "entity"`.
 //! 2. Lag: events are sent at BENCH_RATE per second (default 1000) for BENCH_SECONDS
@@ -18,12 +19,15 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use support::load::{Arrivals, SECRET, lags, paced, quantile, signed_body, start_receiver};
 use support::{env_or, spawn};
 
 use axum::body::Bytes;
 use classhook::store::postgres::testing::TestDatabase;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 
 const IN_FLIGHT: usize = 8;
 /// Entities of the order-per-entity comparison.
@@ -46,35 +50,13 @@ async fn bench() {
     let receiver = start_receiver(arrivals.clone()).await;
     let bodies: Vec<Bytes> = (0..events as u64).map(signed_body).collect();
 
-    // Baseline: the same client stack straight to the receiver.
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let started = Instant::now();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Baselines: the same client stack (reqwest) straight to the receiver, and a
+    // lean hyper client (one keep-alive HTTP/1 connection per worker), each posting
+    // the same bodies at the same concurrency.
     let bodies = Arc::new(bodies);
-    let mut workers = Vec::new();
-    for _ in 0..IN_FLIGHT {
-        let (client, next, bodies) = (client.clone(), next.clone(), bodies.clone());
-        workers.push(tokio::spawn(async move {
-            while let Some(body) =
-                bodies.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-            {
-                let response = client
-                    .post(format!("http://{receiver}/direct"))
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(response.status().is_success());
-            }
-        }));
-    }
-    for w in workers {
-        w.await.unwrap();
-    }
-    let direct_rate = events as f64 / started.elapsed().as_secs_f64();
+    let hyper_rate = direct_hyper(receiver, &bodies).await;
+    arrivals.lock().unwrap().clear();
+    let direct_rate = direct_reqwest(receiver, &bodies).await;
     arrivals.lock().unwrap().clear();
 
     // Throughput: store with delivery off, then drain.
@@ -126,9 +108,16 @@ async fn bench() {
         "| direct: reqwest to the receiver, {IN_FLIGHT} in flight | {direct_rate:.0} requests/s |"
     );
     println!(
+        "| direct: bare hyper client (HTTP/1 keep-alive) to the receiver, {IN_FLIGHT} in flight | {hyper_rate:.0} requests/s |"
+    );
+    println!(
         "| classhook draining {events} stored events, max_in_flight {IN_FLIGHT} | {delivery_rate:.0} deliveries/s |"
     );
-    println!("| ratio | {:.2}x |", delivery_rate / direct_rate);
+    println!("| ratio to reqwest | {:.2}x |", delivery_rate / direct_rate);
+    println!(
+        "| ratio to bare hyper | {:.2}x |",
+        delivery_rate / hyper_rate
+    );
     println!(
         "| the same count over {ENTITIES} entities: unordered / ordering = \"entity\" | {unordered_rate:.0} / {ordered_rate:.0} deliveries/s ({:.2}x) |",
         ordered_rate / unordered_rate
@@ -212,6 +201,72 @@ async fn database(postgres: bool) -> Option<TestDatabase> {
             .await
             .expect("BENCH_BACKEND=postgres needs the server at 127.0.0.1:5432"),
     )
+}
+
+/// Requests/s of reqwest (the dispatcher's client) posting every body to the
+/// receiver, IN_FLIGHT at a time.
+async fn direct_reqwest(receiver: SocketAddr, bodies: &Arc<Vec<Bytes>>) -> f64 {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let (client, next, bodies) = (client.clone(), next.clone(), bodies.clone());
+        workers.push(tokio::spawn(async move {
+            while let Some(body) = bodies.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let response = client
+                    .post(format!("http://{receiver}/direct"))
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(response.status().is_success());
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    bodies.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Requests/s of a bare hyper HTTP/1 client posting every body to the receiver:
+/// IN_FLIGHT workers, each on its own keep-alive connection. What the hardware and
+/// the receiver allow, with no client stack above the protocol.
+async fn direct_hyper(receiver: SocketAddr, bodies: &Arc<Vec<Bytes>>) -> f64 {
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let (next, bodies) = (next.clone(), bodies.clone());
+        workers.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(receiver).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            while let Some(body) = bodies.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let request = hyper::Request::post(format!("http://{receiver}/direct"))
+                    .header("content-type", "application/json")
+                    .header("host", receiver.to_string())
+                    .body(Full::new(body.clone()))
+                    .unwrap();
+                sender.ready().await.unwrap();
+                let response = sender.send_request(request).await.unwrap();
+                assert!(response.status().is_success());
+                response.into_body().collect().await.unwrap();
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    bodies.len() as f64 / started.elapsed().as_secs_f64()
 }
 
 async fn post_all(addr: SocketAddr, bodies: &Arc<Vec<Bytes>>, concurrency: usize) {

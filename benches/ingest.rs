@@ -17,6 +17,12 @@
 //! When PostgreSQL answers at 127.0.0.1:5432 (or CLASSHOOK_TEST_POSTGRES), each round
 //! also runs the gateway on a fresh PostgreSQL database (BENCH_POSTGRES=0 skips it).
 //!
+//! Every gateway runs with one subscription matching every event (`events = ["*"]`)
+//! and delivery off, so each stored event also writes its delivery to the outbox in
+//! the same commit, as a gateway that forwards would; the deliveries queue up
+//! (sending is measured by `cargo bench --bench deliver`). BENCH_SUBSCRIPTION=0
+//! runs without it. The mirror is always on.
+//!
 //! Each round also runs the SQLite gateway with tracing on (`[telemetry]
 //! otlp_endpoint` towards an OTLP sink in this process that reads each export and
 //! answers 200), right before or after the run without tracing, alternating, and
@@ -280,10 +286,15 @@ async fn run_gateway(
     let database_section = database
         .map(|url| format!("[database]\nurl = {url:?}\n"))
         .unwrap_or_default();
+    let subscription = if env_or("BENCH_SUBSCRIPTION", 1) == 1 {
+        "[delivery]\nenabled = false\n\n[[subscription]]\nname = \"everything\"\nurl = \"https://receiver.example/hooks\"\nevents = [\"*\"]\nsecret = \"sink-secret\"\n\n"
+    } else {
+        ""
+    };
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n{database_section}\n{sections}\n[[source]]\nname = \"bench\"\nprovider = \"dreamclass\"\nsecret = \"{SECRET}\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n{database_section}\n{sections}\n{subscription}[[source]]\nname = \"bench\"\nprovider = \"dreamclass\"\nsecret = \"{SECRET}\"\n",
             dir.path().join("data").display().to_string()
         ),
     )
