@@ -335,6 +335,10 @@ pub enum StoreError {
     /// A batch could not be committed (disk full, database locked too long, …).
     #[error("could not commit: {0}")]
     Commit(String),
+    /// The transaction lost a lock conflict (a deadlock or a serialization
+    /// failure) and was rolled back; the same work may succeed when tried again.
+    #[error("the transaction lost a lock conflict: {0}")]
+    Contended(String),
     #[error("the store did not commit within {0:?}")]
     Timeout(std::time::Duration),
     #[error("the store's writer has stopped")]

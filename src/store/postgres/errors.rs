@@ -11,12 +11,20 @@ fn unavailable(code: &str) -> bool {
     code.starts_with("08") || code.starts_with("53") || code.starts_with("57") || code == "25006"
 }
 
+/// SQLSTATEs of a transaction rolled back because it lost a lock conflict:
+/// serialization failure (40001) and deadlock (40P01). Trying again may succeed.
+fn contended(code: &str) -> bool {
+    matches!(code, "40001" | "40P01")
+}
+
 impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> Self {
         if let Some(db) = error.as_db_error() {
             let message = format!("{}: {}", db.severity(), db.message());
             return if unavailable(db.code().code()) {
                 StoreError::NotReady(format!("the database cannot take work now: {message}"))
+            } else if contended(db.code().code()) {
+                StoreError::Contended(message)
             } else {
                 StoreError::Database(message)
             };

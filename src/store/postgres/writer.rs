@@ -2,8 +2,10 @@
 //! it drained in one transaction (group commit) and only then answers each caller.
 //! Durability costs one WAL flush per batch, not per request.
 //!
-//! A batch that fails is written again with a savepoint around each append, so that
-//! the failure is that append's alone; a lost connection fails the whole batch (the
+//! A batch that loses a lock conflict (deadlock, serialization failure) is written
+//! again whole, a few times, after a short random pause. A batch that fails
+//! otherwise is written again with a savepoint around each append, so that the
+//! failure is that append's alone; a lost connection fails the whole batch (the
 //! platforms retry, and dedupe recognises what did commit).
 
 use std::sync::Arc;
@@ -21,6 +23,10 @@ use crate::store::{AppendOutcome, CommitObserver, MAX_COMMIT_LAG, NewRejection, 
 
 /// The advisory lock a batch holds until it commits ("classhk" + 2).
 pub(super) const BATCH_LOCK: i64 = 0x0063_6c61_7373_686d;
+
+/// How many times a batch that lost a lock conflict is written: the first try and
+/// the retries (after 1–2, 2–4, 4–8, … ms).
+const CONTENDED_TRIES: u32 = 6;
 
 /// The longest a writer lets its next batch gather after it had to wait for
 /// another instance's batch (see [`Writer::run`]).
@@ -116,12 +122,12 @@ impl Writer {
             let _ = reply.send(Err(StoreError::Timeout(MAX_COMMIT_LAG)));
         }
         let events: Vec<&NewEvent> = live.iter().map(|(event, _, _)| &**event).collect();
-        let mut written = self.write(&events, rejections, false).await;
+        let mut written = self.write_contended(&events, rejections, false).await;
         if let Err(error) = &written
             && !matches!(error, StoreError::NotReady(_))
         {
             tracing::warn!(%error, operations = events.len(), "a batch failed; writing it again with each append isolated");
-            written = self.write(&events, rejections, true).await;
+            written = self.write_contended(&events, rejections, true).await;
         }
         match written {
             Ok((results, queued)) => {
@@ -147,6 +153,32 @@ impl Writer {
                     }));
                 }
                 false
+            }
+        }
+    }
+
+    /// [`Writer::write`], tried again whole while it loses lock conflicts, up to
+    /// [`CONTENDED_TRIES`] times, each after a random pause that doubles.
+    async fn write_contended(
+        &mut self,
+        events: &[&NewEvent],
+        rejections: &[NewRejection],
+        isolated: bool,
+    ) -> Result<(Vec<Result<AppendOutcome, StoreError>>, u64), StoreError> {
+        let mut tries = 1;
+        loop {
+            match self.write(events, rejections, isolated).await {
+                Err(StoreError::Contended(message)) if tries < CONTENDED_TRIES => {
+                    let pause_ms = (1u64 << (tries - 1)) * (1_000 + rand::random::<u64>() % 1_000);
+                    tracing::info!(
+                        error = %message,
+                        try_number = tries,
+                        "a batch lost a lock conflict; writing it again"
+                    );
+                    tokio::time::sleep(Duration::from_micros(pause_ms)).await;
+                    tries += 1;
+                }
+                written => return written,
             }
         }
     }
@@ -188,8 +220,9 @@ impl Writer {
                         queued += written.queued;
                         results.push(Ok(written.outcomes[0]));
                     }
-                    Err(StoreError::NotReady(message)) => {
-                        return Err(StoreError::NotReady(message));
+                    // Either fails the transaction, not only this append.
+                    Err(error @ (StoreError::NotReady(_) | StoreError::Contended(_))) => {
+                        return Err(error);
                     }
                     Err(error) => {
                         savepoint.rollback().await?;

@@ -500,3 +500,67 @@ async fn two_bodies_under_one_new_key_in_one_batch_keep_the_first() {
         "the mirror holds the kept body"
     );
 }
+
+/// A batch that loses deadlocks is written again whole, not failed: another session
+/// holds the class's mirror row and asks for the batch lock while the writer, holding
+/// that lock, waits for the row, three times in a row.
+#[tokio::test]
+async fn a_batch_that_loses_deadlocks_is_written_again() {
+    let Some((db, store)) = open("deadlock").await else {
+        return;
+    };
+    stored(
+        store
+            .append(class_updated(1, 1_000, "first"))
+            .await
+            .unwrap(),
+    );
+    let (mut other, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let tx = other.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM mirror_class WHERE id = 7 FOR UPDATE", &[])
+        .await
+        .unwrap();
+    let append = {
+        let store = store.clone();
+        tokio::spawn(async move { store.append(class_updated(2, 2_000, "second")).await })
+    };
+    let lock = super::super::writer::BATCH_LOCK;
+    for deadlock in 1..=3 {
+        // The writer holds the batch lock and waits for the row.
+        let mut waiting = false;
+        for _ in 0..500 {
+            let blocked: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype <> 'advisory'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if blocked > 0 {
+                waiting = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            waiting,
+            "deadlock {deadlock}: the writer never waited for the row"
+        );
+        // Asking for the batch lock closes the cycle; the writer, waiting longer,
+        // finds the deadlock and is rolled back. Then let it go again.
+        tx.execute("SELECT pg_advisory_lock($1)", &[&lock])
+            .await
+            .unwrap();
+        tx.execute("SELECT pg_advisory_unlock($1)", &[&lock])
+            .await
+            .unwrap();
+    }
+    tx.rollback().await.unwrap();
+    stored(append.await.unwrap().unwrap());
+    let entity = store.list_entities(class_filter()).await.unwrap();
+    assert_eq!(entity[0].version_ms, 2_000);
+}
