@@ -895,7 +895,7 @@ async fn scripts_get_json_lines_and_every_api_only_view_has_a_command() {
         .unwrap();
     let sources = format!(
         "{SOURCES}\n[delivery]\nallow_private_destinations = true\npoll_interval = \"20ms\"\n\n\
-         [[subscription]]\nname = \"nowhere\"\nurl = \"http://{closed}/hook\"\nevents = [\"CLASS_*\"]\nretry_schedule = []\nsecret = \"whsec_c2VjcmV0LWtleS1mb3ItY2xp\"\nrate_limit = \"600/min\"\n\n\
+         [[subscription]]\nname = \"nowhere\"\nurl = \"http://{closed}/hook\"\nevents = [\"CLASS_*\"]\nretry_schedule = []\nsecret = \"whsec_c2VjcmV0LWtleS1mb3ItY2xp\"\nrate_limit = \"600/min\"\nordering = \"entity\"\n\n\
          [[subscription]]\nname = \"signed\"\nurl = \"http://{closed}/hook\"\nevents = [\"none.*\"]\nsigning = \"ed25519\"\n"
     );
     let config = write_config(dir.path(), &sources);
@@ -1002,6 +1002,7 @@ async fn scripts_get_json_lines_and_every_api_only_view_has_a_command() {
     assert_eq!(subscription["has_secret"], true);
     assert!(!listed.contains("c2VjcmV0"), "no secret shown: {listed}");
     assert_eq!(subscription["rate_limit"], "600/min");
+    assert_eq!(subscription["ordering"], "entity");
     let (code, out, err) = run(
         &[
             "subscriptions",
@@ -1020,6 +1021,7 @@ async fn scripts_get_json_lines_and_every_api_only_view_has_a_command() {
     let (_, table, _) = run(&["subscriptions", "list", "--config", live], None).await;
     assert!(table.contains("paused: maintenance"), "{table}");
     assert!(table.contains("rate limit 600/min"), "{table}");
+    assert!(table.contains("one at a time per entity"), "{table}");
     let (code, _, _) = run(
         &["subscriptions", "resume", "nowhere", "--config", live],
         None,

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use crate::api::views::SubscriptionView;
 use crate::clock::{Clock, format_ms};
 use crate::config::Config;
+use crate::deliver::ordering::Ordering;
 use crate::deliver::subscription::Subscription;
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +160,9 @@ fn list(subscriptions: Vec<Subscription>, json: bool) -> anyhow::Result<ExitCode
         }
         if let Some(limit) = s.spec.rate_limit {
             writeln!(out, "{:<20}  rate limit {limit}", "")?;
+        }
+        if s.spec.ordering == Ordering::Entity {
+            writeln!(out, "{:<20}  one at a time per entity, in stored order", "")?;
         }
     }
     Ok(ExitCode::SUCCESS)
