@@ -28,6 +28,16 @@ async fn open(config: &Config) -> Store {
 
 /// A signed DreamClass request with a chosen id and class name.
 fn request(source: &Source, id: &str, name: &str) -> classhook::event::NewEvent {
+    request_at(source, id, name, 1_700_000_000_000)
+}
+
+/// The same, received at `received_at_ms`.
+fn request_at(
+    source: &Source,
+    id: &str,
+    name: &str,
+    received_at_ms: i64,
+) -> classhook::event::NewEvent {
     let body = json!({
         "id": id, "type": "CLASS_UPDATED", "tenant": "my-school", "timestamp": 1_700_000_000_000i64,
         "signature": dreamclass::sign(SCHOOL_SECRET.as_bytes(), id),
@@ -36,7 +46,7 @@ fn request(source: &Source, id: &str, name: &str) -> classhook::event::NewEvent 
     let mut headers = axum::http::HeaderMap::new();
     headers.insert("content-type", "application/json".parse().unwrap());
     let body = Bytes::from(serde_json::to_vec(&body).unwrap());
-    ingest::authenticate(source, &headers, body, 1_700_000_000_000).unwrap()
+    ingest::authenticate(source, &headers, body, received_at_ms).unwrap()
 }
 
 fn id(n: usize) -> String {
@@ -233,4 +243,35 @@ async fn the_same_event_with_other_spacing_or_key_order_is_a_retry_not_a_conflic
     let remote = rejections[0].remote_addr.as_deref().unwrap_or_default();
     assert!(remote.starts_with("127.0.0.1:"), "{remote:?}");
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn last_seen_never_goes_back_when_copies_commit_out_of_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path(), "", SOURCES);
+    let source = school(&config);
+    let store = open(&config).await;
+    let t = 1_700_000_000_000;
+    let seq = stored_seq(&store, request_at(source, &id(9), "A", t)).await;
+    let later = request_at(source, &id(9), "A", t + 5_000);
+    assert!(matches!(
+        store.append(later).await.unwrap(),
+        AppendOutcome::Duplicate { .. }
+    ));
+    // A retry and a conflicting copy received earlier (another instance, a slower
+    // request) commit after it: last seen stays the latest receipt.
+    let earlier = request_at(source, &id(9), "A", t + 1_000);
+    assert!(matches!(
+        store.append(earlier).await.unwrap(),
+        AppendOutcome::Duplicate { .. }
+    ));
+    let conflicting = request_at(source, &id(9), "B", t + 2_000);
+    assert!(matches!(
+        store.append(conflicting).await.unwrap(),
+        AppendOutcome::Conflict { .. }
+    ));
+    let stored = store.get_event(seq).await.unwrap().unwrap();
+    assert_eq!(stored.summary.times_seen, 3);
+    assert_eq!(stored.summary.conflicts, 1);
+    assert_eq!(stored.summary.last_seen_at_ms, t + 5_000);
 }

@@ -128,7 +128,7 @@ pub async fn write(
         let same =
             stored_hash == event.body_sha256 || canonical::same_value(stored_body, &event.body);
         let entry = counts.entry(target.seq).or_default();
-        entry.last_seen = event.received_at_ms;
+        entry.last_seen = entry.last_seen.max(event.received_at_ms);
         if same {
             entry.duplicates += 1;
             outcomes.push(AppendOutcome::Duplicate {
@@ -329,7 +329,8 @@ async fn count_copies(
     let statement = tx
         .prepare_cached(
             "UPDATE events SET times_seen = events.times_seen + u.retries,
-                 conflicts = events.conflicts + u.different, last_seen_at_ms = u.last_seen
+                 conflicts = events.conflicts + u.different,
+                 last_seen_at_ms = GREATEST(events.last_seen_at_ms, u.last_seen)
              FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
                  AS u(copy_of, retries, different, last_seen)
              WHERE events.seq = u.copy_of",

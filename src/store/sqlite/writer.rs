@@ -471,13 +471,15 @@ fn record_copy(
     };
     if same {
         tx.prepare_cached(
-            "UPDATE events SET times_seen = times_seen + 1, last_seen_at_ms = ?2 WHERE seq = ?1",
+            "UPDATE events SET times_seen = times_seen + 1,
+                 last_seen_at_ms = max(last_seen_at_ms, ?2) WHERE seq = ?1",
         )?
         .execute(params![seq, event.received_at_ms])?;
         return Ok(AppendOutcome::Duplicate { seq: EventSeq(seq) });
     }
     tx.prepare_cached(
-        "UPDATE events SET conflicts = conflicts + 1, last_seen_at_ms = ?2 WHERE seq = ?1",
+        "UPDATE events SET conflicts = conflicts + 1,
+             last_seen_at_ms = max(last_seen_at_ms, ?2) WHERE seq = ?1",
     )?
     .execute(params![seq, event.received_at_ms])?;
     insert_rejection(tx, &NewRejection::conflict(event, seq))?;
