@@ -21,13 +21,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::load::{Arrivals, SECRET, lags, paced, quantile, signed_body, start_receiver};
+use support::load::{
+    Arrivals, SECRET, http1_connection, lags, paced, quantile, signed_body, start_receiver,
+};
 use support::{env_or, spawn};
 
 use axum::body::Bytes;
 use classhook::store::postgres::testing::TestDatabase;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 
 const IN_FLIGHT: usize = 8;
 /// Entities of the order-per-entity comparison.
@@ -243,13 +244,7 @@ async fn direct_hyper(receiver: SocketAddr, bodies: &Arc<Vec<Bytes>>) -> f64 {
     for _ in 0..IN_FLIGHT {
         let (next, bodies) = (next.clone(), bodies.clone());
         workers.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(receiver).await.unwrap();
-            stream.set_nodelay(true).unwrap();
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .unwrap();
-            tokio::spawn(connection);
+            let mut sender = http1_connection(receiver).await;
             while let Some(body) = bodies.get(next.fetch_add(1, Ordering::Relaxed)) {
                 let request = hyper::Request::post(format!("http://{receiver}/direct"))
                     .header("content-type", "application/json")

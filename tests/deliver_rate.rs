@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use classhook::clock::SystemClock;
 use classhook::store::{Delivery, DeliveryFilter, DeliveryState, Store};
-use common::receiver::{Received, Receiver, Reply};
+use common::receiver::{Received, Receiver, Reply, most_in_one_second};
 use common::*;
 
 fn config(receiver: &Receiver, extra: &str) -> String {
@@ -22,6 +22,11 @@ fn config(receiver: &Receiver, extra: &str) -> String {
     )
 }
 
+/// A gateway on `config` that delivers on its own, on the real clock.
+async fn start(config: &str) -> Gateway {
+    Gateway::start_with_clock("", config, Arc::new(SystemClock)).await
+}
+
 async fn post_classes(gw: &Gateway, range: std::ops::Range<u64>) {
     for n in range {
         let answer = gw
@@ -29,17 +34,6 @@ async fn post_classes(gw: &Gateway, range: std::ops::Range<u64>) {
             .await;
         assert_eq!(answer.status, 200);
     }
-}
-
-/// The most requests that arrived within any one second (a window starting at
-/// each arrival).
-fn most_in_one_second(received: &[Received]) -> usize {
-    let mut at: Vec<i64> = received.iter().map(|r| r.at_ms).collect();
-    at.sort_unstable();
-    (0..at.len())
-        .map(|i| at[i..].partition_point(|&t| t < at[i] + 1000))
-        .max()
-        .unwrap_or(0)
 }
 
 /// How many requests arrived in the second starting at `from_ms`.
@@ -76,12 +70,7 @@ async fn wait_until_all_delivered(store: &Store, n: usize) -> Vec<Delivery> {
 async fn a_rate_limit_holds_in_every_second_and_waiting_is_not_an_attempt() {
     let receiver = Receiver::start().await;
     let events = 60;
-    let gw = Gateway::start_with_clock(
-        "",
-        &config(&receiver, "rate_limit = \"20/s\""),
-        Arc::new(SystemClock),
-    )
-    .await;
+    let gw = start(&config(&receiver, "rate_limit = \"20/s\"")).await;
     post_classes(&gw, 0..events).await;
     let got = receiver
         .wait_for_within(events as usize, Duration::from_secs(20))
@@ -113,12 +102,7 @@ async fn a_429_slows_a_limited_subscription_down_and_nothing_is_lost() {
     let mut script = vec![Reply::Status(200); 20];
     script.extend([Reply::Status(429), Reply::Status(429)]);
     receiver.script(script);
-    let gw = Gateway::start_with_clock(
-        "",
-        &config(&receiver, "rate_limit = \"20/s\""),
-        Arc::new(SystemClock),
-    )
-    .await;
+    let gw = start(&config(&receiver, "rate_limit = \"20/s\"")).await;
     post_classes(&gw, 0..events).await;
     let got = receiver
         .wait_for_within(events as usize + 2, Duration::from_secs(30))
@@ -160,12 +144,7 @@ async fn a_429_slows_down_a_subscription_without_a_rate_limit_too() {
     let receiver = Receiver::start().await;
     // The first request is throttled; the receiver holds nothing else back.
     receiver.script([Reply::Held(429)]);
-    let gw = Gateway::start_with_clock(
-        "",
-        &config(&receiver, "max_in_flight = 1"),
-        Arc::new(SystemClock),
-    )
-    .await;
+    let gw = start(&config(&receiver, "max_in_flight = 1")).await;
     post_classes(&gw, 0..1).await;
     receiver.wait_for(1).await;
     // Nineteen more queue up behind the throttled one.
@@ -188,11 +167,9 @@ async fn a_slow_rate_never_lets_a_lease_expire_under_a_waiting_delivery() {
     let receiver = Receiver::start().await;
     let events = 12;
     // Leases of 100 ms × 9 + 100 ms: at 5/s, a few turns fit in one, not all twelve.
-    let gw = Gateway::start_with_clock(
-        "",
+    let gw = start(
         &config(&receiver, "rate_limit = \"5/s\"\ntimeout = \"100ms\"")
             .replace("poll_interval", "lease_margin = \"100ms\"\npoll_interval"),
-        Arc::new(SystemClock),
     )
     .await;
     post_classes(&gw, 0..events).await;

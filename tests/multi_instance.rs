@@ -16,7 +16,7 @@ use std::time::Duration;
 use classhook::provider::dreamclass;
 use common::backend::{database_url, skip_unless_postgres};
 use common::process::{Served, serve, serve_logged, write_config};
-use common::receiver::{Receiver, Reply, eventually_async_within};
+use common::receiver::{Receiver, Reply, eventually_async_within, most_in_one_second};
 use common::{SCHOOL_SECRET, raw_json};
 use serde_json::{Value, json};
 
@@ -123,6 +123,43 @@ async fn owner_of(db: &tokio_postgres::Client, subscription: &str) -> SocketAddr
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("no instance owns {subscription}");
+}
+
+/// Which of `instances` dispatches `subscription` now.
+async fn owner_among(
+    db: &tokio_postgres::Client,
+    instances: &[Served],
+    subscription: &str,
+) -> usize {
+    let owner = owner_of(db, subscription).await;
+    instances
+        .iter()
+        .position(|i| i.addr.port() == owner.port())
+        .expect("the owner is one of the instances")
+}
+
+/// Stops an instance with SIGTERM (a clean stop) and waits for it to exit.
+async fn stop_cleanly(instance: &mut Served) {
+    let pid = instance.child.id().unwrap() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    tokio::time::timeout(Duration::from_secs(15), instance.child.wait())
+        .await
+        .expect("the instance stops within its shutdown grace")
+        .unwrap();
+}
+
+/// Posts `events` distinct class events at once, spread over the instances in turn;
+/// every one is acknowledged.
+async fn post_spread(instances: &[Served], events: usize) {
+    let client = reqwest::Client::new();
+    let posts = (0..events).map(|i| {
+        let body = class_event(&uuid::Uuid::new_v4().to_string(), i as i64, "x", 1_000);
+        let at = instances[i % instances.len()].addr;
+        let client = client.clone();
+        async move { post(&client, at, &body).await }
+    });
+    let answers = futures_util::future::join_all(posts).await;
+    assert!(answers.iter().all(|a| *a == Some(200)), "{answers:?}");
 }
 
 async fn start_cluster(config: &Path, n: usize) -> Vec<Served> {
@@ -362,15 +399,7 @@ async fn max_in_flight_one_holds_across_three_instances() {
     ));
     let config = cluster_config(dir.path(), &receiver, "max_in_flight = 1");
     let instances = start_cluster(&config, 3).await;
-    let client = reqwest::Client::new();
-    let posts = (0..events).map(|i| {
-        let body = class_event(&uuid::Uuid::new_v4().to_string(), i as i64, "x", 1_000);
-        let at = instances[i % 3].addr;
-        let client = client.clone();
-        async move { post(&client, at, &body).await }
-    });
-    let answers = futures_util::future::join_all(posts).await;
-    assert!(answers.iter().all(|a| *a == Some(200)), "{answers:?}");
+    post_spread(&instances, events).await;
     receiver
         .wait_for_within(events, Duration::from_secs(30))
         .await;
@@ -512,19 +541,9 @@ async fn a_clean_stop_hands_its_subscriptions_over_at_once() {
     let config = cluster_config(dir.path(), &receiver, "");
     let mut instances = start_cluster(&config, 2).await;
     let db = database(dir.path()).await;
-    let owner = owner_of(&db, "crm").await;
-    let (leaving, staying) = if instances[0].addr.port() == owner.port() {
-        (0, 1)
-    } else {
-        (1, 0)
-    };
-    // SIGTERM: a clean stop.
-    let pid = instances[leaving].child.id().unwrap() as i32;
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    tokio::time::timeout(Duration::from_secs(15), instances[leaving].child.wait())
-        .await
-        .expect("the instance stops within its shutdown grace")
-        .unwrap();
+    let leaving = owner_among(&db, &instances, "crm").await;
+    let staying = 1 - leaving;
+    stop_cleanly(&mut instances[leaving]).await;
     // Taken over within a round or two, not after the ownership would have ended
     // (timeout 1 s + lease margin 1 s + 5 s).
     let survivor = instances[staying].addr;
@@ -549,17 +568,6 @@ async fn a_clean_stop_hands_its_subscriptions_over_at_once() {
     receiver.wait_for_within(1, Duration::from_secs(4)).await;
 }
 
-/// The most requests that arrived within any one second (a window starting at each
-/// arrival).
-fn most_in_one_second(received: &[common::receiver::Received]) -> usize {
-    let mut at: Vec<i64> = received.iter().map(|r| r.at_ms).collect();
-    at.sort_unstable();
-    (0..at.len())
-        .map(|i| at[i..].partition_point(|&t| t < at[i] + 1000))
-        .max()
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_holds_across_three_instances_and_a_hand_over() {
     if skip_unless_postgres(
@@ -574,31 +582,14 @@ async fn a_rate_limit_holds_across_three_instances_and_a_hand_over() {
     let config = cluster_config(dir.path(), &receiver, "rate_limit = \"20/s\"");
     let mut instances = start_cluster(&config, 3).await;
     let db = database(dir.path()).await;
-    let client = reqwest::Client::new();
-    let posts = (0..events).map(|i| {
-        let body = class_event(&uuid::Uuid::new_v4().to_string(), i as i64, "x", 1_000);
-        let at = instances[i % 3].addr;
-        let client = client.clone();
-        async move { post(&client, at, &body).await }
-    });
-    let answers = futures_util::future::join_all(posts).await;
-    assert!(answers.iter().all(|a| *a == Some(200)), "{answers:?}");
+    post_spread(&instances, events).await;
     // Half way, the instance sending stops cleanly and another takes over, starting
     // its own pace.
     receiver
         .wait_for_within(events / 2, Duration::from_secs(30))
         .await;
-    let owner = owner_of(&db, "crm").await;
-    let leaving = instances
-        .iter()
-        .position(|s| s.addr.port() == owner.port())
-        .unwrap();
-    let pid = instances[leaving].child.id().unwrap() as i32;
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    tokio::time::timeout(Duration::from_secs(15), instances[leaving].child.wait())
-        .await
-        .expect("the instance stops within its shutdown grace")
-        .unwrap();
+    let leaving = owner_among(&db, &instances, "crm").await;
+    stop_cleanly(&mut instances[leaving]).await;
     let got = receiver
         .wait_for_within(events, Duration::from_secs(30))
         .await;
@@ -611,7 +602,11 @@ async fn a_rate_limit_holds_across_three_instances_and_a_hand_over() {
         "{most} requests within one second under rate_limit = \"20/s\" on 3 instances"
     );
     let new_owner = owner_of(&db, "crm").await;
-    assert_ne!(new_owner.port(), owner.port(), "handed over");
+    assert_ne!(
+        new_owner.port(),
+        instances[leaving].addr.port(),
+        "handed over"
+    );
     eprintln!("3 instances, rate_limit 20/s, one hand-over: at most {most} requests in one second");
 }
 
@@ -651,11 +646,7 @@ async fn order_per_entity_holds_across_instances_and_a_sigkill() {
     }
     // Kill the instance that dispatches while deliveries are under way.
     receiver.wait_for_within(8, Duration::from_secs(15)).await;
-    let owner = owner_of(&db, "crm").await;
-    let killed = instances
-        .iter()
-        .position(|i| i.addr.port() == owner.port())
-        .unwrap();
+    let killed = owner_among(&db, &instances, "crm").await;
     instances[killed].child.kill().await.unwrap();
 
     let all = (classes * versions) as usize;

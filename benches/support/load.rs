@@ -68,6 +68,20 @@ pub fn quantile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
         .unwrap_or_default()
 }
 
+/// A keep-alive HTTP/1 connection to `addr` with a bare hyper client (no client
+/// stack above the protocol), its connection task running.
+pub async fn http1_connection(
+    addr: SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
 /// Sends bodies over `connections` keep-alive connections for `seconds`, the
 /// connections spread evenly over `targets` (one gateway, or several instances).
 pub async fn drive(
@@ -84,13 +98,7 @@ pub async fn drive(
         let addr = targets[c % targets.len()];
         let (bodies, next) = (bodies.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            stream.set_nodelay(true).unwrap();
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .unwrap();
-            tokio::spawn(connection);
+            let mut sender = http1_connection(addr).await;
             let (mut latencies, mut accepted, mut failed) = (Vec::new(), 0usize, 0usize);
             while Instant::now() < deadline {
                 let n = next.fetch_add(1, Ordering::Relaxed);

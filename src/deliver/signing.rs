@@ -420,18 +420,7 @@ mod tests {
         spec.events = vec!["*".into()];
         spec.signing = signing;
         spec.secret = Some(Secret::new(secret));
-        Subscription {
-            id: crate::store::SubscriptionId(1),
-            spec,
-            managed_by,
-            paused: false,
-            paused_reason: None,
-            consecutive_failures: 0,
-            hold_until_ms: 0,
-            public_key: None,
-            previous_keys: Vec::new(),
-            rotated: None,
-        }
+        Subscription::unstored(spec, managed_by)
     }
 
     fn request(grace: u64, now_ms: i64) -> RotationRequest {

@@ -152,6 +152,25 @@ pub struct Subscription {
     pub rotated: Option<Rotated>,
 }
 
+#[cfg(test)]
+impl Subscription {
+    /// `spec` as if just stored under id 1: active, never failed, never rotated.
+    pub(crate) fn unstored(spec: SubscriptionSpec, managed_by: ManagedBy) -> Subscription {
+        Subscription {
+            id: crate::store::SubscriptionId(1),
+            spec,
+            managed_by,
+            paused: false,
+            paused_reason: None,
+            consecutive_failures: 0,
+            hold_until_ms: 0,
+            public_key: None,
+            previous_keys: Vec::new(),
+            rotated: None,
+        }
+    }
+}
+
 /// Limits on what a subscription declares, the same in the config and the API (the
 /// OpenAPI document states them): they bound the work every stored event costs (the
 /// writer matches each one against every subscription) and the arithmetic on
@@ -494,18 +513,7 @@ mod tests {
     fn a_backfill_queues_matching_events_in_the_window_with_the_ordering_key() {
         let mut spec = SubscriptionSpec::with_defaults("crm".into());
         spec.events = vec!["CLASS_*".into()];
-        let mut subscription = Subscription {
-            id: crate::store::SubscriptionId(1),
-            spec,
-            managed_by: ManagedBy::Api,
-            paused: false,
-            paused_reason: None,
-            consecutive_failures: 0,
-            hold_until_ms: 0,
-            public_key: None,
-            previous_keys: Vec::new(),
-            rotated: None,
-        };
+        let mut subscription = Subscription::unstored(spec, ManagedBy::Api);
         let event = StoredEvent {
             seq: 7,
             event_type: "CLASS_UPDATED".into(),

@@ -153,6 +153,17 @@ impl Receiver {
     }
 }
 
+/// The most requests that arrived within any one second (a window starting at
+/// each arrival).
+pub fn most_in_one_second(received: &[Received]) -> usize {
+    let mut at: Vec<i64> = received.iter().map(|r| r.at_ms).collect();
+    at.sort_unstable();
+    (0..at.len())
+        .map(|i| at[i..].partition_point(|&t| t < at[i] + 1000))
+        .max()
+        .unwrap_or(0)
+}
+
 /// Counts a request as being answered while it lives.
 struct Answering(Arc<Inner>);
 
