@@ -6,6 +6,8 @@
 //! BENCH_CONNECTIONS (default 32) keep-alive connections of distinct signed events
 //! for BENCH_SECONDS (default 10); then delivery lag at BENCH_RATE events/s (default
 //! 1000) sent alternately to two instances delivering live to one subscription.
+//! BENCH_BIN runs another classhook binary (an older commit's, say) in place of this
+//! build, so that two builds can be measured one after the other.
 //! Needs PostgreSQL at 127.0.0.1:5432 (or CLASSHOOK_TEST_POSTGRES).
 
 mod support;
@@ -21,7 +23,12 @@ use support::load::{
 use support::{env_or, spawn};
 use tokio::process::Child;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_classhook");
+const THIS_BUILD: &str = env!("CARGO_BIN_EXE_classhook");
+
+/// The classhook binary measured: this build, or BENCH_BIN.
+fn binary() -> String {
+    std::env::var("BENCH_BIN").unwrap_or_else(|_| THIS_BUILD.to_string())
+}
 
 fn main() {
     support::run(bench());
@@ -35,7 +42,7 @@ async fn bench() {
     let bodies = Arc::new(signed_bodies(60_000 * seconds as usize));
 
     let (mut ceiling, ceiling_addr) =
-        spawn(BINARY, &["null-server", "--listen", "127.0.0.1:0"]).await;
+        spawn(&binary(), &["null-server", "--listen", "127.0.0.1:0"]).await;
     let ceiling_report = drive(&[ceiling_addr], &bodies, connections, seconds).await;
     let _ = ceiling.kill().await;
 
@@ -127,7 +134,7 @@ fn write_config(dir: &std::path::Path, database: &TestDatabase, extra: &str) -> 
 async fn start(config: &std::path::Path, instances: usize) -> Vec<(Child, SocketAddr)> {
     let mut cluster = Vec::new();
     for _ in 0..instances {
-        cluster.push(spawn(BINARY, &["serve", "--config", config.to_str().unwrap()]).await);
+        cluster.push(spawn(&binary(), &["serve", "--config", config.to_str().unwrap()]).await);
     }
     cluster
 }

@@ -3,10 +3,13 @@
 //!
 //! - Appends go through one writer task with its own connection ([`writer`]): it
 //!   drains a channel, writes the whole batch with set-based statements (`UNNEST`) in
-//!   one transaction, and answers every caller after the commit (group commit).
-//!   Dedupe is the database's `UNIQUE (source, dedupe_key)`, so it holds across
-//!   instances; writers of all instances commit one batch at a time (an advisory
-//!   lock), so sequence numbers grow in commit order everywhere.
+//!   one transaction (group commit), and commits it without waiting for the WAL
+//!   flush; the [`flusher`] answers the callers after one flush of its own has
+//!   covered the batch (and every other batch committed meanwhile). Dedupe is the
+//!   database's `UNIQUE (source, dedupe_key)`, so it holds across instances; writers
+//!   of all instances commit one batch at a time (an advisory lock, held through the
+//!   commit but not through a flush), so sequence numbers grow in commit order
+//!   everywhere.
 //! - The mirror is planned per batch in memory ([`mirror`]) and written with one
 //!   upsert per table; outbox rows are inserted in the same transaction, matched
 //!   against subscriptions the writer reloads whenever `subscription_version` moved.
@@ -23,6 +26,7 @@ mod delivery;
 mod entities;
 mod errors;
 mod events;
+mod flusher;
 mod ids;
 pub(crate) mod import;
 mod maintenance;
@@ -68,6 +72,16 @@ use writer::WriteOp;
 const READ_POOL_SIZE: usize = 8;
 /// Connections for delivery leases and attempt records.
 const DELIVERY_POOL_SIZE: usize = 4;
+/// Every connection plans each statement at each execution, for the tables as they
+/// are then. A plan cached once (PostgreSQL's default after five executions of a
+/// prepared statement) is made for the tables as they were when the connection
+/// started: on a new database, empty, so that the writer's dedupe look-up scanned
+/// the whole of `events` in every batch, or probed it by `source` alone, until
+/// autovacuum's first `ANALYZE` (a minute or more later) made the server plan
+/// again; each batch cost O(events) till then. Planning costs tens of µs.
+const PLANS: &str = "-c plan_cache_mode=force_custom_plan";
+/// Committed batches that may wait for a flush before the writer waits too.
+const FLUSH_QUEUE: usize = 16;
 /// How long a caller waits for a pooled connection, and a new connection for the
 /// server, before the store says it is not ready.
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -137,6 +151,8 @@ impl PostgresStore {
             options.append_timeout.as_millis().max(1)
         ));
         let writer_pool = build_pool(&writer_target, 1)?;
+        // The flusher's connection, for the same reasons.
+        let flush_pool = build_pool(&writer_target, 1)?;
         let deliveries_queued = Arc::new(Notify::new());
         // The writer wakes the notifier, which wakes this instance's dispatcher and
         // then the others'.
@@ -157,12 +173,19 @@ impl PostgresStore {
         ]);
         let rejections = Arc::new(crate::store::rejection_queue::RejectionQueue::default());
         let (queue, receiver) = mpsc::channel(options.queue_capacity.max(1));
+        let (to_flush, committed_batches) = mpsc::channel(FLUSH_QUEUE);
+        let flusher = flusher::Flusher {
+            pool: flush_pool,
+            observer: options.observer.clone(),
+            notify: committed.clone(),
+        };
+        tokio::spawn(flusher.run(committed_batches));
         let task = writer::Writer {
             pool: writer_pool,
             max_batch: options.max_batch.max(1),
             observer: options.observer.clone(),
             subscriptions: writer::Subscriptions::default(),
-            notify: committed.clone(),
+            flusher: to_flush,
             rejections: rejections.clone(),
         };
         tokio::spawn(task.run(receiver));
@@ -284,6 +307,8 @@ fn parse_url(url: &str) -> Result<tls::Target, StoreError> {
         target.config.connect_timeout(CONNECT_TIMEOUT);
     }
     target.config.application_name("classhook");
+    let options = format!("{} {PLANS}", target.config.get_options().unwrap_or(""));
+    target.config.options(options.trim_start());
     Ok(target)
 }
 

@@ -1,6 +1,8 @@
 //! The writer task: one connection of its own, drains the queue, writes everything
-//! it drained in one transaction (group commit) and only then answers each caller.
-//! Durability costs one WAL flush per batch, not per request.
+//! it drained in one transaction (group commit) and hands the callers to the
+//! [`flusher`](super::flusher), which answers them once the batch is durable.
+//! Durability costs one WAL flush per group of batches, not per request, and the
+//! batch lock is never held through a flush.
 //!
 //! A batch that loses a lock conflict (deadlock, serialization failure) is written
 //! again whole, a few times, after a short random pause. A batch that fails
@@ -12,8 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::mpsc;
 
+use super::flusher::{Committed, Reply};
 use super::{events, subscriptions};
 use crate::deliver::subscription::Subscription;
 use crate::event::NewEvent;
@@ -35,23 +38,19 @@ const MAX_GATHER: Duration = Duration::from_millis(2);
 /// What the writer receives.
 pub enum WriteOp {
     /// An event to store, and the moment after which it must not be written any more.
-    Append(
-        Box<NewEvent>,
-        Instant,
-        oneshot::Sender<Result<AppendOutcome, StoreError>>,
-    ),
+    Append(Box<NewEvent>, Instant, Reply),
     /// Rejections are waiting in the [`RejectionQueue`]: write some.
     RejectionsWaiting,
 }
 
-type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
-
 pub struct Writer {
     pub pool: Pool,
     pub max_batch: usize,
+    /// Told of batches that failed (the flusher reports the others).
     pub observer: Option<Arc<dyn CommitObserver>>,
     pub subscriptions: Subscriptions,
-    pub notify: Arc<Notify>,
+    /// Where committed batches wait for their flush.
+    pub flusher: mpsc::Sender<Committed>,
     pub rejections: Arc<RejectionQueue>,
 }
 
@@ -93,22 +92,35 @@ impl Writer {
             }
             let started = Instant::now();
             let operations = batch.len() + rejections.len();
-            let ok = self.commit(&mut batch, &rejections).await;
-            if !ok {
-                self.rejections.count_dropped(rejections.len() as u64);
-            }
-            if let Some(observer) = &self.observer {
-                observer.batch_committed(operations, started.elapsed(), ok);
+            match self.commit(&mut batch, &rejections).await {
+                Some((replies, queued)) => {
+                    let committed = Committed {
+                        replies,
+                        queued,
+                        operations,
+                        started,
+                    };
+                    // The flusher ends only after the writer: a failed send means
+                    // the store is closing, and the callers hear `WriterGone`.
+                    let _ = self.flusher.send(committed).await;
+                }
+                None => {
+                    self.rejections.count_dropped(rejections.len() as u64);
+                    if let Some(observer) = &self.observer {
+                        observer.batch_committed(operations, started.elapsed(), false);
+                    }
+                }
             }
         }
     }
 
-    /// Commits the batch and answers its callers; returns whether it committed.
+    /// Commits the batch; returns its callers with what it did for each and how
+    /// many deliveries it queued, or answers them itself when it failed (`None`).
     async fn commit(
         &mut self,
         batch: &mut Vec<(Box<NewEvent>, Instant, Reply)>,
         rejections: &[NewRejection],
-    ) -> bool {
+    ) -> Option<(Vec<(Reply, Result<AppendOutcome, StoreError>)>, u64)> {
         // An event that waited longer than the store's `max_commit_lag` is not
         // stored, so that receive time and commit order never drift further apart.
         let now = Instant::now();
@@ -131,17 +143,17 @@ impl Writer {
         }
         match written {
             Ok((results, queued)) => {
-                if queued > 0 {
-                    self.notify.notify_one();
-                }
-                for ((_, _, reply), result) in live.into_iter().zip(results) {
-                    if let Err(error) = &result {
-                        tracing::error!(%error, "an append failed; the rest of its batch committed");
-                    }
-                    // A caller may have given up (timeout); what it asked for is done anyway.
-                    let _ = reply.send(result);
-                }
-                true
+                let replies = live
+                    .into_iter()
+                    .zip(results)
+                    .map(|((_, _, reply), result)| {
+                        if let Err(error) = &result {
+                            tracing::error!(%error, "an append failed; the rest of its batch committed");
+                        }
+                        (reply, result)
+                    })
+                    .collect();
+                Some((replies, queued))
             }
             Err(error) => {
                 let message = error.to_string();
@@ -152,7 +164,7 @@ impl Writer {
                         _ => StoreError::Commit(message.clone()),
                     }));
                 }
-                false
+                None
             }
         }
     }
@@ -252,16 +264,19 @@ pub struct Subscriptions {
 impl Subscriptions {
     /// Starts a batch: takes the batch lock (writers of every instance commit one
     /// batch at a time, so sequence numbers grow in commit order, as readers paging
-    /// by seq and the rebuild rely on), and returns the subscriptions as of now,
-    /// held against changes until `tx` ends (changes take the version row for
-    /// update), reloaded when another change committed.
+    /// by seq and the rebuild rely on), lets the commit skip its WAL flush (the
+    /// flusher's flush covers it before anyone is answered), and returns the
+    /// subscriptions as of now, held against changes until `tx` ends (changes take
+    /// the version row for update), reloaded when another change committed.
     async fn begin_batch(
         &mut self,
         tx: &deadpool_postgres::Transaction<'_>,
     ) -> Result<Arc<Vec<Subscription>>, StoreError> {
         let statement = tx
             .prepare_cached(
-                "SELECT version, pg_advisory_xact_lock($1) FROM subscription_version FOR SHARE",
+                "SELECT version, pg_advisory_xact_lock($1),
+                     set_config('synchronous_commit', 'off', true)
+                 FROM subscription_version FOR SHARE",
             )
             .await?;
         let asked = Instant::now();

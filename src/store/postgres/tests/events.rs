@@ -534,7 +534,10 @@ async fn a_batch_that_loses_deadlocks_is_written_again() {
         for _ in 0..500 {
             let blocked: i64 = tx
                 .query_one(
-                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype <> 'advisory'",
+                    // pg_locks shows every database's: other tests wait for locks too.
+                    "SELECT count(*) FROM pg_locks
+                     WHERE NOT granted AND locktype <> 'advisory' AND pid IN
+                         (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
                     &[],
                 )
                 .await
@@ -563,4 +566,130 @@ async fn a_batch_that_loses_deadlocks_is_written_again() {
     stored(append.await.unwrap().unwrap());
     let entity = store.list_entities(class_filter()).await.unwrap();
     assert_eq!(entity[0].version_ms, 2_000);
+}
+
+/// The writer commits a batch without waiting for its WAL flush: its callers must
+/// still be answered only once the WAL holding their events is on disk.
+#[tokio::test]
+async fn an_append_is_answered_only_once_its_wal_is_flushed() {
+    let Some((db, store)) = open("flushed_before_answer").await else {
+        return;
+    };
+    let (client, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        .await
+        .unwrap();
+    for n in 1..=20 {
+        let seq = stored(
+            store
+                .append(class_updated(n, n as i64 * 1_000, "flushed"))
+                .await
+                .unwrap(),
+        );
+        // The row's page was last written by its insert, which the batch's commit
+        // record follows in the WAL: the flush must have passed that page's LSN.
+        let row = client
+            .query_one(
+                "SELECT pg_current_wal_flush_lsn() >= (page_header(get_raw_page('events',
+                     (ctid::text::point)[0]::int))).lsn
+                 FROM events WHERE seq = $1",
+                &[&seq.get()],
+            )
+            .await
+            .unwrap();
+        let flushed: bool = row.get(0);
+        assert!(
+            flushed,
+            "append {n} was answered before its WAL was flushed"
+        );
+    }
+}
+
+/// The writer plans its statements for the tables as they are, not as they were
+/// when it started: on a new database a plan cached while `events` was empty would
+/// scan it (or probe it by `source` alone) for every batch's dedupe look-up.
+#[tokio::test]
+async fn the_dedupe_look_up_probes_its_unique_key_after_the_table_grew() {
+    let Some((db, store)) = open("plans_follow_the_table").await else {
+        return;
+    };
+    let (client, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // More executions than PostgreSQL needs to settle on a cached plan, while the
+    // table is small.
+    for n in 1..=10 {
+        stored(
+            store
+                .append(class_updated(n, n as i64, "small"))
+                .await
+                .unwrap(),
+        );
+    }
+    client
+        .batch_execute(
+            "INSERT INTO events (source, provider, dedupe_key, event_type, entity_kind,
+                 entity_op, version_ms, received_at_ms, status, body_sha256, body, headers,
+                 last_seen_at_ms)
+             SELECT 'school', 'dreamclass', md5(i::text), 'CLASS_UPDATED', 'class',
+                 'upsert', i, i, 'ok', '\\x00', '\\x00', '', i
+             FROM generate_series(1, 30000) i",
+        )
+        .await
+        .unwrap();
+    let scans = || async {
+        let row = client
+            .query_one(
+                "SELECT pg_stat_clear_snapshot()::text, t.seq_scan, s.idx_scan, d.idx_scan
+                 FROM pg_stat_user_tables t, pg_stat_user_indexes s, pg_stat_user_indexes d
+                 WHERE t.relname = 'events' AND s.indexrelname = 'events_source'
+                     AND d.indexrelname = 'events_dedupe'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+            row.get::<_, i64>(3),
+        )
+    };
+    // The writer's backend reports its counters at a transaction's end at most once
+    // a second: wait for those of the appends above.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    stored(store.append(class_updated(11, 11, "small")).await.unwrap());
+    let before = scans().await;
+    for n in 12..=31 {
+        stored(
+            store
+                .append(class_updated(n, n as i64, "large"))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    stored(store.append(class_updated(32, 32, "large")).await.unwrap());
+    let mut after = scans().await;
+    for _ in 0..50 {
+        if after.2 >= before.2 + 21 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        after = scans().await;
+    }
+    assert!(
+        after.2 >= before.2 + 21,
+        "the unique key was probed {} times for 21 appends",
+        after.2 - before.2
+    );
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (0, 0),
+        "events was scanned, or probed by source, for the dedupe look-up"
+    );
 }
