@@ -72,14 +72,14 @@ use writer::WriteOp;
 const READ_POOL_SIZE: usize = 8;
 /// Connections for delivery leases and attempt records.
 const DELIVERY_POOL_SIZE: usize = 4;
-/// Every connection plans each statement at each execution, for the tables as they
-/// are then. A plan cached once (PostgreSQL's default after five executions of a
-/// prepared statement) is made for the tables as they were when the connection
-/// started: on a new database, empty, so that the writer's dedupe look-up scanned
-/// the whole of `events` in every batch, or probed it by `source` alone, until
-/// autovacuum's first `ANALYZE` (a minute or more later) made the server plan
-/// again; each batch cost O(events) till then. Planning costs tens of µs.
-const PLANS: &str = "-c plan_cache_mode=force_custom_plan";
+/// The writer plans each statement at each execution, for the tables as they are
+/// then. A plan cached once (PostgreSQL's default after five executions of a
+/// prepared statement) is made for the tables as they were when the writer
+/// started: on a new database, empty, so that the dedupe look-up scanned the whole
+/// of `events` in every batch, or probed it by `source` alone, until autovacuum's
+/// first `ANALYZE` (a minute or more later) made the server plan again; each batch
+/// cost O(events) till then.
+const WRITER_PLANS: &str = "-c plan_cache_mode=force_custom_plan";
 /// Committed batches that may wait for a flush before the writer waits too.
 const FLUSH_QUEUE: usize = 16;
 /// How long a caller waits for a pooled connection, and a new connection for the
@@ -146,7 +146,7 @@ impl PostgresStore {
         // a lock another instance holds.
         let mut writer_target = target.clone();
         writer_target.config.options(format!(
-            "{} -c statement_timeout={}",
+            "{} -c statement_timeout={} {WRITER_PLANS}",
             target.config.get_options().unwrap_or(""),
             options.append_timeout.as_millis().max(1)
         ));
@@ -307,8 +307,6 @@ fn parse_url(url: &str) -> Result<tls::Target, StoreError> {
         target.config.connect_timeout(CONNECT_TIMEOUT);
     }
     target.config.application_name("classhook");
-    let options = format!("{} {PLANS}", target.config.get_options().unwrap_or(""));
-    target.config.options(options.trim_start());
     Ok(target)
 }
 
