@@ -31,7 +31,8 @@ use super::send::{self, Sender};
 use super::subscription::Subscription;
 use crate::clock::Clock;
 use crate::store::{
-    AttemptRecorded, AttemptResult, ClaimRequest, Claimed, Lease, Store, SubscriptionId,
+    AttemptRecorded, AttemptResult, ClaimRequest, Claimed, ClaimedEvent, Lease, Store,
+    SubscriptionId,
 };
 use crate::telemetry::{AttemptAbout, AttemptTrace, Telemetry};
 
@@ -384,9 +385,10 @@ impl Attempt {
         let store = &self.store;
         let claimed = &self.claimed;
         let spec = &self.subscription.spec;
-        let event = match store.get_event(claimed.event_seq).await {
-            Ok(Some(event)) => event,
-            Ok(None) => {
+        // The event came with the lease.
+        let event = match &claimed.event {
+            ClaimedEvent::Stored(event) => event.clone(),
+            ClaimedEvent::Gone => {
                 let reason = format!(
                     "event {} is no longer stored (retention)",
                     claimed.event_seq
@@ -399,8 +401,11 @@ impl Attempt {
                     }
                 };
             }
-            // A read failure: leave the lease to expire and try again later.
-            _ => return Finished::StoreFailed,
+            // Unreadable: leave the lease to expire and try again later.
+            ClaimedEvent::Unreadable(error) => {
+                tracing::warn!(%error, event = claimed.event_seq.get(), "cannot read a leased delivery's event");
+                return Finished::StoreFailed;
+            }
         };
         // Only the HTTP exchange (and, for what may stop the subscription, its
         // record) holds one of the subscription's slots.
@@ -434,13 +439,13 @@ impl Attempt {
                 delivery_id: claimed.delivery_id.get(),
                 webhook_id: &claimed.webhook_id,
                 event_seq: claimed.event_seq.get(),
-                event_type: &event.summary.event_type,
+                event_type: &event.event_type,
                 attempt: claimed.round_attempts + 1,
                 url: &spec.url,
             },
         );
         let attempted = match send::build(
-            event.summary.provider,
+            event.provider,
             &event.body,
             &keys.spec,
             &keys.previous_keys,
@@ -500,7 +505,7 @@ impl Attempt {
         trace.finish(&attempted.outcome, &next, attempted.duration);
         self.log(&next, &attempted.outcome);
         let observed = self.observer.clone().map(|observer| {
-            let lag_ms = self.clock.now_ms() - event.summary.received_at_ms;
+            let lag_ms = self.clock.now_ms() - event.received_at_ms;
             let lag = Duration::from_millis(u64::try_from(lag_ms).unwrap_or(0));
             (observer, attempted.outcome.clone(), attempted.duration, lag)
         });
