@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -95,6 +95,8 @@ pub struct Dispatcher {
     slots: HashMap<SubscriptionId, (u32, Arc<Semaphore>)>,
     /// Per subscription: its pace (rate limit, slow-down after a 429).
     gates: HashMap<SubscriptionId, Arc<Gate>>,
+    /// Per subscription: its "is it still open" reads, shared by attempts.
+    open_checks: HashMap<SubscriptionId, Arc<OpenCheck>>,
     /// Running attempts; each ends with its subscription id and what became of it.
     attempts: JoinSet<(SubscriptionId, Finished)>,
     observer: Option<Arc<dyn DeliveryObserver>>,
@@ -126,6 +128,7 @@ impl Dispatcher {
             in_flight: HashMap::new(),
             slots: HashMap::new(),
             gates: HashMap::new(),
+            open_checks: HashMap::new(),
             attempts: JoinSet::new(),
             observer: None,
             owners: Owners::default(),
@@ -245,6 +248,8 @@ impl Dispatcher {
             .await;
         self.forget_expired_keys(&subscriptions, now_ms).await;
         self.gates.retain(|id, _| subscriptions.contains_key(id));
+        self.open_checks
+            .retain(|id, _| subscriptions.contains_key(id));
         for s in subscriptions.values() {
             let gate = self.gate_for(s);
             if let (Some(observer), Some(waiting)) = (&self.observer, gate.waiting_changed()) {
@@ -296,6 +301,7 @@ impl Dispatcher {
                 clock: self.clock.clone(),
                 slots: self.slots_for(&subscription),
                 gate: self.gate_for(&subscription),
+                open_check: self.open_checks.entry(subscription.id).or_default().clone(),
                 lease_until_ms: leases.get(&subscription.id).copied().unwrap_or(now_ms),
                 owned: self.owners.of(subscription.id),
                 lease_margin: self.options.lease_margin,
@@ -357,6 +363,17 @@ impl Dispatcher {
     }
 }
 
+/// The "is it still open" reads of one subscription, shared by its attempts. An
+/// attempt needs a read that started after it got its slot (and its turn); while a
+/// read is under way the others wait for it, and then use its answer if it started
+/// late enough, else make the next read. With many attempts getting their slots
+/// at once, one read serves them all instead of one read each.
+#[derive(Default)]
+struct OpenCheck {
+    /// When the last successful read started, and what it found.
+    last: tokio::sync::Mutex<Option<(Instant, Option<i64>)>>,
+}
+
 /// One leased delivery on its way.
 struct Attempt {
     store: Store,
@@ -365,6 +382,8 @@ struct Attempt {
     slots: Arc<Semaphore>,
     /// The subscription's pace: each attempt waits for its turn.
     gate: Arc<Gate>,
+    /// The subscription's "is it still open" reads, shared with its other attempts.
+    open_check: Arc<OpenCheck>,
     /// When this delivery's lease ends: it must have started and finished by then.
     lease_until_ms: i64,
     /// This instance's ownership of the subscription: no attempt starts unless it
@@ -600,16 +619,29 @@ impl Attempt {
         }
     }
 
-    /// Whether the subscription may still be sent to (fresh from the store).
     /// Whether the subscription may still be sent to, read fresh: `Some` with when
-    /// its signing keys were last rotated (0: never).
+    /// its signing keys were last rotated (0: never). Fresh means read after this
+    /// attempt got its slot and its turn, so that it sees every pause, hold and
+    /// rotation committed before then; a read that another attempt of the
+    /// subscription started after that moment serves this one too (see
+    /// [`OpenCheck`]).
     async fn still_open(&self) -> Option<i64> {
-        let now_ms = self.clock.now_ms();
-        self.store
-            .subscription_open(self.subscription.id, now_ms)
-            .await
-            .ok()
-            .flatten()
+        let needed = Instant::now();
+        let mut last = self.open_check.last.lock().await;
+        if let Some((started, open)) = *last
+            && started >= needed
+        {
+            return open;
+        }
+        let started = Instant::now();
+        let read = self
+            .store
+            .subscription_open(self.subscription.id, self.clock.now_ms())
+            .await;
+        // A failed read is this attempt's alone (it gives its lease back); the next
+        // one reads again.
+        *last = read.as_ref().ok().map(|open| (started, *open));
+        read.ok().flatten()
     }
 
     /// The subscription to sign with: the one leased with, unless its keys were
