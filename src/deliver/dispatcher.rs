@@ -1,5 +1,6 @@
-//! The dispatcher: leases due deliveries in bulk (up to `PREFETCH` × `max_in_flight`
-//! per subscription, so that leasing costs one commit per many deliveries), sends at
+//! The dispatcher: leases due deliveries in bulk, each with its event (up to
+//! `PREFETCH` × `max_in_flight` not yet sent per subscription, so that leasing
+//! costs one commit per many deliveries and never waits for records), sends at
 //! most `max_in_flight` per subscription at a time (a semaphore each, so a slow or
 //! failing subscriber never holds up the others), and records every attempt. A lease
 //! that is never recorded (the process died) expires and the delivery is taken
@@ -21,7 +22,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use super::ownership::{Owned, Owners};
@@ -91,6 +94,13 @@ pub struct Dispatcher {
     options: DispatchOptions,
     /// Leased and not yet finished, per subscription.
     in_flight: HashMap<SubscriptionId, usize>,
+    /// Per subscription: leased and not yet sent (waiting for a slot or a turn, or
+    /// on the wire). What is leased ahead is bounded by this, not by `in_flight`:
+    /// an attempt that only waits for its record to commit takes no slot time.
+    unsent: HashMap<SubscriptionId, Arc<AtomicUsize>>,
+    /// Told whenever an attempt leaves the unsent ones, so that the next lease
+    /// does not wait for its record.
+    sent: Arc<Notify>,
     /// Per subscription: its `max_in_flight` and the semaphore enforcing it.
     slots: HashMap<SubscriptionId, (u32, Arc<Semaphore>)>,
     /// Per subscription: its pace (rate limit, slow-down after a 429).
@@ -126,6 +136,8 @@ impl Dispatcher {
             clock,
             options,
             in_flight: HashMap::new(),
+            unsent: HashMap::new(),
+            sent: Arc::new(Notify::new()),
             slots: HashMap::new(),
             gates: HashMap::new(),
             open_checks: HashMap::new(),
@@ -170,6 +182,7 @@ impl Dispatcher {
             tokio::select! {
                 () = &mut stop => break,
                 () = queued.notified() => {}
+                () = self.sent.notified() => {}
                 Some(ended) = self.attempts.join_next() => self.finished(ended),
                 () = tokio::time::sleep(self.options.poll_interval) => {}
             }
@@ -266,7 +279,11 @@ impl Dispatcher {
                 let lease = s.spec.timeout * (PREFETCH as u32 + 1) + self.options.lease_margin;
                 let lease_until_ms = now_ms + lease.as_millis() as i64;
                 let limit = (width * PREFETCH).min(self.turns_before(s, lease_until_ms, now_ms)?);
-                let free = limit.saturating_sub(*self.in_flight.get(&s.id).unwrap_or(&0));
+                let unsent = self
+                    .unsent
+                    .get(&s.id)
+                    .map_or(0, |n| n.load(AtomicOrdering::Acquire));
+                let free = limit.saturating_sub(unsent);
                 // Lease in chunks, not one delivery per freed slot.
                 (free > 0 && (free >= width || free == limit)).then_some(ClaimRequest {
                     subscription: s.id,
@@ -295,6 +312,8 @@ impl Dispatcher {
                 continue;
             };
             *self.in_flight.entry(subscription.id).or_default() += 1;
+            let unsent = self.unsent.entry(subscription.id).or_default().clone();
+            unsent.fetch_add(1, AtomicOrdering::AcqRel);
             let attempt = Attempt {
                 store: self.store.clone(),
                 sender: self.sender.clone(),
@@ -308,6 +327,10 @@ impl Dispatcher {
                 hold_after_failures: self.options.hold_after_failures,
                 observer: self.observer.clone(),
                 telemetry: self.telemetry.clone(),
+                unsent: Some(Unsent {
+                    count: unsent,
+                    sent: self.sent.clone(),
+                }),
                 subscription,
                 claimed: delivery,
             };
@@ -395,12 +418,28 @@ struct Attempt {
     telemetry: Option<Telemetry>,
     subscription: Subscription,
     claimed: Claimed,
+    /// Counts this attempt among its subscription's unsent ones until dropped.
+    unsent: Option<Unsent>,
+}
+
+/// One leased delivery not yet sent: dropped when it was sent (or will not be),
+/// whichever way the attempt ends.
+struct Unsent {
+    count: Arc<AtomicUsize>,
+    sent: Arc<Notify>,
+}
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, AtomicOrdering::AcqRel);
+        self.sent.notify_one();
+    }
 }
 
 impl Attempt {
     /// Sends the delivery (holding one of the subscription's slots) and records what
     /// happened.
-    async fn run(self) -> Finished {
+    async fn run(mut self) -> Finished {
         let store = &self.store;
         let claimed = &self.claimed;
         let spec = &self.subscription.spec;
@@ -512,6 +551,9 @@ impl Attempt {
             }
             _ => Some(slot),
         };
+        // Sent: the next lease need not wait for this record (a failure still
+        // holds its slot until the record, so the next in line sees a stop).
+        drop(self.unsent.take());
         let number = u32::try_from(claimed.round_attempts + 1).unwrap_or(u32::MAX);
         let jitter = rand::random::<f64>() * 2.0 - 1.0;
         let next = schedule::next(
