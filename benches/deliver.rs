@@ -14,6 +14,12 @@
 //!
 //! BENCH_BACKEND=postgres runs both on a fresh PostgreSQL database of the local server
 //! (a new one for the lag part) instead of SQLite.
+//!
+//! To compare two builds in one run: BENCH_COMPARE_BIN (another classhook binary,
+//! e.g. an older commit's) drains the same bodies right beside this build's drain,
+//! BENCH_ROUNDS times (default 1), alternating which goes first, each round with
+//! its own baselines; the per-round ratios and their medians are printed.
+//! BENCH_DRAIN_ONLY=1 skips the order-per-entity drains and the lag part.
 
 mod support;
 
@@ -51,18 +57,50 @@ async fn bench() {
     let receiver = start_receiver(arrivals.clone()).await;
     let bodies: Vec<Bytes> = (0..events as u64).map(signed_body).collect();
 
+    let postgres = std::env::var("BENCH_BACKEND").as_deref() == Ok("postgres");
+    let compare = std::env::var("BENCH_COMPARE_BIN")
+        .ok()
+        .filter(|b| !b.is_empty());
+    let drain_only = std::env::var("BENCH_DRAIN_ONLY").as_deref() == Ok("1");
+    let rounds = env_or("BENCH_ROUNDS", 1).max(1);
+    let this = env!("CARGO_BIN_EXE_classhook");
+
     // Baselines: the same client stack (reqwest) straight to the receiver, and a
     // lean hyper client (one keep-alive HTTP/1 connection per worker), each posting
-    // the same bodies at the same concurrency.
+    // the same bodies at the same concurrency. Then the drain: store with delivery
+    // off, then drain (and the compared binary beside it, alternating the order).
     let bodies = Arc::new(bodies);
-    let hyper_rate = direct_hyper(receiver, &bodies).await;
-    arrivals.lock().unwrap().clear();
-    let direct_rate = direct_reqwest(receiver, &bodies).await;
-    arrivals.lock().unwrap().clear();
-
-    // Throughput: store with delivery off, then drain.
-    let postgres = std::env::var("BENCH_BACKEND").as_deref() == Ok("postgres");
-    let delivery_rate = drain(postgres, receiver, &arrivals, &bodies, "").await;
+    let (mut hyper_rate, mut direct_rate, mut delivery_rate) = (0.0, 0.0, 0.0);
+    let mut per_round = Vec::new();
+    for round in 0..rounds {
+        hyper_rate = direct_hyper(receiver, &bodies).await;
+        arrivals.lock().unwrap().clear();
+        direct_rate = direct_reqwest(receiver, &bodies).await;
+        arrivals.lock().unwrap().clear();
+        let mut compared_rate = None;
+        if let Some(other) = compare.as_deref().filter(|_| round % 2 == 1) {
+            compared_rate = Some(drain(other, postgres, receiver, &arrivals, &bodies, "").await);
+        }
+        delivery_rate = drain(this, postgres, receiver, &arrivals, &bodies, "").await;
+        if let Some(other) = compare.as_deref().filter(|_| round % 2 == 0) {
+            compared_rate = Some(drain(other, postgres, receiver, &arrivals, &bodies, "").await);
+        }
+        per_round.push((hyper_rate, direct_rate, delivery_rate, compared_rate));
+        eprintln!(
+            "round {}: hyper {hyper_rate:.0}/s, reqwest {direct_rate:.0}/s, this build {delivery_rate:.0}/s ({:.2}x hyper){}",
+            round + 1,
+            delivery_rate / hyper_rate,
+            compared_rate
+                .map(|c| format!(", compared {c:.0}/s ({:.2}x hyper)", c / hyper_rate))
+                .unwrap_or_default()
+        );
+    }
+    if rounds > 1 || compare.is_some() {
+        print_rounds(&per_round, postgres);
+    }
+    if drain_only {
+        return;
+    }
 
     // Order per entity: the same number of events over ENTITIES entities, drained
     // unordered and then ordered, each from a fresh store.
@@ -71,8 +109,9 @@ async fn bench() {
             .map(|n| signed_body(n % ENTITIES))
             .collect(),
     );
-    let unordered_rate = drain(postgres, receiver, &arrivals, &entity_bodies, "").await;
+    let unordered_rate = drain(this, postgres, receiver, &arrivals, &entity_bodies, "").await;
     let ordered_rate = drain(
+        this,
         postgres,
         receiver,
         &arrivals,
@@ -91,7 +130,7 @@ async fn bench() {
     )
     .unwrap();
     arrivals.lock().unwrap().clear();
-    let (mut gateway, addr) = serve(&file).await;
+    let (mut gateway, addr) = serve(this, &file).await;
     let accepted = paced(&[addr], rate, seconds).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while arrivals.lock().unwrap().len() < accepted.len() && Instant::now() < deadline {
@@ -157,9 +196,57 @@ fn config(
     )
 }
 
+/// Per round: the baselines, this build's drain and the compared binary's; the
+/// ratios, and their medians.
+fn print_rounds(rounds: &[(f64, f64, f64, Option<f64>)], postgres: bool) {
+    println!();
+    println!("store: {}", if postgres { "PostgreSQL" } else { "SQLite" });
+    println!(
+        "| round | bare hyper | reqwest | this build | ratio to hyper | ratio to reqwest | compared binary | its ratio to hyper | this / compared |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let (mut to_hyper, mut to_reqwest, mut compared_to_hyper, mut to_compared) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (n, (hyper, reqwest, this, compared)) in rounds.iter().enumerate() {
+        to_hyper.push(this / hyper);
+        to_reqwest.push(this / reqwest);
+        let (c, ch, tc) = match compared {
+            Some(c) => {
+                compared_to_hyper.push(c / hyper);
+                to_compared.push(this / c);
+                (
+                    format!("{c:.0}/s"),
+                    format!("{:.2}x", c / hyper),
+                    format!("{:.2}x", this / c),
+                )
+            }
+            None => Default::default(),
+        };
+        println!(
+            "| {} | {hyper:.0}/s | {reqwest:.0}/s | {this:.0}/s | {:.2}x | {:.2}x | {c} | {ch} | {tc} |",
+            n + 1,
+            this / hyper,
+            this / reqwest
+        );
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    println!(
+        "medians: this build {:.2}x hyper, {:.2}x reqwest; compared binary {:.2}x hyper; this / compared {:.2}x",
+        median(&mut to_hyper),
+        median(&mut to_reqwest),
+        median(&mut compared_to_hyper),
+        median(&mut to_compared)
+    );
+}
+
 /// Stores `bodies` with delivery off in a fresh store, then restarts the gateway
-/// with delivery on and returns how many deliveries per second drained them.
+/// (`binary`) with delivery on and returns how many deliveries per second drained
+/// them.
 async fn drain(
+    binary: &str,
     postgres: bool,
     receiver: SocketAddr,
     arrivals: &Arrivals,
@@ -171,14 +258,14 @@ async fn drain(
     let data = dir.path().join("data");
     let file = dir.path().join("bench.toml");
     std::fs::write(&file, config(receiver, &data, &database, false, extra)).unwrap();
-    let (mut gateway, addr) = serve(&file).await;
+    let (mut gateway, addr) = serve(binary, &file).await;
     post_all(addr, bodies, 32).await;
     let _ = gateway.kill().await;
     let _ = gateway.wait().await;
     arrivals.lock().unwrap().clear();
     std::fs::write(&file, config(receiver, &data, &database, true, extra)).unwrap();
     let started = Instant::now();
-    let (mut gateway, _) = serve(&file).await;
+    let (mut gateway, _) = serve(binary, &file).await;
     while arrivals.lock().unwrap().len() < bodies.len() {
         assert!(
             started.elapsed() < Duration::from_secs(300),
@@ -289,11 +376,7 @@ async fn post_all(addr: SocketAddr, bodies: &Arc<Vec<Bytes>>, concurrency: usize
     }
 }
 
-/// Starts the release gateway on `config`.
-async fn serve(config: &std::path::Path) -> (tokio::process::Child, SocketAddr) {
-    spawn(
-        env!("CARGO_BIN_EXE_classhook"),
-        &["serve", "--config", config.to_str().unwrap()],
-    )
-    .await
+/// Starts a gateway (`binary`, normally this build's release one) on `config`.
+async fn serve(binary: &str, config: &std::path::Path) -> (tokio::process::Child, SocketAddr) {
+    spawn(binary, &["serve", "--config", config.to_str().unwrap()]).await
 }

@@ -1,5 +1,6 @@
-//! The dispatcher: leases due deliveries in bulk (up to `PREFETCH` × `max_in_flight`
-//! per subscription, so that leasing costs one commit per many deliveries), sends at
+//! The dispatcher: leases due deliveries in bulk, each with its event (up to
+//! `PREFETCH` × `max_in_flight` not yet sent per subscription, so that leasing
+//! costs one commit per many deliveries and never waits for records), sends at
 //! most `max_in_flight` per subscription at a time (a semaphore each, so a slow or
 //! failing subscriber never holds up the others), and records every attempt. A lease
 //! that is never recorded (the process died) expires and the delivery is taken
@@ -19,9 +20,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use super::ownership::{Owned, Owners};
@@ -31,7 +34,8 @@ use super::send::{self, Sender};
 use super::subscription::Subscription;
 use crate::clock::Clock;
 use crate::store::{
-    AttemptRecorded, AttemptResult, ClaimRequest, Claimed, Lease, Store, SubscriptionId,
+    AttemptRecorded, AttemptResult, ClaimRequest, Claimed, ClaimedEvent, Lease, Store,
+    SubscriptionId,
 };
 use crate::telemetry::{AttemptAbout, AttemptTrace, Telemetry};
 
@@ -90,10 +94,19 @@ pub struct Dispatcher {
     options: DispatchOptions,
     /// Leased and not yet finished, per subscription.
     in_flight: HashMap<SubscriptionId, usize>,
+    /// Per subscription: leased and not yet sent (waiting for a slot or a turn, or
+    /// on the wire). What is leased ahead is bounded by this, not by `in_flight`:
+    /// an attempt that only waits for its record to commit takes no slot time.
+    unsent: HashMap<SubscriptionId, Arc<AtomicUsize>>,
+    /// Told whenever an attempt leaves the unsent ones, so that the next lease
+    /// does not wait for its record.
+    sent: Arc<Notify>,
     /// Per subscription: its `max_in_flight` and the semaphore enforcing it.
     slots: HashMap<SubscriptionId, (u32, Arc<Semaphore>)>,
     /// Per subscription: its pace (rate limit, slow-down after a 429).
     gates: HashMap<SubscriptionId, Arc<Gate>>,
+    /// Per subscription: its "is it still open" reads, shared by attempts.
+    open_checks: HashMap<SubscriptionId, Arc<OpenCheck>>,
     /// Running attempts; each ends with its subscription id and what became of it.
     attempts: JoinSet<(SubscriptionId, Finished)>,
     observer: Option<Arc<dyn DeliveryObserver>>,
@@ -123,8 +136,11 @@ impl Dispatcher {
             clock,
             options,
             in_flight: HashMap::new(),
+            unsent: HashMap::new(),
+            sent: Arc::new(Notify::new()),
             slots: HashMap::new(),
             gates: HashMap::new(),
+            open_checks: HashMap::new(),
             attempts: JoinSet::new(),
             observer: None,
             owners: Owners::default(),
@@ -166,6 +182,7 @@ impl Dispatcher {
             tokio::select! {
                 () = &mut stop => break,
                 () = queued.notified() => {}
+                () = self.sent.notified() => {}
                 Some(ended) = self.attempts.join_next() => self.finished(ended),
                 () = tokio::time::sleep(self.options.poll_interval) => {}
             }
@@ -244,6 +261,8 @@ impl Dispatcher {
             .await;
         self.forget_expired_keys(&subscriptions, now_ms).await;
         self.gates.retain(|id, _| subscriptions.contains_key(id));
+        self.open_checks
+            .retain(|id, _| subscriptions.contains_key(id));
         for s in subscriptions.values() {
             let gate = self.gate_for(s);
             if let (Some(observer), Some(waiting)) = (&self.observer, gate.waiting_changed()) {
@@ -260,7 +279,11 @@ impl Dispatcher {
                 let lease = s.spec.timeout * (PREFETCH as u32 + 1) + self.options.lease_margin;
                 let lease_until_ms = now_ms + lease.as_millis() as i64;
                 let limit = (width * PREFETCH).min(self.turns_before(s, lease_until_ms, now_ms)?);
-                let free = limit.saturating_sub(*self.in_flight.get(&s.id).unwrap_or(&0));
+                let unsent = self
+                    .unsent
+                    .get(&s.id)
+                    .map_or(0, |n| n.load(AtomicOrdering::Acquire));
+                let free = limit.saturating_sub(unsent);
                 // Lease in chunks, not one delivery per freed slot.
                 (free > 0 && (free >= width || free == limit)).then_some(ClaimRequest {
                     subscription: s.id,
@@ -289,18 +312,25 @@ impl Dispatcher {
                 continue;
             };
             *self.in_flight.entry(subscription.id).or_default() += 1;
+            let unsent = self.unsent.entry(subscription.id).or_default().clone();
+            unsent.fetch_add(1, AtomicOrdering::AcqRel);
             let attempt = Attempt {
                 store: self.store.clone(),
                 sender: self.sender.clone(),
                 clock: self.clock.clone(),
                 slots: self.slots_for(&subscription),
                 gate: self.gate_for(&subscription),
+                open_check: self.open_checks.entry(subscription.id).or_default().clone(),
                 lease_until_ms: leases.get(&subscription.id).copied().unwrap_or(now_ms),
                 owned: self.owners.of(subscription.id),
                 lease_margin: self.options.lease_margin,
                 hold_after_failures: self.options.hold_after_failures,
                 observer: self.observer.clone(),
                 telemetry: self.telemetry.clone(),
+                unsent: Some(Unsent {
+                    count: unsent,
+                    sent: self.sent.clone(),
+                }),
                 subscription,
                 claimed: delivery,
             };
@@ -356,6 +386,17 @@ impl Dispatcher {
     }
 }
 
+/// The "is it still open" reads of one subscription, shared by its attempts. An
+/// attempt needs a read that started after it got its slot (and its turn); while a
+/// read is under way the others wait for it, and then use its answer if it started
+/// late enough, else make the next read. With many attempts getting their slots
+/// at once, one read serves them all instead of one read each.
+#[derive(Default)]
+struct OpenCheck {
+    /// When the last successful read started, and what it found.
+    last: tokio::sync::Mutex<Option<(Instant, Option<i64>)>>,
+}
+
 /// One leased delivery on its way.
 struct Attempt {
     store: Store,
@@ -364,6 +405,8 @@ struct Attempt {
     slots: Arc<Semaphore>,
     /// The subscription's pace: each attempt waits for its turn.
     gate: Arc<Gate>,
+    /// The subscription's "is it still open" reads, shared with its other attempts.
+    open_check: Arc<OpenCheck>,
     /// When this delivery's lease ends: it must have started and finished by then.
     lease_until_ms: i64,
     /// This instance's ownership of the subscription: no attempt starts unless it
@@ -375,18 +418,35 @@ struct Attempt {
     telemetry: Option<Telemetry>,
     subscription: Subscription,
     claimed: Claimed,
+    /// Counts this attempt among its subscription's unsent ones until dropped.
+    unsent: Option<Unsent>,
+}
+
+/// One leased delivery not yet sent: dropped when it was sent (or will not be),
+/// whichever way the attempt ends.
+struct Unsent {
+    count: Arc<AtomicUsize>,
+    sent: Arc<Notify>,
+}
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, AtomicOrdering::AcqRel);
+        self.sent.notify_one();
+    }
 }
 
 impl Attempt {
     /// Sends the delivery (holding one of the subscription's slots) and records what
     /// happened.
-    async fn run(self) -> Finished {
+    async fn run(mut self) -> Finished {
         let store = &self.store;
         let claimed = &self.claimed;
         let spec = &self.subscription.spec;
-        let event = match store.get_event(claimed.event_seq).await {
-            Ok(Some(event)) => event,
-            Ok(None) => {
+        // The event came with the lease.
+        let event = match &claimed.event {
+            ClaimedEvent::Stored(event) => event.clone(),
+            ClaimedEvent::Gone => {
                 let reason = format!(
                     "event {} is no longer stored (retention)",
                     claimed.event_seq
@@ -399,8 +459,11 @@ impl Attempt {
                     }
                 };
             }
-            // A read failure: leave the lease to expire and try again later.
-            _ => return Finished::StoreFailed,
+            // Unreadable: leave the lease to expire and try again later.
+            ClaimedEvent::Unreadable(error) => {
+                tracing::warn!(%error, event = claimed.event_seq.get(), "cannot read a leased delivery's event");
+                return Finished::StoreFailed;
+            }
         };
         // Only the HTTP exchange (and, for what may stop the subscription, its
         // record) holds one of the subscription's slots.
@@ -434,13 +497,13 @@ impl Attempt {
                 delivery_id: claimed.delivery_id.get(),
                 webhook_id: &claimed.webhook_id,
                 event_seq: claimed.event_seq.get(),
-                event_type: &event.summary.event_type,
+                event_type: &event.event_type,
                 attempt: claimed.round_attempts + 1,
                 url: &spec.url,
             },
         );
         let attempted = match send::build(
-            event.summary.provider,
+            event.provider,
             &event.body,
             &keys.spec,
             &keys.previous_keys,
@@ -488,6 +551,9 @@ impl Attempt {
             }
             _ => Some(slot),
         };
+        // Sent: the next lease need not wait for this record (a failure still
+        // holds its slot until the record, so the next in line sees a stop).
+        drop(self.unsent.take());
         let number = u32::try_from(claimed.round_attempts + 1).unwrap_or(u32::MAX);
         let jitter = rand::random::<f64>() * 2.0 - 1.0;
         let next = schedule::next(
@@ -500,7 +566,7 @@ impl Attempt {
         trace.finish(&attempted.outcome, &next, attempted.duration);
         self.log(&next, &attempted.outcome);
         let observed = self.observer.clone().map(|observer| {
-            let lag_ms = self.clock.now_ms() - event.summary.received_at_ms;
+            let lag_ms = self.clock.now_ms() - event.received_at_ms;
             let lag = Duration::from_millis(u64::try_from(lag_ms).unwrap_or(0));
             (observer, attempted.outcome.clone(), attempted.duration, lag)
         });
@@ -595,16 +661,29 @@ impl Attempt {
         }
     }
 
-    /// Whether the subscription may still be sent to (fresh from the store).
     /// Whether the subscription may still be sent to, read fresh: `Some` with when
-    /// its signing keys were last rotated (0: never).
+    /// its signing keys were last rotated (0: never). Fresh means read after this
+    /// attempt got its slot and its turn, so that it sees every pause, hold and
+    /// rotation committed before then; a read that another attempt of the
+    /// subscription started after that moment serves this one too (see
+    /// [`OpenCheck`]).
     async fn still_open(&self) -> Option<i64> {
-        let now_ms = self.clock.now_ms();
-        self.store
-            .subscription_open(self.subscription.id, now_ms)
-            .await
-            .ok()
-            .flatten()
+        let needed = Instant::now();
+        let mut last = self.open_check.last.lock().await;
+        if let Some((started, open)) = *last
+            && started >= needed
+        {
+            return open;
+        }
+        let started = Instant::now();
+        let read = self
+            .store
+            .subscription_open(self.subscription.id, self.clock.now_ms())
+            .await;
+        // A failed read is this attempt's alone (it gives its lease back); the next
+        // one reads again.
+        *last = read.as_ref().ok().map(|open| (started, *open));
+        read.ok().flatten()
     }
 
     /// The subscription to sign with: the one leased with, unless its keys were

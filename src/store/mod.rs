@@ -705,4 +705,51 @@ pub struct Claimed {
     pub round_attempts: i64,
     /// Identifies this lease: only a record made under it counts.
     pub lease_token: i64,
+    /// Its event, read with the lease (so that an attempt reads nothing of its own).
+    pub event: ClaimedEvent,
+}
+
+/// A leased delivery's event, as the lease found it.
+#[derive(Debug, Clone)]
+pub enum ClaimedEvent {
+    Stored(Arc<EventToSend>),
+    /// No longer stored (retention): the delivery is dead-lettered unsent.
+    Gone,
+    /// Stored, but not readable by this version (the attempt leaves its lease to
+    /// expire, as after a failed read).
+    Unreadable(String),
+}
+
+/// What an attempt needs of its event.
+#[derive(Debug)]
+pub struct EventToSend {
+    pub provider: ProviderKind,
+    pub event_type: String,
+    pub received_at_ms: i64,
+    pub body: Vec<u8>,
+    /// The `traceparent` of the span that received it, when tracing was on.
+    pub trace_parent: Option<String>,
+}
+
+/// A claimed delivery's event columns as stored: provider, event type, received
+/// at (ms), body, `traceparent`.
+pub type EventColumns = (String, String, i64, Vec<u8>, Option<String>);
+
+impl ClaimedEvent {
+    /// The event from its stored columns (`None`: no row).
+    pub fn from_columns(row: Option<EventColumns>) -> ClaimedEvent {
+        let Some((provider, event_type, received_at_ms, body, trace_parent)) = row else {
+            return ClaimedEvent::Gone;
+        };
+        match ProviderKind::parse(&provider) {
+            Some(provider) => ClaimedEvent::Stored(Arc::new(EventToSend {
+                provider,
+                event_type,
+                received_at_ms,
+                body,
+                trace_parent,
+            })),
+            None => ClaimedEvent::Unreadable(format!("unknown provider {provider:?}")),
+        }
+    }
 }

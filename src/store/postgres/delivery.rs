@@ -12,8 +12,8 @@ use super::subscriptions::unreadable;
 use crate::deliver::subscription::StoredEvent;
 use crate::event::EventStatus;
 use crate::store::{
-    AttemptRecord, AttemptRecorded, AttemptResult, ClaimRequest, Claimed, Delivery, DeliveryFilter,
-    DeliveryId, DeliveryState, Lease, QueueDepth, StoreError,
+    AttemptRecord, AttemptRecorded, AttemptResult, ClaimRequest, Claimed, ClaimedEvent, Delivery,
+    DeliveryFilter, DeliveryId, DeliveryState, Lease, QueueDepth, StoreError,
 };
 
 /// Puts a delivery back in the queue, due at parameter `now`, with a fresh retry
@@ -64,7 +64,9 @@ impl PostgresStore {
     /// Leases due deliveries in one statement for every request. A delivery of a
     /// paused or held subscription is never leased: the subscription's state is
     /// checked in the statement itself. `SKIP LOCKED` lets several instances claim
-    /// side by side; each request's lease gets a fresh token.
+    /// side by side; each request's lease gets a fresh token. Each delivery comes
+    /// with its event (joined in the same statement), so that an attempt makes no
+    /// read of its own.
     pub(super) async fn claim_due(
         &self,
         requests: Vec<ClaimRequest>,
@@ -117,11 +119,17 @@ impl PostgresStore {
                          FOR UPDATE SKIP LOCKED
                      ) d
                  )
-                 UPDATE deliveries SET lease_until_ms = p.lease_until, lease_token = p.token
-                 FROM picked p WHERE deliveries.id = p.id
-                 RETURNING deliveries.id, deliveries.subscription_id, deliveries.event_seq,
-                     deliveries.webhook_id, deliveries.round_attempts, deliveries.lease_token,
-                     deliveries.next_attempt_at_ms",
+                 , leased AS (
+                     UPDATE deliveries SET lease_until_ms = p.lease_until, lease_token = p.token
+                     FROM picked p WHERE deliveries.id = p.id
+                     RETURNING deliveries.id, deliveries.subscription_id, deliveries.event_seq,
+                         deliveries.webhook_id, deliveries.round_attempts,
+                         deliveries.lease_token, deliveries.next_attempt_at_ms
+                 )
+                 SELECT l.id, l.subscription_id, l.event_seq, l.webhook_id, l.round_attempts,
+                     l.lease_token, l.next_attempt_at_ms, e.seq, e.provider, e.event_type,
+                     e.received_at_ms, e.body, e.trace_parent
+                 FROM leased l LEFT JOIN events e ON e.seq = l.event_seq",
             )
             .await?;
         let rows = client
@@ -142,6 +150,18 @@ impl PostgresStore {
                         webhook_id: r.try_get(3)?,
                         round_attempts: r.try_get(4)?,
                         lease_token: r.try_get(5)?,
+                        event: ClaimedEvent::from_columns(
+                            match r.try_get::<_, Option<i64>>(7)? {
+                                Some(_) => Some((
+                                    r.try_get(8)?,
+                                    r.try_get(9)?,
+                                    r.try_get(10)?,
+                                    r.try_get(11)?,
+                                    r.try_get(12)?,
+                                )),
+                                None => None,
+                            },
+                        ),
                     },
                 ))
             })

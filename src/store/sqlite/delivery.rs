@@ -18,9 +18,9 @@ use crate::deliver::subscription::{ManagedBy, StoredEvent, Subscription, Subscri
 use crate::event::{EventStatus, NewEvent};
 use crate::store::sealed::{self, Sealer};
 use crate::store::{
-    AttemptRecord, AttemptRecorded, AttemptResult, ClaimRequest, Claimed, Delivery, DeliveryFilter,
-    DeliveryId, DeliveryState, EventSeq, Lease, QueueDepth, RotateChange, StoreError,
-    SubscriptionId,
+    AttemptRecord, AttemptRecorded, AttemptResult, ClaimRequest, Claimed, ClaimedEvent, Delivery,
+    DeliveryFilter, DeliveryId, DeliveryState, EventSeq, Lease, QueueDepth, RotateChange,
+    StoreError, SubscriptionId,
 };
 
 const SUBSCRIPTION_COLUMNS: &str =
@@ -999,7 +999,9 @@ fn backfill_chunk(
 /// Leases due deliveries; see [`crate::store::Backend::claim_due`]. A delivery of a paused or
 /// held subscription is never leased: the subscription's state is checked here, in
 /// the same statement, not from a list read earlier. Every lease carries a fresh
-/// token, and only a record made under that token counts ([`apply_attempt`]).
+/// token, and only a record made under that token counts ([`apply_attempt`]). Each
+/// delivery comes with its event, read in the same transaction, so that an attempt
+/// makes no read of its own.
 pub(super) fn claim(
     conn: &Connection,
     requests: &[ClaimRequest],
@@ -1036,12 +1038,25 @@ pub(super) fn claim(
                     webhook_id: r.get(3)?,
                     round_attempts: r.get(4)?,
                     lease_token: r.get(5)?,
+                    event: ClaimedEvent::Gone,
                 })
             },
         )?;
         for row in rows {
             claimed.push(row?);
         }
+    }
+    let mut event = conn.prepare_cached(
+        "SELECT provider, event_type, received_at_ms, body, trace_parent FROM events
+         WHERE seq = ?1",
+    )?;
+    for delivery in &mut claimed {
+        let row = event
+            .query_row([delivery.event_seq], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .optional()?;
+        delivery.event = ClaimedEvent::from_columns(row);
     }
     Ok(claimed)
 }
