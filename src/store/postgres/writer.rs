@@ -31,10 +31,6 @@ pub(super) const BATCH_LOCK: i64 = 0x0063_6c61_7373_686d;
 /// the retries (after 1–2, 2–4, 4–8, … ms).
 const CONTENDED_TRIES: u32 = 6;
 
-/// The longest a writer lets its next batch gather after it had to wait for
-/// another instance's batch (see [`Writer::run`]).
-const MAX_GATHER: Duration = Duration::from_millis(2);
-
 /// What the writer receives.
 pub enum WriteOp {
     /// An event to store, and the moment after which it must not be written any more.
@@ -68,15 +64,6 @@ impl Writer {
             } else {
                 queue.try_recv().ok()
             };
-            // Another instance held the batch lock when this writer last took it:
-            // its next batch would wait for that instance's commit anyway, so it
-            // lets the requests arriving meanwhile join first (as long as it waited
-            // then, at most MAX_GATHER), rather than commit a small batch behind
-            // the other instance's and leave the rest for one more turn.
-            let waited = std::mem::take(&mut self.subscriptions.lock_wait);
-            if next.is_some() && waited > Duration::from_micros(500) {
-                tokio::time::sleep(waited.min(MAX_GATHER)).await;
-            }
             while let Some(op) = next.take() {
                 match op {
                     WriteOp::RejectionsWaiting => self.rejections.woken(),
@@ -257,8 +244,6 @@ impl Writer {
 #[derive(Default)]
 pub struct Subscriptions {
     loaded: Option<(i64, Arc<Vec<Subscription>>)>,
-    /// How long the last batch waited for the batch lock.
-    lock_wait: Duration,
 }
 
 impl Subscriptions {
@@ -279,9 +264,7 @@ impl Subscriptions {
                  FROM subscription_version FOR SHARE",
             )
             .await?;
-        let asked = Instant::now();
         let version: i64 = tx.query_one(&statement, &[&BATCH_LOCK]).await?.try_get(0)?;
-        self.lock_wait = asked.elapsed();
         match &self.loaded {
             Some((loaded, current)) if *loaded == version => Ok(current.clone()),
             _ => {
