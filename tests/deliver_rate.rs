@@ -120,15 +120,7 @@ async fn a_429_slows_a_limited_subscription_down_and_nothing_is_lost() {
     assert_eq!(retried, 2, "the two throttled deliveries were retried once");
     assert!(delivered.iter().all(|d| d.attempts <= 2));
     eprintln!("after two 429s: {after} requests in the next second");
-    let metrics = gw
-        .client
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics
             .contains("classhook_delivery_slowdowns_total{instance=\"gw\",subscription=\"crm\"}")

@@ -612,15 +612,7 @@ async fn hold_body(gw: &Gateway, path: &str, len: usize) -> TcpStream {
 }
 
 async fn metric(gw: &Gateway, name: &str) -> String {
-    let text = gw
-        .client
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics().await;
     text.lines()
         .find(|l| l.starts_with(name))
         .unwrap_or_else(|| panic!("{name} not in {text}"))

@@ -477,18 +477,6 @@ async fn a_retry_on_another_dispatcher_later_continues_the_same_trace() {
     gw.stop().await;
 }
 
-/// The metrics text of `gw`.
-async fn metrics(gw: &Gateway) -> String {
-    gw.client
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// A counter's value, whatever labels it carries (such as the instance's).
 fn counter(text: &str, name: &str) -> u64 {
     text.lines()
@@ -528,11 +516,11 @@ async fn a_collector_that_is_down_costs_ingest_and_delivery_nothing_and_drops_ar
     );
     eventually_async_within("dropped spans counted", SPANS_WITHIN, async || {
         // 20 receives (with 2 steps each) and 20 attempts.
-        counter(&metrics(&gw).await, "classhook_trace_spans_dropped_total") >= 80
+        counter(&gw.metrics().await, "classhook_trace_spans_dropped_total") >= 80
     })
     .await;
     assert_eq!(
-        counter(&metrics(&gw).await, "classhook_trace_spans_exported_total"),
+        counter(&gw.metrics().await, "classhook_trace_spans_exported_total"),
         0
     );
     gw.stop().await;

@@ -101,6 +101,18 @@ impl Gateway {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The `/metrics` text (a gateway without an API token).
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn post(&self, path: &str, request: &SignedRequest) -> Answer {
         self.post_raw(path, &request.headers, request.body.clone())
             .await

@@ -89,14 +89,20 @@ impl Flusher {
                 // get an error, the platforms retry, and dedupe counts a copy of
                 // whatever did survive.
                 tracing::error!(%error, operations = batch.operations, "store flush failed");
-                let message = error.to_string();
-                for (reply, _) in batch.replies {
-                    let _ = reply.send(Err(match error {
-                        StoreError::NotReady(m) => StoreError::NotReady(m.clone()),
-                        _ => StoreError::Commit(message.clone()),
-                    }));
-                }
+                fail_all(batch.replies.into_iter().map(|(reply, _)| reply), error);
             }
         }
+    }
+}
+
+/// Answers every caller of a batch that failed whole: "not ready" stays itself (the
+/// gateway answers 503 with `Retry-After`), anything else is a failed commit.
+pub fn fail_all(replies: impl IntoIterator<Item = Reply>, error: &StoreError) {
+    let message = error.to_string();
+    for reply in replies {
+        let _ = reply.send(Err(match error {
+            StoreError::NotReady(m) => StoreError::NotReady(m.clone()),
+            _ => StoreError::Commit(message.clone()),
+        }));
     }
 }

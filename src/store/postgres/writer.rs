@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use tokio::sync::mpsc;
 
-use super::flusher::{Committed, Reply};
+use super::flusher::{Committed, Reply, fail_all};
 use super::{events, subscriptions};
 use crate::deliver::subscription::Subscription;
 use crate::event::NewEvent;
@@ -143,14 +143,8 @@ impl Writer {
                 Some((replies, queued))
             }
             Err(error) => {
-                let message = error.to_string();
-                tracing::error!(error = %message, operations = events.len(), "store commit failed");
-                for (_, _, reply) in live {
-                    let _ = reply.send(Err(match &error {
-                        StoreError::NotReady(m) => StoreError::NotReady(m.clone()),
-                        _ => StoreError::Commit(message.clone()),
-                    }));
-                }
+                tracing::error!(%error, operations = events.len(), "store commit failed");
+                fail_all(live.into_iter().map(|(_, _, reply)| reply), &error);
                 None
             }
         }
