@@ -27,15 +27,6 @@ async fn start(config: &str) -> Gateway {
     Gateway::start_with_clock("", config, Arc::new(SystemClock)).await
 }
 
-async fn post_classes(gw: &Gateway, range: std::ops::Range<u64>) {
-    for n in range {
-        let answer = gw
-            .post("/hooks/school", &dreamclass_sample("CLASS_CREATED", n))
-            .await;
-        assert_eq!(answer.status, 200);
-    }
-}
-
 /// How many requests arrived in the second starting at `from_ms`.
 fn arrived_within_a_second_of(received: &[Received], from_ms: i64) -> usize {
     received
@@ -71,7 +62,7 @@ async fn a_rate_limit_holds_in_every_second_and_waiting_is_not_an_attempt() {
     let receiver = Receiver::start().await;
     let events = 60;
     let gw = start(&config(&receiver, "rate_limit = \"20/s\"")).await;
-    post_classes(&gw, 0..events).await;
+    gw.post_classes(0..events).await;
     let got = receiver
         .wait_for_within(events as usize, Duration::from_secs(20))
         .await;
@@ -103,7 +94,7 @@ async fn a_429_slows_a_limited_subscription_down_and_nothing_is_lost() {
     script.extend([Reply::Status(429), Reply::Status(429)]);
     receiver.script(script);
     let gw = start(&config(&receiver, "rate_limit = \"20/s\"")).await;
-    post_classes(&gw, 0..events).await;
+    gw.post_classes(0..events).await;
     let got = receiver
         .wait_for_within(events as usize + 2, Duration::from_secs(30))
         .await;
@@ -137,10 +128,10 @@ async fn a_429_slows_down_a_subscription_without_a_rate_limit_too() {
     // The first request is throttled; the receiver holds nothing else back.
     receiver.script([Reply::Held(429)]);
     let gw = start(&config(&receiver, "max_in_flight = 1")).await;
-    post_classes(&gw, 0..1).await;
+    gw.post_classes(0..1).await;
     receiver.wait_for(1).await;
     // Nineteen more queue up behind the throttled one.
-    post_classes(&gw, 1..20).await;
+    gw.post_classes(1..20).await;
     receiver.release(1);
     let throttled_at = receiver.received()[0].at_ms;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -164,7 +155,7 @@ async fn a_slow_rate_never_lets_a_lease_expire_under_a_waiting_delivery() {
             .replace("poll_interval", "lease_margin = \"100ms\"\npoll_interval"),
     )
     .await;
-    post_classes(&gw, 0..events).await;
+    gw.post_classes(0..events).await;
     let delivered = wait_until_all_delivered(&gw.store, events as usize).await;
     assert!(delivered.iter().all(|d| d.attempts == 1), "{delivered:?}");
     let got = receiver.received();

@@ -86,21 +86,12 @@ async fn api(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-async fn post_classes(gw: &Gateway, range: std::ops::Range<u64>) {
-    for n in range {
-        let answer = gw
-            .post("/hooks/school", &dreamclass_sample("CLASS_CREATED", n))
-            .await;
-        assert_eq!(answer.status, 200);
-    }
-}
-
 #[tokio::test]
 async fn gone_is_sent_once_and_nothing_more_is_claimed_until_resume() {
     let receiver = Receiver::start().await;
     receiver.script([Reply::Status(410)]);
     let mut s = stepped(&subscription("crm", &receiver.url(), "max_in_flight = 1")).await;
-    post_classes(&s.gw, 0..3).await;
+    s.gw.post_classes(0..3).await;
 
     // One round leases all three; the first answers 410, the two waiting behind it
     // see the pause once they have the slot and give their leases back unsent.
@@ -175,7 +166,7 @@ async fn a_held_subscription_is_not_leased() {
             lease_margin: Duration::from_secs(30),
         },
     );
-    post_classes(&s.gw, 0..2).await;
+    s.gw.post_classes(0..2).await;
     let finished = s.dispatcher.step().await;
     assert_eq!(finished, [Finished::Attempted, Finished::Released]);
     assert_eq!(receiver.received().len(), 1);
@@ -231,7 +222,7 @@ async fn attempts_count_the_whole_attempt_log_across_replays() {
         "retry_schedule = [\"1s\"]",
     ))
     .await;
-    post_classes(&s.gw, 0..1).await;
+    s.gw.post_classes(0..1).await;
     s.dispatcher.step().await;
     s.clock.advance(2_000);
     s.dispatcher.step().await;
@@ -269,7 +260,7 @@ async fn a_replay_never_runs_beside_the_attempt_in_flight_and_a_success_stands()
     let receiver = Receiver::start().await;
     receiver.script([Reply::Held(200)]);
     let mut s = stepped(&subscription("crm", &receiver.url(), "")).await;
-    post_classes(&s.gw, 0..1).await;
+    s.gw.post_classes(0..1).await;
     let id = deliveries(&s.gw.store, "crm").await[0].id;
 
     assert_eq!(s.dispatcher.lease_and_start().await, 1);
@@ -332,7 +323,7 @@ async fn deleting_a_subscription_during_an_attempt_fails_nothing_else() {
     )
     .await;
     assert_eq!(status, 201);
-    post_classes(&s.gw, 0..1).await;
+    s.gw.post_classes(0..1).await;
     assert_eq!(s.dispatcher.lease_and_start().await, 2);
     held.wait_for(1).await;
 
@@ -470,7 +461,7 @@ async fn retry_after_is_never_undercut() {
         subscription("crm", &receiver.url(), "retry_schedule = [\"1s\"]")
     );
     let gw = Gateway::start_with_clock("", &config, Arc::new(SystemClock)).await;
-    post_classes(&gw, 0..1).await;
+    gw.post_classes(0..1).await;
     let got = receiver.wait_for_within(2, Duration::from_secs(10)).await;
     let waited = got[1].at - got[0].at;
     assert!(

@@ -101,6 +101,17 @@ impl Gateway {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Posts a signed CLASS_CREATED for each class number in `range` to source
+    /// `school`, each answered 200.
+    pub async fn post_classes(&self, range: std::ops::Range<u64>) {
+        for n in range {
+            let answer = self
+                .post("/hooks/school", &dreamclass_sample("CLASS_CREATED", n))
+                .await;
+            assert_eq!(answer.status, 200);
+        }
+    }
+
     /// The `/metrics` text (a gateway without an API token).
     pub async fn metrics(&self) -> String {
         self.client
