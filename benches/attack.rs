@@ -112,15 +112,7 @@ impl Gateway {
 
     /// CPU seconds the gateway has used (user + system).
     fn cpu_seconds(&self) -> f64 {
-        let pid = self.child.id().unwrap();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // After the command name in parentheses: state is field 3, utime 14, stime 15.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-        let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok());
-        let hz = 100.0; // USER_HZ on Linux
-        (ticks(14).unwrap_or(0.0) + ticks(15).unwrap_or(0.0)) / hz
+        support::load::cpu_seconds(self.child.id().unwrap())
     }
 
     fn peak_rss_mb(&self) -> f64 {

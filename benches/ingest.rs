@@ -35,7 +35,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use support::load::{Report, SECRET, drive, signed_bodies};
+use support::load::{
+    Report, SECRET, cpu_seconds, drive, postgres_cpu, postgres_cpu_between, signed_bodies,
+};
 use support::{env_or, spawn};
 
 use bytes::Bytes;
@@ -74,7 +76,10 @@ async fn bench() {
     for round in 1..=rounds {
         let (mut ceiling, ceiling_addr) =
             spawn(binary, &["null-server", "--listen", "127.0.0.1:0"]).await;
-        let ceiling_report = drive(&[ceiling_addr], &bodies, connections, seconds).await;
+        let ceiling_cpu = cpu_seconds(ceiling.id().unwrap());
+        let mut ceiling_report = drive(&[ceiling_addr], &bodies, connections, seconds).await;
+        ceiling_report.cpu_us_per_event = (cpu_seconds(ceiling.id().unwrap()) - ceiling_cpu) * 1e6
+            / ceiling_report.accepted.max(1) as f64;
         let _ = ceiling.kill().await;
         // Alternate which gateway runs first: the machine's state drifts within a
         // round (page cache, disk), and neither side should always get the same slot.
@@ -188,16 +193,22 @@ async fn bench() {
     }
 
     println!();
-    println!("| round | run | events/s | p50 ms | p99 ms | failed | gateway CPU µs/event |");
-    println!("|---:|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| round | run | events/s | p50 ms | p99 ms | failed | CPU µs/event: gateway | PostgreSQL | load |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for (round, name, r) in &rows {
+        let postgres = r
+            .postgres_cpu_us_per_event
+            .map_or_else(|| "".to_string(), |cpu| format!("{cpu:.0}"));
         println!(
-            "| {round} | {name} | {:.0} | {:.2} | {:.2} | {} | {:.0} |",
+            "| {round} | {name} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {postgres} | {:.0} |",
             r.rate(),
             r.p50_ms,
             r.p99_ms,
             r.failed,
-            r.cpu_us_per_event
+            r.cpu_us_per_event,
+            r.load_cpu_us_per_event
         );
     }
     println!();
@@ -301,7 +312,15 @@ async fn run_gateway(
     .unwrap();
     let (mut gateway, addr) = spawn(binary, &["serve", "--config", config.to_str().unwrap()]).await;
     let cpu_before = cpu_seconds(gateway.id().unwrap());
+    let postgres_before = match database {
+        Some(url) => Some(postgres_cpu(url).await),
+        None => None,
+    };
     let mut report = drive(&[addr], bodies, connections, seconds).await;
+    if let (Some(url), Some(before)) = (database, &postgres_before) {
+        let cpu = postgres_cpu_between(before, &postgres_cpu(url).await);
+        report.postgres_cpu_us_per_event = Some(cpu * 1e6 / report.accepted.max(1) as f64);
+    }
     if env_or("BENCH_METRICS", 0) == 1 {
         print_batches(addr).await;
     }
@@ -318,26 +337,6 @@ async fn run_gateway(
         None => classhook::store::Location::sqlite(dir.path().join("data")),
     };
     (report, rss_mib, stored_events(&location).await)
-}
-
-/// CPU seconds (user + system) the process `pid` has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at the state.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    // In clock ticks: USER_HZ, 100 a second on every Linux the project runs on.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Spans exported and dropped so far, from the gateway's `/metrics` (after a second

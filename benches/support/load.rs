@@ -26,6 +26,11 @@ pub struct Report {
     pub spans: Option<(u64, u64)>,
     /// The gateway's CPU time (user + system, all threads) per accepted event.
     pub cpu_us_per_event: f64,
+    /// The PostgreSQL server's CPU time per accepted event (the gateway's database's
+    /// backends and the server's own processes), on PostgreSQL.
+    pub postgres_cpu_us_per_event: Option<f64>,
+    /// This process's CPU time per accepted event: the load generator's share.
+    pub load_cpu_us_per_event: f64,
 }
 
 impl Report {
@@ -93,6 +98,7 @@ pub async fn drive(
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
+    let load_cpu_before = cpu_seconds(std::process::id());
     let mut tasks = Vec::new();
     for c in 0..connections {
         let addr = targets[c % targets.len()];
@@ -127,6 +133,7 @@ pub async fn drive(
         failed += f;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let load_cpu = cpu_seconds(std::process::id()) - load_cpu_before;
     latencies.sort_unstable();
     Report {
         accepted,
@@ -136,7 +143,67 @@ pub async fn drive(
         p99_ms: quantile(&latencies, 0.99) as f64 / 1000.0,
         spans: None,
         cpu_us_per_event: 0.0,
+        postgres_cpu_us_per_event: None,
+        load_cpu_us_per_event: load_cpu * 1e6 / accepted.max(1) as f64,
     }
+}
+
+/// CPU seconds (user + system, all threads) the process `pid` has used.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at the state.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    // In clock ticks: USER_HZ, 100 a second on every Linux the project runs on.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The CPU seconds used so far by the PostgreSQL processes that work for the
+/// database at `url`: its backends and the server's own (WAL writer,
+/// checkpointer, autovacuum, …), by pid. Other databases' backends (other tests
+/// and benchmarks on the same server) are left out.
+pub async fn postgres_cpu(url: &str) -> std::collections::HashMap<i32, f64> {
+    let Ok((client, connection)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await else {
+        return Default::default();
+    };
+    tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT pid FROM pg_stat_activity
+             WHERE (datname = current_database() OR backend_type <> 'client backend')
+               AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap_or_default();
+    rows.iter()
+        .map(|row| {
+            let pid: i32 = row.get(0);
+            (pid, cpu_seconds(pid as u32))
+        })
+        .collect()
+}
+
+/// CPU seconds between two [`postgres_cpu`] readings; a process that appeared in
+/// between counts from zero.
+pub fn postgres_cpu_between(
+    before: &std::collections::HashMap<i32, f64>,
+    after: &std::collections::HashMap<i32, f64>,
+) -> f64 {
+    after
+        .iter()
+        .map(|(pid, cpu)| cpu - before.get(pid).copied().unwrap_or(0.0))
+        .sum()
 }
 
 /// Sends fresh events at `rate` per second for `seconds`, in turn to each of
