@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use classhook::store::postgres::testing::TestDatabase;
 use support::load::{
-    Arrivals, SECRET, drive, lags, paced, quantile, signed_bodies, start_receiver,
+    Arrivals, Report, SECRET, commit_batches, cpu_seconds, drive, lags, paced, postgres_cpu,
+    postgres_cpu_between, quantile, signed_bodies, start_receiver,
 };
 use support::{env_or, spawn};
 use tokio::process::Child;
@@ -43,7 +44,10 @@ async fn bench() {
 
     let (mut ceiling, ceiling_addr) =
         spawn(&binary(), &["null-server", "--listen", "127.0.0.1:0"]).await;
-    let ceiling_report = drive(&[ceiling_addr], &bodies, connections, seconds).await;
+    let ceiling_cpu = cpu_seconds(ceiling.id().unwrap());
+    let mut ceiling_report = drive(&[ceiling_addr], &bodies, connections, seconds).await;
+    ceiling_report.cpu_us_per_event = (cpu_seconds(ceiling.id().unwrap()) - ceiling_cpu) * 1e6
+        / ceiling_report.accepted.max(1) as f64;
     let _ = ceiling.kill().await;
 
     let mut rows = vec![("ceiling (empty handler)".to_string(), ceiling_report)];
@@ -52,8 +56,7 @@ async fn bench() {
         let dir = tempfile::tempdir().unwrap();
         let config = write_config(dir.path(), &database, "");
         let mut cluster = start(&config, instances).await;
-        let targets: Vec<SocketAddr> = cluster.iter().map(|(_, a)| *a).collect();
-        let report = drive(&targets, &bodies, connections, seconds).await;
+        let report = drive_measured(&cluster, &database, &bodies, connections, seconds).await;
         stop(&mut cluster).await;
         let stored = stored_events(&database).await;
         assert_eq!(
@@ -85,16 +88,26 @@ async fn bench() {
 
     let ceiling_rate = rows[0].1.rate();
     println!();
-    println!("| run | events/s | ratio to ceiling | p50 ms | p99 ms | failed |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| run | events/s | ratio to ceiling | p50 ms | p99 ms | failed | events per batch | CPU µs/event: gateways | PostgreSQL | load |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, r) in &rows {
+        let postgres = r
+            .postgres_cpu_us_per_event
+            .map_or_else(String::new, |cpu| format!("{cpu:.0}"));
+        let batch = r
+            .mean_batch
+            .map_or_else(String::new, |size| format!("{size:.1}"));
         println!(
-            "| {name} | {:.0} | {:.2}x | {:.2} | {:.2} | {} |",
+            "| {name} | {:.0} | {:.2}x | {:.2} | {:.2} | {} | {batch} | {:.0} | {postgres} | {:.0} |",
             r.rate(),
             r.rate() / ceiling_rate,
             r.p50_ms,
             r.p99_ms,
-            r.failed
+            r.failed,
+            r.cpu_us_per_event,
+            r.load_cpu_us_per_event
         );
     }
     println!();
@@ -109,6 +122,41 @@ async fn bench() {
     println!(
         "load: {connections} keep-alive connections split over the instances, {seconds} s per run"
     );
+}
+
+/// [`drive`] over the instances of `cluster`, with the CPU every part spent per
+/// accepted event (the instances together, PostgreSQL, the load) and the mean
+/// number of operations in the instances' batches.
+async fn drive_measured(
+    cluster: &[(Child, SocketAddr)],
+    database: &TestDatabase,
+    bodies: &Arc<Vec<bytes::Bytes>>,
+    connections: usize,
+    seconds: u64,
+) -> Report {
+    let targets: Vec<SocketAddr> = cluster.iter().map(|(_, a)| *a).collect();
+    let gateways_cpu = || -> f64 {
+        cluster
+            .iter()
+            .filter_map(|(child, _)| child.id())
+            .map(cpu_seconds)
+            .sum()
+    };
+    let gateways_before = gateways_cpu();
+    let postgres_before = postgres_cpu(database.url()).await;
+    let mut report = drive(&targets, bodies, connections, seconds).await;
+    let per_event = |seconds: f64| seconds * 1e6 / report.accepted.max(1) as f64;
+    let postgres = postgres_cpu_between(&postgres_before, &postgres_cpu(database.url()).await);
+    report.postgres_cpu_us_per_event = Some(per_event(postgres));
+    report.cpu_us_per_event = per_event(gateways_cpu() - gateways_before);
+    let (mut batches, mut operations) = (0.0, 0.0);
+    for addr in &targets {
+        let committed = commit_batches(*addr).await;
+        batches += committed.batches;
+        operations += committed.operations;
+    }
+    report.mean_batch = (batches > 0.0).then(|| operations / batches);
+    report
 }
 
 async fn fresh_database() -> TestDatabase {

@@ -36,7 +36,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use support::load::{
-    Report, SECRET, cpu_seconds, drive, postgres_cpu, postgres_cpu_between, signed_bodies,
+    Report, SECRET, commit_batches, cpu_seconds, drive, postgres_cpu, postgres_cpu_between,
+    signed_bodies,
 };
 use support::{env_or, spawn};
 
@@ -410,26 +411,13 @@ async fn stored_events(location: &classhook::store::Location) -> i64 {
 /// The gateway's group commits so far (BENCH_METRICS=1): batches, their mean size
 /// and mean time.
 async fn print_batches(addr: SocketAddr) {
-    let Ok(response) = reqwest::get(format!("http://{addr}/metrics")).await else {
-        return;
-    };
-    let text = response.text().await.unwrap_or_default();
-    // A sample's value, whatever labels (such as the instance's) it carries.
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with([' ', '{']))
-            })
-            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
-    };
-    let batches = value("classhook_store_commit_batch_size_count");
-    if batches > 0.0 {
+    let committed = commit_batches(addr).await;
+    if committed.batches > 0.0 {
         eprintln!(
-            "{batches} batches, mean {:.1} operations, mean {:.2} ms",
-            value("classhook_store_commit_batch_size_sum") / batches,
-            1000.0 * value("classhook_store_commit_duration_seconds_sum") / batches
+            "{} batches, mean {:.1} operations, mean {:.2} ms",
+            committed.batches,
+            committed.operations / committed.batches,
+            1000.0 * committed.seconds / committed.batches
         );
     }
 }

@@ -31,6 +31,8 @@ pub struct Report {
     pub postgres_cpu_us_per_event: Option<f64>,
     /// This process's CPU time per accepted event: the load generator's share.
     pub load_cpu_us_per_event: f64,
+    /// The mean number of operations in the gateways' commits, where read.
+    pub mean_batch: Option<f64>,
 }
 
 impl Report {
@@ -145,6 +147,7 @@ pub async fn drive(
         cpu_us_per_event: 0.0,
         postgres_cpu_us_per_event: None,
         load_cpu_us_per_event: load_cpu * 1e6 / accepted.max(1) as f64,
+        mean_batch: None,
     }
 }
 
@@ -204,6 +207,37 @@ pub fn postgres_cpu_between(
         .iter()
         .map(|(pid, cpu)| cpu - before.get(pid).copied().unwrap_or(0.0))
         .sum()
+}
+
+/// What a gateway's `/metrics` says of its store's commits so far.
+pub struct CommitBatches {
+    pub batches: f64,
+    pub operations: f64,
+    /// Their durations, summed.
+    pub seconds: f64,
+}
+
+/// Reads [`CommitBatches`] from the gateway at `addr` (zeros when it cannot).
+pub async fn commit_batches(addr: SocketAddr) -> CommitBatches {
+    let text = match reqwest::get(format!("http://{addr}/metrics")).await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    // A sample's value, whatever labels (such as the instance's) it carries.
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    CommitBatches {
+        batches: value("classhook_store_commit_batch_size_count"),
+        operations: value("classhook_store_commit_batch_size_sum"),
+        seconds: value("classhook_store_commit_duration_seconds_sum"),
+    }
 }
 
 /// Sends fresh events at `rate` per second for `seconds`, in turn to each of
