@@ -45,24 +45,19 @@ pub async fn write(
     let firsts: Vec<usize> = (0..events.len())
         .filter(|&i| seen.insert(key_of(events[i])))
         .collect();
-    // Keys stored before this batch: their events are copies.
-    let mut targets: HashMap<(&str, &str), Target> = find_stored(tx, events, &firsts)
-        .await?
-        .into_iter()
-        .collect();
-    let mut new: Vec<usize> = firsts
-        .iter()
-        .copied()
-        .filter(|&i| !targets.contains_key(&key_of(events[i])))
-        .collect();
+    // Every key is taken for new, the usual case: the insert's unique constraint
+    // says which were stored before (a retry, or another instance's copy at the
+    // same moment), so that a batch without copies makes no look-up at all.
+    let mut targets: HashMap<(&str, &str), Target> = HashMap::new();
+    let mut new = firsts;
     // What each new event does to the mirror, decided before it is inserted, so
     // that its row is written once, with its effect.
     let mut mirror = MirrorPlan::make(tx, events, &new).await?;
     let written_effects = mirror.effects(&new);
     let inserted = insert(tx, events, &new, &written_effects).await?;
     if inserted.len() < new.len() {
-        // Another instance stored some of these keys since the look-up: they are
-        // copies too, and the mirror is planned again without them.
+        // Some keys were stored before: their events are copies, and the mirror is
+        // planned again without them (the effects already written are corrected).
         let lost: Vec<usize> = new
             .iter()
             .copied()
