@@ -33,6 +33,7 @@ use super::schedule::{self, Next, Outcome};
 use super::send::{self, Sender};
 use super::subscription::Subscription;
 use crate::clock::Clock;
+use crate::provider::ProviderKind;
 use crate::store::{
     AttemptRecorded, AttemptResult, ClaimRequest, Claimed, ClaimedEvent, Lease, Store,
     SubscriptionId,
@@ -502,9 +503,13 @@ impl Attempt {
                 url: &spec.url,
             },
         );
+        // A DreamClass body is prepared once per claimed event (see PlatformBody).
+        let platform_body =
+            (event.provider == ProviderKind::DreamClass).then(|| event.platform_body());
         let attempted = match send::build(
             event.provider,
             &event.body,
+            platform_body,
             &keys.spec,
             &keys.previous_keys,
             &claimed.webhook_id,

@@ -10,9 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use super::guard::{self, GuardedResolver};
+use super::platform_body::PlatformBody;
 use super::schedule::{self, Outcome};
 use super::signing::{self, PreviousKey, SigningKey};
 use super::subscription::SubscriptionSpec;
@@ -34,10 +33,13 @@ pub struct Outgoing {
 /// platform-faithful signature (DreamClass body field, Loopwise header) holds one
 /// signature only: the current HMAC key's (none with ed25519 signing).
 /// `webhook-signature` carries one entry per key valid at `now_secs`: the current
-/// one, then the replaced keys still in their grace period.
+/// one, then the replaced keys still in their grace period. `platform_body` is the
+/// DreamClass body already prepared (see [`PlatformBody`]); without it, it is
+/// prepared here.
 pub fn build(
     provider: ProviderKind,
     stored_body: &[u8],
+    platform_body: Option<&PlatformBody>,
     spec: &SubscriptionSpec,
     previous: &[PreviousKey],
     webhook_id: &str,
@@ -51,13 +53,17 @@ pub fn build(
     ];
     let body = match provider {
         ProviderKind::DreamClass => {
-            let mut envelope: Value =
-                serde_json::from_slice(crate::canonical::json_text(stored_body))
-                    .map_err(|e| format!("stored body is not JSON: {e}"))?;
-            let id = envelope["id"].as_str().unwrap_or_default().to_string();
-            let signature = platform_key.map_or_else(String::new, |k| dreamclass::sign(k, &id));
-            envelope["signature"] = Value::String(signature);
-            serde_json::to_vec(&envelope).expect("a JSON value serializes")
+            let prepared;
+            let platform_body = match platform_body {
+                Some(prepared) => prepared,
+                None => {
+                    prepared = PlatformBody::prepare(stored_body);
+                    &prepared
+                }
+            };
+            let signature =
+                platform_key.map_or_else(String::new, |k| dreamclass::sign(k, platform_body.id()));
+            platform_body.with_signature(&signature)?
         }
         ProviderKind::Loopwise => {
             if let Some(k) = platform_key {

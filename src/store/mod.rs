@@ -729,6 +729,17 @@ pub struct EventToSend {
     pub body: Vec<u8>,
     /// The `traceparent` of the span that received it, when tracing was on.
     pub trace_parent: Option<String>,
+    /// A DreamClass body as subscribers get it, prepared by the first attempt that
+    /// needs it and shared by the others (retries and subscriptions alike).
+    pub platform_body: std::sync::OnceLock<crate::deliver::platform_body::PlatformBody>,
+}
+
+impl EventToSend {
+    /// The body prepared for DreamClass delivery (once per claimed event).
+    pub fn platform_body(&self) -> &crate::deliver::platform_body::PlatformBody {
+        self.platform_body
+            .get_or_init(|| crate::deliver::platform_body::PlatformBody::prepare(&self.body))
+    }
 }
 
 /// A claimed delivery's event columns as stored: provider, event type, received
@@ -748,6 +759,7 @@ impl ClaimedEvent {
                 received_at_ms,
                 body,
                 trace_parent,
+                platform_body: std::sync::OnceLock::new(),
             })),
             None => ClaimedEvent::Unreadable(format!("unknown provider {provider:?}")),
         }
