@@ -87,6 +87,13 @@ pub fn build(
     Ok(Outgoing { headers, body })
 }
 
+/// A subscription's URL, parsed and checked against the literal-address guard
+/// once (per reading of the subscriptions), not once per attempt.
+#[derive(Debug, Clone)]
+pub struct Target {
+    url: reqwest::Url,
+}
+
 /// The outgoing HTTP client: no redirects, guarded destinations, bounded reads.
 #[derive(Clone)]
 pub struct Sender {
@@ -138,6 +145,16 @@ impl Sender {
         })
     }
 
+    /// The target a URL names, parsed and checked (literal private addresses are
+    /// refused here; names are checked when they resolve). The error is what an
+    /// attempt to it records.
+    pub fn target(&self, url: &str) -> Result<Target, String> {
+        let url = reqwest::Url::parse(url).map_err(|e| format!("bad url: {e}"))?;
+        guard::check_literal(&url, self.allow_private)?;
+        Ok(Target { url })
+    }
+
+    /// Sends `request` to `url` (parsed and checked first; see [`Sender::target`]).
     pub async fn send(
         &self,
         url: &str,
@@ -145,8 +162,22 @@ impl Sender {
         basic_auth: Option<(&str, &str)>,
         timeout: Duration,
     ) -> Attempted {
+        let target = self.target(url);
+        self.send_to(target.as_ref(), request, basic_auth, timeout)
+            .await
+    }
+
+    /// Sends `request` to a target already parsed and checked (or records why it
+    /// cannot be sent to).
+    pub async fn send_to(
+        &self,
+        target: Result<&Target, &String>,
+        request: Outgoing,
+        basic_auth: Option<(&str, &str)>,
+        timeout: Duration,
+    ) -> Attempted {
         let started = Instant::now();
-        let (outcome, response_excerpt) = self.exchange(url, request, basic_auth, timeout).await;
+        let (outcome, response_excerpt) = self.exchange(target, request, basic_auth, timeout).await;
         Attempted {
             outcome,
             duration: started.elapsed(),
@@ -156,7 +187,7 @@ impl Sender {
 
     async fn exchange(
         &self,
-        url: &str,
+        target: Result<&Target, &String>,
         request: Outgoing,
         basic_auth: Option<(&str, &str)>,
         timeout: Duration,
@@ -170,13 +201,10 @@ impl Sender {
                 None,
             )
         };
-        let url = match reqwest::Url::parse(url) {
-            Ok(url) => url,
-            Err(e) => return failed(format!("bad url: {e}")),
+        let url = match target {
+            Ok(target) => target.url.clone(),
+            Err(refused) => return failed(refused.clone()),
         };
-        if let Err(refused) = guard::check_literal(&url, self.allow_private) {
-            return failed(refused);
-        }
         if self.proxied
             && let Err(refused) = guard::check_host(&url, self.allow_private).await
         {

@@ -79,6 +79,22 @@ impl std::ops::Deref for Store {
     }
 }
 
+/// Counts the subscription changes made through one store handle and its clones:
+/// what [`Backend::subscriptions_version`] returns.
+#[derive(Debug, Default)]
+struct ChangeCounter(std::sync::atomic::AtomicU64);
+
+impl ChangeCounter {
+    fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// After the change has committed (a reader that saw the old count reads again).
+    fn bump(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Where the data lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
