@@ -4,7 +4,8 @@
 //! `preserve_order`; a `signature` the body lacks goes last).
 //!
 //! Prepared once per claimed event ([`PlatformBody::prepare`], cached beside the
-//! event in [`crate::store::EventToSend`]), not once per attempt or subscription. In
+//! event in [`crate::store::EventToSend`], which a claim shares between the
+//! deliveries of one event to several subscriptions), not once per attempt. In
 //! the common shape (valid JSON, no repeated key, nested less than 100 deep; any
 //! whitespace) one pass over the bytes writes the body as serde_json would, with a
 //! gap where the signature goes, so that an attempt only signs and splices.

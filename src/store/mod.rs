@@ -746,7 +746,8 @@ pub struct EventToSend {
     /// The `traceparent` of the span that received it, when tracing was on.
     pub trace_parent: Option<String>,
     /// A DreamClass body as subscribers get it, prepared by the first attempt that
-    /// needs it and shared by the others (retries and subscriptions alike).
+    /// needs it and shared by the others of the same claim (a claim gives the
+    /// deliveries of one event to several subscriptions one `EventToSend`).
     pub platform_body: std::sync::OnceLock<crate::deliver::platform_body::PlatformBody>,
 }
 
