@@ -20,6 +20,10 @@
 //! BENCH_ROUNDS times (default 1), alternating which goes first, each round with
 //! its own baselines; the per-round ratios and their medians are printed.
 //! BENCH_DRAIN_ONLY=1 skips the order-per-entity drains and the lag part.
+//!
+//! Each drain also reports the draining gateway's CPU time (user + system, all its
+//! threads, from `/proc/<pid>/stat`) per delivery: unlike deliveries/s, it hardly
+//! moves with the load the rest of the machine puts on the two cores.
 
 mod support;
 
@@ -70,28 +74,37 @@ async fn bench() {
     // the same bodies at the same concurrency. Then the drain: store with delivery
     // off, then drain (and the compared binary beside it, alternating the order).
     let bodies = Arc::new(bodies);
-    let (mut hyper_rate, mut direct_rate, mut delivery_rate) = (0.0, 0.0, 0.0);
+    let (mut hyper_rate, mut direct_rate, mut delivery_rate, mut delivery_cpu_us) =
+        (0.0, 0.0, 0.0, 0.0);
     let mut per_round = Vec::new();
     for round in 0..rounds {
         hyper_rate = direct_hyper(receiver, &bodies).await;
         arrivals.lock().unwrap().clear();
         direct_rate = direct_reqwest(receiver, &bodies).await;
         arrivals.lock().unwrap().clear();
-        let mut compared_rate = None;
+        let mut compared = None;
         if let Some(other) = compare.as_deref().filter(|_| round % 2 == 1) {
-            compared_rate = Some(drain(other, postgres, receiver, &arrivals, &bodies, "").await);
+            compared = Some(drain(other, postgres, receiver, &arrivals, &bodies, "").await);
         }
-        delivery_rate = drain(this, postgres, receiver, &arrivals, &bodies, "").await;
+        let drained = drain(this, postgres, receiver, &arrivals, &bodies, "").await;
         if let Some(other) = compare.as_deref().filter(|_| round % 2 == 0) {
-            compared_rate = Some(drain(other, postgres, receiver, &arrivals, &bodies, "").await);
+            compared = Some(drain(other, postgres, receiver, &arrivals, &bodies, "").await);
         }
-        per_round.push((hyper_rate, direct_rate, delivery_rate, compared_rate));
+        delivery_rate = drained.rate;
+        delivery_cpu_us = drained.cpu_us;
+        per_round.push((hyper_rate, direct_rate, drained, compared));
         eprintln!(
-            "round {}: hyper {hyper_rate:.0}/s, reqwest {direct_rate:.0}/s, this build {delivery_rate:.0}/s ({:.2}x hyper){}",
+            "round {}: hyper {hyper_rate:.0}/s, reqwest {direct_rate:.0}/s, this build {delivery_rate:.0}/s ({:.2}x hyper, {:.0} µs CPU per delivery){}",
             round + 1,
             delivery_rate / hyper_rate,
-            compared_rate
-                .map(|c| format!(", compared {c:.0}/s ({:.2}x hyper)", c / hyper_rate))
+            drained.cpu_us,
+            compared
+                .map(|c| format!(
+                    ", compared {:.0}/s ({:.2}x hyper, {:.0} µs CPU per delivery)",
+                    c.rate,
+                    c.rate / hyper_rate,
+                    c.cpu_us
+                ))
                 .unwrap_or_default()
         );
     }
@@ -109,7 +122,9 @@ async fn bench() {
             .map(|n| signed_body(n % ENTITIES))
             .collect(),
     );
-    let unordered_rate = drain(this, postgres, receiver, &arrivals, &entity_bodies, "").await;
+    let unordered_rate = drain(this, postgres, receiver, &arrivals, &entity_bodies, "")
+        .await
+        .rate;
     let ordered_rate = drain(
         this,
         postgres,
@@ -118,7 +133,8 @@ async fn bench() {
         &entity_bodies,
         "ordering = \"entity\"\n",
     )
-    .await;
+    .await
+    .rate;
 
     // Lag at a steady rate, on a fresh store.
     let lag_db = database(postgres).await;
@@ -153,6 +169,7 @@ async fn bench() {
     println!(
         "| classhook draining {events} stored events, max_in_flight {IN_FLIGHT} | {delivery_rate:.0} deliveries/s |"
     );
+    println!("| gateway CPU per delivery (user + system) | {delivery_cpu_us:.0} µs |");
     println!("| ratio to reqwest | {:.2}x |", delivery_rate / direct_rate);
     println!(
         "| ratio to bare hyper | {:.2}x |",
@@ -198,35 +215,40 @@ fn config(
 
 /// Per round: the baselines, this build's drain and the compared binary's; the
 /// ratios, and their medians.
-fn print_rounds(rounds: &[(f64, f64, f64, Option<f64>)], postgres: bool) {
+fn print_rounds(rounds: &[(f64, f64, Drained, Option<Drained>)], postgres: bool) {
     println!();
     println!("store: {}", if postgres { "PostgreSQL" } else { "SQLite" });
     println!(
-        "| round | bare hyper | reqwest | this build | ratio to hyper | ratio to reqwest | compared binary | its ratio to hyper | this / compared |"
+        "| round | bare hyper | reqwest | this build | ratio to hyper | ratio to reqwest | CPU µs per delivery | compared binary | its ratio to hyper | its CPU µs per delivery | this / compared | CPU this / compared |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let (mut to_hyper, mut to_reqwest, mut compared_to_hyper, mut to_compared) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (n, (hyper, reqwest, this, compared)) in rounds.iter().enumerate() {
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let (mut to_hyper, mut to_reqwest, mut compared_to_hyper, mut to_compared, mut cpu_ratio) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (n, (hyper, reqwest, drained, compared)) in rounds.iter().enumerate() {
+        let this = drained.rate;
         to_hyper.push(this / hyper);
         to_reqwest.push(this / reqwest);
-        let (c, ch, tc) = match compared {
+        let (c, ch, ccpu, tc, tcpu) = match compared {
             Some(c) => {
-                compared_to_hyper.push(c / hyper);
-                to_compared.push(this / c);
+                compared_to_hyper.push(c.rate / hyper);
+                to_compared.push(this / c.rate);
+                cpu_ratio.push(drained.cpu_us / c.cpu_us);
                 (
-                    format!("{c:.0}/s"),
-                    format!("{:.2}x", c / hyper),
-                    format!("{:.2}x", this / c),
+                    format!("{:.0}/s", c.rate),
+                    format!("{:.2}x", c.rate / hyper),
+                    format!("{:.0}", c.cpu_us),
+                    format!("{:.2}x", this / c.rate),
+                    format!("{:.2}x", drained.cpu_us / c.cpu_us),
                 )
             }
             None => Default::default(),
         };
         println!(
-            "| {} | {hyper:.0}/s | {reqwest:.0}/s | {this:.0}/s | {:.2}x | {:.2}x | {c} | {ch} | {tc} |",
+            "| {} | {hyper:.0}/s | {reqwest:.0}/s | {this:.0}/s | {:.2}x | {:.2}x | {:.0} | {c} | {ch} | {ccpu} | {tc} | {tcpu} |",
             n + 1,
             this / hyper,
-            this / reqwest
+            this / reqwest,
+            drained.cpu_us,
         );
     }
     let median = |v: &mut Vec<f64>| {
@@ -234,17 +256,50 @@ fn print_rounds(rounds: &[(f64, f64, f64, Option<f64>)], postgres: bool) {
         v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
     println!(
-        "medians: this build {:.2}x hyper, {:.2}x reqwest; compared binary {:.2}x hyper; this / compared {:.2}x",
+        "medians: this build {:.2}x hyper, {:.2}x reqwest; compared binary {:.2}x hyper; this / compared {:.2}x; CPU per delivery this / compared {:.2}x",
         median(&mut to_hyper),
         median(&mut to_reqwest),
         median(&mut compared_to_hyper),
-        median(&mut to_compared)
+        median(&mut to_compared),
+        median(&mut cpu_ratio)
     );
 }
 
+/// One drain: deliveries per second, and the draining gateway's CPU time per
+/// delivery (µs).
+#[derive(Debug, Clone, Copy)]
+struct Drained {
+    rate: f64,
+    cpu_us: f64,
+}
+
+/// CPU seconds (user + system, all threads) the process `pid` has used, from
+/// `/proc/<pid>/stat`. (benches/support/load.rs may get the same helper as
+/// `cpu_seconds`; this one should then go.)
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces), from the state on:
+    // utime and stime are the line's 14th and 15th, the 12th and 13th of these.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf only reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / per_second
+}
+
 /// Stores `bodies` with delivery off in a fresh store, then restarts the gateway
-/// (`binary`) with delivery on and returns how many deliveries per second drained
-/// them.
+/// (`binary`) with delivery on and returns how fast it drained them and its CPU
+/// time per delivery (from when it is listening until the last arrival, over the
+/// deliveries that arrived in that time; its start-up is left out).
 async fn drain(
     binary: &str,
     postgres: bool,
@@ -252,7 +307,7 @@ async fn drain(
     arrivals: &Arrivals,
     bodies: &Arc<Vec<Bytes>>,
     extra: &str,
-) -> f64 {
+) -> Drained {
     let database = database(postgres).await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -266,6 +321,9 @@ async fn drain(
     std::fs::write(&file, config(receiver, &data, &database, true, extra)).unwrap();
     let started = Instant::now();
     let (mut gateway, _) = serve(binary, &file).await;
+    let pid = gateway.id().expect("the gateway runs");
+    let cpu_before = process_cpu_seconds(pid);
+    let arrived_before = arrivals.lock().unwrap().len();
     while arrivals.lock().unwrap().len() < bodies.len() {
         assert!(
             started.elapsed() < Duration::from_secs(300),
@@ -274,9 +332,13 @@ async fn drain(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = bodies.len() as f64 / started.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds(pid) - cpu_before;
     let _ = gateway.kill().await;
     let _ = gateway.wait().await;
-    rate
+    Drained {
+        rate,
+        cpu_us: cpu * 1e6 / (bodies.len() - arrived_before).max(1) as f64,
+    }
 }
 
 /// A fresh PostgreSQL database when asked for one (dropped at the end).

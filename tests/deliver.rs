@@ -144,6 +144,38 @@ async fn a_dreamclass_receiver_gets_the_same_envelope_signed_with_its_secret() {
     gw.stop().await;
 }
 
+/// The deliveries of one event to two subscriptions, leased in one claim, share
+/// the event (and the body prepared from it): each still gets its own signature,
+/// and both bodies are the same envelope, byte for byte apart from it.
+#[tokio::test]
+async fn one_event_claimed_for_two_subscriptions_is_signed_for_each() {
+    let (first, second) = (Receiver::start().await, Receiver::start().await);
+    let subs = subscription("first", &first.url(), "")
+        + &format!(
+            "[[subscription]]\nname = \"second\"\nurl = \"{}\"\nevents = [\"*\"]\nsecret = \"another-secret\"\n",
+            second.url()
+        );
+    let (gw, _clock, mut d) = start(&subs).await;
+    let sent = dreamclass_sample("ATTENDANCE_CREATED", 9);
+    assert_eq!(gw.post("/hooks/school", &sent).await.status, 200);
+    assert_eq!(d.step().await, [Finished::Attempted; 2]);
+    let (a, b) = (
+        first.wait_for(1).await.remove(0),
+        second.wait_for(1).await.remove(0),
+    );
+    let id = id_of(&sent);
+    let signed_a = dreamclass::sign(SUB_SECRET.as_bytes(), &id);
+    let signed_b = dreamclass::sign(b"another-secret", &id);
+    let a_text = String::from_utf8(a.body.clone()).unwrap();
+    let b_text = String::from_utf8(b.body.clone()).unwrap();
+    assert!(a_text.contains(&signed_a), "{a_text}");
+    assert!(b_text.contains(&signed_b), "{b_text}");
+    assert_eq!(a_text.replace(&signed_a, ""), b_text.replace(&signed_b, ""));
+    assert!(standard_webhooks_verifies(&a, SUB_SECRET.as_bytes()));
+    assert!(standard_webhooks_verifies(&b, b"another-secret"));
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_loopwise_receiver_gets_the_body_byte_for_byte() {
     let receiver = Receiver::start().await;

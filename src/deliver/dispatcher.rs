@@ -17,6 +17,13 @@
 //! subscription again once they have a slot, and give their lease back unsent. An
 //! attempt that may stop its subscription (anything but a success) keeps its slot
 //! until its record is committed, so the next one in line already sees the stop.
+//!
+//! The subscriptions are read again only when they changed through this store
+//! handle ([`crate::store::Backend::subscriptions_version`]) and otherwise at least
+//! every `poll_interval`, so that a change made elsewhere (the CLI, another
+//! instance) is seen within it; each reading parses and checks every URL once. A
+//! pause or hold made elsewhere takes effect at once all the same: the lease and
+//! the "still open" read check the store, not the list.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,11 +40,13 @@ use super::schedule::{self, Next, Outcome};
 use super::send::{self, Sender};
 use super::subscription::Subscription;
 use crate::clock::Clock;
+use crate::provider::ProviderKind;
 use crate::store::{
     AttemptRecorded, AttemptResult, ClaimRequest, Claimed, ClaimedEvent, Lease, Store,
     SubscriptionId,
 };
 use crate::telemetry::{AttemptAbout, AttemptTrace, Telemetry};
+use std::sync::atomic::AtomicBool;
 
 #[derive(Debug, Clone)]
 pub struct DispatchOptions {
@@ -67,6 +76,31 @@ pub trait DeliveryObserver: Send + Sync {
 
 /// How many deliveries per allowed in-flight request one subscription may hold leased.
 const PREFETCH: usize = 8;
+
+/// A subscription as a reading of the subscriptions found it, with what its
+/// attempts need and that changes only with it: its URL, parsed and checked.
+pub struct Ready {
+    pub subscription: Subscription,
+    /// Where its attempts go, or why they cannot (recorded as their failure).
+    pub target: Result<send::Target, String>,
+}
+
+impl std::ops::Deref for Ready {
+    type Target = Subscription;
+
+    fn deref(&self) -> &Subscription {
+        &self.subscription
+    }
+}
+
+/// The subscriptions as last read, kept until they change.
+struct Reading {
+    /// [`crate::store::Backend::subscriptions_version`] before the read.
+    version: u64,
+    /// When the read started.
+    at: Instant,
+    subscriptions: Arc<HashMap<SubscriptionId, Arc<Ready>>>,
+}
 
 /// What became of one leased delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +148,11 @@ pub struct Dispatcher {
     owners: Owners,
     /// Spans of attempts and `traceparent` (tracing on).
     telemetry: Option<Telemetry>,
+    /// The subscriptions as last read.
+    reading: Option<Reading>,
+    /// Set when the last reading is known to be out of date although the version
+    /// did not move (an attempt's success cleared a hold it showed).
+    stale: Arc<AtomicBool>,
 }
 
 impl Dispatcher {
@@ -145,6 +184,8 @@ impl Dispatcher {
             observer: None,
             owners: Owners::default(),
             telemetry: None,
+            reading: None,
+            stale: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -227,7 +268,7 @@ impl Dispatcher {
     /// read hold one (signing already skips them; this takes them out of the store).
     async fn forget_expired_keys(
         &self,
-        subscriptions: &HashMap<SubscriptionId, Subscription>,
+        subscriptions: &HashMap<SubscriptionId, Arc<Ready>>,
         now_ms: i64,
     ) {
         let expired = subscriptions
@@ -243,21 +284,61 @@ impl Dispatcher {
         }
     }
 
-    /// Reads the subscriptions, leases what is due for those with room, and starts
-    /// an attempt for each leased delivery. Returns how many were leased.
+    /// The subscriptions: as last read, unless they changed through this store
+    /// handle since, or the reading is a poll interval old (changes made elsewhere),
+    /// or an attempt found it out of date. `None` when they cannot be read.
+    async fn subscriptions(&mut self) -> Option<Arc<HashMap<SubscriptionId, Arc<Ready>>>> {
+        let version = self.store.subscriptions_version();
+        let stale = self.stale.swap(false, AtomicOrdering::AcqRel);
+        if let Some(reading) = &self.reading
+            && !stale
+            && reading.version == version
+            && reading.at.elapsed() < self.options.poll_interval
+        {
+            return Some(reading.subscriptions.clone());
+        }
+        let at = Instant::now();
+        match self.store.list_subscriptions().await {
+            Ok(list) => {
+                let subscriptions: HashMap<SubscriptionId, Arc<Ready>> = list
+                    .into_iter()
+                    .map(|subscription| {
+                        let target = self.sender.target(&subscription.spec.url);
+                        let ready = Ready {
+                            subscription,
+                            target,
+                        };
+                        (ready.id, Arc::new(ready))
+                    })
+                    .collect();
+                let subscriptions = Arc::new(subscriptions);
+                self.reading = Some(Reading {
+                    version,
+                    at,
+                    subscriptions: subscriptions.clone(),
+                });
+                Some(subscriptions)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "dispatcher cannot read subscriptions");
+                self.reading = None;
+                None
+            }
+        }
+    }
+
+    /// Reads the subscriptions (or keeps the last reading, see
+    /// [`Dispatcher::subscriptions`]), leases what is due for those with room, and
+    /// starts an attempt for each leased delivery. Returns how many were leased.
     pub async fn lease_and_start(&mut self) -> usize {
         let now_ms = self.clock.now_ms();
-        let subscriptions: HashMap<SubscriptionId, Subscription> =
-            match self.store.list_subscriptions().await {
-                Ok(list) => list.into_iter().map(|s| (s.id, s)).collect(),
-                Err(error) => {
-                    tracing::warn!(%error, "dispatcher cannot read subscriptions");
-                    return 0;
-                }
-            };
+        let Some(subscriptions) = self.subscriptions().await else {
+            return 0;
+        };
         let margin = self.options.lease_margin;
+        let listed: Vec<&Subscription> = subscriptions.values().map(|s| &s.subscription).collect();
         self.owners
-            .round(&self.store, &subscriptions, &self.in_flight, now_ms, margin)
+            .round(&self.store, &listed, &self.in_flight, now_ms, margin)
             .await;
         self.forget_expired_keys(&subscriptions, now_ms).await;
         self.gates.retain(|id, _| subscriptions.contains_key(id));
@@ -327,6 +408,7 @@ impl Dispatcher {
                 hold_after_failures: self.options.hold_after_failures,
                 observer: self.observer.clone(),
                 telemetry: self.telemetry.clone(),
+                stale: self.stale.clone(),
                 unsent: Some(Unsent {
                     count: unsent,
                     sent: self.sent.clone(),
@@ -416,7 +498,10 @@ struct Attempt {
     hold_after_failures: u32,
     observer: Option<Arc<dyn DeliveryObserver>>,
     telemetry: Option<Telemetry>,
-    subscription: Subscription,
+    /// The dispatcher's "read the subscriptions again" flag.
+    stale: Arc<AtomicBool>,
+    /// The subscription as the dispatcher's reading holds it (shared).
+    subscription: Arc<Ready>,
     claimed: Claimed,
     /// Counts this attempt among its subscription's unsent ones until dropped.
     unsent: Option<Unsent>,
@@ -502,9 +587,13 @@ impl Attempt {
                 url: &spec.url,
             },
         );
+        // A DreamClass body is prepared once per claimed event (see PlatformBody).
+        let platform_body =
+            (event.provider == ProviderKind::DreamClass).then(|| event.platform_body());
         let attempted = match send::build(
             event.provider,
             &event.body,
+            platform_body,
             &keys.spec,
             &keys.previous_keys,
             &claimed.webhook_id,
@@ -519,7 +608,12 @@ impl Attempt {
                     .as_ref()
                     .map(|(u, p)| (u.as_str(), p.expose()));
                 self.sender
-                    .send(&spec.url, request, basic_auth, spec.timeout)
+                    .send_to(
+                        self.subscription.target.as_ref(),
+                        request,
+                        basic_auth,
+                        spec.timeout,
+                    )
                     .await
             }
             Err(error) => send::Attempted {
@@ -590,6 +684,10 @@ impl Attempt {
                         Next::Dead => observer.dead_lettered(name),
                         Next::RetryAt(_) | Next::Pause => {}
                     }
+                }
+                if next == Next::Delivered && self.subscription.hold_until_ms != 0 {
+                    // The success cleared the hold the dispatcher's reading shows.
+                    self.stale.store(true, AtomicOrdering::Release);
                 }
                 self.hold_if_failing(consecutive_failures, started_ms).await;
                 Finished::Attempted

@@ -84,12 +84,12 @@ impl Owners {
     pub async fn round(
         &mut self,
         store: &Store,
-        subscriptions: &HashMap<SubscriptionId, Subscription>,
+        subscriptions: &[&Subscription],
         in_flight: &HashMap<SubscriptionId, usize>,
         now_ms: i64,
         margin: Duration,
     ) {
-        let mut ids: Vec<SubscriptionId> = subscriptions.keys().copied().collect();
+        let mut ids: Vec<SubscriptionId> = subscriptions.iter().map(|s| s.id).collect();
         ids.sort_unstable();
         let every_ms = ROUND_EVERY.as_millis() as i64;
         if let Some((last_ids, at, at_ms)) = &self.last
@@ -102,7 +102,7 @@ impl Owners {
         let idle = |id: &SubscriptionId| in_flight.get(id).copied().unwrap_or(0) == 0;
         let give_up: Vec<SubscriptionId> = self.releasing.iter().copied().filter(idle).collect();
         let candidates = subscriptions
-            .values()
+            .iter()
             .map(|s| {
                 let lasts = s.spec.timeout + margin + OWNED_FOR;
                 (s.id, now_ms + lasts.as_millis() as i64)

@@ -10,9 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use super::guard::{self, GuardedResolver};
+use super::platform_body::PlatformBody;
 use super::schedule::{self, Outcome};
 use super::signing::{self, PreviousKey, SigningKey};
 use super::subscription::SubscriptionSpec;
@@ -34,10 +33,13 @@ pub struct Outgoing {
 /// platform-faithful signature (DreamClass body field, Loopwise header) holds one
 /// signature only: the current HMAC key's (none with ed25519 signing).
 /// `webhook-signature` carries one entry per key valid at `now_secs`: the current
-/// one, then the replaced keys still in their grace period.
+/// one, then the replaced keys still in their grace period. `platform_body` is the
+/// DreamClass body already prepared (see [`PlatformBody`]); without it, it is
+/// prepared here.
 pub fn build(
     provider: ProviderKind,
     stored_body: &[u8],
+    platform_body: Option<&PlatformBody>,
     spec: &SubscriptionSpec,
     previous: &[PreviousKey],
     webhook_id: &str,
@@ -51,13 +53,17 @@ pub fn build(
     ];
     let body = match provider {
         ProviderKind::DreamClass => {
-            let mut envelope: Value =
-                serde_json::from_slice(crate::canonical::json_text(stored_body))
-                    .map_err(|e| format!("stored body is not JSON: {e}"))?;
-            let id = envelope["id"].as_str().unwrap_or_default().to_string();
-            let signature = platform_key.map_or_else(String::new, |k| dreamclass::sign(k, &id));
-            envelope["signature"] = Value::String(signature);
-            serde_json::to_vec(&envelope).expect("a JSON value serializes")
+            let prepared;
+            let platform_body = match platform_body {
+                Some(prepared) => prepared,
+                None => {
+                    prepared = PlatformBody::prepare(stored_body);
+                    &prepared
+                }
+            };
+            let signature =
+                platform_key.map_or_else(String::new, |k| dreamclass::sign(k, platform_body.id()));
+            platform_body.with_signature(&signature)?
         }
         ProviderKind::Loopwise => {
             if let Some(k) = platform_key {
@@ -79,6 +85,13 @@ pub fn build(
         headers.push(("webhook-signature".to_string(), entries.join(" ")));
     }
     Ok(Outgoing { headers, body })
+}
+
+/// A subscription's URL, parsed and checked against the literal-address guard
+/// once (per reading of the subscriptions), not once per attempt.
+#[derive(Debug, Clone)]
+pub struct Target {
+    url: reqwest::Url,
 }
 
 /// The outgoing HTTP client: no redirects, guarded destinations, bounded reads.
@@ -132,6 +145,16 @@ impl Sender {
         })
     }
 
+    /// The target a URL names, parsed and checked (literal private addresses are
+    /// refused here; names are checked when they resolve). The error is what an
+    /// attempt to it records.
+    pub fn target(&self, url: &str) -> Result<Target, String> {
+        let url = reqwest::Url::parse(url).map_err(|e| format!("bad url: {e}"))?;
+        guard::check_literal(&url, self.allow_private)?;
+        Ok(Target { url })
+    }
+
+    /// Sends `request` to `url` (parsed and checked first; see [`Sender::target`]).
     pub async fn send(
         &self,
         url: &str,
@@ -139,8 +162,22 @@ impl Sender {
         basic_auth: Option<(&str, &str)>,
         timeout: Duration,
     ) -> Attempted {
+        let target = self.target(url);
+        self.send_to(target.as_ref(), request, basic_auth, timeout)
+            .await
+    }
+
+    /// Sends `request` to a target already parsed and checked (or records why it
+    /// cannot be sent to).
+    pub async fn send_to(
+        &self,
+        target: Result<&Target, &String>,
+        request: Outgoing,
+        basic_auth: Option<(&str, &str)>,
+        timeout: Duration,
+    ) -> Attempted {
         let started = Instant::now();
-        let (outcome, response_excerpt) = self.exchange(url, request, basic_auth, timeout).await;
+        let (outcome, response_excerpt) = self.exchange(target, request, basic_auth, timeout).await;
         Attempted {
             outcome,
             duration: started.elapsed(),
@@ -150,7 +187,7 @@ impl Sender {
 
     async fn exchange(
         &self,
-        url: &str,
+        target: Result<&Target, &String>,
         request: Outgoing,
         basic_auth: Option<(&str, &str)>,
         timeout: Duration,
@@ -164,13 +201,10 @@ impl Sender {
                 None,
             )
         };
-        let url = match reqwest::Url::parse(url) {
-            Ok(url) => url,
-            Err(e) => return failed(format!("bad url: {e}")),
+        let url = match target {
+            Ok(target) => target.url.clone(),
+            Err(refused) => return failed(refused.clone()),
         };
-        if let Err(refused) = guard::check_literal(&url, self.allow_private) {
-            return failed(refused);
-        }
         if self.proxied
             && let Err(refused) = guard::check_host(&url, self.allow_private).await
         {

@@ -79,6 +79,22 @@ impl std::ops::Deref for Store {
     }
 }
 
+/// Counts the subscription changes made through one store handle and its clones:
+/// what [`Backend::subscriptions_version`] returns.
+#[derive(Debug, Default)]
+struct ChangeCounter(std::sync::atomic::AtomicU64);
+
+impl ChangeCounter {
+    fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// After the change has committed (a reader that saw the old count reads again).
+    fn bump(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Where the data lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
@@ -729,6 +745,18 @@ pub struct EventToSend {
     pub body: Vec<u8>,
     /// The `traceparent` of the span that received it, when tracing was on.
     pub trace_parent: Option<String>,
+    /// A DreamClass body as subscribers get it, prepared by the first attempt that
+    /// needs it and shared by the others of the same claim (a claim gives the
+    /// deliveries of one event to several subscriptions one `EventToSend`).
+    pub platform_body: std::sync::OnceLock<crate::deliver::platform_body::PlatformBody>,
+}
+
+impl EventToSend {
+    /// The body prepared for DreamClass delivery (once per claimed event).
+    pub fn platform_body(&self) -> &crate::deliver::platform_body::PlatformBody {
+        self.platform_body
+            .get_or_init(|| crate::deliver::platform_body::PlatformBody::prepare(&self.body))
+    }
 }
 
 /// A claimed delivery's event columns as stored: provider, event type, received
@@ -748,6 +776,7 @@ impl ClaimedEvent {
                 received_at_ms,
                 body,
                 trace_parent,
+                platform_body: std::sync::OnceLock::new(),
             })),
             None => ClaimedEvent::Unreadable(format!("unknown provider {provider:?}")),
         }

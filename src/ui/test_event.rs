@@ -56,6 +56,7 @@ pub async fn send(
     let outgoing = send::build(
         provider,
         &body,
+        None,
         &spec,
         &previous,
         &webhook_id,

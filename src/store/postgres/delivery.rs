@@ -174,7 +174,19 @@ impl PostgresStore {
                 .unwrap_or(usize::MAX);
             (request, *due, c.delivery_id)
         });
-        Ok(claimed.into_iter().map(|(_, c)| c).collect())
+        // Deliveries of the same event to several subscriptions share it (and the
+        // body prepared for them).
+        let mut shared: std::collections::HashMap<i64, ClaimedEvent> = Default::default();
+        Ok(claimed
+            .into_iter()
+            .map(|(_, mut c)| {
+                c.event = shared
+                    .entry(c.event_seq.get())
+                    .or_insert_with(|| c.event.clone())
+                    .clone();
+                c
+            })
+            .collect())
     }
 
     /// Records an attempt, in the recorder's next commit (see [`super::records`]).

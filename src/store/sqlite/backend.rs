@@ -168,14 +168,18 @@ impl Backend for SqliteStore {
         &self,
         specs: Vec<SubscriptionSpec>,
     ) -> Result<(), StoreError> {
-        SqliteStore::sync_config_subscriptions(self, specs).await
+        let synced = SqliteStore::sync_config_subscriptions(self, specs).await;
+        self.subscriptions_changed();
+        synced
     }
 
     async fn create_subscription(
         &self,
         spec: SubscriptionSpec,
     ) -> Result<Subscription, StoreError> {
-        SqliteStore::create_subscription(self, spec).await
+        let created = SqliteStore::create_subscription(self, spec).await;
+        self.subscriptions_changed();
+        created
     }
 
     async fn update_subscription(
@@ -183,11 +187,15 @@ impl Backend for SqliteStore {
         name: &str,
         change: SpecChange,
     ) -> Result<Subscription, StoreError> {
-        SqliteStore::update_subscription(self, name, change).await
+        let updated = SqliteStore::update_subscription(self, name, change).await;
+        self.subscriptions_changed();
+        updated
     }
 
     async fn delete_subscription(&self, name: &str) -> Result<(), StoreError> {
-        SqliteStore::delete_subscription(self, name).await
+        let deleted = SqliteStore::delete_subscription(self, name).await;
+        self.subscriptions_changed();
+        deleted
     }
 
     async fn set_paused(
@@ -196,7 +204,9 @@ impl Backend for SqliteStore {
         paused: bool,
         reason: Option<String>,
     ) -> Result<Subscription, StoreError> {
-        SqliteStore::set_paused(self, name, paused, reason).await
+        let changed = SqliteStore::set_paused(self, name, paused, reason).await;
+        self.subscriptions_changed();
+        changed
     }
 
     async fn rotate_secret(
@@ -204,15 +214,23 @@ impl Backend for SqliteStore {
         name: &str,
         rotate: RotateChange,
     ) -> Result<Subscription, StoreError> {
-        SqliteStore::rotate_secret(self, name, rotate).await
+        let rotated = SqliteStore::rotate_secret(self, name, rotate).await;
+        self.subscriptions_changed();
+        rotated
     }
 
     async fn forget_expired_keys(&self, now_ms: i64) -> Result<u64, StoreError> {
-        SqliteStore::forget_expired_keys(self, now_ms).await
+        let forgotten = SqliteStore::forget_expired_keys(self, now_ms).await;
+        self.subscriptions_changed();
+        forgotten
     }
 
     async fn list_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
         self.blocking(|s| s.list_subscriptions()).await
+    }
+
+    fn subscriptions_version(&self) -> u64 {
+        SqliteStore::subscriptions_version(self)
     }
 
     async fn get_subscription(&self, name: &str) -> Result<Option<Subscription>, StoreError> {
@@ -221,7 +239,9 @@ impl Backend for SqliteStore {
     }
 
     async fn reseal_subscription_secrets(&self) -> Result<u64, StoreError> {
-        SqliteStore::reseal_subscription_secrets(self).await
+        let resealed = SqliteStore::reseal_subscription_secrets(self).await;
+        self.subscriptions_changed();
+        resealed
     }
 
     async fn forget_unreadable_secrets(
@@ -229,11 +249,17 @@ impl Backend for SqliteStore {
         keys: crate::store::sealed::Sealer,
         dry_run: bool,
     ) -> Result<Vec<crate::store::sealed::Unreadable>, StoreError> {
-        SqliteStore::forget_unreadable_secrets(self, keys, dry_run).await
+        let forgotten = SqliteStore::forget_unreadable_secrets(self, keys, dry_run).await;
+        if !dry_run {
+            self.subscriptions_changed();
+        }
+        forgotten
     }
 
     async fn hold_subscription(&self, id: SubscriptionId, until_ms: i64) -> Result<(), StoreError> {
-        SqliteStore::hold_subscription(self, id, until_ms).await
+        let held = SqliteStore::hold_subscription(self, id, until_ms).await;
+        self.subscriptions_changed();
+        held
     }
 
     async fn subscription_open(
@@ -254,7 +280,12 @@ impl Backend for SqliteStore {
     }
 
     async fn record_attempt(&self, result: AttemptResult) -> Result<AttemptRecorded, StoreError> {
-        SqliteStore::record_attempt(self, result).await
+        let pauses = matches!(result.next, crate::deliver::schedule::Next::Pause);
+        let recorded = SqliteStore::record_attempt(self, result).await;
+        if pauses {
+            self.subscriptions_changed();
+        }
+        recorded
     }
 
     async fn release(&self, leases: Vec<Lease>) -> Result<(), StoreError> {

@@ -1050,13 +1050,21 @@ pub(super) fn claim(
         "SELECT provider, event_type, received_at_ms, body, trace_parent FROM events
          WHERE seq = ?1",
     )?;
+    // One read (and one prepared body) per event: deliveries of the same event to
+    // several subscriptions share it.
+    let mut read: std::collections::HashMap<i64, ClaimedEvent> = Default::default();
     for delivery in &mut claimed {
+        if let Some(shared) = read.get(&delivery.event_seq.get()) {
+            delivery.event = shared.clone();
+            continue;
+        }
         let row = event
             .query_row([delivery.event_seq], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
             .optional()?;
         delivery.event = ClaimedEvent::from_columns(row);
+        read.insert(delivery.event_seq.get(), delivery.event.clone());
     }
     Ok(claimed)
 }
