@@ -32,7 +32,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use support::load::{
-    Arrivals, SECRET, http1_connection, lags, paced, quantile, signed_body, start_receiver,
+    Arrivals, SECRET, cpu_seconds, http1_connection, lags, paced, quantile, signed_body,
+    start_receiver,
 };
 use support::{env_or, spawn};
 
@@ -273,29 +274,6 @@ struct Drained {
     cpu_us: f64,
 }
 
-/// CPU seconds (user + system, all threads) the process `pid` has used, from
-/// `/proc/<pid>/stat`. (benches/support/load.rs may get the same helper as
-/// `cpu_seconds`; this one should then go.)
-fn process_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name (which may hold spaces), from the state on:
-    // utime and stime are the line's 14th and 15th, the 12th and 13th of these.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // SAFETY: sysconf only reads a constant of the system.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (ticks(11) + ticks(12)) / per_second
-}
-
 /// Stores `bodies` with delivery off in a fresh store, then restarts the gateway
 /// (`binary`) with delivery on and returns how fast it drained them and its CPU
 /// time per delivery (from when it is listening until the last arrival, over the
@@ -322,7 +300,7 @@ async fn drain(
     let started = Instant::now();
     let (mut gateway, _) = serve(binary, &file).await;
     let pid = gateway.id().expect("the gateway runs");
-    let cpu_before = process_cpu_seconds(pid);
+    let cpu_before = cpu_seconds(pid);
     let arrived_before = arrivals.lock().unwrap().len();
     while arrivals.lock().unwrap().len() < bodies.len() {
         assert!(
@@ -332,7 +310,7 @@ async fn drain(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = bodies.len() as f64 / started.elapsed().as_secs_f64();
-    let cpu = process_cpu_seconds(pid) - cpu_before;
+    let cpu = cpu_seconds(pid) - cpu_before;
     let _ = gateway.kill().await;
     let _ = gateway.wait().await;
     Drained {
