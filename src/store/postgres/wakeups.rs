@@ -53,10 +53,13 @@ pub async fn notifier(pool: Pool, committed: Arc<Notify>, local: Arc<Notify>, to
         pending = false;
         let sent = async {
             let client = pool.get().await.ok()?;
-            client
-                .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &token])
+            // Prepared once per connection: the server parsed and planned the
+            // statement text at every notify before.
+            let statement = client
+                .prepare_cached("SELECT pg_notify($1, $2)")
                 .await
-                .ok()
+                .ok()?;
+            client.execute(&statement, &[&CHANNEL, &token]).await.ok()
         };
         if sent.await.is_none() {
             // Other instances fall back on their poll; nothing is lost.
