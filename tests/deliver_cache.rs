@@ -10,22 +10,9 @@ use std::time::{Duration, Instant};
 use common::process::{run, serve, write_config};
 use common::receiver::Receiver;
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const TOKEN: &str = "cache-test-token-0123456789";
-
-async fn api(gw: &Gateway, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
-    let response = gw
-        .client
-        .request(method, gw.url(&format!("/api/v1{path}")))
-        .bearer_auth(TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
 
 /// A URL changed through the API goes with the next delivery, although the
 /// dispatcher read the subscriptions well within its poll interval (1 s) before:
@@ -37,26 +24,28 @@ async fn an_api_change_reaches_the_next_delivery() {
         "[api]\ntokens = [\"{TOKEN}\"]\n[delivery]\nallow_private_destinations = true\npoll_interval = \"1s\"\n{SOURCES}"
     );
     let gw = Gateway::start_with("", &config).await;
-    let (status, body) = api(
-        &gw,
-        reqwest::Method::POST,
-        "/subscriptions",
-        json!({ "name": "crm", "url": first.url(), "events": ["*"], "secret": "s3cret" }),
-    )
-    .await;
+    let (status, body) = gw
+        .api(
+            TOKEN,
+            reqwest::Method::POST,
+            "/subscriptions",
+            Some(json!({ "name": "crm", "url": first.url(), "events": ["*"], "secret": "s3cret" })),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
 
     for round in 0..3u64 {
         gw.post_classes(round * 2..round * 2 + 1).await;
         first.wait_for(round as usize + 1).await;
         // At once after a delivery (the dispatcher has just read and woken).
-        let (status, body) = api(
-            &gw,
-            reqwest::Method::PATCH,
-            "/subscriptions/crm",
-            json!({ "url": second.url() }),
-        )
-        .await;
+        let (status, body) = gw
+            .api(
+                TOKEN,
+                reqwest::Method::PATCH,
+                "/subscriptions/crm",
+                Some(json!({ "url": second.url() })),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
         gw.post_classes(round * 2 + 1..round * 2 + 2).await;
         second.wait_for(round as usize + 1).await;
@@ -65,33 +54,36 @@ async fn an_api_change_reaches_the_next_delivery() {
             round as usize + 1,
             "a delivery went to the old URL"
         );
-        let (status, body) = api(
-            &gw,
-            reqwest::Method::PATCH,
-            "/subscriptions/crm",
-            json!({ "url": first.url() }),
-        )
-        .await;
+        let (status, body) = gw
+            .api(
+                TOKEN,
+                reqwest::Method::PATCH,
+                "/subscriptions/crm",
+                Some(json!({ "url": first.url() })),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
     }
 
     // A pause through the API holds the next event back; a resume sends it.
-    let (status, _) = api(
-        &gw,
-        reqwest::Method::POST,
-        "/subscriptions/crm/pause",
-        json!({}),
-    )
-    .await;
+    let (status, _) = gw
+        .api(
+            TOKEN,
+            reqwest::Method::POST,
+            "/subscriptions/crm/pause",
+            Some(json!({})),
+        )
+        .await;
     assert_eq!(status, 200);
     gw.post_classes(100..101).await;
-    let (status, _) = api(
-        &gw,
-        reqwest::Method::POST,
-        "/subscriptions/crm/resume",
-        json!({}),
-    )
-    .await;
+    let (status, _) = gw
+        .api(
+            TOKEN,
+            reqwest::Method::POST,
+            "/subscriptions/crm/resume",
+            Some(json!({})),
+        )
+        .await;
     assert_eq!(status, 200);
     first.wait_for(4).await;
     gw.stop().await;

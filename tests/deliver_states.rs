@@ -67,25 +67,6 @@ async fn deliveries(store: &Store, subscription: &str) -> Vec<Delivery> {
     all
 }
 
-async fn api(
-    gw: &Gateway,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = gw
-        .client
-        .request(method, gw.url(&format!("/api/v1{path}")))
-        .bearer_auth(TOKEN);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn gone_is_sent_once_and_nothing_more_is_claimed_until_resume() {
     let receiver = Receiver::start().await;
@@ -125,13 +106,14 @@ async fn gone_is_sent_once_and_nothing_more_is_claimed_until_resume() {
     }
     assert_eq!(receiver.received().len(), 1);
 
-    let (status, _) = api(
-        &s.gw,
-        reqwest::Method::POST,
-        "/subscriptions/crm/resume",
-        None,
-    )
-    .await;
+    let (status, _) =
+        s.gw.api(
+            TOKEN,
+            reqwest::Method::POST,
+            "/subscriptions/crm/resume",
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     let finished = s.dispatcher.step().await;
     assert_eq!(finished, [Finished::Attempted; 3]);
@@ -230,24 +212,26 @@ async fn attempts_count_the_whole_attempt_log_across_replays() {
     assert_eq!(dead.state, DeliveryState::Dead);
     assert_eq!(dead.attempts, 2);
 
-    let (status, _) = api(
-        &s.gw,
-        reqwest::Method::POST,
-        &format!("/deliveries/{}/replay", dead.id),
-        None,
-    )
-    .await;
+    let (status, _) =
+        s.gw.api(
+            TOKEN,
+            reqwest::Method::POST,
+            &format!("/deliveries/{}/replay", dead.id),
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     let replayed = deliveries(&s.gw.store, "crm").await.remove(0);
     assert_eq!(replayed.attempts, 2, "a replay keeps the count");
     s.dispatcher.step().await;
-    let (status, view) = api(
-        &s.gw,
-        reqwest::Method::GET,
-        &format!("/deliveries/{}", dead.id),
-        None,
-    )
-    .await;
+    let (status, view) =
+        s.gw.api(
+            TOKEN,
+            reqwest::Method::GET,
+            &format!("/deliveries/{}", dead.id),
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(view["state"], "delivered");
     assert_eq!(view["attempts"], 3);
@@ -266,22 +250,24 @@ async fn a_replay_never_runs_beside_the_attempt_in_flight_and_a_success_stands()
     assert_eq!(s.dispatcher.lease_and_start().await, 1);
     receiver.wait_for(1).await;
     // The attempt is on the wire: a replay of it, or of its subscription, waits.
-    let (status, body) = api(
-        &s.gw,
-        reqwest::Method::POST,
-        &format!("/deliveries/{id}/replay"),
-        None,
-    )
-    .await;
+    let (status, body) =
+        s.gw.api(
+            TOKEN,
+            reqwest::Method::POST,
+            &format!("/deliveries/{id}/replay"),
+            None,
+        )
+        .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"], "conflict");
-    let (status, body) = api(
-        &s.gw,
-        reqwest::Method::POST,
-        "/subscriptions/crm/replay",
-        Some(json!({"dead_only": false})),
-    )
-    .await;
+    let (status, body) =
+        s.gw.api(
+            TOKEN,
+            reqwest::Method::POST,
+            "/subscriptions/crm/replay",
+            Some(json!({"dead_only": false})),
+        )
+        .await;
     assert_eq!((status, &body["queued"]), (200, &json!(0)));
 
     receiver.release(1);
@@ -296,13 +282,14 @@ async fn a_replay_never_runs_beside_the_attempt_in_flight_and_a_success_stands()
     assert_eq!(receiver.received().len(), 1);
 
     // Once the attempt has ended, an explicit replay sends it again.
-    let (status, _) = api(
-        &s.gw,
-        reqwest::Method::POST,
-        &format!("/deliveries/{id}/replay"),
-        None,
-    )
-    .await;
+    let (status, _) =
+        s.gw.api(
+            TOKEN,
+            reqwest::Method::POST,
+            &format!("/deliveries/{id}/replay"),
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(s.dispatcher.step().await, [Finished::Attempted]);
     assert_eq!(receiver.received().len(), 2);
@@ -315,25 +302,27 @@ async fn deleting_a_subscription_during_an_attempt_fails_nothing_else() {
     held.script([Reply::Held(200)]);
     let other = Receiver::start().await;
     let mut s = stepped(&subscription("kept", &other.url(), "")).await;
-    let (status, _) = api(
-        &s.gw,
-        reqwest::Method::POST,
-        "/subscriptions",
-        Some(json!({"name": "doomed", "url": held.url(), "events": ["*"]})),
-    )
-    .await;
+    let (status, _) =
+        s.gw.api(
+            TOKEN,
+            reqwest::Method::POST,
+            "/subscriptions",
+            Some(json!({"name": "doomed", "url": held.url(), "events": ["*"]})),
+        )
+        .await;
     assert_eq!(status, 201);
     s.gw.post_classes(0..1).await;
     assert_eq!(s.dispatcher.lease_and_start().await, 2);
     held.wait_for(1).await;
 
-    let (status, _) = api(
-        &s.gw,
-        reqwest::Method::DELETE,
-        "/subscriptions/doomed",
-        None,
-    )
-    .await;
+    let (status, _) =
+        s.gw.api(
+            TOKEN,
+            reqwest::Method::DELETE,
+            "/subscriptions/doomed",
+            None,
+        )
+        .await;
     assert_eq!(status, 204);
     // The attempt to the deleted subscription ends while events keep arriving: its
     // record finds no lease and is dropped; every event is still stored.
@@ -512,13 +501,14 @@ async fn an_event_that_waited_too_long_for_the_store_is_not_stored() {
 
 /// Creates a subscription to every event through the API.
 async fn create_subscription(gw: &Gateway, name: &str, url: &str) {
-    let (status, body) = api(
-        gw,
-        reqwest::Method::POST,
-        "/subscriptions",
-        Some(json!({"name": name, "url": url, "events": ["*"]})),
-    )
-    .await;
+    let (status, body) = gw
+        .api(
+            TOKEN,
+            reqwest::Method::POST,
+            "/subscriptions",
+            Some(json!({"name": name, "url": url, "events": ["*"]})),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
 }
 
@@ -531,15 +521,18 @@ async fn an_unreadable_stored_subscription_is_an_error_not_a_default() {
         "UPDATE subscriptions SET managed_by = 'someone'",
     )
     .await;
-    let (status, body) = api(&s.gw, reqwest::Method::GET, "/subscriptions/crm", None).await;
+    let (status, body) =
+        s.gw.api(TOKEN, reqwest::Method::GET, "/subscriptions/crm", None)
+            .await;
     assert!(status >= 500, "{status} {body}");
-    let (status, _) = api(
-        &s.gw,
-        reqwest::Method::PATCH,
-        "/subscriptions/crm",
-        Some(json!({"max_in_flight": 2})),
-    )
-    .await;
+    let (status, _) =
+        s.gw.api(
+            TOKEN,
+            reqwest::Method::PATCH,
+            "/subscriptions/crm",
+            Some(json!({"max_in_flight": 2})),
+        )
+        .await;
     assert!(status >= 500, "not editable on a guess: {status}");
     s.gw.stop().await;
 }
@@ -551,14 +544,14 @@ async fn concurrent_changes_to_one_subscription_both_apply() {
     for round in 1..=10u32 {
         let url = format!("https://crm.example.com/hook/{round}");
         let (a, b) = tokio::join!(
-            api(
-                &s.gw,
+            s.gw.api(
+                TOKEN,
                 reqwest::Method::PATCH,
                 "/subscriptions/crm",
                 Some(json!({"url": url})),
             ),
-            api(
-                &s.gw,
+            s.gw.api(
+                TOKEN,
                 reqwest::Method::PATCH,
                 "/subscriptions/crm",
                 Some(json!({"max_in_flight": round})),
@@ -709,13 +702,14 @@ async fn a_dead_letter_releases_the_entity_and_a_replay_keeps_the_order() {
 
     // A replay of everything sends each class's events again, in stored order, one
     // at a time.
-    let (status, _) = api(
-        &s.gw,
-        reqwest::Method::POST,
-        "/subscriptions/crm/replay",
-        Some(json!({"dead_only": false})),
-    )
-    .await;
+    let (status, _) =
+        s.gw.api(
+            TOKEN,
+            reqwest::Method::POST,
+            "/subscriptions/crm/replay",
+            Some(json!({"dead_only": false})),
+        )
+        .await;
     assert_eq!(status, 200);
     s.dispatcher.step().await;
     assert_eq!(
@@ -738,23 +732,27 @@ async fn a_dead_letter_releases_the_entity_and_a_replay_keeps_the_order() {
 async fn a_subscription_changed_to_ordered_orders_what_is_already_queued() {
     let receiver = Receiver::start().await;
     let mut s = stepped("").await;
-    let (status, _) = api(
-        &s.gw,
-        reqwest::Method::POST,
-        "/subscriptions",
-        Some(json!({"name": "crm", "url": receiver.url(), "events": ["*"], "secret": "s3cret"})),
-    )
-    .await;
+    let (status, _) =
+        s.gw.api(
+            TOKEN,
+            reqwest::Method::POST,
+            "/subscriptions",
+            Some(
+                json!({"name": "crm", "url": receiver.url(), "events": ["*"], "secret": "s3cret"}),
+            ),
+        )
+        .await;
     assert_eq!(status, 201);
     post_two_class_lives(&s.gw).await;
 
-    let (status, view) = api(
-        &s.gw,
-        reqwest::Method::PATCH,
-        "/subscriptions/crm",
-        Some(json!({"ordering": "entity"})),
-    )
-    .await;
+    let (status, view) =
+        s.gw.api(
+            TOKEN,
+            reqwest::Method::PATCH,
+            "/subscriptions/crm",
+            Some(json!({"ordering": "entity"})),
+        )
+        .await;
     assert_eq!((status, &view["ordering"]), (200, &json!("entity")));
     assert_eq!(
         s.dispatcher.step().await.len(),
@@ -771,24 +769,26 @@ async fn a_subscription_changed_to_ordered_orders_what_is_already_queued() {
     }
 
     // Back to no order: everything queued goes at once.
-    let (status, view) = api(
-        &s.gw,
-        reqwest::Method::PATCH,
-        "/subscriptions/crm",
-        Some(json!({"ordering": "none"})),
-    )
-    .await;
+    let (status, view) =
+        s.gw.api(
+            TOKEN,
+            reqwest::Method::PATCH,
+            "/subscriptions/crm",
+            Some(json!({"ordering": "none"})),
+        )
+        .await;
     assert_eq!((status, &view["ordering"]), (200, &json!("none")));
     post_two_class_lives(&s.gw).await;
     assert_eq!(s.dispatcher.step().await.len(), 6);
 
-    let (status, error) = api(
-        &s.gw,
-        reqwest::Method::PATCH,
-        "/subscriptions/crm",
-        Some(json!({"ordering": "fifo"})),
-    )
-    .await;
+    let (status, error) =
+        s.gw.api(
+            TOKEN,
+            reqwest::Method::PATCH,
+            "/subscriptions/crm",
+            Some(json!({"ordering": "fifo"})),
+        )
+        .await;
     assert_eq!(status, 400);
     assert!(error.to_string().contains("ordering"), "{error}");
     s.gw.stop().await;

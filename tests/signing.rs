@@ -118,40 +118,17 @@ fn verify_all(cases: &[(&Received, &str)]) -> Vec<bool> {
 
 /// Creates a subscription through the API; it must answer 201. Returns its view.
 async fn create(gw: &Gateway, body: Value) -> Value {
-    let (status, created) = api(
-        gw,
-        TOKEN,
-        reqwest::Method::POST,
-        "/subscriptions",
-        Some(body),
-    )
-    .await;
+    let (status, created) = gw
+        .api(TOKEN, reqwest::Method::POST, "/subscriptions", Some(body))
+        .await;
     assert_eq!(status, 201, "{created}");
     created
 }
 
-async fn api(
-    gw: &Gateway,
-    token: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = gw
-        .client
-        .request(method, gw.url(&format!("/api/v1{path}")))
-        .bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 async fn rotate(gw: &Gateway, name: &str, body: Value) -> (u16, Value) {
     let path = format!("/subscriptions/{name}/rotate-secret");
-    api(gw, SECOND_TOKEN, reqwest::Method::POST, &path, Some(body)).await
+    gw.api(SECOND_TOKEN, reqwest::Method::POST, &path, Some(body))
+        .await
 }
 
 /// Sends one more DreamClass event and returns what the receiver got for it.
@@ -249,7 +226,9 @@ async fn an_hmac_receiver_with_the_old_secret_verifies_during_the_grace_period_o
     assert!(rotated["previous_keys"][0]["expires_at"].is_string());
     assert_eq!(stored_previous_keys(&gw).await, 1);
     // Shown once: the subscription's view never holds it.
-    let (_, view) = api(&gw, TOKEN, reqwest::Method::GET, "/subscriptions/crm", None).await;
+    let (_, view) = gw
+        .api(TOKEN, reqwest::Method::GET, "/subscriptions/crm", None)
+        .await;
     assert!(view.get("secret").is_none(), "{view}");
     assert!(!view.to_string().contains(&new_secret["whsec_".len()..]));
     assert_eq!(view["last_rotation"]["by"], "api token #2");
@@ -283,7 +262,9 @@ async fn an_hmac_receiver_with_the_old_secret_verifies_during_the_grace_period_o
         stored_previous_keys(&gw).await == 0
     })
     .await;
-    let (_, view) = api(&gw, TOKEN, reqwest::Method::GET, "/subscriptions/crm", None).await;
+    let (_, view) = gw
+        .api(TOKEN, reqwest::Method::GET, "/subscriptions/crm", None)
+        .await;
     assert_eq!(view["previous_keys"], json!([]), "{view}");
     gw.stop().await;
 }
@@ -413,7 +394,9 @@ async fn rotations_are_bounded_and_checked() {
         let (status, _) = rotate(&gw, "crm", json!({"grace_period": "1h"})).await;
         assert_eq!(status, 200);
     }
-    let (_, view) = api(&gw, TOKEN, reqwest::Method::GET, "/subscriptions/crm", None).await;
+    let (_, view) = gw
+        .api(TOKEN, reqwest::Method::GET, "/subscriptions/crm", None)
+        .await;
     assert_eq!(view["previous_keys"].as_array().unwrap().len(), 3, "{view}");
     assert_eq!(stored_previous_keys(&gw).await, 3);
     let got = deliver_one(&gw, &receiver, 1).await;
@@ -430,14 +413,14 @@ async fn rotations_are_bounded_and_checked() {
     let create_body = json!({"name": "ed", "url": receiver.url(), "events": ["X"],
         "signing": "ed25519"});
     create(&gw, create_body).await;
-    let (status, answer) = api(
-        &gw,
-        TOKEN,
-        reqwest::Method::PATCH,
-        "/subscriptions/ed",
-        Some(json!({"secret": "mine"})),
-    )
-    .await;
+    let (status, answer) = gw
+        .api(
+            TOKEN,
+            reqwest::Method::PATCH,
+            "/subscriptions/ed",
+            Some(json!({"secret": "mine"})),
+        )
+        .await;
     assert_eq!(status, 400, "{answer}");
     assert!(
         answer["message"]
@@ -447,14 +430,9 @@ async fn rotations_are_bounded_and_checked() {
     );
     let create = json!({"name": "ed2", "url": receiver.url(), "events": ["X"],
         "signing": "ed25519", "secret": "mine"});
-    let (status, _) = api(
-        &gw,
-        TOKEN,
-        reqwest::Method::POST,
-        "/subscriptions",
-        Some(create),
-    )
-    .await;
+    let (status, _) = gw
+        .api(TOKEN, reqwest::Method::POST, "/subscriptions", Some(create))
+        .await;
     assert_eq!(status, 400);
     gw.stop().await;
 }
@@ -480,14 +458,9 @@ async fn config_subscriptions_keep_generated_keys_and_refuse_file_secrets() {
     );
     assert!(!answer.to_string().contains("file-secret"));
 
-    let (_, view) = api(
-        &gw,
-        TOKEN,
-        reqwest::Method::GET,
-        "/subscriptions/file-ed",
-        None,
-    )
-    .await;
+    let (_, view) = gw
+        .api(TOKEN, reqwest::Method::GET, "/subscriptions/file-ed", None)
+        .await;
     let generated = view["public_key"].as_str().unwrap().to_string();
     let got = deliver_one(&gw, &receiver, 1).await;
     assert!(verifies(&got, &generated));
@@ -495,14 +468,9 @@ async fn config_subscriptions_keep_generated_keys_and_refuse_file_secrets() {
     // A restart keeps the key pair (the file holds none).
     gw.running.take().unwrap().stop().await;
     let gw2 = Gateway::start_config(gw.dir, &config, Arc::new(SystemClock)).await;
-    let (_, view) = api(
-        &gw2,
-        TOKEN,
-        reqwest::Method::GET,
-        "/subscriptions/file-ed",
-        None,
-    )
-    .await;
+    let (_, view) = gw2
+        .api(TOKEN, reqwest::Method::GET, "/subscriptions/file-ed", None)
+        .await;
     assert_eq!(view["public_key"], generated.as_str());
 
     let (status, rotated) = rotate(&gw2, "file-ed", json!({"grace_period": "0s"})).await;
@@ -513,14 +481,9 @@ async fn config_subscriptions_keep_generated_keys_and_refuse_file_secrets() {
     let mut gw2 = gw2;
     gw2.running.take().unwrap().stop().await;
     let gw3 = Gateway::start_config(gw2.dir, &config, Arc::new(SystemClock)).await;
-    let (_, view) = api(
-        &gw3,
-        TOKEN,
-        reqwest::Method::GET,
-        "/subscriptions/file-ed",
-        None,
-    )
-    .await;
+    let (_, view) = gw3
+        .api(TOKEN, reqwest::Method::GET, "/subscriptions/file-ed", None)
+        .await;
     assert_eq!(
         view["public_key"],
         rotated_key.as_str(),

@@ -112,6 +112,27 @@ impl Gateway {
         }
     }
 
+    /// Calls the API at `/api/v1{path}` with `token`, and `body` as JSON if any;
+    /// returns the status and the JSON answer (`Null` when there is none).
+    pub async fn api(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, self.url(&format!("/api/v1{path}")))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// The `/metrics` text (a gateway without an API token).
     pub async fn metrics(&self) -> String {
         self.client
