@@ -19,7 +19,7 @@
 //! until its record is committed, so the next one in line already sees the stop.
 //!
 //! The subscriptions are read again only when they changed through this store
-//! handle ([`crate::store::Backend::subscriptions_version`]) and otherwise at least
+//! handle ([`crate::store::Store::subscriptions_version`]) and otherwise at least
 //! every `poll_interval`, so that a change made elsewhere (the CLI, another
 //! instance) is seen within it; each reading parses and checks every URL once. A
 //! pause or hold made elsewhere takes effect at once all the same: the lease and
@@ -95,7 +95,7 @@ impl std::ops::Deref for Ready {
 
 /// The subscriptions as last read, kept until they change.
 struct Reading {
-    /// [`crate::store::Backend::subscriptions_version`] before the read.
+    /// [`crate::store::Store::subscriptions_version`] before the read.
     version: u64,
     /// When the read started.
     at: Instant,

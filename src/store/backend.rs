@@ -239,17 +239,6 @@ pub trait Backend: Send + Sync + 'static {
 
     async fn list_subscriptions(&self) -> Result<Vec<Subscription>, StoreError>;
 
-    /// A number that moves whenever a subscription changed through this store
-    /// handle (or a clone of it), once the change has committed: created, changed,
-    /// deleted, synced from the config, paused or resumed (also by a 410), held,
-    /// its keys rotated or forgotten, its secrets resealed or cleared. No I/O, so
-    /// that the dispatcher can keep the list it read until the number moves.
-    /// Changes made elsewhere (the CLI, another instance on PostgreSQL) do not move
-    /// it: whoever keeps a list by it reads it again at least every poll interval
-    /// anyway. (Counts of failures, which only the hold policy reads, do not
-    /// count as a change.)
-    fn subscriptions_version(&self) -> u64;
-
     async fn get_subscription(&self, name: &str) -> Result<Option<Subscription>, StoreError>;
 
     /// Seals, under the current key of [`super::StoreOptions::secrets`], every stored

@@ -47,6 +47,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::deliver::subscription::{Subscription, SubscriptionSpec};
 use crate::event::EventStatus;
 use crate::provider::ProviderKind;
 use crate::secret::Secret;
@@ -69,6 +70,8 @@ pub const MAX_COMMIT_LAG: Duration = Duration::from_secs(45);
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
+    /// Subscription changes made through this handle and its clones.
+    subscription_changes: Arc<ChangeCounter>,
 }
 
 impl std::ops::Deref for Store {
@@ -80,7 +83,7 @@ impl std::ops::Deref for Store {
 }
 
 /// Counts the subscription changes made through one store handle and its clones:
-/// what [`Backend::subscriptions_version`] returns.
+/// what [`Store::subscriptions_version`] returns.
 #[derive(Debug, Default)]
 struct ChangeCounter(std::sync::atomic::AtomicU64);
 
@@ -134,6 +137,113 @@ impl Store {
     fn new(backend: impl Backend) -> Store {
         Store {
             backend: Arc::new(backend),
+            subscription_changes: Arc::default(),
+        }
+    }
+
+    /// A number that moves whenever a subscription changed through this store
+    /// handle (or a clone of it), once the change has committed (or failed: reading
+    /// again costs little): created, changed, deleted, synced from the config,
+    /// paused or resumed (also by a 410), held, its keys rotated or forgotten, its
+    /// secrets resealed or cleared. No I/O, so that the dispatcher can keep the list
+    /// it read until the number moves. Changes made elsewhere (the CLI, another
+    /// instance on PostgreSQL) do not move it: whoever keeps a list by it reads it
+    /// again at least every poll interval anyway. (Counts of failures, which only
+    /// the hold policy reads, do not count as a change.) The methods below are the
+    /// backend's subscription changes, each counted here, once for every backend.
+    pub fn subscriptions_version(&self) -> u64 {
+        self.subscription_changes.get()
+    }
+
+    /// `result` of a subscription change, counted.
+    fn changed<T>(&self, result: T) -> T {
+        self.subscription_changes.bump();
+        result
+    }
+
+    pub async fn sync_config_subscriptions(
+        &self,
+        specs: Vec<SubscriptionSpec>,
+    ) -> Result<(), StoreError> {
+        self.changed(self.backend.sync_config_subscriptions(specs).await)
+    }
+
+    pub async fn create_subscription(
+        &self,
+        spec: SubscriptionSpec,
+    ) -> Result<Subscription, StoreError> {
+        self.changed(self.backend.create_subscription(spec).await)
+    }
+
+    pub async fn update_subscription(
+        &self,
+        name: &str,
+        change: SpecChange,
+    ) -> Result<Subscription, StoreError> {
+        self.changed(self.backend.update_subscription(name, change).await)
+    }
+
+    pub async fn delete_subscription(&self, name: &str) -> Result<(), StoreError> {
+        self.changed(self.backend.delete_subscription(name).await)
+    }
+
+    pub async fn set_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        reason: Option<String>,
+    ) -> Result<Subscription, StoreError> {
+        self.changed(self.backend.set_paused(name, paused, reason).await)
+    }
+
+    pub async fn rotate_secret(
+        &self,
+        name: &str,
+        rotate: RotateChange,
+    ) -> Result<Subscription, StoreError> {
+        self.changed(self.backend.rotate_secret(name, rotate).await)
+    }
+
+    pub async fn forget_expired_keys(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.changed(self.backend.forget_expired_keys(now_ms).await)
+    }
+
+    pub async fn reseal_subscription_secrets(&self) -> Result<u64, StoreError> {
+        self.changed(self.backend.reseal_subscription_secrets().await)
+    }
+
+    pub async fn forget_unreadable_secrets(
+        &self,
+        keys: sealed::Sealer,
+        dry_run: bool,
+    ) -> Result<Vec<sealed::Unreadable>, StoreError> {
+        let forgotten = self.backend.forget_unreadable_secrets(keys, dry_run).await;
+        if dry_run {
+            forgotten
+        } else {
+            self.changed(forgotten)
+        }
+    }
+
+    pub async fn hold_subscription(
+        &self,
+        id: SubscriptionId,
+        until_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.changed(self.backend.hold_subscription(id, until_ms).await)
+    }
+
+    /// Records an attempt; one that pauses its subscription is a change.
+    pub async fn record_attempt(
+        &self,
+        result: AttemptResult,
+    ) -> Result<AttemptRecorded, StoreError> {
+        let pauses = matches!(result.next, crate::deliver::schedule::Next::Pause);
+        let recorded = self.backend.record_attempt(result).await;
+        if pauses {
+            self.changed(recorded)
+        } else {
+            recorded
         }
     }
 

@@ -113,8 +113,6 @@ struct Inner {
     instance: i64,
     /// The tasks that live as long as the store (wakeups across instances).
     _tasks: AbortOnDrop,
-    /// Subscription changes made through this handle.
-    subscriptions_version: crate::store::ChangeCounter,
 }
 
 /// Aborts its tasks when dropped, so that a closed store keeps no connection open.
@@ -204,7 +202,6 @@ impl PostgresStore {
                 committed,
                 instance,
                 _tasks: tasks,
-                subscriptions_version: Default::default(),
             }),
         };
         store.probe_write().await?;
@@ -236,7 +233,6 @@ impl PostgresStore {
                 committed: Arc::default(),
                 instance: 0,
                 _tasks: AbortOnDrop::default(),
-                subscriptions_version: Default::default(),
             }),
         })
     }
@@ -251,12 +247,6 @@ impl PostgresStore {
     /// resume): wake the dispatchers of every instance, as a commit does.
     fn deliveries_may_be_due(&self) {
         self.inner.committed.notify_one();
-    }
-
-    /// A subscription change made through this handle has committed (or failed:
-    /// reading again costs little). See [`Backend::subscriptions_version`].
-    fn subscriptions_changed(&self) {
-        self.inner.subscriptions_version.bump();
     }
 
     /// A connection for reads and jobs.
@@ -526,18 +516,14 @@ impl Backend for PostgresStore {
         &self,
         specs: Vec<SubscriptionSpec>,
     ) -> Result<(), StoreError> {
-        let synced = PostgresStore::sync_config_subscriptions(self, specs).await;
-        self.subscriptions_changed();
-        synced
+        PostgresStore::sync_config_subscriptions(self, specs).await
     }
 
     async fn create_subscription(
         &self,
         spec: SubscriptionSpec,
     ) -> Result<Subscription, StoreError> {
-        let created = PostgresStore::create_subscription(self, spec).await;
-        self.subscriptions_changed();
-        created
+        PostgresStore::create_subscription(self, spec).await
     }
 
     async fn update_subscription(
@@ -545,15 +531,11 @@ impl Backend for PostgresStore {
         name: &str,
         change: SpecChange,
     ) -> Result<Subscription, StoreError> {
-        let updated = PostgresStore::update_subscription(self, name, change).await;
-        self.subscriptions_changed();
-        updated
+        PostgresStore::update_subscription(self, name, change).await
     }
 
     async fn delete_subscription(&self, name: &str) -> Result<(), StoreError> {
-        let deleted = PostgresStore::delete_subscription(self, name).await;
-        self.subscriptions_changed();
-        deleted
+        PostgresStore::delete_subscription(self, name).await
     }
 
     async fn set_paused(
@@ -562,9 +544,7 @@ impl Backend for PostgresStore {
         paused: bool,
         reason: Option<String>,
     ) -> Result<Subscription, StoreError> {
-        let changed = PostgresStore::set_paused(self, name, paused, reason).await;
-        self.subscriptions_changed();
-        let changed = changed?;
+        let changed = PostgresStore::set_paused(self, name, paused, reason).await?;
         if !paused {
             self.deliveries_may_be_due();
         }
@@ -576,23 +556,15 @@ impl Backend for PostgresStore {
         name: &str,
         rotate: RotateChange,
     ) -> Result<Subscription, StoreError> {
-        let rotated = PostgresStore::rotate_secret(self, name, rotate).await;
-        self.subscriptions_changed();
-        rotated
+        PostgresStore::rotate_secret(self, name, rotate).await
     }
 
     async fn forget_expired_keys(&self, now_ms: i64) -> Result<u64, StoreError> {
-        let forgotten = PostgresStore::forget_expired_keys(self, now_ms).await;
-        self.subscriptions_changed();
-        forgotten
+        PostgresStore::forget_expired_keys(self, now_ms).await
     }
 
     async fn list_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
         PostgresStore::list_subscriptions(self).await
-    }
-
-    fn subscriptions_version(&self) -> u64 {
-        self.inner.subscriptions_version.get()
     }
 
     async fn get_subscription(&self, name: &str) -> Result<Option<Subscription>, StoreError> {
@@ -600,9 +572,7 @@ impl Backend for PostgresStore {
     }
 
     async fn reseal_subscription_secrets(&self) -> Result<u64, StoreError> {
-        let resealed = PostgresStore::reseal_subscription_secrets(self).await;
-        self.subscriptions_changed();
-        resealed
+        PostgresStore::reseal_subscription_secrets(self).await
     }
 
     async fn forget_unreadable_secrets(
@@ -610,17 +580,11 @@ impl Backend for PostgresStore {
         keys: Sealer,
         dry_run: bool,
     ) -> Result<Vec<Unreadable>, StoreError> {
-        let forgotten = PostgresStore::forget_unreadable_secrets(self, keys, dry_run).await;
-        if !dry_run {
-            self.subscriptions_changed();
-        }
-        forgotten
+        PostgresStore::forget_unreadable_secrets(self, keys, dry_run).await
     }
 
     async fn hold_subscription(&self, id: SubscriptionId, until_ms: i64) -> Result<(), StoreError> {
-        let held = PostgresStore::hold_subscription(self, id, until_ms).await;
-        self.subscriptions_changed();
-        held
+        PostgresStore::hold_subscription(self, id, until_ms).await
     }
 
     async fn subscription_open(
@@ -648,12 +612,7 @@ impl Backend for PostgresStore {
     }
 
     async fn record_attempt(&self, result: AttemptResult) -> Result<AttemptRecorded, StoreError> {
-        let pauses = matches!(result.next, crate::deliver::schedule::Next::Pause);
-        let recorded = PostgresStore::record_attempt(self, result).await;
-        if pauses {
-            self.subscriptions_changed();
-        }
-        recorded
+        PostgresStore::record_attempt(self, result).await
     }
 
     async fn release(&self, leases: Vec<Lease>) -> Result<(), StoreError> {

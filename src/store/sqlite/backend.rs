@@ -168,18 +168,14 @@ impl Backend for SqliteStore {
         &self,
         specs: Vec<SubscriptionSpec>,
     ) -> Result<(), StoreError> {
-        let synced = SqliteStore::sync_config_subscriptions(self, specs).await;
-        self.subscriptions_changed();
-        synced
+        SqliteStore::sync_config_subscriptions(self, specs).await
     }
 
     async fn create_subscription(
         &self,
         spec: SubscriptionSpec,
     ) -> Result<Subscription, StoreError> {
-        let created = SqliteStore::create_subscription(self, spec).await;
-        self.subscriptions_changed();
-        created
+        SqliteStore::create_subscription(self, spec).await
     }
 
     async fn update_subscription(
@@ -187,15 +183,11 @@ impl Backend for SqliteStore {
         name: &str,
         change: SpecChange,
     ) -> Result<Subscription, StoreError> {
-        let updated = SqliteStore::update_subscription(self, name, change).await;
-        self.subscriptions_changed();
-        updated
+        SqliteStore::update_subscription(self, name, change).await
     }
 
     async fn delete_subscription(&self, name: &str) -> Result<(), StoreError> {
-        let deleted = SqliteStore::delete_subscription(self, name).await;
-        self.subscriptions_changed();
-        deleted
+        SqliteStore::delete_subscription(self, name).await
     }
 
     async fn set_paused(
@@ -204,9 +196,7 @@ impl Backend for SqliteStore {
         paused: bool,
         reason: Option<String>,
     ) -> Result<Subscription, StoreError> {
-        let changed = SqliteStore::set_paused(self, name, paused, reason).await;
-        self.subscriptions_changed();
-        changed
+        SqliteStore::set_paused(self, name, paused, reason).await
     }
 
     async fn rotate_secret(
@@ -214,23 +204,15 @@ impl Backend for SqliteStore {
         name: &str,
         rotate: RotateChange,
     ) -> Result<Subscription, StoreError> {
-        let rotated = SqliteStore::rotate_secret(self, name, rotate).await;
-        self.subscriptions_changed();
-        rotated
+        SqliteStore::rotate_secret(self, name, rotate).await
     }
 
     async fn forget_expired_keys(&self, now_ms: i64) -> Result<u64, StoreError> {
-        let forgotten = SqliteStore::forget_expired_keys(self, now_ms).await;
-        self.subscriptions_changed();
-        forgotten
+        SqliteStore::forget_expired_keys(self, now_ms).await
     }
 
     async fn list_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
         self.blocking(|s| s.list_subscriptions()).await
-    }
-
-    fn subscriptions_version(&self) -> u64 {
-        SqliteStore::subscriptions_version(self)
     }
 
     async fn get_subscription(&self, name: &str) -> Result<Option<Subscription>, StoreError> {
@@ -239,9 +221,7 @@ impl Backend for SqliteStore {
     }
 
     async fn reseal_subscription_secrets(&self) -> Result<u64, StoreError> {
-        let resealed = SqliteStore::reseal_subscription_secrets(self).await;
-        self.subscriptions_changed();
-        resealed
+        SqliteStore::reseal_subscription_secrets(self).await
     }
 
     async fn forget_unreadable_secrets(
@@ -249,17 +229,11 @@ impl Backend for SqliteStore {
         keys: crate::store::sealed::Sealer,
         dry_run: bool,
     ) -> Result<Vec<crate::store::sealed::Unreadable>, StoreError> {
-        let forgotten = SqliteStore::forget_unreadable_secrets(self, keys, dry_run).await;
-        if !dry_run {
-            self.subscriptions_changed();
-        }
-        forgotten
+        SqliteStore::forget_unreadable_secrets(self, keys, dry_run).await
     }
 
     async fn hold_subscription(&self, id: SubscriptionId, until_ms: i64) -> Result<(), StoreError> {
-        let held = SqliteStore::hold_subscription(self, id, until_ms).await;
-        self.subscriptions_changed();
-        held
+        SqliteStore::hold_subscription(self, id, until_ms).await
     }
 
     async fn subscription_open(
@@ -280,12 +254,7 @@ impl Backend for SqliteStore {
     }
 
     async fn record_attempt(&self, result: AttemptResult) -> Result<AttemptRecorded, StoreError> {
-        let pauses = matches!(result.next, crate::deliver::schedule::Next::Pause);
-        let recorded = SqliteStore::record_attempt(self, result).await;
-        if pauses {
-            self.subscriptions_changed();
-        }
-        recorded
+        SqliteStore::record_attempt(self, result).await
     }
 
     async fn release(&self, leases: Vec<Lease>) -> Result<(), StoreError> {

@@ -62,8 +62,6 @@ struct Inner {
     matchers: Arc<RwLock<Vec<Subscription>>>,
     /// Woken after a commit that queued deliveries.
     deliveries_queued: Arc<Notify>,
-    /// Subscription changes made through this handle.
-    subscriptions_version: crate::store::ChangeCounter,
 }
 
 impl SqliteStore {
@@ -171,20 +169,8 @@ impl SqliteStore {
                 identity,
                 matchers,
                 deliveries_queued,
-                subscriptions_version: Default::default(),
             }),
         }
-    }
-
-    /// See [`crate::store::Backend::subscriptions_version`].
-    pub fn subscriptions_version(&self) -> u64 {
-        self.inner.subscriptions_version.get()
-    }
-
-    /// A subscription change made through this handle has committed (or failed:
-    /// reading again costs little).
-    fn subscriptions_changed(&self) {
-        self.inner.subscriptions_version.bump();
     }
 
     /// Resolves when a commit has queued new deliveries (or soon after).
