@@ -58,6 +58,12 @@ pub async fn write(
     if inserted.len() < new.len() {
         // Some keys were stored before: their events are copies, and the mirror is
         // planned again without them (the effects already written are corrected).
+        // The writer's cached plans were made for the tables as they were; between
+        // `events`' indexes they choose by the statistics of then (on a new database,
+        // `events_source` as well as the unique key): the look-up of stored copies
+        // would filter a whole source. This rarer path plans for the tables as they are.
+        tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            .await?;
         let lost: Vec<usize> = new
             .iter()
             .copied()

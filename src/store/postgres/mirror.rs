@@ -598,10 +598,21 @@ async fn replace_children(
     let sources: Vec<String> = keys.iter().map(|k| k.source.clone()).collect();
     let tenants: Vec<String> = keys.iter().map(|k| k.tenant.clone()).collect();
     let ids: Vec<String> = keys.iter().map(|k| text_id(k)).collect();
+    // The rows are found by one probe of the key per entity (the fenced LATERAL
+    // cannot be turned into a scan of the table joined to the keys, which a plan
+    // cached while the table was tiny would otherwise choose), then deleted by row
+    // address.
     let delete = tx
         .prepare_cached(&format!(
-            "DELETE FROM {table} WHERE (source, tenant, {parent}) IN
-             (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]))",
+            "DELETE FROM {table} WHERE ctid = ANY (ARRAY(
+                 SELECT c.ctid FROM UNNEST($1::text[], $2::text[], $3::text[])
+                     AS u(source, tenant, parent)
+                 CROSS JOIN LATERAL (
+                     SELECT ctid FROM {table} AS t
+                     WHERE t.source = u.source AND t.tenant = u.tenant
+                         AND t.{parent} = u.parent
+                     OFFSET 0
+                 ) AS c))",
             parent = child.parent_column
         ))
         .await?;

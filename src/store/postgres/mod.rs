@@ -72,14 +72,19 @@ use writer::WriteOp;
 const READ_POOL_SIZE: usize = 8;
 /// Connections for delivery leases and attempt records.
 const DELIVERY_POOL_SIZE: usize = 4;
-/// The writer plans each statement at each execution, for the tables as they are
-/// then. A plan cached once (PostgreSQL's default after five executions of a
-/// prepared statement) is made for the tables as they were when the writer
-/// started: on a new database, empty, so that the dedupe look-up scanned the whole
-/// of `events` in every batch, or probed it by `source` alone, until autovacuum's
-/// first `ANALYZE` (a minute or more later) made the server plan again; each batch
-/// cost O(events) till then.
-const WRITER_PLANS: &str = "-c plan_cache_mode=force_custom_plan";
+/// The writer plans each statement once per connection (planning at each execution
+/// was a third of a batch's statement time) and tells the planner that it only ever
+/// wants a batch's own rows, found by key: never a table scan, a hash join or a
+/// merge join. A cached plan is made for the tables as they were then (on a new
+/// database, empty; after an ANALYZE, as small as they were) and kept until the
+/// next ANALYZE; a plan that scanned a table, cheap while it was small, would cost
+/// O(rows) in every batch as the table grows. Without those three choices every
+/// plan probes an index, at any size (tested in `tests/plans.rs`). A choice switched
+/// off costs 10¹⁰ in the planner's units, which would make every plan that still
+/// has one (a one-row table's scan) look worth JIT-compiling: 40–90 ms a batch; the
+/// writer's statements never are, so JIT is off too.
+const WRITER_PLANS: &str = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
+     -c enable_hashjoin=off -c enable_mergejoin=off -c jit=off";
 /// Committed batches that may wait for a flush before the writer waits too.
 const FLUSH_QUEUE: usize = 16;
 /// How long a caller waits for a pooled connection, and a new connection for the

@@ -24,6 +24,7 @@ mod delivery;
 mod events;
 mod maintenance;
 mod mirror;
+mod plans;
 mod server;
 
 /// A fresh database and a store open on it; `None`: skipped (no server).
