@@ -62,8 +62,7 @@ pub async fn write(
         // `events`' indexes they choose by the statistics of then (on a new database,
         // `events_source` as well as the unique key): the look-up of stored copies
         // would filter a whole source. This rarer path plans for the tables as they are.
-        tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
-            .await?;
+        super::plan_for_the_tables_as_they_are(tx).await?;
         let lost: Vec<usize> = new
             .iter()
             .copied()

@@ -156,7 +156,11 @@ async fn rebuild(
     let hand_over_gap = 2 * chunk;
     loop {
         let tx = client.transaction().await?;
-        plan_for_the_tables_as_they_are(&tx).await?;
+        // The shadow tables start empty and grow through the rebuild: a plan cached
+        // after the first chunks (PostgreSQL's default after five executions) would
+        // be made for them tiny. One plan per statement per chunk of thousands of
+        // events costs nothing.
+        super::plan_for_the_tables_as_they_are(&tx).await?;
         let moved = replay_chunk(&tx, &mut after, chunk, &mut report).await?;
         progress.advanced(moved as u64);
         let last: Option<i64> = tx
@@ -169,7 +173,7 @@ async fn rebuild(
         }
     }
     let tx = client.transaction().await?;
-    plan_for_the_tables_as_they_are(&tx).await?;
+    super::plan_for_the_tables_as_they_are(&tx).await?;
     // Writers wait from here to the commit; readers go on with the old mirror
     // until the tables are swapped. The batch lock first, as every writer takes it
     // before it touches a table: taken after the table lock, a writer already
@@ -266,19 +270,6 @@ struct Replayed {
 
 /// Replays the next `chunk` events after `after` into the shadow mirror; returns
 /// how many it read.
-/// Plans the transaction's statements at each execution. The shadow tables start
-/// empty and grow through the rebuild; a plan PostgreSQL cached after its first
-/// chunks (its default after five executions) would be made for them tiny, and a
-/// scan cheap then (the child-row delete's, say) would cost O(rows) in every later
-/// chunk. One plan per statement per chunk of thousands of events costs nothing.
-async fn plan_for_the_tables_as_they_are(
-    tx: &deadpool_postgres::Transaction<'_>,
-) -> Result<(), StoreError> {
-    tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        .await?;
-    Ok(())
-}
-
 async fn replay_chunk(
     tx: &deadpool_postgres::Transaction<'_>,
     after: &mut i64,

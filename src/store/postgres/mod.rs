@@ -85,6 +85,18 @@ const DELIVERY_POOL_SIZE: usize = 4;
 /// writer's statements never are, so JIT is off too.
 const WRITER_PLANS: &str = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
      -c enable_hashjoin=off -c enable_mergejoin=off -c jit=off";
+/// Plans the rest of `tx`'s statements at each execution, for the tables as they
+/// are now, whatever the connection caches otherwise: for the writer's rarer paths
+/// and for tables that grow under one long job (a rebuild's shadow tables). A plan
+/// cached while a table was small may scan it, or choose between its indexes by
+/// statistics of then, at O(rows) per execution as the table grows.
+async fn plan_for_the_tables_as_they_are(
+    tx: &deadpool_postgres::Transaction<'_>,
+) -> Result<(), StoreError> {
+    tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        .await?;
+    Ok(())
+}
 /// Committed batches that may wait for a flush before the writer waits too.
 const FLUSH_QUEUE: usize = 16;
 /// How long a caller waits for a pooled connection, and a new connection for the
