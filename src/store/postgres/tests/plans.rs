@@ -3,18 +3,18 @@
 
 use super::*;
 
+/// 30,000 events, written behind the writer's back.
+const GROW_EVENTS: &str = "INSERT INTO events (source, provider, dedupe_key, event_type,
+         entity_kind, entity_op, version_ms, received_at_ms, status, body_sha256, body,
+         headers, last_seen_at_ms)
+     SELECT 'school', 'dreamclass', md5(i::text), 'CLASS_UPDATED', 'class',
+         'upsert', i, i, 'ok', '\\x00', '\\x00', '', i
+     FROM generate_series(1, 30000) i";
+
 /// The tables the writer reads by key, and how many rows each gets behind the
 /// writer's back.
 const GROWN: &[(&str, &str)] = &[
-    (
-        "events",
-        "INSERT INTO events (source, provider, dedupe_key, event_type, entity_kind,
-             entity_op, version_ms, received_at_ms, status, body_sha256, body, headers,
-             last_seen_at_ms)
-         SELECT 'school', 'dreamclass', md5(i::text), 'CLASS_UPDATED', 'class',
-             'upsert', i, i, 'ok', '\\x00', '\\x00', '', i
-         FROM generate_series(1, 30000) i",
-    ),
+    ("events", GROW_EVENTS),
     (
         "mirror_class",
         "INSERT INTO mirror_class (source, tenant, id, name, deleted, version_ms, event_seq)
@@ -227,4 +227,76 @@ async fn the_writers_plans_read_only_a_batchs_rows_after_the_tables_grew() {
         .await
         .unwrap();
     assert_eq!(class[0].data["name"], "new");
+}
+
+/// Every append probes `events`' unique key (the insert's conflict check), never a
+/// scan or `events_source`, after the table grew behind plans cached while it was
+/// small: on a new database such a plan once scanned `events` in every batch.
+#[tokio::test]
+async fn the_dedupe_look_up_probes_its_unique_key_after_the_table_grew() {
+    let Some((db, store)) = open("plans_follow_the_table").await else {
+        return;
+    };
+    let client = connect(db.url()).await;
+    // More executions than PostgreSQL needs to settle on a cached plan, while the
+    // table is small.
+    for n in 1..=10 {
+        stored(
+            store
+                .append(class_updated(n, n as i64, "small"))
+                .await
+                .unwrap(),
+        );
+    }
+    client.batch_execute(GROW_EVENTS).await.unwrap();
+    let scans = || async {
+        let row = client
+            .query_one(
+                "SELECT pg_stat_clear_snapshot()::text, t.seq_scan, s.idx_scan, d.idx_scan
+                 FROM pg_stat_user_tables t, pg_stat_user_indexes s, pg_stat_user_indexes d
+                 WHERE t.relname = 'events' AND s.indexrelname = 'events_source'
+                     AND d.indexrelname = 'events_dedupe'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+            row.get::<_, i64>(3),
+        )
+    };
+    // The writer's backend reports its counters at a transaction's end at most once
+    // a second: wait for those of the appends above.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    stored(store.append(class_updated(11, 11, "small")).await.unwrap());
+    let before = scans().await;
+    for n in 12..=31 {
+        stored(
+            store
+                .append(class_updated(n, n as i64, "large"))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    stored(store.append(class_updated(32, 32, "large")).await.unwrap());
+    let mut after = scans().await;
+    for _ in 0..50 {
+        if after.2 >= before.2 + 21 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        after = scans().await;
+    }
+    assert!(
+        after.2 >= before.2 + 21,
+        "the unique key was probed {} times for 21 appends",
+        after.2 - before.2
+    );
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (0, 0),
+        "events was scanned, or probed by source, for the dedupe look-up"
+    );
 }
