@@ -608,3 +608,84 @@ async fn an_append_is_answered_only_once_its_wal_is_flushed() {
         );
     }
 }
+
+/// Records the size of every batch the writer commits.
+#[derive(Default)]
+struct BatchSizes(std::sync::Mutex<Vec<usize>>);
+
+impl crate::store::CommitObserver for BatchSizes {
+    fn batch_committed(&self, operations: usize, _: Duration, ok: bool) {
+        assert!(ok, "a batch failed");
+        self.0.lock().unwrap().push(operations);
+    }
+}
+
+/// While another instance's batch holds the batch lock, the events that reach this
+/// instance join one batch: the writer takes its batch from the queue only once it
+/// holds the lock. (Taken before, it would write the event that woke it alone and
+/// the rest in a second batch: half-size batches whenever instances share the lock.)
+#[tokio::test]
+async fn events_queued_while_another_instance_holds_the_batch_lock_join_one_batch() {
+    let sizes = std::sync::Arc::new(BatchSizes::default());
+    let options = StoreOptions {
+        observer: Some(sizes.clone()),
+        ..StoreOptions::default()
+    };
+    let Some((db, store)) = open_with("lock_first", options).await else {
+        return;
+    };
+    let (other, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let lock = super::super::writer::BATCH_LOCK;
+    other
+        .execute("SELECT pg_advisory_lock($1)", &[&lock])
+        .await
+        .unwrap();
+    sizes.0.lock().unwrap().clear();
+    let append = |n: u64| {
+        let store = store.clone();
+        tokio::spawn(async move { store.append(class_updated(n, n as i64 * 1_000, "x")).await })
+    };
+    let first = append(1);
+    let mut waiting = false;
+    for _ in 0..500 {
+        let blocked: i64 = other
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'advisory'
+                 AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if blocked > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(waiting, "the writer never waited for the batch lock");
+    let rest: Vec<_> = (2..=10).map(append).collect();
+    // Queued, not yet written: the writer still waits for the lock.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!first.is_finished());
+    other
+        .execute("SELECT pg_advisory_unlock($1)", &[&lock])
+        .await
+        .unwrap();
+    let mut seqs = vec![stored(first.await.unwrap().unwrap()).get()];
+    for append in rest {
+        seqs.push(stored(append.await.unwrap().unwrap()).get());
+    }
+    assert_eq!(
+        *sizes.0.lock().unwrap(),
+        vec![10],
+        "one batch of the ten events"
+    );
+    assert!(
+        seqs[1..].iter().all(|&seq| seq > seqs[0]),
+        "the event that woke the writer goes in first: {seqs:?}"
+    );
+}
