@@ -5,6 +5,7 @@
 //! each in its own transaction, so that a failure is that record's alone.
 
 use deadpool_postgres::Pool;
+use futures_util::future::try_join_all;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::deliver::schedule::Next;
@@ -83,72 +84,49 @@ async fn run(pool: Pool, mut receiver: mpsc::Receiver<(Box<AttemptResult>, Reply
 }
 
 /// Applies `results` in one transaction.
-async fn apply(
+pub(super) async fn apply(
     pool: &Pool,
     results: &[&AttemptResult],
 ) -> Result<Vec<Result<AttemptRecorded, StoreError>>, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let mut outcomes = Vec::with_capacity(results.len());
+    // Each record's statement (one of four shapes) is prepared first, so that the
+    // records can then be sent together: the connection pipelines them in this
+    // order and the server runs them in it, as one after another would (a success
+    // and a failure of one subscription must apply in their order), in one round
+    // trip for the group instead of one per record.
+    let mut statements = Vec::with_capacity(results.len());
     for result in results {
-        outcomes.push(Ok(record_one(&tx, result).await?));
+        statements.push(tx.prepare_cached(&record_sql(&result.next)).await?);
     }
+    let outcomes = try_join_all(
+        results
+            .iter()
+            .zip(&statements)
+            .map(|(result, statement)| record_one(&tx, statement, result)),
+    )
+    .await?;
     tx.commit().await?;
-    Ok(outcomes)
+    Ok(outcomes.into_iter().map(Ok).collect())
 }
 
-/// Records an attempt and moves the delivery (and its subscription) on, if the
-/// lease it was made under still holds and the delivery is pending: a delivery
-/// replayed, deleted or leased again meanwhile, or already delivered, is left as
-/// it is and nothing is recorded. A recorded success is therefore never undone.
-pub async fn record_one(
+/// Records an attempt (with its statement, [`record_sql`]) and moves the delivery
+/// (and its subscription) on, if the lease it was made under still holds and the
+/// delivery is pending: a delivery replayed, deleted or leased again meanwhile, or
+/// already delivered, is left as it is and nothing is recorded. A recorded success
+/// is therefore never undone.
+async fn record_one(
     tx: &deadpool_postgres::Transaction<'_>,
+    statement: &tokio_postgres::Statement,
     result: &AttemptResult,
 ) -> Result<AttemptRecorded, StoreError> {
     let stored = result.stored();
     let id = result.claimed.delivery_id;
     let subscription = result.claimed.subscription_id;
     let status = stored.status_code.map(i32::from);
-    // The subscription's side of the outcome (only when the record stands).
-    let (subscription_change, only_if) = match result.next {
-        Next::Delivered => (
-            "consecutive_failures = 0, hold_until_ms = 0",
-            "AND (consecutive_failures <> 0 OR hold_until_ms <> 0)",
-        ),
-        Next::Pause => (
-            "paused = TRUE, paused_reason = 'the endpoint answered 410 Gone'",
-            "",
-        ),
-        Next::RetryAt(_) | Next::Dead => ("consecutive_failures = consecutive_failures + 1", ""),
-    };
-    // One statement, one round trip: the delivery moves on only under its lease,
-    // and the attempt and the subscription's change follow only if it did.
-    let statement = tx
-        .prepare_cached(&format!(
-            "WITH moved AS (
-                 UPDATE deliveries SET state = $3::text, attempts = attempts + 1,
-                     round_attempts = round_attempts + $4::bigint,
-                     next_attempt_at_ms = $5::bigint, lease_until_ms = 0, lease_token = 0,
-                     delivered_at_ms = coalesce($6::bigint, delivered_at_ms),
-                     last_error = $7::text
-                 WHERE id = $1 AND lease_token = $2 AND state = 'pending'
-                 RETURNING id
-             ), logged AS (
-                 INSERT INTO attempts (delivery_id, at_ms, duration_ms, status_code, error,
-                     response)
-                 SELECT id, $8::bigint, $9::bigint, $10::int, $11::text, $12::text FROM moved
-             ), subscription AS (
-                 UPDATE subscriptions SET {subscription_change}
-                 WHERE id = $13 AND EXISTS (SELECT 1 FROM moved) {only_if}
-                 RETURNING consecutive_failures
-             )
-             SELECT EXISTS (SELECT 1 FROM moved),
-                 (SELECT consecutive_failures FROM subscription)"
-        ))
-        .await?;
     let row = tx
         .query_one(
-            &statement,
+            statement,
             &[
                 &id,
                 &result.claimed.lease_token,
@@ -176,4 +154,43 @@ pub async fn record_one(
             Next::Delivered | Next::Pause => 0,
         },
     })
+}
+
+/// The statement that records an attempt whose outcome is `next`. One statement,
+/// one round trip: the delivery moves on only under its lease, and the attempt and
+/// the subscription's change follow only if it did.
+fn record_sql(next: &Next) -> String {
+    // The subscription's side of the outcome (only when the record stands).
+    let (subscription_change, only_if) = match next {
+        Next::Delivered => (
+            "consecutive_failures = 0, hold_until_ms = 0",
+            "AND (consecutive_failures <> 0 OR hold_until_ms <> 0)",
+        ),
+        Next::Pause => (
+            "paused = TRUE, paused_reason = 'the endpoint answered 410 Gone'",
+            "",
+        ),
+        Next::RetryAt(_) | Next::Dead => ("consecutive_failures = consecutive_failures + 1", ""),
+    };
+    format!(
+        "WITH moved AS (
+             UPDATE deliveries SET state = $3::text, attempts = attempts + 1,
+                 round_attempts = round_attempts + $4::bigint,
+                 next_attempt_at_ms = $5::bigint, lease_until_ms = 0, lease_token = 0,
+                 delivered_at_ms = coalesce($6::bigint, delivered_at_ms),
+                 last_error = $7::text
+             WHERE id = $1 AND lease_token = $2 AND state = 'pending'
+             RETURNING id
+         ), logged AS (
+             INSERT INTO attempts (delivery_id, at_ms, duration_ms, status_code, error,
+                 response)
+             SELECT id, $8::bigint, $9::bigint, $10::int, $11::text, $12::text FROM moved
+         ), subscription AS (
+             UPDATE subscriptions SET {subscription_change}
+             WHERE id = $13 AND EXISTS (SELECT 1 FROM moved) {only_if}
+             RETURNING consecutive_failures
+         )
+         SELECT EXISTS (SELECT 1 FROM moved),
+             (SELECT consecutive_failures FROM subscription)"
+    )
 }

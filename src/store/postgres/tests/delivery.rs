@@ -580,3 +580,75 @@ async fn a_record_that_fails_fails_alone() {
         .unwrap();
     assert_eq!(delivered.len(), 5);
 }
+
+/// The records of one group are sent to the server together, and apply in their
+/// order as one after another would: a subscription's failures count up, a success
+/// between them resets the count, and the count after the group is the last one's.
+#[tokio::test]
+async fn records_sent_together_apply_in_their_order() {
+    let Some((_db, store)) = open("record_order").await else {
+        return;
+    };
+    let sub = store
+        .create_subscription(subscription("hooks", &["*"]))
+        .await
+        .unwrap();
+    for n in 0..5u64 {
+        store.append(class_updated(n, 1_000, "A")).await.unwrap();
+    }
+    let now = 1_700_000_000_000;
+    let claimed = store
+        .claim_due(vec![request(sub.id.get(), 10, now + 30_000)], now)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 5);
+    let failed = Outcome::Failed {
+        status: Some(500),
+        error: None,
+    };
+    let outcomes = [
+        (failed.clone(), Next::RetryAt(now + 10_000)),
+        (failed.clone(), Next::RetryAt(now + 10_000)),
+        (Outcome::Success { status: 200 }, Next::Delivered),
+        (failed.clone(), Next::RetryAt(now + 10_000)),
+        (failed, Next::RetryAt(now + 10_000)),
+    ];
+    let results: Vec<AttemptResult> = claimed
+        .into_iter()
+        .zip(outcomes)
+        .map(|(claimed, (outcome, next))| AttemptResult {
+            claimed,
+            at_ms: now + 1,
+            duration: Duration::from_millis(3),
+            outcome,
+            response: None,
+            next,
+        })
+        .collect();
+    let group: Vec<&AttemptResult> = results.iter().collect();
+    let recorded = super::super::records::apply(&store.inner.delivery, &group)
+        .await
+        .unwrap();
+    let counts: Vec<i64> = recorded
+        .into_iter()
+        .map(|r| match r.unwrap() {
+            AttemptRecorded::Kept {
+                consecutive_failures,
+            } => consecutive_failures,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(counts, [1, 2, 0, 1, 2]);
+    let failures: i64 = store
+        .client()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT consecutive_failures FROM subscriptions WHERE id = $1",
+            &[&sub.id.get()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(failures, 2);
+}
