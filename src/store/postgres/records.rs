@@ -1,5 +1,6 @@
 //! Attempt records, committed in groups: a recorder task drains a channel of
-//! records, applies each (one statement) in one transaction and answers every
+//! records, applies each (one statement) in one transaction, sending the group's
+//! statements together (one round trip, not one per record), and answers every
 //! caller after the commit, so that a busy dispatcher costs one WAL flush per
 //! group, not per attempt. A group that fails is applied again record by record,
 //! each in its own transaction, so that a failure is that record's alone.
