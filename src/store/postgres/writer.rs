@@ -101,14 +101,19 @@ impl Writer {
             live, rejections, ..
         } = taken;
         let events: Vec<&NewEvent> = live.iter().map(|(event, _)| &**event).collect();
-        if let Err(StoreError::Contended(_)) = &written {
-            written = self.write_contended(&events, &rejections, false).await;
+        if let Err(StoreError::Contended(message)) = &written {
+            tracing::info!(
+                error = %message,
+                try_number = 1,
+                "a batch lost a lock conflict; writing it again"
+            );
+            written = self.write_contended(&events, &rejections, false, 1).await;
         }
         if let Err(error) = &written
             && !matches!(error, StoreError::NotReady(_))
         {
             tracing::warn!(%error, operations = events.len(), "a batch failed; writing it again with each append isolated");
-            written = self.write_contended(&events, &rejections, true).await;
+            written = self.write_contended(&events, &rejections, true, 0).await;
         }
         let operations = live.len() + rejections.len();
         match written {
@@ -195,26 +200,29 @@ impl Writer {
         taken.rejections = self.rejections.take();
     }
 
-    /// [`Writer::write`], tried again whole while it loses lock conflicts, up to
-    /// [`CONTENDED_TRIES`] times, each after a random pause that doubles.
+    /// [`Writer::write`], tried again whole while it loses lock conflicts, each time
+    /// after a random pause that doubles, until [`CONTENDED_TRIES`] tries in all
+    /// (`lost`: how many tries of this batch lost one already).
     async fn write_contended(
         &mut self,
         events: &[&NewEvent],
         rejections: &[NewRejection],
         isolated: bool,
+        mut lost: u32,
     ) -> BatchResult {
-        let mut tries = 1;
         loop {
+            if lost > 0 {
+                let pause_us = (1u64 << (lost - 1)) * (1_000 + rand::random::<u64>() % 1_000);
+                tokio::time::sleep(Duration::from_micros(pause_us)).await;
+            }
             match self.write(events, rejections, isolated).await {
-                Err(StoreError::Contended(message)) if tries < CONTENDED_TRIES => {
-                    let pause_ms = (1u64 << (tries - 1)) * (1_000 + rand::random::<u64>() % 1_000);
+                Err(StoreError::Contended(message)) if lost + 1 < CONTENDED_TRIES => {
+                    lost += 1;
                     tracing::info!(
                         error = %message,
-                        try_number = tries,
+                        try_number = lost,
                         "a batch lost a lock conflict; writing it again"
                     );
-                    tokio::time::sleep(Duration::from_micros(pause_ms)).await;
-                    tries += 1;
                 }
                 written => return written,
             }
