@@ -525,24 +525,39 @@ async fn queue_depths_and_backups() {
     ));
 }
 
-#[tokio::test]
-async fn a_record_that_fails_fails_alone() {
-    let Some((_db, store)) = open("record_isolation").await else {
-        return;
-    };
+/// When the attempts of [`claimed_deliveries`] are made.
+const ATTEMPTED_AT: i64 = 1_700_000_000_000;
+
+/// A store with one subscription to every event and `count` events, whose
+/// deliveries are all claimed at [`ATTEMPTED_AT`]; `None`: skipped (no server).
+async fn claimed_deliveries(
+    test: &str,
+    count: u64,
+) -> Option<(TestDatabase, PostgresStore, Vec<crate::store::Claimed>)> {
+    let (db, store) = open(test).await?;
     let sub = store
         .create_subscription(subscription("hooks", &["*"]))
         .await
         .unwrap();
-    for n in 0..6u64 {
+    for n in 0..count {
         store.append(class_updated(n, 1_000, "A")).await.unwrap();
     }
-    let now = 1_700_000_000_000;
     let claimed = store
-        .claim_due(vec![request(sub.id.get(), 10, now + 30_000)], now)
+        .claim_due(
+            vec![request(sub.id.get(), 10, ATTEMPTED_AT + 30_000)],
+            ATTEMPTED_AT,
+        )
         .await
         .unwrap();
-    assert_eq!(claimed.len(), 6);
+    assert_eq!(claimed.len() as u64, count);
+    Some((db, store, claimed))
+}
+
+#[tokio::test]
+async fn a_record_that_fails_fails_alone() {
+    let Some((_db, store, claimed)) = claimed_deliveries("record_isolation", 6).await else {
+        return;
+    };
     let mut records = Vec::new();
     for (n, claimed) in claimed.into_iter().enumerate() {
         let store = store.clone();
@@ -550,7 +565,7 @@ async fn a_record_that_fails_fails_alone() {
             store
                 .record_attempt(AttemptResult {
                     claimed,
-                    at_ms: now + 1,
+                    at_ms: ATTEMPTED_AT + 1,
                     duration: Duration::from_millis(3),
                     outcome: Outcome::Success { status: 200 },
                     // PostgreSQL text cannot hold NUL: this record fails in the database.
@@ -586,39 +601,27 @@ async fn a_record_that_fails_fails_alone() {
 /// between them resets the count, and the count after the group is the last one's.
 #[tokio::test]
 async fn records_sent_together_apply_in_their_order() {
-    let Some((_db, store)) = open("record_order").await else {
+    let Some((_db, store, claimed)) = claimed_deliveries("record_order", 5).await else {
         return;
     };
-    let sub = store
-        .create_subscription(subscription("hooks", &["*"]))
-        .await
-        .unwrap();
-    for n in 0..5u64 {
-        store.append(class_updated(n, 1_000, "A")).await.unwrap();
-    }
-    let now = 1_700_000_000_000;
-    let claimed = store
-        .claim_due(vec![request(sub.id.get(), 10, now + 30_000)], now)
-        .await
-        .unwrap();
-    assert_eq!(claimed.len(), 5);
+    let sub = claimed[0].subscription_id;
     let failed = Outcome::Failed {
         status: Some(500),
         error: None,
     };
     let outcomes = [
-        (failed.clone(), Next::RetryAt(now + 10_000)),
-        (failed.clone(), Next::RetryAt(now + 10_000)),
+        (failed.clone(), Next::RetryAt(ATTEMPTED_AT + 10_000)),
+        (failed.clone(), Next::RetryAt(ATTEMPTED_AT + 10_000)),
         (Outcome::Success { status: 200 }, Next::Delivered),
-        (failed.clone(), Next::RetryAt(now + 10_000)),
-        (failed, Next::RetryAt(now + 10_000)),
+        (failed.clone(), Next::RetryAt(ATTEMPTED_AT + 10_000)),
+        (failed, Next::RetryAt(ATTEMPTED_AT + 10_000)),
     ];
     let results: Vec<AttemptResult> = claimed
         .into_iter()
         .zip(outcomes)
         .map(|(claimed, (outcome, next))| AttemptResult {
             claimed,
-            at_ms: now + 1,
+            at_ms: ATTEMPTED_AT + 1,
             duration: Duration::from_millis(3),
             outcome,
             response: None,
@@ -645,7 +648,7 @@ async fn records_sent_together_apply_in_their_order() {
         .unwrap()
         .query_one(
             "SELECT consecutive_failures FROM subscriptions WHERE id = $1",
-            &[&sub.id.get()],
+            &[&sub.get()],
         )
         .await
         .unwrap()

@@ -515,10 +515,7 @@ async fn a_batch_that_loses_deadlocks_is_written_again() {
             .await
             .unwrap(),
     );
-    let (mut other, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let mut other = connect(db.url()).await;
     let tx = other.transaction().await.unwrap();
     tx.execute("SELECT 1 FROM mirror_class WHERE id = 7 FOR UPDATE", &[])
         .await
@@ -530,27 +527,8 @@ async fn a_batch_that_loses_deadlocks_is_written_again() {
     let lock = super::super::writer::BATCH_LOCK;
     for deadlock in 1..=3 {
         // The writer holds the batch lock and waits for the row.
-        let mut waiting = false;
-        for _ in 0..500 {
-            let blocked: i64 = tx
-                .query_one(
-                    // pg_locks shows every database's: other tests wait for locks too.
-                    "SELECT count(*) FROM pg_locks
-                     WHERE NOT granted AND locktype <> 'advisory' AND pid IN
-                         (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if blocked > 0 {
-                waiting = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         assert!(
-            waiting,
+            a_session_waits_for_a_lock(&tx, false).await,
             "deadlock {deadlock}: the writer never waited for the row"
         );
         // Asking for the batch lock closes the cycle; the writer, waiting longer,
@@ -575,10 +553,7 @@ async fn an_append_is_answered_only_once_its_wal_is_flushed() {
     let Some((db, store)) = open("flushed_before_answer").await else {
         return;
     };
-    let (client, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = connect(db.url()).await;
     client
         .batch_execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
         .await
@@ -609,64 +584,36 @@ async fn an_append_is_answered_only_once_its_wal_is_flushed() {
     }
 }
 
-/// Records the size of every batch the writer commits.
-#[derive(Default)]
-struct BatchSizes(std::sync::Mutex<Vec<usize>>);
-
-impl crate::store::CommitObserver for BatchSizes {
-    fn batch_committed(&self, operations: usize, _: Duration, ok: bool) {
-        assert!(ok, "a batch failed");
-        self.0.lock().unwrap().push(operations);
-    }
-}
-
 /// While another instance's batch holds the batch lock, the events that reach this
 /// instance join one batch: the writer takes its batch from the queue only once it
 /// holds the lock. (Taken before, it would write the event that woke it alone and
 /// the rest in a second batch: half-size batches whenever instances share the lock.)
 #[tokio::test]
 async fn events_queued_while_another_instance_holds_the_batch_lock_join_one_batch() {
-    let sizes = std::sync::Arc::new(BatchSizes::default());
+    let log = std::sync::Arc::new(BatchLog::default());
     let options = StoreOptions {
-        observer: Some(sizes.clone()),
+        observer: Some(log.clone()),
         ..StoreOptions::default()
     };
     let Some((db, store)) = open_with("lock_first", options).await else {
         return;
     };
-    let (other, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let other = connect(db.url()).await;
     let lock = super::super::writer::BATCH_LOCK;
     other
         .execute("SELECT pg_advisory_lock($1)", &[&lock])
         .await
         .unwrap();
-    sizes.0.lock().unwrap().clear();
+    log.clear();
     let append = |n: u64| {
         let store = store.clone();
         tokio::spawn(async move { store.append(class_updated(n, n as i64 * 1_000, "x")).await })
     };
     let first = append(1);
-    let mut waiting = false;
-    for _ in 0..500 {
-        let blocked: i64 = other
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'advisory'
-                 AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if blocked > 0 {
-            waiting = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(waiting, "the writer never waited for the batch lock");
+    assert!(
+        a_session_waits_for_a_lock(&other, true).await,
+        "the writer never waited for the batch lock"
+    );
     let rest: Vec<_> = (2..=10).map(append).collect();
     // Queued, not yet written: the writer still waits for the lock.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -679,10 +626,11 @@ async fn events_queued_while_another_instance_holds_the_batch_lock_join_one_batc
     for append in rest {
         seqs.push(stored(append.await.unwrap().unwrap()).get());
     }
+    let batches: Vec<(usize, bool)> = log.batches().iter().map(|b| (b.0, b.2)).collect();
     assert_eq!(
-        *sizes.0.lock().unwrap(),
-        vec![10],
-        "one batch of the ten events"
+        batches,
+        vec![(10, true)],
+        "one batch of the ten events, committed"
     );
     assert!(
         seqs[1..].iter().all(|&seq| seq > seqs[0]),

@@ -41,6 +41,63 @@ pub(super) async fn open_with(
     Some((db, store))
 }
 
+/// A connection of the test's own to its database, beside the store's.
+pub(super) async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Waits, up to 5 s, until a session of the test's database waits for a lock:
+/// an advisory one (the batch lock), or (`advisory` false) any other kind (a row);
+/// whether one did. `pg_locks` shows every database's, and other tests wait for
+/// locks too.
+pub(super) async fn a_session_waits_for_a_lock(
+    client: &impl tokio_postgres::GenericClient,
+    advisory: bool,
+) -> bool {
+    for _ in 0..500 {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_locks
+                 WHERE NOT granted AND (locktype = 'advisory') = $1 AND pid IN
+                     (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
+                &[&advisory],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Every batch the writer ended: its operations, how long it took, and whether it
+/// committed.
+#[derive(Default)]
+pub(super) struct BatchLog(std::sync::Mutex<Vec<(usize, Duration, bool)>>);
+
+impl crate::store::CommitObserver for BatchLog {
+    fn batch_committed(&self, operations: usize, duration: Duration, ok: bool) {
+        self.0.lock().unwrap().push((operations, duration, ok));
+    }
+}
+
+impl BatchLog {
+    pub(super) fn batches(&self) -> Vec<(usize, Duration, bool)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub(super) fn clear(&self) {
+        self.0.lock().unwrap().clear();
+    }
+}
+
 /// An event as ingest would hand it to the store (signatures are not the store's
 /// business).
 pub(super) fn event(

@@ -153,14 +153,6 @@ async fn report(store: &PostgresStore, n: u64) {
     );
 }
 
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-}
-
 #[tokio::test]
 async fn the_writers_plans_read_only_a_batchs_rows_after_the_tables_grew() {
     let Some((db, store)) = open("plans_stay_keyed").await else {

@@ -144,17 +144,7 @@ async fn a_lost_server_is_not_ready_and_the_store_reconnects_when_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn throughput() {
-    #[derive(Default)]
-    struct Batches(std::sync::Mutex<(usize, usize, Duration)>);
-    impl crate::store::CommitObserver for Batches {
-        fn batch_committed(&self, operations: usize, duration: Duration, _ok: bool) {
-            let mut b = self.0.lock().unwrap();
-            b.0 += 1;
-            b.1 += operations;
-            b.2 += duration;
-        }
-    }
-    let batches = std::sync::Arc::new(Batches::default());
+    let batches = std::sync::Arc::new(BatchLog::default());
     let options = StoreOptions {
         observer: Some(batches.clone()),
         ..StoreOptions::default()
@@ -191,7 +181,10 @@ async fn throughput() {
         "{total} appends by {callers} concurrent callers in {elapsed:?}: {:.0}/s",
         total as f64 / elapsed.as_secs_f64()
     );
-    let (count, operations, busy) = *batches.0.lock().unwrap();
+    let batches = batches.batches();
+    let count = batches.len();
+    let operations: usize = batches.iter().map(|b| b.0).sum();
+    let busy: Duration = batches.iter().map(|b| b.1).sum();
     eprintln!(
         "{count} batches of {} on average, {:?} each",
         operations / count.max(1),
