@@ -91,27 +91,37 @@ pub(super) async fn apply(
 ) -> Result<Vec<Result<AttemptRecorded, StoreError>>, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    // Each record's statement (one of four shapes) is prepared first, so that the
-    // records can then be sent together: the connection pipelines them in this
+    // The group's statements (one per shape it holds) are prepared first, so that
+    // the records can then be sent together: the connection pipelines them in this
     // order and the server runs them in it, as one after another would (a success
     // and a failure of one subscription must apply in their order), in one round
     // trip for the group instead of one per record.
-    let mut statements = Vec::with_capacity(results.len());
+    let mut prepared: Vec<(SubscriptionChange, tokio_postgres::Statement)> = Vec::new();
     for result in results {
-        statements.push(tx.prepare_cached(&record_sql(&result.next)).await?);
+        let change = SubscriptionChange::of(&result.next);
+        if !prepared.iter().any(|(shape, _)| *shape == change) {
+            prepared.push((change, tx.prepare_cached(&change.record_sql()).await?));
+        }
     }
+    let statement_of = |result: &AttemptResult| {
+        let change = SubscriptionChange::of(&result.next);
+        let (_, statement) = prepared
+            .iter()
+            .find(|(shape, _)| *shape == change)
+            .expect("every shape of the group was prepared above");
+        statement
+    };
     let outcomes = try_join_all(
         results
             .iter()
-            .zip(&statements)
-            .map(|(result, statement)| record_one(&tx, statement, result)),
+            .map(|result| record_one(&tx, statement_of(result), result)),
     )
     .await?;
     tx.commit().await?;
     Ok(outcomes.into_iter().map(Ok).collect())
 }
 
-/// Records an attempt (with its statement, [`record_sql`]) and moves the delivery
+/// Records an attempt (with its statement, [`SubscriptionChange::record_sql`]) and moves the delivery
 /// (and its subscription) on, if the lease it was made under still holds and the
 /// delivery is pending: a delivery replayed, deleted or leased again meanwhile, or
 /// already delivered, is left as it is and nothing is recorded. A recorded success
@@ -150,48 +160,72 @@ async fn record_one(
     }
     let failures: Option<i64> = row.try_get(1)?;
     Ok(AttemptRecorded::Kept {
-        consecutive_failures: match result.next {
-            Next::RetryAt(_) | Next::Dead => failures.unwrap_or(0),
-            Next::Delivered | Next::Pause => 0,
+        consecutive_failures: match SubscriptionChange::of(&result.next) {
+            SubscriptionChange::CountFailure => failures.unwrap_or(0),
+            SubscriptionChange::ClearFailures | SubscriptionChange::Pause => 0,
         },
     })
 }
 
-/// The statement that records an attempt whose outcome is `next`. One statement,
-/// one round trip: the delivery moves on only under its lease, and the attempt and
-/// the subscription's change follow only if it did.
-fn record_sql(next: &Next) -> String {
-    // The subscription's side of the outcome (only when the record stands).
-    let (subscription_change, only_if) = match next {
-        Next::Delivered => (
-            "consecutive_failures = 0, hold_until_ms = 0",
-            "AND (consecutive_failures <> 0 OR hold_until_ms <> 0)",
-        ),
-        Next::Pause => (
-            "paused = TRUE, paused_reason = 'the endpoint answered 410 Gone'",
-            "",
-        ),
-        Next::RetryAt(_) | Next::Dead => ("consecutive_failures = consecutive_failures + 1", ""),
-    };
-    format!(
-        "WITH moved AS (
-             UPDATE deliveries SET state = $3::text, attempts = attempts + 1,
-                 round_attempts = round_attempts + $4::bigint,
-                 next_attempt_at_ms = $5::bigint, lease_until_ms = 0, lease_token = 0,
-                 delivered_at_ms = coalesce($6::bigint, delivered_at_ms),
-                 last_error = $7::text
-             WHERE id = $1 AND lease_token = $2 AND state = 'pending'
-             RETURNING id
-         ), logged AS (
-             INSERT INTO attempts (delivery_id, at_ms, duration_ms, status_code, error,
-                 response)
-             SELECT id, $8::bigint, $9::bigint, $10::int, $11::text, $12::text FROM moved
-         ), subscription AS (
-             UPDATE subscriptions SET {subscription_change}
-             WHERE id = $13 AND EXISTS (SELECT 1 FROM moved) {only_if}
-             RETURNING consecutive_failures
-         )
-         SELECT EXISTS (SELECT 1 FROM moved),
-             (SELECT consecutive_failures FROM subscription)"
-    )
+/// What an attempt's outcome does to its subscription, and with it the shape of the
+/// statement that records the attempt.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SubscriptionChange {
+    /// Delivered: its failures are forgotten and a hold lifted.
+    ClearFailures,
+    /// 410 Gone: paused.
+    Pause,
+    /// Failed (to be retried, or dead): one more failure in a row.
+    CountFailure,
+}
+
+impl SubscriptionChange {
+    fn of(next: &Next) -> SubscriptionChange {
+        match next {
+            Next::Delivered => SubscriptionChange::ClearFailures,
+            Next::Pause => SubscriptionChange::Pause,
+            Next::RetryAt(_) | Next::Dead => SubscriptionChange::CountFailure,
+        }
+    }
+
+    /// The statement that records an attempt with this change. One statement, one
+    /// round trip: the delivery moves on only under its lease, and the attempt and
+    /// the subscription's change follow only if it did.
+    fn record_sql(self) -> String {
+        // The subscription's side of the outcome (only when the record stands).
+        let (subscription_change, only_if) = match self {
+            SubscriptionChange::ClearFailures => (
+                "consecutive_failures = 0, hold_until_ms = 0",
+                "AND (consecutive_failures <> 0 OR hold_until_ms <> 0)",
+            ),
+            SubscriptionChange::Pause => (
+                "paused = TRUE, paused_reason = 'the endpoint answered 410 Gone'",
+                "",
+            ),
+            SubscriptionChange::CountFailure => {
+                ("consecutive_failures = consecutive_failures + 1", "")
+            }
+        };
+        format!(
+            "WITH moved AS (
+                 UPDATE deliveries SET state = $3::text, attempts = attempts + 1,
+                     round_attempts = round_attempts + $4::bigint,
+                     next_attempt_at_ms = $5::bigint, lease_until_ms = 0, lease_token = 0,
+                     delivered_at_ms = coalesce($6::bigint, delivered_at_ms),
+                     last_error = $7::text
+                 WHERE id = $1 AND lease_token = $2 AND state = 'pending'
+                 RETURNING id
+             ), logged AS (
+                 INSERT INTO attempts (delivery_id, at_ms, duration_ms, status_code, error,
+                     response)
+                 SELECT id, $8::bigint, $9::bigint, $10::int, $11::text, $12::text FROM moved
+             ), subscription AS (
+                 UPDATE subscriptions SET {subscription_change}
+                 WHERE id = $13 AND EXISTS (SELECT 1 FROM moved) {only_if}
+                 RETURNING consecutive_failures
+             )
+             SELECT EXISTS (SELECT 1 FROM moved),
+                 (SELECT consecutive_failures FROM subscription)"
+        )
+    }
 }

@@ -102,11 +102,7 @@ impl Writer {
         } = taken;
         let events: Vec<&NewEvent> = live.iter().map(|(event, _)| &**event).collect();
         if let Err(StoreError::Contended(message)) = &written {
-            tracing::info!(
-                error = %message,
-                try_number = 1,
-                "a batch lost a lock conflict; writing it again"
-            );
+            log_lost_conflict(message, 1);
             written = self.write_contended(&events, &rejections, false, 1).await;
         }
         if let Err(error) = &written
@@ -218,11 +214,7 @@ impl Writer {
             match self.write(events, rejections, isolated).await {
                 Err(StoreError::Contended(message)) if lost + 1 < CONTENDED_TRIES => {
                     lost += 1;
-                    tracing::info!(
-                        error = %message,
-                        try_number = lost,
-                        "a batch lost a lock conflict; writing it again"
-                    );
+                    log_lost_conflict(&message, lost);
                 }
                 written => return written,
             }
@@ -299,6 +291,16 @@ impl Writer {
         }
         Ok((results, queued))
     }
+}
+
+/// Says that try `try_number` of a batch lost a lock conflict and that it is
+/// written again.
+fn log_lost_conflict(message: &str, try_number: u32) {
+    tracing::info!(
+        error = %message,
+        try_number,
+        "a batch lost a lock conflict; writing it again"
+    );
 }
 
 /// What a batch took from the queue.
