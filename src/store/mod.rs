@@ -42,6 +42,8 @@ pub mod postgres;
 mod rejection_queue;
 pub mod sealed;
 mod sqlite;
+#[cfg(test)]
+mod test_support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -335,6 +337,10 @@ pub struct StoreOptions {
     pub max_commit_lag: Duration,
     /// How many events `mirror rebuild` reads per chunk; `None`: the backend's default.
     pub rebuild_chunk: Option<usize>,
+    /// SQLite: how long a batch of nothing but successful attempts' records may wait
+    /// for more work to share its commit; `None`: the backend's default (longer only
+    /// in tests).
+    pub record_linger: Option<Duration>,
     /// How subscription secrets are stored: every backend writes and reads the
     /// `secret` and Basic Auth password columns only through it. Default: plain text.
     pub secrets: sealed::Sealer,
@@ -351,6 +357,7 @@ impl Default for StoreOptions {
             dedupe_settle_after: None,
             max_commit_lag: MAX_COMMIT_LAG,
             rebuild_chunk: None,
+            record_linger: None,
             secrets: sealed::Sealer::plain(),
         }
     }

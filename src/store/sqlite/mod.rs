@@ -54,6 +54,9 @@ struct Inner {
     options: StoreOptions,
     /// `None` for a read-only handle (the CLI's `events`).
     queue: Option<mpsc::Sender<WriteOp>>,
+    /// The writer thread, unparked after queuing an operation that must not wait
+    /// for a lingering batch (see `writer::RECORD_LINGER`).
+    writer: Option<std::thread::Thread>,
     readers: Mutex<Vec<Connection>>,
     /// Rejections waiting for the writer (their own path, see `rejections`).
     rejections: Arc<crate::store::rejection_queue::RejectionQueue>,
@@ -100,6 +103,7 @@ impl SqliteStore {
         let deliveries_queued = Arc::new(Notify::new());
         let (sender, receiver) = mpsc::channel(options.queue_capacity);
         let max_batch = options.max_batch;
+        let linger = options.record_linger.unwrap_or(writer::RECORD_LINGER);
         let observer = options.observer.clone();
         let rejections = Arc::new(crate::store::rejection_queue::RejectionQueue::default());
         let shared = writer::Shared {
@@ -110,9 +114,9 @@ impl SqliteStore {
             rejections: rejections.clone(),
             identity: identity.clone(),
         };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("classhook-writer".into())
-            .spawn(move || writer::run(conn, dedupe, receiver, max_batch, observer, shared))
+            .spawn(move || writer::run(conn, dedupe, receiver, max_batch, linger, observer, shared))
             .map_err(|error| StoreError::DataDir {
                 path: data_dir.to_path_buf(),
                 error,
@@ -120,7 +124,7 @@ impl SqliteStore {
         Ok(SqliteStore::with_queue(
             path,
             options,
-            Some(sender),
+            Some((sender, writer.thread().clone())),
             matchers,
             deliveries_queued,
             rejections,
@@ -154,17 +158,19 @@ impl SqliteStore {
     fn with_queue(
         path: PathBuf,
         options: StoreOptions,
-        queue: Option<mpsc::Sender<WriteOp>>,
+        writer: Option<(mpsc::Sender<WriteOp>, std::thread::Thread)>,
         matchers: Arc<RwLock<Vec<Subscription>>>,
         deliveries_queued: Arc<Notify>,
         rejections: Arc<crate::store::rejection_queue::RejectionQueue>,
         identity: Option<health::FileIdentity>,
     ) -> Self {
+        let (queue, writer) = writer.unzip();
         SqliteStore {
             inner: Arc::new(Inner {
                 path,
                 options,
                 queue,
+                writer,
                 readers: Mutex::new(Vec::new()),
                 rejections,
                 identity,
@@ -191,10 +197,12 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let queue = self.inner.queue.as_ref().ok_or(StoreError::WriterGone)?;
         let (reply, answer) = oneshot::channel();
-        queue
-            .send(make(reply))
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
+        let op = make(reply);
+        let urgent = !op.may_wait();
+        queue.send(op).await.map_err(|_| StoreError::WriterGone)?;
+        if urgent {
+            self.wake_writer();
+        }
         answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
@@ -255,11 +263,20 @@ impl SqliteStore {
             self.inner.rejections.count_dropped(1);
             return;
         };
-        if self.inner.rejections.push(rejection)
-            && queue.try_send(WriteOp::RejectionsWaiting).is_err()
-        {
-            // The writer is saturated; it takes waiting rejections with every batch.
-            self.inner.rejections.wake_failed();
+        if self.inner.rejections.push(rejection) {
+            if queue.try_send(WriteOp::RejectionsWaiting).is_err() {
+                // The writer is saturated; it takes waiting rejections with every batch.
+                self.inner.rejections.wake_failed();
+            }
+            self.wake_writer();
+        }
+    }
+
+    /// Ends a lingering batch's wait (see `writer::RECORD_LINGER`); costs nothing
+    /// more than an atomic swap unless the writer is sleeping there.
+    fn wake_writer(&self) {
+        if let Some(writer) = &self.inner.writer {
+            writer.unpark();
         }
     }
 
@@ -362,10 +379,15 @@ impl From<rusqlite::Error> for StoreError {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
     use rusqlite::{Connection, StatementStatus};
 
-    use super::configure_writer;
-    use crate::store::StoreOptions;
+    use super::{SqliteStore, configure_writer};
+    use crate::deliver::schedule::{Next, Outcome};
+    use crate::store::test_support::{BatchLog, class_updated, request, subscription};
+    use crate::store::{AttemptRecorded, AttemptResult, Claimed, StoreOptions};
 
     /// How often a cached `LIMIT ?` statement was compiled again over five uses
     /// with different limits.
@@ -400,6 +422,136 @@ mod tests {
         assert!(
             recompiled(&plain) > 0,
             "SQLite no longer recompiles for a bound LIMIT: the setting can go"
+        );
+    }
+
+    const ATTEMPTED_AT: i64 = 1_700_000_000_000;
+
+    /// What one attempt's record says: a success, or a failure retried later.
+    fn attempted(claimed: &Claimed, succeeded: bool) -> AttemptResult {
+        let (outcome, next) = match succeeded {
+            true => (Outcome::Success { status: 200 }, Next::Delivered),
+            false => (
+                Outcome::Failed {
+                    status: Some(500),
+                    error: None,
+                },
+                Next::RetryAt(ATTEMPTED_AT + 60_000),
+            ),
+        };
+        AttemptResult {
+            claimed: claimed.clone(),
+            at_ms: ATTEMPTED_AT + 1,
+            duration: Duration::from_millis(3),
+            outcome,
+            response: None,
+            next,
+        }
+    }
+
+    /// Records its result from a task of its own, as an attempt does.
+    fn record(
+        store: &SqliteStore,
+        result: AttemptResult,
+    ) -> tokio::task::JoinHandle<AttemptRecorded> {
+        let store = store.clone();
+        tokio::spawn(async move { store.record_attempt(result).await.unwrap() })
+    }
+
+    /// The sizes of the batches committed, once they hold `operations` in all (the
+    /// writer tells its observer after answering the callers).
+    async fn batches(log: &BatchLog, operations: usize) -> Vec<usize> {
+        for _ in 0..1000 {
+            let sizes: Vec<usize> = log.batches().iter().map(|b| b.0).collect();
+            if sizes.iter().sum::<usize>() >= operations {
+                return sizes;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the writer did not report {operations} operations within 10 s");
+    }
+
+    /// Successes' records wait for more work to share their commit; an append or a
+    /// failure's record (someone waits for each) ends the wait at once. The linger
+    /// here is ten minutes: a record that committed alone, or urgent work that
+    /// waited for the linger, fails the test.
+    #[tokio::test]
+    async fn successes_records_wait_to_share_a_commit_and_urgent_work_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(BatchLog::default());
+        let store = SqliteStore::open(
+            dir.path(),
+            StoreOptions {
+                record_linger: Some(Duration::from_secs(600)),
+                observer: Some(log.clone()),
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        let sub = store
+            .create_subscription(subscription("hooks", &["*"]))
+            .await
+            .unwrap();
+        for n in 0..4 {
+            store.append(class_updated(n, 1_000, "A")).await.unwrap();
+        }
+        let claimed = store
+            .claim_due(
+                vec![request(sub.id.get(), 10, ATTEMPTED_AT + 30_000)],
+                ATTEMPTED_AT,
+            )
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 4);
+        let pause = || tokio::time::sleep(Duration::from_millis(50));
+
+        // Two successes recorded one after the other, then an event appended.
+        log.clear();
+        let first = record(&store, attempted(&claimed[0], true));
+        pause().await;
+        let second = record(&store, attempted(&claimed[1], true));
+        pause().await;
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            store.append(class_updated(10, 1_000, "B")),
+        )
+        .await
+        .expect("an append waited for the lingering records")
+        .unwrap();
+        for recorded in [first.await.unwrap(), second.await.unwrap()] {
+            assert!(matches!(recorded, AttemptRecorded::Kept { .. }));
+        }
+        assert_eq!(
+            batches(&log, 3).await,
+            [3],
+            "the two records and the append in one commit"
+        );
+
+        // A success, then a failure, whose record someone waits for.
+        log.clear();
+        let success = record(&store, attempted(&claimed[2], true));
+        pause().await;
+        let failure = tokio::time::timeout(
+            Duration::from_secs(10),
+            record(&store, attempted(&claimed[3], false)),
+        )
+        .await
+        .expect("a failure's record waited for the lingering one")
+        .unwrap();
+        assert_eq!(
+            failure,
+            AttemptRecorded::Kept {
+                consecutive_failures: 1
+            }
+        );
+        assert!(matches!(
+            success.await.unwrap(),
+            AttemptRecorded::Kept { .. }
+        ));
+        assert_eq!(
+            batches(&log, 2).await,
+            [2],
+            "the success's record waited for the failure's"
         );
     }
 }

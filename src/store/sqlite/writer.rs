@@ -3,7 +3,7 @@
 //! answers each caller. Durability costs one fsync per batch, not per request.
 
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -12,6 +12,7 @@ use super::dedupe::{DedupeIndex, DedupeKey};
 use super::health::FileIdentity;
 use super::{delivery, mirror};
 use crate::canonical;
+use crate::deliver::schedule::Next;
 use crate::deliver::subscription::Subscription;
 use crate::event::{EventStatus, NewEvent};
 use crate::store::rejection_queue::RejectionQueue;
@@ -65,25 +66,43 @@ pub struct Shared {
     pub identity: FileIdentity,
 }
 
+/// How long a batch of nothing but successful attempts' records may wait for more
+/// work before it commits (by default). Such a record holds up no one (its slot is free, its
+/// delivery done), and at a busy dispatcher's pace they otherwise commit a few at a
+/// time: one fsync and one copy of the same delivery and attempt pages each. Any
+/// other operation (an append, a lease, a failure's record) ends the wait at once.
+pub const RECORD_LINGER: Duration = Duration::from_millis(2);
+
 /// Runs until every sender is dropped.
 pub fn run(
     mut conn: Connection,
     mut dedupe: DedupeIndex,
     mut queue: mpsc::Receiver<WriteOp>,
     max_batch: usize,
+    linger: Duration,
     observer: Option<Arc<dyn CommitObserver>>,
     shared: Shared,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
+    // Since when the batch has been waiting for more records (see RECORD_LINGER).
+    let mut lingering: Option<Instant> = None;
+    let mut closed = false;
     loop {
         // Waiting rejections are work too: do not sleep while some are left.
-        let first = if shared.rejections.is_empty() {
-            match queue.blocking_recv() {
+        let first = match lingering {
+            Some(since) => match recv_lingering(&mut queue, since + linger) {
+                Received::Op(op) => Some(op),
+                Received::TimedOut => None,
+                Received::Closed => {
+                    closed = true;
+                    None
+                }
+            },
+            None if shared.rejections.is_empty() => match queue.blocking_recv() {
                 Some(op) => Some(op),
                 None => break,
-            }
-        } else {
-            queue.try_recv().ok()
+            },
+            None => queue.try_recv().ok(),
         };
         let mut job = None;
         let mut next = first;
@@ -100,6 +119,19 @@ pub fn run(
                 next = queue.try_recv().ok();
             }
         }
+        let may_wait = !closed
+            && job.is_none()
+            && shared.rejections.is_empty()
+            && !batch.is_empty()
+            && batch.len() < max_batch
+            && batch.iter().all(WriteOp::may_wait);
+        if may_wait {
+            let since = *lingering.get_or_insert_with(Instant::now);
+            if since.elapsed() < linger {
+                continue;
+            }
+        }
+        lingering = None;
         let rejections = shared.rejections.take();
         if !batch.is_empty() || !rejections.is_empty() {
             let started = Instant::now();
@@ -115,6 +147,37 @@ pub fn run(
         if let Some(work) = job {
             work(&mut conn);
         }
+        if closed {
+            break;
+        }
+    }
+}
+
+/// What [`recv_lingering`] got.
+enum Received {
+    Op(WriteOp),
+    TimedOut,
+    /// Every sender is gone.
+    Closed,
+}
+
+/// Takes the next operation while a batch lingers: sleeps until `deadline` unless
+/// something is queued. Only operations that must not wait wake this thread early
+/// (their senders unpark it, see [`WriteOp::may_wait`]); a record that may wait
+/// does not, or each would cost a wake-up of its own.
+fn recv_lingering(queue: &mut mpsc::Receiver<WriteOp>, deadline: Instant) -> Received {
+    loop {
+        match queue.try_recv() {
+            Ok(op) => return Received::Op(op),
+            Err(mpsc::error::TryRecvError::Disconnected) => return Received::Closed,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Received::TimedOut;
+        }
+        // Woken early by an urgent sender (or spuriously): look again.
+        std::thread::park_timeout(deadline - now);
     }
 }
 
@@ -231,6 +294,12 @@ fn commit_batch(
 }
 
 impl WriteOp {
+    /// Whether this operation may wait a little for others to share its commit:
+    /// only a success's record, which nobody waits for (see [`RECORD_LINGER`]).
+    pub fn may_wait(&self) -> bool {
+        matches!(self, WriteOp::Record(result, _) if result.next == Next::Delivered)
+    }
+
     fn name(&self) -> &'static str {
         match self {
             WriteOp::Append(..) => "append",
