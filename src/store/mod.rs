@@ -67,6 +67,13 @@ pub use sqlite::DATABASE_FILE;
 /// The longest an event may wait between reaching the store and being written.
 pub const MAX_COMMIT_LAG: Duration = Duration::from_secs(45);
 
+/// How long, by default, a group of nothing but successes' attempt records may wait
+/// for more records (or other work) to share its commit. Nobody waits for such a
+/// record (its slot is free, its delivery done), and at a busy dispatcher's pace they
+/// otherwise commit a few at a time, each commit paying its flush and copying the
+/// same pages again. See [`AttemptResult::may_linger`].
+pub const RECORD_LINGER: Duration = Duration::from_millis(2);
+
 /// A handle to the store, whichever backend holds the data; cheap to clone. Every
 /// operation is a method of [`Backend`], reached through this handle.
 #[derive(Clone)]
@@ -337,9 +344,10 @@ pub struct StoreOptions {
     pub max_commit_lag: Duration,
     /// How many events `mirror rebuild` reads per chunk; `None`: the backend's default.
     pub rebuild_chunk: Option<usize>,
-    /// SQLite: how long a batch of nothing but successful attempts' records may wait
-    /// for more work to share its commit; `None`: the backend's default (longer only
-    /// in tests).
+    /// SQLite: how long a batch of nothing but successes' attempt records may wait for
+    /// more work to share its commit; `None`: [`RECORD_LINGER`] (longer only in
+    /// tests). PostgreSQL's records do not wait: there it gained nothing
+    /// (BENCHMARKS.md).
     pub record_linger: Option<Duration>,
     /// How subscription secrets are stored: every backend writes and reads the
     /// `secret` and Basic Auth password columns only through it. Default: plain text.
@@ -780,6 +788,13 @@ pub struct StoredAttempt {
 }
 
 impl AttemptResult {
+    /// Whether this record may wait a little to share its commit with others
+    /// ([`RECORD_LINGER`]): only a success's, which no attempt waits for. A
+    /// failure's holds its subscription's slot until it is committed.
+    pub fn may_linger(&self) -> bool {
+        self.next == crate::deliver::schedule::Next::Delivered
+    }
+
     /// What recording this attempt writes on its delivery and attempt rows.
     pub fn stored(&self) -> StoredAttempt {
         use crate::deliver::schedule::{Next, Outcome};

@@ -55,7 +55,7 @@ struct Inner {
     /// `None` for a read-only handle (the CLI's `events`).
     queue: Option<mpsc::Sender<WriteOp>>,
     /// The writer thread, unparked after queuing an operation that must not wait
-    /// for a lingering batch (see `writer::RECORD_LINGER`).
+    /// for a lingering batch (see `crate::store::RECORD_LINGER`).
     writer: Option<std::thread::Thread>,
     readers: Mutex<Vec<Connection>>,
     /// Rejections waiting for the writer (their own path, see `rejections`).
@@ -103,7 +103,7 @@ impl SqliteStore {
         let deliveries_queued = Arc::new(Notify::new());
         let (sender, receiver) = mpsc::channel(options.queue_capacity);
         let max_batch = options.max_batch;
-        let linger = options.record_linger.unwrap_or(writer::RECORD_LINGER);
+        let linger = options.record_linger.unwrap_or(crate::store::RECORD_LINGER);
         let observer = options.observer.clone();
         let rejections = Arc::new(crate::store::rejection_queue::RejectionQueue::default());
         let shared = writer::Shared {
@@ -272,7 +272,7 @@ impl SqliteStore {
         }
     }
 
-    /// Ends a lingering batch's wait (see `writer::RECORD_LINGER`); costs nothing
+    /// Ends a lingering batch's wait (see `crate::store::RECORD_LINGER`); costs nothing
     /// more than an atomic swap unless the writer is sleeping there.
     fn wake_writer(&self) {
         if let Some(writer) = &self.inner.writer {

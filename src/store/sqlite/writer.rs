@@ -12,7 +12,6 @@ use super::dedupe::{DedupeIndex, DedupeKey};
 use super::health::FileIdentity;
 use super::{delivery, mirror};
 use crate::canonical;
-use crate::deliver::schedule::Next;
 use crate::deliver::subscription::Subscription;
 use crate::event::{EventStatus, NewEvent};
 use crate::store::rejection_queue::RejectionQueue;
@@ -66,13 +65,6 @@ pub struct Shared {
     pub identity: FileIdentity,
 }
 
-/// How long a batch of nothing but successful attempts' records may wait for more
-/// work before it commits (by default). Such a record holds up no one (its slot is free, its
-/// delivery done), and at a busy dispatcher's pace they otherwise commit a few at a
-/// time: one fsync and one copy of the same delivery and attempt pages each. Any
-/// other operation (an append, a lease, a failure's record) ends the wait at once.
-pub const RECORD_LINGER: Duration = Duration::from_millis(2);
-
 /// Runs until every sender is dropped.
 pub fn run(
     mut conn: Connection,
@@ -84,7 +76,9 @@ pub fn run(
     shared: Shared,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
-    // Since when the batch has been waiting for more records (see RECORD_LINGER).
+    // Since when the batch has been waiting for more work: a batch of nothing but
+    // records that may linger waits up to `linger` (crate::store::RECORD_LINGER);
+    // anything else ends the wait, its sender unparking this thread.
     let mut lingering: Option<Instant> = None;
     let mut closed = false;
     loop {
@@ -294,10 +288,10 @@ fn commit_batch(
 }
 
 impl WriteOp {
-    /// Whether this operation may wait a little for others to share its commit:
-    /// only a success's record, which nobody waits for (see [`RECORD_LINGER`]).
+    /// Whether this operation may wait a little for others to share its commit
+    /// ([`crate::store::RECORD_LINGER`]): only a record that may linger.
     pub fn may_wait(&self) -> bool {
-        matches!(self, WriteOp::Record(result, _) if result.next == Next::Delivered)
+        matches!(self, WriteOp::Record(result, _) if result.may_linger())
     }
 
     fn name(&self) -> &'static str {
