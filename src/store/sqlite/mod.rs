@@ -505,6 +505,10 @@ mod tests {
         assert_eq!(claimed.len(), 4);
         let pause = || tokio::time::sleep(Duration::from_millis(50));
 
+        // The appends and the lease are reported after their callers were answered:
+        // wait for them before the log starts afresh.
+        batches(&log, 5).await;
+
         // Two successes recorded one after the other, then an event appended.
         log.clear();
         let first = record(&store, attempted(&claimed[0], true));
