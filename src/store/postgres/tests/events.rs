@@ -506,9 +506,28 @@ async fn two_bodies_under_one_new_key_in_one_batch_keep_the_first() {
 /// that lock, waits for the row, three times in a row.
 #[tokio::test]
 async fn a_batch_that_loses_deadlocks_is_written_again() {
-    let Some((db, store)) = open("deadlock").await else {
+    let Some(db) = TestDatabase::create("deadlock").await else {
         return;
     };
+    // PostgreSQL looks for a deadlock once per wait, `deadlock_timeout` after it
+    // began. The writer's look must come after this test closes the cycle, however
+    // long a loaded machine takes to get there (with the default second, the
+    // writer's look could pass before the cycle and the test's own session was the
+    // one rolled back); the test's session never looks first.
+    connect(db.url())
+        .await
+        .batch_execute(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET deadlock_timeout = %L',
+                 current_database(), '2s'); END $$",
+        )
+        .await
+        .unwrap();
+    // Three deadlocks take three of those waits: more than an append's default wait.
+    let options = StoreOptions {
+        append_timeout: Duration::from_secs(60),
+        ..StoreOptions::default()
+    };
+    let store = PostgresStore::open(db.url(), options).await.unwrap();
     stored(
         store
             .append(class_updated(1, 1_000, "first"))
@@ -516,6 +535,10 @@ async fn a_batch_that_loses_deadlocks_is_written_again() {
             .unwrap(),
     );
     let mut other = connect(db.url()).await;
+    other
+        .batch_execute("SET deadlock_timeout = '600s'")
+        .await
+        .unwrap();
     let tx = other.transaction().await.unwrap();
     tx.execute("SELECT 1 FROM mirror_class WHERE id = 7 FOR UPDATE", &[])
         .await
