@@ -1179,3 +1179,66 @@ async fn backup_copies_a_running_store_and_the_copy_restores() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 3, "{out}");
 }
+
+/// `migrate` with nothing but `CLASSHOOK_DATABASE_URL`, no config file anywhere: a
+/// rolling upgrade migrates before any instance's config is in place. Without the
+/// URL it still asks for a config file, and it writes nothing where it runs.
+#[tokio::test]
+async fn migrate_needs_only_the_database_url() {
+    if common::backend::skip_unless_postgres(
+        "migrate_needs_only_the_database_url",
+        "it migrates a PostgreSQL database named by URL alone",
+    ) {
+        return;
+    }
+    let Some(database) =
+        classhook::store::postgres::testing::TestDatabase::create("migrate_by_url").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let migrate = |url: Option<&str>| {
+        let mut command = tokio::process::Command::new(common::process::binary());
+        command
+            .arg("migrate")
+            .current_dir(dir.path())
+            .env_remove("CLASSHOOK_CONFIG")
+            .env_remove("CLASSHOOK_DATABASE_URL")
+            .kill_on_drop(true);
+        if let Some(url) = url {
+            command.env("CLASSHOOK_DATABASE_URL", url);
+        }
+        async move {
+            tokio::time::timeout(std::time::Duration::from_secs(30), command.output())
+                .await
+                .expect("migrate finished within 30 s")
+                .unwrap()
+        }
+    };
+    let done = migrate(Some(database.url())).await;
+    let (out, err) = (
+        String::from_utf8_lossy(&done.stdout),
+        String::from_utf8_lossy(&done.stderr),
+    );
+    assert!(done.status.success(), "{err}");
+    assert!(out.contains("is up to date"), "{out}");
+    let (client, connection) = tokio_postgres::connect(database.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let events: i64 = client
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 0, "the tables are there");
+
+    let refused = migrate(None).await;
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("no config file"), "{err}");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing written in the working directory"
+    );
+}

@@ -110,6 +110,21 @@ impl Cli {
         self.load(Secrets::Skip)
     }
 
+    /// Like [`Cli::load_config_without_secrets`], except that with no config file
+    /// named and none in the working directory, a PostgreSQL URL in the environment
+    /// (`CLASSHOOK_DATABASE_URL`) is enough: migrating needs nothing else, and a
+    /// rolling upgrade migrates before any instance's config is in place.
+    pub fn load_config_for_migrate(&self) -> anyhow::Result<Config> {
+        if self.config.is_none()
+            && !Path::new(DEFAULT_CONFIG_FILE).exists()
+            && let Ok(config) = Config::from_environment(Secrets::Skip)
+            && config.database_url.is_some()
+        {
+            return Ok(config);
+        }
+        self.load_config_without_secrets()
+    }
+
     fn load(&self, secrets: Secrets) -> anyhow::Result<Config> {
         let file = self
             .config
@@ -207,7 +222,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Serve => serve::run(cli.load_config()?).await,
         Command::Db(command) => db::run(cli.load_config_without_secrets()?, command).await,
-        Command::Migrate => migrate::run(cli.load_config_without_secrets()?).await,
+        Command::Migrate => migrate::run(cli.load_config_for_migrate()?).await,
         Command::Send(args) => send::run(&cli, args).await,
         Command::Verify(args) => verify::run(&cli, args),
         // These neither receive nor send: they do not need (or read) any secret.

@@ -218,6 +218,19 @@ impl Config {
         )
     }
 
+    /// The configuration the process environment's `CLASSHOOK_*` variables make on
+    /// their own, without a file: for `migrate`, which needs only the database.
+    pub fn from_environment(secrets: Secrets) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Config::from_toml_str_with(
+            Path::new("(environment)"),
+            "",
+            &vars,
+            &|name| std::env::var(name).ok(),
+            secrets,
+        )
+    }
+
     /// Parses configuration text. `vars` are the overrides to apply and `lookup`
     /// resolves `*_env` indirections; both are parameters so tests need not touch
     /// the process environment.
