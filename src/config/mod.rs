@@ -208,27 +208,23 @@ impl Config {
     pub fn load_with(file: &Path, secrets: Secrets) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(file)
             .map_err(|e| ConfigError::new(file, "(file)", format!("cannot read: {e}")))?;
-        let vars: Vec<(String, String)> = std::env::vars().collect();
-        Config::from_toml_str_with(
-            file,
-            &text,
-            &vars,
-            &|name| std::env::var(name).ok(),
-            secrets,
-        )
+        Config::with_process_environment(file, &text, secrets)
     }
 
     /// The configuration the process environment's `CLASSHOOK_*` variables make on
     /// their own, without a file: for `migrate`, which needs only the database.
     pub fn from_environment(secrets: Secrets) -> Result<Config, ConfigError> {
+        Config::with_process_environment(Path::new("(environment)"), "", secrets)
+    }
+
+    /// Parses `text` with the process environment's overrides and `*_env` lookups.
+    fn with_process_environment(
+        file: &Path,
+        text: &str,
+        secrets: Secrets,
+    ) -> Result<Config, ConfigError> {
         let vars: Vec<(String, String)> = std::env::vars().collect();
-        Config::from_toml_str_with(
-            Path::new("(environment)"),
-            "",
-            &vars,
-            &|name| std::env::var(name).ok(),
-            secrets,
-        )
+        Config::from_toml_str_with(file, text, &vars, &|name| std::env::var(name).ok(), secrets)
     }
 
     /// Parses configuration text. `vars` are the overrides to apply and `lookup`

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::deliver::subscription::SubscriptionSpec;
 use crate::event::NewEvent;
 use crate::provider::{Envelope, ProviderKind};
-use crate::store::{ClaimRequest, SubscriptionId};
+use crate::store::{Backend, ClaimRequest, Claimed, SubscriptionId};
 
 /// An event as ingest would hand it to the store (signatures are not the store's
 /// business).
@@ -106,4 +106,29 @@ impl BatchLog {
     pub fn clear(&self) {
         self.0.lock().unwrap().clear();
     }
+}
+
+/// When the deliveries of [`claim_every_delivery`] are leased (and, in the tests,
+/// attempted).
+pub const ATTEMPTED_AT: i64 = 1_700_000_000_000;
+
+/// Gives `store` one subscription to every event and `count` events, and leases
+/// all their deliveries at [`ATTEMPTED_AT`].
+pub async fn claim_every_delivery(store: &impl Backend, count: u64) -> Vec<Claimed> {
+    let sub = store
+        .create_subscription(subscription("hooks", &["*"]))
+        .await
+        .unwrap();
+    for n in 0..count {
+        store.append(class_updated(n, 1_000, "A")).await.unwrap();
+    }
+    let claimed = store
+        .claim_due(
+            vec![request(sub.id.get(), 10, ATTEMPTED_AT + 30_000)],
+            ATTEMPTED_AT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len() as u64, count);
+    claimed
 }

@@ -386,7 +386,7 @@ mod tests {
 
     use super::{SqliteStore, configure_writer};
     use crate::deliver::schedule::{Next, Outcome};
-    use crate::store::test_support::{BatchLog, class_updated, request, subscription};
+    use crate::store::test_support::{ATTEMPTED_AT, BatchLog, claim_every_delivery, class_updated};
     use crate::store::{AttemptRecorded, AttemptResult, Claimed, StoreOptions};
 
     /// How often a cached `LIMIT ?` statement was compiled again over five uses
@@ -424,8 +424,6 @@ mod tests {
             "SQLite no longer recompiles for a bound LIMIT: the setting can go"
         );
     }
-
-    const ATTEMPTED_AT: i64 = 1_700_000_000_000;
 
     /// What one attempt's record says: a success, or a failure retried later.
     fn attempted(claimed: &Claimed, succeeded: bool) -> AttemptResult {
@@ -488,21 +486,7 @@ mod tests {
             },
         )
         .unwrap();
-        let sub = store
-            .create_subscription(subscription("hooks", &["*"]))
-            .await
-            .unwrap();
-        for n in 0..4 {
-            store.append(class_updated(n, 1_000, "A")).await.unwrap();
-        }
-        let claimed = store
-            .claim_due(
-                vec![request(sub.id.get(), 10, ATTEMPTED_AT + 30_000)],
-                ATTEMPTED_AT,
-            )
-            .await
-            .unwrap();
-        assert_eq!(claimed.len(), 4);
+        let claimed = claim_every_delivery(&store, 4).await;
         let pause = || tokio::time::sleep(Duration::from_millis(50));
 
         // The appends and the lease are reported after their callers were answered:

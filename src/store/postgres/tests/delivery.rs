@@ -525,31 +525,15 @@ async fn queue_depths_and_backups() {
     ));
 }
 
-/// When the attempts of [`claimed_deliveries`] are made.
-const ATTEMPTED_AT: i64 = 1_700_000_000_000;
-
 /// A store with one subscription to every event and `count` events, whose
-/// deliveries are all claimed at [`ATTEMPTED_AT`]; `None`: skipped (no server).
+/// deliveries are all claimed at [`ATTEMPTED_AT`] ([`claim_every_delivery`]);
+/// `None`: skipped (no server).
 async fn claimed_deliveries(
     test: &str,
     count: u64,
 ) -> Option<(TestDatabase, PostgresStore, Vec<crate::store::Claimed>)> {
     let (db, store) = open(test).await?;
-    let sub = store
-        .create_subscription(subscription("hooks", &["*"]))
-        .await
-        .unwrap();
-    for n in 0..count {
-        store.append(class_updated(n, 1_000, "A")).await.unwrap();
-    }
-    let claimed = store
-        .claim_due(
-            vec![request(sub.id.get(), 10, ATTEMPTED_AT + 30_000)],
-            ATTEMPTED_AT,
-        )
-        .await
-        .unwrap();
-    assert_eq!(claimed.len() as u64, count);
+    let claimed = claim_every_delivery(&store, count).await;
     Some((db, store, claimed))
 }
 

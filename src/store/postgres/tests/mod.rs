@@ -27,7 +27,8 @@ mod plans;
 mod server;
 
 pub(super) use crate::store::test_support::{
-    BatchLog, class, class_updated, dreamclass, event, request, student_period, subscription, uuid,
+    ATTEMPTED_AT, BatchLog, claim_every_delivery, class, class_updated, dreamclass, event, request,
+    student_period, subscription, uuid,
 };
 
 /// A fresh database and a store open on it; `None`: skipped (no server).
