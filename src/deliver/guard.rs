@@ -2,11 +2,13 @@
 //! link-local (cloud metadata) or otherwise internal addresses, checked after DNS
 //! resolution so that a name cannot be re-pointed inward (DNS rebinding).
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use hyper_util::client::legacy::connect::dns::Name;
 use ipnet::{Ipv4Net, Ipv6Net};
-
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 /// Whether `ip` is a public, routable address: not in a block that the IANA IPv4 and
 /// IPv6 Special-Purpose Address Registries mark as not globally reachable, not
@@ -124,34 +126,51 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     }
 }
 
-/// A resolver that drops internal addresses unless they are allowed.
+/// A resolver that drops internal addresses unless they are allowed: the direct
+/// client's connector resolves every name through it, so the check applies to the
+/// addresses actually connected to.
+#[derive(Debug, Clone, Copy)]
 pub struct GuardedResolver {
     pub allow_private: bool,
 }
 
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
+/// Why a name cannot be connected to (its text is what the attempt records).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(String);
+
+impl tower::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = Refused;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Refused>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Refused>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
         let allow_private = self.allow_private;
         Box::pin(async move {
-            let host = name.as_str().to_string();
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let host = name.as_str();
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
+                .await
+                .map_err(|e| Refused(format!("{host} does not resolve: {e}")))?
+                .collect();
             let allowed: Vec<SocketAddr> = found
                 .iter()
                 .copied()
                 .filter(|a| allow_private || is_public(a.ip()))
                 .collect();
             if allowed.is_empty() {
-                let reason = if found.is_empty() {
+                return Err(Refused(if found.is_empty() {
                     format!("{host} does not resolve")
                 } else {
                     format!(
                         "{host} resolves only to private or internal addresses, which are not allowed"
                     )
-                };
-                return Err(reason.into());
+                }));
             }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
+            Ok(allowed.into_iter())
         })
     }
 }
@@ -160,7 +179,7 @@ impl Resolve for GuardedResolver {
 /// [`check_literal`]). For requests through a proxy, where the client itself only
 /// ever resolves the proxy: any internal address refuses the name, since the proxy
 /// may pick any of them.
-pub async fn check_host(url: &reqwest::Url, allow_private: bool) -> Result<(), String> {
+pub async fn check_host(url: &url::Url, allow_private: bool) -> Result<(), String> {
     let Some(url::Host::Domain(host)) = url.host() else {
         return Ok(());
     };
@@ -184,7 +203,7 @@ pub async fn check_host(url: &reqwest::Url, allow_private: bool) -> Result<(), S
 }
 
 /// Checks a URL whose host is an IP literal (the resolver never sees those).
-pub fn check_literal(url: &reqwest::Url, allow_private: bool) -> Result<(), String> {
+pub fn check_literal(url: &url::Url, allow_private: bool) -> Result<(), String> {
     let ip = match url.host() {
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
@@ -347,10 +366,10 @@ mod tests {
 
     #[test]
     fn literal_urls_are_checked() {
-        let url = reqwest::Url::parse("http://169.254.169.254/latest/meta-data").unwrap();
+        let url = url::Url::parse("http://169.254.169.254/latest/meta-data").unwrap();
         assert!(check_literal(&url, false).is_err());
         assert!(check_literal(&url, true).is_ok());
-        let named = reqwest::Url::parse("http://example.com/").unwrap();
+        let named = url::Url::parse("http://example.com/").unwrap();
         assert!(check_literal(&named, false).is_ok());
         for internal in [
             "http://[64:ff9b::a9fe:a9fe]/",
@@ -359,7 +378,7 @@ mod tests {
             "http://localhost:8080/",
             "http://api.LOCALHOST/",
         ] {
-            let url = reqwest::Url::parse(internal).unwrap();
+            let url = url::Url::parse(internal).unwrap();
             assert!(check_literal(&url, false).is_err(), "{internal}");
             assert!(check_literal(&url, true).is_ok(), "{internal}");
         }
