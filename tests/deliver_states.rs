@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use classhook::clock::{ManualClock, SystemClock};
-use classhook::deliver::dispatcher::{DispatchOptions, Dispatcher, Finished};
+use classhook::deliver::dispatcher::{DispatchOptions, Dispatcher, Finished, OPEN_READ_REUSE};
 use classhook::store::{Delivery, DeliveryFilter, DeliveryState, Store};
 use common::receiver::{Receiver, Reply};
 use common::*;
@@ -124,6 +124,56 @@ async fn gone_is_sent_once_and_nothing_more_is_claimed_until_resume() {
             .iter()
             .all(|d| d.state == DeliveryState::Delivered)
     );
+    s.gw.stop().await;
+}
+
+/// Deliveries leased before a pause made by another process (the CLI: the
+/// gateway's store version does not move) and still waiting for their slot are
+/// given back unsent once the pause is `OPEN_READ_REUSE` old; the one on the wire
+/// finishes. (A pause or hold made through the gateway's own store stops them at
+/// once: `gone_is_sent_once_and_nothing_more_is_claimed_until_resume` and
+/// `a_held_subscription_is_not_leased`, where the next attempt gets its slot
+/// well within `OPEN_READ_REUSE` of the last read.)
+#[tokio::test]
+async fn a_pause_made_by_another_process_stops_what_was_leased_before_it() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Held(200)]);
+    let crm = subscription("crm", &receiver.url(), "max_in_flight = 1");
+    let mut s = stepped(&crm).await;
+    let cli_config = common::process::write_config(
+        s.gw.dir.path(),
+        &format!("[delivery]\nallow_private_destinations = true\n{SOURCES}\n{crm}"),
+    );
+    s.gw.post_classes(0..3).await;
+    let round = tokio::spawn(async move {
+        let finished = s.dispatcher.step().await;
+        (s, finished)
+    });
+    // The first is on the wire; the other two are leased and wait for its slot.
+    receiver.wait_for(1).await;
+    let (code, _, err) = common::process::run(
+        &[
+            "subscriptions",
+            "pause",
+            "crm",
+            "--config",
+            cli_config.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    // The last "still open" read was made before the first request went out; make
+    // sure it is too old to serve the next attempts, whatever the CLI took.
+    tokio::time::sleep(OPEN_READ_REUSE).await;
+    receiver.release(1);
+    let (s, mut finished) = round.await.unwrap();
+    finished.sort_by_key(|f| *f != Finished::Attempted);
+    assert_eq!(
+        finished,
+        [Finished::Attempted, Finished::Released, Finished::Released]
+    );
+    assert_eq!(receiver.received().len(), 1, "nothing sent after the pause");
     s.gw.stop().await;
 }
 

@@ -14,7 +14,9 @@
 //!
 //! A paused or held subscription is never leased (the store checks its state in the
 //! lease itself). Deliveries leased before a pause or hold took hold check the
-//! subscription again once they have a slot, and give their lease back unsent. An
+//! subscription again once they have a slot (a read at most [`OPEN_READ_REUSE`]
+//! old, and none older than a change made through this store), and give their
+//! lease back unsent. An
 //! attempt that may stop its subscription (anything but a success) keeps its slot
 //! until its record is committed, so the next one in line already sees the stop.
 //!
@@ -22,8 +24,9 @@
 //! handle ([`crate::store::Store::subscriptions_version`]) and otherwise at least
 //! every `poll_interval`, so that a change made elsewhere (the CLI, another
 //! instance) is seen within it; each reading parses and checks every URL once. A
-//! pause or hold made elsewhere takes effect at once all the same: the lease and
-//! the "still open" read check the store, not the list.
+//! pause or hold made elsewhere takes effect all the same: the lease checks the
+//! store, not the list, and the "still open" read sees it within
+//! [`OPEN_READ_REUSE`] (10 ms).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -468,15 +471,36 @@ impl Dispatcher {
     }
 }
 
+/// How old a "still open" read may be and still serve an attempt that just got its
+/// slot, when no subscription change was made through this store handle since the
+/// read started. A pause, hold or rotation made here moves the store's
+/// subscriptions version, so the next attempt reads again: it takes effect at once.
+/// One made elsewhere (the CLI, another instance) stops the sending within this
+/// (the lease already refuses a stopped subscription; this bounds the deliveries
+/// leased before it). One read per subscription per this at most, instead of one
+/// per attempt: the read was a tenth of a delivery's cost (BENCHMARKS.md).
+pub const OPEN_READ_REUSE: Duration = Duration::from_millis(10);
+
 /// The "is it still open" reads of one subscription, shared by its attempts. An
-/// attempt needs a read that started after it got its slot (and its turn); while a
-/// read is under way the others wait for it, and then use its answer if it started
-/// late enough, else make the next read. With many attempts getting their slots
-/// at once, one read serves them all instead of one read each.
+/// attempt needs a read that started at most [`OPEN_READ_REUSE`] before it got its
+/// slot (and its turn), with no subscription change made through this store handle
+/// since; while a read is under way the others wait for it, and then use its answer
+/// if it qualifies, else make the next read.
 #[derive(Default)]
 struct OpenCheck {
-    /// When the last successful read started, and what it found.
-    last: tokio::sync::Mutex<Option<(Instant, Option<i64>)>>,
+    /// The last read that found the subscription open.
+    last: tokio::sync::Mutex<Option<OpenRead>>,
+}
+
+/// A read that found a subscription open.
+#[derive(Debug, Clone, Copy)]
+struct OpenRead {
+    /// When it started.
+    started: Instant,
+    /// The store's subscriptions version just before.
+    version: u64,
+    /// When its signing keys were last rotated (0: never).
+    rotated_at_ms: i64,
 }
 
 /// One leased delivery on its way.
@@ -759,29 +783,38 @@ impl Attempt {
         }
     }
 
-    /// Whether the subscription may still be sent to, read fresh: `Some` with when
-    /// its signing keys were last rotated (0: never). Fresh means read after this
-    /// attempt got its slot and its turn, so that it sees every pause, hold and
-    /// rotation committed before then; a read that another attempt of the
-    /// subscription started after that moment serves this one too (see
-    /// [`OpenCheck`]).
+    /// Whether the subscription may still be sent to: `Some` with when its signing
+    /// keys were last rotated (0: never). Read fresh enough that it sees every pause,
+    /// hold and rotation made through this store handle before this attempt got its
+    /// slot and its turn, and every one made elsewhere [`OPEN_READ_REUSE`] before
+    /// that; one read serves the subscription's attempts that need no fresher one
+    /// (see [`OpenCheck`]).
     async fn still_open(&self) -> Option<i64> {
         let needed = Instant::now();
         let mut last = self.open_check.last.lock().await;
-        if let Some((started, open)) = *last
-            && started >= needed
+        if let Some(read) = *last
+            && read.version == self.store.subscriptions_version()
+            && read.started + OPEN_READ_REUSE >= needed
         {
-            return open;
+            return Some(read.rotated_at_ms);
         }
+        // The version before the read: a change counted after it makes the next
+        // attempt read again, even if this read already saw it.
+        let version = self.store.subscriptions_version();
         let started = Instant::now();
         let read = self
             .store
             .subscription_open(self.subscription.id, self.clock.now_ms())
             .await;
-        // A failed read is this attempt's alone (it gives its lease back); the next
-        // one reads again.
-        *last = read.as_ref().ok().map(|open| (started, *open));
-        read.ok().flatten()
+        // Only "open" is kept: time alone never closes a subscription, but it ends a
+        // hold. A failed read is this attempt's alone (it gives its lease back).
+        let open = read.ok().flatten();
+        *last = open.map(|rotated_at_ms| OpenRead {
+            started,
+            version,
+            rotated_at_ms,
+        });
+        open
     }
 
     /// The subscription to sign with: the one leased with, unless its keys were
