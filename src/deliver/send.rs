@@ -271,14 +271,8 @@ fn direct_client(allow_private: bool) -> Result<HyperClient<Connector, Full<Byte
     let mut http = HttpConnector::new_with_resolver(GuardedResolver { allow_private });
     http.enforce_http(false);
     http.set_nodelay(true);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("the HTTP client cannot be built: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = crate::tls::client_config(crate::tls::web_roots())
+        .map_err(|e| format!("the HTTP client cannot be built: {e}"))?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()

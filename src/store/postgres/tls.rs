@@ -7,7 +7,6 @@
 //! must not stop a default URL.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -50,8 +49,7 @@ fn connector(root_cert: Option<PathBuf>) -> Result<MakeRustlsConnect, String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
 
-    let mut roots = rustls::RootCertStore::empty();
-    match root_cert {
+    let roots = match root_cert {
         Some(path) => {
             let certs = CertificateDer::pem_file_iter(&path)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -62,21 +60,17 @@ fn connector(root_cert: Option<PathBuf>) -> Result<MakeRustlsConnect, String> {
                     path.display()
                 ));
             }
+            let mut roots = rustls::RootCertStore::empty();
             for cert in certs {
                 roots
                     .add(cert)
                     .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
             }
+            roots
         }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(MakeRustlsConnect::new(config))
+        None => crate::tls::web_roots(),
+    };
+    Ok(MakeRustlsConnect::new(crate::tls::client_config(roots)?))
 }
 
 /// `url` without its `sslrootcert` parameter (which tokio-postgres does not know),
