@@ -790,17 +790,18 @@ impl Attempt {
     /// that; one read serves the subscription's attempts that need no fresher one
     /// (see [`OpenCheck`]).
     async fn still_open(&self) -> Option<i64> {
+        // Every change counted by now committed before now: a read made with this
+        // version started after them. One counted later makes the next attempt read
+        // again, even if this read already saw it.
+        let version = self.store.subscriptions_version();
         let needed = Instant::now();
         let mut last = self.open_check.last.lock().await;
         if let Some(read) = *last
-            && read.version == self.store.subscriptions_version()
+            && read.version == version
             && read.started + OPEN_READ_REUSE >= needed
         {
             return Some(read.rotated_at_ms);
         }
-        // The version before the read: a change counted after it makes the next
-        // attempt read again, even if this read already saw it.
-        let version = self.store.subscriptions_version();
         let started = Instant::now();
         let read = self
             .store
