@@ -19,7 +19,9 @@
 //! e.g. an older commit's) drains the same bodies right beside this build's drain,
 //! BENCH_ROUNDS times (default 1), alternating which goes first, each round with
 //! its own baselines; the per-round ratios and their medians are printed.
-//! BENCH_DRAIN_ONLY=1 skips the order-per-entity drains and the lag part.
+//! BENCH_DRAIN_ONLY=1 skips the order-per-entity drains and the lag part;
+//! BENCH_ORDERED_ONLY=1 runs only the order-per-entity drains (each round, for this
+//! build and the compared binary).
 //!
 //! Each drain also reports the draining gateway's CPU time (user + system, all its
 //! threads, from `/proc/<pid>/stat`) per delivery: unlike deliveries/s, it hardly
@@ -67,6 +69,7 @@ async fn bench() {
         .ok()
         .filter(|b| !b.is_empty());
     let drain_only = std::env::var("BENCH_DRAIN_ONLY").as_deref() == Ok("1");
+    let ordered_only = std::env::var("BENCH_ORDERED_ONLY").as_deref() == Ok("1");
     let rounds = env_or("BENCH_ROUNDS", 1).max(1);
     let this = env!("CARGO_BIN_EXE_classhook");
 
@@ -78,6 +81,19 @@ async fn bench() {
     let (mut hyper_rate, mut direct_rate, mut delivery_rate, mut delivery_cpu_us) =
         (0.0, 0.0, 0.0, 0.0);
     let mut per_round = Vec::new();
+    if ordered_only {
+        ordered_drains(
+            this,
+            compare.as_deref(),
+            rounds,
+            postgres,
+            receiver,
+            &arrivals,
+            events,
+        )
+        .await;
+        return;
+    }
     for round in 0..rounds {
         hyper_rate = direct_hyper(receiver, &bodies).await;
         arrivals.lock().unwrap().clear();
@@ -116,26 +132,8 @@ async fn bench() {
         return;
     }
 
-    // Order per entity: the same number of events over ENTITIES entities, drained
-    // unordered and then ordered, each from a fresh store.
-    let entity_bodies: Arc<Vec<Bytes>> = Arc::new(
-        (0..events as u64)
-            .map(|n| signed_body(n % ENTITIES))
-            .collect(),
-    );
-    let unordered_rate = drain(this, postgres, receiver, &arrivals, &entity_bodies, "")
-        .await
-        .rate;
-    let ordered_rate = drain(
-        this,
-        postgres,
-        receiver,
-        &arrivals,
-        &entity_bodies,
-        "ordering = \"entity\"\n",
-    )
-    .await
-    .rate;
+    let (unordered_rate, ordered_rate) =
+        unordered_then_ordered(this, postgres, receiver, &arrivals, events).await;
 
     // Lag at a steady rate, on a fresh store.
     let lag_db = database(postgres).await;
@@ -191,6 +189,66 @@ async fn bench() {
         lags.len(),
         accepted.len()
     );
+}
+
+/// Order per entity: the same number of events over ENTITIES entities, drained
+/// unordered and then ordered, each from a fresh store.
+async fn unordered_then_ordered(
+    binary: &str,
+    postgres: bool,
+    receiver: SocketAddr,
+    arrivals: &Arrivals,
+    events: usize,
+) -> (f64, f64) {
+    let entity_bodies: Arc<Vec<Bytes>> = Arc::new(
+        (0..events as u64)
+            .map(|n| signed_body(n % ENTITIES))
+            .collect(),
+    );
+    let unordered = drain(binary, postgres, receiver, arrivals, &entity_bodies, "").await;
+    let ordered = drain(
+        binary,
+        postgres,
+        receiver,
+        arrivals,
+        &entity_bodies,
+        "ordering = \"entity\"\n",
+    )
+    .await;
+    (unordered.rate, ordered.rate)
+}
+
+/// BENCH_ORDERED_ONLY=1: only the order-per-entity drains, per round for this build
+/// and (when given) the compared binary, alternating which goes first.
+async fn ordered_drains(
+    this: &str,
+    compare: Option<&str>,
+    rounds: u64,
+    postgres: bool,
+    receiver: SocketAddr,
+    arrivals: &Arrivals,
+    events: usize,
+) {
+    println!("| round | build | unordered | ordering = \"entity\" | ordered / unordered |");
+    println!("|---|---|---:|---:|---:|");
+    for round in 0..rounds {
+        let mut builds = vec![("this build", this)];
+        if let Some(other) = compare {
+            builds.push(("compared", other));
+            if round % 2 == 1 {
+                builds.reverse();
+            }
+        }
+        for (name, binary) in builds {
+            let (unordered, ordered) =
+                unordered_then_ordered(binary, postgres, receiver, arrivals, events).await;
+            println!(
+                "| {} | {name} | {unordered:.0}/s | {ordered:.0}/s | {:.2}x |",
+                round + 1,
+                ordered / unordered
+            );
+        }
+    }
 }
 
 /// The gateway's config: one source, one subscription to the receiver (with

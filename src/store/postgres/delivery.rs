@@ -66,7 +66,11 @@ impl PostgresStore {
     /// checked in the statement itself. `SKIP LOCKED` lets several instances claim
     /// side by side; each request's lease gets a fresh token. Each delivery comes
     /// with its event (joined in the same statement), so that an attempt makes no
-    /// read of its own.
+    /// read of its own. A delivery of an ordered subscription is leased only when no
+    /// earlier delivery of its entity is pending: a probe written as `ORDER BY …
+    /// LIMIT 1` rather than `NOT EXISTS` (which drops the order), so that the pool's
+    /// `enable_sort = off` leaves only the entity index to answer it
+    /// ([`super::DELIVERY_PLANS`]).
     pub(super) async fn claim_due(
         &self,
         requests: Vec<ClaimRequest>,
@@ -108,12 +112,13 @@ impl PostgresStore {
                          SELECT id FROM deliveries q
                          WHERE subscription_id = r.subscription AND state = 'pending'
                            AND next_attempt_at_ms <= $5 AND lease_until_ms <= $5
-                           AND (q.entity_key IS NULL OR NOT EXISTS (
-                               SELECT 1 FROM deliveries p
+                           AND (q.entity_key IS NULL OR (
+                               SELECT p.event_seq FROM deliveries p
                                WHERE p.subscription_id = r.subscription
                                  AND p.entity_key IS NOT NULL AND p.state = 'pending'
                                  AND p.entity_key = q.entity_key
-                                 AND p.event_seq < q.event_seq))
+                                 AND p.event_seq < q.event_seq
+                               ORDER BY p.event_seq LIMIT 1) IS NULL)
                          ORDER BY next_attempt_at_ms, id
                          LIMIT r.capacity
                          FOR UPDATE SKIP LOCKED

@@ -85,6 +85,17 @@ const DELIVERY_POOL_SIZE: usize = 4;
 /// writer's statements never are, so JIT is off too.
 const WRITER_PLANS: &str = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
      -c enable_hashjoin=off -c enable_mergejoin=off -c jit=off";
+/// The delivery pool's statements (leases, records, releases, holds) never need a
+/// sort: every ordered read they make walks an index in that order. Switching sorts
+/// off keeps the planner on those indexes when it cannot tell them apart: on a
+/// table that has grown since its last `ANALYZE` (right after a burst, before
+/// autovacuum's first pass) every index's estimate is one row, and the lease's
+/// "earlier pending delivery of this entity?" probe walked the subscription's whole
+/// due index instead of the entity's few entries (0.2 s per claim at 18,000
+/// pending). With a sort off the only plan left for that probe's `ORDER BY … LIMIT
+/// 1` is the entity index. JIT is off because a switched-off choice costs 10¹⁰ in
+/// the planner's units (see [`WRITER_PLANS`]).
+const DELIVERY_PLANS: &str = "-c enable_sort=off -c jit=off";
 /// Plans the rest of `tx`'s statements at each execution, for the tables as they
 /// are now, whatever the connection caches otherwise: for the writer's rarer paths
 /// and for tables that grow under one long job (a rebuild's shadow tables). A plan
@@ -157,7 +168,12 @@ impl PostgresStore {
                 "{location} is half-way through `classhook db copy` from {source}: run it again to finish before starting a gateway on it"
             )));
         }
-        let delivery = build_pool(&target, DELIVERY_POOL_SIZE)?;
+        let mut delivery_target = target.clone();
+        delivery_target.config.options(format!(
+            "{} {DELIVERY_PLANS}",
+            target.config.get_options().unwrap_or("")
+        ));
+        let delivery = build_pool(&delivery_target, DELIVERY_POOL_SIZE)?;
         // The writer's own pool of one: it reconnects after the server came back. Its
         // statements are bounded, so that an append never waits past its timeout on
         // a lock another instance holds.
