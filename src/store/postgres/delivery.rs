@@ -1,6 +1,6 @@
 //! The delivery outbox and attempts. The outbox rows themselves are written by the
 //! writer inside the append transaction (`events::enqueue`); leases, attempt
-//! records and releases run on the delivery pool, each one statement or one short
+//! records and releases run on the delivery and lease pools, each one statement or one short
 //! transaction whose row locks keep them safe beside the writer and other instances.
 
 use tokio_postgres::Row;
@@ -99,7 +99,7 @@ impl PostgresStore {
             .iter()
             .map(|_| crate::store::new_lease_token())
             .collect();
-        let client = self.delivery_client().await?;
+        let client = self.lease_client().await?;
         let statement = client
             .prepare_cached(
                 "WITH picked AS (
@@ -210,7 +210,7 @@ impl PostgresStore {
         }
         let ids: Vec<i64> = leases.iter().map(|l| l.delivery.get()).collect();
         let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
-        let client = self.delivery_client().await?;
+        let client = self.lease_client().await?;
         let statement = client
             .prepare_cached(
                 "UPDATE deliveries SET lease_until_ms = 0, lease_token = 0

@@ -639,3 +639,22 @@ async fn records_sent_together_apply_in_their_order() {
         .get(0);
     assert_eq!(failures, 2);
 }
+
+/// A lease's commit does not wait for the server's flush (a lost lease only makes
+/// its delivery due again); an attempt record's does, and so do the writer's.
+#[tokio::test]
+async fn leases_commit_without_waiting_for_the_flush_records_wait() {
+    let Some((_db, store)) = open("lease_commits").await else {
+        return;
+    };
+    let setting = |client: deadpool_postgres::Object| async move {
+        client
+            .query_one("SHOW synchronous_commit", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    };
+    assert_eq!(setting(store.lease_client().await.unwrap()).await, "off");
+    assert_eq!(setting(store.delivery_client().await.unwrap()).await, "on");
+    assert_eq!(setting(store.client().await.unwrap()).await, "on");
+}
