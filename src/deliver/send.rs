@@ -254,10 +254,12 @@ impl Sender {
                 guard::check_host(&target.url, self.allow_private).await?;
                 let request = reqwest::Request::try_from(request.map(reqwest::Body::from))
                     .map_err(|e| describe(&e))?;
+                // Without the URL, as the direct transport's errors: the attempt log
+                // names the subscription already.
                 let response = tokio::time::timeout_at(deadline, client.execute(request))
                     .await
                     .map_err(timed_out)?
-                    .map_err(|e| describe(&e))?;
+                    .map_err(|e| describe(&e.without_url()))?;
                 answer(http::Response::from(response), deadline).await
             }
         }
@@ -398,6 +400,35 @@ mod tests {
             headers: vec![("content-type".into(), "application/json".into())],
             body: b"{}".to_vec(),
         }
+    }
+
+    /// A failure through a proxy says what failed without the target's URL (which
+    /// may carry a token in its query), as a direct one does.
+    #[tokio::test]
+    async fn a_failure_through_a_proxy_does_not_repeat_the_url() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let proxy = Secret::new(format!("http://{closed}"));
+        let sender = Sender::with_proxy(true, Some(&proxy)).unwrap();
+        let attempted = sender
+            .send(
+                "http://127.0.0.1:9/hook?token=query-token-1",
+                outgoing(),
+                None,
+                Duration::from_secs(5),
+            )
+            .await;
+        let Outcome::Failed {
+            status: None,
+            error: Some(error),
+        } = attempted.outcome
+        else {
+            panic!("{attempted:?}");
+        };
+        assert!(!error.contains("query-token-1"), "{error}");
+        assert!(!error.is_empty());
     }
 
     /// An https target is spoken to in TLS (a ClientHello, never plaintext), and a
