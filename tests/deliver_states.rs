@@ -177,6 +177,43 @@ async fn a_pause_made_by_another_process_stops_what_was_leased_before_it() {
     s.gw.stop().await;
 }
 
+/// A delivery leased again while its attempt from an earlier lease still runs in
+/// this process (the store forgot that lease: on PostgreSQL a lease's commit does
+/// not wait for the flush, so a crash of the server can lose the last ones) is not
+/// put on the wire a second time at once; it waits for the new lease to end.
+#[tokio::test]
+async fn a_delivery_leased_again_while_its_attempt_runs_is_not_sent_twice_at_once() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Held(200)]);
+    let crm = subscription("crm", &receiver.url(), "max_in_flight = 2");
+    let s = stepped(&crm).await;
+    s.gw.post_classes(0..1).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(s.dispatcher.run(async {
+        let _ = stopped.await;
+    }));
+    receiver.wait_for(1).await;
+    common::backend::execute(
+        s.gw.dir.path(),
+        "UPDATE deliveries SET lease_until_ms = 0, lease_token = 0",
+    )
+    .await;
+    // The dispatcher polls every 10 ms: many chances to lease it again and send it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 1, "sent again while on the wire");
+    let leased_again = common::backend::query_counts(
+        s.gw.dir.path(),
+        "SELECT count(*) FROM deliveries WHERE lease_token <> 0",
+    )
+    .await;
+    assert_eq!(leased_again, [1], "the dispatcher leased it again");
+    receiver.release(1);
+    let _ = stop.send(());
+    running.await.unwrap();
+    assert_eq!(receiver.received().len(), 1);
+    s.gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_held_subscription_is_not_leased() {
     let receiver = Receiver::start().await;

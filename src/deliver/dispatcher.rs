@@ -28,14 +28,14 @@
 //! store, not the list, and the "still open" read sees it within
 //! [`OPEN_READ_REUSE`] (10 ms).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 use tokio::sync::{Notify, Semaphore};
-use tokio::task::JoinSet;
+use tokio::task::{self, JoinError, JoinSet};
 
 use super::ownership::{Owned, Owners};
 use super::rate::Gate;
@@ -45,7 +45,7 @@ use super::subscription::Subscription;
 use crate::clock::Clock;
 use crate::provider::ProviderKind;
 use crate::store::{
-    AttemptRecorded, AttemptResult, ClaimRequest, Claimed, ClaimedEvent, Lease, Store,
+    AttemptRecorded, AttemptResult, ClaimRequest, Claimed, ClaimedEvent, DeliveryId, Lease, Store,
     SubscriptionId,
 };
 use crate::telemetry::{AttemptAbout, AttemptTrace, Telemetry};
@@ -146,6 +146,9 @@ pub struct Dispatcher {
     open_checks: HashMap<SubscriptionId, Arc<OpenCheck>>,
     /// Running attempts; each ends with its subscription id and what became of it.
     attempts: JoinSet<(SubscriptionId, Finished)>,
+    /// The delivery each running attempt is for, by its task, and those deliveries.
+    running_tasks: HashMap<task::Id, DeliveryId>,
+    running: HashSet<DeliveryId>,
     observer: Option<Arc<dyn DeliveryObserver>>,
     /// Which subscriptions this instance dispatches (all of them, alone on a store).
     owners: Owners,
@@ -184,6 +187,8 @@ impl Dispatcher {
             gates: HashMap::new(),
             open_checks: HashMap::new(),
             attempts: JoinSet::new(),
+            running_tasks: HashMap::new(),
+            running: HashSet::new(),
             observer: None,
             owners: Owners::default(),
             telemetry: None,
@@ -219,7 +224,7 @@ impl Dispatcher {
         let queued = self.store.deliveries_queued();
         tokio::pin!(stop);
         loop {
-            while let Some(ended) = self.attempts.try_join_next() {
+            while let Some(ended) = self.attempts.try_join_next_with_id() {
                 self.finished(ended);
             }
             self.lease_and_start().await;
@@ -227,7 +232,7 @@ impl Dispatcher {
                 () = &mut stop => break,
                 () = queued.notified() => {}
                 () = self.sent.notified() => {}
-                Some(ended) = self.attempts.join_next() => self.finished(ended),
+                Some(ended) = self.attempts.join_next_with_id() => self.finished(ended),
                 () = tokio::time::sleep(self.options.poll_interval) => {}
             }
         }
@@ -249,8 +254,8 @@ impl Dispatcher {
     /// each.
     pub async fn settle(&mut self) -> Vec<Finished> {
         let mut ended = Vec::new();
-        while let Some(result) = self.attempts.join_next().await {
-            if let Ok((_, finished)) = &result {
+        while let Some(result) = self.attempts.join_next_with_id().await {
+            if let Ok((_, (_, finished))) = &result {
                 ended.push(*finished);
             }
             self.finished(result);
@@ -258,9 +263,16 @@ impl Dispatcher {
         ended
     }
 
-    fn finished(&mut self, ended: Result<(SubscriptionId, Finished), tokio::task::JoinError>) {
+    fn finished(&mut self, ended: Result<(task::Id, (SubscriptionId, Finished)), JoinError>) {
+        let task = match &ended {
+            Ok((task, _)) => *task,
+            Err(error) => error.id(),
+        };
+        if let Some(delivery) = self.running_tasks.remove(&task) {
+            self.running.remove(&delivery);
+        }
         // A panicked attempt (a bug) keeps its place in the count; its lease expires.
-        if let Ok((subscription, _)) = ended
+        if let Ok((_, (subscription, _))) = ended
             && let Some(count) = self.in_flight.get_mut(&subscription)
         {
             *count = count.saturating_sub(1);
@@ -395,6 +407,16 @@ impl Dispatcher {
             let Some(subscription) = subscriptions.get(&delivery.subscription_id).cloned() else {
                 continue;
             };
+            // Leased again while its attempt from an earlier lease still runs here:
+            // the store forgot that lease (on PostgreSQL a lease's commit does not
+            // wait for the flush, and a crash of the server loses the last ones).
+            // Sending it now would put it on the wire twice at once, and let an
+            // ordered subscription's next delivery overtake the running attempt. It
+            // waits for this lease to end, as after a failed record.
+            if self.running.contains(&delivery.delivery_id) {
+                continue;
+            }
+            let delivery_id = delivery.delivery_id;
             *self.in_flight.entry(subscription.id).or_default() += 1;
             let unsent = self.unsent.entry(subscription.id).or_default().clone();
             unsent.fetch_add(1, AtomicOrdering::AcqRel);
@@ -419,10 +441,12 @@ impl Dispatcher {
                 subscription,
                 claimed: delivery,
             };
-            self.attempts.spawn(async move {
+            let task = self.attempts.spawn(async move {
                 let id = attempt.subscription.id;
                 (id, attempt.run().await)
             });
+            self.running_tasks.insert(task.id(), delivery_id);
+            self.running.insert(delivery_id);
         }
         leased
     }

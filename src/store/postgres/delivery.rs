@@ -69,8 +69,8 @@ impl PostgresStore {
     /// read of its own. A delivery of an ordered subscription is leased only when no
     /// earlier delivery of its entity is pending: a probe written as `ORDER BY …
     /// LIMIT 1` rather than `NOT EXISTS` (which drops the order), so that the pool's
-    /// `enable_sort = off` leaves only the entity index to answer it
-    /// ([`super::DELIVERY_PLANS`]).
+    /// `enable_sort = off` rules out the due index for it and leaves the entity
+    /// index the cheapest ([`super::DELIVERY_PLANS`]).
     pub(super) async fn claim_due(
         &self,
         requests: Vec<ClaimRequest>,

@@ -77,8 +77,10 @@ const LEASE_POOL_SIZE: usize = 2;
 /// A lease's commit does not wait for the server's WAL flush. A lease lost with a
 /// crash of the server only leaves its delivery due again, to be leased and sent
 /// again: what a crash between a send and its record already does (at least once).
-/// Every record commits durably, and its flush covers the leases committed before
-/// it. Waiting for the flush was a fifth of the draining server's samples.
+/// The dispatcher never starts a delivery whose earlier attempt still runs in it,
+/// so a forgotten lease does not put a delivery on the wire twice at once. Every
+/// record commits durably, and its flush covers the leases committed before it.
+/// The lease's wait for the flush was a sixth of the draining server's samples.
 const LEASE_COMMITS: &str = "-c synchronous_commit=off";
 /// The writer plans each statement once per connection (planning at each execution
 /// was a third of a batch's statement time) and tells the planner that it only ever
@@ -93,15 +95,15 @@ const LEASE_COMMITS: &str = "-c synchronous_commit=off";
 /// writer's statements never are, so JIT is off too.
 const WRITER_PLANS: &str = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
      -c enable_hashjoin=off -c enable_mergejoin=off -c jit=off";
-/// The delivery pool's statements (leases, records, releases, holds) never need a
-/// sort: every ordered read they make walks an index in that order. Switching sorts
+/// The delivery and lease pools' statements (leases, records, releases, holds,
+/// ownership) never need a sort on a large table: every ordered read they make walks an index in that order. Switching sorts
 /// off keeps the planner on those indexes when it cannot tell them apart: on a
 /// table that has grown since its last `ANALYZE` (right after a burst, before
 /// autovacuum's first pass) every index's estimate is one row, and the lease's
 /// "earlier pending delivery of this entity?" probe walked the subscription's whole
 /// due index instead of the entity's few entries (0.2 s per claim at 18,000
-/// pending). With a sort off the only plan left for that probe's `ORDER BY … LIMIT
-/// 1` is the entity index. JIT is off because a switched-off choice costs 10¹⁰ in
+/// pending). With sorts off, the due index is out for that probe's `ORDER BY …
+/// LIMIT 1`, and the entity index is the cheapest plan left. JIT is off because a switched-off choice costs 10¹⁰ in
 /// the planner's units (see [`WRITER_PLANS`]).
 const DELIVERY_PLANS: &str = "-c enable_sort=off -c jit=off";
 /// Plans the rest of `tx`'s statements at each execution, for the tables as they
@@ -178,27 +180,22 @@ impl PostgresStore {
                 "{location} is half-way through `classhook db copy` from {source}: run it again to finish before starting a gateway on it"
             )));
         }
-        let mut delivery_target = target.clone();
-        delivery_target.config.options(format!(
-            "{} {DELIVERY_PLANS}",
-            target.config.get_options().unwrap_or("")
-        ));
+        let delivery_target = with_settings(&target, DELIVERY_PLANS);
         let delivery = build_pool(&delivery_target, DELIVERY_POOL_SIZE)?;
-        let mut lease_target = delivery_target.clone();
-        lease_target.config.options(format!(
-            "{} {LEASE_COMMITS}",
-            delivery_target.config.get_options().unwrap_or("")
-        ));
-        let leases = build_pool(&lease_target, LEASE_POOL_SIZE)?;
+        let leases = build_pool(
+            &with_settings(&delivery_target, LEASE_COMMITS),
+            LEASE_POOL_SIZE,
+        )?;
         // The writer's own pool of one: it reconnects after the server came back. Its
         // statements are bounded, so that an append never waits past its timeout on
         // a lock another instance holds.
-        let mut writer_target = target.clone();
-        writer_target.config.options(format!(
-            "{} -c statement_timeout={} {WRITER_PLANS}",
-            target.config.get_options().unwrap_or(""),
-            options.append_timeout.as_millis().max(1)
-        ));
+        let writer_target = with_settings(
+            &target,
+            &format!(
+                "-c statement_timeout={} {WRITER_PLANS}",
+                options.append_timeout.as_millis().max(1)
+            ),
+        );
         let writer_pool = build_pool(&writer_target, 1)?;
         // The flusher's connection, for the same reasons.
         let flush_pool = build_pool(&writer_target, 1)?;
@@ -355,6 +352,16 @@ pub fn check_url(url: &str) -> Result<(), String> {
         );
     }
     parse_url(url).map(drop).map_err(|error| error.to_string())
+}
+
+/// `target` with `settings` (`-c name=value …`) added to the ones its URL gives.
+fn with_settings(target: &tls::Target, settings: &str) -> tls::Target {
+    let mut with = target.clone();
+    with.config.options(format!(
+        "{} {settings}",
+        target.config.get_options().unwrap_or("")
+    ));
+    with
 }
 
 fn parse_url(url: &str) -> Result<tls::Target, StoreError> {

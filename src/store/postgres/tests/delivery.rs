@@ -647,14 +647,29 @@ async fn leases_commit_without_waiting_for_the_flush_records_wait() {
     let Some((_db, store)) = open("lease_commits").await else {
         return;
     };
-    let setting = |client: deadpool_postgres::Object| async move {
-        client
-            .query_one("SHOW synchronous_commit", &[])
+    // (value, where it came from): "client" is a connection's own setting; the
+    // others follow the server's (whose default waits for the flush).
+    let setting = |client: deadpool_postgres::Object, name: &'static str| async move {
+        let row = client
+            .query_one(
+                "SELECT setting, source FROM pg_settings WHERE name = $1",
+                &[&name],
+            )
             .await
-            .unwrap()
-            .get::<_, String>(0)
+            .unwrap();
+        (row.get::<_, String>(0), row.get::<_, String>(1))
     };
-    assert_eq!(setting(store.lease_client().await.unwrap()).await, "off");
-    assert_eq!(setting(store.delivery_client().await.unwrap()).await, "on");
-    assert_eq!(setting(store.client().await.unwrap()).await, "on");
+    let own = |value: &str| (value.to_string(), "client".to_string());
+    let lease = || async { store.lease_client().await.unwrap() };
+    assert_eq!(
+        setting(lease().await, "synchronous_commit").await,
+        own("off")
+    );
+    assert_eq!(setting(lease().await, "enable_sort").await, own("off"));
+    for pool in [
+        store.delivery_client().await.unwrap(),
+        store.client().await.unwrap(),
+    ] {
+        assert_ne!(setting(pool, "synchronous_commit").await.1, "client");
+    }
 }
