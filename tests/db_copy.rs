@@ -173,6 +173,22 @@ async fn an_sqlite_store_moves_into_postgresql_and_the_api_answers_the_same() {
     .await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("copied and verified"), "{out}");
+    // Analysed at the end, so that a gateway's first plans see the copied tables.
+    let (client, connection) = tokio_postgres::connect(database.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let analysed: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_user_tables
+             WHERE relname IN ('events', 'deliveries', 'attempts') AND last_analyze IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(analysed, 3, "the copied tables were analysed");
+    drop(client);
     for table in [
         "subscription_keys",
         "events",

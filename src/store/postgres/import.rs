@@ -194,6 +194,12 @@ impl Import {
         )
         .await?;
         tx.commit().await?;
+        // Statistics for the copied tables now, so that the first gateway's plans
+        // see them as they are rather than waiting for autovacuum (as after a
+        // restore). The copy is complete without them.
+        if let Err(error) = client.batch_execute("ANALYZE").await {
+            tracing::warn!(%error, "the copied tables could not be analysed; autovacuum will");
+        }
         Ok(())
     }
 }
