@@ -29,13 +29,13 @@
 //! [`OPEN_READ_REUSE`] (10 ms).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 use tokio::sync::{Notify, Semaphore};
-use tokio::task::{self, JoinError, JoinSet};
+use tokio::task::JoinSet;
 
 use super::ownership::{Owned, Owners};
 use super::rate::Gate;
@@ -146,9 +146,8 @@ pub struct Dispatcher {
     open_checks: HashMap<SubscriptionId, Arc<OpenCheck>>,
     /// Running attempts; each ends with its subscription id and what became of it.
     attempts: JoinSet<(SubscriptionId, Finished)>,
-    /// The delivery each running attempt is for, by its task, and those deliveries.
-    running_tasks: HashMap<task::Id, DeliveryId>,
-    running: HashSet<DeliveryId>,
+    /// Deliveries whose attempt here may still send them ([`OnTheWire`]).
+    on_the_wire: Arc<Mutex<HashSet<DeliveryId>>>,
     observer: Option<Arc<dyn DeliveryObserver>>,
     /// Which subscriptions this instance dispatches (all of them, alone on a store).
     owners: Owners,
@@ -187,8 +186,7 @@ impl Dispatcher {
             gates: HashMap::new(),
             open_checks: HashMap::new(),
             attempts: JoinSet::new(),
-            running_tasks: HashMap::new(),
-            running: HashSet::new(),
+            on_the_wire: Arc::default(),
             observer: None,
             owners: Owners::default(),
             telemetry: None,
@@ -224,7 +222,7 @@ impl Dispatcher {
         let queued = self.store.deliveries_queued();
         tokio::pin!(stop);
         loop {
-            while let Some(ended) = self.attempts.try_join_next_with_id() {
+            while let Some(ended) = self.attempts.try_join_next() {
                 self.finished(ended);
             }
             self.lease_and_start().await;
@@ -232,7 +230,7 @@ impl Dispatcher {
                 () = &mut stop => break,
                 () = queued.notified() => {}
                 () = self.sent.notified() => {}
-                Some(ended) = self.attempts.join_next_with_id() => self.finished(ended),
+                Some(ended) = self.attempts.join_next() => self.finished(ended),
                 () = tokio::time::sleep(self.options.poll_interval) => {}
             }
         }
@@ -254,8 +252,8 @@ impl Dispatcher {
     /// each.
     pub async fn settle(&mut self) -> Vec<Finished> {
         let mut ended = Vec::new();
-        while let Some(result) = self.attempts.join_next_with_id().await {
-            if let Ok((_, (_, finished))) = &result {
+        while let Some(result) = self.attempts.join_next().await {
+            if let Ok((_, finished)) = &result {
                 ended.push(*finished);
             }
             self.finished(result);
@@ -263,16 +261,9 @@ impl Dispatcher {
         ended
     }
 
-    fn finished(&mut self, ended: Result<(task::Id, (SubscriptionId, Finished)), JoinError>) {
-        let task = match &ended {
-            Ok((task, _)) => *task,
-            Err(error) => error.id(),
-        };
-        if let Some(delivery) = self.running_tasks.remove(&task) {
-            self.running.remove(&delivery);
-        }
+    fn finished(&mut self, ended: Result<(SubscriptionId, Finished), tokio::task::JoinError>) {
         // A panicked attempt (a bug) keeps its place in the count; its lease expires.
-        if let Ok((_, (subscription, _))) = ended
+        if let Ok((subscription, _)) = ended
             && let Some(count) = self.in_flight.get_mut(&subscription)
         {
             *count = count.saturating_sub(1);
@@ -403,20 +394,25 @@ impl Dispatcher {
             }
         };
         let leased = claimed.len();
+        let mut given_back = Vec::new();
         for delivery in claimed {
             let Some(subscription) = subscriptions.get(&delivery.subscription_id).cloned() else {
                 continue;
             };
-            // Leased again while its attempt from an earlier lease still runs here:
-            // the store forgot that lease (on PostgreSQL a lease's commit does not
-            // wait for the flush, and a crash of the server loses the last ones).
-            // Sending it now would put it on the wire twice at once, and let an
-            // ordered subscription's next delivery overtake the running attempt. It
-            // waits for this lease to end, as after a failed record.
-            if self.running.contains(&delivery.delivery_id) {
+            // Leased again while an attempt here may still send it: the store forgot
+            // that attempt's lease (on PostgreSQL a lease's commit does not wait for
+            // the flush, and a crash of the server loses the last ones). Starting it
+            // now could put it on the wire twice at once, and let an ordered
+            // subscription's next delivery overtake the running attempt. The lease
+            // goes back, to be taken once that attempt's request is over.
+            let Some(on_the_wire) = OnTheWire::enter(&self.on_the_wire, delivery.delivery_id)
+            else {
+                given_back.push(Lease {
+                    delivery: delivery.delivery_id,
+                    token: delivery.lease_token,
+                });
                 continue;
-            }
-            let delivery_id = delivery.delivery_id;
+            };
             *self.in_flight.entry(subscription.id).or_default() += 1;
             let unsent = self.unsent.entry(subscription.id).or_default().clone();
             unsent.fetch_add(1, AtomicOrdering::AcqRel);
@@ -438,15 +434,19 @@ impl Dispatcher {
                     count: unsent,
                     sent: self.sent.clone(),
                 }),
+                on_the_wire: Some(on_the_wire),
                 subscription,
                 claimed: delivery,
             };
-            let task = self.attempts.spawn(async move {
+            self.attempts.spawn(async move {
                 let id = attempt.subscription.id;
                 (id, attempt.run().await)
             });
-            self.running_tasks.insert(task.id(), delivery_id);
-            self.running.insert(delivery_id);
+        }
+        if !given_back.is_empty()
+            && let Err(error) = self.store.release(given_back).await
+        {
+            tracing::warn!(%error, "cannot give back a lease of a delivery still on the wire");
         }
         leased
     }
@@ -553,6 +553,8 @@ struct Attempt {
     claimed: Claimed,
     /// Counts this attempt among its subscription's unsent ones until dropped.
     unsent: Option<Unsent>,
+    /// Held until its request is over (see [`OnTheWire`]).
+    on_the_wire: Option<OnTheWire>,
 }
 
 /// One leased delivery not yet sent: dropped when it was sent (or will not be),
@@ -560,6 +562,37 @@ struct Attempt {
 struct Unsent {
     count: Arc<AtomicUsize>,
     sent: Arc<Notify>,
+}
+
+/// A delivery that an attempt here may still send: from its start until its request
+/// is over (or it gives its lease back without sending). A delivery is in the set
+/// once at most, so it is never on the wire twice at once from this dispatcher.
+struct OnTheWire {
+    set: Arc<Mutex<HashSet<DeliveryId>>>,
+    delivery: DeliveryId,
+}
+
+impl OnTheWire {
+    /// `None`: an attempt here may still send `delivery`.
+    fn enter(set: &Arc<Mutex<HashSet<DeliveryId>>>, delivery: DeliveryId) -> Option<OnTheWire> {
+        let entered = set
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(delivery);
+        entered.then(|| OnTheWire {
+            set: set.clone(),
+            delivery,
+        })
+    }
+}
+
+impl Drop for OnTheWire {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.delivery);
+    }
 }
 
 impl Drop for Unsent {
@@ -611,6 +644,7 @@ impl Attempt {
             false => None,
         };
         let Some(rotated_at_ms) = open else {
+            drop(self.on_the_wire.take());
             let lease = vec![Lease {
                 delivery: claimed.delivery_id,
                 token: claimed.lease_token,
@@ -696,6 +730,8 @@ impl Attempt {
         // Sent: the next lease need not wait for this record (a failure still
         // holds its slot until the record, so the next in line sees a stop).
         drop(self.unsent.take());
+        // Its request is over: a lease of it made from now on may send it again.
+        drop(self.on_the_wire.take());
         let number = u32::try_from(claimed.round_attempts + 1).unwrap_or(u32::MAX);
         let jitter = rand::random::<f64>() * 2.0 - 1.0;
         let next = schedule::next(

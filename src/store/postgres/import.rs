@@ -196,8 +196,27 @@ impl Import {
         tx.commit().await?;
         // Statistics for the copied tables now, so that the first gateway's plans
         // see them as they are rather than waiting for autovacuum (as after a
-        // restore). The copy is complete without them.
-        if let Err(error) = client.batch_execute("ANALYZE").await {
+        // restore). Only classhook's schema: the database may hold others' tables.
+        // The copy is complete without them.
+        let analysed = async {
+            let tables: Vec<String> = client
+                .query(
+                    "SELECT quote_ident(table_name::text) FROM information_schema.tables
+                     WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            if !tables.is_empty() {
+                client
+                    .batch_execute(&format!("ANALYZE {}", tables.join(", ")))
+                    .await?;
+            }
+            Ok::<(), tokio_postgres::Error>(())
+        };
+        if let Err(error) = analysed.await {
             tracing::warn!(%error, "the copied tables could not be analysed; autovacuum will");
         }
         Ok(())

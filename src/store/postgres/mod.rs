@@ -77,8 +77,8 @@ const LEASE_POOL_SIZE: usize = 2;
 /// A lease's commit does not wait for the server's WAL flush. A lease lost with a
 /// crash of the server only leaves its delivery due again, to be leased and sent
 /// again: what a crash between a send and its record already does (at least once).
-/// The dispatcher never starts a delivery whose earlier attempt still runs in it,
-/// so a forgotten lease does not put a delivery on the wire twice at once. Every
+/// The dispatcher never starts a delivery while an attempt of it there may still
+/// send it, so a forgotten lease does not put a delivery on the wire twice at once. Every
 /// record commits durably, and its flush covers the leases committed before it.
 /// The lease's wait for the flush was a sixth of the draining server's samples.
 const LEASE_COMMITS: &str = "-c synchronous_commit=off";
