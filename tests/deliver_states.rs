@@ -223,6 +223,59 @@ async fn a_delivery_leased_again_while_its_attempt_runs_is_not_sent_twice_at_onc
     s.gw.stop().await;
 }
 
+/// An attempt whose lease ran out while it waited for a slot (its ownership
+/// renewed meanwhile) gives the delivery back instead of sending it: the delivery
+/// is due again and may already be another claim's.
+#[tokio::test]
+async fn a_lease_that_ran_out_while_waiting_for_a_slot_is_given_back_unsent() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Held(200)]);
+    let crm = subscription("crm", &receiver.url(), "max_in_flight = 1");
+    let s = stepped(&crm).await;
+    s.gw.post_classes(0..2).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(s.dispatcher.run(async {
+        let _ = stopped.await;
+    }));
+    // The first is on the wire; the second waits for its slot while an hour passes
+    // and the dispatcher's rounds renew its ownership.
+    receiver.wait_for(1).await;
+    s.clock.advance(3_600_000);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    receiver.release(1);
+    let mut delivered = 0;
+    for _ in 0..300 {
+        delivered = deliveries(&s.gw.store, "crm")
+            .await
+            .iter()
+            .filter(|d| d.state == DeliveryState::Delivered)
+            .count();
+        if delivered == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(delivered, 2);
+    let _ = stop.send(());
+    running.await.unwrap();
+    // The first's lease ran out too, on the wire: its record was refused and it was
+    // sent again (at least once). The second was sent once, under a live lease.
+    let received = receiver.received();
+    let first = received[0].header("webhook-id");
+    let second: Vec<&str> = received
+        .iter()
+        .map(|r| r.header("webhook-id"))
+        .filter(|id| *id != first)
+        .collect();
+    assert_eq!(
+        second.len(),
+        1,
+        "the second was sent {} times",
+        second.len()
+    );
+    s.gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_held_subscription_is_not_leased() {
     let receiver = Receiver::start().await;

@@ -639,6 +639,7 @@ impl Attempt {
         let longest = spec.timeout + self.lease_margin;
         let open = match self.wait_for_turn(longest).await
             && self.owned.outlasts(self.clock.now_ms(), longest)
+            && self.lease_outlasts(longest)
         {
             true => self.still_open().await,
             false => None,
@@ -798,6 +799,14 @@ impl Attempt {
     /// turn. False when it cannot start in time: its lease or this instance's
     /// ownership would end before it could finish (the caller gives the lease back).
     /// Waiting is not an attempt: nothing is recorded.
+    /// Whether the lease still holds when an attempt started now and lasting up to
+    /// `longest` is over. A lease that ran out while its attempt waited for a slot
+    /// (very slow records, a clock that jumped) may already be another claim's: the
+    /// attempt gives it back instead of sending.
+    fn lease_outlasts(&self, longest: Duration) -> bool {
+        self.lease_until_ms - self.clock.now_ms() >= longest.as_millis() as i64
+    }
+
     async fn wait_for_turn(&self, longest: Duration) -> bool {
         let longest_ms = longest.as_millis() as i64;
         {
