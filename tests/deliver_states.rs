@@ -177,6 +177,38 @@ async fn a_pause_made_by_another_process_stops_what_was_leased_before_it() {
     s.gw.stop().await;
 }
 
+/// `dispatcher` running as `serve` runs it, until the sender is used.
+fn in_background(
+    dispatcher: Dispatcher,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(dispatcher.run(async {
+        let _ = stopped.await;
+    }));
+    (stop, running)
+}
+
+/// How many deliveries of `subscription` are delivered, once `count` are (or after
+/// 3 s, whichever comes first).
+async fn delivered(store: &Store, subscription: &str, count: usize) -> usize {
+    let mut delivered = 0;
+    for _ in 0..300 {
+        delivered = deliveries(store, subscription)
+            .await
+            .iter()
+            .filter(|d| d.state == DeliveryState::Delivered)
+            .count();
+        if delivered >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    delivered
+}
+
 /// A delivery leased again while its attempt from an earlier lease is still on the
 /// wire here (the store forgot that lease: on PostgreSQL a lease's commit does not
 /// wait for the flush, so a crash of the server can lose the last ones) is not sent
@@ -189,10 +221,7 @@ async fn a_delivery_leased_again_while_its_attempt_runs_is_not_sent_twice_at_onc
     let crm = subscription("crm", &receiver.url(), "max_in_flight = 2");
     let s = stepped(&crm).await;
     s.gw.post_classes(0..1).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(s.dispatcher.run(async {
-        let _ = stopped.await;
-    }));
+    let (stop, running) = in_background(s.dispatcher);
     receiver.wait_for(1).await;
     common::backend::execute(
         s.gw.dir.path(),
@@ -205,18 +234,7 @@ async fn a_delivery_leased_again_while_its_attempt_runs_is_not_sent_twice_at_onc
     receiver.release(1);
     receiver.wait_for(2).await;
     assert_eq!(receiver.most_concurrent(), 1, "on the wire twice at once");
-    let mut state = None;
-    for _ in 0..300 {
-        state = deliveries(&s.gw.store, "crm")
-            .await
-            .first()
-            .map(|d| d.state);
-        if state == Some(DeliveryState::Delivered) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(state, Some(DeliveryState::Delivered));
+    assert_eq!(delivered(&s.gw.store, "crm", 1).await, 1);
     let _ = stop.send(());
     running.await.unwrap();
     assert_eq!(receiver.received().len(), 2);
@@ -233,29 +251,14 @@ async fn a_lease_that_ran_out_while_waiting_for_a_slot_is_given_back_unsent() {
     let crm = subscription("crm", &receiver.url(), "max_in_flight = 1");
     let s = stepped(&crm).await;
     s.gw.post_classes(0..2).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(s.dispatcher.run(async {
-        let _ = stopped.await;
-    }));
+    let (stop, running) = in_background(s.dispatcher);
     // The first is on the wire; the second waits for its slot while an hour passes
     // and the dispatcher's rounds renew its ownership.
     receiver.wait_for(1).await;
     s.clock.advance(3_600_000);
     tokio::time::sleep(Duration::from_millis(200)).await;
     receiver.release(1);
-    let mut delivered = 0;
-    for _ in 0..300 {
-        delivered = deliveries(&s.gw.store, "crm")
-            .await
-            .iter()
-            .filter(|d| d.state == DeliveryState::Delivered)
-            .count();
-        if delivered == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(delivered, 2);
+    assert_eq!(delivered(&s.gw.store, "crm", 2).await, 2);
     let _ = stop.send(());
     running.await.unwrap();
     // The first's lease ran out too, on the wire: its record was refused and it was

@@ -402,6 +402,18 @@ mod tests {
         }
     }
 
+    /// What an attempt that got no answer says of its failure.
+    fn failure(attempted: Attempted) -> String {
+        let Outcome::Failed {
+            status: None,
+            error: Some(error),
+        } = attempted.outcome
+        else {
+            panic!("{attempted:?}");
+        };
+        error
+    }
+
     /// A failure through a proxy says what failed without the target's URL (which
     /// may carry a token in its query), as a direct one does.
     #[tokio::test]
@@ -420,13 +432,7 @@ mod tests {
                 Duration::from_secs(5),
             )
             .await;
-        let Outcome::Failed {
-            status: None,
-            error: Some(error),
-        } = attempted.outcome
-        else {
-            panic!("{attempted:?}");
-        };
+        let error = failure(attempted);
         assert!(!error.contains("query-token-1"), "{error}");
         assert!(!error.is_empty());
     }
@@ -458,13 +464,7 @@ mod tests {
             .await;
         // A TLS handshake record (content type 22), protocol major version 3.
         assert_eq!(server.await.unwrap()[..2], [0x16, 0x03]);
-        let Outcome::Failed {
-            status: None,
-            error: Some(error),
-        } = attempted.outcome
-        else {
-            panic!("{attempted:?}");
-        };
+        let error = failure(attempted);
         assert!(error.starts_with("cannot connect: "), "{error}");
     }
 

@@ -122,23 +122,28 @@ async fn write_every_kind(store: &PostgresStore, round: u64) {
     });
 }
 
-/// Rows read from each grown table (its scans plus its indexes' entries).
+/// Rows read from each grown table.
 async fn rows_read(client: &tokio_postgres::Client) -> Vec<(String, i64)> {
     let mut read = Vec::new();
     for (table, _) in GROWN {
-        let row = client
-            .query_one(
-                "SELECT pg_stat_clear_snapshot()::text,
-                     (SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables WHERE relname = $1)
-                     + (SELECT coalesce(sum(idx_tup_read), 0)::bigint FROM pg_stat_user_indexes
-                        WHERE relname = $1)",
-                &[table],
-            )
-            .await
-            .unwrap();
-        read.push((table.to_string(), row.get(1)));
+        read.push((table.to_string(), table_rows_read(client, table).await));
     }
     read
+}
+
+/// Rows read from `table` (its scans plus its indexes' entries).
+async fn table_rows_read(client: &tokio_postgres::Client, table: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT pg_stat_clear_snapshot()::text,
+                 (SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables WHERE relname = $1)
+                 + (SELECT coalesce(sum(idx_tup_read), 0)::bigint FROM pg_stat_user_indexes
+                    WHERE relname = $1)",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .get(1)
 }
 
 /// The writer's backend reports its counters at a transaction's end at most once a
@@ -293,22 +298,6 @@ async fn the_dedupe_look_up_probes_its_unique_key_after_the_table_grew() {
     );
 }
 
-/// Rows read from `deliveries` (its scans plus its indexes' entries).
-async fn deliveries_read(client: &tokio_postgres::Client) -> i64 {
-    client
-        .query_one(
-            "SELECT pg_stat_clear_snapshot()::text,
-                 (SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables
-                  WHERE relname = 'deliveries')
-                 + (SELECT coalesce(sum(idx_tup_read), 0)::bigint FROM pg_stat_user_indexes
-                    WHERE relname = 'deliveries')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(1)
-}
-
 /// A lease of an ordered subscription asks, for each delivery it looks at, whether
 /// an earlier one of the same entity is pending. On a table grown since its last
 /// `ANALYZE` (a burst on a new database, before autovacuum's first pass) every
@@ -367,10 +356,10 @@ async fn an_ordered_lease_probes_each_entity_not_the_whole_queue_after_a_burst()
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut before = deliveries_read(&client).await;
+    let mut before = table_rows_read(&client, "deliveries").await;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = deliveries_read(&client).await;
+        let now = table_rows_read(&client, "deliveries").await;
         if now == before && now > 0 {
             break;
         }
@@ -385,13 +374,13 @@ async fn an_ordered_lease_probes_each_entity_not_the_whole_queue_after_a_burst()
     assert_eq!(seqs, (2001..=2064).collect::<Vec<i64>>());
     // Its connections end with it, and report their counters as they do.
     drop(store);
-    let mut read = deliveries_read(&client).await - before;
+    let mut read = table_rows_read(&client, "deliveries").await - before;
     for _ in 0..50 {
         if read > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        read = deliveries_read(&client).await - before;
+        read = table_rows_read(&client, "deliveries").await - before;
     }
     // The due index's walk to the first pending passes the delivered rows' dead
     // entries (vacuum's to clear); the 64 probes read a few entries each. Once
