@@ -795,10 +795,6 @@ impl Attempt {
         finished
     }
 
-    /// Waits until the subscription's pace lets this attempt start, and takes that
-    /// turn. False when it cannot start in time: its lease or this instance's
-    /// ownership would end before it could finish (the caller gives the lease back).
-    /// Waiting is not an attempt: nothing is recorded.
     /// Whether the lease still holds when an attempt started now and lasting up to
     /// `longest` is over. A lease that ran out while its attempt waited for a slot
     /// (very slow records, a clock that jumped) may already be another claim's: the
@@ -807,6 +803,10 @@ impl Attempt {
         self.lease_until_ms - self.clock.now_ms() >= longest.as_millis() as i64
     }
 
+    /// Waits until the subscription's pace lets this attempt start, and takes that
+    /// turn. False when it cannot start in time: its lease or this instance's
+    /// ownership would end before it could finish (the caller gives the lease back).
+    /// Waiting is not an attempt: nothing is recorded.
     async fn wait_for_turn(&self, longest: Duration) -> bool {
         let longest_ms = longest.as_millis() as i64;
         {

@@ -1,7 +1,8 @@
 //! The delivery outbox and attempts. The outbox rows themselves are written by the
-//! writer inside the append transaction (`events::enqueue`); leases, attempt
-//! records and releases run on the delivery and lease pools, each one statement or one short
-//! transaction whose row locks keep them safe beside the writer and other instances.
+//! writer inside the append transaction (`events::enqueue`); leases and releases
+//! run on the lease pool, attempt records on the delivery pool, each one statement
+//! or one short transaction whose row locks keep them safe beside the writer and
+//! other instances.
 
 use tokio_postgres::Row;
 

@@ -78,9 +78,10 @@ const LEASE_POOL_SIZE: usize = 2;
 /// crash of the server only leaves its delivery due again, to be leased and sent
 /// again: what a crash between a send and its record already does (at least once).
 /// The dispatcher never starts a delivery while an attempt of it there may still
-/// send it, so a forgotten lease does not put a delivery on the wire twice at once. Every
-/// record commits durably, and its flush covers the leases committed before it.
-/// The lease's wait for the flush was a sixth of the draining server's samples.
+/// send it, so a forgotten lease does not put a delivery on the wire twice at
+/// once. Every record commits durably, and its flush covers the leases committed
+/// before it. The lease's wait for the flush was a sixth of the draining server's
+/// samples.
 const LEASE_COMMITS: &str = "-c synchronous_commit=off";
 /// The writer plans each statement once per connection (planning at each execution
 /// was a third of a batch's statement time) and tells the planner that it only ever
@@ -96,15 +97,16 @@ const LEASE_COMMITS: &str = "-c synchronous_commit=off";
 const WRITER_PLANS: &str = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
      -c enable_hashjoin=off -c enable_mergejoin=off -c jit=off";
 /// The delivery and lease pools' statements (leases, records, releases, holds,
-/// ownership) never need a sort on a large table: every ordered read they make walks an index in that order. Switching sorts
-/// off keeps the planner on those indexes when it cannot tell them apart: on a
-/// table that has grown since its last `ANALYZE` (right after a burst, before
-/// autovacuum's first pass) every index's estimate is one row, and the lease's
-/// "earlier pending delivery of this entity?" probe walked the subscription's whole
-/// due index instead of the entity's few entries (0.2 s per claim at 18,000
-/// pending). With sorts off, the due index is out for that probe's `ORDER BY …
-/// LIMIT 1`, and the entity index is the cheapest plan left. JIT is off because a switched-off choice costs 10¹⁰ in
-/// the planner's units (see [`WRITER_PLANS`]).
+/// ownership) never need a sort on a large table: every ordered read they make
+/// walks an index in that order. Switching sorts off keeps the planner on those
+/// indexes when it cannot tell them apart: on a table that has grown since its
+/// last `ANALYZE` (right after a burst, before autovacuum's first pass) every
+/// index's estimate is one row, and the lease's "earlier pending delivery of this
+/// entity?" probe walked the subscription's whole due index instead of the
+/// entity's few entries (0.2 s per claim at 18,000 pending). With sorts off, the
+/// due index is out for that probe's `ORDER BY … LIMIT 1`, and the entity index
+/// is the cheapest plan left. JIT is off because a switched-off choice costs 10¹⁰
+/// in the planner's units (see [`WRITER_PLANS`]).
 const DELIVERY_PLANS: &str = "-c enable_sort=off -c jit=off";
 /// Plans the rest of `tx`'s statements at each execution, for the tables as they
 /// are now, whatever the connection caches otherwise: for the writer's rarer paths
